@@ -1,0 +1,5 @@
+"""``python -m softphone``: the same as the ``softphone`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,258 @@
+"""The signaling wire protocol, sans I/O.
+
+Every frame on the hub's WebSocket is one JSON object. Clients send
+``{"type", "to", "data"?}``; the hub delivers ``{"type", "to", "from", "data"?}``
+with ``from`` set to the sender's id, whatever the sender wrote there. Messages
+the hub itself originates have type ``error`` and no ``from``.
+
+This module only turns text into validated values and values into text; it
+never touches a socket. ``docs/protocol.md`` describes the wire format.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+#: Client ids: 1 to 64 characters of ``A-Z a-z 0-9 . _ -``.
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class MessageType(enum.StrEnum):
+    """The seven message types of the original calling system."""
+
+    CALL_REQUEST = "call-request"
+    CALL_ACCEPT = "call-accept"
+    CALL_REJECT = "call-reject"
+    OFFER = "offer"
+    ANSWER = "answer"
+    CANDIDATE = "candidate"
+    HANGUP = "hangup"
+
+
+#: Type of the messages the hub originates.
+ERROR_TYPE: Final = "error"
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes carried in ``{"type": "error", "data": {"code": ...}}``."""
+
+    OFFLINE = "offline"
+    BAD_MESSAGE = "bad-message"
+    TOO_LARGE = "too-large"
+    RATE_LIMITED = "rate-limited"
+    UNAUTHORIZED = "unauthorized"
+    REPLACED = "replaced"
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid message. ``code`` is the error code to answer with."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_MESSAGE,
+                 ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.ref = ref
+
+
+def is_valid_id(value: object) -> bool:
+    """True if ``value`` is a client id this hub accepts."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Return ``value`` if it is a valid client id, else raise ``ValueError``."""
+    if not is_valid_id(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+_ABSENT: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One signaling message. ``sender`` is ``from`` on the wire (None if absent)."""
+
+    type: str
+    to: str
+    data: Any = None
+    sender: str | None = None
+    has_data: bool = False
+
+    def with_sender(self, sender: str) -> Message:
+        return Message(self.type, self.to, self.data, sender, self.has_data)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "to": self.to}
+        if self.sender is not None:
+            out["from"] = self.sender
+        if self.has_data:
+            out["data"] = self.data
+        return out
+
+    def encode(self) -> str:
+        return json.dumps(self.to_wire(), separators=(",", ":"))
+
+
+def make(type_: MessageType | str, to: str, data: Any = _ABSENT) -> Message:
+    """Build a client message; ``data`` omitted means the field is absent on the wire."""
+    if data is _ABSENT:
+        return Message(str(type_), to)
+    return Message(str(type_), to, data, None, True)
+
+
+@dataclass(frozen=True, slots=True)
+class HubError:
+    """An ``error`` message from the hub."""
+
+    code: str
+    message: str
+    ref: str | None = None
+    to: str | None = None
+
+    def encode(self) -> str:
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.ref is not None:
+            data["ref"] = self.ref
+        if self.to is not None:
+            data["to"] = self.to
+        return json.dumps({"type": ERROR_TYPE, "data": data}, separators=(",", ":"))
+
+
+_KNOWN_TYPES: Final = frozenset(t.value for t in MessageType)
+
+
+def _load_object(text: str | bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("not JSON") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("not a JSON object")
+    return obj
+
+
+def _typed_ref(obj: dict[str, Any]) -> str | None:
+    value = obj.get("type")
+    return value if isinstance(value, str) and value in _KNOWN_TYPES else None
+
+
+def parse_client_message(text: str | bytes) -> Message:
+    """Validate a frame a client sent to the hub.
+
+    Raises :class:`ProtocolError` (code ``bad-message``) for anything that is not
+    ``{"type": <one of the seven types>, "to": <valid id>, "data"?: <any JSON>}``.
+    A ``from`` field is accepted and ignored: the hub overwrites it.
+    """
+    obj = _load_object(text)
+    ref = _typed_ref(obj)
+    type_ = obj.get("type")
+    if not isinstance(type_, str):
+        raise ProtocolError("'type' must be a string", ref=ref)
+    if type_ not in _KNOWN_TYPES:
+        raise ProtocolError(f"unknown type {type_[:40]!r}", ref=None)
+    to = obj.get("to")
+    if not isinstance(to, str):
+        raise ProtocolError("'to' must be a string", ref=ref)
+    if not is_valid_id(to):
+        raise ProtocolError("'to' is not a valid id", ref=ref)
+    if "data" in obj:
+        return Message(type_, to, obj["data"], None, True)
+    return Message(type_, to)
+
+
+def parse_hub_message(text: str | bytes) -> Message | HubError:
+    """Parse a frame a client received from a hub (ours or the original).
+
+    Lenient where the original hub was: ``to`` may be missing. Raises
+    :class:`ProtocolError` for frames a client cannot use at all.
+    """
+    obj = _load_object(text)
+    type_ = obj.get("type")
+    if not isinstance(type_, str):
+        raise ProtocolError("'type' must be a string")
+    if type_ == ERROR_TYPE and "from" not in obj:
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            data = {}
+        code = data.get("code")
+        msg = data.get("message")
+        ref = data.get("ref")
+        to = data.get("to")
+        return HubError(
+            code=code if isinstance(code, str) else "unknown",
+            message=msg if isinstance(msg, str) else "",
+            ref=ref if isinstance(ref, str) else None,
+            to=to if isinstance(to, str) else None,
+        )
+    sender = obj.get("from")
+    to = obj.get("to")
+    if "data" in obj:
+        return Message(type_, to if isinstance(to, str) else "", obj["data"],
+                       sender if isinstance(sender, str) else None, True)
+    return Message(type_, to if isinstance(to, str) else "", None,
+                   sender if isinstance(sender, str) else None)
+
+
+def reason_of(message: Message) -> str | None:
+    """The optional ``data.reason`` of a ``call-reject`` or ``hangup``."""
+    if isinstance(message.data, dict):
+        reason = message.data.get("reason")
+        if isinstance(reason, str):
+            return reason[:64]
+    return None
+
+
+def session_description(message: Message, expected: str) -> str:
+    """Extract the SDP of an ``offer``/``answer`` message, or raise ProtocolError."""
+    data = message.data
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{message.type}: data must be an object")
+    sdp = data.get("sdp")
+    kind = data.get("type", expected)
+    if not isinstance(sdp, str) or kind != expected:
+        raise ProtocolError(f"{message.type}: data must be {{'type': {expected!r}, 'sdp': str}}")
+    return sdp
+
+
+@dataclass(frozen=True, slots=True)
+class IceCandidate:
+    """A trickled ICE candidate (RTCIceCandidateInit). Empty ``candidate`` = end."""
+
+    candidate: str
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+
+    @property
+    def is_end_of_candidates(self) -> bool:
+        return self.candidate.strip() == ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "sdpMid": self.sdp_mid,
+                "sdpMLineIndex": self.sdp_mline_index}
+
+
+def ice_candidate(message: Message) -> IceCandidate:
+    """Extract the candidate of a ``candidate`` message, or raise ProtocolError."""
+    data = message.data
+    if data is None:
+        return IceCandidate("", None, None)
+    if not isinstance(data, dict):
+        raise ProtocolError("candidate: data must be an object")
+    cand = data.get("candidate", "")
+    mid = data.get("sdpMid")
+    index = data.get("sdpMLineIndex")
+    if not isinstance(cand, str):
+        raise ProtocolError("candidate: 'candidate' must be a string")
+    if mid is not None and not isinstance(mid, str):
+        raise ProtocolError("candidate: 'sdpMid' must be a string")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+        raise ProtocolError("candidate: 'sdpMLineIndex' must be an integer")
+    return IceCandidate(cand, mid, index)

@@ -1,0 +1,75 @@
+"""Who is connected where: the hub's registry of client ids.
+
+The hub asks a :class:`Registry` three things: take this connection for its
+id (and tell me whom it replaced), forget this connection (only if it still
+holds the id), and deliver this text to that id. :class:`MemoryRegistry`
+answers them for one process; a Redis-backed registry answers the same
+questions across several hub nodes without the hub changing.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Protocol
+
+
+class Peer(Protocol):
+    """A connected client as the registry sees it."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    def deliver(self, text: str) -> bool:
+        """Queue ``text`` for the client; False if it cannot take more."""
+        ...
+
+
+class Registry(abc.ABC):
+    @abc.abstractmethod
+    async def register(self, peer: Peer) -> Peer | None:
+        """Make ``peer`` the holder of its id; return the peer it replaced, if any."""
+
+    @abc.abstractmethod
+    async def unregister(self, peer: Peer) -> bool:
+        """Forget ``peer`` if it still holds its id (a replaced peer holds nothing)."""
+
+    @abc.abstractmethod
+    async def deliver(self, to: str, text: str) -> bool:
+        """Deliver to the holder of ``to``; False if nobody holds it."""
+
+    @abc.abstractmethod
+    def local_count(self) -> int:
+        """How many clients this node holds."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (connections to a backing store)."""
+
+
+class MemoryRegistry(Registry):
+    """All clients in this process. The default, and the embedded hub's."""
+
+    def __init__(self) -> None:
+        self._peers: dict[str, Peer] = {}
+
+    async def register(self, peer: Peer) -> Peer | None:
+        old = self._peers.get(peer.client_id)
+        self._peers[peer.client_id] = peer
+        return old if old is not peer else None
+
+    async def unregister(self, peer: Peer) -> bool:
+        if self._peers.get(peer.client_id) is peer:
+            del self._peers[peer.client_id]
+            return True
+        return False
+
+    async def deliver(self, to: str, text: str) -> bool:
+        peer = self._peers.get(to)
+        if peer is None:
+            return False
+        return peer.deliver(text)
+
+    def local_count(self) -> int:
+        return len(self._peers)
+
+    def holder(self, client_id: str) -> Peer | None:
+        return self._peers.get(client_id)

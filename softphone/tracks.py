@@ -1,0 +1,257 @@
+"""What a call sends and what it does with what it receives.
+
+Sources are aiortc ``MediaStreamTrack``s that hand out 20 ms frames of 48 kHz
+mono int16, paced by the clock from the moment the call starts sending
+(nothing is queued before, so a call starts without a backlog):
+:class:`ToneSource`, :class:`FileSource`, :class:`SilenceSource`.
+
+:class:`AudioReceiver` reads the remote track and hands each frame, as mono
+int16 at 48 kHz, to its sinks (a :class:`~softphone.recording.WavWriter`, an
+analysis buffer, a speaker), and keeps the figures a call reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, ToneGenerator, rms_dbfs, to_mono_int16
+from .recording import WavWriter
+
+log = logging.getLogger(__name__)
+
+_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+#: Below this level a received frame does not count as "audio arrived".
+AUDIO_THRESHOLD_DBFS = -50.0
+
+
+class PacedSource(MediaStreamTrack):
+    """Base of our audio sources: real-time pacing and frame packaging."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._pts = 0
+        self.muted = False
+        self.level_dbfs = float("-inf")
+
+    def next_samples(self, count: int) -> Int16Array:
+        raise NotImplementedError
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            due = self._start + self._pts / SAMPLE_RATE
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > 0.2:
+                # The loop was stalled: skip ahead rather than send a burst.
+                self._start = now - self._pts / SAMPLE_RATE
+        samples = self.next_samples(FRAME_SAMPLES)
+        if self.muted:
+            samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self.level_dbfs = rms_dbfs(samples)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._pts
+        frame.time_base = _TIME_BASE
+        self._pts += FRAME_SAMPLES
+        return frame
+
+
+class SilenceSource(PacedSource):
+    def next_samples(self, count: int) -> Int16Array:
+        return np.zeros(count, dtype=np.int16)
+
+
+class ToneSource(PacedSource):
+    """A sine tone (default 440 Hz) for as long as the call lasts."""
+
+    def __init__(self, frequency: float = 440.0, amplitude: float = 0.3) -> None:
+        super().__init__()
+        self.generator = ToneGenerator(frequency, amplitude)
+        self.frequency = frequency
+
+    def next_samples(self, count: int) -> Int16Array:
+        return self.generator.next(count)
+
+
+class AudioFileError(ValueError):
+    """A file that cannot be played."""
+
+
+def load_audio_file(path: str | Path, rate: int = SAMPLE_RATE) -> Int16Array:
+    """Decode any audio file PyAV (FFmpeg) reads into mono int16 at ``rate``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioFileError(f"{path}: no such file")
+    chunks: list[Int16Array] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioFileError(f"{path}: no audio stream in this file")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1).astype(np.int16))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1).astype(np.int16))
+    except AudioFileError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise AudioFileError(f"{path}: cannot decode audio ({exc})") from exc
+    if not chunks:
+        raise AudioFileError(f"{path}: the file holds no audio")
+    return np.concatenate(chunks).astype(np.int16, copy=False)
+
+
+class FileSource(PacedSource):
+    """Plays decoded samples once (or looped), then silence; ``finished`` is set at the end."""
+
+    def __init__(self, samples: Int16Array, loop: bool = False) -> None:
+        super().__init__()
+        self.samples = samples
+        self.loop = loop
+        self.position = 0
+        self.finished = asyncio.Event()
+
+    @classmethod
+    def from_file(cls, path: str | Path, loop: bool = False) -> FileSource:
+        return cls(load_audio_file(path), loop)
+
+    def next_samples(self, count: int) -> Int16Array:
+        out = np.zeros(count, dtype=np.int16)
+        filled = 0
+        while filled < count:
+            left = self.samples.size - self.position
+            if left <= 0:
+                if self.loop and self.samples.size:
+                    self.position = 0
+                    continue
+                self.finished.set()
+                break
+            take = min(left, count - filled)
+            out[filled: filled + take] = self.samples[self.position: self.position + take]
+            self.position += take
+            filled += take
+        return out
+
+
+class Sink(Protocol):
+    def write(self, samples: Int16Array) -> None: ...
+
+
+class RecorderSink:
+    """Writes received audio to a WAV file (see :class:`WavWriter`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.writer = WavWriter(path)
+
+    def write(self, samples: Int16Array) -> None:
+        self.writer.write(samples.tobytes())
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CaptureSink:
+    """Keeps the most recent ``seconds`` of received audio in memory (for analysis)."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self._buffer = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.int16)
+        self._pos = 0  # next write index
+        self._filled = 0
+
+    def write(self, samples: Int16Array) -> None:
+        buf = self._buffer
+        if samples.size >= buf.size:
+            buf[:] = samples[-buf.size:]
+            self._pos, self._filled = 0, buf.size
+            return
+        end = self._pos + samples.size
+        if end <= buf.size:
+            buf[self._pos:end] = samples
+        else:
+            split = buf.size - self._pos
+            buf[self._pos:] = samples[:split]
+            buf[: end - buf.size] = samples[split:]
+        self._pos = end % buf.size
+        self._filled = min(buf.size, self._filled + samples.size)
+
+    def samples(self) -> Int16Array:
+        """What was kept, oldest first."""
+        buf = self._buffer
+        if self._filled < buf.size:
+            return buf[: self._filled].copy()
+        return np.concatenate((buf[self._pos:], buf[: self._pos]))
+
+
+class AudioReceiver:
+    """Reads a remote audio track until it ends, feeding sinks and counting."""
+
+    def __init__(self, sinks: list[Sink] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sinks: list[Sink] = list(sinks or [])
+        self.clock = clock
+        self.frames = 0
+        self.first_frame_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.level_dbfs = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self._resampler: Any = None
+
+    def start(self, track: MediaStreamTrack) -> None:
+        self._task = asyncio.create_task(self._run(track), name="audio-receiver")
+
+    def _mono(self, frame: av.AudioFrame) -> Int16Array:
+        if frame.sample_rate != SAMPLE_RATE or frame.format.name != "s16":
+            if self._resampler is None:
+                self._resampler = av.AudioResampler(format="s16", layout="mono",
+                                                    rate=SAMPLE_RATE)
+            parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+            return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
+        channels = len(frame.layout.channels)
+        return to_mono_int16(frame.to_ndarray(), channels)
+
+    def feed(self, samples: Int16Array) -> None:
+        now = self.clock()
+        self.frames += 1
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+        self.level_dbfs = rms_dbfs(samples)
+        if self.first_audio_at is None and self.level_dbfs > AUDIO_THRESHOLD_DBFS:
+            self.first_audio_at = now
+        for sink in self.sinks:
+            sink.write(samples)
+
+    async def _run(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if isinstance(frame, av.AudioFrame):
+                self.feed(self._mono(frame))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
