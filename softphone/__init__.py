@@ -18,6 +18,7 @@ from .signaling import HubUnreachable
 from .tracks import (
     AudioReceiver,
     CaptureSink,
+    EchoSource,
     FileSource,
     RecorderSink,
     SilenceSource,
@@ -35,6 +36,7 @@ __all__ = [
     "CallState",
     "CallTimeouts",
     "CaptureSink",
+    "EchoSource",
     "FileSource",
     "Hub",
     "HubConfig",

@@ -291,6 +291,7 @@ _LOCAL_EVENTS: Final = (LocalAccept, LocalReject, LocalHangup, LocalDescription)
 REASON_NO_ANSWER: Final = "no-answer"
 REASON_MEDIA_FAILED: Final = "media-failed"
 REASON_BUSY: Final = "busy"
+REASON_GLARE: Final = "glare"  # both called each other at once
 REASON_PEER_DISCONNECTED: Final = "peer-disconnected"
 
 
@@ -437,7 +438,8 @@ class CallMachine:
         return [*actions, StartMedia(offerer=True)]
 
     def _on_RemoteReject(self, event: RemoteReject, now: float) -> list[Action]:
-        outcome = Outcome.BUSY if event.reason == REASON_BUSY else Outcome.REJECTED
+        outcome = Outcome.BUSY if event.reason in (REASON_BUSY, REASON_GLARE) \
+            else Outcome.REJECTED
         return self._end(outcome, event.reason, now)
 
     def _on_RemoteHangup(self, event: RemoteHangup, now: float) -> list[Action]:

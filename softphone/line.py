@@ -79,6 +79,14 @@ class Line:
         call = self.call
         active = call is not None and not call.is_ended
         if item.type == MessageType.CALL_REQUEST and item.sender:
+            if (active and call is not None and call.peer == item.sender
+                    and call.state is cs.CallState.DIALING and self.my_id > item.sender):
+                # Glare: we called each other at once. The smaller id's call
+                # wins; ours gives way and theirs rings here.
+                ended = call.handle(cs.RemoteReject(cs.REASON_GLARE), now)
+                self.call = cs.CallMachine(cs.Role.CALLEE, item.sender, now, self.timeouts,
+                                           item.data if item.has_data else None)
+                return [*ended, IncomingCall(self.call)]
             if active and call is not None and call.peer != item.sender:
                 reject = make(MessageType.CALL_REJECT, item.sender, {"reason": cs.REASON_BUSY})
                 return [cs.Send(reject)]
@@ -102,8 +110,11 @@ class Line:
     def _hub_error(self, error: HubError, now: float) -> list[cs.Action]:
         call = self.call
         if (error.code == ErrorCode.OFFLINE and call is not None and not call.is_ended
-                and (error.to is None or error.to == call.peer)):
-            return call.handle(cs.PeerOffline(), now)
+                and (error.to is None or error.to == call.peer)
+                and error.ref != MessageType.HANGUP):  # a late answer to an old hangup
+            actions = call.handle(cs.PeerOffline(), now)
+            if actions:
+                return actions
         return [HubProblem(error)]
 
 

@@ -98,7 +98,7 @@ class Message:
         return out
 
     def encode(self) -> str:
-        return json.dumps(self.to_wire(), separators=(",", ":"))
+        return json.dumps(self.to_wire(), separators=(",", ":"), allow_nan=False)
 
 
 def make(type_: MessageType | str, to: str, data: Any = _ABSENT) -> Message:
@@ -129,9 +129,13 @@ class HubError:
 _KNOWN_TYPES: Final = frozenset(t.value for t in MessageType)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _load_object(text: str | bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("not JSON") from exc
     if not isinstance(obj, dict):

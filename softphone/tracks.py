@@ -17,6 +17,7 @@ import contextlib
 import fractions
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -151,6 +152,33 @@ class FileSource(PacedSource):
             self.position += take
             filled += take
         return out
+
+
+class EchoSource(PacedSource):
+    """Sends back what it is given (see :meth:`write`): the echo test.
+
+    It is both a source (for the call) and a sink (for the receiver). At
+    most ``max_frames`` frames wait; older ones are dropped so the echo never
+    lags behind more than that.
+    """
+
+    def __init__(self, max_frames: int = 10) -> None:
+        super().__init__()
+        self._frames: deque[Int16Array] = deque(maxlen=max_frames)
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def write(self, samples: Int16Array) -> None:
+        self._frames.append(samples)
+
+    def next_samples(self, count: int) -> Int16Array:
+        buf = self._pending
+        while buf.size < count and self._frames:
+            buf = np.concatenate((buf, self._frames.popleft()))
+        if buf.size < count:
+            self._pending = np.zeros(0, dtype=np.int16)
+            return np.concatenate((buf, np.zeros(count - buf.size, dtype=np.int16)))
+        self._pending = buf[count:]
+        return buf[:count]
 
 
 class Sink(Protocol):

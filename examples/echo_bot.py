@@ -1,0 +1,36 @@
+"""Echo bot: answers every call and sends each caller's voice back to them.
+
+    python examples/echo_bot.py --as echo --server http://127.0.0.1:8080
+    softphone call echo --as me --tone 440 --record heard.wav --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from softphone import EchoSource, Phone
+
+
+async def main(client_id: str, server: str) -> None:
+    async with Phone(client_id, server) as phone:
+        logging.info("echo bot %s ready on %s", client_id, server)
+        while True:
+            call = await phone.next_call()
+            echo = EchoSource()
+            await call.accept(source=echo, sinks=[echo])  # what we hear goes back out
+            result = await call.ended()
+            logging.info("call from %s: %s", call.peer, result.outcome)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--as", dest="client_id", default="echo")
+    parser.add_argument("--server", default="http://127.0.0.1:8080")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        asyncio.run(main(args.client_id, args.server))
+    except KeyboardInterrupt:
+        pass

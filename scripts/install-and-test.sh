@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Debian packages, a virtualenv with
+# softphone and its test tools) and run the whole suite: lint, types, tests.
+# Usage: bash scripts/install-and-test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+packages=$(grep -v '^\s*#' scripts/debian-packages.txt | grep -v '^\s*$' | tr '\n' ' ')
+echo "==> installing Debian packages: $packages"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $packages
+
+echo "==> creating .venv and installing softphone[test]"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+
+echo "==> ruff"
+.venv/bin/ruff check softphone tests examples benchmarks
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+.venv/bin/python -m pytest "$@"

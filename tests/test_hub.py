@@ -1,0 +1,208 @@
+"""The hub over real sockets: routing, `from`, errors, ids, HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from softphone.hub import DEFAULT_ICE_SERVERS, Hub, HubConfig
+
+from .conftest import hub_url
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def connect(session: aiohttp.ClientSession, hub: Hub, client_id: str
+                  ) -> aiohttp.ClientWebSocketResponse:
+    return await session.ws_connect(f"{hub_url(hub)}/ws?id={client_id}")
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, within: float = 2.0) -> dict[str, Any]:
+    frame = await ws.receive(within)
+    assert frame.type == aiohttp.WSMsgType.TEXT, frame
+    obj = json.loads(frame.data)
+    assert isinstance(obj, dict)
+    return obj
+
+
+async def nothing(ws: aiohttp.ClientWebSocketResponse, wait: float = 0.2) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        frame = await ws.receive(wait)
+        raise AssertionError(f"unexpected frame {frame}")
+
+
+async def test_routes_and_sets_from(hub: Hub, session: aiohttp.ClientSession) -> None:
+    a, b = await connect(session, hub, "a"), await connect(session, hub, "b")
+    await a.send_json({"type": "call-request", "to": "b"})
+    assert await receive(b) == {"type": "call-request", "to": "b", "from": "a"}
+    offer = {"type": "offer", "sdp": "v=0\r\n"}
+    await b.send_json({"type": "offer", "to": "a", "data": offer})
+    assert await receive(a) == {"type": "offer", "to": "a", "from": "b", "data": offer}
+    await nothing(b)
+
+
+async def test_forged_from_is_overwritten(hub: Hub, session: aiohttp.ClientSession) -> None:
+    a, b = await connect(session, hub, "a"), await connect(session, hub, "b")
+    await a.send_json({"type": "hangup", "to": "b", "from": "mallory", "extra": 1})
+    assert await receive(b) == {"type": "hangup", "to": "b", "from": "a"}
+
+
+async def test_data_null_is_kept(hub: Hub, session: aiohttp.ClientSession) -> None:
+    a, b = await connect(session, hub, "a"), await connect(session, hub, "b")
+    await a.send_json({"type": "candidate", "to": "b", "data": None})
+    assert await receive(b) == {"type": "candidate", "to": "b", "from": "a", "data": None}
+
+
+async def test_offline_target(hub: Hub, session: aiohttp.ClientSession) -> None:
+    a = await connect(session, hub, "a")
+    await a.send_json({"type": "call-request", "to": "ghost"})
+    reply = await receive(a)
+    assert reply["type"] == "error" and "from" not in reply
+    assert reply["data"]["code"] == "offline"
+    assert reply["data"]["ref"] == "call-request"
+    assert reply["data"]["to"] == "ghost"
+
+
+@pytest.mark.parametrize(("frame", "ref"), [
+    ("not json", None),
+    ("[1, 2]", None),
+    ('"text"', None),
+    ("null", None),
+    ('{"to": "b"}', None),
+    ('{"type": 5, "to": "b"}', None),
+    ('{"type": "launch-missiles", "to": "b"}', None),
+    ('{"type": "offer"}', "offer"),
+    ('{"type": "offer", "to": 7}', "offer"),
+    ('{"type": "offer", "to": "has space"}', "offer"),
+    ('{"type": "error", "to": "b"}', None),
+])
+async def test_bad_messages_are_answered_and_connection_kept(
+        hub: Hub, session: aiohttp.ClientSession, frame: str, ref: str | None) -> None:
+    a, b = await connect(session, hub, "a"), await connect(session, hub, "b")
+    await a.send_str(frame)
+    reply = await receive(a)
+    assert reply["type"] == "error"
+    assert reply["data"]["code"] == "bad-message"
+    assert reply["data"].get("ref") == ref
+    assert reply["data"]["message"]
+    await nothing(b)
+    # The connection is still usable.
+    await a.send_json({"type": "hangup", "to": "b"})
+    assert (await receive(b))["from"] == "a"
+
+
+async def test_binary_frame_is_answered(hub: Hub, session: aiohttp.ClientSession) -> None:
+    a = await connect(session, hub, "a")
+    await a.send_bytes(b'{"type":"hangup","to":"a"}')
+    assert (await receive(a))["data"]["code"] == "bad-message"
+
+
+async def test_too_large(session: aiohttp.ClientSession) -> None:
+    hub = Hub(HubConfig(ice_servers=[], max_message_bytes=1000))
+    await hub.start()
+    try:
+        a, b = await connect(session, hub, "a"), await connect(session, hub, "b")
+        await a.send_json({"type": "offer", "to": "b", "data": {"sdp": "x" * 2000}})
+        assert (await receive(a))["data"]["code"] == "too-large"
+        await nothing(b)
+        await a.send_json({"type": "offer", "to": "b", "data": {"sdp": "x" * 100}})
+        assert (await receive(b))["type"] == "offer"
+    finally:
+        await hub.stop()
+
+
+async def test_message_to_oneself_is_delivered(hub: Hub, session: aiohttp.ClientSession
+                                               ) -> None:
+    a = await connect(session, hub, "a")
+    await a.send_json({"type": "hangup", "to": "a"})
+    assert await receive(a) == {"type": "hangup", "to": "a", "from": "a"}
+
+
+@pytest.mark.parametrize("query", ["", "?id=", "?id=has%20space", "?id=" + "x" * 65,
+                                   "?id=%C3%A9"])
+async def test_bad_ids_are_refused(hub: Hub, session: aiohttp.ClientSession, query: str
+                                   ) -> None:
+    ws = await session.ws_connect(f"{hub_url(hub)}/ws{query}")
+    reply = await receive(ws)
+    assert reply["type"] == "error" and reply["data"]["code"] == "bad-message"
+    assert "id" in reply["data"]["message"]
+    frame = await ws.receive(2)
+    assert frame.type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 1008
+    assert hub.registry.local_count() == 0
+
+
+async def test_newest_connection_wins(hub: Hub, session: aiohttp.ClientSession) -> None:
+    old = await connect(session, hub, "a")
+    new = await connect(session, hub, "a")
+    reply = await receive(old)
+    assert reply["data"]["code"] == "replaced"
+    frame = await old.receive(2)
+    assert frame.type == aiohttp.WSMsgType.CLOSE
+    await asyncio.sleep(0.1)  # let the hub run the old connection's cleanup
+    b = await connect(session, hub, "b")
+    await b.send_json({"type": "call-request", "to": "a"})
+    assert (await receive(new))["from"] == "b"  # the old close did not unregister the new
+    assert hub.registry.local_count() == 2
+
+
+async def test_many_clients(hub: Hub, session: aiohttp.ClientSession) -> None:
+    n = 60
+    clients = [await connect(session, hub, f"c{i}") for i in range(n)]
+    for i, ws in enumerate(clients):
+        await ws.send_json({"type": "candidate", "to": f"c{(i + 1) % n}", "data": {"n": i}})
+    for i, ws in enumerate(clients):
+        got = await receive(ws)
+        assert got["from"] == f"c{(i - 1) % n}"
+        assert got["data"] == {"n": (i - 1) % n}
+    for ws in clients:
+        await nothing(ws, 0.01)
+    health = await (await session.get(f"{hub_url(hub)}/healthz")).json()
+    assert health == {"status": "ok", "clients": n}
+
+
+async def test_ice_servers_default_and_cors(session: aiohttp.ClientSession) -> None:
+    hub = Hub()
+    await hub.start()
+    try:
+        resp = await session.get(f"{hub_url(hub)}/ice-servers",
+                                 headers={"Origin": "http://elsewhere.example"})
+        assert resp.status == 200
+        assert await resp.json() == {"iceServers": list(DEFAULT_ICE_SERVERS)}
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        pre = await session.options(f"{hub_url(hub)}/ice-servers")
+        assert pre.status == 204
+        assert pre.headers["Access-Control-Allow-Origin"] == "*"
+    finally:
+        await hub.stop()
+
+
+async def test_ice_servers_configured(session: aiohttp.ClientSession) -> None:
+    servers = [{"urls": "stun:192.0.2.10:3478"},
+               {"urls": "turn:192.0.2.10:3478", "username": "u", "credential": "p"}]
+    hub = Hub(HubConfig(ice_servers=servers))
+    await hub.start()
+    try:
+        body = await (await session.get(f"{hub_url(hub)}/ice-servers")).json()
+        assert body == {"iceServers": servers}
+    finally:
+        await hub.stop()
+
+
+async def test_stop_closes_clients_going_away(session: aiohttp.ClientSession) -> None:
+    hub = Hub(HubConfig(ice_servers=[]))
+    await hub.start()
+    a = await connect(session, hub, "a")
+    await hub.stop()
+    frame = await a.receive(2)
+    assert frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    assert a.close_code == 1001
