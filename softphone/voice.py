@@ -1,0 +1,148 @@
+"""Our voice pipeline at both ends of aiortc's RTP: encoder and playout.
+
+- :class:`VoiceEncoder` is what aiortc's ``RTCRtpSender`` calls to encode
+  each 20 ms frame (installed by :func:`softphone.aiortc_seams.install_voice_codec`).
+- :class:`Playout` receives each RTP audio packet (through
+  :func:`softphone.aiortc_seams.tap_receiver`), keeps it in the adaptive
+  :class:`~softphone.jitterbuffer.JitterBuffer`, and on every :meth:`Playout.pull`
+  returns the next 20 ms of audio: decoded, recovered from FEC, or concealed.
+  Whoever plays the audio pulls: the speaker's callback, or, without a
+  speaker, a 20 ms clock (:class:`softphone.tracks.AudioReceiver`). One
+  buffer, not two stacked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from . import jitterbuffer as jb
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
+from .opus import EncoderSettings, OpusDecoder, OpusEncoder
+
+log = logging.getLogger(__name__)
+
+_SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+
+
+class VoiceEncoder:
+    """aiortc ``Encoder`` for Opus: mono voice with in-band FEC (see :mod:`softphone.opus`)."""
+
+    def __init__(self, settings: EncoderSettings | None = None) -> None:
+        self.opus = OpusEncoder(settings)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._timestamp = 0
+        self._resampler: Any = None
+
+    def _samples(self, frame: av.AudioFrame) -> Int16Array:
+        if frame.sample_rate == SAMPLE_RATE and frame.format.name == "s16":
+            return to_mono_int16(frame.to_ndarray(), len(frame.layout.channels))
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(parts).astype(np.int16) if parts else _SILENCE[:0]
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        samples = self._samples(frame)
+        if self._pending.size:
+            samples = np.concatenate((self._pending, samples))
+        timestamp = self._timestamp
+        payloads: list[bytes] = []
+        start = 0
+        # aiortc sends every payload of one call with one timestamp: one frame per call.
+        if samples.size >= FRAME_SAMPLES:
+            payloads.append(self.opus.encode(samples[:FRAME_SAMPLES]))
+            start = FRAME_SAMPLES
+            self._timestamp += FRAME_SAMPLES
+        self._pending = samples[start:][-4 * FRAME_SAMPLES:]
+        return payloads, timestamp
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        raise NotImplementedError("VoiceEncoder only encodes raw frames")
+
+
+@dataclass
+class PlayoutStats:
+    frames: int = 0
+    decoded: int = 0
+    recovered: int = 0
+    concealed: int = 0
+    silent: int = 0
+    decode_errors: int = 0
+
+
+class Playout:
+    """Received packets in, 20 ms frames out. Thread-safe: push and pull may differ."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 buffer: jb.JitterBuffer | None = None) -> None:
+        self.clock = clock
+        self.buffer = buffer or jb.JitterBuffer()
+        self.decoder = OpusDecoder()
+        self.stats = PlayoutStats()
+        self._lock = threading.Lock()
+        self._ssrc: int | None = None
+        #: Called with (rtp_timestamp, pull_time) for every frame played from a packet.
+        self.on_played: Callable[[int, float], None] | None = None
+
+    def push(self, ssrc: int, seq: int, timestamp: int, payload: bytes) -> None:
+        now = self.clock()
+        with self._lock:
+            if self._ssrc is not None and ssrc != self._ssrc:
+                log.info("new audio stream (ssrc %d): restarting the jitter buffer", ssrc)
+                self.buffer = jb.JitterBuffer(self.buffer.clock_rate, self.buffer.frame_samples)
+                self.decoder = OpusDecoder()
+            self._ssrc = ssrc
+            if payload:
+                self.buffer.push(timestamp, payload, now)
+
+    def pull(self) -> Int16Array:
+        """The next 20 ms to play (always exactly 960 samples)."""
+        now = self.clock()
+        with self._lock:
+            decision = self.buffer.pull(now)
+            stats = self.stats
+            stats.frames += 1
+            try:
+                if isinstance(decision, jb.Play):
+                    for skipped in decision.skipped:
+                        self.decoder.decode(skipped)
+                    out = self.decoder.decode(decision.payload)
+                    stats.decoded += 1
+                    if self.on_played is not None:
+                        self.on_played(decision.timestamp, now)
+                elif isinstance(decision, jb.Recover):
+                    out = self.decoder.recover(decision.next_payload)
+                    stats.recovered += 1
+                elif isinstance(decision, jb.Conceal):
+                    out = self.decoder.conceal()
+                    stats.concealed += 1
+                else:
+                    stats.silent += 1
+                    return _SILENCE.copy()
+            except Exception as exc:  # a corrupt packet must not stop the audio
+                stats.decode_errors += 1
+                log.debug("decode failed: %s", exc)
+                return _SILENCE.copy()
+        if out.size != FRAME_SAMPLES:  # packets of another duration: fit to 20 ms
+            fitted = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            n = min(FRAME_SAMPLES, out.size)
+            fitted[:n] = out[:n]
+            out = fitted
+        return out
+
+    @property
+    def delay(self) -> float:
+        """Seconds of audio waiting in the buffer (the receive delay we add)."""
+        return self.buffer.level
+
+    @property
+    def target(self) -> float:
+        return self.buffer.target
