@@ -14,14 +14,18 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
 - The *target* is a high quantile of the recent transit-time spread
   (arrival time minus send time, relative to the fastest recent packet):
   zero on a clean network, growing with jitter, shrinking back once the
-  jitter has left the window.
+  jitter has left the window. While packets are being lost it is at least
+  one frame, so the next packet is there in time to rebuild a lost one
+  from its in-band FEC.
 - It starts playing with the first packet. A packet that is not there when
   its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
 - When later packets show the missing one is lost, frames already covered
   by concealment are skipped, so a loss burst leaves no backlog behind.
 - When at least one whole frame more than the target has been buffered for
-  a while, one frame is skipped; far too much is cut at once.
+  a while, one frame is skipped, at a moment the player says is quiet (a
+  pause in speech, where a missing 20 ms is not heard); far too much is cut
+  at once, quiet or not.
 
 It never waits on a hole: every pull returns a decision at once.
 """
@@ -95,6 +99,8 @@ class JitterBuffer:
     surplus_pulls: int = 25
     #: A timestamp this far (seconds) from the expected one restarts the buffer.
     max_jump: float = 2.0
+    #: After a loss, keep one frame in reserve (for FEC) for this many seconds.
+    loss_memory: float = 1.5
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -105,6 +111,9 @@ class JitterBuffer:
     _sorted_transit: list[float] = field(default_factory=list)
     _underruns: int = 0
     _surplus: int = 0
+    _quiet: bool = True
+    _last_loss: float | None = None
+    _now: float = 0.0
 
     # -- input ---------------------------------------------------------------
 
@@ -170,10 +179,13 @@ class JitterBuffer:
     def target(self) -> float:
         """Seconds of audio to keep in reserve against jitter."""
         values = self._sorted_transit
+        floor = self.min_target
+        if self._last_loss is not None and self._now - self._last_loss < self.loss_memory:
+            floor = max(floor, self.frame_samples / self.clock_rate)
         if len(values) < 2:
-            return self.min_target
+            return floor
         spread = values[min(len(values) - 1, int(self.quantile * len(values)))] - values[0]
-        return min(self.max_target, max(self.min_target, spread))
+        return min(self.max_target, max(floor, spread))
 
     @property
     def level(self) -> float:
@@ -188,8 +200,14 @@ class JitterBuffer:
         self._keys.remove(ts)
         return self._packets.pop(ts)
 
-    def pull(self, now: float) -> Decision:
-        """What to play for the next frame. Call every ``frame_samples`` of playout."""
+    def pull(self, now: float, quiet: bool = True) -> Decision:
+        """What to play for the next frame. Call every ``frame_samples`` of playout.
+
+        ``quiet``: the audio being played is a pause, so a frame may be skipped
+        unheard to cut the delay.
+        """
+        self._quiet = quiet
+        self._now = now
         frame = self.frame_samples
         if self._next is None:
             if not self._keys:
@@ -209,6 +227,7 @@ class JitterBuffer:
             self.stats.concealed += 1
             return Conceal(nxt & 0xFFFFFFFF)
         # Later packets are here: the frames from nxt up to `later` are lost.
+        self._last_loss = now
         missing = (later - nxt) // frame
         covered = min(missing, self._underruns)  # already concealed while we waited
         self._underruns = 0
@@ -248,7 +267,8 @@ class JitterBuffer:
             self._surplus += 1
         else:
             self._surplus = 0
-        if excess_frames >= 5 or (excess_frames >= 1 and self._surplus >= self.surplus_pulls):
+        if excess_frames >= 5 or (excess_frames >= 1 and self._quiet
+                                  and self._surplus >= self.surplus_pulls):
             # Cut the delay: skip frames down to the target (all at once if far off).
             cut = excess_frames if excess_frames >= 5 else 1
             for _ in range(cut):

@@ -22,7 +22,6 @@ from .audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
 from .errors import MissingDependency
 
 
-
 def require_libopus() -> None:
     """Raise :class:`MissingDependency` now if libopus or its binding is missing."""
     _opuslib()
@@ -48,10 +47,12 @@ _MAX_FRAME: Final = 5760
 class EncoderSettings:
     """How we encode the voice we send. Defaults suit a voice call on a lossy network."""
 
-    bitrate: int = 32_000  # bit/s; 32 kbit/s mono is transparent wideband speech
+    #: bit/s. High for voice, on purpose: with Debian's libopus 1.3 it takes 128 kbit/s
+    #: mono for PESQ-WB >= 4.4 (benchmarks/README.md); --bitrate lowers it.
+    bitrate: int = 128_000
     expected_loss: int = 10  # percent; makes libopus spend bits on in-band FEC
     fec: bool = True
-    complexity: int = 5  # 0..10; 5 halves the CPU of 10 for a small quality cost
+    complexity: int = 10  # 0..10; 10 costs about 0.3 ms a frame here (benchmarks/README.md)
     dtx: bool = False
 
     def __post_init__(self) -> None:

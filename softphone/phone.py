@@ -31,8 +31,9 @@ from aiortc.mediastreams import MediaStreamTrack
 from . import callstate as cs
 from ._tasks import spawn
 from .line import HubProblem, IncomingCall, Line
+from .opus import require_libopus
 from .protocol import ErrorCode, HubError, Message, check_id
-from .rtc import MediaSession, MediaStats
+from .rtc import CandidatePair, MediaConfig, MediaSession, MediaStats
 from .signaling import DEFAULT_SERVER, HubClient, HubUnreachable
 from .tracks import AudioReceiver, SilenceSource, Sink
 
@@ -54,6 +55,8 @@ class CallResult:
     first_audio_seconds: float | None  # call-request -> first audible frame received
     talk_seconds: float  # media connected -> ended
     stats: MediaStats = field(default_factory=MediaStats)
+    #: The ICE candidate pair the media used (None if it never connected).
+    candidate_pair: CandidatePair | None = None
 
     @property
     def exit_code(self) -> int:
@@ -66,7 +69,9 @@ class CallResult:
                 "reason": self.reason, "ended_by": self.ended_by, "exit_code": self.exit_code,
                 "setup_seconds": r(self.setup_seconds),
                 "first_audio_seconds": r(self.first_audio_seconds),
-                "talk_seconds": r(self.talk_seconds), "stats": self.stats.to_json()}
+                "talk_seconds": r(self.talk_seconds), "stats": self.stats.to_json(),
+                "candidate_pair": None if self.candidate_pair is None
+                else self.candidate_pair.to_json()}
 
 
 class Call:
@@ -144,6 +149,11 @@ class Call:
     def result(self) -> CallResult | None:
         return self._ended.result() if self._ended.done() else None
 
+    @property
+    def candidate_pair(self) -> CandidatePair | None:
+        """The ICE candidate pair the media uses, once connected."""
+        return None if self.media is None else self.media.candidate_pair
+
     async def stats(self) -> MediaStats:
         if self.media is not None and not self.machine.is_ended:
             return await self.media.stats()
@@ -201,6 +211,7 @@ class Call:
             first_audio_seconds=first_audio,
             talk_seconds=0.0 if m.connected_at is None else ended.at - m.connected_at,
             stats=self._final_stats,
+            candidate_pair=self.candidate_pair,
         )
         for sink in self.receiver.sinks if self.receiver else []:
             close = getattr(sink, "close", None)
@@ -219,6 +230,10 @@ class CallEnded(Exception):
         self.result = result
 
 
+#: Hub errors that come with closing the connection for good (close code 1008).
+_REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
+
+
 class Phone:
     """A client of the hub that can hold one call at a time."""
 
@@ -228,8 +243,12 @@ class Phone:
                  relay_only: bool = False,
                  token: str | None = None,
                  ssl_context: ssl.SSLContext | bool | None = None,
-                 reconnect: bool = True) -> None:
+                 reconnect: bool = True,
+                 media: MediaConfig | None = None) -> None:
         self.client_id = check_id(client_id, "client id")
+        self.media_config = media or MediaConfig()
+        if self.media_config.pipeline == "softphone":
+            require_libopus()  # fail now, with the fix, not in the middle of a call
         self.hub = HubClient(server, client_id, token=token, ssl_context=ssl_context)
         self.line = Line(client_id, timeouts)
         self.relay_only = relay_only
@@ -243,6 +262,9 @@ class Phone:
         self._closing = False
         self.hub_connected = asyncio.Event()
         self.hub_errors: list[HubError] = []
+        #: Set when the hub refused us for good (bad token, replaced): no reconnecting.
+        self.refused = asyncio.Event()
+        self.refusal: HubError | None = None
         self.on_hub_error: Callable[[HubError], None] | None = None
 
     @property
@@ -253,7 +275,11 @@ class Phone:
 
     async def connect(self) -> None:
         """Connect to the hub and start the phone. Raises :class:`HubUnreachable`."""
-        await self.hub.connect()
+        try:
+            await self.hub.connect()
+        except BaseException:
+            await self.hub.close()  # no HTTP session left open behind the error
+            raise
         self.hub_connected.set()
         self._tasks = [
             asyncio.create_task(self._reader(), name="phone-reader"),
@@ -307,7 +333,11 @@ class Phone:
         self._calls[id(self.line.call)] = call
         call._emit({"event": "state", "state": str(call.state), "t": 0.0})
         self._run(actions)
+        call._media_op(lambda: self._prepare_gathering(call))  # gather while it rings
         return call
+
+    async def _prepare_gathering(self, call: Call) -> None:
+        await self._prepare_media(call)
 
     async def next_call(self) -> Call:
         """Wait for the next incoming call (ringing; accept or reject it)."""
@@ -360,19 +390,34 @@ class Phone:
             self._calls.pop(id(call.machine), None)
             spawn(call._finish(action), name="call-finish")
 
+    async def _prepare_media(self, call: Call) -> MediaSession:
+        """Create the call's peer connection (once) and start gathering candidates."""
+        if call.media is None:
+            servers = self._ice_servers
+            if servers is None:
+                servers = await self.hub.ice_servers()
+            assert call.source is not None and call.receiver is not None
+            call.media = MediaSession(
+                servers, call.source, call.receiver, relay_only=self.relay_only,
+                on_connected=lambda: self._media_connected(call),
+                on_failed=lambda reason: self._feed(call, cs.MediaFailed(reason)),
+                config=self.media_config,
+            )
+            call.media.pregather()
+        return call.media
+
     async def _start_media(self, call: Call, offerer: bool) -> None:
-        servers = self._ice_servers
-        if servers is None:
-            servers = await self.hub.ice_servers()
-        assert call.source is not None and call.receiver is not None
-        call.media = MediaSession(
-            servers, call.source, call.receiver, relay_only=self.relay_only,
-            on_connected=lambda: self._feed(call, cs.MediaConnected()),
-            on_failed=lambda reason: self._feed(call, cs.MediaFailed(reason)),
-        )
+        await self._prepare_media(call)
+        assert call.media is not None
         if offerer:
             sdp = await call.media.create_offer()
             self._feed(call, cs.LocalDescription(sdp))
+
+    def _media_connected(self, call: Call) -> None:
+        self._feed(call, cs.MediaConnected())
+        pair = call.candidate_pair
+        if pair is not None and call.machine.state is cs.CallState.CONNECTED:
+            call._emit({"event": "media", "candidate_pair": pair.to_json()})
 
     async def _apply_offer(self, call: Call, sdp: str) -> None:
         assert call.media is not None
@@ -398,14 +443,20 @@ class Phone:
     async def _reader(self) -> None:
         delay = 0.5
         while True:
+            last_refusal: HubError | None = None
             async for item in self.hub.messages():
                 delay = 0.5
                 if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
                     self._hub_problem(item)
+                if isinstance(item, HubError) and item.code in _REFUSALS:
+                    last_refusal = item
                 self._run(self.line.receive(item, self.loop_time))
             self.hub_connected.clear()
             if self._closing:
                 return
+            if last_refusal is not None and self.hub.close_code == 1008:
+                self.refusal = last_refusal
+                self.refused.set()
             log.warning("lost the hub connection (code %s)", self.hub.close_code)
             self._run(self.line.handle_local(cs.HubLost(), self.loop_time))
             if not self.reconnect or self.hub.close_code == 1008:

@@ -46,6 +46,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate-limited"
     UNAUTHORIZED = "unauthorized"
     REPLACED = "replaced"
+    TOO_MANY_CONNECTIONS = "too-many-connections"
 
 
 class ProtocolError(ValueError):
@@ -74,6 +75,7 @@ def check_id(value: object, what: str = "id") -> str:
 
 
 _ABSENT: Final = object()
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,7 @@ class Message:
         return out
 
     def encode(self) -> str:
-        return json.dumps(self.to_wire(), separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(self.to_wire())
 
 
 def make(type_: MessageType | str, to: str, data: Any = _ABSENT) -> Message:
@@ -133,9 +135,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One encoder and decoder for every message: json.dumps/loads with non-default
+# arguments build a new one per call, which is most of the hub's cost per message.
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _load_object(text: str | bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant) if isinstance(text, bytes) \
+            else _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("not JSON") from exc
     if not isinstance(obj, dict):

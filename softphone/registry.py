@@ -10,7 +10,7 @@ questions across several hub nodes without the hub changing.
 from __future__ import annotations
 
 import abc
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Peer(Protocol):
@@ -24,7 +24,34 @@ class Peer(Protocol):
         ...
 
 
+class RegistryEvents(Protocol):
+    """What a registry shared by several nodes tells its hub (see ``Registry.bind``)."""
+
+    def registry_replaced(self, peer: Peer) -> None:
+        """A newer connection on another node took ``peer``'s id: tell it and close it."""
+        ...
+
+    def registry_relayed(self, type_: str, sender: str, to: str) -> None:
+        """A message from a client on another node was delivered to local ``to``."""
+        ...
+
+    def registry_peer_gone(self, client_id: str) -> None:
+        """The node holding remote ``client_id`` vanished (as if it disconnected)."""
+        ...
+
+    def registry_peer_back(self, client_id: str) -> None:
+        """Remote ``client_id`` is connected again (on some node)."""
+        ...
+
+
 class Registry(abc.ABC):
+    def bind(self, events: RegistryEvents, metrics: Any = None) -> None:  # noqa: B027
+        """Called once by the hub: where to report, and its Prometheus registry."""
+
+    def status(self) -> str:
+        """``ok``, or ``degraded`` when a shared backing store is unreachable."""
+        return "ok"
+
     @abc.abstractmethod
     async def register(self, peer: Peer) -> Peer | None:
         """Make ``peer`` the holder of its id; return the peer it replaced, if any."""

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import (
@@ -27,8 +27,11 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
 from . import aiortc_seams
+from .netsim import Impairment
+from .opus import EncoderSettings
 from .protocol import IceCandidate
 from .tracks import AudioReceiver
+from .voice import Playout
 
 aiortc_seams.install()
 
@@ -66,6 +69,12 @@ class MediaStats:
     jitter_ms: float | None = None
     rtt_ms: float | None = None
     frames_received: int = 0
+    #: Our playout (None with aiortc's pipeline): frames concealed / rebuilt from FEC,
+    #: and the jitter buffer's delay and target at the time of the reading.
+    concealed: int | None = None
+    recovered: int | None = None
+    buffer_ms: float | None = None
+    target_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,7 +84,97 @@ class MediaStats:
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
             "frames_received": self.frames_received,
+            "concealed": self.concealed,
+            "recovered": self.recovered,
+            "buffer_ms": None if self.buffer_ms is None else round(self.buffer_ms, 1),
+            "target_ms": None if self.target_ms is None else round(self.target_ms, 1),
         }
+
+
+@dataclass(frozen=True)
+class IceCandidateInfo:
+    """One end of the selected ICE candidate pair."""
+
+    type: str  # host, srflx, prflx or relay
+    protocol: str  # udp or tcp
+    address: str
+    port: int
+    #: For a local relay candidate: how we reach the TURN server (udp or tcp).
+    relay_protocol: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "protocol": self.protocol,
+                               "address": self.address, "port": self.port}
+        if self.relay_protocol is not None:
+            out["relay_protocol"] = self.relay_protocol
+        return out
+
+    def __str__(self) -> str:
+        via = f" (TURN over {self.relay_protocol})" if self.relay_protocol else ""
+        return f"{self.type}/{self.protocol}{via}"
+
+
+@dataclass(frozen=True)
+class CandidatePair:
+    """The ICE candidate pair a call's media uses."""
+
+    local: IceCandidateInfo
+    remote: IceCandidateInfo
+
+    def to_json(self) -> dict[str, Any]:
+        return {"local": self.local.to_json(), "remote": self.remote.to_json()}
+
+    def __str__(self) -> str:
+        return f"{self.local} <-> {self.remote}"
+
+
+def candidate_pair_from_seam(raw: dict[str, Any]) -> CandidatePair:
+    """aioice's nominated pair (:func:`aiortc_seams.selected_candidate_pair`) -> the report.
+
+    aioice pairs from the base candidate, so a path that leaves through our
+    NAT shows as a local ``host`` candidate. When we have a server-reflexive
+    candidate with that base at another address (we are behind NAT) and the
+    peer is reached at a reflexive or relayed address (beyond our NAT), the
+    local end is reported as ``srflx``, as browsers do.
+    """
+    local, remote = raw["local"], raw["remote"]
+    local_type = local["type"]
+    if local_type == "host" and remote["type"] in ("srflx", "prflx", "relay"):
+        for c in raw.get("local_candidates", []):
+            if c["type"] == "srflx" and c["related_address"] == local["address"] and \
+                    c["related_port"] == local["port"] and \
+                    (c["address"], c["port"]) != (local["address"], local["port"]):
+                local = c
+                local_type = "srflx"
+                break
+    return CandidatePair(
+        local=IceCandidateInfo(local_type, local["protocol"], local["address"], local["port"],
+                               raw.get("relay_protocol") if local_type == "relay" else None),
+        remote=IceCandidateInfo(remote["type"], remote["protocol"], remote["address"],
+                                remote["port"]),
+    )
+
+
+@dataclass
+class MediaConfig:
+    """How a call's audio is coded and played out."""
+
+    #: "softphone": our encoder (mono voice, FEC) and playout (adaptive jitter
+    #: buffer, concealment, FEC recovery). "aiortc": aiortc's own, as shipped.
+    pipeline: str = "softphone"
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    #: Simulated loss/jitter on received packets (tests, benchmarks, --simulate-loss).
+    impairment: Impairment | None = None
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in ("softphone", "aiortc"):
+            raise ValueError(f"unknown audio pipeline {self.pipeline!r}")
+
+
+async def _gather_all(gatherers: set[Any]) -> None:
+    # return_exceptions: a gatherer cancelled by close() must not leave an
+    # unretrieved exception behind (asyncio would print it).
+    await asyncio.gather(*(g.gather() for g in gatherers), return_exceptions=True)
 
 
 class MediaSession:
@@ -84,13 +183,19 @@ class MediaSession:
     def __init__(self, ice_servers: Sequence[dict[str, Any]], source: MediaStreamTrack,
                  receiver: AudioReceiver, *, relay_only: bool = False,
                  on_connected: Callable[[], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None) -> None:
-        config = RTCConfiguration(
+                 on_failed: Callable[[str], None] | None = None,
+                 config: MediaConfig | None = None) -> None:
+        self.config = config or MediaConfig()
+        if self.config.pipeline == "softphone":
+            aiortc_seams.install_voice_codec(self.config.encoder)
+        rtc_config = RTCConfiguration(
             iceServers=ice_servers_from_json(ice_servers),
             iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay_only
             else RTCIceTransportPolicy.ALL,
         )
-        self.pc = RTCPeerConnection(configuration=config)
+        self.pc = RTCPeerConnection(configuration=rtc_config)
+        self.playout: Playout | None = None
+        self._gathering: asyncio.Future[Any] | None = None
         self.source = source
         self.receiver = receiver
         self._on_connected = on_connected
@@ -98,12 +203,24 @@ class MediaSession:
         self._candidate_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.connected_at: float | None = None
+        self.relay_only = relay_only
+        #: The ICE pair in use, set when the connection is up (None before).
+        self.candidate_pair: CandidatePair | None = None
         self.pc.addTrack(source)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+        if track.kind != "audio":
+            return
+        rtp_receiver = next((r for r in self.pc.getReceivers() if r.track is track), None)
+        if rtp_receiver is not None and self.config.impairment is not None:
+            aiortc_seams.impair_receiver(rtp_receiver, self.config.impairment)
+        if self.config.pipeline == "softphone" and rtp_receiver is not None:
+            self.playout = Playout()
+            aiortc_seams.tap_receiver(rtp_receiver, self.playout.push)
+            self.receiver.start_playout(self.playout)
+        else:
             self.receiver.start(track)
 
     async def _on_state(self) -> None:
@@ -111,20 +228,62 @@ class MediaSession:
         log.info("peer connection %s", state)
         if state == "connected":
             self.connected_at = time.monotonic()
+            self.candidate_pair = self.selected_candidate_pair()
+            log.info("media via %s", self.candidate_pair)
             if self._on_connected:
                 self._on_connected()
         elif state == "failed" and not self._closed and self._on_failed:
-            self._on_failed("ice-failed")
+            errors = aiortc_seams.turn_errors(self.pc)
+            self._on_failed(f"ice-failed; {errors[0]}" if errors else "ice-failed")
+
+    def selected_candidate_pair(self) -> CandidatePair | None:
+        """The candidate pair ICE selected (None until it has selected one)."""
+        try:
+            raw = aiortc_seams.selected_candidate_pair(self.pc)
+        except Exception as exc:  # a half-built or closed connection
+            log.debug("no candidate pair: %s", exc)
+            return None
+        return None if raw is None else candidate_pair_from_seam(raw)
+
+    def _check_relay(self, sdp: str) -> None:
+        """Relay only and no relay candidate: fail now rather than at the setup timeout."""
+        if not self.relay_only or " typ relay" in sdp or self._on_failed is None:
+            return
+        errors = aiortc_seams.turn_errors(self.pc)
+        self._on_failed("no relay candidate: " + (errors[0] if errors else
+                                                  "relay only, but no TURN server is set"))
+
+    def pregather(self) -> None:
+        """Start gathering ICE candidates now, before there is an offer or answer to make.
+
+        The caller gathers while the phone rings and the callee as soon as it
+        accepts, so a slow or dead STUN server costs the call its gathering
+        time once, not once per side. (RTCIceGatherer.gather is public ORTC API.)
+        """
+        if self._gathering is None:
+            gatherers = {t.sender.transport.transport.iceGatherer
+                         for t in self.pc.getTransceivers()}
+            self._gathering = asyncio.ensure_future(_gather_all(gatherers))
+
+    async def _gathered(self) -> None:
+        # aiortc's own gathering returns at once while ours is under way, without
+        # its candidates: wait for ours before any setLocalDescription.
+        if self._gathering is not None:
+            await self._gathering
 
     async def create_offer(self) -> str:
         """Make our offer with every candidate in it (aiortc does not trickle)."""
+        await self._gathered()
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._check_relay(str(self.pc.localDescription.sdp))
         return str(self.pc.localDescription.sdp)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer and return our answer."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self._gathered()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._check_relay(str(self.pc.localDescription.sdp))
         return str(self.pc.localDescription.sdp)
 
     async def apply_answer(self, sdp: str) -> None:
@@ -178,7 +337,12 @@ class MediaSession:
                 jitter = float(stat.jitter) / 48.0  # RTP clock units (48 kHz) -> ms
             elif kind == "remote-inbound-rtp" and stat.roundTripTime is not None:
                 rtt = float(stat.roundTripTime) * 1000.0
-        return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames)
+        playout = self.playout
+        if playout is None:
+            return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames)
+        return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames,
+                          playout.stats.concealed, playout.stats.recovered,
+                          playout.delay * 1000, playout.target * 1000)
 
     async def close(self) -> None:
         if self._closed:
@@ -186,6 +350,8 @@ class MediaSession:
         self._closed = True
         for task in list(self._candidate_tasks):
             task.cancel()
+        if self._gathering is not None and not self._gathering.done():
+            self._gathering.cancel()
         await self.receiver.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()

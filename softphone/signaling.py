@@ -100,7 +100,10 @@ class HubClient:
         """``GET /ice-servers``; raises :class:`HubUnreachable` on failure."""
         session = await self._ensure_session()
         try:
-            async with session.get(f"{self.address.http}/ice-servers", ssl=self._ssl) as resp:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            async with session.get(f"{self.address.http}/ice-servers",
+                                   params={"id": self.client_id}, headers=headers,
+                                   ssl=self._ssl) as resp:
                 resp.raise_for_status()
                 body = await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:

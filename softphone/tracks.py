@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, runtime_checkable
 
 import av
 import numpy as np
@@ -181,8 +181,70 @@ class EchoSource(PacedSource):
         return buf[:count]
 
 
+class TrackPlayout:
+    """aiortc's decoded frames, pulled in real time: silence when none is ready.
+
+    This is how a sound card would play aiortc's own pipeline; lost frames
+    are missing time, not shorter audio.
+    """
+
+    def __init__(self, track: MediaStreamTrack,
+                 convert: Callable[[av.AudioFrame], Int16Array]) -> None:
+        self._frames: deque[Int16Array] = deque(maxlen=200)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._convert = convert
+        self.underruns = 0
+        self._task = asyncio.create_task(self._read(track), name="aiortc-track-reader")
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if isinstance(frame, av.AudioFrame):
+                self._frames.append(self._convert(frame))
+
+    def pull(self) -> Int16Array:
+        buf = self._pending
+        while buf.size < FRAME_SAMPLES and self._frames:
+            buf = np.concatenate((buf, self._frames.popleft()))
+        if buf.size < FRAME_SAMPLES:
+            if self._frames or buf.size:
+                self._pending = buf
+            self.underruns += 1
+            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._pending = buf[FRAME_SAMPLES:]
+        return buf[:FRAME_SAMPLES]
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class PullSource(Protocol):
+    """Anything that hands out the next 20 ms of audio on demand (see voice.Playout)."""
+
+    def pull(self) -> Int16Array: ...
+
+
 class Sink(Protocol):
     def write(self, samples: Int16Array) -> None: ...
+
+
+@runtime_checkable
+class PlayoutDriver(Protocol):
+    """A device that plays received audio and is its clock (``devices.SpeakerDriver``).
+
+    :meth:`drive` is called on the event loop; the device then calls ``pull()``
+    from its own thread for every 20 ms it plays, and ``stopped()`` (on the
+    loop) if it dies. Passed among a call's sinks, it is taken out of them.
+    """
+
+    def drive(self, pull: Callable[[], Int16Array], stopped: Callable[[], None]) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class RecorderSink:
@@ -234,8 +296,11 @@ class AudioReceiver:
     """Reads a remote audio track until it ends, feeding sinks and counting."""
 
     def __init__(self, sinks: list[Sink] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.sinks: list[Sink] = list(sinks or [])
+                 clock: Callable[[], float] = time.monotonic,
+                 driver: PlayoutDriver | None = None) -> None:
+        sinks = list(sinks or [])
+        self.driver = driver or next((s for s in sinks if isinstance(s, PlayoutDriver)), None)
+        self.sinks: list[Sink] = [s for s in sinks if s is not cast(Any, self.driver)]
         self.clock = clock
         self.frames = 0
         self.first_frame_at: float | None = None
@@ -243,9 +308,54 @@ class AudioReceiver:
         self.level_dbfs = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._resampler: Any = None
+        self.track_playout: TrackPlayout | None = None
 
     def start(self, track: MediaStreamTrack) -> None:
-        self._task = asyncio.create_task(self._run(track), name="audio-receiver")
+        """Play aiortc's own decoded frames (its pipeline) in real time, like a speaker."""
+        self.track_playout = TrackPlayout(track, self._mono)
+        self.start_playout(self.track_playout)
+
+    def start_playout(self, playout: PullSource, driver: PlayoutDriver | None = None) -> None:
+        """Play ``playout``: the speaker (``driver``) pulls it, else a 20 ms clock does.
+
+        With a driver, each frame it pulls also goes to the sinks, handed to
+        the event loop; if the driver dies, the 20 ms clock takes over.
+        """
+        driver = driver or self.driver
+        if driver is None:
+            self._start_clock(playout)
+            return
+        self.driver = driver
+        loop = asyncio.get_running_loop()
+
+        def pull() -> Int16Array:  # on the device's thread
+            samples = playout.pull()
+            with contextlib.suppress(RuntimeError):  # loop closed: the call is over
+                loop.call_soon_threadsafe(self.feed, samples)
+            return samples
+
+        def stopped() -> None:
+            if self._task is None:
+                log.info("speaker stopped: playing out on a 20 ms clock")
+                self._start_clock(playout)
+
+        driver.drive(pull, stopped)
+
+    def _start_clock(self, playout: PullSource) -> None:
+        self._task = asyncio.create_task(self._clock(playout), name="audio-playout-clock")
+
+    async def _clock(self, playout: PullSource) -> None:
+        loop = asyncio.get_running_loop()
+        period = FRAME_SAMPLES / SAMPLE_RATE
+        due = loop.time()
+        while True:
+            self.feed(playout.pull())
+            due += period
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -0.2:  # the loop was stalled: do not catch up with a burst
+                due = loop.time()
 
     def _mono(self, frame: av.AudioFrame) -> Int16Array:
         if frame.sample_rate != SAMPLE_RATE or frame.format.name != "s16":
@@ -268,18 +378,14 @@ class AudioReceiver:
         for sink in self.sinks:
             sink.write(samples)
 
-    async def _run(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if isinstance(frame, av.AudioFrame):
-                self.feed(self._mono(frame))
-
     async def stop(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()
+        if self.track_playout is not None:
+            await self.track_playout.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+

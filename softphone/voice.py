@@ -30,6 +30,7 @@ from .opus import EncoderSettings, OpusDecoder, OpusEncoder
 log = logging.getLogger(__name__)
 
 _SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+_QUIET_PEAK = int(32768 * 10 ** (-45 / 20))
 
 
 class VoiceEncoder:
@@ -89,6 +90,7 @@ class Playout:
         self.stats = PlayoutStats()
         self._lock = threading.Lock()
         self._ssrc: int | None = None
+        self._quiet = True
         #: Called with (rtp_timestamp, pull_time) for every frame played from a packet.
         self.on_played: Callable[[int, float], None] | None = None
 
@@ -107,7 +109,7 @@ class Playout:
         """The next 20 ms to play (always exactly 960 samples)."""
         now = self.clock()
         with self._lock:
-            decision = self.buffer.pull(now)
+            decision = self.buffer.pull(now, self._quiet)
             stats = self.stats
             stats.frames += 1
             try:
@@ -131,6 +133,8 @@ class Playout:
                 stats.decode_errors += 1
                 log.debug("decode failed: %s", exc)
                 return _SILENCE.copy()
+        # A pause in speech (below -45 dBFS peak) is where the buffer may skip a frame.
+        self._quiet = out.size == 0 or int(np.abs(out).max()) < _QUIET_PEAK
         if out.size != FRAME_SAMPLES:  # packets of another duration: fit to 20 ms
             fitted = np.zeros(FRAME_SAMPLES, dtype=np.int16)
             n = min(FRAME_SAMPLES, out.size)

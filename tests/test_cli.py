@@ -88,3 +88,13 @@ def test_serve_on_a_busy_port() -> None:
         code, out = run("serve", "--port", str(port))
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+def test_missing_opus_library_is_one_clear_line() -> None:
+    code = ("import sys; sys.modules['opuslib_next'] = None; "
+            "from softphone.cli import main; main(['demo', '--seconds', '1'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == \
+        "softphone: opuslib-next is not installed: pip install opuslib-next"
+    assert "Traceback" not in out.stderr

@@ -175,3 +175,17 @@ async def test_demo(procs: list[Proc]) -> None:
     assert await p.wait(60) == 0, p.stdout + p.stderr
     assert "demo passed: audio made it both ways" in p.stdout
     assert "received 660.0 Hz" in p.stdout or "received 659." in p.stdout
+
+
+async def test_simulated_loss_is_concealed(hub: Hub, procs: list[Proc], tmp_path) -> None:
+    rec = str(tmp_path / "a.wav")
+    await listening(procs, hub, "b", "--auto-accept", "--once", "--tone", "600")
+    a = Proc("call", "b", "--as", "a", "--server", hub_url(hub), "--record", rec,
+             "--duration", "4", "--simulate-loss", "5", "--bitrate", "64", "--json")
+    procs.append(a)
+    assert await a.wait() == 0, a.stderr
+    stats = json.loads(a.stdout.splitlines()[-1])["stats"]
+    assert stats["concealed"] + stats["recovered"] > 5  # losses happened and were filled
+    samples, rate = read_wav(rec)
+    assert_tone(rec, 600)
+    assert not [g for g in silent_gaps(samples[rate:], rate) if g > 0.020]

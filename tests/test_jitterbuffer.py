@@ -219,4 +219,22 @@ def test_long_outage_falls_silent_and_resumes() -> None:
     # The player then stalls for almost two seconds; the stream comes back.
     jb.push(100 * F, payload(100), 2.0)
     d = jb.pull(2.005)
+    if isinstance(d, Recover):  # after a loss it keeps one frame for FEC: 99 from 100's FEC
+        assert d.timestamp == 99 * F
+        d = jb.pull(2.025)
     assert isinstance(d, Play) and d.payload == payload(100)
+    assert jb.stats.skipped >= 85  # the outage was not played out late
+
+
+def test_a_surplus_frame_is_skipped_only_in_a_pause() -> None:
+    """One extra frame of delay is cut where it is not heard (quiet), not mid-word."""
+    def run(quiet: bool) -> JitterBuffer:
+        jb = JitterBuffer()
+        jb.push(0, payload(0), 0.001)
+        for i in range(100):  # packet i+1 is always in before frame i is pulled
+            jb.push((i + 1) * F, payload(i + 1), (i + 1) * T + 0.001)
+            jb.pull(i * T + 0.025, quiet=quiet)
+        return jb
+
+    assert run(quiet=False).stats.skipped == 0
+    assert run(quiet=True).stats.skipped >= 1
