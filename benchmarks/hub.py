@@ -3,6 +3,7 @@
     python benchmarks/hub.py                 # every scenario, both servers
     python benchmarks/hub.py --quick         # shorter runs, 2,000 idle connections
     python benchmarks/hub.py --only ours     # skip the PeerJS server
+    python benchmarks/hub.py --bare          # also a bare aiohttp relay (no checks)
 
 The server under test runs as a subprocess pinned to CPU 0; this load
 generator (and the flooding process) run on CPU 1. Scenarios:
@@ -605,29 +606,28 @@ async def main(args: argparse.Namespace) -> None:
           f"{os.getloadavg()[1]:.2f} (before); server on CPU {SERVER_CPU}, "
           f"load on CPU {LOAD_CPU}", flush=True)
     results: dict[tuple[str, str], Result] = {}
-    idles: list[str] = []
     todo = set(args.scenarios.split(","))
-    for key, make in kinds:
-        for pairs in (1, 10, 100) if "relay" in todo else ():
-            r = await run_server(lambda m=make: m(0, True),  # type: ignore[misc]
-                                 lambda s, p=pairs: relay(s, p, secs))
-            results[(r.scenario, key)] = r
-            print(r.line(), flush=True)
-        if "steady" in todo:
-            r = await run_server(lambda m=make: m(0, False),  # type: ignore[misc]
-                                 lambda s: steady(s, 200, 10_000, secs))
-            results[(r.scenario, key)] = r
-            print(r.line(), flush=True)
-        if "flood" in todo:
-            r = await run_server(lambda m=make: m(0, False),  # type: ignore[misc]
-                                 lambda s: steady(s, 198, 5_000, secs, flood=True))
-            results[(r.scenario, key)] = r
-            print(r.line(), flush=True)
-        if "idle" in todo:
-            line = await run_server(lambda m=make: m(args.idle, False),  # type: ignore[misc]
-                                    lambda s: idle(s, args.idle))
-            idles.append(line)
-            print(line, flush=True)
+    # Scenario by scenario, every server back to back: the machine's load drifts.
+    plan: list[tuple[bool, int, Callable[[Server], Any]]] = []
+    if "relay" in todo:
+        plan += [(True, 0, lambda s, p=pairs: relay(s, p, secs)) for pairs in (1, 10, 100)]
+    if "steady" in todo:
+        plan.append((False, 0, lambda s: steady(s, 200, 10_000, secs)))
+    if "flood" in todo:
+        plan.append((False, 0, lambda s: steady(s, 198, 5_000, secs, flood=True)))
+    if "idle" in todo:
+        plan.append((False, args.idle, lambda s: idle(s, args.idle)))
+    for relay_rate, idle_count, body in plan:
+        for key, make in kinds:
+            out = await run_server(
+                lambda m=make, r=relay_rate, i=idle_count: m(i, r),  # type: ignore[misc]
+                body)
+            if isinstance(out, Result):
+                results[(out.scenario, key)] = out
+                print(out.line(), flush=True)
+            else:
+                print(out, flush=True)
+        print(f"# load average now {os.getloadavg()[0]:.2f}", flush=True)
     if any(k == "peerjs" for k, _ in kinds) and any(k == "ours" for k, _ in kinds):
         print("\n# ratios (softphone hub / PeerJS server; < 1 is better for CPU, latency)")
         for (scenario, key), ours in results.items():
@@ -653,9 +653,18 @@ if __name__ == "__main__":
                         help="comma-separated subset of relay,steady,flood,idle")
     parser.add_argument("--flooder", help=argparse.SUPPRESS)
     parser.add_argument("--flood-kind", help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", action="store_true",
+                        help="multi-node mode: in-memory hub vs 1 vs 2 nodes on Redis, pairs "
+                             "split across nodes (benchmarks/hub_cluster.py; --seconds, --quick)")
     ns = parser.parse_args()
     if ns.quick:
         ns.seconds, ns.idle = 3.0, 2_000
+    if ns.nodes:
+        import hub_cluster  # benchmarks/hub_cluster.py (multi-node mode)
+
+        ns.rate = 2_000.0
+        asyncio.run(hub_cluster.main(ns))
+        sys.exit(0)
     if ns.bare_server:
         bare_server(ns.bare_server)
         sys.exit(0)

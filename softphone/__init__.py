@@ -11,19 +11,47 @@ The Python API in a nutshell::
 See ``examples/`` for bots built on it.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .callstate import EXIT_CODES, CallState, CallTimeouts, Outcome, Role
-from .hub import Hub, HubConfig
-from .phone import Call, CallEnded, CallResult, Phone
-from .signaling import HubUnreachable
-from .tracks import (
-    AudioReceiver,
-    CaptureSink,
-    EchoSource,
-    FileSource,
-    RecorderSink,
-    SilenceSource,
-    ToneSource,
-)
+
+if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
+    from .hub import Hub, HubConfig
+    from .phone import Call, CallEnded, CallResult, Phone
+    from .signaling import HubUnreachable
+    from .tracks import (
+        AudioReceiver,
+        CaptureSink,
+        EchoSource,
+        FileSource,
+        RecorderSink,
+        SilenceSource,
+        ToneSource,
+    )
+
+#: Where each lazily imported name lives. Lazy so that `softphone serve` (the
+#: hub) does not load aiortc, PyAV and numpy, which only calls need.
+_LAZY = {
+    "Hub": "hub", "HubConfig": "hub",
+    "Call": "phone", "CallEnded": "phone", "CallResult": "phone", "Phone": "phone",
+    "HubUnreachable": "signaling",
+    "AudioReceiver": "tracks", "CaptureSink": "tracks", "EchoSource": "tracks",
+    "FileSource": "tracks", "RecorderSink": "tracks", "SilenceSource": "tracks",
+    "ToneSource": "tracks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'softphone' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

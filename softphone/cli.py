@@ -603,6 +603,8 @@ def serve(host: str, port: int, ice_servers: tuple[str, ...], ice_username: str 
 
     With --secret (or SOFTPHONE_SECRET) every client needs a token
     (softphone token --as ID); without it the hub is open, like the original.
+    With --redis several hubs act as one; if Redis cannot be reached at start,
+    the exit code is 12.
     """
     from .hub import DEFAULT_ICE_SERVERS, Hub, HubConfig, serve_forever
 
@@ -739,7 +741,7 @@ def call(callee: str, client_id: str, server: str, play: str | None, tone: float
         interrupts = Interrupts()
         interrupts.install()
         phone = Phone(client_id, server, ice_servers=servers, timeouts=timeouts, media=media,
-                      reconnect=False, relay_only=relay_only, token=hub_token,
+                      reconnect=True, relay_only=relay_only, token=hub_token,
                       ssl_context=tls)
         try:
             await phone.connect()

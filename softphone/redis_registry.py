@@ -43,7 +43,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ._tasks import spawn
 from .errors import MissingDependency
+from .protocol import ERROR_TYPE, ErrorCode, HubError
 from .registry import Peer, Registry, RegistryEvents
 
 log = logging.getLogger(__name__)
@@ -121,12 +123,23 @@ class Replace:
     token: str
 
 
-Envelope = Deliver | Replace
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """A message ``sender`` sent (type ``ref``) found nobody holding ``to`` on arrival."""
+
+    sender: str
+    to: str
+    ref: str
+
+
+Envelope = Deliver | Replace | Bounce
 
 
 def encode_envelope(envelope: Envelope) -> str:
     if isinstance(envelope, Deliver):
         return _SEP.join(("D", envelope.to, envelope.from_node, envelope.text))
+    if isinstance(envelope, Bounce):
+        return _SEP.join(("O", envelope.sender, envelope.to, envelope.ref))
     return _SEP.join(("R", envelope.client_id, envelope.token))
 
 
@@ -141,7 +154,25 @@ def decode_envelope(raw: str | bytes) -> Envelope | None:
         parts = text.split(_SEP)
         if len(parts) == 3:
             return Replace(parts[1], parts[2])
+    elif text.startswith("O" + _SEP):
+        parts = text.split(_SEP)
+        if len(parts) == 4:
+            return Bounce(parts[1], parts[2], parts[3])
     return None
+
+
+def bounce_for(envelope: Deliver) -> Bounce | None:
+    """What to send back when nobody here holds ``envelope.to`` (None: not a message)."""
+    try:
+        obj = json.loads(envelope.text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    sender, type_ = obj.get("from"), obj.get("type")
+    if not isinstance(sender, str) or not isinstance(type_, str) or type_ == ERROR_TYPE:
+        return None
+    return Bounce(sender, envelope.to, type_)
 
 
 def call_event(text: str) -> tuple[str, str] | None:
@@ -295,12 +326,13 @@ class RedisRegistry(Registry):
         self.ttl = ttl
         self._ttl_ms = str(int(ttl * 1000))
         # A few connections, waited for when busy (a burst of registrations must not
-        # fail with "too many connections"); routing goes through one pipeline.
+        # fail with "too many connections"); routing has a connection of its own.
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=8, timeout=max(2.0, heartbeat * 2),
             socket_connect_timeout=2.0, socket_timeout=max(2.0, heartbeat * 2),
             retry_on_timeout=False, retry=Retry(NoBackoff(), 0), decode_responses=True,
             health_check_interval=0)
+        self._pool = pool
         self._redis = aioredis.Redis(connection_pool=pool)
         self._routing: list[tuple[str, str, asyncio.Future[bool]]] = []
         self._router: asyncio.Task[None] | None = None
@@ -347,6 +379,7 @@ class RedisRegistry(Registry):
             await self._close_pubsub()
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
+                await self._pool.disconnect()
             raise RegistryUnavailable(f"cannot reach Redis at {_safe_url(self.url)}: "
                                       f"{_why(exc)}") from None
         log.info("redis-registry node=%s url=%s ttl=%ss", self.node_id, _safe_url(self.url),
@@ -354,30 +387,38 @@ class RedisRegistry(Registry):
         self._task = asyncio.create_task(self._run(), name=f"redis-registry-{self.node_id}")
 
     async def close(self) -> None:
+        """Stop, release our ids, disconnect. Bounded: never hangs on a dead Redis."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
-        if self._router is not None:
-            self._router.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._router
+        for task in (self._task, self._router):
+            # redis-py can swallow a cancellation inside a command: cancel until done.
+            for _ in range(20):
+                if task is None or task.done():
+                    break
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+            if task is not None and not task.done():
+                log.warning("redis-registry: %s did not stop in time", task.get_name())
         for _, _, done in self._routing:
             if not done.done():
                 done.set_result(False)
         self._routing.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._goodbye(), 3.0)
+        self._local.clear()
+
+    async def _goodbye(self) -> None:
         await self._drop_route_conn()
         if not self._degraded:
             with contextlib.suppress(Exception):
                 for client_id, (_, token) in list(self._local.items()):
-                    await self._scripts["release"](
-                        keys=[self.keys.client(client_id)],
-                        args=[holder_value(self.node_id, token)])
+                    await self._scripts["release"](keys=[self.keys.client(client_id)],
+                                                   args=[holder_value(self.node_id, token)])
                 await self._redis.delete(self.keys.node(self.node_id))
-        self._local.clear()
         await self._close_pubsub()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+        # A pool given to the client is not closed by it: every connection, now.
+        await self._pool.disconnect()
 
     def status(self) -> str:
         return "degraded" if self._degraded else "ok"
@@ -426,7 +467,7 @@ class RedisRegistry(Registry):
         if self._degraded:
             return False
         # Batched: every message waiting while a round trip is in flight goes in the
-        # next pipeline (one round trip, one connection, however many senders).
+        # next write (one round trip, one connection, however many senders).
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._routing.append((to, encode_envelope(Deliver(to, self.node_id, text)), done))
         if self._router is None or self._router.done():
@@ -442,11 +483,11 @@ class RedisRegistry(Registry):
             try:
                 conn = self._route_conn
                 if conn is None:
-                    conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+                    # Kept before connecting, so that _drop_route_conn always closes it.
+                    conn = self._route_conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
                     await conn.connect()
                     await conn.send_command("SCRIPT", "LOAD", _ROUTE)
                     self._route_sha = str(await conn.read_response())
-                    self._route_conn = conn
                 prefix = self.keys.channel("")
                 await conn.send_packed_command(conn.pack_commands(
                     [("EVALSHA", self._route_sha, 1, self.keys.client(to), prefix, envelope)
@@ -511,7 +552,7 @@ class RedisRegistry(Registry):
         from redis.exceptions import RedisError
 
         reader: asyncio.Task[None] | None = None
-        while True:
+        while not self._closed:
             try:
                 if self._degraded:
                     await self._redis.ping()
@@ -523,7 +564,7 @@ class RedisRegistry(Registry):
                     log.warning("redis-recovered node=%s: %d local ids re-announced",
                                 self.node_id, len(self._local))
                 reader = asyncio.create_task(self._read(self._pubsub))
-                while not self._degraded:
+                while not self._degraded and not self._closed:
                     done, _ = await asyncio.wait({reader}, timeout=self.heartbeat)
                     if done:
                         reader.result()  # raises what stopped it
@@ -565,9 +606,20 @@ class RedisRegistry(Registry):
                 if self._events is not None:
                     self._events.registry_replaced(held[0])
             return
+        if isinstance(envelope, Bounce):
+            held = self._local.get(envelope.sender)
+            if held is not None:
+                held[0].deliver(HubError(ErrorCode.OFFLINE, f"{envelope.to} is not connected",
+                                         envelope.ref, envelope.to).encode())
+            return
         held = self._local.get(envelope.to)
         if held is None:
+            # It left (or its presence was stale) while the message was on its way:
+            # the sender gets `offline` after all, as on one node.
             log.debug("redis-registry: %s left before a message reached it", envelope.to)
+            bounce = bounce_for(envelope)
+            if bounce is not None:
+                spawn(self._publish(envelope.from_node, bounce), name="redis-bounce")
             return
         held[0].deliver(envelope.text)
         event = call_event(envelope.text)

@@ -97,8 +97,11 @@ async def test_hub_sigkilled_mid_call(procs: list[Proc], tmp_path: Path) -> None
     body = samples[rate // 2: -rate // 4]
     assert body.size > 3.5 * rate
     assert abs(dominant_frequency(body, rate) - 660) < 5
+    # The hub was gone for 2 s or more: media that needed it would show a gap that
+    # long. Shorter gaps are this shared machine's scheduling, not the hub.
     gaps = silent_gaps(body, rate)
-    assert max(gaps, default=0.0) < 0.1, gaps
+    assert max(gaps, default=0.0) < 0.5, gaps
+    assert samples.size / rate > result.talk_seconds - 1.0
 
 
 async def test_peer_sigkilled_ends_the_call_in_seconds(procs: list[Proc]) -> None:

@@ -25,11 +25,13 @@ from softphone.audio import dominant_frequency, silent_gaps, tone_purity
 from softphone.hub import Hub, HubConfig
 from softphone.protocol import Message
 from softphone.redis_registry import (
+    Bounce,
     Deliver,
     Keys,
     RedisRegistry,
     Replace,
     Watch,
+    bounce_for,
     call_event,
     decode_envelope,
     encode_envelope,
@@ -37,7 +39,7 @@ from softphone.redis_registry import (
     parse_holder,
 )
 
-from .conftest import Proc, need_command, read_wav
+from .conftest import Proc, need, need_command, read_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,11 +72,18 @@ def test_keys_and_holder_values() -> None:
 
 def test_envelopes_round_trip() -> None:
     text = '{"type":"offer","to":"b","from":"a","data":{"sdp":"v=0\\r\\n|x"}}'
-    for envelope in (Deliver("b", "node-1", text), Replace("alice", "0123abcd")):
+    for envelope in (Deliver("b", "node-1", text), Replace("alice", "0123abcd"),
+                     Bounce("a", "b", "offer")):
         assert decode_envelope(encode_envelope(envelope)) == envelope
         assert decode_envelope(encode_envelope(envelope).encode()) == envelope
     assert decode_envelope("hello") is None
     assert decode_envelope("R\x1eonly-two") is None
+
+
+def test_bounce_names_the_sender_and_the_type() -> None:
+    text = Message("call-request", "b", None, "a", False).encode()
+    assert bounce_for(Deliver("b", "n1", text)) == Bounce("a", "b", "call-request")
+    assert bounce_for(Deliver("b", "n1", "garbage")) is None
 
 
 def test_call_event_reads_only_call_messages() -> None:
@@ -119,6 +128,8 @@ def test_watch_is_bounded() -> None:
 
 @pytest.fixture
 def redis_server() -> Iterator[Any]:
+    need(importlib.util.find_spec("redis") is not None, "the redis package",
+         "pip install 'softphone[redis]'")
     need_command("redis-server", "redis-server")
     server = cluster.RedisServer()
     server.start()
@@ -276,6 +287,24 @@ async def test_lost_replace_notice_is_caught_by_the_heartbeat(
             await r.aclose()
         reply = await recv(alice, within=5)
         assert reply["type"] == "error" and reply["data"]["code"] == "replaced"
+
+
+async def test_stale_presence_still_answers_offline(nodes: Nodes, redis_server: Any) -> None:
+    """Presence says a live node holds the id, but it does not (it just left): offline."""
+    import redis.asyncio as aioredis
+
+    n1 = await nodes.add("n1")
+    await nodes.add("n2")
+    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await r.set("softphone:id:ghost", "n2|0000", px=5000)
+    finally:
+        await r.aclose()
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice:
+        await alice.send_json({"type": "call-request", "to": "ghost"})
+        assert await recv(alice) == {"type": "error", "data": {
+            "code": "offline", "message": "ghost is not connected", "ref": "call-request",
+            "to": "ghost"}}
 
 
 # -- Redis lost and back ---------------------------------------------------------------
