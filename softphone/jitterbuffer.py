@@ -96,11 +96,13 @@ class JitterBuffer:
     #: Consecutive concealed frames before falling silent.
     max_conceal: int = 25
     #: Pulls with a whole surplus frame before one frame is skipped.
-    surplus_pulls: int = 25
+    surplus_pulls: int = 15
     #: A timestamp this far (seconds) from the expected one restarts the buffer.
     max_jump: float = 2.0
-    #: After a loss, keep one frame in reserve (for FEC) for this many seconds.
-    loss_memory: float = 1.5
+    #: After a loss, keep one frame in reserve (for FEC) for this many seconds;
+    #: while losses recur (two or more within ``loss_window``), for as long as they do.
+    loss_memory: float = 1.0
+    loss_window: float = 5.0
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -109,10 +111,12 @@ class JitterBuffer:
     _next: int | None = None  # unwrapped timestamp to play next
     _transit: deque[tuple[float, float]] = field(default_factory=deque)  # (now, transit)
     _sorted_transit: list[float] = field(default_factory=list)
+    _arrivals: dict[int, float] = field(default_factory=dict)
     _underruns: int = 0
-    _surplus: int = 0
+    _min_wait: float = math.inf
+    _waits: int = 0
     _quiet: bool = True
-    _last_loss: float | None = None
+    _losses: deque[float] = field(default_factory=deque)  # times of loss events
     _now: float = 0.0
 
     # -- input ---------------------------------------------------------------
@@ -143,6 +147,7 @@ class JitterBuffer:
             self.stats.duplicates += 1
             return False
         self._packets[ts] = payload
+        self._arrivals[ts] = now
         bisect.insort(self._keys, ts)
         self._note_transit(ts, now)
         if len(self._keys) > 4 * self.max_target * self.clock_rate / frame + 50:
@@ -159,18 +164,19 @@ class JitterBuffer:
             del self._sorted_transit[bisect.bisect_left(self._sorted_transit, old)]
 
     def _drop_oldest(self) -> None:
-        ts = self._keys.pop(0)
-        del self._packets[ts]
+        self._take(self._keys[0])
 
     def _restart(self) -> None:
         self._packets.clear()
+        self._arrivals.clear()
         self._keys.clear()
         self._next = None
         self._ref = None
         self._transit.clear()
         self._sorted_transit.clear()
         self._underruns = 0
-        self._surplus = 0
+        self._min_wait = math.inf
+        self._waits = 0
         self.stats.resets += 1
 
     # -- figures -------------------------------------------------------------
@@ -180,7 +186,10 @@ class JitterBuffer:
         """Seconds of audio to keep in reserve against jitter."""
         values = self._sorted_transit
         floor = self.min_target
-        if self._last_loss is not None and self._now - self._last_loss < self.loss_memory:
+        losses = self._losses
+        while losses and self._now - losses[0] > self.loss_window:
+            losses.popleft()
+        if losses and (len(losses) >= 2 or self._now - losses[-1] < self.loss_memory):
             floor = max(floor, self.frame_samples / self.clock_rate)
         if len(values) < 2:
             return floor
@@ -198,6 +207,7 @@ class JitterBuffer:
 
     def _take(self, ts: int) -> bytes:
         self._keys.remove(ts)
+        self._arrivals.pop(ts, None)
         return self._packets.pop(ts)
 
     def pull(self, now: float, quiet: bool = True) -> Decision:
@@ -220,17 +230,24 @@ class JitterBuffer:
             if self._keys and self._keys[-1] > nxt else None
         if later is None:
             # Nothing after the hole: the packet may be late. Conceal, keep our place.
-            self._surplus = 0
+            self._min_wait, self._waits = math.inf, 0  # an underrun: no surplus
             self._underruns += 1
             if self._underruns > self.max_conceal:
                 return Silence()
             self.stats.concealed += 1
             return Conceal(nxt & 0xFFFFFFFF)
         # Later packets are here: the frames from nxt up to `later` are lost.
-        self._last_loss = now
+        self._losses.append(now)  # one event, however many frames it lost
         missing = (later - nxt) // frame
         covered = min(missing, self._underruns)  # already concealed while we waited
         self._underruns = 0
+        if covered:
+            # Skipping what was concealed takes back the delay the wait added;
+            # keep enough of it for the target (after a loss: one frame, so the
+            # next loss can be rebuilt from FEC instead of concealed).
+            seconds = frame / self.clock_rate
+            spare = (self._keys[-1] + frame - nxt) / self.clock_rate - seconds
+            covered = min(covered, max(0, math.floor((spare - self.target) / seconds + 1e-9)))
         nxt += covered * frame
         missing -= covered
         if missing:
@@ -257,29 +274,38 @@ class JitterBuffer:
 
     def _play(self, now: float) -> Play:
         frame = self.frame_samples
+        seconds = frame / self.clock_rate
         assert self._next is not None
         self._underruns = 0
-        spare = self.level - frame / self.clock_rate  # what stays after this frame
         target = self.target
         skipped: list[bytes] = []
-        excess_frames = int((spare - target) * self.clock_rate // frame)
-        if excess_frames >= 1:
-            self._surplus += 1
-        else:
-            self._surplus = 0
-        if excess_frames >= 5 or (excess_frames >= 1 and self._quiet
-                                  and self._surplus >= self.surplus_pulls):
-            # Cut the delay: skip frames down to the target (all at once if far off).
-            cut = excess_frames if excess_frames >= 5 else 1
+        # How long the packets played lately waited here: if even the shortest
+        # wait exceeded the target by a whole frame, that frame is surplus delay.
+        arrived = self._arrivals.get(self._next)
+        if arrived is not None:
+            self._min_wait = min(self._min_wait, now - arrived)
+        self._waits += 1
+        surplus = 0
+        if self._waits >= self.surplus_pulls:
+            surplus = math.floor((self._min_wait - target) / seconds + 1e-6)
+        backlog = math.floor((self.level - seconds - target) / seconds + 1e-6)
+        ahead = self._next + frame in self._packets  # something to play after a skip
+        if backlog >= 5 or (surplus >= 1 and self._quiet and ahead):
+            # Cut the delay: one frame in a pause, or down to the target at once
+            # when far too much is buffered.
+            cut = backlog if backlog >= 5 else 1
             for _ in range(cut):
                 if self._next in self._packets:
                     skipped.append(self._take(self._next))
                 self._next += frame
                 self.stats.skipped += 1
-            self._surplus = 0
-            while self._next not in self._packets:  # land on a packet we have
+            while self._next not in self._packets and self._next <= self._keys[-1]:
                 self._next += frame
                 self.stats.skipped += 1
+        if backlog >= 5 or surplus >= 1 or self._waits >= self.surplus_pulls:
+            if surplus < 1 or skipped:  # start a new window (keep it open for a pause)
+                self._min_wait = math.inf
+                self._waits = 0
         ts = self._next
         payload = self._take(ts)
         self._next = ts + frame

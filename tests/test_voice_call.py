@@ -75,5 +75,6 @@ async def test_delay_returns_after_a_loss_burst(hub: Hub) -> None:
     heard, delays, _ = await talk(hub, 6.0, Impairment(drop_indices=burst))
     before = delays[15:28]
     after = delays[-15:]  # > 2 s after the burst
-    assert max(after) <= max(before) + 0.025
+    # A continuous tone has no pause to cut the frame kept for FEC in: allow that frame.
+    assert max(after) <= max(before) + 0.045
     assert abs(dominant_frequency(heard[-96_000:]) - 440) < 5
