@@ -27,10 +27,7 @@ those of labs whose process is gone (a killed test run).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -44,6 +41,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from softphone.auth import turn_credentials
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +99,9 @@ class LabError(RuntimeError):
 
 
 def turn_rest_credentials(secret: str, user: str, expires: float) -> tuple[str, str]:
-    """coturn's time-limited credentials: ``("<expiry>:<user>", base64(hmac-sha1))``."""
-    username = f"{int(expires)}:{user}"
-    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    return username, base64.b64encode(digest).decode()
+    """coturn's time-limited credentials expiring at ``expires`` (the hub's own code)."""
+    creds = turn_credentials(secret, user, now=expires, ttl=0)
+    return creds.username, creds.credential
 
 
 def _run(*argv: str, input: str | None = None, check: bool = True) -> str:
