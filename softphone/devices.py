@@ -43,6 +43,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, rms_dbfs
 from .errors import MissingDependency
+from .tracks import package_frame
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ LostCallback = Callable[[str], None]
 ALTERNATIVES = "--tone/--play to send, --record to keep what you hear, or --no-audio"
 INSTALL_PORTAUDIO = "apt-get install libportaudio2"
 
-_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 #: Device buffer (seconds) asked of PortAudio for microphone and speaker. Measured
 #: through the ALSA pulse plugin (benchmarks/mouth_to_ear.py): 'low' (about 9 ms)
@@ -368,15 +368,7 @@ class MicSource(MediaStreamTrack, _Watched):
                     self._declare_lost(f"gave no audio for {self.stall_timeout:g} s")
             if self.readyState != "live":
                 raise MediaStreamError
-        if self.muted:
-            samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self.level_dbfs = rms_dbfs(samples)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = _TIME_BASE
-        self._pts += FRAME_SAMPLES
-        return frame
+        return package_frame(self, samples)
 
     def stop(self) -> None:
         super().stop()

@@ -64,16 +64,30 @@ class PacedSource(MediaStreamTrack):
             elif now - due > 0.2:
                 # The loop was stalled: skip ahead rather than send a burst.
                 self._start = now - self._pts / SAMPLE_RATE
-        samples = self.next_samples(FRAME_SAMPLES)
-        if self.muted:
-            samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self.level_dbfs = rms_dbfs(samples)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = _TIME_BASE
-        self._pts += FRAME_SAMPLES
-        return frame
+        return self.package(self.next_samples(FRAME_SAMPLES))
+
+    def package(self, samples: Int16Array) -> av.AudioFrame:
+        """20 ms of samples -> the next frame (silent if muted); keeps the level."""
+        return package_frame(self, samples)
+
+
+class _Framed(Protocol):
+    muted: bool
+    level_dbfs: float
+    _pts: int
+
+
+def package_frame(track: _Framed, samples: Int16Array) -> av.AudioFrame:
+    """A source's next 20 ms as an aiortc frame: mute, level meter, timestamps."""
+    if track.muted:
+        samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    track.level_dbfs = rms_dbfs(samples)
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = track._pts
+    frame.time_base = _TIME_BASE
+    track._pts += FRAME_SAMPLES
+    return frame
 
 
 class SilenceSource(PacedSource):
