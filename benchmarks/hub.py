@@ -212,7 +212,12 @@ def bare_server(port: int) -> None:
 
     app = web.Application()
     app.add_routes([web.get("/ws", ws_handler)])
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    try:  # the same event loop as `softphone serve` (uvloop when installed)
+        import uvloop
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 
 class PeerJS(Server):

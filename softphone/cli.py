@@ -26,6 +26,8 @@ from .callstate import EXIT_CODES, CallState, CallTimeouts, Outcome
 from .protocol import is_valid_id
 from .signaling import DEFAULT_SERVER, HubAddress, HubUnreachable
 
+log = logging.getLogger(__name__)
+
 #: Exit code for an error that is not a call outcome (bad file, internal error).
 EXIT_ERROR = 1
 #: Exit code for Ctrl-C outside a call (like a shell: 128 + SIGINT).
@@ -590,12 +592,16 @@ def token(client_id: str, secret: str, ttl: float) -> None:
                    "See docs/scale-out.md.")
 @click.option("--node-id", metavar="ID",
               help="This node's name in Redis (default: hostname-pid; unique per node).")
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "uvloop", "asyncio"]),
+              default="auto", show_default=True,
+              help="Event loop: uvloop (less CPU and memory per client) or the standard "
+                   "asyncio one; auto takes uvloop when it is installed.")
 @ice_credential_options
 @hub_security_options
 @tls_server_options
 def serve(host: str, port: int, ice_servers: tuple[str, ...], ice_username: str | None,
           ice_credential: str | None, redis_url: str | None = None,
-          node_id: str | None = None, **security: Any) -> None:
+          node_id: str | None = None, loop_kind: str = "auto", **security: Any) -> None:
     """Run the signaling hub (WebSocket /ws, /ice-servers, /healthz, /metrics).
 
     It also serves the browser phone at / (https with --self-signed or
@@ -643,13 +649,34 @@ def serve(host: str, port: int, ice_servers: tuple[str, ...], ice_username: str 
 
     from .redis_registry import RegistryUnavailable
 
+    loop_factory = event_loop_factory(loop_kind)
     try:
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run())
     except RegistryUnavailable as exc:
         fail(str(exc), EXIT_REDIS_UNAVAILABLE)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     click.echo("hub stopped")
+
+
+def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The hub's event loop: uvloop if installed (``auto``) or asked for, else asyncio's.
+
+    uvloop (libuv, in C) costs the hub less CPU per relayed message and less memory
+    per connection; without it the standard loop does the same job.
+    """
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise click.UsageError("--loop uvloop: uvloop is not installed "
+                                   "(pip install uvloop)") from None
+        log.debug("uvloop not installed: standard asyncio event loop")
+        return None
+    return uvloop.new_event_loop
 
 
 #: Exit code of ``serve --redis`` when Redis cannot be reached at start.

@@ -228,10 +228,11 @@ class Hub:
         else:
             site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        server = site._server  # aiohttp keeps the asyncio Server here
-        assert server is not None and isinstance(server, asyncio.base_events.Server)
-        self.port = int(server.sockets[0].getsockname()[1])
-        bound = str(server.sockets[0].getsockname()[0])
+        server = site._server  # aiohttp keeps the asyncio (or uvloop) Server here
+        sockets: Sequence[socket.socket] = getattr(server, "sockets", ())
+        assert sockets, "the site is not listening"
+        self.port = int(sockets[0].getsockname()[1])
+        bound = str(sockets[0].getsockname()[0])
         if not self.config.secret and not _is_loopback(bound):
             log.warning("hub is open: no --secret, so anyone who reaches %s:%s can take "
                         "any id", bound, self.port)

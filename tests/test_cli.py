@@ -90,6 +90,38 @@ def test_serve_on_a_busy_port() -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in out
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_serve_on_a_busy_port_with_either_loop(loop: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, out = run("serve", "--loop", loop, "--port", str(port))
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+def test_serve_loop_choice() -> None:
+    import uvloop
+
+    from softphone.cli import event_loop_factory
+
+    assert event_loop_factory("asyncio") is None
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+
+
+def test_serve_without_uvloop_falls_back_to_asyncio() -> None:
+    code = ("import sys; sys.modules['uvloop'] = None; "
+            "from softphone.cli import event_loop_factory; "
+            "assert event_loop_factory('auto') is None; "
+            "event_loop_factory('uvloop')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "uvloop is not installed" in out.stderr
+
+
 def test_missing_opus_library_is_one_clear_line() -> None:
     code = ("import sys; sys.modules['opuslib_next'] = None; "
             "from softphone.cli import main; main(['demo', '--seconds', '1'])")
