@@ -14,7 +14,8 @@ from __future__ import annotations
 import enum
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 #: Client ids: 1 to 64 characters of ``A-Z a-z 0-9 . _ -``.
@@ -87,9 +88,14 @@ class Message:
     data: Any = None
     sender: str | None = None
     has_data: bool = False
+    #: The client's own text of this message, kept by :func:`parse_client_message`
+    #: when it holds nothing but ``type``, ``to`` and ``data``: relaying it then only
+    #: needs ``from`` put in front, not a new serialization of ``data`` (which is most
+    #: of a relayed offer's cost). The result is the same JSON value.
+    source: str | None = field(default=None, compare=False, repr=False)
 
     def with_sender(self, sender: str) -> Message:
-        return Message(self.type, self.to, self.data, sender, self.has_data)
+        return Message(self.type, self.to, self.data, sender, self.has_data, self.source)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "to": self.to}
@@ -100,7 +106,17 @@ class Message:
         return out
 
     def encode(self) -> str:
+        source = self.source
+        if source is not None:
+            if self.sender is None:
+                return source
+            # source is a JSON object with no "from": '{' + its members.
+            return f'{{"from":{encode_basestring(self.sender)},{source.lstrip(_JSON_SPACE)[1:]}'
         return _ENCODER.encode(self.to_wire())
+
+
+#: What JSON allows around values (RFC 8259), and all the decoder skips.
+_JSON_SPACE: Final = " \t\n\r"
 
 
 def make(type_: MessageType | str, to: str, data: Any = _ABSENT) -> Message:
@@ -175,9 +191,11 @@ def parse_client_message(text: str | bytes) -> Message:
         raise ProtocolError("'to' must be a string", ref=ref)
     if not is_valid_id(to):
         raise ProtocolError("'to' is not a valid id", ref=ref)
+    source = text if isinstance(text, str) and "from" not in obj else None
     if "data" in obj:
-        return Message(type_, to, obj["data"], None, True)
-    return Message(type_, to)
+        return Message(type_, to, obj["data"], None, True,
+                       source if len(obj) == 3 else None)
+    return Message(type_, to, None, None, False, source if len(obj) == 2 else None)
 
 
 def parse_hub_message(text: str | bytes) -> Message | HubError:

@@ -237,6 +237,25 @@ def test_encode_round_trips(message: Message) -> None:
     assert json.loads(relayed.encode()) == relayed.to_wire()
 
 
+@pytest.mark.parametrize("text", [
+    '{"type":"offer","to":"bob","data":{"sdp":"v=0","n":1.0e3}}',
+    ' \r\n\t{ "to" : "bob", "type":"hangup" } \n',
+    '{"type":"candidate","to":"bob","data":null}',
+    '{"type":"offer","to":"carol","to":"bob","data":[1]}',  # the last one counts
+    '{"type":"offer","to":"bob","data":"\\u00e9\\ud83d\\ude00 \\"from\\""}',
+    '{"type":"offer","to":"bob","from":"mallory","data":1}',
+    '{"type":"offer","to":"bob","data":1,"extra":{"from":"mallory"}}',
+    '{"type":"offer","to":"bob","extra":2}',
+])
+def test_relayed_text_is_the_message_from_the_sender(text: str) -> None:
+    """Relayed as the client wrote it with ``from`` put in, or re-encoded: the same JSON."""
+    message = parse_client_message(text)
+    relayed = message.with_sender("alice").encode()
+    assert json.loads(relayed) == {**message.to_wire(), "from": "alice"}
+    assert "mallory" not in relayed and "extra" not in relayed
+    assert parse_hub_message(relayed) == message.with_sender("alice")
+
+
 def test_encode_is_compact() -> None:
     text = make("offer", "bob", {"a": [1, 2]}).with_sender("alice").encode()
     assert text == '{"type":"offer","to":"bob","from":"alice","data":{"a":[1,2]}}'
