@@ -1,8 +1,19 @@
-"""The signaling hub: an aiohttp adapter around :mod:`softphone.protocol`.
+"""The signaling hub: a network adapter around :mod:`softphone.protocol`.
 
 Routes: ``GET /ws?id=[&token=]`` (WebSocket), ``GET /ice-servers``,
 ``GET /healthz``, ``GET /metrics``, and the browser phone (``/``,
-``/callerA.html``, ``/callerB.html``: :mod:`softphone.webpages`). Every frame
+``/callerA.html``, ``/callerB.html``: :mod:`softphone.webpages`).
+
+One listening socket (TLS included) for all of them. Each connection's request
+head is read by :class:`_Dispatch`: a WebSocket upgrade to ``/ws`` stays on the
+hub's own lean :class:`asyncio.Protocol` (:class:`ClientConnection`, with
+websockets' sans-I/O :class:`~websockets.server.ServerProtocol` parsing frames
+and handshakes), anything else goes to the aiohttp application, one request per
+connection. Lean because every connection costs memory for as long as a phone
+is online, and every message CPU: no task, queue, reader or timer per
+connection; one hub-wide heartbeat sweep; frames are handled as they arrive.
+
+Every frame
 a client sends is validated by :func:`route_frame` (pure); a valid one is delivered through the
 :class:`~softphone.registry.Registry` with ``from`` set to the sender, a bad
 one is answered with ``error`` and the connection is kept.
@@ -15,7 +26,7 @@ call with whom in :mod:`softphone.limits`. This module applies them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import gc
 import ipaddress
 import logging
@@ -23,11 +34,17 @@ import socket
 import ssl
 import struct
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
+from websockets.frames import Opcode
+from websockets.http11 import Request as WSRequest
+from websockets.http11 import Response as WSResponse
+from websockets.protocol import State as WSState
+from websockets.server import ServerProtocol
 
 from ._tasks import spawn
 from .auth import (
@@ -61,6 +78,23 @@ DEFAULT_ICE_SERVERS: Final[tuple[dict[str, Any], ...]] = (
 CLOSE_BAD_ID: Final = WSCloseCode.POLICY_VIOLATION
 #: Close code when the hub is full (RFC 6455 "try again later").
 CLOSE_FULL: Final = WSCloseCode.TRY_AGAIN_LATER
+#: Seconds a client has to answer the hub's close frame before it is cut off.
+CLOSE_TIMEOUT: Final = 5.0
+#: Seconds :meth:`Hub.stop` waits for clients to answer its close frames.
+STOP_GRACE: Final = 1.0
+#: A request head larger than this is not a WebSocket upgrade (aiohttp answers it).
+MAX_HEAD_BYTES: Final = 16 * 1024
+
+_TEXT: Final = Opcode.TEXT
+_BINARY: Final = Opcode.BINARY
+_CONT: Final = Opcode.CONT
+#: An empty ping frame (RFC 6455 5.5.2), as a server sends it.
+_PING: Final = b"\x89\x00"
+
+#: websockets logs every connection's opening and closing at info level: ours says
+#: it once, with the client's id (``connect``/``disconnect``).
+_WS_LOG: Final = logging.getLogger(f"{__name__}.websocket")
+_WS_LOG.setLevel(logging.WARNING)
 
 
 def route_frame(sender: str, text: str | bytes) -> Message | HubError:
@@ -99,41 +133,161 @@ class HubConfig:
     turn_ttl: float = DEFAULT_TURN_TTL
 
 
-class ClientConnection:
+class _WebSocket(asyncio.Protocol):
+    """A WebSocket on its transport, once the hub has answered its handshake.
+
+    websockets' sans-I/O :class:`~websockets.server.ServerProtocol` parses what
+    arrives (frames, pings, the closing handshake) and says what to send back;
+    this plain :class:`asyncio.Protocol` moves the bytes. No task, queue or timer
+    per connection: liveness is one hub-wide sweep (:meth:`Hub._heartbeat`).
+    """
+
+    __slots__ = ("_close_timer", "_lost", "_transport", "_ws", "quiet")
+
+    def __init__(self, ws: ServerProtocol, transport: asyncio.Transport) -> None:
+        self._ws = ws
+        self._transport = transport
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost: asyncio.Future[None] | None = None
+        #: Heartbeat sweeps since this client last sent anything.
+        self.quiet = 0
+
+    @property
+    def close_code(self) -> int | None:
+        return self._ws.close_code
+
+    def _flush(self) -> None:
+        for data in self._ws.data_to_send():
+            if data:
+                self._transport.write(data)
+            else:  # end of stream: after a closing handshake the server closes TCP
+                self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.quiet = 0
+        ws = self._ws
+        ws.receive_data(data)
+        self._flush()
+        events = ws.events_received()
+        if events:
+            self._frames(events)
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._flush()
+        return None  # the transport closes itself
+
+    def _frames(self, events: list[Any]) -> None:
+        """Frames the client sent (control frames are already answered)."""
+
+    def close(self, code: int = WSCloseCode.OK, reason: bytes = b"") -> None:
+        """Start the closing handshake; the connection is aborted if it does not finish."""
+        ws = self._ws
+        if ws.state is WSState.OPEN:
+            ws.send_close(code, reason.decode(errors="replace"))
+            self._flush()
+        transport = self._transport
+        if self._close_timer is None and not transport.is_closing():
+            self._close_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, self.cut)
+
+    def cut(self) -> None:
+        """End the TCP connection now: what was written still goes (FIN after it), unless
+        the client is not reading it (then reset)."""
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        transport = self._transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def ping(self) -> None:
+        if self._ws.state is WSState.OPEN and not self._transport.is_closing():
+            self._transport.write(_PING)
+
+    async def wait_closed(self) -> None:
+        if self._lost is None:
+            if self._transport.is_closing() and self._close_timer is None:
+                return
+            self._lost = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._lost)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._ws.receive_eof()  # (no-op if the closing handshake was done)
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        self._gone()
+
+    def _gone(self) -> None:
+        """The TCP connection is closed."""
+
+
+class _Refused(_WebSocket):
+    """A WebSocket told why it is refused, waiting for its closing handshake."""
+
+    __slots__ = ("_on_lost",)
+
+    def __init__(self, ws: ServerProtocol, transport: asyncio.Transport,
+                 on_lost: Callable[[], None] | None) -> None:
+        super().__init__(ws, transport)
+        self._on_lost = on_lost
+
+    def _gone(self) -> None:
+        if self._on_lost is not None:
+            self._on_lost()
+            self._on_lost = None
+
+
+class ClientConnection(_WebSocket):
     """One client's WebSocket; what it has not read yet is bounded in bytes.
 
     Frames go straight to the transport (one ``write`` of a whole RFC 6455 text
-    frame, as aiohttp's own writer does, so they never interleave with its pings
-    and close frames): no queue and no writer task per connection. The
+    frame), so they never interleave with pings and close frames. The
     transport's unsent buffer is the send queue; once it holds more than
     ``limit_bytes`` the client is not reading and is dropped.
+
+    Frames are handled as they arrive (no task per connection). When one cannot
+    be (over the rate limit, or a shared registry must be awaited), the hub stops
+    reading the client and holds its frames already parsed, in order, until then.
     """
 
-    __slots__ = ("_limit_bytes", "_transport", "bucket", "client_id", "dropped",
-                 "limited_at", "remote", "ws")
+    __slots__ = ("_fragments", "_held", "_hub", "_limit_bytes", "bucket", "client_id",
+                 "dropped", "limited_at", "registered", "remote")
 
-    def __init__(self, client_id: str, ws: web.WebSocketResponse,
-                 transport: asyncio.Transport | None, limit_bytes: int = 1024 * 1024,
+    def __init__(self, hub: Hub, client_id: str, ws: ServerProtocol,
+                 transport: asyncio.Transport, limit_bytes: int = 1024 * 1024,
                  bucket: TokenBucket | None = None, remote: str = "") -> None:
+        super().__init__(ws, transport)
+        self._hub = hub
         self.client_id = client_id
-        self.ws = ws
         self.bucket = bucket
         self.remote = remote
         self.dropped = False
+        self.registered = False
         #: When this client was last told ``rate-limited``.
         self.limited_at = float("-inf")
-        self._transport = transport
         self._limit_bytes = limit_bytes
+        #: Frames parsed but not handled yet, while reading is paused (None: reading).
+        self._held: list[Any] | None = None
+        #: The frames so far of a fragmented message.
+        self._fragments: list[Any] | None = None
 
     @property
     def queued(self) -> int:
         """Bytes written for this client that it has not taken yet."""
-        transport = self._transport
-        return 0 if transport is None else transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size()
 
     def deliver(self, text: str) -> bool:
         transport = self._transport
-        if self.dropped or transport is None or transport.is_closing() or self.ws.closed:
+        if self.dropped or transport.is_closing() or self._ws.state is not WSState.OPEN:
             return False
         transport.write(_text_frame(text))
         if self._limit_bytes and transport.get_write_buffer_size() > self._limit_bytes:
@@ -145,18 +299,80 @@ class ClientConnection:
         log.warning("slow-reader id=%s remote=%s: more than %d bytes unread, dropping it",
                     self.client_id, self.remote, self._limit_bytes)
         self.dropped = True
-        if self._transport is not None:
-            # It does not read, so it would not read a close frame either; and a closing
-            # transport would keep its unsent buffer until the peer reads: abort.
-            self._transport.abort()
-
-    async def close(self, code: int = WSCloseCode.OK, reason: bytes = b"") -> None:
-        """Close (what was delivered is already in the transport, ahead of the close)."""
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close(code=code, message=reason)
+        # It does not read, so it would not read a close frame either; and a closing
+        # transport would keep its unsent buffer until the peer reads: abort.
+        self._transport.abort()
 
     def stop(self) -> None:
         self.dropped = True
+
+    # -- frames in ------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Stop reading this client; frames already parsed wait in order."""
+        if self._held is None:
+            self._held = []
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        """Handle the frames held, then read again (unless one of them holds again)."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        if self.dropped or self._transport.is_closing():
+            return
+        self._transport.resume_reading()
+        if held:
+            self._frames(held)
+
+    def _frames(self, events: list[Any]) -> None:
+        if self.dropped:
+            return
+        held = self._held
+        if held is not None:
+            held.extend(events)
+            return
+        hub = self._hub
+        for i, frame in enumerate(events):
+            opcode = frame.opcode
+            if opcode is _CONT or opcode is _TEXT or opcode is _BINARY:
+                if not frame.fin or self._fragments is not None:
+                    if self._fragments is None:
+                        self._fragments = []
+                    self._fragments.append(frame)
+                    if not frame.fin:
+                        continue
+                    parts, self._fragments = self._fragments, None
+                    opcode = parts[0].opcode
+                    data = b"".join(part.data for part in parts)
+                else:
+                    data = frame.data
+                if opcode is _BINARY:
+                    hub._answer(self, HubError(ErrorCode.BAD_MESSAGE,
+                                               "binary frames are not accepted"))
+                    continue
+                try:
+                    text = data.decode()
+                except UnicodeDecodeError:
+                    self._ws.fail(WSCloseCode.INVALID_TEXT, "invalid UTF-8")
+                    self._flush()
+                    self.dropped = True
+                    return
+                if hub._on_text(self, text):
+                    continue
+                # Waiting (rate limit, or a registry round trip): the rest waits too.
+                rest = events[i + 1:]
+                if self._held is None:
+                    self.hold()
+                assert self._held is not None
+                self._held.extend(rest)
+                return
+
+    def _gone(self) -> None:
+        self.dropped = True
+        self._held = None
+        self._hub._closed(self)
 
 
 _SHORT: Final = struct.Struct("!BB")
@@ -199,9 +415,8 @@ class Hub:
                                          self.config.max_per_address)
         self.pairs = CallPairs(self.config.peer_grace)
         self.registry.bind(self, self.metrics.registry)  # a shared registry reports here
-        self.app = web.Application(middlewares=[_cors])
+        self.app = web.Application(middlewares=[_one_request, _cors])
         self.app.add_routes([
-            web.get("/ws", self._ws),
             web.get("/ice-servers", self._ice_servers),
             web.get("/healthz", self._healthz),
             web.get("/metrics", self._metrics),
@@ -209,7 +424,15 @@ class Hub:
         add_web_routes(self.app)  # the browser phone: /, /callerA.html, /callerB.html
         for add in self.config.extra_routes:
             add(self.app)
+        # Every response of the HTTP routes closes its connection, so that the next
+        # request of that client (a WebSocket upgrade) comes through _Dispatch again.
+        self.app.on_response_prepare.append(_close_after)  # (whatever else answers)
         self._runner: web.AppRunner | None = None
+        self._http: web.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._tls = False
+        self._beat: asyncio.TimerHandle | None = None
+        self._loop_time: Callable[[], float] = time.monotonic
         self._connections: set[ClientConnection] = set()
         self._pair_timer: asyncio.TimerHandle | None = None
         self.port: int | None = None
@@ -219,20 +442,32 @@ class Hub:
     async def start(self, host: str = "127.0.0.1", port: int = 0,
                     sock: socket.socket | None = None,
                     ssl_context: ssl.SSLContext | None = None) -> int:
-        """Listen (``port=0``: any free port) and return the port (https with ``ssl_context``)."""
+        """Listen (``port=0``: any free port) and return the port (https with ``ssl_context``).
+
+        One listening socket: WebSocket upgrades to ``/ws`` are served by the hub's
+        own lean protocol, every other request by the aiohttp application.
+        """
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site: web.BaseSite
+        http = self._runner.server
+        assert http is not None
+        self._http = http
+        loop = asyncio.get_running_loop()
+        self._loop_time = loop.time
+
+        def dispatch() -> asyncio.Protocol:
+            return _Dispatch(self)
+
         if sock is not None:
-            site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
+            self._server = await loop.create_server(dispatch, sock=sock, ssl=ssl_context)
         else:
-            site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        server = site._server  # aiohttp keeps the asyncio (or uvloop) Server here
-        sockets: Sequence[socket.socket] = getattr(server, "sockets", ())
-        assert sockets, "the site is not listening"
+            self._server = await loop.create_server(dispatch, host, port, ssl=ssl_context)
+        self._tls = ssl_context is not None
+        sockets: Sequence[socket.socket] = self._server.sockets
         self.port = int(sockets[0].getsockname()[1])
         bound = str(sockets[0].getsockname()[0])
+        if self.config.heartbeat > 0:
+            self._beat = loop.call_later(self.config.heartbeat / 2, self._heartbeat)
         if not self.config.secret and not _is_loopback(bound):
             log.warning("hub is open: no --secret, so anyone who reaches %s:%s can take "
                         "any id", bound, self.port)
@@ -244,12 +479,41 @@ class Hub:
     async def stop(self) -> None:
         if self._pair_timer is not None:
             self._pair_timer.cancel()
-        for conn in list(self._connections):
-            await conn.close(WSCloseCode.GOING_AWAY, b"hub shutting down")
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        if self._server is not None:
+            self._server.close()
+        closing = list(self._connections)
+        for conn in closing:
+            conn.close(WSCloseCode.GOING_AWAY, b"hub shutting down")
+        if closing:  # a moment for the closing handshakes, then the rest is cut
+            await asyncio.wait([asyncio.ensure_future(c.wait_closed()) for c in closing],
+                               timeout=STOP_GRACE)
+            for conn in closing:
+                conn.cut()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
         await self.registry.close()
+
+    def _heartbeat(self) -> None:
+        """Every half heartbeat: ping the clients quiet for a while, drop the silent ones.
+
+        A client that sent nothing (not even a pong) for 1.5 heartbeats is gone.
+        """
+        interval = self.config.heartbeat
+        self._beat = asyncio.get_running_loop().call_later(interval / 2, self._heartbeat)
+        for conn in list(self._connections):
+            quiet = conn.quiet = conn.quiet + 1
+            if quiet >= 3:
+                log.info("heartbeat-timeout id=%s remote=%s", conn.client_id, conn.remote)
+                conn.abort()
+            elif quiet == 2 and not conn.dropped:
+                conn.ping()
 
     # -- HTTP ---------------------------------------------------------------
 
@@ -288,98 +552,126 @@ class Hub:
 
     # -- WebSocket ----------------------------------------------------------
 
-    async def _refuse(self, request: web.Request, error: HubError, code: int,
-                      reason: str) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False)
-        await ws.prepare(request)
-        self.metrics.error(error.code)
-        await ws.send_str(error.encode())
-        await ws.close(code=code, message=reason.encode()[:120])
-        return ws
-
-    async def _ws(self, request: web.Request) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if not self.origins.allows(origin, f"{request.scheme}://{request.host}"):
+    def _open_ws(self, transport: asyncio.Transport, head: bytes) -> None:
+        """A request for ``/ws`` (``head``: what the client sent so far): answer it."""
+        ws = ServerProtocol(max_size=self.config.max_message_bytes * 4, logger=_WS_LOG)
+        ws.receive_data(head)
+        events = ws.events_received()
+        request = events[0] if events and isinstance(events[0], WSRequest) else None
+        if request is None:  # not HTTP; websockets answered it (or closes)
+            _Refused(ws, transport, None)._flush()
+            return
+        headers = request.headers
+        response = ws.accept(request)
+        if response.status_code != 101:  # not a valid WebSocket upgrade
+            self._handshake(ws, transport, response, None)
+            return
+        origin = headers.get("Origin")
+        host = headers.get("Host", "")
+        if not self.origins.allows(origin, f"{'https' if self._tls else 'http'}://{host}"):
             self.metrics.refused.labels("origin").inc()
+            peer = transport.get_extra_info("peername")
             log.info("refused reason=origin origin=%r remote=%s", origin[:100] if origin else
-                     origin, request.remote)
-            return web.Response(status=403, text="origin not allowed\n")
-        remote = request.remote or ""
+                     origin, peer[0] if peer else "")
+            self._handshake(ws, transport, ws.reject(403, "origin not allowed\n"), None)
+            return
+        peer = transport.get_extra_info("peername")
+        remote = str(peer[0]) if peer else ""
         refusal = self.limiter.open(remote)
         if refusal is not None:
             self.metrics.refused.labels("limit").inc()
             log.info("refused reason=limit remote=%s why=%r", remote, refusal.value)
-            return await self._refuse(
-                request, HubError(ErrorCode.TOO_MANY_CONNECTIONS, refusal.value),
-                CLOSE_FULL, refusal.value)
-        try:
-            return await self._ws_counted(request, remote)
-        finally:
-            self.limiter.close(remote)
-
-    async def _ws_counted(self, request: web.Request, remote: str) -> web.StreamResponse:
-        client_id = request.query.get("id", "")
+            self._refuse(ws, transport, response, None,
+                         HubError(ErrorCode.TOO_MANY_CONNECTIONS, refusal.value),
+                         CLOSE_FULL, refusal.value)
+            return
+        counted = functools.partial(self.limiter.close, remote)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        client_id = (query.get("id") or [""])[0]
         if not is_valid_id(client_id):
             reason = "missing id" if not client_id else "invalid id"
             self.metrics.refused.labels("bad-id").inc()
-            return await self._refuse(request, HubError(
+            self._refuse(ws, transport, response, counted, HubError(
                 ErrorCode.BAD_MESSAGE,
                 f"{reason}: use ?id= with 1 to 64 characters of A-Z a-z 0-9 . _ -"),
                 CLOSE_BAD_ID, reason)
+            return
         if self.config.secret:
             try:
-                verify_token(self.config.secret, request.query.get("token"), client_id,
+                tokens = query.get("token")
+                verify_token(self.config.secret, tokens[0] if tokens else None, client_id,
                              time.time())
             except AuthError as exc:
                 self.metrics.refused.labels("unauthorized").inc()
                 log.info("refused reason=unauthorized id=%s remote=%s why=%r", client_id,
                          remote, str(exc))
-                return await self._refuse(
-                    request, HubError(ErrorCode.UNAUTHORIZED, f"unauthorized: {exc}"),
-                    CLOSE_BAD_ID, f"unauthorized: {exc}")
-
-        ws = web.WebSocketResponse(heartbeat=self.config.heartbeat, compress=False,
-                                   max_msg_size=self.config.max_message_bytes * 4)
-        await ws.prepare(request)
+                self._refuse(ws, transport, response, counted,
+                             HubError(ErrorCode.UNAUTHORIZED, f"unauthorized: {exc}"),
+                             CLOSE_BAD_ID, f"unauthorized: {exc}")
+                return
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(self.config.rate, self.config.burst, loop.time()) \
             if self.config.rate > 0 else None
-        conn = ClientConnection(client_id, ws, request.transport,
+        conn = ClientConnection(self, client_id, ws, transport,
                                 self.config.send_queue_bytes, bucket, remote)
+        transport.set_protocol(conn)
+        ws.send_response(response)
+        conn._flush()
+        conn.hold()  # until it is registered
+        early = events[1:]  # frames sent right behind the request, if any
+        if early:
+            conn._frames(early)
         self._connections.add(conn)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
+        spawn(self._register(conn), name="hub-register")
+
+    @staticmethod
+    def _handshake(ws: ServerProtocol, transport: asyncio.Transport, response: WSResponse,
+                   on_lost: Callable[[], None] | None) -> _Refused:
+        refused = _Refused(ws, transport, on_lost)
+        transport.set_protocol(refused)
+        ws.send_response(response)
+        refused._flush()
+        return refused
+
+    def _refuse(self, ws: ServerProtocol, transport: asyncio.Transport, response: WSResponse,
+                on_lost: Callable[[], None] | None, error: HubError, code: int,
+                reason: str) -> None:
+        """Accept the upgrade, say why in an ``error`` message, then close with ``code``."""
+        refused = self._handshake(ws, transport, response, on_lost)
+        self.metrics.error(error.code)
+        transport.write(_text_frame(error.encode()))
+        refused.close(code, reason.encode()[:120])
+
+    async def _register(self, conn: ClientConnection) -> None:
+        client_id = conn.client_id
         replaced = await self.registry.register(conn)
+        conn.registered = True
         self.pairs.connected(client_id)
         if replaced is not None:
             self.registry_replaced(replaced)
-        log.info("connect id=%s remote=%s replaced=%s", client_id, remote,
+        log.info("connect id=%s remote=%s replaced=%s", client_id, conn.remote,
                  replaced is not None)
-        try:
-            async for frame in ws:
-                if frame.type == WSMsgType.TEXT:
-                    bucket = conn.bucket
-                    if bucket is not None and not bucket.allow(now := loop.time()):
-                        # Dropped. Not reading for a while is the backpressure: a flood
-                        # fills aiohttp's buffer, then TCP's, instead of the hub's CPU.
-                        self._rate_limited(conn, now)
-                        await asyncio.sleep(bucket.delay(now))
-                        continue
-                    await self._on_text(conn, frame.data)
-                elif frame.type == WSMsgType.BINARY:
-                    self._answer(conn, HubError(ErrorCode.BAD_MESSAGE,
-                                                "binary frames are not accepted"))
-                elif frame.type == WSMsgType.ERROR:
-                    log.info("ws-error id=%s error=%s", client_id, ws.exception())
-        finally:
-            self._connections.discard(conn)
-            self.metrics.connections.dec()
-            still_held = await self.registry.unregister(conn)
-            conn.stop()
-            if still_held:
-                self._left(client_id, loop.time())
-            log.info("disconnect id=%s code=%s", client_id, ws.close_code)
-        return ws
+        if conn.dropped:  # gone while it was being registered
+            await self._unregister(conn)
+        else:
+            conn.resume()
+
+    def _closed(self, conn: ClientConnection) -> None:
+        """``conn``'s TCP connection is closed."""
+        self.limiter.close(conn.remote)
+        self._connections.discard(conn)
+        self.metrics.connections.dec()
+        if conn.registered:
+            spawn(self._unregister(conn), name="hub-unregister")
+
+    async def _unregister(self, conn: ClientConnection) -> None:
+        client_id = conn.client_id
+        still_held = await self.registry.unregister(conn)
+        if still_held:
+            self._left(client_id, asyncio.get_running_loop().time())
+        log.info("disconnect id=%s code=%s", client_id, conn.close_code)
 
     def _answer(self, conn: ClientConnection, error: HubError) -> None:
         self.metrics.error(error.code)
@@ -393,20 +685,46 @@ class Hub:
                 ErrorCode.RATE_LIMITED,
                 f"more than {self.config.rate:g} messages a second: messages dropped"))
 
-    async def _on_text(self, conn: ClientConnection, text: str) -> None:
+    def _on_text(self, conn: ClientConnection, text: str) -> bool:
+        """Handle one message; False if ``conn`` must not be read for now (it is held)."""
+        bucket = conn.bucket
+        if bucket is not None:
+            now = self._loop_time()
+            if not bucket.allow(now):
+                # Dropped. Not reading for a while is the backpressure: a flood fills
+                # TCP's buffers instead of the hub's CPU.
+                self._rate_limited(conn, now)
+                conn.hold()
+                asyncio.get_running_loop().call_later(bucket.delay(now), conn.resume)
+                return False
         limit = self.config.max_message_bytes
         size = len(text)
         if size > limit or (size * 4 > limit and len(text.encode()) > limit):
             self._answer(conn, HubError(ErrorCode.TOO_LARGE,
                                         f"messages are limited to {limit} bytes"))
-            return
+            return True
         routed = route_frame(conn.client_id, text)
         if isinstance(routed, HubError):
-            log.debug("bad-message id=%s why=%r", conn.client_id, routed.message)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("bad-message id=%s why=%r", conn.client_id, routed.message)
             self._answer(conn, routed)
-            return
-        ok = await self.registry.deliver(routed.to, routed.encode())
+            return True
+        wire = routed.encode()
+        ok = self.registry.deliver_nowait(routed.to, wire)
+        if ok is None:  # another node's client: wait for the shared registry, in order
+            conn.hold()
+            spawn(self._deliver_later(conn, routed, wire), name="hub-deliver")
+            return False
         self._delivered(conn, routed, ok)
+        return True
+
+    async def _deliver_later(self, conn: ClientConnection, message: Message,
+                             wire: str) -> None:
+        try:
+            ok = await self.registry.deliver(message.to, wire)
+            self._delivered(conn, message, ok)
+        finally:
+            conn.resume()
 
     def _delivered(self, conn: ClientConnection, message: Message, ok: bool) -> None:
         if not ok:
@@ -432,7 +750,7 @@ class Hub:
             peer.deliver(HubError(ErrorCode.REPLACED,
                                   "a newer connection took this id").encode())
             self.metrics.error(ErrorCode.REPLACED)
-            spawn(peer.close(WSCloseCode.POLICY_VIOLATION, b"replaced"))
+            peer.close(WSCloseCode.POLICY_VIOLATION, b"replaced")
 
     def registry_relayed(self, type_: str, sender: str, to: str) -> None:
         """A call message from another node's client reached ours: track the call."""
@@ -484,6 +802,60 @@ def _bearer(request: web.Request) -> str | None:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _close_after(request: web.Request, response: web.StreamResponse) -> None:
+    response.force_close()
+
+
+@web.middleware
+async def _one_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One request per connection on the HTTP routes (``Connection: close``)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.force_close()
+        raise
+    response.force_close()
+    return response
+
+
+class _Dispatch(asyncio.Protocol):
+    """Each new connection's first protocol: reads the request head, then hands the
+    connection to the hub's WebSocket path (``/ws``) or to aiohttp (everything else).
+    """
+
+    __slots__ = ("_head", "_hub", "_transport")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._head = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not subclasses of asyncio's, but behave as them)
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head + data if self._head else data
+        transport = self._transport
+        assert transport is not None
+        if b"\r\n\r\n" not in head and len(head) <= MAX_HEAD_BYTES:
+            self._head = head
+            return
+        self._head = b""
+        if head.startswith((b"GET /ws?", b"GET /ws ")):
+            self._hub._open_ws(transport, head)
+            return
+        http = self._hub._http
+        assert http is not None
+        protocol = http()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(head)
+
+    def eof_received(self) -> bool | None:
+        return None  # an incomplete request: close
 
 
 @web.middleware

@@ -460,12 +460,18 @@ class RedisRegistry(Registry):
                 self._failed(exc)
         return True
 
-    async def deliver(self, to: str, text: str) -> bool:
+    def deliver_nowait(self, to: str, text: str) -> bool | None:
         held = self._local.get(to)
         if held is not None:
             return held[0].deliver(text)
         if self._degraded:
             return False
+        return None  # on another node, or nowhere: ask Redis
+
+    async def deliver(self, to: str, text: str) -> bool:
+        now = self.deliver_nowait(to, text)
+        if now is not None:
+            return now
         # Batched: every message waiting while a round trip is in flight goes in the
         # next write (one round trip, one connection, however many senders).
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()

@@ -64,6 +64,11 @@ class Registry(abc.ABC):
     async def deliver(self, to: str, text: str) -> bool:
         """Deliver to the holder of ``to``; False if nobody holds it."""
 
+    def deliver_nowait(self, to: str, text: str) -> bool | None:
+        """:meth:`deliver` if it can be decided without waiting, else None (then the hub
+        awaits :meth:`deliver`). The hub's fast path: no task per message."""
+        return None
+
     @abc.abstractmethod
     def local_count(self) -> int:
         """How many clients this node holds."""
@@ -90,6 +95,9 @@ class MemoryRegistry(Registry):
         return False
 
     async def deliver(self, to: str, text: str) -> bool:
+        return self.deliver_nowait(to, text)
+
+    def deliver_nowait(self, to: str, text: str) -> bool:
         peer = self._peers.get(to)
         if peer is None:
             return False

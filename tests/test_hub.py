@@ -206,3 +206,89 @@ async def test_stop_closes_clients_going_away(session: aiohttp.ClientSession) ->
     frame = await a.receive(2)
     assert frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert a.close_code == 1001
+
+
+# ------------------------------------------- the WebSocket path, byte by byte ---
+
+
+def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame (RFC 6455 5.2), masked as clients must."""
+    mask = b"\x01\x02\x03\x04"
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    else:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+UPGRADE = ("GET /ws?id={id} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def raw(hub: Hub, client_id: str, then: bytes = b""
+              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-written WebSocket client: the upgrade (and ``then``) in one write."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(UPGRADE.format(id=client_id).encode() + then)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer
+
+
+async def test_frames_sent_with_the_handshake_and_fragmented_ones(
+        hub: Hub, session: aiohttp.ClientSession) -> None:
+    b = await connect(session, hub, "b")
+    text = json.dumps({"type": "offer", "to": "b", "data": {"sdp": "é" * 200}}).encode()
+    early = masked_frame(0x1, b'{"type":"call-request","to":"b"}')
+    _, writer = await raw(hub, "a", early)
+    assert await receive(b) == {"type": "call-request", "to": "b", "from": "a"}
+    # Split in three frames, the middle one cut inside a UTF-8 character, a ping
+    # between them (control frames may come between fragments), sent byte by byte.
+    parts = [masked_frame(0x1, text[:101], fin=False), masked_frame(0x9, b"p"),
+             masked_frame(0x0, text[101:300], fin=False), masked_frame(0x0, text[300:])]
+    for byte in b"".join(parts):
+        writer.write(bytes([byte]))
+    await writer.drain()
+    got = await receive(b)
+    assert got["from"] == "a" and got["data"]["sdp"] == "é" * 200
+    writer.close()
+
+
+async def test_invalid_utf8_closes_with_1007(hub: Hub) -> None:
+    reader, writer = await raw(hub, "a", masked_frame(0x1, b'{"type":"\xff"}'))
+    frame = await asyncio.wait_for(reader.read(100), 2)
+    assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 1007, frame
+    assert await asyncio.wait_for(reader.read(), 2) == b""  # then the hub closes TCP
+    writer.close()
+
+
+async def test_a_bad_upgrade_is_refused_with_http(hub: Hub) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(b"GET /ws?id=a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\r\n")
+    reply = await asyncio.wait_for(reader.read(), 2)
+    assert reply.startswith(b"HTTP/1.1 426 "), reply
+    writer.close()
+    assert hub.limiter.total == 0 and hub.registry.local_count() == 0
+
+
+async def test_http_then_websocket_from_one_session(
+        hub: Hub, session: aiohttp.ClientSession) -> None:
+    """HTTP responses close their connection, so the WebSocket after them (as the phone
+    does: /ice-servers, then /ws) comes on a new one."""
+    for path in ("/ice-servers", "/healthz", "/nowhere"):
+        async with session.get(f"{hub_url(hub)}{path}") as resp:
+            assert resp.headers["Connection"] == "close"
+    a, b = await connect(session, hub, "a"), await connect(session, hub, "b")
+    await a.send_json({"type": "hangup", "to": "b"})
+    assert await receive(b) == {"type": "hangup", "to": "b", "from": "a"}
+
+
+async def test_a_client_that_sends_half_a_request_is_not_served(hub: Hub) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(b"GET /ws?id=a HTTP/1.1\r\nHost: x\r\n")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    writer.close()
