@@ -46,6 +46,11 @@ from websockets.http11 import Response as WSResponse
 from websockets.protocol import State as WSState
 from websockets.server import ServerProtocol
 
+try:  # websockets' C unmasking, if it was built
+    from websockets.speedups import apply_mask as _unmask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask as _unmask
+
 from ._tasks import spawn
 from .auth import (
     DEFAULT_TURN_TTL,
@@ -90,6 +95,8 @@ _BINARY: Final = Opcode.BINARY
 _CONT: Final = Opcode.CONT
 #: An empty ping frame (RFC 6455 5.5.2), as a server sends it.
 _PING: Final = b"\x89\x00"
+#: The head of a pong frame by payload length (0 to 125).
+_PONG: Final = tuple(bytes([0x8A, n]) for n in range(126))
 
 #: websockets logs every connection's opening and closing at info level: ours says
 #: it once, with the client's id (``connect``/``disconnect``).
@@ -100,10 +107,9 @@ _WS_LOG.setLevel(logging.WARNING)
 def route_frame(sender: str, text: str | bytes) -> Message | HubError:
     """Decide what to do with one frame from ``sender``: forward it, or answer an error."""
     try:
-        message = parse_client_message(text)
+        return parse_client_message(text, sender)
     except ProtocolError as exc:
         return HubError(exc.code, str(exc), exc.ref)
-    return message.with_sender(sender)
 
 
 @dataclass
@@ -259,8 +265,8 @@ class ClientConnection(_WebSocket):
     reading the client and holds its frames already parsed, in order, until then.
     """
 
-    __slots__ = ("_fragments", "_held", "_hub", "_limit_bytes", "bucket", "client_id",
-                 "dropped", "limited_at", "registered", "remote")
+    __slots__ = ("_fragments", "_held", "_hub", "_limit_bytes", "_partial", "_slow", "bucket",
+                 "client_id", "dropped", "limited_at", "registered", "remote")
 
     def __init__(self, hub: Hub, client_id: str, ws: ServerProtocol,
                  transport: asyncio.Transport, limit_bytes: int = 1024 * 1024,
@@ -279,6 +285,10 @@ class ClientConnection(_WebSocket):
         self._held: list[Any] | None = None
         #: The frames so far of a fragmented message.
         self._fragments: list[Any] | None = None
+        #: The start of a frame not complete yet (see :meth:`data_received`).
+        self._partial = b""
+        #: websockets parses everything from now on.
+        self._slow = False
 
     @property
     def queued(self) -> int:
@@ -308,6 +318,75 @@ class ClientConnection(_WebSocket):
 
     # -- frames in ------------------------------------------------------------
 
+    def data_received(self, data: bytes) -> None:
+        """Whole text, ping and pong frames as a client sends them are taken here.
+
+        The rest (close, binary and fragmented frames, and anything RFC 6455 does not
+        allow) goes to websockets from the first such frame on, for good: its parser
+        then answers or fails it. Most clients never send any before closing, and
+        the common frames then cost a third of websockets' generator-based parser.
+        """
+        self.quiet = 0
+        if self._slow:
+            _WebSocket.data_received(self, data)
+            return
+        buf = self._partial + data if self._partial else data
+        end = len(buf)
+        limit = self._hub._max_frame
+        texts: list[Any] = []
+        pos = 0
+        while end - pos >= 6:
+            b0 = buf[pos]
+            length = buf[pos + 1] ^ 0x80  # masked (as clients must) unless >= 0x80 now
+            if b0 & 0x70 or not b0 & 0x80 or length & 0x80:  # RSV bits, not final, unmasked
+                break
+            start = pos + 6
+            if length == 126:
+                start = pos + 8
+                if end < start:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            elif length == 127:
+                start = pos + 14
+                if end < start:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+            opcode = b0 & 0x0F
+            if length > limit or (opcode & 0x08 and length > 125):
+                break
+            stop = start + length
+            if stop > end:
+                self._partial = buf[pos:]
+                if texts:
+                    self._frames(texts)
+                return
+            if opcode == 0x1:
+                texts.append(_unmask(buf[start:stop], buf[start - 4:start]))
+            elif opcode == 0x9:  # ping: pong with its payload
+                self._transport.write(_PONG[length] + _unmask(buf[start:stop],
+                                                                 buf[start - 4:start]))
+            elif opcode != 0xA:  # (pongs need nothing)
+                break
+            pos = stop
+        else:
+            self._partial = buf[pos:] if pos < end else b""
+            if texts:
+                self._frames(texts)
+            return
+        # Not a frame for the quick path: websockets takes it from here.
+        self._slow = True
+        self._partial = b""
+        if texts:
+            self._frames(texts)
+        _WebSocket.data_received(self, buf[pos:] if pos else buf)
+
+    def eof_received(self) -> bool | None:
+        if self._partial:  # websockets has not seen it: it would not know it was cut
+            self._slow = True
+            self._ws.receive_data(self._partial)
+            self._partial = b""
+        return _WebSocket.eof_received(self)
+
     def hold(self) -> None:
         """Stop reading this client; frames already parsed wait in order."""
         if self._held is None:
@@ -335,6 +414,16 @@ class ClientConnection(_WebSocket):
             return
         hub = self._hub
         for i, frame in enumerate(events):
+            if type(frame) is bytes:  # a whole text message, from the quick path
+                try:
+                    text = frame.decode()
+                except UnicodeDecodeError:
+                    self._invalid_text()
+                    return
+                if hub._on_text(self, text):
+                    continue
+                self._wait(events, i)
+                return
             opcode = frame.opcode
             if opcode is _CONT or opcode is _TEXT or opcode is _BINARY:
                 if not frame.fin or self._fragments is not None:
@@ -355,19 +444,24 @@ class ClientConnection(_WebSocket):
                 try:
                     text = data.decode()
                 except UnicodeDecodeError:
-                    self._ws.fail(WSCloseCode.INVALID_TEXT, "invalid UTF-8")
-                    self._flush()
-                    self.dropped = True
+                    self._invalid_text()
                     return
                 if hub._on_text(self, text):
                     continue
-                # Waiting (rate limit, or a registry round trip): the rest waits too.
-                rest = events[i + 1:]
-                if self._held is None:
-                    self.hold()
-                assert self._held is not None
-                self._held.extend(rest)
+                self._wait(events, i)
                 return
+
+    def _wait(self, events: list[Any], i: int) -> None:
+        """Waiting (rate limit, or a registry round trip): the frames after ``i`` wait too."""
+        if self._held is None:
+            self.hold()
+        assert self._held is not None
+        self._held.extend(events[i + 1:])
+
+    def _invalid_text(self) -> None:
+        self._ws.fail(WSCloseCode.INVALID_TEXT, "invalid UTF-8")
+        self._flush()
+        self.dropped = True
 
     def _gone(self) -> None:
         self.dropped = True
@@ -433,6 +527,9 @@ class Hub:
         self._tls = False
         self._beat: asyncio.TimerHandle | None = None
         self._loop_time: Callable[[], float] = time.monotonic
+        #: Frames above this are refused by websockets (close 1009); up to it, too large
+        #: messages are answered with ``too-large`` and the connection is kept.
+        self._max_frame = self.config.max_message_bytes * 4
         self._connections: set[ClientConnection] = set()
         self._pair_timer: asyncio.TimerHandle | None = None
         self.port: int | None = None
@@ -554,7 +651,9 @@ class Hub:
 
     def _open_ws(self, transport: asyncio.Transport, head: bytes) -> None:
         """A request for ``/ws`` (``head``: what the client sent so far): answer it."""
-        ws = ServerProtocol(max_size=self.config.max_message_bytes * 4, logger=_WS_LOG)
+        ws = ServerProtocol(max_size=self._max_frame, logger=_WS_LOG)
+        split = head.find(b"\r\n\r\n") + 4
+        head, early = (head[:split], head[split:]) if split >= 4 else (head, b"")
         ws.receive_data(head)
         events = ws.events_received()
         request = events[0] if events and isinstance(events[0], WSRequest) else None
@@ -583,7 +682,7 @@ class Hub:
             log.info("refused reason=limit remote=%s why=%r", remote, refusal.value)
             self._refuse(ws, transport, response, None,
                          HubError(ErrorCode.TOO_MANY_CONNECTIONS, refusal.value),
-                         CLOSE_FULL, refusal.value)
+                         CLOSE_FULL, refusal.value, early)
             return
         counted = functools.partial(self.limiter.close, remote)
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
@@ -594,7 +693,7 @@ class Hub:
             self._refuse(ws, transport, response, counted, HubError(
                 ErrorCode.BAD_MESSAGE,
                 f"{reason}: use ?id= with 1 to 64 characters of A-Z a-z 0-9 . _ -"),
-                CLOSE_BAD_ID, reason)
+                CLOSE_BAD_ID, reason, early)
             return
         if self.config.secret:
             try:
@@ -607,7 +706,7 @@ class Hub:
                          remote, str(exc))
                 self._refuse(ws, transport, response, counted,
                              HubError(ErrorCode.UNAUTHORIZED, f"unauthorized: {exc}"),
-                             CLOSE_BAD_ID, f"unauthorized: {exc}")
+                             CLOSE_BAD_ID, f"unauthorized: {exc}", early)
                 return
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(self.config.rate, self.config.burst, loop.time()) \
@@ -618,9 +717,8 @@ class Hub:
         ws.send_response(response)
         conn._flush()
         conn.hold()  # until it is registered
-        early = events[1:]  # frames sent right behind the request, if any
-        if early:
-            conn._frames(early)
+        if early:  # frames sent right behind the request
+            conn.data_received(early)
         self._connections.add(conn)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
@@ -637,12 +735,16 @@ class Hub:
 
     def _refuse(self, ws: ServerProtocol, transport: asyncio.Transport, response: WSResponse,
                 on_lost: Callable[[], None] | None, error: HubError, code: int,
-                reason: str) -> None:
-        """Accept the upgrade, say why in an ``error`` message, then close with ``code``."""
+                reason: str, early: bytes = b"") -> None:
+        """Accept the upgrade, say why in an ``error`` message, then close with ``code``.
+
+        (``early``: what the client sent right behind its request.)"""
         refused = self._handshake(ws, transport, response, on_lost)
         self.metrics.error(error.code)
         transport.write(_text_frame(error.encode()))
         refused.close(code, reason.encode()[:120])
+        if early:
+            refused.data_received(early)
 
     async def _register(self, conn: ClientConnection) -> None:
         client_id = conn.client_id

@@ -41,14 +41,24 @@ class HubMetrics:
             registry=self.registry)
         self.calls_total = Counter(
             "softphone_hub_calls_started", "Calls accepted", registry=self.registry)
-        # Children resolved once: the relay path only increments.
+        # Children resolved once.
         self._by_type = {t.value: self.messages.labels(t.value) for t in MessageType}
         self._by_code = {c.value: self.errors.labels(c.value) for c in ErrorCode}
+        #: Messages relayed since the last exposition, by type: the relay path adds
+        #: to a plain int (a counter's inc() takes a lock), /metrics adds them up.
+        self._relayed = dict.fromkeys(self._by_type, 0)
 
     def message(self, type_: str) -> None:
-        child = self._by_type.get(type_)
-        if child is not None:
-            child.inc()
+        relayed = self._relayed
+        n = relayed.get(type_)
+        if n is not None:
+            relayed[type_] = n + 1
+
+    def _collect(self) -> None:
+        for type_, n in self._relayed.items():
+            if n:
+                self._relayed[type_] = 0
+                self._by_type[type_].inc(n)
 
     def error(self, code: str) -> None:
         child = self._by_code.get(code)
@@ -57,4 +67,5 @@ class HubMetrics:
         child.inc()
 
     def exposition(self) -> bytes:
+        self._collect()
         return generate_latest(self.registry)

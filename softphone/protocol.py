@@ -172,30 +172,32 @@ def _typed_ref(obj: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value in _KNOWN_TYPES else None
 
 
-def parse_client_message(text: str | bytes) -> Message:
-    """Validate a frame a client sent to the hub.
+def parse_client_message(text: str | bytes, sender: str | None = None) -> Message:
+    """Validate a frame a client sent to the hub (the message has ``sender`` as ``from``).
 
     Raises :class:`ProtocolError` (code ``bad-message``) for anything that is not
     ``{"type": <one of the seven types>, "to": <valid id>, "data"?: <any JSON>}``.
     A ``from`` field is accepted and ignored: the hub overwrites it.
     """
     obj = _load_object(text)
-    ref = _typed_ref(obj)
     type_ = obj.get("type")
-    if not isinstance(type_, str):
-        raise ProtocolError("'type' must be a string", ref=ref)
+    if type_.__class__ is not str:
+        raise ProtocolError("'type' must be a string", ref=_typed_ref(obj))
     if type_ not in _KNOWN_TYPES:
         raise ProtocolError(f"unknown type {type_[:40]!r}", ref=None)
     to = obj.get("to")
-    if not isinstance(to, str):
-        raise ProtocolError("'to' must be a string", ref=ref)
-    if not is_valid_id(to):
-        raise ProtocolError("'to' is not a valid id", ref=ref)
+    if to.__class__ is not str or _ID_MATCH(to) is None:
+        raise ProtocolError("'to' must be a string" if not isinstance(to, str) else
+                            "'to' is not a valid id", ref=type_)
     source = text if isinstance(text, str) and "from" not in obj else None
     if "data" in obj:
-        return Message(type_, to, obj["data"], None, True,
+        return Message(type_, to, obj["data"], sender, True,
                        source if len(obj) == 3 else None)
-    return Message(type_, to, None, None, False, source if len(obj) == 2 else None)
+    return Message(type_, to, None, sender, False,
+                   source if len(obj) == 2 else None)
+
+
+_ID_MATCH: Final = ID_PATTERN.fullmatch
 
 
 def parse_hub_message(text: str | bytes) -> Message | HubError:

@@ -292,3 +292,34 @@ async def test_a_client_that_sends_half_a_request_is_not_served(hub: Hub) -> Non
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
+
+
+async def test_pings_are_answered_and_partial_frames_completed(
+        hub: Hub, session: aiohttp.ClientSession) -> None:
+    b = await connect(session, hub, "b")
+    reader, writer = await raw(hub, "a")
+    writer.write(masked_frame(0x9, b"hello") + masked_frame(0xA, b"unasked pong"))
+    assert await asyncio.wait_for(reader.readexactly(7), 2) == b"\x8a\x05hello"
+    big = json.dumps({"type": "offer", "to": "b", "data": "x" * 3000}).encode()
+    frame = masked_frame(0x1, big)
+    for cut in (1, 3, 7, 500, len(frame)):  # header, length, mask, payload in pieces
+        writer.write(frame[:cut])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        frame = frame[cut:]
+    assert (await receive(b))["data"] == "x" * 3000
+    writer.close()
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (b"\x81\x05hello", 1002),  # not masked
+    (b"\xc1\x85" + b"\0" * 9, 1002),  # RSV1 without an extension
+    (b"\x89\xfe\x00\x7e" + b"\0" * 130, 1002),  # a control frame over 125 bytes
+    (b"\x83\x80\0\0\0\0", 1002),  # reserved opcode
+])
+async def test_frames_rfc6455_forbids_fail_the_connection(hub: Hub, frame: bytes,
+                                                          code: int) -> None:
+    reader, writer = await raw(hub, "a", frame)
+    reply = await asyncio.wait_for(reader.read(100), 2)
+    assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == code, reply
+    writer.close()
