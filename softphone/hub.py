@@ -711,11 +711,15 @@ class Hub:
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(self.config.rate, self.config.burst, loop.time()) \
             if self.config.rate > 0 else None
+        ws.send_response(response)
+        for data in ws.data_to_send():
+            transport.write(data)
+        # A new protocol object for the open connection: the handshake's parser would
+        # keep the request (headers and all, 2 KB) as long as the connection lives.
+        ws = ServerProtocol(state=WSState.OPEN, max_size=self._max_frame, logger=_WS_LOG)
         conn = ClientConnection(self, client_id, ws, transport,
                                 self.config.send_queue_bytes, bucket, remote)
         transport.set_protocol(conn)
-        ws.send_response(response)
-        conn._flush()
         conn.hold()  # until it is registered
         if early:  # frames sent right behind the request
             conn.data_received(early)
