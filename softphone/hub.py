@@ -87,6 +87,8 @@ CLOSE_FULL: Final = WSCloseCode.TRY_AGAIN_LATER
 CLOSE_TIMEOUT: Final = 5.0
 #: Seconds :meth:`Hub.stop` waits for clients to answer its close frames.
 STOP_GRACE: Final = 1.0
+#: Seconds a new connection has to send its request head.
+HEAD_TIMEOUT: Final = 30.0
 #: A request head larger than this is not a WebSocket upgrade (aiohttp answers it).
 MAX_HEAD_BYTES: Final = 16 * 1024
 
@@ -187,7 +189,7 @@ class _WebSocket(asyncio.Protocol):
         """Frames the client sent (control frames are already answered)."""
 
     def close(self, code: int = WSCloseCode.OK, reason: bytes = b"") -> None:
-        """Start the closing handshake; the connection is aborted if it does not finish."""
+        """Start the closing handshake; the connection is cut if it does not finish."""
         ws = self._ws
         if ws.state is WSState.OPEN:
             ws.send_close(code, reason.decode(errors="replace"))
@@ -931,16 +933,22 @@ class _Dispatch(asyncio.Protocol):
     connection to the hub's WebSocket path (``/ws``) or to aiohttp (everything else).
     """
 
-    __slots__ = ("_head", "_hub", "_transport")
+    __slots__ = ("_head", "_hub", "_timer", "_transport")
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self._head = b""
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not subclasses of asyncio's, but behave as them)
         self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         head = self._head + data if self._head else data
@@ -950,6 +958,9 @@ class _Dispatch(asyncio.Protocol):
             self._head = head
             return
         self._head = b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if head.startswith((b"GET /ws?", b"GET /ws ")):
             self._hub._open_ws(transport, head)
             return

@@ -14,8 +14,10 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
+from json.scanner import make_scanner
 from typing import Any, Final
 
 #: Client ids: 1 to 64 characters of ``A-Z a-z 0-9 . _ -``.
@@ -156,11 +158,23 @@ def _reject_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+#: The decoder's scanner (C): one JSON value at an index. What decode() calls after
+#: skipping white space, which a message as clients write it does not have.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = make_scanner(
+    _DECODER)  # type: ignore[arg-type]  # (typeshed: its context is a JSONDecoder)
+
+
 def _load_object(text: str | bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(text, parse_constant=_reject_constant) if isinstance(text, bytes) \
-            else _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
+        if isinstance(text, bytes):
+            obj = json.loads(text, parse_constant=_reject_constant)
+        elif text[:1] == "{" and text[-1:] == "}":
+            obj, end = _SCAN(text, 0)
+            if end != len(text):
+                obj = _DECODER.decode(text)  # raises: "Extra data"
+        else:
+            obj = _DECODER.decode(text)
+    except (ValueError, RecursionError, StopIteration) as exc:
         raise ProtocolError("not JSON") from exc
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")

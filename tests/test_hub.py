@@ -323,3 +323,19 @@ async def test_frames_rfc6455_forbids_fail_the_connection(hub: Hub, frame: bytes
     reply = await asyncio.wait_for(reader.read(100), 2)
     assert reply[0] == 0x88 and int.from_bytes(reply[2:4], "big") == code, reply
     writer.close()
+
+
+async def test_a_connection_that_never_sends_its_request_is_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import softphone.hub
+
+    monkeypatch.setattr(softphone.hub, "HEAD_TIMEOUT", 0.2)
+    hub = Hub(HubConfig(ice_servers=[]))
+    await hub.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        writer.write(b"GET /ws?id=a HTTP/1.1\r\n")
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        writer.close()
+    finally:
+        await hub.stop()
