@@ -12,11 +12,16 @@ module, against the pinned versions in ``pyproject.toml``.
    without FEC; :func:`install_voice_codec` makes its senders use ours
    (:class:`softphone.opus.OpusEncoder`: mono voice, in-band FEC) and adds
    ``useinbandfec=1;minptime=10`` to the Opus fmtp we offer and answer.
+   It also teaches aiortc ``red/48000/2`` (redundant audio, RFC 2198, as
+   browsers have it): a codec entry, an encoder (:class:`softphone.voice.RedVoiceEncoder`),
+   and an answer whose RED fmtp names the Opus payload type actually agreed
+   (aiortc would copy ours). :func:`prefer_red` puts it first in an offer.
 3. The receive path. aiortc puts audio packets in a fixed 4-packet jitter
    buffer and decodes them without concealment or FEC;
    :func:`tap_receiver` takes each audio packet from an
    ``RTCRtpReceiver`` before that buffer and hands it to ours
-   (:mod:`softphone.playout`). RTCP statistics are kept by aiortc as before.
+   (:class:`softphone.voice.Playout`), saying whether it is RED.
+   RTCP statistics are kept by aiortc as before.
 4. :func:`impair_receiver` drops or delays packets as they reach a
    receiver (loss simulation, for tests and benchmarks).
 5. TURN allocation errors. aioice drops the exception of a failed TURN
@@ -30,18 +35,21 @@ module, against the pinned versions in ``pyproject.toml``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import aioice
 import aioice.ice
 import aiortc
 import aiortc.codecs
+import aiortc.rtcpeerconnection
 import aiortc.rtcrtpsender
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from .netsim import Impairment
@@ -84,8 +92,16 @@ def check() -> None:
     source = inspect.getsource(RTCRtpReceiver)
     if "self.__jitter_buffer.add(packet)" not in source or \
             "async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int)" \
-            not in source:
+            not in source or \
+            "self.__codecs: dict[int, RTCRtpCodecParameters] = {}" not in source:
         raise SeamMismatch("aiortc's RTCRtpReceiver receive path changed")
+    common = _original_find_common_codecs or \
+        getattr(aiortc.rtcpeerconnection, "find_common_codecs", None)
+    if common is None or list(inspect.signature(common).parameters) != \
+            ["local_codecs", "remote_codecs"] or \
+            "find_common_codecs(CODECS[media.kind], media.rtp.codecs)" not in \
+            inspect.getsource(aiortc.rtcpeerconnection.RTCPeerConnection):
+        raise SeamMismatch("aiortc no longer negotiates codecs with find_common_codecs")
     _check_ice_internals()
 
 
@@ -121,45 +137,113 @@ _original_get_encoder: Any = None
 voice_settings: Any = None
 
 
+#: The payload type we offer RED with (Chrome's choice too).
+RED_PAYLOAD_TYPE: Final = 63
+_original_find_common_codecs: Any = None
+
+
 def install_voice_codec(settings: Any = None) -> None:
     """Make aiortc's senders encode Opus with :class:`softphone.opus.OpusEncoder`."""
-    global _original_get_encoder, voice_settings
+    global _original_get_encoder, _original_find_common_codecs, voice_settings
     from .opus import EncoderSettings
 
     install()
     voice_settings = settings or EncoderSettings()
-    opus = aiortc.codecs.CODECS["audio"][0]
+    audio = aiortc.codecs.CODECS["audio"]
+    opus = audio[0]
     opus.parameters.update({"minptime": 10, "useinbandfec": 1})
     if _original_get_encoder is not None:
         return
+    # Last in the list: an offer made without prefer_red() still leads with Opus.
+    audio.append(RTCRtpCodecParameters(
+        mimeType="audio/red", clockRate=48000, channels=2, payloadType=RED_PAYLOAD_TYPE,
+        parameters={f"{opus.payloadType}/{opus.payloadType}": None}))
     _original_get_encoder = getattr(aiortc.rtcrtpsender, "get_encoder")  # noqa: B009
+    _original_find_common_codecs = aiortc.rtcpeerconnection.find_common_codecs
 
     def get_encoder(codec: Any) -> Any:
-        if codec.mimeType.lower() == "audio/opus":
+        mime = codec.mimeType.lower()
+        if mime == "audio/opus":
             from .voice import VoiceEncoder
 
             return VoiceEncoder(voice_settings)
+        if mime == "audio/red":
+            from .red import primary_payload_type
+            from .voice import RedVoiceEncoder
+
+            pt = primary_payload_type(codec.parameters)
+            if pt is None:
+                raise ValueError(f"RED without a block payload type: {codec.parameters}")
+            return RedVoiceEncoder(voice_settings, pt)
         return _original_get_encoder(codec)
 
     setattr(aiortc.rtcrtpsender, "get_encoder", get_encoder)  # noqa: B010
+    aiortc.rtcpeerconnection.find_common_codecs = _find_common_codecs
+
+
+#: Whether the description being applied may agree on RED: only our own
+#: pipeline can send and receive it, not aiortc's (nor a stand-in built on it).
+_red_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar("softphone_red_allowed",
+                                                                    default=False)
+
+
+@contextlib.contextmanager
+def red_allowed(allowed: bool) -> Iterator[None]:
+    """Around ``setRemoteDescription``: may the codecs agreed include RED?"""
+    token = _red_allowed.set(allowed)
+    try:
+        yield
+    finally:
+        _red_allowed.reset(token)
+
+
+def _find_common_codecs(local_codecs: list[Any], remote_codecs: list[Any]) -> list[Any]:
+    """aiortc's, with each RED codec naming the agreed Opus payload type (or dropped)."""
+    common = _original_find_common_codecs(local_codecs, remote_codecs)
+    opus = next((c for c in common if c.mimeType.lower() == "audio/opus"), None)
+    result = []
+    for codec in common:
+        if codec.mimeType.lower() == "audio/red":
+            if opus is None or not _red_allowed.get():
+                continue
+            codec.parameters = {f"{opus.payloadType}/{opus.payloadType}": None}
+        result.append(codec)
+    return result
+
+
+def prefer_red(transceiver: Any, enabled: bool) -> None:
+    """Offer RED before Opus (``enabled``), or not at all; other codecs keep their order.
+
+    For the transceiver of an offer. (An answer follows the offer's order,
+    and agrees on RED only inside :func:`red_allowed`.)
+    """
+    caps = aiortc.RTCRtpSender.getCapabilities("audio").codecs
+    red = [c for c in caps if c.mimeType.lower() == "audio/red"]
+    rest = [c for c in caps if c.mimeType.lower() != "audio/red"]
+    transceiver.setCodecPreferences(red + rest if enabled else rest)
 
 
 # -- 3. the receive path ------------------------------------------------------
 
-PacketHandler = Callable[[int, int, int, bytes], None]  # (ssrc, seq, timestamp, payload)
+#: (ssrc, seq, timestamp, payload, is_red)
+PacketHandler = Callable[[int, int, int, bytes, bool], None]
 
 
 class _Tap:
     """Stands in for aiortc's audio JitterBuffer: passes packets on, returns no frame."""
 
-    def __init__(self, on_packet: PacketHandler) -> None:
+    def __init__(self, on_packet: PacketHandler, codecs: dict[int, Any]) -> None:
         self.on_packet = on_packet
+        self.codecs = codecs  # the receiver's own payload type -> codec table
 
     def add(self, packet: Any) -> tuple[bool, None]:
         payload = getattr(packet, "_data", None)
         if payload is None:
             payload = packet.payload
-        self.on_packet(packet.ssrc, packet.sequence_number, packet.timestamp, bytes(payload))
+        codec = self.codecs.get(packet.payload_type)
+        is_red = codec is not None and codec.mimeType.lower() == "audio/red"
+        self.on_packet(packet.ssrc, packet.sequence_number, packet.timestamp, bytes(payload),
+                       is_red)
         return False, None
 
     def remove(self, count: int) -> None:  # pragma: no cover - video only in aiortc
@@ -168,9 +252,11 @@ class _Tap:
 
 def tap_receiver(receiver: RTCRtpReceiver, on_packet: PacketHandler) -> None:
     """Send ``receiver``'s audio packets to ``on_packet`` instead of aiortc's decoder."""
-    if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-        raise SeamMismatch("RTCRtpReceiver has no __jitter_buffer to replace")
-    receiver._RTCRtpReceiver__jitter_buffer = _Tap(on_packet)
+    if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer") or \
+            not isinstance(getattr(receiver, "_RTCRtpReceiver__codecs", None), dict):
+        raise SeamMismatch("RTCRtpReceiver has no __jitter_buffer / __codecs")
+    codecs = getattr(receiver, "_RTCRtpReceiver__codecs")  # noqa: B009 - name-mangled
+    receiver._RTCRtpReceiver__jitter_buffer = _Tap(on_packet, codecs)
 
 
 # -- 4. loss simulation ---------------------------------------------------------

@@ -239,8 +239,12 @@ def media_config() -> Any:
 
     meta = click.get_current_context().meta
     loss = meta.get("softphone.simulate_loss") or 0.0
-    bitrate = meta.get("softphone.bitrate")
-    encoder = EncoderSettings() if bitrate is None else EncoderSettings(bitrate=bitrate * 1000)
+    settings: dict[str, Any] = {}
+    if meta.get("softphone.bitrate") is not None:
+        settings["bitrate"] = meta["softphone.bitrate"] * 1000
+    if meta.get("softphone.redundancy") is not None:
+        settings["redundancy"] = meta["softphone.redundancy"]
+    encoder = EncoderSettings(**settings)
     return MediaConfig(encoder=encoder,
                        impairment=Impairment(loss=loss / 100, seed=0) if loss else None)
 
@@ -253,6 +257,11 @@ def voice_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--bitrate", type=click.IntRange(6, 510), metavar="KBPS",
                      expose_value=False, callback=_keep,
                      help="Opus bitrate we send, kbit/s (default 128).")(f)
+    f = click.option("--redundancy", type=click.IntRange(0, 3), metavar="N",
+                     expose_value=False, callback=_keep,
+                     help="Earlier frames repeated in each packet (RED) when the peer "
+                          "accepts it: a lost packet is rebuilt exactly from the next "
+                          "one, for N+1 times the bitrate. 0: Opus alone (default 1).")(f)
     return f
 
 

@@ -14,9 +14,9 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
 - The *target* is a high quantile of the recent transit-time spread
   (arrival time minus send time, relative to the fastest recent packet):
   zero on a clean network, growing with jitter, shrinking back once the
-  jitter has left the window. While packets are being lost it is at least
-  one frame, so the next packet is there in time to rebuild a lost one
-  from its in-band FEC.
+  jitter has left the window. While packets are being lost it is one
+  frame more (two after a pair was lost), so the next packet is there in
+  time to rebuild a lost one from its copy (RED) or its in-band FEC.
 - It starts playing with the first packet. A packet that is not there when
   its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
@@ -49,6 +49,9 @@ class Play:
     #: Packets skipped just before this one to cut the delay (decode them to
     #: keep the decoder's state, but do not play them).
     skipped: tuple[bytes, ...] = ()
+    #: The skip only cut surplus delay in a pause: if the skipped frame turns
+    #: out not to be quiet, play it instead (:meth:`JitterBuffer.keep_skipped`).
+    optional_skip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class JitterStats:
     recovered: int = 0  # rebuilt from FEC
     concealed: int = 0
     skipped: int = 0  # dropped to reduce the delay
+    repaired: int = 0  # lost packets replaced by their copy in a later one (RED)
     resets: int = 0
 
 
@@ -99,10 +103,12 @@ class JitterBuffer:
     surplus_pulls: int = 15
     #: A timestamp this far (seconds) from the expected one restarts the buffer.
     max_jump: float = 2.0
-    #: After a loss, keep one frame in reserve (for FEC) for this many seconds;
+    #: After a loss, keep one frame more in reserve (for RED/FEC) for this many seconds;
     #: while losses recur (two or more within ``loss_window``), for as long as they do.
     loss_memory: float = 1.0
     loss_window: float = 5.0
+    #: Most frames kept in reserve for losses (two: a pair of lost packets).
+    max_reserve: int = 2
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -112,12 +118,17 @@ class JitterBuffer:
     _transit: deque[tuple[float, float]] = field(default_factory=deque)  # (now, transit)
     _sorted_transit: list[float] = field(default_factory=list)
     _arrivals: dict[int, float] = field(default_factory=dict)
+    _repaired: set[int] = field(default_factory=set)  # frames filled from a RED copy
     _underruns: int = 0
     _min_wait: float = math.inf
     _waits: int = 0
     _quiet: bool = True
     _losses: deque[float] = field(default_factory=deque)  # times of loss events
     _now: float = 0.0
+    _undo: tuple[int, bytes, float] | None = None  # what keep_skipped() puts back
+    _newest: int | None = None  # newest timestamp pushed
+    _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
+    _undo_from: int = -1
 
     # -- input ---------------------------------------------------------------
 
@@ -139,12 +150,21 @@ class JitterBuffer:
             self._restart()
             self._ref = ts
         self.stats.received += 1
+        newest = self._newest
+        if newest is None or ts > newest:
+            if newest is not None and ts > newest + frame:
+                self._gaps.append((now, (ts - newest) // frame - 1))
+            self._newest = ts
         if self._next is not None and ts < self._next:
             self.stats.late += 1
             self._note_transit(ts, now)
             return False
         if ts in self._packets:
-            self.stats.duplicates += 1
+            if ts in self._repaired:  # its copy came first: it was late, not lost
+                self._repaired.discard(ts)
+                self._note_transit(ts, now)
+            else:
+                self.stats.duplicates += 1
             return False
         self._packets[ts] = payload
         self._arrivals[ts] = now
@@ -153,6 +173,35 @@ class JitterBuffer:
         if len(self._keys) > 4 * self.max_target * self.clock_rate / frame + 50:
             self._drop_oldest()
         return True
+
+    def push_redundant(self, timestamp: int, payload: bytes, now: float) -> bool:
+        """Add an earlier frame repeated in a later packet (RED). True if it filled a hole.
+
+        It only fills a frame still to be played whose own packet is missing:
+        it says nothing of the network's jitter (it arrived a packet late by
+        design), and a hole it fills counts as a loss, so the buffer keeps
+        the reserve that lets the next loss be filled in time.
+        """
+        if self._ref is None:
+            return False
+        ts = self._unwrap(timestamp & 0xFFFFFFFF)
+        if ts in self._packets or (self._next is not None and ts < self._next) or \
+                (self._keys and ts < self._keys[0] and self._next is None):
+            return False
+        if self._newest is None or ts >= self._newest:
+            return False  # nothing newer has come: not a hole
+        self._packets[ts] = payload
+        self._arrivals[ts] = now
+        bisect.insort(self._keys, ts)
+        self._repaired.add(ts)
+        self._note_loss(now)
+        self.stats.repaired += 1
+        return True
+
+    def _note_loss(self, now: float) -> None:
+        # A burst is one event, whether it is seen as a hole or as a repaired frame.
+        if not self._losses or now - self._losses[-1] > 2 * self.frame_samples / self.clock_rate:
+            self._losses.append(now)
 
     def _note_transit(self, ts: int, now: float) -> None:
         transit = now - ts / self.clock_rate
@@ -169,9 +218,11 @@ class JitterBuffer:
     def _restart(self) -> None:
         self._packets.clear()
         self._arrivals.clear()
+        self._repaired.clear()
         self._keys.clear()
         self._next = None
         self._ref = None
+        self._newest = None
         self._transit.clear()
         self._sorted_transit.clear()
         self._underruns = 0
@@ -189,12 +240,22 @@ class JitterBuffer:
         losses = self._losses
         while losses and self._now - losses[0] > self.loss_window:
             losses.popleft()
+        reserve = 0.0
         if losses and (len(losses) >= 2 or self._now - losses[-1] < self.loss_memory):
-            floor = max(floor, self.frame_samples / self.clock_rate)
+            # The next packet (its FEC, or its RED copy) must arrive before the
+            # lost frame's turn: one frame later than the jitter alone asks.
+            # Two lost in a row need the packet after both: as many frames as the
+            # longest recent run of missing packets, up to max_reserve (a longer
+            # burst is beyond repair whatever is kept, so it does not count).
+            gaps = self._gaps
+            while gaps and self._now - gaps[0][0] > self.loss_window:
+                gaps.popleft()
+            run = max((g for _, g in gaps if g <= self.max_reserve), default=1)
+            reserve = max(1, run) * self.frame_samples / self.clock_rate
         if len(values) < 2:
-            return floor
+            return max(floor, reserve)
         spread = values[min(len(values) - 1, int(self.quantile * len(values)))] - values[0]
-        return min(self.max_target, max(floor, spread))
+        return min(self.max_target, max(floor, spread + reserve))
 
     @property
     def level(self) -> float:
@@ -208,6 +269,7 @@ class JitterBuffer:
     def _take(self, ts: int) -> bytes:
         self._keys.remove(ts)
         self._arrivals.pop(ts, None)
+        self._repaired.discard(ts)
         return self._packets.pop(ts)
 
     def pull(self, now: float, quiet: bool = True) -> Decision:
@@ -237,7 +299,7 @@ class JitterBuffer:
             self.stats.concealed += 1
             return Conceal(nxt & 0xFFFFFFFF)
         # Later packets are here: the frames from nxt up to `later` are lost.
-        self._losses.append(now)  # one event, however many frames it lost
+        self._note_loss(now)  # one event, however many frames it lost
         missing = (later - nxt) // frame
         covered = min(missing, self._underruns)  # already concealed while we waited
         self._underruns = 0
@@ -247,7 +309,10 @@ class JitterBuffer:
             # next loss can be rebuilt from FEC instead of concealed).
             seconds = frame / self.clock_rate
             spare = (self._keys[-1] + frame - nxt) / self.clock_rate - seconds
-            covered = min(covered, max(0, math.floor((spare - self.target) / seconds + 1e-9)))
+            keep = min(covered, max(0, math.floor((spare - self.target) / seconds + 1e-9)))
+            # Growing the delay here means concealing once more right after the wait's
+            # concealment: only if a real frame (played or rebuilt from FEC) comes next.
+            covered = keep if missing - keep <= 1 else max(keep, min(covered, missing - 1))
         nxt += covered * frame
         missing -= covered
         if missing:
@@ -294,6 +359,7 @@ class JitterBuffer:
             # Cut the delay: one frame in a pause, or down to the target at once
             # when far too much is buffered.
             cut = backlog if backlog >= 5 else 1
+            self._undo_from = self._next
             for _ in range(cut):
                 if self._next in self._packets:
                     skipped.append(self._take(self._next))
@@ -307,7 +373,25 @@ class JitterBuffer:
                 self._min_wait = math.inf
                 self._waits = 0
         ts = self._next
+        arrived = self._arrivals.get(ts)
         payload = self._take(ts)
         self._next = ts + frame
         self.stats.played += 1
-        return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]))
+        optional = backlog < 5 and len(skipped) == 1 and ts == self._undo_from + frame
+        self._undo = (ts, payload, arrived if arrived is not None else now) if optional else None
+        return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional)
+
+    def keep_skipped(self) -> None:
+        """The frame the last :class:`Play` skipped is being played instead: take the skip back.
+
+        Only for a Play with ``optional_skip``; its own packet goes back to be played next.
+        """
+        if self._undo is None:
+            return
+        ts, payload, arrived = self._undo
+        self._undo = None
+        self._packets[ts] = payload
+        self._arrivals[ts] = arrived
+        bisect.insort(self._keys, ts)
+        self._next = ts
+        self.stats.skipped -= 1

@@ -54,6 +54,10 @@ class EncoderSettings:
     fec: bool = True
     complexity: int = 10  # 0..10; 10 costs about 0.3 ms a frame here (benchmarks/README.md)
     dtx: bool = False
+    #: Earlier frames repeated in each packet (RED, RFC 2198) when the peer
+    #: accepts ``red/48000/2``: a lost packet is then rebuilt exactly from the
+    #: next one. Costs that many times the bitrate again. 0: Opus alone.
+    redundancy: int = 1
 
     def __post_init__(self) -> None:
         if not 6_000 <= self.bitrate <= 510_000:
@@ -62,6 +66,8 @@ class EncoderSettings:
             raise ValueError("expected loss must be 0..100 %")
         if not 0 <= self.complexity <= 10:
             raise ValueError("complexity must be 0..10")
+        if not 0 <= self.redundancy <= 3:
+            raise ValueError("redundancy must be 0..3 frames")
 
 
 class OpusEncoder:

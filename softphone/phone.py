@@ -417,7 +417,9 @@ class Phone:
         self._feed(call, cs.MediaConnected())
         pair = call.candidate_pair
         if pair is not None and call.machine.state is cs.CallState.CONNECTED:
-            call._emit({"event": "media", "candidate_pair": pair.to_json()})
+            assert call.media is not None
+            call._emit({"event": "media", "candidate_pair": pair.to_json(),
+                        "codec": call.media.codec})
 
     async def _apply_offer(self, call: Call, sdp: str) -> None:
         assert call.media is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class MediaStats:
     recovered: int | None = None
     buffer_ms: float | None = None
     target_ms: float | None = None
+    #: Lost packets replaced by their copy in a later packet (RED).
+    repaired: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +91,7 @@ class MediaStats:
             "recovered": self.recovered,
             "buffer_ms": None if self.buffer_ms is None else round(self.buffer_ms, 1),
             "target_ms": None if self.target_ms is None else round(self.target_ms, 1),
+            "repaired": self.repaired,
         }
 
 
@@ -153,6 +157,22 @@ def candidate_pair_from_seam(raw: dict[str, Any]) -> CandidatePair:
         remote=IceCandidateInfo(remote["type"], remote["protocol"], remote["address"],
                                 remote["port"]),
     )
+
+
+def codec_of(sdp: str | None) -> str:
+    """The audio codec an SDP leads with (``opus/48000``, ``opus/48000+red``), or ``?``."""
+    if not sdp:
+        return "?"
+    m = re.search(r"^m=audio \S+ \S+ ([\d ]+)", sdp, re.M)
+    if m is None:
+        return "?"
+    names = []
+    for pt in m.group(1).split()[:2]:
+        rtpmap = re.search(rf"^a=rtpmap:{pt} ([^/\s]+)/(\d+)", sdp, re.M)
+        names.append(f"{rtpmap.group(1).lower()}/{rtpmap.group(2)}" if rtpmap else "?")
+    if names[0] == "red/48000" and len(names) > 1:  # RED carries the codec after it
+        return f"{names[1]}+red"
+    return names[0]
 
 
 @dataclass
@@ -236,6 +256,24 @@ class MediaSession:
             errors = aiortc_seams.turn_errors(self.pc)
             self._on_failed(f"ice-failed; {errors[0]}" if errors else "ice-failed")
 
+    @property
+    def codec(self) -> str | None:
+        """The audio codec both ways: the first of the answer's (``opus/48000+red``)."""
+        for desc in (self.pc.localDescription, self.pc.remoteDescription):
+            if desc is not None and desc.type == "answer":
+                return codec_of(desc.sdp)
+        return None
+
+    @property
+    def _red(self) -> bool:
+        """Do we agree on RED (our pipeline, with redundancy on)?"""
+        return self.config.pipeline == "softphone" and self.config.encoder.redundancy > 0
+
+    def _prefer_red(self, enabled: bool) -> None:
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                aiortc_seams.prefer_red(transceiver, enabled)
+
     def selected_candidate_pair(self) -> CandidatePair | None:
         """The candidate pair ICE selected (None until it has selected one)."""
         try:
@@ -274,20 +312,24 @@ class MediaSession:
     async def create_offer(self) -> str:
         """Make our offer with every candidate in it (aiortc does not trickle)."""
         await self._gathered()
+        # Lead with RED (Opus plus copies of earlier frames) when we send it.
+        self._prefer_red(self._red)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._check_relay(str(self.pc.localDescription.sdp))
         return str(self.pc.localDescription.sdp)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer and return our answer."""
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        with aiortc_seams.red_allowed(self._red):  # an answer follows the offer's order
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self._gathered()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._check_relay(str(self.pc.localDescription.sdp))
         return str(self.pc.localDescription.sdp)
 
     async def apply_answer(self, sdp: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        with aiortc_seams.red_allowed(self._red):
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     def add_candidate(self, candidate: IceCandidate) -> None:
         """Add a trickled remote candidate, in the background.
@@ -342,7 +384,8 @@ class MediaSession:
             return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames)
         return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames,
                           playout.stats.concealed, playout.stats.recovered,
-                          playout.delay * 1000, playout.target * 1000)
+                          playout.delay * 1000, playout.target * 1000,
+                          playout.stats.repaired)
 
     async def close(self) -> None:
         if self._closed:

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -100,17 +99,6 @@ def meter(dbfs: float, width: int = METER_WIDTH) -> str:
 def clock(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def codec_of(sdp: str | None) -> str:
-    """The first audio codec of an SDP (``opus/48000``), or ``?``."""
-    if not sdp:
-        return "?"
-    m = re.search(r"^m=audio \S+ \S+ (\d+)", sdp, re.M)
-    if m is None:
-        return "?"
-    rtpmap = re.search(rf"^a=rtpmap:{m.group(1)} ([^/\s]+)/(\d+)", sdp, re.M)
-    return f"{rtpmap.group(1).lower()}/{rtpmap.group(2)}" if rtpmap else "?"
 
 
 def status_text(*, state: str, seconds: float, codec: str, stats: Any, mic_dbfs: float,
@@ -294,8 +282,7 @@ class CallScreen:
         while True:
             now = time.monotonic()
             if self._codec == "?" and self.call.media is not None:
-                desc = self.call.media.pc.remoteDescription
-                self._codec = codec_of(desc.sdp if desc is not None else None)
+                self._codec = self.call.media.codec or "?"
             if now - last_stats >= 1.0 and not self.call.machine.is_ended:
                 last_stats = now
                 with contextlib.suppress(Exception):

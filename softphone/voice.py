@@ -24,6 +24,7 @@ import av
 import numpy as np
 
 from . import jitterbuffer as jb
+from . import red
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
 from .opus import EncoderSettings, OpusDecoder, OpusEncoder
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 _SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _QUIET_PEAK = int(32768 * 10 ** (-45 / 20))
+
+
+def _is_quiet(pcm: Int16Array) -> bool:
+    return pcm.size == 0 or int(np.abs(pcm).max()) < _QUIET_PEAK
 
 
 class VoiceEncoder:
@@ -69,12 +74,28 @@ class VoiceEncoder:
         raise NotImplementedError("VoiceEncoder only encodes raw frames")
 
 
+class RedVoiceEncoder(VoiceEncoder):
+    """:class:`VoiceEncoder` whose packets also carry the frames before (RED, RFC 2198).
+
+    ``payload_type``: the Opus payload type named in the negotiated RED fmtp.
+    """
+
+    def __init__(self, settings: EncoderSettings | None, payload_type: int) -> None:
+        super().__init__(settings)
+        self.red = red.RedPacker(payload_type, self.opus.settings.redundancy, FRAME_SAMPLES)
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        payloads, timestamp = super().encode(frame, force_keyframe)
+        return [self.red.wrap(timestamp, p) for p in payloads], timestamp
+
+
 @dataclass
 class PlayoutStats:
     frames: int = 0
     decoded: int = 0
     recovered: int = 0
     concealed: int = 0
+    repaired: int = 0  # lost packets replaced by their RED copy
     silent: int = 0
     decode_errors: int = 0
 
@@ -94,16 +115,35 @@ class Playout:
         #: Called with (rtp_timestamp, pull_time) for every frame played from a packet.
         self.on_played: Callable[[int, float], None] | None = None
 
-    def push(self, ssrc: int, seq: int, timestamp: int, payload: bytes) -> None:
+    def push(self, ssrc: int, seq: int, timestamp: int, payload: bytes,
+             is_red: bool = False) -> None:
+        """A packet as it arrived; ``is_red``: its payload is RED (RFC 2198)."""
         now = self.clock()
+        blocks: list[red.Block] = []
+        if is_red:
+            try:
+                blocks = red.parse(payload)
+            except red.RedError as exc:
+                log.debug("bad RED packet %d: %s", seq, exc)
+                self.stats.decode_errors += 1
+                return
         with self._lock:
             if self._ssrc is not None and ssrc != self._ssrc:
                 log.info("new audio stream (ssrc %d): restarting the jitter buffer", ssrc)
                 self.buffer = jb.JitterBuffer(self.buffer.clock_rate, self.buffer.frame_samples)
                 self.decoder = OpusDecoder()
             self._ssrc = ssrc
-            if payload:
-                self.buffer.push(timestamp, payload, now)
+            if not is_red:
+                if payload:
+                    self.buffer.push(timestamp, payload, now)
+                return
+            primary = blocks.pop()
+            if primary.data:
+                self.buffer.push(timestamp, primary.data, now)
+            for block in blocks:  # copies of earlier frames: they fill holes, nothing else
+                if block.data and self.buffer.push_redundant(
+                        (timestamp - block.offset) & 0xFFFFFFFF, block.data, now):
+                    self.stats.repaired += 1
 
     def pull(self) -> Int16Array:
         """The next 20 ms to play (always exactly 960 samples)."""
@@ -114,12 +154,21 @@ class Playout:
             stats.frames += 1
             try:
                 if isinstance(decision, jb.Play):
+                    out = None
                     for skipped in decision.skipped:
-                        self.decoder.decode(skipped)
-                    out = self.decoder.decode(decision.payload)
+                        pcm = self.decoder.decode(skipped)
+                        if decision.optional_skip and not _is_quiet(pcm):
+                            # Not a pause after all: play it, keep the cut for later.
+                            self.buffer.keep_skipped()
+                            out = pcm
+                            if self.on_played is not None:
+                                self.on_played((decision.timestamp - self.buffer.frame_samples)
+                                               & 0xFFFFFFFF, now)
+                    if out is None:
+                        out = self.decoder.decode(decision.payload)
+                        if self.on_played is not None:
+                            self.on_played(decision.timestamp, now)
                     stats.decoded += 1
-                    if self.on_played is not None:
-                        self.on_played(decision.timestamp, now)
                 elif isinstance(decision, jb.Recover):
                     out = self.decoder.recover(decision.next_payload)
                     stats.recovered += 1
@@ -134,7 +183,7 @@ class Playout:
                 log.debug("decode failed: %s", exc)
                 return _SILENCE.copy()
         # A pause in speech (below -45 dBFS peak) is where the buffer may skip a frame.
-        self._quiet = out.size == 0 or int(np.abs(out).max()) < _QUIET_PEAK
+        self._quiet = _is_quiet(out)
         if out.size != FRAME_SAMPLES:  # packets of another duration: fit to 20 ms
             fitted = np.zeros(FRAME_SAMPLES, dtype=np.int16)
             n = min(FRAME_SAMPLES, out.size)

@@ -223,6 +223,9 @@ async def test_page_calls_cli_audio_both_ways(hub: Hub, chromium: Launch,
     end = ended_event(bob)
     assert end["outcome"] == "completed" and end["ended_by"] == "remote"
     assert_wav_tone(rec, PAGE_TONE)
+    # The page's offer puts Opus first (RED further down): the answer follows it.
+    media = next(e for e in events(bob) if e["event"] == "media")
+    assert media["codec"] == "opus/48000"
 
 
 async def test_cli_calls_page_audio_both_ways(hub: Hub, chromium: Launch,
@@ -231,8 +234,10 @@ async def test_cli_calls_page_audio_both_ways(hub: Hub, chromium: Launch,
     browser = await chromium(PAGE_TONE)
     page = await browser.open(hub_url(hub) + "/?id=pat")  # ?id= connects at once
     await wait_hub(page, "connected")
+    # With loss on what the CLI receives: Chrome's RED copies must fill the holes.
     cli = Proc("call", "pat", "--as", "carl", "--server", hub_url(hub), "--json",
-               "--tone", str(OTHER_TONE), "--record", str(rec), "--duration", "4")
+               "--tone", str(OTHER_TONE), "--record", str(rec), "--duration", "4",
+               "--simulate-loss", "5")
     procs.append(cli)
     await wait_call_state(page, "ringing", within=30)
     assert await page.is_visible("#incoming")
@@ -244,6 +249,12 @@ async def test_cli_calls_page_audio_both_ways(hub: Hub, chromium: Launch,
     state = await wait_outcome(page, "completed")
     assert state["call"]["endedBy"] == "remote"
     assert_wav_tone(rec, PAGE_TONE)
+    # Our offer leads with RED and Chrome takes it: it decodes ours (it heard the
+    # tone) and its own copies replaced the packets the CLI lost.
+    media = next(e for e in events(cli) if e["event"] == "media")
+    assert media["codec"] == "opus/48000+red"
+    stats = ended_event(cli)["stats"]
+    assert stats["repaired"] > 0, stats
 
 
 async def test_page_calls_page_through_our_hub(hub: Hub, chromium: Launch) -> None:

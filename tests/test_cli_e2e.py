@@ -177,15 +177,23 @@ async def test_demo(procs: list[Proc]) -> None:
     assert "received 660.0 Hz" in p.stdout or "received 659." in p.stdout
 
 
-async def test_simulated_loss_is_concealed(hub: Hub, procs: list[Proc], tmp_path) -> None:
+@pytest.mark.parametrize("redundancy", ["1", "0"], ids=["red", "fec-only"])
+async def test_simulated_loss_is_concealed(hub: Hub, procs: list[Proc], tmp_path,
+                                           redundancy: str) -> None:
     rec = str(tmp_path / "a.wav")
     await listening(procs, hub, "b", "--auto-accept", "--once", "--tone", "600")
+    # The caller's offer leads with RED (or, with --redundancy 0, with Opus alone).
     a = Proc("call", "b", "--as", "a", "--server", hub_url(hub), "--record", rec,
-             "--duration", "4", "--simulate-loss", "5", "--bitrate", "64", "--json")
+             "--duration", "4", "--simulate-loss", "5", "--bitrate", "64",
+             "--redundancy", redundancy, "--json")
     procs.append(a)
     assert await a.wait() == 0, a.stderr
     stats = json.loads(a.stdout.splitlines()[-1])["stats"]
-    assert stats["concealed"] + stats["recovered"] > 5  # losses happened and were filled
+    if redundancy == "0":
+        assert stats["repaired"] == 0
+        assert stats["concealed"] + stats["recovered"] > 5  # losses happened and were filled
+    else:  # copies in the next packet replaced the lost ones
+        assert stats["repaired"] > 5 and stats["repaired"] > stats["concealed"], stats
     samples, rate = read_wav(rec)
     assert_tone(rec, 600)
     assert not [g for g in silent_gaps(samples[rate:], rate) if g > 0.020]

@@ -137,7 +137,7 @@ def test_a_loss_burst_leaves_no_backlog() -> None:
     before = [d for i, d in zip(played, delays, strict=True) if 50 <= i < 100]
     after = [d for i, d in zip(played, delays, strict=True) if i >= 115 + 100]  # 2 s on
     assert max(after) <= max(before) + 0.0011
-    # Right after the burst it keeps one frame more (for FEC), never a backlog.
+    # Right after the burst it keeps one frame more (for RED/FEC), never a backlog.
     soon = [d for i, d in zip(played, delays, strict=True) if 115 <= i < 215]
     assert max(soon) <= max(before) + T + 0.0011
     assert sim.jb.stats.concealed >= 15
@@ -221,10 +221,16 @@ def test_long_outage_falls_silent_and_resumes() -> None:
     assert kinds == ["Conceal"] * 5 + ["Silence"] * 4
     # The player then stalls for almost two seconds; the stream comes back.
     jb.push(100 * F, payload(100), 2.0)
+    # After a loss it keeps up to two frames in reserve (for RED/FEC): 98 concealed,
+    # 99 from 100's FEC, then 100.
+    before = []
     d = jb.pull(2.005)
-    if isinstance(d, Recover):  # after a loss it keeps one frame for FEC: 99 from 100's FEC
-        assert d.timestamp == 99 * F
-        d = jb.pull(2.025)
+    while not isinstance(d, Play) and len(before) < 3:
+        before.append(d)
+        d = jb.pull(2.005 + len(before) * T)
+    assert len(before) <= jb.max_reserve
+    assert [x.timestamp for x in before] == [(100 - len(before) + i) * F
+                                           for i in range(len(before))]
     assert isinstance(d, Play) and d.payload == payload(100)
     assert jb.stats.skipped >= 85  # the outage was not played out late
 
@@ -241,3 +247,79 @@ def test_a_surplus_frame_is_skipped_only_in_a_pause() -> None:
 
     assert run(quiet=False).stats.skipped == 0
     assert run(quiet=True).stats.skipped >= 1
+
+
+# -- redundant copies (RED), taking a skip back, the reserve after a lost pair ---------
+
+
+def test_a_redundant_copy_fills_the_hole_of_a_lost_packet() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.001)
+    assert isinstance(jb.pull(0.005), Play)
+    # Packet 1 is lost; packet 2 brings a copy of 1.
+    jb.push(2 * F, payload(2), 0.041)
+    assert jb.push_redundant(1 * F, payload(1), 0.041)
+    d1, d2 = jb.pull(0.045), jb.pull(0.065)
+    assert isinstance(d1, Play) and d1.payload == payload(1)  # exact, not FEC or concealment
+    assert isinstance(d2, Play) and d2.payload == payload(2)
+    assert jb.stats.repaired == 1 and jb.stats.concealed == 0 and jb.stats.recovered == 0
+    # A copy of what is already here, already played, or newer than anything: ignored.
+    assert not jb.push_redundant(2 * F, payload(2), 0.07)
+    assert not jb.push_redundant(1 * F, payload(1), 0.07)
+    assert not jb.push_redundant(9 * F, payload(9), 0.07)
+    assert jb.stats.repaired == 1
+
+
+def test_redundant_copies_say_nothing_of_jitter() -> None:
+    """A copy arrives a packet late by design: it must not grow the target."""
+    jb = JitterBuffer()
+    for i in range(200):
+        jb.push(i * F, payload(i), i * T + 0.001)
+        if i:
+            jb.push_redundant((i - 1) * F, payload(i - 1), i * T + 0.001)
+        jb.pull(i * T + 0.005)
+    assert jb.target < 0.002
+    assert jb.stats.repaired == 0
+
+
+def test_a_packet_arriving_after_its_copy_is_late_not_a_duplicate() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.0)
+    jb.push(2 * F, payload(2), 0.040)
+    jb.push_redundant(1 * F, payload(1), 0.040)
+    assert not jb.push(1 * F, payload(1), 0.045)  # reordered, its copy came first
+    assert jb.stats.duplicates == 0
+    assert [ts_of(jb.pull(0.05 + k * T)) for k in range(3)] == [0, F, 2 * F]
+
+
+def test_after_a_lost_pair_two_frames_are_kept_in_reserve() -> None:
+    sim = Sim()
+    lost: dict[int, float | None] = {50: None, 51: None, 120: None}
+    sim.run(200, arrival=lost)
+    assert sim.jb.target >= 2 * T  # a pair was lost within the loss window
+    single = Sim()
+    single.run(200, arrival={50: None, 120: None})
+    assert T <= single.jb.target < 2 * T
+    # A long burst cannot be repaired whatever is kept: it does not ask for more.
+    burst = Sim()
+    burst.run(200, arrival={**{i: None for i in range(50, 60)}, 120: None})
+    assert burst.jb.target < 2 * T
+
+
+def test_a_skip_taken_back_plays_the_frame_and_keeps_the_next() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.001)
+    decisions = []
+    for i in range(100):
+        jb.push((i + 1) * F, payload(i + 1), (i + 1) * T + 0.001)
+        d = jb.pull(i * T + 0.025, quiet=True)
+        if isinstance(d, Play) and d.optional_skip:
+            decisions.append(d)
+            jb.keep_skipped()  # the player found the skipped frame was not quiet
+    assert decisions, "a surplus frame was offered for skipping"
+    assert jb.stats.skipped == 0
+    # Everything was played once, in order: what was offered for a skip came back.
+    d = decisions[0]
+    assert d.skipped == (payload(ts_of(d) // F - 1),)
+    nxt = jb.pull(100 * T + 0.025)
+    assert isinstance(nxt, Play)

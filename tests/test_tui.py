@@ -79,9 +79,11 @@ async def test_status_line_and_mute_key(hub: Hub, pulse: PulseLab, procs: list[P
     alice = terminal(terminals, "call", "b", "--as", "a", "--server", hub_url(hub),
                      env=pulse.env_for("a"))
     await expect(alice, "connected to b")
-    # The live line: state, duration, codec, figures, both meters, the keys.
-    line = await expect(alice, r"connected  0:0[2-9]  opus/48000  rtt [0-9.]+ms  jit [0-9.]+ms  "
-                               r"loss [0-9.]+%  buf [0-9.]+ms  mic \[#+-*\]  spk \[[#-]+\]  "
+    # The live line: state, duration, codec (two softphones agree on Opus with RED),
+    # figures, both meters, the keys.
+    line = await expect(alice, r"connected  0:0[2-9]  opus/48000\+red  "
+                               r"rtt [0-9.]+ms  jit [0-9.]+ms  loss [0-9.]+%  buf [0-9.]+ms  "
+                               r"mic \[#+-*\]  spk \[[#-]+\]  "
                                r"m:mute h:hangup")
     assert "MUTED" not in line
     alice.send("m")
