@@ -11,10 +11,13 @@ pipelines, before any buffer. What the receiver *plays out* (pulled every
   measured with short clicks (median), on a clean call and 2 s after a
   300 ms loss burst.
 
-Each pipeline runs in its own process (aiortc's encoder is replaced per
+Three pipelines: aiortc's own; softphone's as shipped (Opus with RED, one
+earlier frame repeated in each packet); softphone's with ``--redundancy 0``
+(Opus with in-band FEC alone, half the bitrate). The sent bitrate is printed
+too. Each pipeline runs in its own process (aiortc's encoder is replaced per
 process). Usage::
 
-    python benchmarks/audio_quality.py            # everything (about 4 minutes)
+    python benchmarks/audio_quality.py            # everything (about 12 minutes)
     python benchmarks/audio_quality.py --quick    # fewer scenarios, shorter
 
 Needs espeak-ng (apt-get install espeak-ng) and pesq (pip install pesq).
@@ -43,6 +46,7 @@ from softphone import Phone
 from softphone.audio import FRAME_SAMPLES, SAMPLE_RATE
 from softphone.hub import Hub, HubConfig
 from softphone.netsim import Impairment
+from softphone.opus import EncoderSettings
 from softphone.rtc import MediaConfig
 from softphone.tracks import FileSource, PacedSource, load_audio_file
 
@@ -128,14 +132,24 @@ def pair_delays(sent: list[float], played: list[float]) -> list[tuple[float, flo
     return out
 
 
+PIPELINES = ("aiortc", "softphone", "softphone-fec")
+
+
+def media_config(pipeline: str, impairment: Impairment | None = None) -> MediaConfig:
+    if pipeline == "softphone-fec":
+        return MediaConfig("softphone", EncoderSettings(redundancy=0), impairment=impairment)
+    return MediaConfig(pipeline, impairment=impairment)
+
+
 async def one_call(pipeline: str, source: PacedSource, seconds: float,
-                   impairment: Impairment | None) -> tuple[TimedCapture, float]:
-    """B calls A... no: A calls B; B's receive side is impaired. Returns B's playout."""
+                   impairment: Impairment | None) -> tuple[TimedCapture, float, float]:
+    """A calls B; B's receive side is impaired. Returns B's playout, when it
+    started, and the RTP payload bitrate A sent (kbit/s)."""
     hub = Hub(HubConfig(ice_servers=[]))
     port = await hub.start()
     url = f"http://127.0.0.1:{port}"
-    a = Phone("a", url, media=MediaConfig(pipeline))
-    b = Phone("b", url, media=MediaConfig(pipeline, impairment=impairment))
+    a = Phone("a", url, media=media_config(pipeline))
+    b = Phone("b", url, media=media_config(pipeline, impairment))
     capture = TimedCapture()
     await a.connect()
     await b.connect()
@@ -146,13 +160,18 @@ async def one_call(pipeline: str, source: PacedSource, seconds: float,
         await asyncio.wait_for(call_a.connected(), 10)
         started = time.monotonic()
         await asyncio.sleep(seconds)
+        assert call_a.media is not None
+        report = await call_a.media.pc.getStats()
+        sent = sum(int(stat.bytesSent) for stat in report.values()
+                   if getattr(stat, "type", "") == "outbound-rtp")
+        kbps = sent * 8 / (time.monotonic() - started) / 1000
         await call_a.hangup()
         await call_b.ended()
     finally:
         await a.close()
         await b.close()
         await hub.stop()
-    return capture, started
+    return capture, started, kbps
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -173,12 +192,12 @@ async def pesq_run(pipeline: str, speech_path: str, scenario: dict[str, Any],
     speech48 = load_audio_file(speech_path)
     impairment = Impairment(seed=seed, **scenario) if scenario else None
     seconds = speech48.size / SAMPLE_RATE + 1.0
-    capture, _ = await one_call(pipeline, FileSource(speech48), seconds, impairment)
+    capture, _, kbps = await one_call(pipeline, FileSource(speech48), seconds, impairment)
     played = capture.audio()
     ref16 = resample(speech48, SAMPLE_RATE, 16000)
     deg16 = resample(played, SAMPLE_RATE, 16000)
     score = float(pesq(16000, ref16.astype(np.float32), deg16.astype(np.float32), "wb"))
-    return {"pesq": score, "dropped": impairment.dropped if impairment else 0,
+    return {"pesq": score, "kbps": kbps, "dropped": impairment.dropped if impairment else 0,
             "packets": impairment.count if impairment else 0}
 
 
@@ -190,7 +209,7 @@ async def delay_run(pipeline: str, burst_at: float | None) -> dict[str, Any]:
         first = int(burst_at / 0.02)
         impairment = Impairment(drop_indices=frozenset(range(first, first + 15)))
         seconds = burst_at + 4.0
-    capture, started = await one_call(pipeline, source, seconds, impairment)
+    capture, started, _ = await one_call(pipeline, source, seconds, impairment)
     pairs = pair_delays(source.sent, click_onsets(capture))
     t0 = source.sent[0] if source.sent else started
     result: dict[str, Any] = {}
@@ -212,6 +231,8 @@ def worker(args: argparse.Namespace) -> None:
         for run in range(args.runs):
             r = asyncio.run(pesq_run(args.worker, args.speech, SCENARIOS[name], seed=run + 1))
             scores.append(r["pesq"])
+            if name == "clean":
+                out["kbps"] = r["kbps"]
         out["pesq"][name] = statistics.mean(scores)
     out["delay"] = asyncio.run(delay_run(args.worker, None))
     out["burst"] = asyncio.run(delay_run(args.worker, 3.0))
@@ -235,7 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer scenarios, one run each")
     parser.add_argument("--runs", type=int, default=2, help="runs per scenario (averaged)")
-    parser.add_argument("--worker", choices=["softphone", "aiortc"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--speech", help=argparse.SUPPRESS)
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -251,7 +272,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         speech = make_speech(tmp)
         results = {}
-        for pipeline in ("aiortc", "softphone"):
+        for pipeline in PIPELINES:
             print(f"measuring {pipeline}'s pipeline...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--worker", pipeline, "--speech", speech,
                    "--runs", str(runs), "--scenarios", *scenarios]
@@ -259,19 +280,24 @@ def main() -> None:
             if done.returncode != 0:
                 sys.exit(f"{pipeline} worker failed:\n{done.stderr[-3000:]}")
             results[pipeline] = json.loads(done.stdout.strip().splitlines()[-1])
-    stock, ours = results["aiortc"], results["softphone"]
+    stock, ours, fec = (results[p] for p in PIPELINES)
     print(f"# audio quality, {runs} run(s) per scenario, load average "
           f"{os.getloadavg()[0]:.2f}, frame {FRAME_SAMPLES / 48:.0f} ms")
-    print(f"{'measure':<34} {'aiortc':>9} {'softphone':>10} {'ratio':>7}")
+    print(f"{'measure':<34} {'aiortc':>9} {'softphone':>10} {'ratio':>7} {'FEC only':>9}")
     for name in scenarios:
-        a, o = stock["pesq"][name], ours["pesq"][name]
-        print(f"{'PESQ-WB, ' + name:<34} {a:>9.2f} {o:>10.2f} {o / a:>7.2f}")
-    rows = [("one-way delay, clean (ms)", stock["delay"]["delay_ms"], ours["delay"]["delay_ms"]),
-            ("delay before burst (ms)", stock["burst"]["before_ms"], ours["burst"]["before_ms"]),
-            ("delay 2 s after burst (ms)", stock["burst"]["after_ms"], ours["burst"]["after_ms"])]
-    for label, a, o in rows:
+        a, o, f = stock["pesq"][name], ours["pesq"][name], fec["pesq"][name]
+        print(f"{'PESQ-WB, ' + name:<34} {a:>9.2f} {o:>10.2f} {o / a:>7.2f} {f:>9.2f}")
+    rows = [("one-way delay, clean (ms)", "delay", "delay_ms"),
+            ("delay before burst (ms)", "burst", "before_ms"),
+            ("delay 2 s after burst (ms)", "burst", "after_ms")]
+    for label, group, key in rows:
+        a, o, f = (r[group][key] for r in (stock, ours, fec))
         ratio = fmt(o / a) if a and o else "n/a"
-        print(f"{label:<34} {fmt(a, '.1f'):>9} {fmt(o, '.1f'):>10} {ratio:>7}")
+        print(f"{label:<34} {fmt(a, '.1f'):>9} {fmt(o, '.1f'):>10} {ratio:>7} {fmt(f, '.1f'):>9}")
+    a, o, f = (r.get("kbps") for r in (stock, ours, fec))
+    ratio = fmt(o / a) if a and o else "n/a"
+    print(f"{'sent, RTP payload (kbit/s)':<34} {fmt(a, '.0f'):>9} {fmt(o, '.0f'):>10} "
+          f"{ratio:>7} {fmt(f, '.0f'):>9}")
 
 
 if __name__ == "__main__":
