@@ -267,8 +267,8 @@ class ClientConnection(_WebSocket):
     reading the client and holds its frames already parsed, in order, until then.
     """
 
-    __slots__ = ("_fragments", "_held", "_hub", "_limit_bytes", "_partial", "_slow", "bucket",
-                 "client_id", "dropped", "limited_at", "registered", "remote")
+    __slots__ = ("_fragments", "_held", "_hub", "_limit_bytes", "_out", "_out_size", "_partial",
+                 "_slow", "bucket", "client_id", "dropped", "limited_at", "registered", "remote")
 
     def __init__(self, hub: Hub, client_id: str, ws: ServerProtocol,
                  transport: asyncio.Transport, limit_bytes: int = 1024 * 1024,
@@ -291,6 +291,9 @@ class ClientConnection(_WebSocket):
         self._partial = b""
         #: websockets parses everything from now on.
         self._slow = False
+        #: Frames for this client from the batch being handled (see Hub._batch).
+        self._out: list[bytes] | None = None
+        self._out_size = 0
 
     @property
     def queued(self) -> int:
@@ -301,11 +304,38 @@ class ClientConnection(_WebSocket):
         transport = self._transport
         if self.dropped or transport.is_closing() or self._ws.state is not WSState.OPEN:
             return False
-        transport.write(_text_frame(text))
-        if self._limit_bytes and transport.get_write_buffer_size() > self._limit_bytes:
+        frame = _text_frame(text)
+        batch = self._hub._batch
+        if batch is None:
+            transport.write(frame)
+            unread = transport.get_write_buffer_size()
+        else:  # written with the others of the batch: one system call, not one each
+            if self._out is None:
+                self._out = [frame]
+                batch.append(self)
+            else:
+                self._out.append(frame)
+            self._out_size += len(frame)
+            unread = transport.get_write_buffer_size() + self._out_size
+        if self._limit_bytes and unread > self._limit_bytes:
             self._drop()
             return False
         return True
+
+    def write_out(self) -> None:
+        """Write what the batch left for this client."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        self._out_size = 0
+        if not self.dropped and not self._transport.is_closing():
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _flush(self) -> None:
+        if self._out is not None:  # (what was delivered goes before a close frame)
+            self.write_out()
+        _WebSocket._flush(self)
 
     def _drop(self) -> None:
         log.warning("slow-reader id=%s remote=%s: more than %d bytes unread, dropping it",
@@ -372,7 +402,9 @@ class ClientConnection(_WebSocket):
             pos = stop
         else:
             self._partial = buf[pos:] if pos < end else b""
-            if texts:
+            if len(texts) > 1:
+                self._batch(texts)
+            elif texts:
                 self._frames(texts)
             return
         # Not a frame for the quick path: websockets takes it from here.
@@ -381,6 +413,19 @@ class ClientConnection(_WebSocket):
         if texts:
             self._frames(texts)
         _WebSocket.data_received(self, buf[pos:] if pos else buf)
+
+    def _batch(self, texts: list[Any]) -> None:
+        """Several messages read at once: what they deliver to each client is written
+        in one piece when they are all handled."""
+        hub = self._hub
+        batch: list[ClientConnection] = []
+        hub._batch = batch
+        try:
+            self._frames(texts)
+        finally:
+            hub._batch = None
+            for conn in batch:
+                conn.write_out()
 
     def eof_received(self) -> bool | None:
         if self._partial:  # websockets has not seen it: it would not know it was cut
@@ -532,6 +577,9 @@ class Hub:
         #: Frames above this are refused by websockets (close 1009); up to it, too large
         #: messages are answered with ``too-large`` and the connection is kept.
         self._max_frame = self.config.max_message_bytes * 4
+        #: While a connection's frames read at once are handled: the clients given
+        #: frames to write when they are done (ClientConnection.deliver).
+        self._batch: list[ClientConnection] | None = None
         self._connections: set[ClientConnection] = set()
         self._pair_timer: asyncio.TimerHandle | None = None
         self.port: int | None = None

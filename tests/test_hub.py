@@ -339,3 +339,22 @@ async def test_a_connection_that_never_sends_its_request_is_closed(
         writer.close()
     finally:
         await hub.stop()
+
+
+async def test_frames_read_at_once_are_delivered_in_order(
+        hub: Hub, session: aiohttp.ClientSession) -> None:
+    b = await connect(session, hub, "b")
+    texts = [b'{"type":"candidate","to":"b","data":1}', b'{"type":"nope","to":"b"}',
+             b'{"type":"candidate","to":"a","data":2}', b'{"type":"candidate","to":"b","data":3}',
+             b'{"type":"candidate","to":"c","data":4}']
+    reader, writer = await raw(hub, "a")
+    await asyncio.sleep(0.1)  # registered
+    writer.write(b"".join(masked_frame(0x1, t) for t in texts))  # one write, one read
+    assert [(await receive(b))["data"] for _ in range(2)] == [1, 3]
+    got = []
+    for _ in range(3):
+        head = await asyncio.wait_for(reader.readexactly(2), 2)
+        got.append(json.loads(await reader.readexactly(head[1])))
+    assert [m.get("data", {}).get("code") if m["type"] == "error" else m["data"]
+            for m in got] == ["bad-message", 2, "offline"]
+    writer.close()
