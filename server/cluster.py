@@ -67,6 +67,17 @@ def _wait_port(host: str, port: int, within: float, proc: subprocess.Popen[bytes
     raise RuntimeError(f"{what} did not listen on {host}:{port} within {within} s")
 
 
+
+def _signal_and_wait(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Send ``sig`` to a running ``proc`` and reap it (SIGKILL after 10 s)."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
 class RedisServer:
     """A private redis-server on 127.0.0.1: no persistence, its own directory."""
 
@@ -91,13 +102,7 @@ class RedisServer:
         _wait_port("127.0.0.1", self.port, 10, self.proc, "redis-server")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _signal_and_wait(self.proc, sig)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -135,13 +140,7 @@ class Node:
         _wait_port("127.0.0.1", self.port, 20, self.proc, f"node {self.node_id}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        _signal_and_wait(self.proc, sig)
 
     @property
     def alive(self) -> bool:

@@ -11,11 +11,15 @@ import sys
 import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from softphone.hub import Hub, HubConfig
+
+if TYPE_CHECKING:
+    from .pulse import PulseLab
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -132,3 +136,16 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         if w.getnchannels() > 1:
             data = data.reshape(-1, w.getnchannels())[:, 0].copy()
         return data, w.getframerate()
+
+
+@pytest.fixture
+def pulse() -> Iterator[PulseLab]:
+    """A private PulseAudio server with virtual devices for clients ``a`` and ``b``."""
+    from .pulse import PulseLab, need_pulse  # (pulse imports this module)
+
+    need_pulse()
+    lab = PulseLab(("a", "b")).start()
+    try:
+        yield lab
+    finally:
+        lab.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -20,19 +19,11 @@ from softphone.audio import SAMPLE_RATE, dominant_frequency, tone_purity
 from softphone.hub import Hub
 
 from .conftest import Proc, hub_url, softphone_cmd
-from .pulse import PulseLab, need_pulse, read_all
+from .pulse import PulseLab, read_all
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def pulse() -> Iterator[PulseLab]:
-    need_pulse()
-    lab = PulseLab(("a", "b")).start()
-    try:
-        yield lab
-    finally:
-        lab.stop()
 
 
 def loud_part(samples, rate: int = SAMPLE_RATE):  # type: ignore[no-untyped-def]

@@ -21,20 +21,12 @@ from softphone.audio import dominant_frequency, rms_dbfs
 from softphone.hub import Hub
 
 from .conftest import Proc, hub_url, need, read_wav
-from .pulse import PulseLab, need_pulse
+from .pulse import PulseLab
 
 pytestmark = pytest.mark.e2e
 
 
 
-@pytest.fixture
-def pulse() -> Iterator[PulseLab]:
-    need_pulse()
-    lab = PulseLab(("a", "b")).start()
-    try:
-        yield lab
-    finally:
-        lab.stop()
 
 
 @pytest.fixture
