@@ -196,7 +196,12 @@ class Call:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._media_task), 2.0)
             self._media_task.cancel()
+        reason = ended.reason
         if self.media is not None:
+            errors = self.media.turn_errors()
+            if ended.outcome is cs.Outcome.MEDIA_FAILED and errors and \
+                    errors[0] not in (reason or ""):  # say why no relay could help
+                reason = f"{reason}; {errors[0]}"
             self._final_stats = await self.media.stats()
             await self.media.close()
         elif self.source is not None:
@@ -206,7 +211,7 @@ class Call:
         if self.receiver is not None and self.receiver.first_audio_at is not None:
             first_audio = self.receiver.first_audio_at - m.started_at
         result = CallResult(
-            peer=m.peer, role=m.role, outcome=ended.outcome, reason=ended.reason, ended_by=ended.by,
+            peer=m.peer, role=m.role, outcome=ended.outcome, reason=reason, ended_by=ended.by,
             setup_seconds=None if m.connected_at is None else m.connected_at - m.started_at,
             first_audio_seconds=first_audio,
             talk_seconds=0.0 if m.connected_at is None else ended.at - m.connected_at,

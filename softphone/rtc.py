@@ -253,7 +253,7 @@ class MediaSession:
             if self._on_connected:
                 self._on_connected()
         elif state == "failed" and not self._closed and self._on_failed:
-            errors = aiortc_seams.turn_errors(self.pc)
+            errors = self.turn_errors()
             self._on_failed(f"ice-failed; {errors[0]}" if errors else "ice-failed")
 
     @property
@@ -283,11 +283,15 @@ class MediaSession:
             return None
         return None if raw is None else candidate_pair_from_seam(raw)
 
+    def turn_errors(self) -> list[str]:
+        """Why TURN servers refused to give us a relay (empty if none did)."""
+        return aiortc_seams.turn_errors(self.pc)
+
     def _check_relay(self, sdp: str) -> None:
         """Relay only and no relay candidate: fail now rather than at the setup timeout."""
         if not self.relay_only or " typ relay" in sdp or self._on_failed is None:
             return
-        errors = aiortc_seams.turn_errors(self.pc)
+        errors = self.turn_errors()
         self._on_failed("no relay candidate: " + (errors[0] if errors else
                                                   "relay only, but no TURN server is set"))
 

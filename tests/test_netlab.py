@@ -186,6 +186,24 @@ def test_bad_turn_credentials_give_a_clear_error_not_a_hang(netlab: NetLab,
     assert run.wall_seconds < 40.0
 
 
+@pytest.mark.netlab
+def test_bad_turn_credentials_without_relay_only_are_named_when_media_fails(
+        netlab: NetLab) -> None:
+    """Behind symmetric NAT only a relay works: the timeout says the TURN server said no."""
+    netlab.configure_both(RouterConfig(nat="symmetric"))
+    netlab.start_hub(turn=())
+    username, credential = netlab.turn_credentials("a", ttl=-60.0)
+    run = run_call(netlab, "creds-norelay", caller_args=[
+        "--ice-server", netlab.turn_url(), "--ice-username", username,
+        "--ice-credential", credential], setup_timeout=4.0, within=30.0)
+    caller = run.caller
+    assert caller.exit_code == 8, run.describe()
+    # (setup-timeout, or media-failed if the callee's timeout came first)
+    reason = str(caller.ended.get("reason"))
+    assert "; TURN server" in reason and "credentials refused (401" in reason, caller.ended
+    assert "Traceback" not in caller.stderr
+
+
 # -- the lab's own pieces (no root needed) ------------------------------------------
 
 
