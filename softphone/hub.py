@@ -68,6 +68,7 @@ from .protocol import (
     ProtocolError,
     is_valid_id,
     parse_client_message,
+    relay_text,
 )
 from .registry import MemoryRegistry, Peer, Registry
 from .webpages import add_web_routes
@@ -859,43 +860,44 @@ class Hub:
             self._answer(conn, HubError(ErrorCode.TOO_LARGE,
                                         f"messages are limited to {limit} bytes"))
             return True
-        routed = route_frame(conn.client_id, text)
-        if isinstance(routed, HubError):
+        sender = conn.client_id
+        try:  # route_frame's decision, without building a Message
+            type_, to, wire = relay_text(text, sender)
+        except ProtocolError as exc:
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("bad-message id=%s why=%r", conn.client_id, routed.message)
-            self._answer(conn, routed)
+                log.debug("bad-message id=%s why=%r", sender, str(exc))
+            self._answer(conn, HubError(exc.code, str(exc), exc.ref))
             return True
-        wire = routed.encode()
-        ok = self.registry.deliver_nowait(routed.to, wire)
+        ok = self.registry.deliver_nowait(to, wire)
         if ok is None:  # another node's client: wait for the shared registry, in order
             conn.hold()
-            spawn(self._deliver_later(conn, routed, wire), name="hub-deliver")
+            spawn(self._deliver_later(conn, type_, to, wire), name="hub-deliver")
             return False
-        self._delivered(conn, routed, ok)
+        self._delivered(conn, type_, to, ok)
         return True
 
-    async def _deliver_later(self, conn: ClientConnection, message: Message,
+    async def _deliver_later(self, conn: ClientConnection, type_: str, to: str,
                              wire: str) -> None:
         try:
-            ok = await self.registry.deliver(message.to, wire)
-            self._delivered(conn, message, ok)
+            ok = await self.registry.deliver(to, wire)
+            self._delivered(conn, type_, to, ok)
         finally:
             conn.resume()
 
-    def _delivered(self, conn: ClientConnection, message: Message, ok: bool) -> None:
+    def _delivered(self, conn: ClientConnection, type_: str, to: str, ok: bool) -> None:
         if not ok:
-            self._answer(conn, HubError(ErrorCode.OFFLINE, f"{message.to} is not connected",
-                                        message.type, message.to))
+            self._answer(conn, HubError(ErrorCode.OFFLINE, f"{to} is not connected",
+                                        type_, to))
             return
-        self.metrics.message(message.type)
-        if message.type in _CALL_TYPES and message.sender is not None:
-            if self.pairs.relayed(message.type, message.sender, message.to):
-                if message.type == "call-accept":
+        self.metrics.message(type_)
+        if type_ in _CALL_TYPES:
+            sender = conn.client_id
+            if self.pairs.relayed(type_, sender, to):
+                if type_ == "call-accept":
                     self.metrics.calls_total.inc()
-                    log.info("call-start a=%s b=%s", message.sender, message.to)
+                    log.info("call-start a=%s b=%s", sender, to)
                 else:
-                    log.info("call-end by=%s peer=%s how=%s", message.sender, message.to,
-                             message.type)
+                    log.info("call-end by=%s peer=%s how=%s", sender, to, type_)
                 self.metrics.calls.set(len(self.pairs))
 
     # -- other nodes: what a shared registry (RedisRegistry) reports -------------

@@ -186,14 +186,8 @@ def _typed_ref(obj: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value in _KNOWN_TYPES else None
 
 
-def parse_client_message(text: str | bytes, sender: str | None = None) -> Message:
-    """Validate a frame a client sent to the hub (the message has ``sender`` as ``from``).
-
-    Raises :class:`ProtocolError` (code ``bad-message``) for anything that is not
-    ``{"type": <one of the seven types>, "to": <valid id>, "data"?: <any JSON>}``.
-    A ``from`` field is accepted and ignored: the hub overwrites it.
-    """
-    obj = _load_object(text)
+def _type_and_to(obj: dict[str, Any]) -> tuple[str, str]:
+    """The ``type`` and ``to`` of a client's message, or ProtocolError."""
     type_ = obj.get("type")
     if type_.__class__ is not str:
         raise ProtocolError("'type' must be a string", ref=_typed_ref(obj))
@@ -203,12 +197,39 @@ def parse_client_message(text: str | bytes, sender: str | None = None) -> Messag
     if to.__class__ is not str or _ID_MATCH(to) is None:
         raise ProtocolError("'to' must be a string" if not isinstance(to, str) else
                             "'to' is not a valid id", ref=type_)
+    return type_, to
+
+
+def parse_client_message(text: str | bytes, sender: str | None = None) -> Message:
+    """Validate a frame a client sent to the hub (the message has ``sender`` as ``from``).
+
+    Raises :class:`ProtocolError` (code ``bad-message``) for anything that is not
+    ``{"type": <one of the seven types>, "to": <valid id>, "data"?: <any JSON>}``.
+    A ``from`` field is accepted and ignored: the hub overwrites it.
+    """
+    obj = _load_object(text)
+    type_, to = _type_and_to(obj)
     source = text if isinstance(text, str) and "from" not in obj else None
     if "data" in obj:
         return Message(type_, to, obj["data"], sender, True,
                        source if len(obj) == 3 else None)
-    return Message(type_, to, None, sender, False,
-                   source if len(obj) == 2 else None)
+    return Message(type_, to, None, sender, False, source if len(obj) == 2 else None)
+
+
+def relay_text(text: str, sender: str) -> tuple[str, str, str]:
+    """``(type, to, text to deliver)`` of a client's frame, ``from`` set to ``sender``.
+
+    The same validation and the same text as ``parse_client_message(text,
+    sender).encode()``, without building the :class:`Message` (the hub's path).
+    """
+    obj = _load_object(text)
+    type_, to = _type_and_to(obj)
+    if "from" not in obj and len(obj) == (3 if "data" in obj else 2):
+        return type_, to, \
+            f'{{"from":{encode_basestring(sender)},{text.lstrip(_JSON_SPACE)[1:]}'
+    if "data" in obj:
+        return type_, to, Message(type_, to, obj["data"], sender, True).encode()
+    return type_, to, Message(type_, to, None, sender).encode()
 
 
 _ID_MATCH: Final = ID_PATTERN.fullmatch

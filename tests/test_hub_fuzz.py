@@ -14,11 +14,18 @@ import logging
 from typing import Any
 
 import aiohttp
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from softphone.hub import Hub, HubConfig, route_frame
-from softphone.protocol import HubError, Message, ProtocolError, parse_client_message
+from softphone.protocol import (
+    HubError,
+    Message,
+    ProtocolError,
+    parse_client_message,
+    relay_text,
+)
 
 #: How many frames the fuzzers tried (printed with pytest -s).
 TRIED = {"parser": 0, "live": 0}
@@ -74,12 +81,18 @@ def test_parser_never_crashes(frame: str | bytes) -> None:
     except ProtocolError as exc:
         assert str(exc)
         assert exc.code == "bad-message"
+        if isinstance(frame, str):
+            with pytest.raises(ProtocolError) as same:
+                relay_text(frame, "a")
+            assert (str(same.value), same.value.ref) == (str(exc), exc.ref)
         routed = route_frame("a", frame)
         assert isinstance(routed, HubError) and routed.code == "bad-message"
         json.loads(routed.encode())
         return
     routed = route_frame("a", frame)
     assert isinstance(routed, Message) and routed.sender == "a"
+    if isinstance(frame, str):  # the hub's own path: the same decision, the same text
+        assert relay_text(frame, "a") == (routed.type, routed.to, routed.encode())
     wire = json.loads(routed.encode())
     assert set(wire) <= {"type", "to", "from", "data"} and wire["from"] == "a"
     assert wire["type"] == message.type and wire["to"] == message.to
