@@ -13,8 +13,9 @@ connection. Lean because every connection costs memory for as long as a phone
 is online, and every message CPU: no task, queue, reader or timer per
 connection; one hub-wide heartbeat sweep; frames are handled as they arrive.
 
-Every frame
-a client sends is validated by :func:`route_frame` (pure); a valid one is delivered through the
+Every frame a client sends is validated by
+:func:`~softphone.protocol.relay_text` (pure; :func:`route_frame` is the same
+decision as values); a valid one is delivered through the
 :class:`~softphone.registry.Registry` with ``from`` set to the sender, a bad
 one is answered with ``error`` and the connection is kept.
 
