@@ -20,14 +20,14 @@ from .conftest import hub_url
 class PulsedTone(ToneSource):
     """440 Hz, 300 ms on and 100 ms off: pauses like speech's, where delay may be cut."""
 
-    def next_samples(self, count: int) -> np.ndarray:
-        start = self.generator_position
-        self.generator_position += count
-        samples = super().next_samples(count)
-        t = (start + np.arange(count)) % 19_200  # 400 ms at 48 kHz
-        return np.where(t < 14_400, samples, 0).astype(np.int16)
+    def __init__(self) -> None:
+        super().__init__(440)
+        self.position = 0
 
-    generator_position = 0
+    def next_samples(self, count: int) -> np.ndarray:
+        t = (self.position + np.arange(count)) % 19_200  # 400 ms at 48 kHz
+        self.position += count
+        return np.where(t < 14_400, super().next_samples(count), 0).astype(np.int16)
 
 
 async def talk(hub: Hub, seconds: float, impairment: Impairment | None,
