@@ -235,13 +235,18 @@ class _Tap:
     def __init__(self, on_packet: PacketHandler, codecs: dict[int, Any]) -> None:
         self.on_packet = on_packet
         self.codecs = codecs  # the receiver's own payload type -> codec table
+        self._red: dict[int, bool] = {}  # payload type -> is it RED (looked up once)
 
     def add(self, packet: Any) -> tuple[bool, None]:
         payload = getattr(packet, "_data", None)
         if payload is None:
             payload = packet.payload
-        codec = self.codecs.get(packet.payload_type)
-        is_red = codec is not None and codec.mimeType.lower() == "audio/red"
+        pt = packet.payload_type
+        is_red = self._red.get(pt)
+        if is_red is None:
+            codec = self.codecs.get(pt)
+            is_red = self._red[pt] = codec is not None and \
+                codec.mimeType.lower() == "audio/red"
         self.on_packet(packet.ssrc, packet.sequence_number, packet.timestamp, bytes(payload),
                        is_red)
         return False, None

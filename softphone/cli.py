@@ -129,9 +129,15 @@ server_option = click.option(
 # Options stored in ctx.meta (expose_value=False) so command signatures stay as they are.
 
 
-def _tls_meta(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta[f"softphone.tls.{param.name}"] = value
-    return value
+def _meta_keeper(prefix: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback keeping an option's value in ``ctx.meta["softphone.<prefix><name>"]``."""
+    def keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[f"softphone.{prefix}{param.name}"] = value
+        return value
+    return keep
+
+
+_tls_meta = _meta_keeper("tls.")
 
 
 def tls_client_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -226,9 +232,7 @@ token_option = click.option(
 EXIT_REFUSED = 11
 
 
-def _keep(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta[f"softphone.{param.name}"] = value
-    return value
+_keep = _meta_keeper("")
 
 
 def media_config() -> Any:
@@ -294,9 +298,7 @@ def media_options(f: Callable[..., Any]) -> Callable[..., Any]:
 # Stored in ctx.meta (expose_value=False) like the TLS options; see softphone/tui.py.
 
 
-def _audio_meta(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    ctx.meta[f"softphone.audio.{param.name}"] = value
-    return value
+_audio_meta = _meta_keeper("audio.")
 
 
 def audio_device_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -464,14 +464,8 @@ class ClientConnection(_WebSocket):
         hub = self._hub
         for i, frame in enumerate(events):
             if type(frame) is bytes:  # a whole text message, from the quick path
-                try:
-                    text = frame.decode()
-                except UnicodeDecodeError:
-                    self._invalid_text()
-                    return
-                if hub._on_text(self, text):
+                if self._text(frame, events, i):
                     continue
-                self._wait(events, i)
                 return
             opcode = frame.opcode
             if opcode is _CONT or opcode is _TEXT or opcode is _BINARY:
@@ -490,15 +484,22 @@ class ClientConnection(_WebSocket):
                     hub._answer(self, HubError(ErrorCode.BAD_MESSAGE,
                                                "binary frames are not accepted"))
                     continue
-                try:
-                    text = data.decode()
-                except UnicodeDecodeError:
-                    self._invalid_text()
-                    return
-                if hub._on_text(self, text):
+                if self._text(data, events, i):
                     continue
-                self._wait(events, i)
                 return
+
+    def _text(self, data: bytes, events: list[Any], i: int) -> bool:
+        """Hand text message ``events[i]`` to the hub; False when the frames after it
+        must not be read now (invalid UTF-8 closed us, or we wait)."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self._invalid_text()
+            return False
+        if self._hub._on_text(self, text):
+            return True
+        self._wait(events, i)
+        return False
 
     def _wait(self, events: list[Any], i: int) -> None:
         """Waiting (rate limit, or a registry round trip): the frames after ``i`` wait too."""

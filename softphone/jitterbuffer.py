@@ -128,7 +128,6 @@ class JitterBuffer:
     _undo: tuple[int, bytes, float] | None = None  # what keep_skipped() puts back
     _newest: int | None = None  # newest timestamp pushed
     _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
-    _undo_from: int = -1
 
     # -- input ---------------------------------------------------------------
 
@@ -344,6 +343,7 @@ class JitterBuffer:
         self._underruns = 0
         target = self.target
         skipped: list[bytes] = []
+        cut_from = -1  # the first frame a cut skipped
         # How long the packets played lately waited here: if even the shortest
         # wait exceeded the target by a whole frame, that frame is surplus delay.
         arrived = self._arrivals.get(self._next)
@@ -359,7 +359,7 @@ class JitterBuffer:
             # Cut the delay: one frame in a pause, or down to the target at once
             # when far too much is buffered.
             cut = backlog if backlog >= 5 else 1
-            self._undo_from = self._next
+            cut_from = self._next
             for _ in range(cut):
                 if self._next in self._packets:
                     skipped.append(self._take(self._next))
@@ -377,7 +377,7 @@ class JitterBuffer:
         payload = self._take(ts)
         self._next = ts + frame
         self.stats.played += 1
-        optional = backlog < 5 and len(skipped) == 1 and ts == self._undo_from + frame
+        optional = backlog < 5 and len(skipped) == 1 and ts == cut_from + frame
         self._undo = (ts, payload, arrived if arrived is not None else now) if optional else None
         return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional)
 
