@@ -43,12 +43,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from softphone import Phone
-from softphone.audio import FRAME_SAMPLES, SAMPLE_RATE
-from softphone.hub import Hub, HubConfig
-from softphone.netsim import Impairment
-from softphone.opus import EncoderSettings
-from softphone.rtc import MediaConfig
-from softphone.tracks import FileSource, PacedSource, load_audio_file
+from softphone.hub.server import Hub, HubConfig
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from softphone.media.netsim import Impairment
+from softphone.media.opus import EncoderSettings
+from softphone.media.rtc import MediaConfig
+from softphone.media.tracks import FileSource, PacedSource, load_audio_file
 
 SPEECH = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "

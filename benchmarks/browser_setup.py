@@ -38,8 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from softphone.hub import Hub, HubConfig  # noqa: E402
-from tests.browser import (  # noqa: E402
+from softphone.hub.server import Hub, HubConfig  # noqa: E402
+from tests.support.browser import (  # noqa: E402
     ChromiumPhone,
     wait_call_state,
     wait_hub,

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from softphone import CaptureSink, Phone, ToneSource
-from softphone.hub import DEFAULT_ICE_SERVERS, Hub, HubConfig
+from softphone.hub.server import DEFAULT_ICE_SERVERS, Hub, HubConfig
 
 
 async def one(url: str, n: int) -> tuple[float, float]:

@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from softphone.audio import SAMPLE_RATE  # noqa: E402
-from tests.pulse import PulseLab, Recording  # noqa: E402
+from softphone.media.audio import SAMPLE_RATE  # noqa: E402
+from tests.support.pulse import PulseLab, Recording  # noqa: E402
 
 BLOCK = SAMPLE_RATE // 100  # 10 ms
 THRESHOLD = 3000

@@ -25,9 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from softphone.audio import dominant_frequency, silent_gaps  # noqa: E402
+from softphone.media.audio import dominant_frequency, silent_gaps  # noqa: E402
 from tests.conftest import read_wav  # noqa: E402
-from tests.netlab import (  # noqa: E402
+from tests.support.netlab import (  # noqa: E402
     CALLEE_TONE,
     CallRun,
     Impairment,

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from softphone import FileSource, Phone, RecorderSink
-from softphone.audio import ToneGenerator
-from softphone.tracks import load_audio_file
+from softphone.media.audio import ToneGenerator
+from softphone.media.tracks import load_audio_file
 
 
 async def main(client_id: str, server: str, greeting: str | None, folder: Path,

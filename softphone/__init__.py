@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .callstate import EXIT_CODES, CallState, CallTimeouts, Outcome, Role
+from softphone.core.callstate import EXIT_CODES, CallState, CallTimeouts, Outcome, Role
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
-    from .hub import Hub, HubConfig
-    from .phone import Call, CallEnded, CallResult, Phone
-    from .signaling import HubUnreachable
-    from .tracks import (
+    from softphone.client.phone import Call, CallEnded, CallResult, Phone
+    from softphone.client.signaling import HubUnreachable
+    from softphone.hub.server import Hub, HubConfig
+    from softphone.media.tracks import (
         AudioReceiver,
         CaptureSink,
         EchoSource,
@@ -35,12 +35,14 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
 #: Where each lazily imported name lives. Lazy so that `softphone serve` (the
 #: hub) does not load aiortc, PyAV and numpy, which only calls need.
 _LAZY = {
-    "Hub": "hub", "HubConfig": "hub",
-    "Call": "phone", "CallEnded": "phone", "CallResult": "phone", "Phone": "phone",
-    "HubUnreachable": "signaling",
-    "AudioReceiver": "tracks", "CaptureSink": "tracks", "EchoSource": "tracks",
-    "FileSource": "tracks", "RecorderSink": "tracks", "SilenceSource": "tracks",
-    "ToneSource": "tracks",
+    "Hub": "hub.server", "HubConfig": "hub.server",
+    "Call": "client.phone", "CallEnded": "client.phone", "CallResult": "client.phone",
+    "Phone": "client.phone",
+    "HubUnreachable": "client.signaling",
+    "AudioReceiver": "media.tracks", "CaptureSink": "media.tracks",
+    "EchoSource": "media.tracks", "FileSource": "media.tracks",
+    "RecorderSink": "media.tracks", "SilenceSource": "media.tracks",
+    "ToneSource": "media.tracks",
 }
 
 

@@ -1,5 +1,5 @@
 """``python -m softphone``: the same as the ``softphone`` command."""
 
-from .cli import main
+from softphone.cli.main import main
 
 main()

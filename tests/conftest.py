@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from softphone.hub import Hub, HubConfig
+from softphone.hub.server import Hub, HubConfig
 
 if TYPE_CHECKING:
-    from .pulse import PulseLab
+    from .support.pulse import PulseLab
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -141,7 +141,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 @pytest.fixture
 def pulse() -> Iterator[PulseLab]:
     """A private PulseAudio server with virtual devices for clients ``a`` and ``b``."""
-    from .pulse import PulseLab, need_pulse  # (pulse imports this module)
+    from .support.pulse import PulseLab, need_pulse  # (pulse imports this module)
 
     need_pulse()
     lab = PulseLab(("a", "b")).start()

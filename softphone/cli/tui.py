@@ -1,0 +1,323 @@
+"""The terminal phone: live status line, single-key commands, device choice.
+
+On a terminal (stdin and the human output both ttys), a call shows one
+status line redrawn in place (state, duration, codec, RTT, jitter, loss,
+playout buffer, microphone and speaker meters) and reads keys: ``m``
+mutes/unmutes, ``h`` (or Ctrl-C) hangs up; incoming calls are answered
+with ``a``/``y`` or rejected with ``r``/``n``. Elsewhere (pipes, files,
+CI) the same status comes as a plain line every few seconds and nothing is
+read from the keyboard. Terminal handling is prompt_toolkit's (raw mode,
+key parsing, cursor and erase sequences), not escape codes of our own.
+
+This module also turns ``--input``/``--output``/``--no-audio`` into devices
+for the CLI (:func:`open_mic`, :func:`open_speaker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from softphone._tasks import spawn
+from softphone.core.errors import MissingDependency
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two plain status lines when the output is not a terminal.
+PLAIN_EVERY = 5.0
+#: Seconds between two redraws of the live line.
+REDRAW_EVERY = 0.2
+METER_WIDTH = 6
+
+
+class Sayer(Protocol):
+    """What the CLI's Output offers (human lines and JSON events)."""
+
+    def say(self, text: str) -> None: ...
+
+    def event(self, event: dict[str, Any]) -> None: ...
+
+
+# ---------------------------------------------------------------- devices ---
+
+
+def open_mic(spec: str | None, *, required: bool) -> tuple[Any, str | None]:
+    """The microphone for ``--input`` (None: default), or (None, why) if optional and missing.
+
+    With ``required`` (the user named a device) errors propagate:
+    :class:`MissingDependency` or :class:`softphone.media.devices.DeviceError`.
+    """
+    from softphone.media.devices import DeviceError, MicSource
+
+    try:
+        return MicSource(spec), None
+    except (MissingDependency, DeviceError) as exc:
+        if required:
+            raise
+        return None, f"{_short(exc)}: sending silence"
+
+
+def open_speaker(spec: str | None, *, required: bool) -> tuple[Any, str | None]:
+    """The speaker for ``--output``; like :func:`open_mic`."""
+    from softphone.media.devices import DeviceError, SpeakerDriver
+
+    try:
+        return SpeakerDriver(spec), None
+    except (MissingDependency, DeviceError) as exc:
+        if required:
+            raise
+        return None, f"{_short(exc)}: not playing what you hear"
+
+
+def _short(exc: Exception) -> str:
+    """The first clause of a device error (the fix is said by the caller)."""
+    from softphone.media.devices import INSTALL_PORTAUDIO
+
+    text = str(exc).split(":", 1)[0]
+    return f"{text} ({INSTALL_PORTAUDIO})" if "PortAudio" in text else text
+
+
+# ---------------------------------------------------------------- figures ---
+
+
+def meter(dbfs: float, width: int = METER_WIDTH) -> str:
+    """A level meter from -60 dBFS (empty) to 0 dBFS (full): ``[#####---]``."""
+    if not math.isfinite(dbfs):
+        filled = 0
+    else:
+        filled = max(0, min(width, round((dbfs + 60.0) / 60.0 * width)))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def status_text(*, state: str, seconds: float, codec: str, stats: Any, mic_dbfs: float,
+                speaker_dbfs: float, muted: bool, keys: bool) -> str:
+    """The status line (pure: figures in, text out)."""
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
+
+    parts = [state, clock(seconds), codec]
+    if stats is not None:
+        expected = stats.packets_received + stats.packets_lost
+        loss = 100.0 * stats.packets_lost / expected if expected else 0.0
+        parts += [f"rtt {ms(stats.rtt_ms)}", f"jit {ms(stats.jitter_ms)}", f"loss {loss:.1f}%"]
+        if stats.buffer_ms is not None:
+            parts.append(f"buf {ms(stats.buffer_ms)}")
+    parts += [f"mic {meter(mic_dbfs)}" + (" MUTED" if muted else ""),
+              f"spk {meter(speaker_dbfs)}"]
+    if keys:
+        parts.append("m:" + ("unmute" if muted else "mute") + " h:hangup")
+    return "  ".join(parts)
+
+
+# --------------------------------------------------------------- terminal ---
+
+
+def is_terminal(stream: Any) -> bool:
+    """Keys and a live line: stdin and ``stream`` are terminals (and TERM is not dumb)."""
+    try:
+        return (sys.stdin is not None and sys.stdin.isatty() and stream.isatty()
+                and os.environ.get("TERM", "") != "dumb")
+    except (AttributeError, ValueError):
+        return False
+
+
+class Keys:
+    """Single keys from the terminal in raw mode (prompt_toolkit), delivered on the loop."""
+
+    def __init__(self, on_key: Callable[[str], None]) -> None:
+        self.on_key = on_key
+        self._stack = contextlib.ExitStack()
+        self._input: Any = None
+
+    def start(self) -> None:
+        from prompt_toolkit.input import create_input
+
+        self._input = create_input(sys.stdin)
+        self._stack.enter_context(self._input.raw_mode())
+        self._stack.enter_context(self._input.attach(self._readable))
+
+    def _readable(self) -> None:
+        for press in self._input.read_keys():
+            key = press.key if isinstance(press.key, str) else press.key.value
+            self.on_key(key)
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
+class Line:
+    """One line of the terminal redrawn in place (prompt_toolkit's output)."""
+
+    def __init__(self, stream: Any) -> None:
+        from prompt_toolkit.output import create_output
+
+        self.out = create_output(stdout=stream)
+        self.text = ""
+
+    def draw(self, text: str) -> None:
+        width = max(20, self.out.get_size().columns - 1)
+        self.text = text[:width]
+        self.out.write_raw("\r")
+        self.out.erase_end_of_line()
+        self.out.write(self.text)
+        self.out.flush()
+
+    def say(self, text: str) -> None:
+        """Print a line above the status line, then redraw it."""
+        self.out.write_raw("\r")
+        self.out.erase_end_of_line()
+        self.out.write(text)
+        self.out.write_raw("\r\n")
+        if self.text:
+            self.out.write(self.text)
+        self.out.flush()
+
+    def clear(self) -> None:
+        self.out.write_raw("\r")
+        self.out.erase_end_of_line()
+        self.out.flush()
+        self.text = ""
+
+
+class CallScreen:
+    """The status line and keys of one call (see the module docstring)."""
+
+    def __init__(self, call: Any, out: Sayer, stream: Any,
+                 interactive: bool | None = None) -> None:
+        self.call = call
+        self.out = out
+        self.stream = stream
+        self.interactive = is_terminal(stream) if interactive is None else interactive
+        self.line: Line | None = None
+        self.keys: Keys | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stats: Any = None
+        self._codec = "?"
+        self.muted = False
+
+    # life --------------------------------------------------------------------
+
+    def start(self) -> None:
+        for device in (self.call.source, getattr(self.call.receiver, "driver", None)):
+            if device is not None and hasattr(device, "on_lost"):
+                device.on_lost = self._device_lost
+        if self.interactive:
+            try:
+                self.line = Line(self.stream)
+                self.keys = Keys(self._on_key)
+                self.keys.start()
+            except Exception as exc:  # not a usable terminal after all
+                log.info("no terminal UI: %s", exc)
+                self.line = self.keys = None
+                self.interactive = False
+        self._task = asyncio.create_task(self._run(), name="call-screen")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.keys is not None:
+            self.keys.stop()
+            self.keys = None
+        if self.line is not None:
+            self.line.clear()
+            self.line = None
+
+    def say(self, text: str) -> bool:
+        """Print above the live line; False when there is none (print it yourself)."""
+        if self.line is None:
+            return False
+        self.line.say(text)
+        return True
+
+    # events ------------------------------------------------------------------
+
+    def _device_lost(self, message: str) -> None:
+        self.out.event({"event": "device-lost", "peer": self.call.peer, "message": message})
+        self.out.say(message)
+
+    def _on_key(self, key: str) -> None:
+        if key in ("m", "M"):
+            self.muted = not self.muted
+            self.call.mute(self.muted)
+            self.out.event({"event": "muted" if self.muted else "unmuted",
+                            "peer": self.call.peer})
+            self._redraw()
+        elif key in ("h", "H", "c-c", "c-d"):
+            spawn(self.call.hangup("hangup"), name="hangup-key")
+
+    # drawing -----------------------------------------------------------------
+
+    def text(self) -> str:
+        machine = self.call.machine
+        connected_at = getattr(machine, "connected_at", None)
+        seconds = time.monotonic() - connected_at if connected_at is not None else 0.0
+        source = self.call.source
+        receiver = self.call.receiver
+        driver = getattr(receiver, "driver", None)
+        speaker: float = getattr(driver if driver is not None else receiver, "level_dbfs",
+                                 float("-inf"))
+        return status_text(state=str(self.call.state), seconds=seconds, codec=self._codec,
+                           stats=self._stats,
+                           mic_dbfs=getattr(source, "level_dbfs", float("-inf")),
+                           speaker_dbfs=speaker, muted=self.muted, keys=self.line is not None)
+
+    def _redraw(self) -> None:
+        if self.line is not None:
+            self.line.draw(self.text())
+
+    async def _run(self) -> None:
+        last_stats = last_plain = 0.0
+        while True:
+            now = time.monotonic()
+            if self._codec == "?" and self.call.media is not None:
+                self._codec = self.call.media.codec or "?"
+            if now - last_stats >= 1.0 and not self.call.machine.is_ended:
+                last_stats = now
+                with contextlib.suppress(Exception):
+                    self._stats = await self.call.stats()
+            if self.line is not None:
+                self._redraw()
+            elif now - last_plain >= PLAIN_EVERY and str(self.call.state) == "connected":
+                last_plain = now
+                self.out.say("status: " + self.text())
+            await asyncio.sleep(REDRAW_EVERY)
+
+
+async def ask_key(call: Any, out: Sayer) -> bool | None:
+    """Ask accept/reject with one key; None if the caller gave up first."""
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def on_key(key: str) -> None:
+        if answer.done():
+            return
+        if key in ("a", "A", "y", "Y"):
+            answer.set_result(True)
+        elif key in ("r", "R", "n", "N", "c-c"):
+            answer.set_result(False)
+
+    out.say(f"incoming call from {call.peer}: [a]ccept or [r]eject?")
+    keys = Keys(on_key)
+    keys.start()
+    ended = asyncio.ensure_future(call.ended())
+    try:
+        await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        keys.stop()
+        ended.cancel()
+    if answer.done():
+        out.say("accepted" if answer.result() else "rejected")
+        return answer.result()
+    answer.cancel()
+    return None

@@ -1,0 +1,154 @@
+"""The client's side of the hub: WebSocket and ``/ice-servers``, nothing more.
+
+:class:`HubClient` is a thin aiohttp adapter: it turns frames into parsed
+messages (:func:`softphone.core.protocol.parse_hub_message`) and messages into
+frames. What they mean is for :class:`softphone.core.line.Line` to decide.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+
+from softphone.core.protocol import HubError, Message, ProtocolError, parse_hub_message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+class HubUnreachable(ConnectionError):
+    """The hub could not be reached, or refused us."""
+
+
+@dataclass(frozen=True)
+class HubAddress:
+    """A hub's base URL in both of its forms."""
+
+    http: str  # http(s)://host:port
+    ws: str  # ws(s)://host:port
+
+    @classmethod
+    def parse(cls, url: str) -> HubAddress:
+        """Accept ``http(s)://`` or ``ws(s)://`` base URLs (a trailing /ws is fine)."""
+        if "://" not in url:
+            url = "http://" + url
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        pairs = {"http": ("http", "ws"), "ws": ("http", "ws"),
+                 "https": ("https", "wss"), "wss": ("https", "wss")}
+        if scheme not in pairs or not parts.hostname:
+            raise ValueError(f"invalid hub URL {url!r}: use http://host:port or ws://host:port")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as exc:
+            raise ValueError(f"invalid port in hub URL {url!r}") from exc
+        path = parts.path.rstrip("/")
+        if path.endswith("/ws"):
+            path = path[: -len("/ws")]
+        http_scheme, ws_scheme = pairs[scheme]
+        return cls(urlunsplit((http_scheme, parts.netloc, path, "", "")),
+                   urlunsplit((ws_scheme, parts.netloc, path, "", "")))
+
+
+class HubClient:
+    """One client's connection to a hub."""
+
+    def __init__(self, server: str, client_id: str, *, token: str | None = None,
+                 ssl_context: ssl.SSLContext | bool | None = None,
+                 connect_timeout: float = 5.0) -> None:
+        self.address = HubAddress.parse(server)
+        self.client_id = client_id
+        self.token = token
+        self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, connect=self._connect_timeout,
+                                            sock_connect=self._connect_timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self._session
+
+    async def connect(self) -> None:
+        """Open the WebSocket. Raises :class:`HubUnreachable`."""
+        session = await self._ensure_session()
+        url = f"{self.address.ws}/ws?id={quote(self.client_id, safe='')}"
+        if self.token:
+            url += f"&token={quote(self.token, safe='')}"
+        try:
+            self._ws = await session.ws_connect(url, ssl=self._ssl, heartbeat=20.0,
+                                                autoping=True)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise HubUnreachable(f"cannot reach the hub at {self.address.http}: "
+                                 f"{_describe(exc)}") from exc
+        log.info("connected to %s as %s", self.address.ws, self.client_id)
+
+    async def ice_servers(self) -> list[dict[str, Any]]:
+        """``GET /ice-servers``; raises :class:`HubUnreachable` on failure."""
+        session = await self._ensure_session()
+        try:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            async with session.get(f"{self.address.http}/ice-servers",
+                                   params={"id": self.client_id}, headers=headers,
+                                   ssl=self._ssl) as resp:
+                resp.raise_for_status()
+                body = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise HubUnreachable(f"cannot get ICE servers from {self.address.http}: "
+                                 f"{_describe(exc)}") from exc
+        servers = body.get("iceServers") if isinstance(body, dict) else None
+        if not isinstance(servers, list):
+            raise HubUnreachable("the hub's /ice-servers is not {\"iceServers\": [...]}")
+        return [s for s in servers if isinstance(s, dict)]
+
+    async def send(self, message: Message) -> None:
+        if self._ws is None or self._ws.closed:
+            raise HubUnreachable("not connected to the hub")
+        try:
+            await self._ws.send_str(message.encode())
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            raise HubUnreachable(f"lost the hub: {_describe(exc)}") from exc
+
+    async def messages(self) -> AsyncIterator[Message | HubError]:
+        """Parsed frames until the connection closes."""
+        ws = self._ws
+        if ws is None:
+            raise HubUnreachable("not connected to the hub")
+        async for frame in ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                yield parse_hub_message(frame.data)
+            except ProtocolError as exc:
+                log.warning("ignoring a frame from the hub: %s", exc)
+        if ws.close_code not in (None, 1000):
+            reason = ws.extra.get("close_reason") if hasattr(ws, "extra") else None
+            log.info("hub closed the connection: code %s %s", ws.close_code, reason or "")
+
+    @property
+    def close_code(self) -> int | None:
+        return None if self._ws is None else self._ws.close_code
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,531 @@
+"""The call state machine, sans I/O.
+
+One :class:`CallMachine` per call. It is driven by events (small frozen
+dataclasses) and by the time, passed in as ``now`` (seconds, any monotonic
+clock). It returns actions for an adapter to carry out: messages to send to
+the peer through the hub, media operations, state changes. It never sleeps,
+never reads a clock and never touches a socket; :meth:`CallMachine.deadline`
+tells the adapter when to call :meth:`CallMachine.handle_timer`.
+
+Every allowed transition is listed in :data:`TRANSITIONS`, one table, in the
+manner of h11's ``_state.py``. The browser page (``softphone/hub/web/phone.js``)
+mirrors the same states.
+
+States::
+
+    caller:  DIALING --call-accept--> CONNECTING --media up--> CONNECTED --hangup--> ENDED
+    callee:  RINGING --accept-------> CONNECTING --media up--> CONNECTED --hangup--> ENDED
+
+and from any state but ENDED to ENDED on reject, busy, offline, timeout,
+media failure, hangup or cancellation.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from softphone.core.protocol import IceCandidate, Message, MessageType, make
+
+
+class Role(enum.StrEnum):
+    CALLER = "caller"
+    CALLEE = "callee"
+
+
+class CallState(enum.StrEnum):
+    DIALING = "dialing"  # caller: call-request sent, waiting for accept/reject
+    RINGING = "ringing"  # callee: call-request received, waiting for the user
+    CONNECTING = "connecting"  # accepted: offer/answer and ICE under way
+    CONNECTED = "connected"  # media flows
+    ENDED = "ended"
+
+
+class Outcome(enum.StrEnum):
+    """How a call ended. Each has its own exit code (:data:`EXIT_CODES`)."""
+
+    COMPLETED = "completed"  # media connected, then someone hung up
+    REJECTED = "rejected"  # the callee declined (or we declined, as callee)
+    BUSY = "busy"  # the callee is in another call
+    NO_ANSWER = "no-answer"  # ring timeout; the callee's prompt was withdrawn
+    OFFLINE = "offline"  # no client with that id on the hub
+    HUB_UNREACHABLE = "hub-unreachable"  # could not reach or lost the hub before media
+    MEDIA_FAILED = "media-failed"  # ICE/DTLS failed or the setup timed out
+    MISSED = "missed"  # callee: the caller hung up before we answered
+    CANCELLED = "cancelled"  # hung up before media connected (either side)
+
+
+#: Process exit codes of ``softphone call`` / ``softphone listen --once``.
+EXIT_CODES: Final[dict[Outcome, int]] = {
+    Outcome.COMPLETED: 0,
+    Outcome.REJECTED: 3,
+    Outcome.BUSY: 4,
+    Outcome.NO_ANSWER: 5,
+    Outcome.OFFLINE: 6,
+    Outcome.HUB_UNREACHABLE: 7,
+    Outcome.MEDIA_FAILED: 8,
+    Outcome.MISSED: 9,
+    Outcome.CANCELLED: 10,
+}
+
+
+# ---------------------------------------------------------------- events ---
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of the events a call machine consumes."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAccept(Event):
+    """The user (or --auto-accept) answers an incoming call."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReject(Event):
+    reason: str = "declined"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalHangup(Event):
+    reason: str = "hangup"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDescription(Event):
+    """The media adapter produced our offer (caller) or answer (callee)."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccept(Event):
+    #: True when the callee said its media is ready (our extension), so the
+    #: offer can go at once; the original pages grab the microphone only
+    #: after accepting, so for them the offer waits ``offer_delay``.
+    media_ready: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteReject(Event):
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteHangup(Event):
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteOffer(Event):
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAnswer(Event):
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCandidate(Event):
+    candidate: IceCandidate
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOffline(Event):
+    """The hub answered a message to the peer with ``error``/``offline``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubLost(Event):
+    """The connection to the hub is gone (and was not restored)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConnected(Event):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFailed(Event):
+    reason: str = "ice-failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RingTimeout(Event):
+    """Caller: nobody answered in time. Produced by :meth:`CallMachine.handle_timer`."""
+
+
+@dataclass(frozen=True, slots=True)
+class OfferDue(Event):
+    """Caller: the offer delay after a plain ``call-accept`` is over (timer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetupTimeout(Event):
+    """Media did not connect in time after the call was accepted (timer)."""
+
+
+# --------------------------------------------------------------- actions ---
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """Base class of what a call machine asks its adapter to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Action):
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class StartMedia(Action):
+    """Create the peer connection; the caller then makes its offer."""
+
+    offerer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOffer(Action):
+    """Callee: set the remote offer and make an answer (-> LocalDescription)."""
+
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyAnswer(Action):
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddCandidate(Action):
+    candidate: IceCandidate
+
+
+@dataclass(frozen=True, slots=True)
+class StopMedia(Action):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged(Action):
+    old: CallState
+    new: CallState
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ended(Action):
+    outcome: Outcome
+    reason: str | None
+    at: float
+    #: What ended it: "local" (us), "remote" (the peer), "timeout", "network".
+    by: str = "local"
+
+
+# ------------------------------------------------------------ the table ---
+
+C, E = Role.CALLER, Role.CALLEE
+S = CallState
+
+#: (role, state, event type) -> next state. Anything not listed is not allowed:
+#: a local event raises :class:`CallStateError`; a remote or media event is
+#: ignored (the peer or the network is late or misbehaving, not us).
+TRANSITIONS: Final[dict[tuple[Role, CallState, type[Event]], CallState]] = {
+    # caller, waiting for the callee
+    (C, S.DIALING, RemoteAccept): S.CONNECTING,
+    (C, S.DIALING, RemoteReject): S.ENDED,  # rejected or busy
+    (C, S.DIALING, RemoteHangup): S.ENDED,
+    (C, S.DIALING, PeerOffline): S.ENDED,
+    (C, S.DIALING, LocalHangup): S.ENDED,  # cancelled; prompt withdrawn
+    (C, S.DIALING, HubLost): S.ENDED,
+    (C, S.DIALING, RingTimeout): S.ENDED,  # no answer; prompt withdrawn
+    # callee, prompt shown
+    (E, S.RINGING, LocalAccept): S.CONNECTING,
+    (E, S.RINGING, LocalReject): S.ENDED,
+    (E, S.RINGING, LocalHangup): S.ENDED,  # same as reject
+    (E, S.RINGING, RemoteHangup): S.ENDED,  # missed: the caller gave up
+    (E, S.RINGING, HubLost): S.ENDED,
+    # both, media being set up
+    (C, S.CONNECTING, LocalDescription): S.CONNECTING,  # our offer
+    (C, S.CONNECTING, RemoteAnswer): S.CONNECTING,
+    (E, S.CONNECTING, RemoteOffer): S.CONNECTING,
+    (E, S.CONNECTING, LocalDescription): S.CONNECTING,  # our answer
+    (C, S.CONNECTING, RemoteCandidate): S.CONNECTING,
+    (E, S.CONNECTING, RemoteCandidate): S.CONNECTING,
+    (C, S.CONNECTING, OfferDue): S.CONNECTING,
+    (C, S.CONNECTING, SetupTimeout): S.ENDED,
+    (E, S.CONNECTING, SetupTimeout): S.ENDED,
+    (C, S.CONNECTING, MediaConnected): S.CONNECTED,
+    (E, S.CONNECTING, MediaConnected): S.CONNECTED,
+    (C, S.CONNECTING, MediaFailed): S.ENDED,
+    (E, S.CONNECTING, MediaFailed): S.ENDED,
+    (C, S.CONNECTING, RemoteHangup): S.ENDED,
+    (E, S.CONNECTING, RemoteHangup): S.ENDED,
+    (C, S.CONNECTING, LocalHangup): S.ENDED,
+    (E, S.CONNECTING, LocalHangup): S.ENDED,
+    (C, S.CONNECTING, PeerOffline): S.ENDED,
+    (E, S.CONNECTING, PeerOffline): S.ENDED,
+    (C, S.CONNECTING, HubLost): S.ENDED,
+    (E, S.CONNECTING, HubLost): S.ENDED,
+    # both, in the call
+    (C, S.CONNECTED, RemoteCandidate): S.CONNECTED,  # late trickle
+    (E, S.CONNECTED, RemoteCandidate): S.CONNECTED,
+    (C, S.CONNECTED, HubLost): S.CONNECTED,  # media is peer to peer: keep talking
+    (E, S.CONNECTED, HubLost): S.CONNECTED,
+    (C, S.CONNECTED, RemoteHangup): S.ENDED,
+    (E, S.CONNECTED, RemoteHangup): S.ENDED,
+    (C, S.CONNECTED, LocalHangup): S.ENDED,
+    (E, S.CONNECTED, LocalHangup): S.ENDED,
+    (C, S.CONNECTED, MediaFailed): S.ENDED,
+    (E, S.CONNECTED, MediaFailed): S.ENDED,
+}
+
+_LOCAL_EVENTS: Final = (LocalAccept, LocalReject, LocalHangup, LocalDescription)
+
+#: Reasons we put in ``hangup`` / ``call-reject`` data (extensions; the
+#: original pages ignore data).
+REASON_NO_ANSWER: Final = "no-answer"
+REASON_MEDIA_FAILED: Final = "media-failed"
+REASON_BUSY: Final = "busy"
+REASON_GLARE: Final = "glare"  # both called each other at once
+REASON_PEER_DISCONNECTED: Final = "peer-disconnected"
+
+
+def _cause_of(event: Event) -> str:
+    name = type(event).__name__
+    if name.startswith("Local"):
+        return "local"
+    if name.startswith("Remote"):
+        return "remote"
+    if name.endswith(("Timeout", "Due")):
+        return "timeout"
+    return "network"
+
+
+class CallStateError(RuntimeError):
+    """A local event that is not allowed in the current state."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallTimeouts:
+    ring: float = 30.0  # caller: give up after ringing this long
+    setup: float = 15.0  # both: accepted -> media connected, at most
+    offer_delay: float = 0.3  # caller: wait after a plain call-accept (original pages)
+
+
+@dataclass
+class CallMachine:
+    """The state of one call, as seen from one side."""
+
+    role: Role
+    peer: str
+    now: float
+    timeouts: CallTimeouts = field(default_factory=CallTimeouts)
+    request_data: Any = None
+
+    state: CallState = field(init=False)
+    outcome: Outcome | None = field(init=False, default=None)
+    reason: str | None = field(init=False, default=None)
+    ended_by: str | None = field(init=False, default=None)
+    started_at: float = field(init=False)
+    connected_at: float | None = field(init=False, default=None)
+    ended_at: float | None = field(init=False, default=None)
+    history: list[tuple[CallState, float]] = field(init=False, default_factory=list)
+    _deadlines: dict[type[Event], float] = field(init=False, default_factory=dict)
+    _pending_offer: str | None = field(init=False, default=None)
+    _remote_description: bool = field(init=False, default=False)
+    _early_candidates: list[IceCandidate] = field(init=False, default_factory=list)
+    _cause: str = field(init=False, default="local")
+
+    def __post_init__(self) -> None:
+        self.started_at = self.now
+        self.state = S.DIALING if self.role is Role.CALLER else S.RINGING
+        self.history.append((self.state, self.now))
+        if self.role is Role.CALLER:
+            self._deadlines[RingTimeout] = self.now + self.timeouts.ring
+
+    # -- entry points -------------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """Caller: the ``call-request`` to send. Callee: nothing (prompt the user)."""
+        if self.role is Role.CALLER:
+            if self.request_data is None:
+                return [Send(make(MessageType.CALL_REQUEST, self.peer))]
+            return [Send(make(MessageType.CALL_REQUEST, self.peer, self.request_data))]
+        return []
+
+    def deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        return min(self._deadlines.values()) if self._deadlines else None
+
+    def handle_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for kind, when in sorted(self._deadlines.items(), key=lambda kv: kv[1]):
+            if when <= now and kind in self._deadlines and self.state is not S.ENDED:
+                del self._deadlines[kind]
+                actions += self.handle(kind(), now)
+        return actions
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Feed one event; return the actions to carry out, in order."""
+        key = (self.role, self.state, type(event))
+        new_state = TRANSITIONS.get(key)
+        if new_state is None:
+            if isinstance(event, _LOCAL_EVENTS):
+                raise CallStateError(
+                    f"{type(event).__name__} is not allowed when the {self.role} is {self.state}"
+                )
+            return []
+        self._cause = _cause_of(event)
+        handler = getattr(self, "_on_" + type(event).__name__)
+        actions: list[Action] = handler(event, now)
+        assert self.state is new_state, (key, self.state)  # the table is the truth
+        return actions
+
+    # -- helpers ------------------------------------------------------------
+
+    @property
+    def is_ended(self) -> bool:
+        return self.state is S.ENDED
+
+    def _goto(self, state: CallState, now: float) -> list[Action]:
+        old = self.state
+        if old is state:
+            return []
+        self.state = state
+        self.history.append((state, now))
+        if state is S.CONNECTING:
+            self._deadlines.pop(RingTimeout, None)
+            self._deadlines[SetupTimeout] = now + self.timeouts.setup
+        elif state is S.CONNECTED:
+            self.connected_at = now
+            self._deadlines.clear()
+        return [StateChanged(old, state, now)]
+
+    def _end(self, outcome: Outcome, reason: str | None, now: float,
+             send: Message | None = None) -> list[Action]:
+        media = self.state in (S.CONNECTING, S.CONNECTED)
+        actions: list[Action] = []
+        if send is not None:
+            actions.append(Send(send))
+        if media:
+            actions.append(StopMedia())
+        actions += self._goto(S.ENDED, now)
+        self._deadlines.clear()
+        self.outcome = outcome
+        self.reason = reason
+        self.ended_at = now
+        self.ended_by = self._cause
+        actions.append(Ended(outcome, reason, now, self._cause))
+        return actions
+
+    def _hangup(self, reason: str | None = None) -> Message:
+        if reason is None:
+            return make(MessageType.HANGUP, self.peer)
+        return make(MessageType.HANGUP, self.peer, {"reason": reason})
+
+    # -- handlers, one per event type ---------------------------------------
+
+    def _on_RemoteAccept(self, event: RemoteAccept, now: float) -> list[Action]:
+        actions = self._goto(S.CONNECTING, now)
+        delay = 0.0 if event.media_ready else self.timeouts.offer_delay
+        if delay > 0:
+            self._deadlines[OfferDue] = now + delay
+        return [*actions, StartMedia(offerer=True)]
+
+    def _on_RemoteReject(self, event: RemoteReject, now: float) -> list[Action]:
+        outcome = Outcome.BUSY if event.reason in (REASON_BUSY, REASON_GLARE) \
+            else Outcome.REJECTED
+        return self._end(outcome, event.reason, now)
+
+    def _on_RemoteHangup(self, event: RemoteHangup, now: float) -> list[Action]:
+        if self.state is S.DIALING:
+            # The callee hung up instead of rejecting: treat as a rejection.
+            return self._end(Outcome.REJECTED, event.reason, now)
+        if self.state is S.RINGING:
+            return self._end(Outcome.MISSED, event.reason, now)
+        if self.state is S.CONNECTED:
+            return self._end(Outcome.COMPLETED, event.reason or "remote-hangup", now)
+        if event.reason == REASON_MEDIA_FAILED:
+            return self._end(Outcome.MEDIA_FAILED, event.reason, now)
+        return self._end(Outcome.CANCELLED, event.reason or "remote-hangup", now)
+
+    def _on_PeerOffline(self, event: PeerOffline, now: float) -> list[Action]:
+        return self._end(Outcome.OFFLINE, None, now)
+
+    def _on_HubLost(self, event: HubLost, now: float) -> list[Action]:
+        if self.state is S.CONNECTED:
+            return []
+        return self._end(Outcome.HUB_UNREACHABLE, "hub-lost", now)
+
+    def _on_LocalAccept(self, event: LocalAccept, now: float) -> list[Action]:
+        actions: list[Action] = [
+            Send(make(MessageType.CALL_ACCEPT, self.peer, {"media": "ready"}))]
+        actions += self._goto(S.CONNECTING, now)
+        actions.append(StartMedia(offerer=False))
+        return actions
+
+    def _on_LocalReject(self, event: LocalReject, now: float) -> list[Action]:
+        msg = make(MessageType.CALL_REJECT, self.peer, {"reason": event.reason})
+        return self._end(Outcome.REJECTED, event.reason, now, send=msg)
+
+    def _on_LocalHangup(self, event: LocalHangup, now: float) -> list[Action]:
+        if self.state is S.RINGING:
+            return self._on_LocalReject(LocalReject(event.reason), now)
+        outcome = Outcome.COMPLETED if self.state is S.CONNECTED else Outcome.CANCELLED
+        return self._end(outcome, event.reason, now, send=self._hangup(event.reason))
+
+    def _on_LocalDescription(self, event: LocalDescription, now: float) -> list[Action]:
+        if self.role is Role.CALLER:
+            if OfferDue in self._deadlines:
+                self._pending_offer = event.sdp
+                return []
+            return [Send(make(MessageType.OFFER, self.peer, {"type": "offer", "sdp": event.sdp}))]
+        return [Send(make(MessageType.ANSWER, self.peer, {"type": "answer", "sdp": event.sdp}))]
+
+    def _remote_description_set(self) -> list[Action]:
+        self._remote_description = True
+        held: list[Action] = [AddCandidate(c) for c in self._early_candidates]
+        self._early_candidates.clear()
+        return held
+
+    def _on_RemoteOffer(self, event: RemoteOffer, now: float) -> list[Action]:
+        if self._remote_description:
+            return []  # a second offer: renegotiation is not supported
+        return [ApplyOffer(event.sdp), *self._remote_description_set()]
+
+    def _on_RemoteAnswer(self, event: RemoteAnswer, now: float) -> list[Action]:
+        if self._remote_description:
+            return []
+        return [ApplyAnswer(event.sdp), *self._remote_description_set()]
+
+    def _on_RemoteCandidate(self, event: RemoteCandidate, now: float) -> list[Action]:
+        if not self._remote_description:
+            self._early_candidates.append(event.candidate)  # hold until we can use it
+            return []
+        return [AddCandidate(event.candidate)]
+
+    def _on_MediaConnected(self, event: MediaConnected, now: float) -> list[Action]:
+        return self._goto(S.CONNECTED, now)
+
+    def _on_MediaFailed(self, event: MediaFailed, now: float) -> list[Action]:
+        return self._end(Outcome.MEDIA_FAILED, event.reason, now,
+                         send=self._hangup(REASON_MEDIA_FAILED))
+
+    def _on_RingTimeout(self, event: RingTimeout, now: float) -> list[Action]:
+        return self._end(Outcome.NO_ANSWER, REASON_NO_ANSWER, now,
+                         send=self._hangup(REASON_NO_ANSWER))
+
+    def _on_OfferDue(self, event: OfferDue, now: float) -> list[Action]:
+        sdp, self._pending_offer = self._pending_offer, None
+        if sdp is None:
+            return []  # not made yet: it is sent as soon as it is
+        return [Send(make(MessageType.OFFER, self.peer, {"type": "offer", "sdp": sdp}))]
+
+    def _on_SetupTimeout(self, event: SetupTimeout, now: float) -> list[Action]:
+        return self._end(Outcome.MEDIA_FAILED, "setup-timeout", now,
+                         send=self._hangup(REASON_MEDIA_FAILED))

@@ -1,0 +1,241 @@
+"""The hub's limits and bookkeeping, sans I/O: every decision is a pure function of
+its inputs and of ``now`` (seconds, any monotonic clock), so each is unit-tested
+without sockets. :mod:`softphone.hub.server` applies them.
+
+- :class:`TokenBucket`: per-connection message rate.
+- :class:`ConnectionLimiter`: connections in total and per remote address.
+- :class:`OriginPolicy`: which browser origins may open a WebSocket.
+- :class:`CallPairs`: who is in a call with whom, from the messages relayed, and
+  which peer to tell ``peer-disconnected`` when one side leaves for good.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; one token per message.
+
+    ``rate <= 0`` means unlimited.
+    """
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._last = now
+
+    def allow(self, now: float) -> bool:
+        """Take a token if there is one."""
+        if self.rate <= 0:
+            return True
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def delay(self, now: float) -> float:
+        """Seconds from ``now`` until a token is available (0 if one is)."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+
+class Refusal(enum.StrEnum):
+    """Why a connection is not opened."""
+
+    TOTAL = "the hub is full"
+    PER_ADDRESS = "too many connections from this address"
+
+
+class ConnectionLimiter:
+    """Counts open connections in total and per remote address. 0 = no limit."""
+
+    def __init__(self, max_total: int = 0, max_per_address: int = 0) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.total = 0
+        self._by_address: dict[str, int] = {}
+
+    def open(self, address: str) -> Refusal | None:
+        """Count a new connection from ``address``, or say why it is refused."""
+        if self.max_total and self.total >= self.max_total:
+            return Refusal.TOTAL
+        count = self._by_address.get(address, 0)
+        if self.max_per_address and count >= self.max_per_address:
+            return Refusal.PER_ADDRESS
+        self.total += 1
+        self._by_address[address] = count + 1
+        return None
+
+    def close(self, address: str) -> None:
+        """Forget one connection from ``address`` (one that :meth:`open` counted)."""
+        count = self._by_address.get(address, 0)
+        if count <= 0:
+            return
+        self.total -= 1
+        if count == 1:
+            del self._by_address[address]
+        else:
+            self._by_address[address] = count - 1
+
+    def count(self, address: str) -> int:
+        return self._by_address.get(address, 0)
+
+
+def _origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` in lower case, default ports dropped; None if not a URL."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
+    if port is None or port == default:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    """Browser origins allowed to open a WebSocket.
+
+    A request without ``Origin`` is not from a browser page and is allowed. A page
+    served by the hub itself (same scheme, host and port) is always allowed; so is
+    every origin in ``allowed`` (``*`` allows any).
+    """
+
+    allowed: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_list(cls, origins: Iterable[str]) -> OriginPolicy:
+        out: set[str] = set()
+        for origin in origins:
+            if origin.strip() == "*":
+                out.add("*")
+                continue
+            normal = _origin_of(origin)
+            if normal is None:
+                raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port]")
+            out.add(normal)
+        return cls(frozenset(out))
+
+    def allows(self, origin: str | None, hub_origin: str) -> bool:
+        """May a page from ``origin`` use the hub whose own origin is ``hub_origin``?"""
+        if origin is None:
+            return True
+        if "*" in self.allowed:
+            return True
+        normal = _origin_of(origin)
+        if normal is None:
+            return False
+        return normal == _origin_of(hub_origin) or normal in self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """``peer`` should be told that ``gone`` left the call for good."""
+
+    gone: str
+    peer: str
+
+
+class CallPairs:
+    """Who is in a call with whom, as seen from the messages the hub relays.
+
+    ``call-request`` from A to B notes that A is calling B; ``call-accept`` from B
+    to A then pairs them (an accept nobody asked for pairs nobody).
+    ``hangup`` / ``call-reject`` between them unpair them. When a paired client
+    disconnects, :meth:`disconnected` starts a grace period; if it comes back
+    (:meth:`connected`) in time nothing happens, else :meth:`due` returns who to
+    tell. Every table is bounded by the number of ids that ever sent a message
+    still in flight: one outgoing request and one peer per id.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._calling: dict[str, str] = {}
+        self._peer: dict[str, str] = {}
+        self._gone: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        """Calls in progress."""
+        return len(self._peer) // 2
+
+    def peer_of(self, client_id: str) -> str | None:
+        return self._peer.get(client_id)
+
+    def relayed(self, type_: str, sender: str, to: str) -> bool:
+        """Note a message the hub delivered; True if a call started or ended."""
+        if type_ == "call-request":
+            self._calling[sender] = to
+            return False
+        if type_ == "call-accept":
+            if self._calling.get(to) != sender:
+                return False
+            del self._calling[to]
+            self._unpair(sender)
+            self._unpair(to)
+            self._peer[sender] = to
+            self._peer[to] = sender
+            return True
+        if type_ in ("hangup", "call-reject"):
+            if self._calling.get(sender) == to:
+                del self._calling[sender]
+            if self._calling.get(to) == sender:
+                del self._calling[to]
+            if self._peer.get(sender) == to:
+                self._unpair(sender)
+                return True
+        return False
+
+    def _unpair(self, client_id: str) -> None:
+        peer = self._peer.pop(client_id, None)
+        if peer is not None and self._peer.get(peer) == client_id:
+            del self._peer[peer]
+        self._gone.pop(client_id, None)
+
+    def connected(self, client_id: str) -> None:
+        """``client_id`` is (back) on the hub: its grace period, if any, is over."""
+        self._gone.pop(client_id, None)
+
+    def disconnected(self, client_id: str, now: float) -> float | None:
+        """``client_id`` left; returns when to call :meth:`due` if it was in a call."""
+        self._calling.pop(client_id, None)
+        if client_id not in self._peer:
+            return None
+        deadline = now + self.grace
+        self._gone[client_id] = deadline
+        return deadline
+
+    def due(self, now: float) -> list[PeerGone]:
+        """Calls whose disconnected side did not come back in time (and forget them)."""
+        out: list[PeerGone] = []
+        for gone, deadline in list(self._gone.items()):
+            if deadline <= now and gone in self._gone:
+                peer = self._peer.get(gone)
+                self._unpair(gone)
+                if peer is not None:
+                    self._gone.pop(peer, None)
+                    out.append(PeerGone(gone, peer))
+        return out
+
+    def next_deadline(self) -> float | None:
+        return min(self._gone.values(), default=None)

@@ -1,0 +1,201 @@
+"""Our voice pipeline at both ends of aiortc's RTP: encoder and playout.
+
+- :class:`VoiceEncoder` is what aiortc's ``RTCRtpSender`` calls to encode
+  each 20 ms frame (installed by :func:`softphone.media.aiortc_seams.install_voice_codec`).
+- :class:`Playout` receives each RTP audio packet (through
+  :func:`softphone.media.aiortc_seams.tap_receiver`), keeps it in the adaptive
+  :class:`~softphone.media.jitterbuffer.JitterBuffer`, and on every :meth:`Playout.pull`
+  returns the next 20 ms of audio: decoded, recovered from FEC, or concealed.
+  Whoever plays the audio pulls: the speaker's callback, or, without a
+  speaker, a 20 ms clock (:class:`softphone.media.tracks.AudioReceiver`). One
+  buffer, not two stacked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from softphone.media import jitterbuffer as jb
+from softphone.media import red
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
+from softphone.media.opus import EncoderSettings, OpusDecoder, OpusEncoder
+
+log = logging.getLogger(__name__)
+
+_SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+_QUIET_PEAK = int(32768 * 10 ** (-45 / 20))
+
+
+def _is_quiet(pcm: Int16Array) -> bool:
+    return pcm.size == 0 or int(np.abs(pcm).max()) < _QUIET_PEAK
+
+
+class VoiceEncoder:
+    """aiortc ``Encoder`` for Opus: mono voice, in-band FEC (:mod:`softphone.media.opus`)."""
+
+    def __init__(self, settings: EncoderSettings | None = None) -> None:
+        self.opus = OpusEncoder(settings)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._timestamp = 0
+        self._resampler: Any = None
+
+    def _samples(self, frame: av.AudioFrame) -> Int16Array:
+        if frame.sample_rate == SAMPLE_RATE and frame.format.name == "s16":
+            return to_mono_int16(frame.to_ndarray(), len(frame.layout.channels))
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(parts).astype(np.int16) if parts else _SILENCE[:0]
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        samples = self._samples(frame)
+        if self._pending.size:
+            samples = np.concatenate((self._pending, samples))
+        timestamp = self._timestamp
+        payloads: list[bytes] = []
+        start = 0
+        # aiortc sends every payload of one call with one timestamp: one frame per call.
+        if samples.size >= FRAME_SAMPLES:
+            payloads.append(self.opus.encode(samples[:FRAME_SAMPLES]))
+            start = FRAME_SAMPLES
+            self._timestamp += FRAME_SAMPLES
+        self._pending = samples[start:][-4 * FRAME_SAMPLES:]
+        return payloads, timestamp
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        raise NotImplementedError("VoiceEncoder only encodes raw frames")
+
+
+class RedVoiceEncoder(VoiceEncoder):
+    """:class:`VoiceEncoder` whose packets also carry the frames before (RED, RFC 2198).
+
+    ``payload_type``: the Opus payload type named in the negotiated RED fmtp.
+    """
+
+    def __init__(self, settings: EncoderSettings | None, payload_type: int) -> None:
+        super().__init__(settings)
+        self.red = red.RedPacker(payload_type, self.opus.settings.redundancy, FRAME_SAMPLES)
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        payloads, timestamp = super().encode(frame, force_keyframe)
+        return [self.red.wrap(timestamp, p) for p in payloads], timestamp
+
+
+@dataclass
+class PlayoutStats:
+    frames: int = 0
+    decoded: int = 0
+    recovered: int = 0
+    concealed: int = 0
+    repaired: int = 0  # lost packets replaced by their RED copy
+    silent: int = 0
+    decode_errors: int = 0
+
+
+class Playout:
+    """Received packets in, 20 ms frames out. Thread-safe: push and pull may differ."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 buffer: jb.JitterBuffer | None = None) -> None:
+        self.clock = clock
+        self.buffer = buffer or jb.JitterBuffer()
+        self.decoder = OpusDecoder()
+        self.stats = PlayoutStats()
+        self._lock = threading.Lock()
+        self._ssrc: int | None = None
+        self._quiet = True
+        #: Called with (rtp_timestamp, pull_time) for every frame played from a packet.
+        self.on_played: Callable[[int, float], None] | None = None
+
+    def push(self, ssrc: int, seq: int, timestamp: int, payload: bytes,
+             is_red: bool = False) -> None:
+        """A packet as it arrived; ``is_red``: its payload is RED (RFC 2198)."""
+        now = self.clock()
+        blocks: list[red.Block] = []
+        if is_red:
+            try:
+                blocks = red.parse(payload)
+            except red.RedError as exc:
+                log.debug("bad RED packet %d: %s", seq, exc)
+                self.stats.decode_errors += 1
+                return
+        with self._lock:
+            if self._ssrc is not None and ssrc != self._ssrc:
+                log.info("new audio stream (ssrc %d): restarting the jitter buffer", ssrc)
+                self.buffer = jb.JitterBuffer(self.buffer.clock_rate, self.buffer.frame_samples)
+                self.decoder = OpusDecoder()
+            self._ssrc = ssrc
+            if not is_red:
+                if payload:
+                    self.buffer.push(timestamp, payload, now)
+                return
+            primary = blocks.pop()
+            if primary.data:
+                self.buffer.push(timestamp, primary.data, now)
+            for block in blocks:  # copies of earlier frames: they fill holes, nothing else
+                if block.data and self.buffer.push_redundant(
+                        (timestamp - block.offset) & 0xFFFFFFFF, block.data, now):
+                    self.stats.repaired += 1
+
+    def pull(self) -> Int16Array:
+        """The next 20 ms to play (always exactly 960 samples)."""
+        now = self.clock()
+        with self._lock:
+            decision = self.buffer.pull(now, self._quiet)
+            stats = self.stats
+            stats.frames += 1
+            try:
+                if isinstance(decision, jb.Play):
+                    out = None
+                    for skipped in decision.skipped:
+                        pcm = self.decoder.decode(skipped)
+                        if decision.optional_skip and not _is_quiet(pcm):
+                            # Not a pause after all: play it, keep the cut for later.
+                            self.buffer.keep_skipped()
+                            out = pcm
+                            if self.on_played is not None:
+                                self.on_played((decision.timestamp - self.buffer.frame_samples)
+                                               & 0xFFFFFFFF, now)
+                    if out is None:
+                        out = self.decoder.decode(decision.payload)
+                        if self.on_played is not None:
+                            self.on_played(decision.timestamp, now)
+                    stats.decoded += 1
+                elif isinstance(decision, jb.Recover):
+                    out = self.decoder.recover(decision.next_payload)
+                    stats.recovered += 1
+                elif isinstance(decision, jb.Conceal):
+                    out = self.decoder.conceal()
+                    stats.concealed += 1
+                else:
+                    stats.silent += 1
+                    return _SILENCE.copy()
+            except Exception as exc:  # a corrupt packet must not stop the audio
+                stats.decode_errors += 1
+                log.debug("decode failed: %s", exc)
+                return _SILENCE.copy()
+        # A pause in speech (below -45 dBFS peak) is where the buffer may skip a frame.
+        self._quiet = _is_quiet(out)
+        if out.size != FRAME_SAMPLES:  # packets of another duration: fit to 20 ms
+            fitted = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            n = min(FRAME_SAMPLES, out.size)
+            fitted[:n] = out[:n]
+            out = fitted
+        return out
+
+    @property
+    def delay(self) -> float:
+        """Seconds of audio waiting in the buffer (the receive delay we add)."""
+        return self.buffer.level
+
+    @property
+    def target(self) -> float:
+        return self.buffer.target

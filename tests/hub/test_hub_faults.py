@@ -1,0 +1,127 @@
+"""Faults with real processes: SIGTERM'd hub, SIGKILL'd hub mid-call, SIGKILL'd peer."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from softphone import Phone, RecorderSink, ToneSource
+from softphone.core.callstate import Outcome
+from softphone.hub.server import Hub, HubConfig
+from softphone.media.audio import dominant_frequency, silent_gaps
+
+from ..conftest import Proc, read_wav
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def serving(procs: list[Proc], port: int, *extra: str) -> Proc:
+    p = Proc("serve", "--port", str(port), "--ice-server", "none", *extra)
+    procs.append(p)
+    await p.wait_for_output("listening on")
+    return p
+
+
+async def clients(url: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/healthz") as resp:
+        body = await resp.json()
+    return int(body["clients"])
+
+
+async def test_sigterm_closes_clients_going_away(procs: list[Proc]) -> None:
+    port = free_port()
+    hub = await serving(procs, port)
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"http://127.0.0.1:{port}/ws?id=a")
+        hub.signal(signal.SIGTERM)
+        frame = await ws.receive(5)
+        assert frame.type == aiohttp.WSMsgType.CLOSE
+        assert frame.data == 1001 and frame.extra == "hub shutting down"
+    assert await hub.wait(10) == 0
+    assert "hub stopped" in hub.stdout
+    assert "Traceback" not in hub.stderr
+
+
+async def test_hub_sigkilled_mid_call(procs: list[Proc], tmp_path: Path) -> None:
+    """Media is peer to peer: the tone goes on while the hub is dead and restarted."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    hub = await serving(procs, port)
+    rec_a = tmp_path / "a.wav"
+    a, b = Phone("a", url, ice_servers=[]), Phone("b", url, ice_servers=[])
+    await a.connect()
+    await b.connect()
+    try:
+        async def answer() -> None:
+            incoming = await b.next_call()
+            await incoming.accept(ToneSource(660), [])
+
+        answering = asyncio.create_task(answer())
+        call = await a.dial("b", ToneSource(440), [RecorderSink(rec_a)])
+        await asyncio.wait_for(call.connected(), 20)
+        await answering
+        await asyncio.sleep(1.5)
+        hub.popen.send_signal(signal.SIGKILL)
+        await hub.wait(5)
+        await asyncio.sleep(1.0)  # the hub is gone for a while
+        assert not a.hub_connected.is_set() and not b.hub_connected.is_set()
+        await serving(procs, port)
+        await asyncio.wait_for(asyncio.gather(a.hub_connected.wait(), b.hub_connected.wait()),
+                               20)
+        deadline = time.monotonic() + 10
+        while await clients(url) != 2:
+            assert time.monotonic() < deadline, "the phones did not re-register"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)
+        assert not call.machine.is_ended
+        await call.hangup()
+        result = await asyncio.wait_for(call.ended(), 10)
+    finally:
+        await a.close()
+        await b.close()
+    assert result.outcome is Outcome.COMPLETED
+    assert result.talk_seconds > 4
+    samples, rate = read_wav(rec_a)
+    body = samples[rate // 2: -rate // 4]
+    assert body.size > 3.5 * rate
+    assert abs(dominant_frequency(body, rate) - 660) < 5
+    # The hub was gone for 2 s or more: media that needed it would show a gap that
+    # long. Shorter gaps are this shared machine's scheduling, not the hub.
+    gaps = silent_gaps(body, rate)
+    assert max(gaps, default=0.0) < 0.5, gaps
+    assert samples.size / rate > result.talk_seconds - 1.0
+
+
+async def test_peer_sigkilled_ends_the_call_in_seconds(procs: list[Proc]) -> None:
+    hub = Hub(HubConfig(ice_servers=[], peer_grace=2.0))
+    await hub.start()
+    url = f"http://127.0.0.1:{hub.port}"
+    try:
+        callee = Proc("listen", "--as", "b", "--server", url, "--auto-accept", "--tone", "660")
+        procs.append(callee)
+        await callee.wait_for_output("listening as")
+        async with Phone("a", url, ice_servers=[]) as a:
+            call = await a.dial("b", ToneSource(440), [])
+            await asyncio.wait_for(call.connected(), 20)
+            await asyncio.sleep(0.5)
+            callee.popen.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            result = await asyncio.wait_for(call.ended(), 15)
+            took = time.monotonic() - killed
+        assert took < 10, took
+        assert result.reason == "peer-disconnected"
+        assert result.ended_by == "remote"
+    finally:
+        await hub.stop()

@@ -1,0 +1,170 @@
+"""The aiortc/aioice internals softphone relies on are still what it expects."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aioice
+import aiortc
+import pytest
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+from softphone.media import aiortc_seams
+from softphone.media.tracks import SilenceSource
+
+from ..conftest import need_command
+from ..support.netlab import turn_rest_credentials
+
+
+def test_pinned_versions_and_signatures() -> None:
+    aiortc_seams.check()  # raises SeamMismatch with the reason if anything moved
+    assert aiortc.__version__ == aiortc_seams.AIORTC_VERSION
+    assert aioice.__version__ == aiortc_seams.AIOICE_VERSION
+
+
+async def test_dead_stun_server_costs_at_most_the_gather_timeout() -> None:
+    """A STUN server that never answers used to block setLocalDescription for 5 s."""
+    aiortc_seams.install()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+        dead.bind(("127.0.0.1", 0))  # receives STUN requests, never answers
+        port = dead.getsockname()[1]
+        pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=[RTCIceServer(urls=f"stun:127.0.0.1:{port}")]))
+        pc.addTrack(SilenceSource())
+        try:
+            start = time.monotonic()
+            await pc.setLocalDescription(await pc.createOffer())
+            elapsed = time.monotonic() - start
+        finally:
+            await pc.close()
+    assert "a=candidate" in pc.localDescription.sdp
+    # 1 s cap vs aioice's own 5 s: a generous bound that still tells them apart.
+    assert elapsed < 3.5, f"gathering took {elapsed:.1f} s"
+    assert aiortc_seams.gather_timeout <= 1.0
+    await asyncio.sleep(0)
+
+
+# -- 5./6. TURN allocation errors and the selected candidate pair ---------------------
+
+
+async def _wait_connected(*pcs: RTCPeerConnection, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not all(pc.connectionState == "connected" for pc in pcs):
+        assert time.monotonic() < deadline, [pc.connectionState for pc in pcs]
+        await asyncio.sleep(0.05)
+
+
+async def test_selected_candidate_pair_of_a_connected_call() -> None:
+    aiortc_seams.install()
+    a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for pc in (a, b):
+            pc.addTrack(SilenceSource())
+        assert aiortc_seams.selected_candidate_pair(a) is None  # nothing nominated yet
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        await _wait_connected(a, b)
+        for pc in (a, b):
+            pair = aiortc_seams.selected_candidate_pair(pc)
+            assert pair is not None
+            assert pair["local"]["type"] == "host" and pair["local"]["protocol"] == "udp"
+            assert pair["remote"]["type"] in ("host", "prflx")
+            assert pair["relay_protocol"] is None
+            assert pair["local"] in pair["local_candidates"]
+        assert aiortc_seams.turn_errors(a) == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A real coturn on 127.0.0.1 with ``server/coturn.conf``: (port, secret)."""
+    turnserver = need_command("turnserver", "coturn")
+    port, secret = _free_port(), "seam-test-secret"
+    conf = Path(__file__).resolve().parents[2] / "server" / "coturn.conf"
+    proc = subprocess.Popen(
+        [turnserver, "-c", str(conf), "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
+         "--listening-port", str(port), "--static-auth-secret", secret, "--realm", "seam.test",
+         "--userdb", str(tmp_path / "turndb"), "--pidfile", str(tmp_path / "turn.pid"),
+         "--log-file", "stdout", "--simple-log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10.0
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "coturn exited"
+            assert time.monotonic() < deadline, "coturn is not listening"
+            time.sleep(0.05)
+        yield port, secret
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def _gather_relay(port: int, username: str, credential: str) -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(
+        iceServers=[RTCIceServer(urls=f"turn:127.0.0.1:{port}?transport=tcp",
+                                 username=username, credential=credential)],
+        iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+    pc.addTrack(SilenceSource())
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc
+
+
+@pytest.mark.parametrize("problem", ["expired", "wrongly-signed"])
+async def test_refused_turn_credentials_are_reported(coturn: tuple[int, str],
+                                                     problem: str) -> None:
+    aiortc_seams.install()
+    port, secret = coturn
+    if problem == "expired":
+        username, credential = turn_rest_credentials(secret, "seam", time.time() - 60)
+    else:
+        username, credential = turn_rest_credentials("wrong", "seam", time.time() + 600)
+    pc = await _gather_relay(port, username, credential)
+    try:
+        assert " typ relay" not in pc.localDescription.sdp
+        errors = aiortc_seams.turn_errors(pc)
+        assert len(errors) == 1
+        assert f"127.0.0.1:{port} over tcp" in errors[0]
+        assert "credentials refused (401 Unauthorized)" in errors[0]
+    finally:
+        await pc.close()
+
+
+async def test_good_turn_credentials_gather_a_relay_candidate(coturn: tuple[int, str]) -> None:
+    aiortc_seams.install()
+    port, secret = coturn
+    pc = await _gather_relay(port, *turn_rest_credentials(secret, "seam", time.time() + 600))
+    try:
+        assert " typ relay" in pc.localDescription.sdp
+        assert aiortc_seams.turn_errors(pc) == []
+    finally:
+        await pc.close()
+
+
+def test_describe_turn_error() -> None:
+    assert aiortc_seams.describe_turn_error(TimeoutError()) == "no answer"
+    assert aiortc_seams.describe_turn_error(ConnectionRefusedError("refused")) == \
+        "ConnectionRefusedError: refused"

@@ -1,0 +1,176 @@
+"""Microphone and speaker through sounddevice, on real PulseAudio virtual devices.
+
+Each phone is a softphone process whose default microphone and speaker are
+its own virtual devices on a private PulseAudio server (tests/pulse.py):
+a tone played into A's microphone (pacat) must come out of B's speaker
+(parec on its monitor) at that frequency, and the reverse at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from softphone.hub.server import Hub
+from softphone.media.audio import SAMPLE_RATE, dominant_frequency, tone_purity
+
+from ..conftest import Proc, hub_url, softphone_cmd
+from ..support.pulse import PulseLab, read_all
+
+pytestmark = pytest.mark.e2e
+
+
+
+
+def loud_part(samples, rate: int = SAMPLE_RATE):  # type: ignore[no-untyped-def]
+    """The recording without its silent head and tail (before/after the call)."""
+    import numpy as np
+
+    window = rate // 50
+    n = samples.size // window
+    levels = np.abs(samples[: n * window].reshape(n, window)).max(axis=1)
+    loud = np.flatnonzero(levels > 1000)
+    if loud.size == 0:
+        return samples[:0]
+    return samples[loud[0] * window: (loud[-1] + 1) * window]
+
+
+async def test_call_carries_audio_both_ways_between_virtual_devices(
+        hub: Hub, pulse: PulseLab, procs: list[Proc]) -> None:
+    heard_by_b = pulse.record_speaker("b")
+    heard_by_a = pulse.record_speaker("a")
+    pulse.play_tone("a", 440, 12)
+    pulse.play_tone("b", 660, 12)
+    # Devices by default (bob, env SOFTPHONE_INPUT naming one), by name and by index (alice).
+    bob = Proc("listen", "--as", "b", "--server", hub_url(hub), "--auto-accept", "--once",
+               env={**pulse.env_for("b"), "SOFTPHONE_INPUT": "default"})
+    procs.append(bob)
+    await bob.wait_for_output("listening as b")
+    alice = Proc("call", "b", "--as", "a", "--server", hub_url(hub), "--duration", "4",
+                 "--input", "pulse", "--output", "0", env=pulse.env_for("a"))
+    procs.append(alice)
+    assert await alice.wait(40) == 0, alice.stdout + alice.stderr
+    assert await bob.wait(20) == 0, bob.stdout + bob.stderr
+    assert "sending silence" not in alice.stderr + bob.stderr, alice.stderr + bob.stderr
+    for recording, expected, who in ((heard_by_b, 440, "b"), (heard_by_a, 660, "a")):
+        samples = loud_part(read_all(recording))
+        assert samples.size > 2 * SAMPLE_RATE, f"{who}'s speaker played {samples.size} samples"
+        middle = samples[SAMPLE_RATE // 2: -SAMPLE_RATE // 2]
+        assert abs(dominant_frequency(middle) - expected) < 5, who
+        assert tone_purity(middle, expected) > 0.8, who
+
+
+def test_devices_lists_the_virtual_devices(pulse: PulseLab) -> None:
+    out = subprocess.run(softphone_cmd("devices"), env={**os.environ, **pulse.env},
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "microphones (--input):" in out.stdout and "speakers (--output):" in out.stdout
+    assert "pulse" in out.stdout and "* default" in out.stdout
+
+
+def test_unknown_device_is_a_usage_error(pulse: PulseLab) -> None:
+    out = subprocess.run(softphone_cmd("call", "b", "--as", "a", "--input", "no-such-mic"),
+                         env={**os.environ, **pulse.env}, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2
+    assert "no microphone (input) device named like 'no-such-mic'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_no_portaudio_is_one_line_naming_the_fix() -> None:
+    # sounddevice raises OSError when libportaudio is missing: make its import do that.
+    code = ("import sys, builtins\n"
+            "real = builtins.__import__\n"
+            "def fake(name, *a, **k):\n"
+            "    if name == 'sounddevice':\n"
+            "        raise OSError('PortAudio library not found')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = fake\n"
+            "from softphone.cli.main import main\n"
+            "sys.argv = ['softphone', 'call', 'b', '--as', 'a', '--input', 'pulse']\n"
+            "main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "apt-get install libportaudio2" in lines[0] and "--no-audio" in lines[0]
+
+
+async def test_no_device_is_one_line_and_default_falls_back(hub: Hub, procs: list[Proc],
+                                                          tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"PULSE_SERVER": f"unix:{tmp_path}/nothing", "XDG_RUNTIME_DIR": str(tmp_path)}
+    named = Proc("call", "b", "--as", "a", "--tone", "440", "--output", "pulse",
+                 "--server", hub_url(hub),
+                 env=env)
+    listing = Proc("devices", env=env)
+    # No --input/--output: no devices is not an error, a notice says what happens instead.
+    default = Proc("call", "nobody", "--as", "a", "--server", hub_url(hub), env=env)
+    procs.extend((named, listing, default))
+    assert await named.wait() == 1
+    assert named.stderr.count("\n") == 1 and "no audio speaker (output) device" in named.stderr
+    assert await listing.wait() == 1 and "no audio devices" in listing.stderr
+    assert await default.wait() == 6, default.stderr  # offline: the call was placed
+    assert "softphone: no audio microphone (input) device: sending silence" in default.stderr
+    assert "softphone: no audio speaker (output) device: not playing" in default.stderr
+
+
+async def test_device_lost_mid_call_is_reported_and_the_call_goes_on(
+        hub: Hub, pulse: PulseLab, procs: list[Proc]) -> None:
+    import asyncio
+
+    bob = Proc("listen", "--as", "b", "--server", hub_url(hub), "--auto-accept", "--once",
+               "--tone", "660", "--no-audio")
+    procs.append(bob)
+    await bob.wait_for_output("listening as b")
+    alice = Proc("call", "b", "--as", "a", "--server", hub_url(hub), "--duration", "5",
+                 "--json", env=pulse.env_for("a"))
+    procs.append(alice)
+    await alice.wait_for_output('"state":"connected"')
+    await asyncio.sleep(1.0)
+    pulse.kill_server()  # the audio server (and with it A's microphone and speaker) vanishes
+    assert await alice.wait(40) == 0, alice.stdout + alice.stderr
+    assert await bob.wait(20) == 0, bob.stdout + bob.stderr
+    assert "microphone lost" in alice.stderr and "speaker lost" in alice.stderr, alice.stderr
+    assert '"event":"device-lost"' in alice.stdout
+    assert "Traceback" not in alice.stderr
+    assert "call completed" in alice.stderr
+
+
+async def test_listen_echo_sends_each_callers_audio_back(hub: Hub, procs: list[Proc],
+                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ..conftest import read_wav
+
+    echo = Proc("listen", "--as", "echo", "--server", hub_url(hub), "--auto-accept", "--once",
+                "--echo", "--no-audio")
+    procs.append(echo)
+    await echo.wait_for_output("listening as echo")
+    rec = tmp_path / "echoed.wav"
+    me = Proc("call", "echo", "--as", "me", "--server", hub_url(hub), "--tone", "523",
+              "--no-audio", "--record", str(rec), "--duration", "3")
+    procs.append(me)
+    assert await me.wait() == 0, me.stdout + me.stderr
+    assert await echo.wait() == 0, echo.stdout + echo.stderr
+    samples, rate = read_wav(rec)
+    assert abs(dominant_frequency(samples[rate:]) - 523) < 5
+    assert tone_purity(samples[rate:], 523) > 0.8
+
+
+def test_resampler_keeps_the_tone_and_the_duration() -> None:
+    """Devices that do not take 48 kHz are resampled, streaming, frame by frame."""
+    from softphone.media.audio import ToneGenerator
+    from softphone.media.devices import Resampler
+
+    to_device = Resampler(SAMPLE_RATE, 44_100)
+    back = Resampler(44_100, SAMPLE_RATE)
+    tone = ToneGenerator(1000)
+    device_side = [to_device(tone.next(960)) for _ in range(100)]  # 2 s in 20 ms frames
+    out = np.concatenate([back(chunk) for chunk in device_side])
+    assert abs(sum(c.size for c in device_side) - 2 * 44_100) < 100
+    assert abs(out.size - 2 * SAMPLE_RATE) < 200
+    assert abs(dominant_frequency(out[4800:]) - 1000) < 2
+    assert tone_purity(out[4800:], 1000) > 0.95

@@ -1,0 +1,325 @@
+"""The adaptive jitter buffer, driven by packet arrival times passed in (no clock, no I/O)."""
+
+from __future__ import annotations
+
+import random
+
+from softphone.media.jitterbuffer import Conceal, JitterBuffer, Play, Recover, Silence
+
+F = 960  # samples per 20 ms frame
+T = 0.020  # seconds per frame
+
+
+def payload(ts: int) -> bytes:
+    return ts.to_bytes(8, "big", signed=True)
+
+
+def ts_of(decision: Play | Recover) -> int:
+    return decision.timestamp
+
+
+class Sim:
+    """Sends one packet per 20 ms (send time = ts/48000 + offset) and pulls every 20 ms."""
+
+    def __init__(self, jb: JitterBuffer | None = None, start_ts: int = 0,
+                 pull_phase: float = 0.005) -> None:
+        self.jb = jb or JitterBuffer()
+        self.start_ts = start_ts
+        self.pull_phase = pull_phase
+        self.decisions: list[tuple[float, object]] = []
+        self.levels: list[float] = []
+
+    def run(self, frames: int, arrival: dict[int, float | None] | None = None,
+            delay=lambda i: 0.001, pulls: int | None = None, first: int = 0) -> None:
+        """Frame i is sent at i*T and arrives at i*T + delay(i) (None: lost)."""
+        events: list[tuple[float, int, int]] = []  # (time, kind 0=push 1=pull, index)
+        for i in range(first, first + frames):
+            d = arrival.get(i, delay(i)) if arrival is not None else delay(i)
+            if d is not None:
+                events.append((i * T + d, 0, i))
+        for k in range(first, first + (pulls if pulls is not None else frames)):
+            events.append((k * T + self.pull_phase, 1, k))
+        for when, kind, i in sorted(events):
+            if kind == 0:
+                ts = (self.start_ts + i * F) & 0xFFFFFFFF
+                self.jb.push(ts, payload(i), when)
+            else:
+                self.decisions.append((when, self.jb.pull(when)))
+                self.levels.append(self.jb.level)
+
+    def played(self) -> list[int]:
+        return [int.from_bytes(d.payload, "big", signed=True)
+                for _, d in self.decisions if isinstance(d, Play)]
+
+    def kinds(self) -> list[str]:
+        return [type(d).__name__ for _, d in self.decisions]
+
+    def delays(self) -> list[float]:
+        """For each played packet: pull time minus send time."""
+        out = []
+        for when, d in self.decisions:
+            if isinstance(d, Play):
+                i = int.from_bytes(d.payload, "big", signed=True)
+                out.append(when - i * T)
+        return out
+
+
+def test_in_order_plays_everything_with_low_delay() -> None:
+    sim = Sim()
+    sim.run(200)
+    assert sim.played() == list(range(200))
+    assert sim.jb.stats.concealed == 0 and sim.jb.stats.skipped == 0
+    assert max(sim.delays()) < T  # never more than one frame of buffering
+    assert sim.jb.target < 0.002
+
+
+def test_silence_before_the_first_packet() -> None:
+    jb = JitterBuffer()
+    assert isinstance(jb.pull(0.0), Silence)
+    assert jb.level == 0.0
+
+
+def test_reordered_packets_play_in_order() -> None:
+    sim = Sim(pull_phase=0.015)
+    order = {}
+    for i in range(0, 100, 4):  # 0 1 2 3 arrive as 0 2 1 3, all before their turn
+        order.update({i: 0.001, i + 1: 0.009, i + 2: 0.002, i + 3: 0.003})
+    sim.run(100, arrival=order)
+    assert sim.played() == list(range(100))
+    assert sim.jb.stats.concealed == 0
+
+
+def test_duplicates_are_ignored() -> None:
+    jb = JitterBuffer()
+    assert jb.push(0, b"a", 0.0)
+    assert not jb.push(0, b"a", 0.001)
+    assert jb.stats.duplicates == 1
+    assert isinstance(jb.pull(0.005), Play)
+    assert not jb.push(0, b"a", 0.006)  # already played: late
+    assert jb.stats.late == 1
+    assert isinstance(jb.pull(0.025), Conceal)  # nothing new: conceal, not replay
+
+
+def test_one_lost_packet_is_rebuilt_from_the_next_packets_fec() -> None:
+    # Pulls 25 ms after sending: the next packet is already there at the lost one's turn.
+    sim = Sim(pull_phase=0.025)
+    sim.run(50, arrival={15: None})
+    recovered = [d for _, d in sim.decisions if isinstance(d, Recover)]
+    assert len(recovered) == 1 and recovered[0].next_payload == payload(16)
+    assert recovered[0].timestamp == 15 * F
+    assert 15 not in sim.played() and 16 in sim.played()
+    assert "Conceal" not in sim.kinds()[:-2]  # (the very end of the stream is an underrun)
+    # No backlog: delays after the loss are what they were before it.
+    delays = sim.delays()
+    assert max(delays[-20:]) <= max(delays[:15]) + 0.001
+
+
+def test_two_lost_packets_conceal_then_recover() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.0)
+    jb.push(F, payload(1), 0.001)
+    decisions = [jb.pull(0.005), jb.pull(0.025)]
+    jb.push(4 * F, payload(4), 0.030)  # 2 and 3 never come; 4 and 5 come early
+    jb.push(5 * F, payload(5), 0.031)
+    decisions += [jb.pull(0.045 + k * T) for k in range(4)]
+    assert [type(d).__name__ for d in decisions] == [
+        "Play", "Play", "Conceal", "Recover", "Play", "Play"]
+    assert isinstance(decisions[3], Recover) and decisions[3].next_payload == payload(4)
+
+
+def test_a_loss_burst_leaves_no_backlog() -> None:
+    """aiortc's buffer kept ~200 ms more delay after one burst; ours goes back."""
+    sim = Sim()
+    lost = {i: None for i in range(100, 115)}  # 300 ms burst
+    sim.run(400, arrival=lost)
+    delays = sim.delays()
+    played = sim.played()
+    before = [d for i, d in zip(played, delays, strict=True) if 50 <= i < 100]
+    after = [d for i, d in zip(played, delays, strict=True) if i >= 115 + 100]  # 2 s on
+    assert max(after) <= max(before) + 0.0011
+    # Right after the burst it keeps one frame more (for RED/FEC), never a backlog.
+    soon = [d for i, d in zip(played, delays, strict=True) if 115 <= i < 215]
+    assert max(soon) <= max(before) + T + 0.0011
+    assert sim.jb.stats.concealed >= 15
+    # It never waited: every pull produced a decision.
+    assert len(sim.decisions) == 400
+
+
+def test_jitter_grows_the_target_then_calm_shrinks_it() -> None:
+    rng = random.Random(7)
+    sim = Sim(pull_phase=0.010)
+    sim.run(250, delay=lambda i: 0.001 + rng.uniform(0, 0.08))  # 80 ms of jitter
+    assert sim.jb.target > 0.05
+    jittery = sim.delays()[-50:]
+    late_share = sim.jb.stats.concealed / 250
+    assert late_share < 0.1  # the buffer grew instead of concealing on and on
+    sim.run(300, delay=lambda i: 0.001, first=250)  # 6 s of calm
+    assert sim.jb.target < 0.005
+    calm = sim.delays()[-50:]
+    assert sum(calm) / len(calm) < sum(jittery) / len(jittery) - 0.03
+    assert sim.jb.stats.skipped > 0
+
+
+def test_a_stalled_player_does_not_keep_the_backlog() -> None:
+    jb = JitterBuffer()
+    for i in range(60):  # 1.2 s of packets arrive while nobody pulls
+        jb.push(i * F, payload(i), i * T)
+    first = jb.pull(1.2)
+    assert isinstance(first, Play)
+    assert jb.level <= 2 * T  # cut to (about) the target at once
+    assert jb.stats.skipped >= 50
+
+
+def test_clock_jump_restarts() -> None:
+    jb = JitterBuffer()
+    for i in range(10):
+        jb.push(i * F, payload(i), i * T)
+        assert isinstance(jb.pull(i * T + 0.005), Play)
+    jump = 10 * 48_000 * 60  # the sender's clock leaps ten minutes
+    for i in range(10, 20):
+        jb.push(jump + i * F, payload(i), i * T)
+        d = jb.pull(i * T + 0.005)
+        assert isinstance(d, Play) and d.payload == payload(i)
+    assert jb.stats.resets == 1
+
+
+def test_timestamp_wraparound() -> None:
+    start = (1 << 32) - 30 * F  # wraps after 30 frames
+    sim = Sim(start_ts=start)
+    sim.run(100)
+    assert sim.played() == list(range(100))
+    stamps = [d.timestamp for _, d in sim.decisions if isinstance(d, Play)]
+    assert stamps[29] == (1 << 32) - F and stamps[30] == 0
+
+
+def test_wraparound_with_loss_and_reordering() -> None:
+    start = (1 << 32) - 10 * F
+    sim = Sim(start_ts=start, pull_phase=0.015)
+    sim.run(40, arrival={9: None, 10: 0.012, 11: 0.002}, pulls=42)
+    played = sim.played()
+    assert 9 not in played and played == sorted(played)
+    assert {10, 11, 39} <= set(played)
+
+
+def test_late_packet_is_dropped_not_played_out_of_order() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.0)
+    jb.push(2 * F, payload(2), 0.040)
+    assert isinstance(jb.pull(0.005), Play)
+    assert isinstance(jb.pull(0.045), Recover)  # 1 is lost as far as we know
+    assert not jb.push(1 * F, payload(1), 0.050)  # it turns up after its turn
+    assert jb.stats.late == 1
+    d = jb.pull(0.065)
+    assert isinstance(d, Play) and d.payload == payload(2)
+
+
+def test_long_outage_falls_silent_and_resumes() -> None:
+    jb = JitterBuffer(max_conceal=5)
+    jb.push(0, payload(0), 0.0)
+    assert isinstance(jb.pull(0.005), Play)
+    kinds = [type(jb.pull(0.005 + k * T)).__name__ for k in range(1, 10)]
+    assert kinds == ["Conceal"] * 5 + ["Silence"] * 4
+    # The player then stalls for almost two seconds; the stream comes back.
+    jb.push(100 * F, payload(100), 2.0)
+    # After a loss it keeps up to two frames in reserve (for RED/FEC): 98 concealed,
+    # 99 from 100's FEC, then 100.
+    before = []
+    d = jb.pull(2.005)
+    while not isinstance(d, Play) and len(before) < 3:
+        before.append(d)
+        d = jb.pull(2.005 + len(before) * T)
+    assert len(before) <= jb.max_reserve
+    assert [x.timestamp for x in before] == [(100 - len(before) + i) * F
+                                           for i in range(len(before))]
+    assert isinstance(d, Play) and d.payload == payload(100)
+    assert jb.stats.skipped >= 85  # the outage was not played out late
+
+
+def test_a_surplus_frame_is_skipped_only_in_a_pause() -> None:
+    """One extra frame of delay is cut where it is not heard (quiet), not mid-word."""
+    def run(quiet: bool) -> JitterBuffer:
+        jb = JitterBuffer()
+        jb.push(0, payload(0), 0.001)
+        for i in range(100):  # packet i+1 is always in before frame i is pulled
+            jb.push((i + 1) * F, payload(i + 1), (i + 1) * T + 0.001)
+            jb.pull(i * T + 0.025, quiet=quiet)
+        return jb
+
+    assert run(quiet=False).stats.skipped == 0
+    assert run(quiet=True).stats.skipped >= 1
+
+
+# -- redundant copies (RED), taking a skip back, the reserve after a lost pair ---------
+
+
+def test_a_redundant_copy_fills_the_hole_of_a_lost_packet() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.001)
+    assert isinstance(jb.pull(0.005), Play)
+    # Packet 1 is lost; packet 2 brings a copy of 1.
+    jb.push(2 * F, payload(2), 0.041)
+    assert jb.push_redundant(1 * F, payload(1), 0.041)
+    d1, d2 = jb.pull(0.045), jb.pull(0.065)
+    assert isinstance(d1, Play) and d1.payload == payload(1)  # exact, not FEC or concealment
+    assert isinstance(d2, Play) and d2.payload == payload(2)
+    assert jb.stats.repaired == 1 and jb.stats.concealed == 0 and jb.stats.recovered == 0
+    # A copy of what is already here, already played, or newer than anything: ignored.
+    assert not jb.push_redundant(2 * F, payload(2), 0.07)
+    assert not jb.push_redundant(1 * F, payload(1), 0.07)
+    assert not jb.push_redundant(9 * F, payload(9), 0.07)
+    assert jb.stats.repaired == 1
+
+
+def test_redundant_copies_say_nothing_of_jitter() -> None:
+    """A copy arrives a packet late by design: it must not grow the target."""
+    jb = JitterBuffer()
+    for i in range(200):
+        jb.push(i * F, payload(i), i * T + 0.001)
+        if i:
+            jb.push_redundant((i - 1) * F, payload(i - 1), i * T + 0.001)
+        jb.pull(i * T + 0.005)
+    assert jb.target < 0.002
+    assert jb.stats.repaired == 0
+
+
+def test_a_packet_arriving_after_its_copy_is_late_not_a_duplicate() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.0)
+    jb.push(2 * F, payload(2), 0.040)
+    jb.push_redundant(1 * F, payload(1), 0.040)
+    assert not jb.push(1 * F, payload(1), 0.045)  # reordered, its copy came first
+    assert jb.stats.duplicates == 0
+    assert [ts_of(jb.pull(0.05 + k * T)) for k in range(3)] == [0, F, 2 * F]
+
+
+def test_after_a_lost_pair_two_frames_are_kept_in_reserve() -> None:
+    sim = Sim()
+    lost: dict[int, float | None] = {50: None, 51: None, 120: None}
+    sim.run(200, arrival=lost)
+    assert sim.jb.target >= 2 * T  # a pair was lost within the loss window
+    single = Sim()
+    single.run(200, arrival={50: None, 120: None})
+    assert T <= single.jb.target < 2 * T
+    # A long burst cannot be repaired whatever is kept: it does not ask for more.
+    burst = Sim()
+    burst.run(200, arrival={**{i: None for i in range(50, 60)}, 120: None})
+    assert burst.jb.target < 2 * T
+
+
+def test_a_skip_taken_back_plays_the_frame_and_keeps_the_next() -> None:
+    jb = JitterBuffer()
+    jb.push(0, payload(0), 0.001)
+    decisions = []
+    for i in range(100):
+        jb.push((i + 1) * F, payload(i + 1), (i + 1) * T + 0.001)
+        d = jb.pull(i * T + 0.025, quiet=True)
+        if isinstance(d, Play) and d.optional_skip:
+            decisions.append(d)
+            jb.keep_skipped()  # the player found the skipped frame was not quiet
+    assert decisions, "a surplus frame was offered for skipping"
+    assert jb.stats.skipped == 0
+    # Everything was played once, in order: what was offered for a skip came back.
+    d = decisions[0]
+    assert d.skipped == (payload(ts_of(d) // F - 1),)
+    nxt = jb.pull(100 * T + 0.025)
+    assert isinstance(nxt, Play)

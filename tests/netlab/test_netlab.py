@@ -1,0 +1,332 @@
+"""Calls through real networks: NAT, TURN, loss and jitter, in a network lab.
+
+Each test builds the lab of ``tests/netlab.py`` (network namespaces: two
+homes behind NAT routers, a public segment with the hub and a real coturn),
+runs ``softphone listen`` in one home and ``softphone call`` in the other,
+and checks the outcome, the candidate pair both report, and the audio each
+side recorded (by frequency, and for continuity under loss and jitter).
+
+They need root, iproute2, iptables and coturn (and NetfilterQueue for
+delay): outside CI they skip with the reason, in CI they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from softphone import Phone, ToneSource
+from softphone.cli.main import ice_list, main
+from softphone.core.callstate import Outcome
+from softphone.hub.server import Hub
+from softphone.media.audio import dominant_frequency, silent_gaps, tone_purity
+from softphone.media.rtc import candidate_pair_from_seam
+
+from ..conftest import hub_url, need, read_wav
+from ..support.netlab import (
+    CALLEE_TONE,
+    CALLER_TONE,
+    PREFIX,
+    CallRun,
+    Impairment,
+    NetLab,
+    Party,
+    RouterConfig,
+    lab,
+    missing_requirements,
+    run_call,
+    turn_rest_credentials,
+)
+
+
+@pytest.fixture
+def netlab(tmp_path: Path) -> Iterator[NetLab]:
+    problems = missing_requirements()
+    need(not problems, "a requirement of the network lab", "; ".join(problems))
+    with lab(tmp_path / "lab") as the_lab:
+        the_lab.start_coturn()
+        yield the_lab
+
+
+def assert_heard(party: Party, expected: float, min_seconds: float = 1.5) -> None:
+    samples, rate = read_wav(party.recording)
+    assert samples.size >= min_seconds * rate, \
+        f"{party.role} recorded only {samples.size / rate:.2f} s"
+    body = samples[rate // 2:]
+    assert abs(dominant_frequency(body, rate) - expected) < 5.0, party.role
+    assert tone_purity(body, expected, rate) > 0.5, party.role
+
+
+def assert_completed(run: CallRun) -> None:
+    for party in (run.caller, run.callee):
+        assert party.exit_code == 0, run.describe()
+        assert party.ended.get("outcome") == "completed", run.describe()
+        assert "Traceback" not in party.stderr, run.describe()
+    assert_heard(run.caller, CALLEE_TONE)
+    assert_heard(run.callee, CALLER_TONE)
+
+
+def pair(party: Party) -> tuple[str, str]:
+    """(local type, remote type) of the candidate pair ``party`` reported."""
+    got = party.candidate_pair
+    assert got is not None, f"{party.role} reported no candidate pair:\n{party.stdout}"
+    # The same pair is in the "media" event, the "ended" event and the status line.
+    assert party.ended.get("candidate_pair") == got
+    assert f"via {got['local']['type']}/" in party.stderr
+    return got["local"]["type"], got["remote"]["type"]
+
+
+@pytest.mark.netlab
+def test_eim_nat_with_stun_connects_via_srflx(netlab: NetLab) -> None:
+    netlab.start_hub(turn=())  # /ice-servers: STUN only
+    run = run_call(netlab, "eim-stun")
+    assert_completed(run)
+    assert pair(run.caller) == ("srflx", "srflx")
+    assert pair(run.callee) == ("srflx", "srflx")
+    local = run.caller.candidate_pair["local"]  # type: ignore[index]
+    assert local["address"] == "203.0.113.11" and local["protocol"] == "udp"
+
+
+@pytest.mark.netlab
+def test_symmetric_nat_with_stun_only_fails_cleanly_and_quickly(netlab: NetLab) -> None:
+    netlab.configure_both(RouterConfig(nat="symmetric"))
+    netlab.start_hub(turn=())
+    run = run_call(netlab, "sym-stun", setup_timeout=4.0, within=30.0)
+    for party in (run.caller, run.callee):
+        assert party.exit_code == 8, run.describe()
+        assert party.ended.get("outcome") == "media-failed"
+        assert party.candidate_pair is None
+        assert "media failed" in party.stderr
+        assert "Traceback" not in party.stderr
+    # Gave up at the setup timeout, not after aioice's minute of retries.
+    assert run.wall_seconds < 25.0, run.describe()
+
+
+@pytest.mark.netlab
+def test_symmetric_nat_with_turn_from_the_hub_connects_via_relay(netlab: NetLab) -> None:
+    netlab.configure_both(RouterConfig(nat="symmetric"))
+    netlab.start_hub()  # STUN + TURN with time-limited credentials
+    run = run_call(netlab, "sym-turn")
+    assert_completed(run)
+    for party in (run.caller, run.callee):
+        assert "relay" in pair(party), run.describe()
+
+
+@pytest.mark.netlab
+def test_turn_over_tcp_when_routers_block_all_udp(netlab: NetLab) -> None:
+    netlab.configure_both(RouterConfig(block_udp=True))
+    netlab.start_hub(stun=False, turn=("tcp",))
+    run = run_call(netlab, "tcp-only", setup_timeout=15.0)
+    assert_completed(run)
+    for party in (run.caller, run.callee):
+        local = party.candidate_pair["local"]  # type: ignore[index]
+        assert (local["type"], local.get("relay_protocol")) == ("relay", "tcp"), run.describe()
+
+
+@pytest.mark.netlab
+def test_relay_only_policy(netlab: NetLab) -> None:
+    netlab.start_hub()  # STUN + TURN: the caller could go direct, but says --relay
+    run = run_call(netlab, "relay-only", caller_args=["--relay"])
+    assert_completed(run)
+    assert pair(run.caller)[0] == "relay"
+    assert pair(run.callee)[1] == "relay"
+    # The relayed address is coturn's, on the public segment.
+    assert run.caller.candidate_pair["local"]["address"] == "203.0.113.1"  # type: ignore[index]
+
+
+@pytest.mark.netlab
+def test_five_percent_loss_and_50ms_jitter_each_way(netlab: NetLab) -> None:
+    problems = missing_requirements(delay=True)
+    need(not problems, "a requirement of the lab's delay", "; ".join(problems))
+    bad = Impairment(loss=0.05, delay_ms=50.0, jitter_ms=10.0)
+    # Both directions of router a: each way, the media crosses one impaired hop.
+    netlab.configure("a", RouterConfig(up=bad, down=bad))
+    netlab.start_hub(turn=())
+    run = run_call(netlab, "lossy", duration=5.0, setup_timeout=15.0)
+    assert_completed(run)
+    assert pair(run.caller) == ("srflx", "srflx")
+    for party in (run.caller, run.callee):
+        samples, rate = read_wav(party.recording)
+        body = samples[rate // 2:]
+        gaps = silent_gaps(body, rate)
+        # Continuous: ~5% of the packets (about 12 frames of 20 ms) were lost
+        # each way, yet the losses are concealed. Typically the longest hole is
+        # 0-20 ms; the bounds leave room for a loaded machine.
+        assert max(gaps, default=0.0) < 0.12, f"{party.role}: silent gaps {gaps}"
+        assert sum(gaps) < 0.2, f"{party.role}: silent gaps {gaps}"
+        rtt = party.ended["stats"]["rtt_ms"]  # type: ignore[index]
+        assert rtt is None or rtt > 60.0, f"the delay did not apply: rtt {rtt} ms"
+
+
+@pytest.mark.netlab
+@pytest.mark.parametrize("problem", ["expired", "wrongly-signed"])
+def test_bad_turn_credentials_give_a_clear_error_not_a_hang(netlab: NetLab,
+                                                            problem: str) -> None:
+    netlab.start_hub(turn=())
+    if problem == "expired":
+        username, credential = netlab.turn_credentials("a", ttl=-60.0)
+    else:
+        username, credential = turn_rest_credentials("not-the-secret", "a", 2e9)
+    run = run_call(netlab, f"creds-{problem}", caller_args=[
+        "--relay", "--ice-server", netlab.turn_url(), "--ice-username", username,
+        "--ice-credential", credential], setup_timeout=60.0, within=40.0)
+    caller = run.caller
+    assert caller.exit_code == 8, run.describe()
+    assert caller.ended.get("outcome") == "media-failed"
+    assert "401" in str(caller.ended.get("reason")), caller.ended
+    assert "credentials refused (401 Unauthorized)" in caller.stderr
+    assert "Traceback" not in caller.stderr
+    # It failed as soon as the TURN server said no, not at the 60 s setup timeout.
+    assert run.wall_seconds < 40.0
+
+
+@pytest.mark.netlab
+def test_bad_turn_credentials_without_relay_only_are_named_when_media_fails(
+        netlab: NetLab) -> None:
+    """Behind symmetric NAT only a relay works: the timeout says the TURN server said no."""
+    netlab.configure_both(RouterConfig(nat="symmetric"))
+    netlab.start_hub(turn=())
+    username, credential = netlab.turn_credentials("a", ttl=-60.0)
+    run = run_call(netlab, "creds-norelay", caller_args=[
+        "--ice-server", netlab.turn_url(), "--ice-username", username,
+        "--ice-credential", credential], setup_timeout=4.0, within=30.0)
+    caller = run.caller
+    assert caller.exit_code == 8, run.describe()
+    # (setup-timeout, or media-failed if the callee's timeout came first)
+    reason = str(caller.ended.get("reason"))
+    assert "; TURN server" in reason and "credentials refused (401" in reason, caller.ended
+    assert "Traceback" not in caller.stderr
+
+
+# -- the lab's own pieces (no root needed) ------------------------------------------
+
+
+def test_turn_rest_credentials_are_coturns_format() -> None:
+    username, credential = turn_rest_credentials("secret", "alice", 1700000000.5)
+    assert username == "1700000000:alice"
+    # base64(HMAC-SHA1("secret", username)), as coturn's use-auth-secret computes it.
+    assert credential == "d8soP47RbdIKLDUOpnJPVQyq5Ts="
+
+
+def test_router_ruleset(tmp_path: Path) -> None:
+    the_lab = NetLab(tmp_path)
+    bad = Impairment(loss=0.05, delay_ms=50, jitter_ms=10)
+    rules = the_lab._ruleset(RouterConfig(nat="symmetric", block_udp=True, up=bad))
+    assert "-A POSTROUTING -o wan -j MASQUERADE --random" in rules
+    assert "-A PREROUTING -i lan -m statistic --mode random --probability 0.0500 -j DROP" \
+        in rules
+    assert "-A PREROUTING -i lan -j NFQUEUE --queue-num 1" in rules
+    assert "-i wan -j NFQUEUE" not in rules  # down is clean
+    assert rules.index("-A FORWARD -p udp -j DROP") < rules.index("-A FORWARD -i wan -j DROP")
+    eim = the_lab._ruleset(RouterConfig())
+    assert "MASQUERADE\n" in eim and "NFQUEUE" not in eim and "statistic" not in eim
+    assert the_lab.ns("pub").startswith(PREFIX)
+    with pytest.raises(ValueError):
+        the_lab.configure("a", RouterConfig(nat="full-cone"))
+
+
+def test_party_reads_the_json_events(tmp_path: Path) -> None:
+    cp = {"local": {"type": "relay", "protocol": "udp", "address": "203.0.113.1", "port": 5,
+                    "relay_protocol": "tcp"},
+          "remote": {"type": "srflx", "protocol": "udp", "address": "203.0.113.12", "port": 6}}
+    events = [{"event": "media", "candidate_pair": cp},
+              {"event": "ended", "outcome": "completed", "candidate_pair": cp}]
+    party = Party("caller", 0, events, "\n".join(json.dumps(e) for e in events), "",
+                  tmp_path / "x.wav")
+    assert party.ended["outcome"] == "completed"
+    assert party.pair_text() == "relay/udp (TURN/tcp) <-> srflx/udp"
+
+
+# -- what the lab tests rely on, checked without a lab ------------------------------------
+
+
+async def test_phone_reports_the_candidate_pair(hub: Hub) -> None:
+    """On one machine, host <-> host: the media event, the result and the JSON agree."""
+    events: list[dict[str, Any]] = []
+    async with Phone("b", hub_url(hub), ice_servers=[]) as pb, \
+            Phone("a", hub_url(hub), ice_servers=[]) as pa:
+        call = await pa.dial("b", ToneSource(440), on_event=events.append)
+        incoming = await asyncio.wait_for(pb.next_call(), 10)
+        await incoming.accept(ToneSource(660))
+        await asyncio.wait_for(call.connected(), 20)
+        media = [e for e in events if e["event"] == "media"]
+        assert len(media) == 1
+        await call.hangup()
+        result = await call.ended()
+    got = media[0]["candidate_pair"]
+    assert got["local"]["type"] == "host" and got["local"]["protocol"] == "udp"
+    assert got["remote"]["type"] in ("host", "prflx")
+    assert result.candidate_pair is not None
+    assert result.to_json()["candidate_pair"] == got
+    assert events[-1]["event"] == "ended" and events[-1]["candidate_pair"] == got
+
+
+async def test_relay_only_without_a_turn_server_fails_at_once(hub: Hub) -> None:
+    async with Phone("b", hub_url(hub), ice_servers=[]) as pb, \
+            Phone("a", hub_url(hub), ice_servers=[], relay_only=True) as pa:
+        call = await pa.dial("b", ToneSource(440))
+        incoming = await asyncio.wait_for(pb.next_call(), 10)
+        await incoming.accept()
+        result = await asyncio.wait_for(call.ended(), 10)  # not the 15 s setup timeout
+    assert result.outcome is Outcome.MEDIA_FAILED and result.exit_code == 8
+    assert result.reason == "no relay candidate: relay only, but no TURN server is set"
+    assert result.candidate_pair is None and result.to_json()["candidate_pair"] is None
+
+
+def test_candidate_pair_from_seam() -> None:
+    def c(kind: str, address: str, port: int, related: str | None = None,
+          related_port: int | None = None) -> dict[str, Any]:
+        return {"type": kind, "protocol": "udp", "address": address, "port": port,
+                "related_address": related, "related_port": related_port}
+
+    host = c("host", "10.1.0.2", 5000)
+    srflx = c("srflx", "203.0.113.11", 6000, "10.1.0.2", 5000)
+    gathered = [host, srflx]
+    # Through our NAT to a reflexive peer: reported as srflx, at the mapped address.
+    nat = candidate_pair_from_seam({"local": host, "remote": c("srflx", "203.0.113.12", 7),
+                                    "relay_protocol": None, "local_candidates": gathered})
+    assert (nat.local.type, nat.local.address, nat.local.port) == ("srflx", "203.0.113.11", 6000)
+    assert str(nat) == "srflx/udp <-> srflx/udp"
+    # To a peer on our own network: host.
+    lan = candidate_pair_from_seam({"local": host, "remote": c("host", "10.1.0.3", 8),
+                                    "relay_protocol": None, "local_candidates": gathered})
+    assert lan.local.type == "host"
+    # No NAT (the mapped address is our own): host.
+    public = c("host", "198.51.100.2", 5000)
+    same = c("srflx", "198.51.100.2", 5000, "198.51.100.2", 5000)
+    direct = candidate_pair_from_seam({"local": public, "remote": c("prflx", "203.0.113.9", 9),
+                                       "relay_protocol": None,
+                                       "local_candidates": [public, same]})
+    assert direct.local.type == "host"
+    # Relay over TCP.
+    relay = candidate_pair_from_seam({"local": c("relay", "203.0.113.1", 50000, "0.0.0.0", 9),
+                                      "remote": c("srflx", "203.0.113.12", 7),
+                                      "relay_protocol": "tcp", "local_candidates": []})
+    assert relay.to_json()["local"] == {"type": "relay", "protocol": "udp",
+                                        "address": "203.0.113.1", "port": 50000,
+                                        "relay_protocol": "tcp"}
+    assert str(relay) == "relay/udp (TURN over tcp) <-> srflx/udp"
+
+
+def test_ice_server_credentials_on_the_command_line() -> None:
+    assert ice_list(("stun:h:3478", "turn:h:3478?transport=tcp"), "u", "p") == [
+        {"urls": "stun:h:3478"},
+        {"urls": "turn:h:3478?transport=tcp", "username": "u", "credential": "p"}]
+    runner = CliRunner()
+    for args, message in [
+        (["--ice-server", "turn:h:3478"], "needs --ice-username and --ice-credential"),
+        (["--ice-server", "turn:h:3478", "--ice-username", "u"], "go together"),
+        (["--ice-username", "u", "--ice-credential", "p"], "need a turn: --ice-server"),
+    ]:
+        for command in (["call", "b", "--as", "a"], ["listen", "--as", "b"], ["serve"]):
+            result = runner.invoke(main, [*command, *args])
+            assert result.exit_code == 2, (command, args, result.output)
+            assert message in result.output
+    result = runner.invoke(main, ["call", "--help"])
+    assert "--relay" in result.output and "--ice-credential" in result.output
