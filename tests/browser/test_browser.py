@@ -14,7 +14,6 @@ import json
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,58 +27,25 @@ from softphone.media.audio import dominant_frequency, rms_dbfs, tone_purity
 
 from ..conftest import Proc, hub_url, read_wav
 from ..support.browser import (
-    ChromiumPhone,
     assert_page_hears,
     connect_as,
     dial,
     inbound_energy,
-    need_browser,
     snapshot,
     wait_call_state,
     wait_hub,
     wait_js,
     wait_outcome,
-    write_tone_wav,
 )
+from .conftest import PAGE_TONE, Launch
 
 pytestmark = pytest.mark.e2e
 
-WEB = Path(__file__).resolve().parents[2] / "softphone" / "hub" / "web"
-PAGE_TONE = 440.0
 OTHER_TONE = 660.0
 SAMPLE_SKIP = 48000 // 2  # the first 0.5 s of what an aiortc peer received
 
-Launch = Callable[..., Awaitable[ChromiumPhone]]
 
-
-# ----------------------------------------------------------------- fixtures ---
-
-
-@pytest.fixture
-async def chromium(tmp_path: Path) -> AsyncIterator[Launch]:
-    """``await chromium(tone)``: a new headless Chromium whose microphone plays ``tone`` Hz."""
-    need_browser()
-    from playwright.async_api import async_playwright
-
-    started: list[ChromiumPhone] = []
-    async with async_playwright() as pw:
-
-        async def launch(tone: float | None = PAGE_TONE, **context: Any) -> ChromiumPhone:
-            wav = None
-            if tone is not None:
-                wav = write_tone_wav(tmp_path / f"mic-{len(started)}-{tone:.0f}.wav", tone)
-            phone = ChromiumPhone(pw, wav)
-            started.append(phone)
-            return await phone.start(**context)
-
-        try:
-            yield launch
-        finally:
-            for phone in started:
-                if phone.console:
-                    print(f"--- browser console ({phone.mic_wav}):", *phone.console[-40:],
-                          sep="\n")
-                await phone.close()
+# ------------------------------------------------------------------ helpers ---
 
 
 async def listening(procs: list[Proc], server: str, client_id: str, *extra: str,
@@ -134,73 +100,7 @@ async def error_codes(page: Any) -> list[str]:
     return [e["code"] for e in (await snapshot(page))["errors"]]
 
 
-# ------------------------------------------------------- no browser needed ---
-
-
-def test_page_transition_table_mirrors_callstate() -> None:
-    """phone.js mirrors callstate: TRANSITIONS entry for entry, states, outcomes, timeouts."""
-    js = (WEB / "phone.js").read_text()
-    rows = re.findall(r'\["(caller|callee)", "(\w+)", "(\w+)", "(\w+)"\]', js)
-    page = {(role, state, event): new for role, state, event, new in rows}
-    assert len(page) == len(rows), "duplicate rows in phone.js TRANSITIONS"
-    python = {(str(role), str(state), event.__name__): str(new)
-              for (role, state, event), new in cs.TRANSITIONS.items()}
-    assert page == python
-    for state in cs.CallState:
-        assert f'"{state}"' in js
-    for outcome in cs.Outcome:
-        assert f'"{outcome}"' in js
-    t = cs.CallTimeouts()
-    assert f"ring: {t.ring}, setup: {t.setup}, offerDelay: {t.offer_delay}" in js
-
-
-async def test_hub_serves_the_pages(hub: Hub) -> None:
-    async with aiohttp.ClientSession() as session:
-        for path in ("/", "/callerA.html", "/callerB.html"):
-            async with session.get(hub_url(hub) + path) as resp:
-                assert resp.status == 200
-                assert resp.content_type == "text/html"
-                assert 'src="static/phone.js"' in await resp.text()
-        for name, kind in (("phone.js", "text/javascript"), ("phone.css", "text/css")):
-            async with session.get(f"{hub_url(hub)}/static/{name}") as resp:
-                assert resp.status == 200 and resp.content_type == kind
-                assert await resp.read() == (WEB / name).read_bytes()
-        for path in ("/static/nope.js", "/static/..%2Fhub.py", "/callerC.html"):
-            async with session.get(hub_url(hub) + path) as resp:
-                assert resp.status == 404
-
-
 # ------------------------------------------------------------ browser tests ---
-
-
-async def test_page_core_holds_early_candidates_and_answers_busy(hub: Hub,
-                                                                  chromium: Launch) -> None:
-    """The page's sans-IO core, run in Chromium: the same actions callstate/line give."""
-    browser = await chromium(None)
-    page = await browser.open(hub_url(hub) + "/")
-    kinds = await page.evaluate("""() => {
-        const line = new Line("bob");
-        const out = [];
-        const feed = (m) => out.push(...line.receive(m, 0).map(a => a.kind +
-            (a.kind === "send" ? ":" + a.message.type + ":" + a.message.to +
-             (a.message.data && a.message.data.reason ? ":" + a.message.data.reason : "") : "")));
-        feed({type: "call-request", from: "alice", to: "bob"});
-        out.push(...line.handleLocal({type: "LocalAccept"}, 1).map(a => a.kind + (a.kind ===
-            "send" ? ":" + a.message.type + ":" + JSON.stringify(a.message.data) : "")));
-        const cand = {candidate: "candidate:1 1 udp 1 192.0.2.9 9 typ host", sdpMid: "0"};
-        feed({type: "candidate", from: "alice", to: "bob", data: cand});
-        feed({type: "candidate", from: "mallory", to: "bob", data: cand});
-        feed({type: "offer", from: "alice", to: "bob", data: {type: "offer", sdp: "v=0"}});
-        feed({type: "call-request", from: "carol", to: "bob"});
-        return out;
-    }""")
-    assert kinds == [
-        "incoming",
-        'send:call-accept:{"media":"ready"}', "state", "startMedia",
-        # the early candidate is held, mallory's ignored, then applied after the offer
-        "applyOffer", "addCandidate",
-        "send:call-reject:carol:busy", "busy",
-    ]
 
 
 async def test_page_calls_cli_audio_both_ways(hub: Hub, chromium: Launch,

@@ -23,6 +23,8 @@ from ..conftest import need
 
 CHROMIUM = os.environ.get("SOFTPHONE_CHROMIUM", "/usr/bin/chromium")
 RATE = 48000
+#: True in a page once its phone is made: it has loaded the hub's call table.
+PHONE_READY = "typeof window.phone.snapshot === 'function'"
 
 
 def need_browser() -> None:
@@ -77,12 +79,26 @@ class ChromiumPhone:
             ignore_https_errors=ignore_https_errors, viewport={"width": 560, "height": 640})
         return self
 
-    async def open(self, url: str) -> Any:
+    async def open(self, url: str, *, call_table: dict[str, Any] | None = None,
+                   ready: bool = True) -> Any:
+        """A new tab on ``url``; with ``ready``, once its phone is made (:data:`PHONE_READY`).
+
+        ``call_table``: what the tab gets for the hub's ``callstate.json`` instead
+        of the hub's own (the request is answered in the browser, by Playwright).
+        """
         page = await self.context.new_page()
         page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
         page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
+        if call_table is not None:
+            body = json.dumps(call_table)
+
+            async def serve_table(route: Any) -> None:
+                await route.fulfill(status=200, content_type="application/json", body=body)
+
+            await page.route("**/callstate.json", serve_table)
         await page.goto(url)
-        await page.wait_for_function("window.phone !== undefined")
+        if ready:  # (window.phone is <main id="phone"> until the phone replaces it)
+            await page.wait_for_function(PHONE_READY)
         return page
 
     async def close(self) -> None:

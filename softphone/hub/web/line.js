@@ -1,0 +1,88 @@
+// One phone line, sans I/O (softphone/core/line.py): which call a hub message
+// belongs to, busy for a second caller, glare when two ids call each other.
+
+import {CallMachine, CallStateError, send} from "./callstate.js";
+
+function reasonOf(data) {
+  return data && typeof data === "object" && typeof data.reason === "string" ? data.reason : null;
+}
+
+/** Hub message -> call event (as _event_of in softphone/core/line.py), or null. */
+export function eventOf(message) {
+  const data = message.data;
+  switch (message.type) {
+    case "call-accept":
+      return {type: "RemoteAccept", mediaReady: !!data && typeof data === "object" && data.media === "ready"};
+    case "call-reject": return {type: "RemoteReject", reason: reasonOf(data)};
+    case "hangup": return {type: "RemoteHangup", reason: reasonOf(data)};
+    case "offer":
+    case "answer":
+      if (!data || typeof data.sdp !== "string") return null;
+      return {type: message.type === "offer" ? "RemoteOffer" : "RemoteAnswer", sdp: data.sdp};
+    case "candidate":
+      return {type: "RemoteCandidate", candidate: data && typeof data === "object" ? data : {candidate: ""}};
+    default: return null;
+  }
+}
+
+/** Routes hub messages to the one current call of one client id. */
+export class Line {
+  constructor(myId, table, timeouts = table.timeouts) {
+    this.myId = myId;
+    this.table = table;
+    this.timeouts = timeouts;
+    this.call = null;
+  }
+
+  get active() { return this.call !== null && !this.call.isEnded; }
+
+  newCall(role, peer, now) {
+    this.call = new CallMachine(role, peer, now, this.table, this.timeouts);
+    return this.call;
+  }
+
+  dial(peer, now) {
+    if (this.active) throw new CallStateError(`already in a call with ${this.call.peer}`);
+    return this.newCall("caller", peer, now).start();
+  }
+
+  handleLocal(event, now) {
+    return this.active ? this.call.handle(event, now) : [];
+  }
+
+  handleTimer(now) { return this.call ? this.call.handleTimer(now) : []; }
+
+  deadline() { return this.call ? this.call.deadline() : null; }
+
+  receive(message, now) {
+    if (message.type === "error") return this.hubError(message.data || {}, now);
+    const call = this.call;
+    const from = message.from;
+    if (message.type === "call-request" && from) {
+      const {states: S, reasons: R} = this.table;
+      if (this.active && call.peer === from && call.state === S.DIALING && this.myId > from) {
+        // Glare: we called each other at once. The smaller id's call wins.
+        const ended = call.handle({type: "RemoteReject", reason: R.GLARE}, now);
+        return [...ended, {kind: "incoming", call: this.newCall("callee", from, now)}];
+      }
+      if (this.active && call.peer !== from) {
+        return [send("call-reject", from, {reason: R.BUSY}), {kind: "busy", peer: from}];
+      }
+      if (this.active) return []; // a repeated request from our peer
+      return [{kind: "incoming", call: this.newCall("callee", from, now)}];
+    }
+    if (!this.active || from !== call.peer) return []; // not our peer: ignored, as the original pages do
+    const event = eventOf(message);
+    return event ? call.handle(event, now) : [];
+  }
+
+  hubError(error, now) {
+    const call = this.call;
+    if (error.code === "offline" && this.active && (!error.to || error.to === call.peer)
+        && error.ref !== "hangup") {
+      const actions = call.handle({type: "PeerOffline"}, now);
+      if (actions.length) return actions;
+    }
+    return [{kind: "hubError", error}];
+  }
+}
