@@ -1,0 +1,445 @@
+"""``softphone doctor``'s network checks: the hub, its certificate, the token,
+``/ice-servers``, each STUN server and each TURN server, for real.
+
+- the hub: ``GET /healthz`` (status, clients, version when it reports one);
+- TLS: the certificate as a phone checks it (``--ca-file`` / ``--insecure``),
+  its names and expiry;
+- signaling: a WebSocket to ``/ws`` as a throw-away id, which also tells
+  whether the hub needs tokens; then, with a token, a real sign-in as our id
+  (:attr:`DoctorTarget.register`), the hub's verdict on the token, and its
+  expiry (read from the token, without its signature);
+- ``/ice-servers`` with the token, as a call asks for it;
+- each ``stun:`` URL: a binding request over UDP, and the address it saw;
+- each ``turn:`` server: an allocation with the credentials, over UDP and over
+  TCP (``turns:``: TLS), whichever transport its URL names;
+- a verdict on the media path: a relay that works, UDP blocked (only TURN over
+  TCP answers), credentials refused, nothing but host candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from softphone import __version__
+from softphone.cli.doctor import DoctorTarget, Result
+
+__all__ = ["Probe", "check_certificate", "check_hub", "check_ice_servers", "check_signaling",
+           "check_version", "network_checks", "probe_signaling", "token_claims"]
+
+# ---------------------------------------------------------- helpers ---
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # (asyncio's own text is "Connect call failed ...")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _span(seconds: float) -> str:
+    """``3 h 5 min``, ``12 min``, ``40 s``, ``2 days``."""
+    seconds = abs(seconds)
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min"
+    return f"{int(seconds)} s"
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+#: How long before expiry a token (24 h by default) or a certificate is worth a warning.
+SOON = 3600.0
+CERT_SOON = 14 * 86400.0
+
+
+# -------------------------------------------------------------- hub ---
+
+
+async def check_hub(session: aiohttp.ClientSession, http: str, tls: ssl.SSLContext | bool,
+                    wait: float) -> tuple[Result, dict[str, Any] | None]:
+    """``GET /healthz``: the hub is there (and, for https, its certificate is trusted)."""
+    url = f"{http}/healthz"
+    try:
+        async with asyncio.timeout(wait):
+            async with session.get(url, ssl=tls) as resp:
+                status = resp.status
+                body = await resp.text()
+    except aiohttp.ClientConnectorCertificateError as exc:
+        why = getattr(exc.certificate_error, "verify_message", None) or str(exc.certificate_error)
+        return Result("hub", False, f"{http}: its certificate is not trusted ({why})",
+                      "--ca-file FILE with the hub's certificate or its CA (ca_file in the "
+                      "config; for 'serve --self-signed' the certificate it printed), "
+                      "or --insecure to skip the check (not on the internet)"), None
+    except aiohttp.ClientSSLError as exc:
+        return Result("hub", False, f"{http}: TLS failed ({_reason(exc.os_error)})",
+                      "is it an https hub? (http:// for a hub without --cert/--self-signed)"
+                      ), None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        why = _reason(getattr(exc, "os_error", exc))
+        fix = "is the hub running (softphone serve) and is --server right? (server in " \
+            "the config; softphone config shows where it came from)"
+        if isinstance(exc, TimeoutError) and http.startswith("https:"):
+            fix += "; a hub without TLS is http://"
+        return Result("hub", False, f"cannot reach {http}: {why}", fix), None
+    if status != 200:
+        return Result("hub", True, f"{http} answers, but /healthz gives HTTP {status} "
+                      "(an original hub, without /healthz?)", needed=False), None
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    if not isinstance(health, dict):
+        return Result("hub", True, f"{http} answers; /healthz is not JSON (not a softphone "
+                      "hub?)", needed=False), None
+    clients = health.get("clients")
+    detail = f"{http} answers: status {health.get('status')}" + (
+        f", {clients} client{'s' * (clients != 1)} here" if isinstance(clients, int) else "")
+    if health.get("status") == "degraded":
+        return Result("hub", True, detail, "this node lost its Redis: clients on other nodes "
+                      "are offline to us until it is back (docs/scale-out.md)",
+                      data=health), health
+    return Result("hub", True, detail, data=health), health
+
+
+def check_version(health: dict[str, Any] | None) -> Result:
+    """The hub's version, when its /healthz reports one, against ours."""
+    theirs = (health or {}).get("version")
+    if not isinstance(theirs, str):
+        return Result("version", True, f"the hub does not report its version (ours: "
+                      f"{__version__}); signaling below checks that it speaks the protocol",
+                      needed=False)
+    same = theirs.split(".")[:2] == __version__.split(".")[:2]
+    detail = f"hub {theirs}, this softphone {__version__}"
+    return Result("version", True, detail, "" if same else
+                  "different releases: the protocol is kept compatible, but upgrade the "
+                  "older side when you can", needed=False, data={"hub": theirs})
+
+
+async def check_certificate(host: str, port: int, tls: ssl.SSLContext | None,
+                            wait: float, now: float) -> Result:
+    """The hub's certificate: trusted as a phone would trust it, its names and expiry."""
+    from cryptography import x509
+
+    relaxed = ssl.create_default_context()
+    relaxed.check_hostname = False
+    relaxed.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(wait):
+            _, writer = await asyncio.open_connection(host, port, ssl=relaxed,
+                                                      server_hostname=host)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    except (TimeoutError, OSError) as exc:
+        return Result("tls", False, f"no TLS handshake with {host}:{port}: {_reason(exc)}",
+                      "is it an https hub? (http:// for a hub without --cert/--self-signed)")
+    cert = x509.load_der_x509_certificate(der)
+    expires = cert.not_valid_after_utc.timestamp()
+    try:
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+        shown = [str(n.value) for n in names][:4]
+    except x509.ExtensionNotFound:
+        shown = [cert.subject.rfc4514_string()]
+    issuer = cert.issuer.rfc4514_string()
+    self_signed = cert.issuer == cert.subject
+    data = {"names": shown, "expires": int(expires), "issuer": issuer,
+            "self_signed": self_signed}
+    about = (f"certificate for {', '.join(shown)}, "
+             f"{'self-signed' if self_signed else 'issued by ' + issuer}, ")
+    if expires < now:
+        return Result("tls", False, about + f"expired {_span(now - expires)} ago "
+                      f"({_when(expires)})", "renew it on the hub (--cert/--key), or restart "
+                      "'serve --self-signed'", data=data)
+    about += f"valid until {_when(expires)} ({_span(expires - now)} left)"
+    try:
+        async with asyncio.timeout(wait):
+            _, writer = await asyncio.open_connection(
+                host, port, ssl=tls or ssl.create_default_context(), server_hostname=host)
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    except ssl.SSLCertVerificationError as exc:
+        return Result("tls", False, f"{about}; not trusted: {exc.verify_message}",
+                      "--ca-file FILE with this certificate or its CA (ca_file in the "
+                      "config), or --insecure to skip the check (not on the internet)",
+                      data=data)
+    except (TimeoutError, OSError) as exc:
+        return Result("tls", False, f"{about}; handshake failed: {_reason(exc)}", data=data)
+    checked = "not checked (--insecure)" if tls is not None and \
+        tls.verify_mode == ssl.CERT_NONE else "trusted"
+    if expires - now < CERT_SOON:
+        return Result("tls", True, f"{about}, {checked}", "it expires soon: renew it",
+                      data=data)
+    return Result("tls", True, f"{about}, {checked}", data=data)
+
+
+# -------------------------------------------------------- signaling ---
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one WebSocket sign-in got."""
+
+    #: Signed in (the hub answered our message, or said nothing).
+    accepted: bool
+    #: The hub's error code (``unauthorized`` ...) or "" and its message.
+    code: str = ""
+    message: str = ""
+    #: The message to an offline id was answered with ``offline``.
+    routed: bool = False
+    #: The upgrade was refused with this HTTP status.
+    http_status: int | None = None
+    #: The connection failed before that.
+    failure: str = ""
+
+
+async def probe_signaling(session: aiohttp.ClientSession, ws_base: str, client_id: str,
+                          token: str | None, tls: ssl.SSLContext | bool,
+                          wait: float) -> Probe:
+    """Sign in as ``client_id``, send a ``hangup`` to a made-up id, see what comes back."""
+    url = f"{ws_base}/ws?id={quote(client_id, safe='')}"
+    if token:
+        url += f"&token={quote(token, safe='')}"
+    try:
+        async with asyncio.timeout(wait):
+            ws = await session.ws_connect(url, ssl=tls, autoping=True)
+    except aiohttp.WSServerHandshakeError as exc:
+        return Probe(False, http_status=exc.status, failure=f"HTTP {exc.status}")
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return Probe(False, failure=_reason(getattr(exc, "os_error", exc)))
+    nobody = f"doctor-{secrets.token_hex(6)}"
+    try:
+        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+            await ws.send_str(json.dumps({"type": "hangup", "to": nobody,
+                                          "data": {"reason": "doctor"}}))
+        try:
+            async with asyncio.timeout(wait):
+                async for frame in ws:
+                    if frame.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    try:
+                        message = json.loads(frame.data)
+                        data = message.get("data") or {}
+                        code, text = str(data.get("code", "")), str(data.get("message", ""))
+                    except (ValueError, AttributeError):
+                        continue
+                    if message.get("type") != "error":
+                        continue
+                    if code == "offline":
+                        return Probe(True, routed=True)
+                    return Probe(False, code, text)
+        except TimeoutError:
+            return Probe(True)  # signed in; a hub that drops messages to offline ids
+        return Probe(False, "closed", f"the hub closed the connection (code {ws.close_code})")
+    finally:
+        await ws.close()
+
+
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The token's claims, read without checking its signature (None: not a JWT)."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.InvalidTokenError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _token_facts(token: str, client_id: str | None, now: float) -> tuple[str, str, bool]:
+    """What the token says (detail), a fix, and whether it is unusable."""
+    claims = token_claims(token)
+    if claims is None:
+        return "the token is not a JWT", "copy the whole token (softphone token prints one)", \
+            True
+    sub, exp = claims.get("sub"), claims.get("exp")
+    if client_id is not None and sub != client_id:
+        return f"the token is for {sub!r}, not {client_id!r}", \
+            f"get a token for {client_id} (softphone token --as {client_id})", True
+    if not isinstance(exp, int | float):
+        return "the token has no expiry", "", False
+    if exp < now:
+        return f"the token expired {_span(now - exp)} ago ({_when(exp)})", \
+            f"get a new one: softphone token --as {sub} on the hub", True
+    fix = "it expires soon: get a new one" if exp - now < SOON else ""
+    return f"expires {_when(exp)} ({_span(exp - now)} left)", fix, False
+
+
+async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
+                          target: DoctorTarget, tls: ssl.SSLContext | bool,
+                          now: float) -> list[Result]:
+    """Whether the hub needs a token, and whether ours is accepted."""
+    probe_id = f"doctor-{secrets.token_hex(4)}"
+    anonymous = await probe_signaling(session, ws_base, probe_id, None, tls, target.timeout)
+    token = target.token
+    if anonymous.http_status is not None:
+        return [Result("signaling", False, f"{ws_base}/ws answers HTTP "
+                       f"{anonymous.http_status}, not a WebSocket: not a softphone hub?",
+                       "check --server: the hub's base URL, e.g. http://host:8080")]
+    if anonymous.failure:
+        return [Result("signaling", False, f"WebSocket to {ws_base}/ws failed: "
+                       f"{anonymous.failure}", "is a proxy in front of the hub passing "
+                       "WebSocket upgrades on?")]
+    if anonymous.accepted:
+        routed = ("a message to an offline id was answered 'offline'" if anonymous.routed
+                  else "no answer to a message for an offline id (an original hub?)")
+        results = [Result("signaling", True, f"signed in as {probe_id}: {routed}"),
+                   Result("auth", True, "the hub is open: no token needed",
+                          data={"auth": "open"})]
+        if token:
+            results.append(Result("token", True, "not needed by this hub", needed=False))
+        return results
+    if anonymous.code != "unauthorized":
+        return [Result("signaling", False, f"the hub refused a connection: {anonymous.code}: "
+                       f"{anonymous.message}", "try again later; if it stays, tell the "
+                       "hub's operator")]
+    results = [Result("signaling", True, "the WebSocket handshake works"),
+               Result("auth", True, "the hub needs a token", data={"auth": "token"})]
+    if target.client_id is None:
+        results.append(Result("token", False, "no id set: the hub needs an id and its token",
+                              "softphone config set id NAME (or --as NAME)"))
+        return results
+    if not token:
+        results.append(Result("token", False, "no token set, and this hub needs one",
+                              f"ask the hub's operator for one (softphone token --as "
+                              f"{target.client_id}), then softphone config set token_file "
+                              "FILE (or --token)"))
+        return results
+    facts, fix, unusable = _token_facts(token, target.client_id, now)
+    if not target.register:
+        return [*results, Result("token", not unusable, f"{facts}; not tried on the hub",
+                                 fix, data={"checked": False})]
+    signed_in = await probe_signaling(session, ws_base, target.client_id, token, tls,
+                                      target.timeout)
+    if signed_in.accepted:
+        return [*results, Result("token", True, f"accepted: signed in as {target.client_id}; "
+                                 f"{facts}", fix, data={"checked": True})]
+    why = signed_in.message or signed_in.failure or signed_in.code
+    return [*results, Result("token", False, f"refused by the hub: {why}; the token: {facts}",
+                             fix if unusable else f"get a new token for {target.client_id} "
+                             "from the hub's operator (signed with the hub's secret)")]
+
+
+# ----------------------------------------------------- /ice-servers ---
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _turn_expiry(username: str) -> float | None:
+    head = username.split(":", 1)[0]
+    return float(head) if head.isdigit() else None
+
+
+async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: DoctorTarget,
+                            tls: ssl.SSLContext | bool, now: float
+                            ) -> tuple[Result, list[dict[str, Any]]]:
+    """The STUN/TURN servers a call would use: the settings', else the hub's."""
+    if target.ice_servers:
+        servers: list[dict[str, Any]] = [{"urls": url} for url in target.ice_servers
+                                         if url != "none"]
+        for entry in servers:
+            if entry["urls"].startswith("turn") and target.ice_username is not None:
+                entry.update(username=target.ice_username, credential=target.ice_credential)
+        listed = ", ".join(target.ice_servers)
+        return Result("ice-servers", True, f"from the settings (ice.servers): {listed}",
+                      needed=False), servers
+    params = {"id": target.client_id or "doctor"}
+    headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+    try:
+        async with asyncio.timeout(target.timeout):
+            async with session.get(f"{http}/ice-servers", params=params, headers=headers,
+                                   ssl=tls) as resp:
+                status = resp.status
+                body = await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        return Result("ice-servers", False, f"cannot get {http}/ice-servers: "
+                      f"{_reason(exc)}", "calls ask the hub for it: check the hub, or set "
+                      "ice.servers"), []
+    if status == 401:
+        message = body.get("message", "") if isinstance(body, dict) else ""
+        return Result("ice-servers", False, f"the hub gives TURN credentials only with a "
+                      f"valid token: {message}", "set a valid token (see the token line)"), []
+    raw = body.get("iceServers") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(raw, list):
+        return Result("ice-servers", False, f"{http}/ice-servers answered HTTP {status} "
+                      "without an iceServers list", "set ice.servers instead"), []
+    servers = [s for s in raw if isinstance(s, dict)]
+    urls = [u for entry in servers for u in _as_list(entry.get("urls")) if isinstance(u, str)]
+    if not urls:
+        return Result("ice-servers", True, "the hub hands out no STUN/TURN servers: calls "
+                      "connect only within one network", "the hub's operator can add "
+                      "them (serve --ice-server, --turn)"), servers
+    detail = ", ".join(urls)
+    expiries = [e for s in servers if isinstance(s.get("username"), str)
+                for e in [_turn_expiry(s["username"])] if e is not None]
+    if expiries:
+        detail += f" (TURN credentials for {_span(min(expiries) - now)})"
+    return Result("ice-servers", True, detail, data={"urls": urls}), servers
+
+
+# ----------------------------------------------------------- verdict ---
+
+
+async def network_checks(target: DoctorTarget, now: float) -> list[Result]:
+    """Every network check, in order; later ones are skipped when the hub is not there."""
+    from softphone.cli.doctor_ice import ice_checks
+    from softphone.client.signaling import HubAddress
+    from softphone.hub.tls import TLSConfigError, client_context
+
+    try:
+        address = HubAddress.parse(target.server)
+    except ValueError as exc:
+        return [Result("hub", False, str(exc), "softphone config set server URL")]
+    try:
+        context = client_context(target.ca_file, target.insecure)
+    except TLSConfigError as exc:
+        return [Result("tls", False, str(exc), "fix ca_file / --ca-file")]
+    tls: ssl.SSLContext | bool = context if context is not None else True
+    https = address.http.startswith("https")
+    results: list[Result] = []
+    limits = aiohttp.ClientTimeout(total=None, sock_connect=target.timeout)
+    async with aiohttp.ClientSession(timeout=limits) as session:
+        hub, health = await check_hub(session, address.http, tls, target.timeout)
+        results.append(hub)
+        if https:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(address.http)
+            results.append(await check_certificate(parts.hostname or "", parts.port or 443,
+                                                   context, target.timeout, now))
+        servers: list[dict[str, Any]] = []
+        if hub.ok:
+            results.append(check_version(health))
+            results += await check_signaling(session, address.ws, target, tls, now)
+            listed, servers = await check_ice_servers(session, address.http, target, tls, now)
+            results.append(listed)
+        elif target.ice_servers:
+            listed, servers = await check_ice_servers(session, address.http, target, tls, now)
+            results.append(listed)
+    if hub.ok or target.ice_servers:  # (else: which servers a call would get is unknown)
+        results += await ice_checks(servers, target.relay_only, target.timeout)
+    return results
