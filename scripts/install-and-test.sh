@@ -25,4 +25,6 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"
+# (tests/test_packaging.py builds the wheel, installs it into a clean venv and runs
+# `softphone demo` from it in an empty folder: the wheel check, about a minute.)
 .venv/bin/python -m pytest "$@"
