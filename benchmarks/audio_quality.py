@@ -77,6 +77,9 @@ class TimedCapture:
         self.times.append(time.monotonic())
         self.frames.append(samples.copy())
 
+    def close(self) -> None:
+        """Nothing to close (a sink has write and close)."""
+
     def audio(self) -> np.ndarray:
         return np.concatenate(self.frames) if self.frames else np.zeros(0, np.int16)
 

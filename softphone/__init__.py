@@ -8,7 +8,9 @@ The Python API in a nutshell::
         call = await phone.dial("bob", source=ToneSource(440))
         result = await call.ended()
 
-See ``examples/`` for bots built on it.
+A call sends one source, hands what it hears to its sinks, and plays it on
+its ``output`` (``SpeakerDriver()``); ``media=MediaConfig(...)`` gives one call
+its own settings (bitrate, redundancy). See ``examples/`` for bots built on it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from softphone.core.callstate import EXIT_CODES, CallState, CallTimeouts, Outcome, Role
+from softphone.core.callstate import (
+    EXIT_CODES,
+    CallState,
+    CallTimeouts,
+    ExitCode,
+    Outcome,
+    Role,
+)
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
-    from softphone.client.phone import Call, CallEnded, CallResult, Phone
+    from softphone.client.call import Call, CallEnded, CallResult
+    from softphone.client.phone import Phone
     from softphone.client.signaling import HubUnreachable
     from softphone.hub.server import Hub, HubConfig
+    from softphone.media.audiopath import CallAudio, MediaConfig
+    from softphone.media.devices import MicSource, SpeakerDriver
+    from softphone.media.opus import EncoderSettings
     from softphone.media.tracks import (
         AudioReceiver,
         CaptureSink,
@@ -36,9 +49,12 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
 #: hub) does not load aiortc, PyAV and numpy, which only calls need.
 _LAZY = {
     "Hub": "hub.server", "HubConfig": "hub.server",
-    "Call": "client.phone", "CallEnded": "client.phone", "CallResult": "client.phone",
+    "Call": "client.call", "CallEnded": "client.call", "CallResult": "client.call",
     "Phone": "client.phone",
     "HubUnreachable": "client.signaling",
+    "CallAudio": "media.audiopath", "MediaConfig": "media.audiopath",
+    "EncoderSettings": "media.opus",
+    "MicSource": "media.devices", "SpeakerDriver": "media.devices",
     "AudioReceiver": "media.tracks", "CaptureSink": "media.tracks",
     "EchoSource": "media.tracks", "FileSource": "media.tracks",
     "RecorderSink": "media.tracks", "SilenceSource": "media.tracks",
@@ -61,21 +77,27 @@ __all__ = [
     "EXIT_CODES",
     "AudioReceiver",
     "Call",
+    "CallAudio",
     "CallEnded",
     "CallResult",
     "CallState",
     "CallTimeouts",
     "CaptureSink",
     "EchoSource",
+    "EncoderSettings",
+    "ExitCode",
     "FileSource",
     "Hub",
     "HubConfig",
     "HubUnreachable",
+    "MediaConfig",
+    "MicSource",
     "Outcome",
     "Phone",
     "RecorderSink",
     "Role",
     "SilenceSource",
+    "SpeakerDriver",
     "ToneSource",
     "__version__",
 ]

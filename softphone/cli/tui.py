@@ -10,7 +10,8 @@ read from the keyboard. Terminal handling is prompt_toolkit's (raw mode,
 key parsing, cursor and erase sequences), not escape codes of our own.
 
 This module also turns ``--input``/``--output``/``--no-audio`` into devices
-for the CLI (:func:`open_mic`, :func:`open_speaker`).
+for the CLI (:func:`open_mic`, :func:`open_speaker`). It reads a call only
+through its public API (:class:`softphone.client.call.Call`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from softphone._tasks import spawn
 from softphone.core.errors import MissingDependency
 
+if TYPE_CHECKING:
+    from softphone.client.call import Call
+    from softphone.media.devices import MicSource, SpeakerDriver
+    from softphone.media.rtc import MediaStats
+
 log = logging.getLogger(__name__)
+_Device = TypeVar("_Device")
 
 #: Seconds between two plain status lines when the output is not a terminal.
 PLAIN_EVERY = 5.0
@@ -48,32 +55,35 @@ class Sayer(Protocol):
 # ---------------------------------------------------------------- devices ---
 
 
-def open_mic(spec: str | None, *, required: bool) -> tuple[Any, str | None]:
+def open_mic(spec: str | None, *, required: bool) -> tuple[MicSource | None, str | None]:
     """The microphone for ``--input`` (None: default), or (None, why) if optional and missing.
 
     With ``required`` (the user named a device) errors propagate:
     :class:`MissingDependency` or :class:`softphone.media.devices.DeviceError`.
     """
-    from softphone.media.devices import DeviceError, MicSource
+    from softphone.media.devices import MicSource
+
+    return _open(MicSource, spec, required, "sending silence")
+
+
+def open_speaker(spec: str | None, *, required: bool
+                 ) -> tuple[SpeakerDriver | None, str | None]:
+    """The speaker for ``--output`` (a call's output); like :func:`open_mic`."""
+    from softphone.media.devices import SpeakerDriver
+
+    return _open(SpeakerDriver, spec, required, "not playing what you hear")
+
+
+def _open(device: Callable[[str | None], _Device], spec: str | None, required: bool,
+          instead: str) -> tuple[_Device | None, str | None]:
+    from softphone.media.devices import DeviceError
 
     try:
-        return MicSource(spec), None
+        return device(spec), None
     except (MissingDependency, DeviceError) as exc:
         if required:
             raise
-        return None, f"{_short(exc)}: sending silence"
-
-
-def open_speaker(spec: str | None, *, required: bool) -> tuple[Any, str | None]:
-    """The speaker for ``--output``; like :func:`open_mic`."""
-    from softphone.media.devices import DeviceError, SpeakerDriver
-
-    try:
-        return SpeakerDriver(spec), None
-    except (MissingDependency, DeviceError) as exc:
-        if required:
-            raise
-        return None, f"{_short(exc)}: not playing what you hear"
+        return None, f"{_short(exc)}: {instead}"
 
 
 def _short(exc: Exception) -> str:
@@ -101,7 +111,8 @@ def clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def status_text(*, state: str, seconds: float, codec: str, stats: Any, mic_dbfs: float,
+def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | None,
+                mic_dbfs: float,
                 speaker_dbfs: float, muted: bool, keys: bool) -> str:
     """The status line (pure: figures in, text out)."""
     def ms(x: float | None) -> str:
@@ -194,7 +205,7 @@ class Line:
 class CallScreen:
     """The status line and keys of one call (see the module docstring)."""
 
-    def __init__(self, call: Any, out: Sayer, stream: Any,
+    def __init__(self, call: Call, out: Sayer, stream: Any,
                  interactive: bool | None = None) -> None:
         self.call = call
         self.out = out
@@ -203,16 +214,13 @@ class CallScreen:
         self.line: Line | None = None
         self.keys: Keys | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stats: Any = None
+        self._stats: MediaStats | None = None
         self._codec = "?"
-        self.muted = False
 
     # life --------------------------------------------------------------------
 
     def start(self) -> None:
-        for device in (self.call.source, getattr(self.call.receiver, "driver", None)):
-            if device is not None and hasattr(device, "on_lost"):
-                device.on_lost = self._device_lost
+        self.call.on_event(self._on_call_event)
         if self.interactive:
             try:
                 self.line = Line(self.stream)
@@ -243,16 +251,16 @@ class CallScreen:
 
     # events ------------------------------------------------------------------
 
-    def _device_lost(self, message: str) -> None:
-        self.out.event({"event": "device-lost", "peer": self.call.peer, "message": message})
-        self.out.say(message)
+    def _on_call_event(self, event: dict[str, Any]) -> None:
+        # (The call's own listeners print the JSON event; this says it to the user.)
+        if event.get("event") == "device-lost":
+            self.out.say(str(event["message"]))
 
     def _on_key(self, key: str) -> None:
         if key in ("m", "M"):
-            self.muted = not self.muted
-            self.call.mute(self.muted)
-            self.out.event({"event": "muted" if self.muted else "unmuted",
-                            "peer": self.call.peer})
+            muted = not self.call.muted
+            self.call.mute(muted)
+            self.out.event({"event": "muted" if muted else "unmuted", "peer": self.call.peer})
             self._redraw()
         elif key in ("h", "H", "c-c", "c-d"):
             spawn(self.call.hangup("hangup"), name="hangup-key")
@@ -260,18 +268,11 @@ class CallScreen:
     # drawing -----------------------------------------------------------------
 
     def text(self) -> str:
-        machine = self.call.machine
-        connected_at = getattr(machine, "connected_at", None)
-        seconds = time.monotonic() - connected_at if connected_at is not None else 0.0
-        source = self.call.source
-        receiver = self.call.receiver
-        driver = getattr(receiver, "driver", None)
-        speaker: float = getattr(driver if driver is not None else receiver, "level_dbfs",
-                                 float("-inf"))
-        return status_text(state=str(self.call.state), seconds=seconds, codec=self._codec,
-                           stats=self._stats,
-                           mic_dbfs=getattr(source, "level_dbfs", float("-inf")),
-                           speaker_dbfs=speaker, muted=self.muted, keys=self.line is not None)
+        call = self.call
+        return status_text(state=str(call.state), seconds=call.talk_seconds, codec=self._codec,
+                           stats=self._stats, mic_dbfs=call.mic_dbfs,
+                           speaker_dbfs=call.speaker_dbfs, muted=call.muted,
+                           keys=self.line is not None)
 
     def _redraw(self) -> None:
         if self.line is not None:
@@ -281,9 +282,9 @@ class CallScreen:
         last_stats = last_plain = 0.0
         while True:
             now = time.monotonic()
-            if self._codec == "?" and self.call.media is not None:
-                self._codec = self.call.media.codec or "?"
-            if now - last_stats >= 1.0 and not self.call.machine.is_ended:
+            if self._codec == "?":
+                self._codec = self.call.codec or "?"
+            if now - last_stats >= 1.0 and not self.call.is_ended:
                 last_stats = now
                 with contextlib.suppress(Exception):
                     self._stats = await self.call.stats()
@@ -295,9 +296,9 @@ class CallScreen:
             await asyncio.sleep(REDRAW_EVERY)
 
 
-async def ask_key(call: Any, out: Sayer) -> bool | None:
+async def ask_key(call: Call, out: Sayer) -> bool | None:
     """Ask accept/reject with one key; None if the caller gave up first."""
-    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def on_key(key: str) -> None:
         if answer.done():
@@ -310,7 +311,7 @@ async def ask_key(call: Any, out: Sayer) -> bool | None:
     out.say(f"incoming call from {call.peer}: [a]ccept or [r]eject?")
     keys = Keys(on_key)
     keys.start()
-    ended = asyncio.ensure_future(call.ended())
+    ended: asyncio.Future[Any] = asyncio.ensure_future(call.ended())
     try:
         await asyncio.wait({answer, ended}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -318,6 +319,6 @@ async def ask_key(call: Any, out: Sayer) -> bool | None:
         ended.cancel()
     if answer.done():
         out.say("accepted" if answer.result() else "rejected")
-        return answer.result()
+        return bool(answer.result())
     answer.cancel()
     return None

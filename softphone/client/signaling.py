@@ -135,8 +135,7 @@ class HubClient:
             except ProtocolError as exc:
                 log.warning("ignoring a frame from the hub: %s", exc)
         if ws.close_code not in (None, 1000):
-            reason = ws.extra.get("close_reason") if hasattr(ws, "extra") else None
-            log.info("hub closed the connection: code %s %s", ws.close_code, reason or "")
+            log.info("hub closed the connection: code %s", ws.close_code)
 
     @property
     def close_code(self) -> int | None:

@@ -2,20 +2,24 @@
 
 aiortc offers no public seam for these, so they are replaced here, in one
 module, against the pinned versions in ``pyproject.toml``.
-``tests/test_aiortc_seams.py`` fails loudly if the internals change.
+``tests/media/test_aiortc_seams.py`` fails loudly if the internals change.
 
 1. ICE gathering timeout. aioice waits up to 5 s for a STUN/TURN server to
    answer while gathering (inside ``setLocalDescription``), so a dead STUN
    server (any public one, on a machine without internet) made each side of
-   a call stall 5 s. We cap it at :data:`gather_timeout` (1 s by default).
+   a call stall 5 s. We cap it at :data:`DEFAULT_GATHER_TIMEOUT` (1 s), or
+   at what :func:`limit_gathering` set for that peer connection.
 2. The voice encoder. aiortc's Opus encoder is fixed at 96 kbit/s stereo
-   without FEC; :func:`install_voice_codec` makes its senders use ours
-   (:class:`softphone.media.opus.OpusEncoder`: mono voice, in-band FEC) and adds
-   ``useinbandfec=1;minptime=10`` to the Opus fmtp we offer and answer.
-   It also teaches aiortc ``red/48000/2`` (redundant audio, RFC 2198, as
-   browsers have it): a codec entry, an encoder (:class:`softphone.media.voice.RedVoiceEncoder`),
-   and an answer whose RED fmtp names the Opus payload type actually agreed
-   (aiortc would copy ours). :func:`prefer_red` puts it first in an offer.
+   without FEC, and aiortc makes a sender's encoder from the codec alone,
+   when sending starts. :func:`encode_with` gives one sender the encoder its
+   call asks for (:class:`softphone.media.voice.VoiceEncoder`: mono voice,
+   in-band FEC, the call's bitrate): settings travel with the sender, so two
+   calls in one process each send with their own. :func:`install_voice_codec`
+   adds ``useinbandfec=1;minptime=10`` to the Opus fmtp we offer and answer,
+   and teaches aiortc ``red/48000/2`` (redundant audio, RFC 2198, as
+   browsers have it): a codec entry, and an answer whose RED fmtp names the
+   Opus payload type actually agreed (aiortc would copy ours).
+   :func:`prefer_red` puts it first in an offer.
 3. The receive path. aiortc puts audio packets in a fixed 4-packet jitter
    buffer and decodes them without concealment or FEC;
    :func:`tap_receiver` takes each audio packet from an
@@ -48,9 +52,9 @@ import aioice.ice
 import aiortc
 import aiortc.codecs
 import aiortc.rtcpeerconnection
-import aiortc.rtcrtpsender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
 
 from softphone.media.netsim import Impairment
 
@@ -60,8 +64,10 @@ log = logging.getLogger(__name__)
 AIORTC_VERSION: Final = "1.16.0"
 AIOICE_VERSION: Final = "0.13.0"
 
-#: Seconds aioice may wait for STUN/TURN servers while gathering candidates.
-gather_timeout: float = 1.0
+#: Seconds aioice may wait for STUN/TURN servers while gathering candidates,
+#: unless :func:`limit_gathering` says otherwise for a peer connection.
+DEFAULT_GATHER_TIMEOUT: Final = 1.0
+_GATHER_TIMEOUT_ATTR: Final = "_softphone_gather_timeout"
 
 _installed = False
 _original_get_component_candidates: Any = None
@@ -84,8 +90,12 @@ def check() -> None:
     if list(params) != ["self", "component", "addresses", "timeout"] or \
             params["timeout"].default != 5:
         raise SeamMismatch("aioice Connection.get_component_candidates changed signature")
-    if not callable(getattr(aiortc.rtcrtpsender, "get_encoder", None)):
-        raise SeamMismatch("aiortc.rtcrtpsender no longer imports get_encoder")
+    send = inspect.getsource(RTCRtpSender.send)
+    next_frame = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    if "self._run_rtp(parameters.codecs[0])" not in send or \
+            "if self.__encoder is None:" not in next_frame or \
+            "self.__encoder.encode" not in next_frame:
+        raise SeamMismatch("aiortc's RTCRtpSender no longer makes its encoder when sending")
     opus = aiortc.codecs.CODECS["audio"][0]
     if opus.mimeType != "audio/opus" or not isinstance(opus.parameters, dict):
         raise SeamMismatch("aiortc's first audio codec is no longer Opus")
@@ -118,67 +128,81 @@ def install() -> None:
     async def get_component_candidates(self: Any, component: int, addresses: list[str],
                                        timeout: int = 5) -> Any:  # noqa: ASYNC109
         token = _gathering.set(self)  # for the TURN error seam (5.)
+        limit = getattr(self, _GATHER_TIMEOUT_ATTR, DEFAULT_GATHER_TIMEOUT)
         try:
             return await original(self, component=component, addresses=addresses,
-                                  timeout=min(timeout, gather_timeout))  # type: ignore[arg-type]
+                                  timeout=min(timeout, limit))  # type: ignore[arg-type]
         finally:
             _gathering.reset(token)
 
     aioice.ice.Connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
     _install_turn_errors()
     _installed = True
-    log.debug("aiortc seams installed (gather timeout %.1fs)", gather_timeout)
+    log.debug("aiortc seams installed (gather timeout %.1fs unless set per connection)",
+              DEFAULT_GATHER_TIMEOUT)
+
+
+def limit_gathering(pc: Any, seconds: float) -> None:
+    """Let ``pc``'s ICE gathering wait at most ``seconds`` for each STUN/TURN server.
+
+    For a peer connection whose transceivers are added (its gatherers exist).
+    """
+    if seconds <= 0:
+        raise ValueError("the gathering timeout must be > 0 seconds")
+    for transceiver in pc.getTransceivers():
+        gatherer = transceiver.sender.transport.transport.iceGatherer
+        setattr(gatherer._connection, _GATHER_TIMEOUT_ATTR, seconds)
 
 
 # -- 2. the voice encoder ----------------------------------------------------
-
-_original_get_encoder: Any = None
-#: Settings for the encoders created from now on (see install_voice_codec).
-voice_settings: Any = None
-
 
 #: The payload type we offer RED with (Chrome's choice too).
 RED_PAYLOAD_TYPE: Final = 63
 _original_find_common_codecs: Any = None
 
+#: Makes the encoder for the codec a sender starts with (None: aiortc's own).
+EncoderFactory = Callable[[RTCRtpCodecParameters], Any]
 
-def install_voice_codec(settings: Any = None) -> None:
-    """Make aiortc's senders encode Opus with :class:`softphone.media.opus.OpusEncoder`."""
-    global _original_get_encoder, _original_find_common_codecs, voice_settings
-    from softphone.media.opus import EncoderSettings
+
+def install_voice_codec() -> None:
+    """Add our Opus fmtp and the RED codec to what aiortc offers and answers (idempotent)."""
+    global _original_find_common_codecs
 
     install()
-    voice_settings = settings or EncoderSettings()
     audio = aiortc.codecs.CODECS["audio"]
     opus = audio[0]
     opus.parameters.update({"minptime": 10, "useinbandfec": 1})
-    if _original_get_encoder is not None:
+    if _original_find_common_codecs is not None:
         return
     # Last in the list: an offer made without prefer_red() still leads with Opus.
     audio.append(RTCRtpCodecParameters(
         mimeType="audio/red", clockRate=48000, channels=2, payloadType=RED_PAYLOAD_TYPE,
         parameters={f"{opus.payloadType}/{opus.payloadType}": None}))
-    _original_get_encoder = getattr(aiortc.rtcrtpsender, "get_encoder")  # noqa: B009
     _original_find_common_codecs = aiortc.rtcpeerconnection.find_common_codecs
-
-    def get_encoder(codec: Any) -> Any:
-        mime = codec.mimeType.lower()
-        if mime == "audio/opus":
-            from softphone.media.voice import VoiceEncoder
-
-            return VoiceEncoder(voice_settings)
-        if mime == "audio/red":
-            from softphone.media.red import primary_payload_type
-            from softphone.media.voice import RedVoiceEncoder
-
-            pt = primary_payload_type(codec.parameters)
-            if pt is None:
-                raise ValueError(f"RED without a block payload type: {codec.parameters}")
-            return RedVoiceEncoder(voice_settings, pt)
-        return _original_get_encoder(codec)
-
-    setattr(aiortc.rtcrtpsender, "get_encoder", get_encoder)  # noqa: B010
     aiortc.rtcpeerconnection.find_common_codecs = _find_common_codecs
+
+
+def encode_with(sender: RTCRtpSender, make_encoder: EncoderFactory) -> None:
+    """Make ``sender`` encode with ``make_encoder(codec)`` for the codec it starts sending.
+
+    aiortc makes a sender's encoder from the codec alone when the first frame
+    is sent; the encoder given here, made when the sender starts (the codec
+    is agreed then), is used instead. ``make_encoder`` returning None leaves
+    aiortc's own encoder.
+    """
+    original = sender.send
+    started = False
+
+    async def send(parameters: Any) -> None:
+        nonlocal started
+        if not started and parameters.codecs:
+            started = True
+            encoder = make_encoder(parameters.codecs[0])
+            if encoder is not None:
+                sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]
+        await original(parameters)
+
+    sender.send = send  # type: ignore[method-assign]
 
 
 #: Whether the description being applied may agree on RED: only our own
@@ -272,6 +296,7 @@ def impair_receiver(receiver: RTCRtpReceiver, impairment: Impairment) -> None:
     if not impairment.active:
         return
     original = receiver._handle_rtp_packet
+    pending: set[asyncio.Task[None]] = set()  # delayed packets on their way
 
     async def handle(packet: Any, arrival_time_ms: int) -> None:
         delay = impairment.decide()
@@ -284,15 +309,12 @@ def impair_receiver(receiver: RTCRtpReceiver, impairment: Impairment) -> None:
 
         def deliver() -> None:
             task = loop.create_task(original(packet, arrival_time_ms + int(delay * 1000)))
-            _pending.add(task)
-            task.add_done_callback(_pending.discard)
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
         loop.call_later(delay, deliver)
 
     receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
-
-
-_pending: set[asyncio.Task[None]] = set()
 
 
 # -- 5. TURN allocation errors ----------------------------------------------------

@@ -7,16 +7,17 @@
   before the call starts sending is thrown away, and at most
   ``max_backlog`` seconds ever wait, so the call never lags behind the
   microphone.
-- :class:`SpeakerDriver`: plays received audio. Its output callback *pulls*
-  the next 20 ms from the call's playout buffer
-  (:meth:`softphone.media.tracks.AudioReceiver.start_playout`): the speaker is the
+- :class:`SpeakerDriver`: plays received audio, as a call's output
+  (``call.accept(source, sinks, output=SpeakerDriver())``). Its output
+  callback *pulls* the next 20 ms from the call's playout buffer
+  (:meth:`softphone.media.tracks.AudioReceiver.play`): the speaker is the
   clock and the playout is the only buffer before the device.
 
 Both resample when the device does not take 48 kHz, and both notice a
 device that stops mid-call (PortAudio's callbacks just stop when the audio
-server dies): ``on_lost`` is called with a one-line message on the event
-loop, the microphone then sends silence and the receiver goes back to its
-own clock; the call goes on.
+server dies): the call's audio path is told with a one-line message on the
+event loop (and ``on_lost``, if given), the microphone then sends silence
+and the receiver goes back to its own clock; the call goes on.
 
 sounddevice is imported lazily (:func:`load_sounddevice`): without the
 PortAudio library or without devices, callers get
@@ -27,11 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -39,16 +38,17 @@ from typing import Any, Literal
 
 import av
 import numpy as np
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from softphone.core.errors import MissingDependency
-from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, rms_dbfs
-from softphone.media.tracks import package_frame
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
+from softphone.media.pcm import Resampler as Resampler
+from softphone.media.pcm import SampleFifo
+from softphone.media.tracks import AudioSource, LostCallback, tell_lost
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["input", "output"]
-LostCallback = Callable[[str], None]
 
 #: What to do instead of the machine's devices (said in every device error).
 ALTERNATIVES = "--tone/--play to send, --record to keep what you hear, or --no-audio"
@@ -172,42 +172,22 @@ def _device_rate(sd: ModuleType, device: DeviceInfo, kind: Kind) -> int:
         return rate
 
 
-class Resampler:
-    """Mono int16 from one rate to another, streaming (PyAV/FFmpeg's swresample)."""
-
-    def __init__(self, rate_in: int, rate_out: int) -> None:
-        self.rate_in = rate_in
-        self._av = av.AudioResampler(format="s16", layout="mono", rate=rate_out)
-        self._pts = 0
-
-    def __call__(self, samples: Int16Array) -> Int16Array:
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.rate_in
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, self.rate_in)
-        self._pts += samples.size
-        parts = [f.to_ndarray().reshape(-1) for f in self._av.resample(frame)]
-        if not parts:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(parts).astype(np.int16, copy=False)
-
-
 class _Watched:
-    """Shared by mic and speaker: the device's name, its loss, who to tell."""
+    """Shared by mic and speaker: the device's name and its loss (told once)."""
 
     direction: Kind
 
-    def __init__(self, device: DeviceInfo, on_lost: LostCallback | None,
-                 stall_timeout: float) -> None:
+    def __init__(self, device: DeviceInfo, stall_timeout: float) -> None:
         self.device = device
-        self.on_lost = on_lost
         self.stall_timeout = stall_timeout
         self.lost: str | None = None
         self.last_callback = time.monotonic()
-        self.level_dbfs = float("-inf")
+
+    def _tell_lost(self, message: str) -> None:
+        raise NotImplementedError
 
     def _declare_lost(self, why: str) -> None:
-        """On the event loop: mark the device lost and tell ``on_lost`` once."""
+        """On the event loop: mark the device lost and tell whoever listens, once."""
         if self.lost is not None:
             return
         role = "microphone" if self.direction == "input" else "speaker"
@@ -216,11 +196,7 @@ class _Watched:
         self.lost = (f"{role} lost: {self.device.name} {why}; the call goes on, {effect} "
                      f"(check the device, or use {ALTERNATIVES})")
         log.warning("%s", self.lost)
-        if self.on_lost is not None:
-            try:
-                self.on_lost(self.lost)
-            except Exception:
-                log.exception("on_lost callback failed")
+        self._tell_lost(self.lost)
 
 
 def _open(sd: ModuleType, cls_name: str, device: DeviceInfo, **kw: Any) -> Any:
@@ -232,10 +208,9 @@ def _open(sd: ModuleType, cls_name: str, device: DeviceInfo, **kw: Any) -> Any:
     return stream
 
 
-class MicSource(MediaStreamTrack, _Watched):
+class MicSource(AudioSource, _Watched):
     """The microphone as the call's audio track, paced by the device clock."""
 
-    kind = "audio"
     direction: Kind = "input"
 
     def __init__(self, device: str | int | None = None, *, latency: str | float = DEFAULT_LATENCY,
@@ -243,22 +218,23 @@ class MicSource(MediaStreamTrack, _Watched):
                  on_lost: LostCallback | None = None) -> None:
         sd = load_sounddevice()
         info = find_device(device, "input")
-        MediaStreamTrack.__init__(self)
-        _Watched.__init__(self, info, on_lost, stall_timeout)
-        self.muted = False
+        AudioSource.__init__(self)
+        _Watched.__init__(self, info, stall_timeout)
+        if on_lost is not None:
+            self.add_lost_listener(on_lost)
         self.rate = _device_rate(sd, info, "input")
         self._resample = None if self.rate == SAMPLE_RATE else Resampler(self.rate, SAMPLE_RATE)
-        self._max_queued = int(max_backlog * self.rate) + 1
-        self._lock = threading.Lock()
-        self._blocks: deque[Int16Array] = deque()
-        self._queued = 0
-        self._pending = np.zeros(0, dtype=np.int16)
+        self._capture_lock = threading.Lock()
+        #: What PortAudio delivered (device rate), filled on its thread; at most
+        #: ``max_backlog`` seconds, the oldest giving way.
+        self._captured = SampleFifo(int(max_backlog * self.rate) + 1)
+        #: At 48 kHz, waiting to be sent in 20 ms frames (on the event loop).
+        self._pending = SampleFifo(SAMPLE_RATE // 4)
         self._window_min = 1 << 30
         self._window_frames = 0
         self._sending = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._send_loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
-        self._pts = 0
         self._silence_start: float | None = None
         #: Samples thrown away because the call did not take them in time.
         self.dropped = 0
@@ -273,45 +249,38 @@ class MicSource(MediaStreamTrack, _Watched):
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         self.last_callback = time.monotonic()
         self.callbacks += 1
-        loop = self._loop
+        loop = self._send_loop
         if not self._sending or loop is None:
             return  # before the call sends: discard, so it starts without a backlog
-        block = np.array(indata[:, 0], dtype=np.int16)
-        with self._lock:
-            self._blocks.append(block)
-            self._queued += block.size
-            while self._queued > self._max_queued and len(self._blocks) > 1:
-                old = self._blocks.popleft()
-                self._queued -= old.size
-                self.dropped += old.size
+        with self._capture_lock:
+            self.dropped += self._captured.push(indata[:, 0])
         with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
             loop.call_soon_threadsafe(self._wake.set)
 
     def _finished(self) -> None:
-        loop = self._loop
+        loop = self._send_loop
         if loop is not None and self.readyState == "live":
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._declare_lost, "stopped")
 
     # the event loop ----------------------------------------------------------
 
+    def _tell_lost(self, message: str) -> None:
+        AudioSource._tell_lost(self, message)
+
     def _take_frame(self) -> Int16Array | None:
-        with self._lock:
-            blocks = list(self._blocks)
-            self._blocks.clear()
-            self._queued = 0
-        if blocks:
-            data = np.concatenate(blocks)
+        with self._capture_lock:
+            data = self._captured.take(self._captured.size) if self._captured.size else None
+        pending = self._pending
+        if data is not None:
             if self._resample is not None:
                 data = self._resample(data)
-            self._pending = np.concatenate((self._pending, data))
-            if self._pending.size > FRAME_SAMPLES + int(0.06 * SAMPLE_RATE):
-                self.dropped += self._pending.size - FRAME_SAMPLES
-                self._pending = self._pending[-FRAME_SAMPLES:]
-        if self._pending.size < FRAME_SAMPLES:
-            return None
-        frame, self._pending = self._pending[:FRAME_SAMPLES], self._pending[FRAME_SAMPLES:]
-        self._trim_standing_backlog()
+            self.dropped += pending.push(data)
+            if pending.size > FRAME_SAMPLES + int(0.06 * SAMPLE_RATE):
+                self.dropped += pending.drop(pending.size - FRAME_SAMPLES)
+        frame = pending.take(FRAME_SAMPLES)
+        if frame is not None:
+            self._trim_standing_backlog()
         return frame
 
     def _trim_standing_backlog(self) -> None:
@@ -328,8 +297,7 @@ class MicSource(MediaStreamTrack, _Watched):
             return
         excess = self._window_min - SAMPLE_RATE // 200
         if excess > 0:
-            self._pending = self._pending[excess:]
-            self.dropped += excess
+            self.dropped += self._pending.drop(excess)
             log.debug("microphone: dropped a standing backlog of %.1f ms",
                       excess * 1000 / SAMPLE_RATE)
         self._window_min = 1 << 30
@@ -349,7 +317,7 @@ class MicSource(MediaStreamTrack, _Watched):
         if self.readyState != "live":
             raise MediaStreamError
         if not self._sending:
-            self._loop = asyncio.get_running_loop()
+            self._send_loop = asyncio.get_running_loop()
             self._sending = True
             self.last_callback = time.monotonic()
         samples: Int16Array | None = None
@@ -368,9 +336,12 @@ class MicSource(MediaStreamTrack, _Watched):
                     self._declare_lost(f"gave no audio for {self.stall_timeout:g} s")
             if self.readyState != "live":
                 raise MediaStreamError
-        return package_frame(self, samples)
+        return self.package(samples)
 
     def stop(self) -> None:
+        """Stop sending and close the device (idempotent)."""
+        if self.readyState == "ended":
+            return
         super().stop()
         _close(self.stream)
 
@@ -378,9 +349,10 @@ class MicSource(MediaStreamTrack, _Watched):
 class SpeakerDriver(_Watched):
     """The speaker, pulling each 20 ms it plays from the call's playout.
 
-    Give it to a call among its sinks (``call.accept(source, [SpeakerDriver()])``);
-    :class:`~softphone.media.tracks.AudioReceiver` hands it the playout through
-    :meth:`drive`. Until then, and after the call, it plays silence.
+    Give it to a call as its output (``call.accept(source, sinks,
+    output=SpeakerDriver())``); :class:`~softphone.media.tracks.AudioReceiver`
+    hands it the playout through :meth:`drive`. Until then, and after the
+    call, it plays silence.
     """
 
     direction: Kind = "output"
@@ -389,12 +361,13 @@ class SpeakerDriver(_Watched):
                  stall_timeout: float = 1.0, on_lost: LostCallback | None = None) -> None:
         sd = load_sounddevice()
         info = find_device(device, "output")
-        super().__init__(info, on_lost, stall_timeout)
+        super().__init__(info, stall_timeout)
+        self._lost_listeners: list[LostCallback] = [] if on_lost is None else [on_lost]
         self.rate = _device_rate(sd, info, "output")
         self._resample = None if self.rate == SAMPLE_RATE else Resampler(SAMPLE_RATE, self.rate)
         self._pull: Callable[[], Int16Array] | None = None
-        self._stopped: Callable[[], None] | None = None
-        self._pending = np.zeros(0, dtype=np.int16)
+        #: Device-rate samples pulled but not played yet (a device block is not 20 ms).
+        self._waiting = SampleFifo(self.rate)
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         #: Output buffers PortAudio reported as underflowed (we were late).
@@ -404,37 +377,33 @@ class SpeakerDriver(_Watched):
         log.info("speaker %s at %d Hz, output latency %.1f ms", info, self.rate,
                  float(self.stream.latency) * 1000)
 
-    def drive(self, pull: Callable[[], Int16Array], stopped: Callable[[], None]) -> None:
-        """From now on, play what ``pull()`` returns (20 ms each); ``stopped()`` if we die.
+    def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None:
+        """From now on, play what ``pull()`` returns (20 ms each); ``lost(message)`` if we stop.
 
         Called on the event loop; ``pull`` is then called on PortAudio's thread.
         """
-        self._stopped = stopped
+        self._lost_listeners.append(lost)
         self.last_callback = time.monotonic()
         self._pull = pull
         self._watchdog = asyncio.get_running_loop().create_task(self._watch(),
                                                                 name="speaker-watchdog")
 
-    def write(self, samples: Int16Array) -> None:
-        """Nothing: the speaker pulls its audio (:meth:`drive`); this makes it a ``Sink``."""
+    def _tell_lost(self, message: str) -> None:
+        tell_lost(self._lost_listeners, message)
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         self.last_callback = time.monotonic()
         if status.output_underflow:
             self.underflows += 1
         pull = self._pull
-        if pull is None:
+        waiting = self._waiting
+        if pull is None or frames > waiting.capacity // 2:
             outdata.fill(0)
             return
-        pending = self._pending
-        while pending.size < frames:
+        while waiting.size < frames:
             samples = pull()
-            self.level_dbfs = rms_dbfs(samples)
-            if self._resample is not None:
-                samples = self._resample(samples)
-            pending = np.concatenate((pending, samples))
-        outdata[:, 0] = pending[:frames]
-        self._pending = pending[frames:]
+            waiting.push(samples if self._resample is None else self._resample(samples))
+        waiting.take_into(outdata[:, 0])
 
     async def _watch(self) -> None:
         while not self._closed:
@@ -443,8 +412,6 @@ class SpeakerDriver(_Watched):
             if silent_for >= self.stall_timeout or not self.stream.active:
                 self._pull = None
                 self._declare_lost(f"stopped playing ({silent_for:.1f} s without a callback)")
-                if self._stopped is not None:
-                    self._stopped()
                 return
 
     def stop(self) -> None:
@@ -459,10 +426,7 @@ class SpeakerDriver(_Watched):
 
 
 def _close(stream: Any) -> None:
-    """Close a PortAudio stream without letting a dead device raise."""
-    if getattr(stream, "_softphone_closed", False):
-        return
-    stream._softphone_closed = True
+    """Close a PortAudio stream (once) without letting a dead device raise."""
     try:
         stream.abort(ignore_errors=True)
         stream.close(ignore_errors=True)

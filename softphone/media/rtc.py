@@ -3,7 +3,9 @@
 :class:`MediaSession` does what the call machine's media actions ask
 (make an offer, answer one, apply an answer, add a trickled candidate,
 close) and reports back through two callbacks: the connection is up, or it
-failed. It knows nothing of the hub or of call states.
+failed. It knows nothing of the hub or of call states. The call's audio
+(:class:`~softphone.media.audiopath.CallAudio`: source, playout, devices,
+sinks, settings) is plugged into the connection here and owned by the call.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import (
@@ -29,10 +31,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from softphone.core.protocol import IceCandidate
 from softphone.media import aiortc_seams
-from softphone.media.netsim import Impairment
-from softphone.media.opus import EncoderSettings
-from softphone.media.tracks import AudioReceiver
-from softphone.media.voice import Playout
+from softphone.media.audiopath import CallAudio
+from softphone.media.audiopath import MediaConfig as MediaConfig
 
 aiortc_seams.install()
 
@@ -78,10 +78,13 @@ class MediaStats:
     target_ms: float | None = None
     #: Lost packets replaced by their copy in a later packet (RED).
     repaired: int | None = None
+    #: RTP payload bytes sent (Opus, or RED with its copies).
+    bytes_sent: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "packets_sent": self.packets_sent,
+            "bytes_sent": self.bytes_sent,
             "packets_received": self.packets_received,
             "packets_lost": self.packets_lost,
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
@@ -175,22 +178,6 @@ def codec_of(sdp: str | None) -> str:
     return names[0]
 
 
-@dataclass
-class MediaConfig:
-    """How a call's audio is coded and played out."""
-
-    #: "softphone": our encoder (mono voice, FEC) and playout (adaptive jitter
-    #: buffer, concealment, FEC recovery). "aiortc": aiortc's own, as shipped.
-    pipeline: str = "softphone"
-    encoder: EncoderSettings = field(default_factory=EncoderSettings)
-    #: Simulated loss/jitter on received packets (tests, benchmarks, --simulate-loss).
-    impairment: Impairment | None = None
-
-    def __post_init__(self) -> None:
-        if self.pipeline not in ("softphone", "aiortc"):
-            raise ValueError(f"unknown audio pipeline {self.pipeline!r}")
-
-
 async def _gather_all(gatherers: set[Any]) -> None:
     # return_exceptions: a gatherer cancelled by close() must not leave an
     # unretrieved exception behind (asyncio would print it).
@@ -200,24 +187,21 @@ async def _gather_all(gatherers: set[Any]) -> None:
 class MediaSession:
     """One peer connection carrying one audio track each way."""
 
-    def __init__(self, ice_servers: Sequence[dict[str, Any]], source: MediaStreamTrack,
-                 receiver: AudioReceiver, *, relay_only: bool = False,
+    def __init__(self, ice_servers: Sequence[dict[str, Any]], audio: CallAudio, *,
+                 relay_only: bool = False,
                  on_connected: Callable[[], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None,
-                 config: MediaConfig | None = None) -> None:
-        self.config = config or MediaConfig()
+                 on_failed: Callable[[str], None] | None = None) -> None:
+        self.audio = audio
+        self.config = audio.config
         if self.config.pipeline == "softphone":
-            aiortc_seams.install_voice_codec(self.config.encoder)
+            aiortc_seams.install_voice_codec()  # once: our Opus fmtp and RED
         rtc_config = RTCConfiguration(
             iceServers=ice_servers_from_json(ice_servers),
             iceTransportPolicy=RTCIceTransportPolicy.RELAY if relay_only
             else RTCIceTransportPolicy.ALL,
         )
         self.pc = RTCPeerConnection(configuration=rtc_config)
-        self.playout: Playout | None = None
         self._gathering: asyncio.Future[Any] | None = None
-        self.source = source
-        self.receiver = receiver
         self._on_connected = on_connected
         self._on_failed = on_failed
         self._candidate_tasks: set[asyncio.Task[None]] = set()
@@ -226,7 +210,9 @@ class MediaSession:
         self.relay_only = relay_only
         #: The ICE pair in use, set when the connection is up (None before).
         self.candidate_pair: CandidatePair | None = None
-        self.pc.addTrack(source)
+        sender = self.pc.addTrack(audio.source)
+        aiortc_seams.encode_with(sender, audio.encoder_for)
+        aiortc_seams.limit_gathering(self.pc, self.config.gather_timeout)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
@@ -237,11 +223,9 @@ class MediaSession:
         if rtp_receiver is not None and self.config.impairment is not None:
             aiortc_seams.impair_receiver(rtp_receiver, self.config.impairment)
         if self.config.pipeline == "softphone" and rtp_receiver is not None:
-            self.playout = Playout()
-            aiortc_seams.tap_receiver(rtp_receiver, self.playout.push)
-            self.receiver.start_playout(self.playout)
+            aiortc_seams.tap_receiver(rtp_receiver, self.audio.start_playout().push)
         else:
-            self.receiver.start(track)
+            self.audio.play_track(track)
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -263,11 +247,6 @@ class MediaSession:
             if desc is not None and desc.type == "answer":
                 return codec_of(desc.sdp)
         return None
-
-    @property
-    def _red(self) -> bool:
-        """Do we agree on RED (our pipeline, with redundancy on)?"""
-        return self.config.pipeline == "softphone" and self.config.encoder.redundancy > 0
 
     def _prefer_red(self, enabled: bool) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -317,14 +296,14 @@ class MediaSession:
         """Make our offer with every candidate in it (aiortc does not trickle)."""
         await self._gathered()
         # Lead with RED (Opus plus copies of earlier frames) when we send it.
-        self._prefer_red(self._red)
+        self._prefer_red(self.config.red)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._check_relay(str(self.pc.localDescription.sdp))
         return str(self.pc.localDescription.sdp)
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply the remote offer and return our answer."""
-        with aiortc_seams.red_allowed(self._red):  # an answer follows the offer's order
+        with aiortc_seams.red_allowed(self.config.red):  # an answer follows the offer's order
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self._gathered()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
@@ -332,7 +311,7 @@ class MediaSession:
         return str(self.pc.localDescription.sdp)
 
     async def apply_answer(self, sdp: str) -> None:
-        with aiortc_seams.red_allowed(self._red):
+        with aiortc_seams.red_allowed(self.config.red):
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     def add_candidate(self, candidate: IceCandidate) -> None:
@@ -365,33 +344,37 @@ class MediaSession:
             log.info("ignoring remote candidate %r: %s", candidate.candidate[:80], exc)
 
     async def stats(self) -> MediaStats:
+        frames = self.audio.receiver.frames
         try:
             report = await self.pc.getStats()
         except Exception as exc:  # closed or half-built connection
             log.debug("getStats failed: %s", exc)
-            return MediaStats(frames_received=self.receiver.frames)
-        sent = received = lost = 0
+            return MediaStats(frames_received=frames)
+        sent = received = lost = sent_bytes = 0
         jitter: float | None = None
         rtt: float | None = None
         for stat in report.values():
             kind = getattr(stat, "type", "")
             if kind == "outbound-rtp":
                 sent += int(stat.packetsSent)
+                sent_bytes += int(stat.bytesSent)
             elif kind == "inbound-rtp":
                 received += int(stat.packetsReceived)
                 lost += max(0, int(stat.packetsLost))
                 jitter = float(stat.jitter) / 48.0  # RTP clock units (48 kHz) -> ms
             elif kind == "remote-inbound-rtp" and stat.roundTripTime is not None:
                 rtt = float(stat.roundTripTime) * 1000.0
-        playout = self.playout
+        playout = self.audio.playout
         if playout is None:
-            return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames)
-        return MediaStats(sent, received, lost, jitter, rtt, self.receiver.frames,
-                          playout.stats.concealed, playout.stats.recovered,
+            return MediaStats(sent, received, lost, jitter, rtt, frames, bytes_sent=sent_bytes)
+        buffer = playout.buffer.stats
+        return MediaStats(sent, received, lost, jitter, rtt, frames,
+                          buffer.concealed, buffer.recovered,
                           playout.delay * 1000, playout.target * 1000,
-                          playout.stats.repaired)
+                          buffer.repaired, sent_bytes)
 
     async def close(self) -> None:
+        """Close the peer connection (the call's audio is closed by its owner)."""
         if self._closed:
             return
         self._closed = True
@@ -399,7 +382,5 @@ class MediaSession:
             task.cancel()
         if self._gathering is not None and not self._gathering.done():
             self._gathering.cancel()
-        await self.receiver.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
-        self.source.stop()

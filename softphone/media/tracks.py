@@ -1,13 +1,18 @@
-"""What a call sends and what it does with what it receives.
+"""What a call sends, where what it hears goes, and how that is played.
 
-Sources are aiortc ``MediaStreamTrack``s that hand out 20 ms frames of 48 kHz
-mono int16, paced by the clock from the moment the call starts sending
-(nothing is queued before, so a call starts without a backlog):
-:class:`ToneSource`, :class:`FileSource`, :class:`SilenceSource`.
+Sources are :class:`AudioSource`\\ s: aiortc ``MediaStreamTrack``\\ s that hand
+out 20 ms frames of 48 kHz mono int16 with a mute switch and a level meter.
+:class:`PacedSource`\\ s are paced by the clock from the moment the call
+starts sending (nothing is queued before, so a call starts without a
+backlog): :class:`ToneSource`, :class:`FileSource`, :class:`SilenceSource`,
+:class:`EchoSource`; :class:`softphone.media.devices.MicSource` is paced by
+its device.
 
-:class:`AudioReceiver` reads the remote track and hands each frame, as mono
-int16 at 48 kHz, to its sinks (a :class:`~softphone.media.recording.WavWriter`, an
-analysis buffer, a speaker), and keeps the figures a call reports.
+Sinks (:class:`Sink`) get every 20 ms played: :class:`RecorderSink`,
+:class:`CaptureSink`. :class:`AudioReceiver` plays a call's received audio:
+an output device (:class:`AudioOutput`, e.g. the speaker) pulls it and is
+the clock, or a 20 ms clock does; each frame played goes to the sinks.
+:class:`softphone.media.audiopath.CallAudio` puts these together for a call.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import av
 import numpy as np
@@ -32,8 +37,8 @@ from softphone.media.audio import (
     Int16Array,
     ToneGenerator,
     rms_dbfs,
-    to_mono_int16,
 )
+from softphone.media.pcm import MonoConverter, SampleFifo
 from softphone.media.recording import WavWriter
 
 log = logging.getLogger(__name__)
@@ -41,19 +46,66 @@ log = logging.getLogger(__name__)
 _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 #: Below this level a received frame does not count as "audio arrived".
 AUDIO_THRESHOLD_DBFS = -50.0
+#: What a muted source sends (read only: PyAV copies it into each frame).
+_MUTED: Final[Int16Array] = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+_MUTED.flags.writeable = False
+
+#: Told (on the event loop, with a one-line message) that a device stopped.
+LostCallback = Callable[[str], None]
 
 
-class PacedSource(MediaStreamTrack):
-    """Base of our audio sources: real-time pacing and frame packaging."""
+def tell_lost(listeners: Sequence[LostCallback], message: str) -> None:
+    """Tell each listener that a device stopped; one that fails does not stop the others."""
+    for callback in listeners:
+        try:
+            callback(message)
+        except Exception:
+            log.exception("device-lost listener failed")
+
+
+class AudioSource(MediaStreamTrack):
+    """Base of what a call sends: 20 ms mono frames, a mute switch, a level meter.
+
+    A source backed by a device (the microphone) tells the listeners added
+    with :meth:`add_lost_listener` when the device stops; others never do.
+    """
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._start: float | None = None
-        self._pts = 0
         self.muted = False
+        #: Level of the last frame handed out (dBFS; silent while muted).
         self.level_dbfs = float("-inf")
+        self._pts = 0
+        self._lost_listeners: list[LostCallback] = []
+
+    def add_lost_listener(self, callback: LostCallback) -> None:
+        """Call ``callback(message)`` on the event loop if the device behind this stops."""
+        self._lost_listeners.append(callback)
+
+    def _tell_lost(self, message: str) -> None:
+        tell_lost(self._lost_listeners, message)
+
+    def package(self, samples: Int16Array) -> av.AudioFrame:
+        """20 ms of samples -> the next frame (silent if muted); keeps the level."""
+        if self.muted:
+            samples = _MUTED
+        self.level_dbfs = rms_dbfs(samples)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._pts
+        frame.time_base = _TIME_BASE
+        self._pts += FRAME_SAMPLES
+        return frame
+
+
+class PacedSource(AudioSource):
+    """Base of the sources paced by the clock: override :meth:`next_samples`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
 
     def next_samples(self, count: int) -> Int16Array:
         raise NotImplementedError
@@ -72,29 +124,6 @@ class PacedSource(MediaStreamTrack):
                 # The loop was stalled: skip ahead rather than send a burst.
                 self._start = now - self._pts / SAMPLE_RATE
         return self.package(self.next_samples(FRAME_SAMPLES))
-
-    def package(self, samples: Int16Array) -> av.AudioFrame:
-        """20 ms of samples -> the next frame (silent if muted); keeps the level."""
-        return package_frame(self, samples)
-
-
-class _Framed(Protocol):
-    muted: bool
-    level_dbfs: float
-    _pts: int
-
-
-def package_frame(track: _Framed, samples: Int16Array) -> av.AudioFrame:
-    """A source's next 20 ms as an aiortc frame: mute, level meter, timestamps."""
-    if track.muted:
-        samples = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-    track.level_dbfs = rms_dbfs(samples)
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = SAMPLE_RATE
-    frame.pts = track._pts
-    frame.time_base = _TIME_BASE
-    track._pts += FRAME_SAMPLES
-    return frame
 
 
 class SilenceSource(PacedSource):
@@ -128,19 +157,17 @@ def load_audio_file(path: str | Path, rate: int = SAMPLE_RATE) -> Int16Array:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise AudioFileError(f"{path}: no audio stream in this file")
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-            for frame in container.decode(audio=0):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1).astype(np.int16))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1).astype(np.int16))
+            convert = MonoConverter(rate)
+            chunks.extend(convert(frame) for frame in container.decode(audio=0))
+            chunks.append(convert.flush())
     except AudioFileError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise AudioFileError(f"{path}: cannot decode audio ({exc})") from exc
-    if not chunks:
+    samples: Int16Array = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    if not samples.size:
         raise AudioFileError(f"{path}: the file holds no audio")
-    return np.concatenate(chunks).astype(np.int16, copy=False)
+    return samples
 
 
 class FileSource(PacedSource):
@@ -175,97 +202,38 @@ class FileSource(PacedSource):
         return out
 
 
+# ------------------------------------------------------------------ sinks ---
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where each 20 ms a call plays goes (on the event loop); closed when the call ends."""
+
+    def write(self, samples: Int16Array) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class EchoSource(PacedSource):
     """Sends back what it is given (see :meth:`write`): the echo test.
 
-    It is both a source (for the call) and a sink (for the receiver). At
-    most ``max_frames`` frames wait; older ones are dropped so the echo never
-    lags behind more than that.
+    It is both a source and a sink: pass it as both
+    (``call.accept(echo, [echo])``). At most ``max_frames`` frames wait;
+    older ones are dropped so the echo never lags behind more than that.
     """
 
     def __init__(self, max_frames: int = 10) -> None:
         super().__init__()
-        self._frames: deque[Int16Array] = deque(maxlen=max_frames)
-        self._pending = np.zeros(0, dtype=np.int16)
+        self._heard = SampleFifo(max_frames * FRAME_SAMPLES)
 
     def write(self, samples: Int16Array) -> None:
-        self._frames.append(samples)
+        self._heard.push(samples)
+
+    def close(self) -> None:
+        """Nothing to close (a sink's duty)."""
 
     def next_samples(self, count: int) -> Int16Array:
-        buf = self._pending
-        while buf.size < count and self._frames:
-            buf = np.concatenate((buf, self._frames.popleft()))
-        if buf.size < count:
-            self._pending = np.zeros(0, dtype=np.int16)
-            return np.concatenate((buf, np.zeros(count - buf.size, dtype=np.int16)))
-        self._pending = buf[count:]
-        return buf[:count]
-
-
-class TrackPlayout:
-    """aiortc's decoded frames, pulled in real time: silence when none is ready.
-
-    This is how a sound card would play aiortc's own pipeline; lost frames
-    are missing time, not shorter audio.
-    """
-
-    def __init__(self, track: MediaStreamTrack,
-                 convert: Callable[[av.AudioFrame], Int16Array]) -> None:
-        self._frames: deque[Int16Array] = deque(maxlen=200)
-        self._pending = np.zeros(0, dtype=np.int16)
-        self._convert = convert
-        self.underruns = 0
-        self._task = asyncio.create_task(self._read(track), name="aiortc-track-reader")
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if isinstance(frame, av.AudioFrame):
-                self._frames.append(self._convert(frame))
-
-    def pull(self) -> Int16Array:
-        buf = self._pending
-        while buf.size < FRAME_SAMPLES and self._frames:
-            buf = np.concatenate((buf, self._frames.popleft()))
-        if buf.size < FRAME_SAMPLES:
-            if self._frames or buf.size:
-                self._pending = buf
-            self.underruns += 1
-            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self._pending = buf[FRAME_SAMPLES:]
-        return buf[:FRAME_SAMPLES]
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-class PullSource(Protocol):
-    """Anything that hands out the next 20 ms of audio on demand (see voice.Playout)."""
-
-    def pull(self) -> Int16Array: ...
-
-
-class Sink(Protocol):
-    def write(self, samples: Int16Array) -> None: ...
-
-
-@runtime_checkable
-class PlayoutDriver(Protocol):
-    """A device that plays received audio and is its clock (``devices.SpeakerDriver``).
-
-    :meth:`drive` is called on the event loop; the device then calls ``pull()``
-    from its own thread for every 20 ms it plays, and ``stopped()`` (on the
-    loop) if it dies. Passed among a call's sinks, it is taken out of them.
-    """
-
-    def drive(self, pull: Callable[[], Int16Array], stopped: Callable[[], None]) -> None: ...
-
-    def stop(self) -> None: ...
+        return self._heard.take_padded(count)
 
 
 class RecorderSink:
@@ -305,6 +273,9 @@ class CaptureSink:
         self._pos = end % buf.size
         self._filled = min(buf.size, self._filled + samples.size)
 
+    def close(self) -> None:
+        """Nothing to close: what was kept stays readable (:meth:`samples`)."""
+
     def samples(self) -> Int16Array:
         """What was kept, oldest first."""
         buf = self._buffer
@@ -313,54 +284,120 @@ class CaptureSink:
         return np.concatenate((buf[self._pos:], buf[: self._pos]))
 
 
-class AudioReceiver:
-    """Reads a remote audio track until it ends, feeding sinks and counting."""
+# ---------------------------------------------------------------- playing ---
 
-    def __init__(self, sinks: list[Sink] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 driver: PlayoutDriver | None = None) -> None:
-        sinks = list(sinks or [])
-        self.driver = driver or next((s for s in sinks if isinstance(s, PlayoutDriver)), None)
-        self.sinks: list[Sink] = [s for s in sinks if s is not cast(Any, self.driver)]
+
+class PullSource(Protocol):
+    """Anything that hands out the next 20 ms of audio on demand (see voice.Playout)."""
+
+    def pull(self) -> Int16Array: ...
+
+
+class AudioOutput(Protocol):
+    """A device that plays a call's received audio and is its clock (``devices.SpeakerDriver``).
+
+    :meth:`drive` is called on the event loop; the device then calls ``pull()``
+    from its own thread for every 20 ms it plays, and ``lost(message)`` (on
+    the loop, once) if it stops. :meth:`stop` closes it (idempotent).
+    """
+
+    def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class TrackPlayout:
+    """aiortc's decoded frames, pulled in real time: silence when none is ready.
+
+    This is how a sound card would play aiortc's own pipeline; lost frames
+    are missing time, not shorter audio. Frames arrive on the event loop and
+    may be pulled from a device's thread.
+    """
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self._waiting = SampleFifo(200 * FRAME_SAMPLES)
+        self._lock = threading.Lock()
+        self._convert = MonoConverter()
+        self.underruns = 0
+        self._task = asyncio.create_task(self._read(track), name="aiortc-track-reader")
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, av.AudioFrame):
+                continue
+            samples = self._convert(frame)
+            with self._lock:
+                self._waiting.push(samples)
+
+    def pull(self) -> Int16Array:
+        with self._lock:
+            out = self._waiting.take(FRAME_SAMPLES)
+        if out is None:
+            self.underruns += 1
+            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        return out
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class AudioReceiver:
+    """Plays received audio and hands every frame played to the sinks, counting.
+
+    With an ``output`` (the speaker), the device pulls each 20 ms and is the
+    clock; without one, or once it is lost (``on_output_lost`` is told), a
+    20 ms clock on the event loop pulls instead.
+    """
+
+    def __init__(self, sinks: Sequence[Sink] = (), clock: Callable[[], float] = time.monotonic,
+                 *, output: AudioOutput | None = None,
+                 on_output_lost: LostCallback | None = None) -> None:
+        self.sinks = list(sinks)
+        self.output = output
+        self.on_output_lost = on_output_lost
         self.clock = clock
         self.frames = 0
         self.first_frame_at: float | None = None
         self.first_audio_at: float | None = None
+        #: Level of the last frame played (dBFS): the speaker's meter.
         self.level_dbfs = float("-inf")
         self._task: asyncio.Task[None] | None = None
-        self._resampler: Any = None
         self.track_playout: TrackPlayout | None = None
 
     def start(self, track: MediaStreamTrack) -> None:
         """Play aiortc's own decoded frames (its pipeline) in real time, like a speaker."""
-        self.track_playout = TrackPlayout(track, self._mono)
-        self.start_playout(self.track_playout)
+        self.track_playout = TrackPlayout(track)
+        self.play(self.track_playout)
 
-    def start_playout(self, playout: PullSource, driver: PlayoutDriver | None = None) -> None:
-        """Play ``playout``: the speaker (``driver``) pulls it, else a 20 ms clock does.
-
-        With a driver, each frame it pulls also goes to the sinks, handed to
-        the event loop; if the driver dies, the 20 ms clock takes over.
-        """
-        driver = driver or self.driver
-        if driver is None:
+    def play(self, playout: PullSource) -> None:
+        """Play ``playout``: the output device pulls it, else a 20 ms clock does."""
+        output = self.output
+        if output is None:
             self._start_clock(playout)
             return
-        self.driver = driver
         loop = asyncio.get_running_loop()
+        feed = self.feed
 
         def pull() -> Int16Array:  # on the device's thread
             samples = playout.pull()
             with contextlib.suppress(RuntimeError):  # loop closed: the call is over
-                loop.call_soon_threadsafe(self.feed, samples)
+                loop.call_soon_threadsafe(feed, samples)
             return samples
 
-        def stopped() -> None:
+        def lost(message: str) -> None:
             if self._task is None:
                 log.info("speaker stopped: playing out on a 20 ms clock")
                 self._start_clock(playout)
+            if self.on_output_lost is not None:
+                self.on_output_lost(message)
 
-        driver.drive(pull, stopped)
+        output.drive(pull, lost)
 
     def _start_clock(self, playout: PullSource) -> None:
         self._task = asyncio.create_task(self._clock(playout), name="audio-playout-clock")
@@ -378,16 +415,6 @@ class AudioReceiver:
             elif wait < -0.2:  # the loop was stalled: do not catch up with a burst
                 due = loop.time()
 
-    def _mono(self, frame: av.AudioFrame) -> Int16Array:
-        if frame.sample_rate != SAMPLE_RATE or frame.format.name != "s16":
-            if self._resampler is None:
-                self._resampler = av.AudioResampler(format="s16", layout="mono",
-                                                    rate=SAMPLE_RATE)
-            parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-            return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
-        channels = len(frame.layout.channels)
-        return to_mono_int16(frame.to_ndarray(), channels)
-
     def feed(self, samples: Int16Array) -> None:
         now = self.clock()
         self.frames += 1
@@ -400,8 +427,9 @@ class AudioReceiver:
             sink.write(samples)
 
     async def stop(self) -> None:
-        if self.driver is not None:
-            self.driver.stop()
+        """Stop playing: close the output device, stop the clock (the sinks stay open)."""
+        if self.output is not None:
+            self.output.stop()
         if self.track_playout is not None:
             await self.track_playout.stop()
         if self._task is not None:
@@ -409,4 +437,3 @@ class AudioReceiver:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-

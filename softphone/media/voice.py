@@ -1,7 +1,9 @@
 """Our voice pipeline at both ends of aiortc's RTP: encoder and playout.
 
 - :class:`VoiceEncoder` is what aiortc's ``RTCRtpSender`` calls to encode
-  each 20 ms frame (installed by :func:`softphone.media.aiortc_seams.install_voice_codec`).
+  each 20 ms frame: :func:`encoder_for` makes one for the codec a call
+  agreed, with that call's settings, and
+  :func:`softphone.media.aiortc_seams.encode_with` gives it to the call's sender.
 - :class:`Playout` receives each RTP audio packet (through
   :func:`softphone.media.aiortc_seams.tap_receiver`), keeps it in the adaptive
   :class:`~softphone.media.jitterbuffer.JitterBuffer`, and on every :meth:`Playout.pull`
@@ -20,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 
 from softphone.media import jitterbuffer as jb
 from softphone.media import red
-from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
+from softphone.media.audio import FRAME_SAMPLES, Int16Array
 from softphone.media.opus import EncoderSettings, OpusDecoder, OpusEncoder
+from softphone.media.pcm import MonoConverter, SampleFifo
 
 log = logging.getLogger(__name__)
 
@@ -43,32 +45,21 @@ class VoiceEncoder:
 
     def __init__(self, settings: EncoderSettings | None = None) -> None:
         self.opus = OpusEncoder(settings)
-        self._pending = np.zeros(0, dtype=np.int16)
+        self._convert = MonoConverter()
+        # At most four frames wait (frames that are not 20 ms, a resampler's delay).
+        self._pending = SampleFifo(5 * FRAME_SAMPLES)
+        self._frame: Int16Array = np.zeros(FRAME_SAMPLES, dtype=np.int16)  # reused
         self._timestamp = 0
-        self._resampler: Any = None
-
-    def _samples(self, frame: av.AudioFrame) -> Int16Array:
-        if frame.sample_rate == SAMPLE_RATE and frame.format.name == "s16":
-            return to_mono_int16(frame.to_ndarray(), len(frame.layout.channels))
-        if self._resampler is None:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        parts = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        return np.concatenate(parts).astype(np.int16) if parts else _SILENCE[:0]
 
     def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        samples = self._samples(frame)
-        if self._pending.size:
-            samples = np.concatenate((self._pending, samples))
+        pending = self._pending
+        pending.push(self._convert(frame))
         timestamp = self._timestamp
-        payloads: list[bytes] = []
-        start = 0
         # aiortc sends every payload of one call with one timestamp: one frame per call.
-        if samples.size >= FRAME_SAMPLES:
-            payloads.append(self.opus.encode(samples[:FRAME_SAMPLES]))
-            start = FRAME_SAMPLES
-            self._timestamp += FRAME_SAMPLES
-        self._pending = samples[start:][-4 * FRAME_SAMPLES:]
-        return payloads, timestamp
+        if not pending.take_into(self._frame):
+            return [], timestamp
+        self._timestamp += FRAME_SAMPLES
+        return [self.opus.encode(self._frame)], timestamp
 
     def pack(self, packet: Any) -> tuple[list[bytes], int]:
         raise NotImplementedError("VoiceEncoder only encodes raw frames")
@@ -89,15 +80,33 @@ class RedVoiceEncoder(VoiceEncoder):
         return [self.red.wrap(timestamp, p) for p in payloads], timestamp
 
 
+def encoder_for(mime_type: str, fmtp: dict[str, Any],
+                settings: EncoderSettings) -> VoiceEncoder | None:
+    """Our encoder for a codec a call agreed on, with the call's ``settings``.
+
+    ``mime_type`` and ``fmtp`` are the codec's (``audio/red`` with
+    ``{"111/111": None}``). None for a codec that is not ours to encode.
+    """
+    mime = mime_type.lower()
+    if mime == "audio/opus":
+        return VoiceEncoder(settings)
+    if mime == "audio/red":
+        pt = red.primary_payload_type(fmtp)
+        if pt is None:
+            raise ValueError(f"RED without a block payload type: {fmtp}")
+        return RedVoiceEncoder(settings, pt)
+    return None
+
+
 @dataclass
 class PlayoutStats:
+    """What :class:`Playout` did (the jitter buffer's own decisions: ``buffer.stats``)."""
+
     frames: int = 0
     decoded: int = 0
-    recovered: int = 0
-    concealed: int = 0
-    repaired: int = 0  # lost packets replaced by their RED copy
     silent: int = 0
     decode_errors: int = 0
+    red_packets: int = 0  # packets that arrived as RED
 
 
 class Playout:
@@ -130,20 +139,22 @@ class Playout:
         with self._lock:
             if self._ssrc is not None and ssrc != self._ssrc:
                 log.info("new audio stream (ssrc %d): restarting the jitter buffer", ssrc)
-                self.buffer = jb.JitterBuffer(self.buffer.clock_rate, self.buffer.frame_samples)
+                old = self.buffer
+                self.buffer = jb.JitterBuffer(old.clock_rate, old.frame_samples, stats=old.stats)
                 self.decoder = OpusDecoder()
             self._ssrc = ssrc
             if not is_red:
                 if payload:
                     self.buffer.push(timestamp, payload, now)
                 return
+            self.stats.red_packets += 1
             primary = blocks.pop()
             if primary.data:
                 self.buffer.push(timestamp, primary.data, now)
             for block in blocks:  # copies of earlier frames: they fill holes, nothing else
-                if block.data and self.buffer.push_redundant(
-                        (timestamp - block.offset) & 0xFFFFFFFF, block.data, now):
-                    self.stats.repaired += 1
+                if block.data:
+                    self.buffer.push_redundant((timestamp - block.offset) & 0xFFFFFFFF,
+                                               block.data, now)
 
     def pull(self) -> Int16Array:
         """The next 20 ms to play (always exactly 960 samples)."""
@@ -171,10 +182,8 @@ class Playout:
                     stats.decoded += 1
                 elif isinstance(decision, jb.Recover):
                     out = self.decoder.recover(decision.next_payload)
-                    stats.recovered += 1
                 elif isinstance(decision, jb.Conceal):
                     out = self.decoder.conceal()
-                    stats.concealed += 1
                 else:
                     stats.silent += 1
                     return _SILENCE.copy()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from softphone import __version__
+from softphone import EXIT_CODES, ExitCode, Outcome, __version__
 from softphone.cli.main import main
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -24,9 +28,29 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert code == 0
     for command in ("serve", "call", "listen", "demo"):
         assert command in out
-    code, out = run("call", "--help")
-    assert code == 0
-    assert "Exit codes" in out and "no-answer" in out and "media-failed" in out
+    for command in ("call", "listen"):
+        code, out = run(command, "--help")
+        assert code == 0
+        assert "Exit codes" in out and "no-answer" in out and "media-failed" in out
+        listed = {int(n) for n in re.findall(r"^ +(\d+)  [a-z-]+: ", out, re.MULTILINE)}
+        assert listed == {int(c) for c in ExitCode}, out
+
+
+def test_exit_codes_are_one_enum() -> None:
+    """ExitCode holds every code; EXIT_CODES (outcome -> code) is made from it."""
+    assert set(EXIT_CODES) == set(Outcome)
+    for outcome, code in EXIT_CODES.items():
+        assert code is ExitCode.for_outcome(outcome)
+        assert code.name.lower().replace("_", "-") == outcome.value
+    assert (ExitCode.ERROR, ExitCode.USAGE, ExitCode.REFUSED) == (1, 2, 11)
+    assert (ExitCode.REDIS_UNAVAILABLE, ExitCode.INTERRUPTED) == (12, 130)
+    assert all(code.meaning for code in ExitCode)
+
+
+def test_readme_lists_the_same_exit_codes() -> None:
+    table = README.read_text().split("### Exit codes", 1)[1].split("\n### ", 1)[0]
+    documented = {int(n) for n in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    assert documented == {int(c) for c in ExitCode}
 
 
 def test_version() -> None:
@@ -55,15 +79,32 @@ def test_python_dash_m() -> None:
     (["listen"], "Missing option '--as'"),
     (["listen", "--as", "b", "--play", "/nonexistent.wav"], "no such file"),
     (["serve", "--port", "70000"], "70000"),
+    # options that go together, or exclude each other (checked by the option groups)
+    (["call", "b", "--as", "a", "--ca-file", "x.pem", "--insecure"],
+     "either --ca-file or --insecure"),
+    (["call", "b", "--as", "a", "--ca-file", "/nonexistent.pem"], "no such file"),
+    (["call", "b", "--as", "a", "--input", "x", "--no-audio"], "either --input or --no-audio"),
+    (["call", "b", "--as", "a", "--output", "x", "--no-audio"],
+     "either --output or --no-audio"),
+    (["listen", "--as", "b", "--echo", "--tone", "440"], "not with --play/--tone"),
+    (["serve", "--cert", "c.pem"], "--cert and --key go together"),
+    (["serve", "--self-signed", "--cert", "c.pem", "--key", "k.pem"],
+     "either --self-signed or --cert/--key"),
+    (["serve", "--tls-dir", "/tmp"], "--tls-dir goes with --self-signed"),
+    (["serve", "--turn-secret", "x"], "needs at least one --turn URL"),
+    (["serve", "--node-id", "n1"], "--node-id goes with --redis"),
+    (["serve", "--loop", "tokio"], "'tokio' is not one of"),
 ])
 def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
     code, out = run(*args)
-    assert code == 2
+    assert code == ExitCode.USAGE
     assert message in out
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and message in errors[0], out  # one line says what is wrong
     assert "Traceback" not in out
 
 
-def test_play_a_file_that_is_not_audio(tmp_path) -> None:
+def test_play_a_file_that_is_not_audio(tmp_path: Path) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     code, out = run("call", "b", "--as", "a", "--play", str(bad))
@@ -71,7 +112,7 @@ def test_play_a_file_that_is_not_audio(tmp_path) -> None:
     assert "cannot decode audio" in out or "no audio" in out
 
 
-def test_record_to_an_unwritable_path(tmp_path) -> None:
+def test_record_to_an_unwritable_path(tmp_path: Path) -> None:
     code, out = run("call", "b", "--as", "a", "--record", str(tmp_path / "no" / "dir.wav"),
                     "--server", "http://127.0.0.1:9")
     assert code == 1

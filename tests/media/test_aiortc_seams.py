@@ -46,7 +46,33 @@ async def test_dead_stun_server_costs_at_most_the_gather_timeout() -> None:
     assert "a=candidate" in pc.localDescription.sdp
     # 1 s cap vs aioice's own 5 s: a generous bound that still tells them apart.
     assert elapsed < 3.5, f"gathering took {elapsed:.1f} s"
-    assert aiortc_seams.gather_timeout <= 1.0
+    assert aiortc_seams.DEFAULT_GATHER_TIMEOUT <= 1.0
+    await asyncio.sleep(0)
+
+
+async def test_each_connection_has_its_own_gathering_timeout() -> None:
+    """Two peer connections in one process, gathering at once against a dead STUN
+    server, each wait their own timeout (it used to be one module-wide setting)."""
+    aiortc_seams.install()
+
+    async def gather(port: int, seconds: float) -> float:
+        pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=[RTCIceServer(urls=f"stun:127.0.0.1:{port}")]))
+        pc.addTrack(SilenceSource())
+        aiortc_seams.limit_gathering(pc, seconds)
+        try:
+            start = time.monotonic()
+            await pc.setLocalDescription(await pc.createOffer())
+            return time.monotonic() - start
+        finally:
+            await pc.close()
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+        dead.bind(("127.0.0.1", 0))  # receives STUN requests, never answers
+        port = dead.getsockname()[1]
+        quick, patient = await asyncio.gather(gather(port, 0.3), gather(port, 2.0))
+    assert quick < 1.0, f"the 0.3 s connection gathered for {quick:.1f} s"
+    assert patient >= 1.8, f"the 2 s connection gave up after {patient:.1f} s"
     await asyncio.sleep(0)
 
 

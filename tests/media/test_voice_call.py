@@ -48,14 +48,15 @@ async def talk(hub: Hub, seconds: float, impairment: Impairment | None,
         await call_b.accept(ToneSource(660), [capture])
         await call_a.connected()
         await call_b.connected()
+        audio = call_b.audio
+        assert audio is not None
         for _ in range(int(seconds / 0.1)):
             await asyncio.sleep(0.1)
-            media = call_b.media
-            if media is not None and media.playout is not None:
-                delays.append(media.playout.delay)
+            if audio.playout_delay is not None:
+                delays.append(audio.playout_delay)
         stats = await call_b.stats()
-        receiver = call_b.receiver
-        assert receiver is not None and receiver.first_frame_at is not None
+        receiver = audio.receiver
+        assert receiver.first_frame_at is not None
         elapsed = asyncio.get_running_loop().time() - receiver.first_frame_at
         # Played in real time: a frame every 20 ms, whatever the network did.
         assert receiver.frames >= 0.9 * elapsed / 0.020, (receiver.frames, elapsed)

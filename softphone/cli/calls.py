@@ -1,0 +1,298 @@
+"""``softphone call`` and ``softphone listen``: dial or answer, then talk until
+someone hangs up. Both build their phone with :class:`PhoneSetup`; each call
+outcome has its own exit code (:class:`~softphone.core.callstate.ExitCode`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from softphone.cli.options import (
+    HubClientOptions,
+    IceOptions,
+    MediaOptions,
+    TalkOptions,
+    as_option,
+    check_id,
+    phone_options,
+    positive,
+)
+from softphone.cli.phone_setup import PhoneSetup
+from softphone.cli.runtime import Interrupts, Output, exit_codes_help, first_done
+from softphone.client.signaling import HubUnreachable
+from softphone.core.callstate import CallState, CallTimeouts, ExitCode, Outcome
+
+if TYPE_CHECKING:
+    from softphone.client.phone import Call, CallResult, Phone
+
+OUTCOME_TEXT: dict[Outcome, str] = {
+    Outcome.COMPLETED: "call completed",
+    Outcome.REJECTED: "{peer} rejected the call",
+    Outcome.BUSY: "{peer} is busy (in another call)",
+    Outcome.NO_ANSWER: "no answer from {peer}",
+    Outcome.OFFLINE: "{peer} is offline (not connected to the hub)",
+    Outcome.HUB_UNREACHABLE: "lost the hub before the call was set up",
+    Outcome.MEDIA_FAILED: "media failed: could not connect audio with {peer}",
+    Outcome.MISSED: "missed call from {peer} (the caller hung up)",
+    Outcome.CANCELLED: "call cancelled before audio connected",
+}
+
+
+def describe(result: CallResult) -> str:
+    """How the call ended, in one line for a person."""
+    text = OUTCOME_TEXT[result.outcome].format(peer=result.peer)
+    if result.outcome is Outcome.COMPLETED:
+        who = "we" if result.ended_by == "local" else "they"
+        text += f" with {result.peer}, talked {result.talk_seconds:.1f} s ({who} hung up)"
+    elif result.reason and result.outcome in (Outcome.MEDIA_FAILED, Outcome.REJECTED):
+        text += f" ({result.reason})"
+    return text
+
+
+async def talk_until_end(call: Call, out: Output, interrupts: Interrupts,
+               duration: float | None) -> CallResult:
+    """Wait for the call to end, hanging up on Ctrl-C or after ``duration``."""
+    from softphone.client.phone import CallEnded
+
+    async def connected_then_timer() -> None:
+        try:
+            await call.connected()
+        except CallEnded:
+            return
+        pair = call.candidate_pair
+        out.say(f"connected to {call.peer}"
+                f" ({call.setup_seconds or 0.0:.2f} s)"
+                + (f" via {pair}" if pair is not None else ""))
+        if duration is not None:
+            await asyncio.sleep(duration)
+            await call.hangup("duration")
+            return
+        await asyncio.Event().wait()
+
+    from softphone.cli.tui import CallScreen
+
+    timer = asyncio.create_task(connected_then_timer())
+    screen = out.screen = CallScreen(call, out, out.human)
+    screen.start()
+    try:
+        await first_done(call.ended(), interrupts.event.wait(), timer)
+        if not call.is_ended:
+            await call.hangup("interrupted" if interrupts.event.is_set() else "hangup")
+        result = await call.ended()
+    finally:
+        out.screen = None
+        screen.stop()
+    timer.cancel()
+    return result
+
+
+async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output
+                  ) -> Phone | HubUnreachable:
+    """The phone, connected to the hub; or why the hub cannot be reached (said)."""
+    phone = setup.phone(timeouts)
+    try:
+        await phone.connect()
+    except HubUnreachable as exc:
+        out.say(str(exc))
+        return exc
+    return phone
+
+
+# ------------------------------------------------------------------- call ---
+
+
+@click.command(epilog=exit_codes_help())
+@click.argument("callee", callback=check_id)
+@as_option()
+@phone_options
+@click.option("--ring-timeout", type=float, default=30.0, show_default=True,
+              callback=positive, metavar="S", help="Give up if nobody answers in time.")
+def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
+         media: MediaOptions, talk: TalkOptions, ring_timeout: float) -> None:
+    """Call CALLEE through the hub and talk until someone hangs up.
+
+    Sends --play or --tone (else the microphone, or silence), records with
+    --record. Ctrl-C hangs up cleanly.
+    """
+    if callee == client_id:
+        raise click.BadParameter("you cannot call yourself", param_hint="CALLEE")
+    setup = PhoneSetup(client_id, hub, ice, media)
+    out = Output(talk.json_mode)
+    source = setup.source()
+    timeouts = CallTimeouts(ring=ring_timeout, setup=talk.setup_timeout)
+    sinks = setup.sinks(callee)
+    output = setup.output()
+
+    async def run() -> int:
+        interrupts = Interrupts()
+        interrupts.install()
+        phone = await connect(setup, timeouts, out)
+        if isinstance(phone, HubUnreachable):
+            out.event({"event": "ended", "outcome": str(Outcome.HUB_UNREACHABLE),
+                       "exit_code": int(ExitCode.HUB_UNREACHABLE), "reason": str(phone)})
+            for sink in sinks:
+                sink.close()
+            if output is not None:
+                output.stop()
+            return ExitCode.HUB_UNREACHABLE
+        try:
+            out.say(f"calling {callee} as {client_id} via {phone.hub.address.http}")
+            the_call = await phone.dial(callee, source, sinks, on_event=out.event,
+                                        output=output)
+            result = await talk_until_end(the_call, out, interrupts, talk.duration)
+        finally:
+            await phone.close()
+        if phone.refusal is not None:
+            out.say(f"the hub refused us: {phone.refusal.message}")
+            return ExitCode.REFUSED
+        out.say(describe(result))
+        if media.record and result.outcome is Outcome.COMPLETED:
+            out.say(f"recorded to {sinks[0].writer.path} ({sinks[0].writer.seconds:.1f} s)")
+        return result.exit_code
+
+    sys.exit(asyncio.run(run()))
+
+
+# ----------------------------------------------------------------- listen ---
+
+
+class LineReader:
+    """Lines from stdin without blocking the event loop."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._buffer = b""
+        self._fd = -1  # no stdin, or one that is not a file (click's CliRunner)
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            self._fd = sys.stdin.fileno()
+        self.active = False
+
+    def start(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            asyncio.get_running_loop().add_reader(self._fd, self._readable)
+            self.active = True
+        except (OSError, ValueError, NotImplementedError):
+            self.active = False
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self._fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self.active = False
+            self.queue.put_nowait(None)
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.queue.put_nowait(line.decode(errors="replace").strip())
+
+    def drain(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
+    """Ask accept/reject; None if the prompt was withdrawn (the caller gave up)."""
+    reader.drain()
+    out.say(f"incoming call from {call.peer}: accept? [y/n]")
+    while True:
+        getter = asyncio.ensure_future(reader.queue.get())
+        ended = asyncio.ensure_future(call.ended())
+        await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            getter.cancel()
+            return None
+        ended.cancel()
+        answer = getter.result()
+        if answer is None:
+            out.say("stdin closed: cannot ask; use --auto-accept to answer calls")
+            await call.ended()
+            return None
+        if answer.lower() in ("y", "yes", "a", "accept"):
+            return True
+        if answer.lower() in ("n", "no", "r", "reject"):
+            return False
+        out.say("please answer y or n")
+
+
+@click.command(epilog=exit_codes_help(note="(--once exits with the call's code.)"))
+@as_option()
+@phone_options
+@click.option("--auto-accept", is_flag=True, help="Answer every call without asking.")
+@click.option("--once", is_flag=True, help="Handle one call, then exit with its outcome.")
+@click.option("--echo", is_flag=True,
+              help="Send each caller's audio back to them (the echo test).")
+def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaOptions,
+           talk: TalkOptions, auto_accept: bool, once: bool, echo: bool) -> None:
+    """Wait for calls and answer them (asks y/n unless --auto-accept).
+
+    A second caller during a call gets 'busy'. Ctrl-C hangs up and exits.
+    """
+    if echo and (media.play or media.tone is not None):
+        raise click.UsageError("--echo sends the caller's audio: not with --play/--tone")
+    setup = PhoneSetup(client_id, hub, ice, media, echo=echo)
+    out = Output(talk.json_mode)
+    setup.source().stop()  # check the file/tone/microphone now, before anyone calls
+    timeouts = CallTimeouts(setup=talk.setup_timeout)
+
+    async def run() -> int:
+        from softphone.cli.tui import ask_key, is_terminal
+
+        interrupts = Interrupts()
+        interrupts.install()
+        reader = LineReader()
+        keys = not auto_accept and is_terminal(out.human)
+        if not auto_accept and not keys:
+            reader.start()
+        phone = await connect(setup, timeouts, out)
+        if isinstance(phone, HubUnreachable):
+            return ExitCode.HUB_UNREACHABLE
+        out.say(f"listening as {client_id} on {phone.hub.address.http} (Ctrl-C to stop)")
+        out.event({"event": "listening", "id": client_id})
+        n = 0
+        try:
+            while True:
+                next_call = asyncio.ensure_future(phone.next_call())
+                await first_done(next_call, interrupts.event.wait(), phone.refused.wait())
+                if phone.refusal is not None:
+                    out.say(f"the hub refused us: {phone.refusal.message}")
+                    return ExitCode.REFUSED
+                if not next_call.done() or next_call.cancelled():
+                    return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
+                incoming = next_call.result()
+                n += 1
+                incoming.on_event(out.event)
+                out.event({"event": "incoming", "peer": incoming.peer})
+                if auto_accept:
+                    accept: bool | None = True
+                    out.say(f"incoming call from {incoming.peer}: accepting")
+                else:
+                    asking = asyncio.ensure_future(ask_key(incoming, out) if keys
+                                                   else ask(incoming, out, reader))
+                    await first_done(asking, interrupts.event.wait())
+                    accept = asking.result() if asking.done() and not asking.cancelled() \
+                        else False
+                if accept:
+                    source, sinks, output = setup.call_media(incoming.peer, n)
+                    await incoming.accept(source, sinks, output=output)
+                elif accept is False and incoming.state is CallState.RINGING:
+                    await incoming.reject()
+                result = await talk_until_end(incoming, out, interrupts, talk.duration)
+                out.say(describe(result))
+                if once or interrupts.event.is_set():
+                    return result.exit_code
+        finally:
+            await phone.close()
+
+    sys.exit(asyncio.run(run()))

@@ -1,0 +1,176 @@
+"""One phone set-up for ``call`` and ``listen``: the hub connection (URL,
+token, TLS), the ICE servers, the media settings, and each call's source,
+sinks and audio devices.
+
+Everything here is built from the typed option groups of
+:mod:`softphone.cli.options`; nothing is read from the click context except
+that bad values are reported as click errors (exit 2, one line).
+The media-wiring functions (:func:`media_config`, :func:`audio_device`,
+:func:`make_source`, :func:`make_sinks`) are all in this module.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from softphone.cli.options import (
+    AudioDeviceOptions,
+    HubClientOptions,
+    IceOptions,
+    MediaOptions,
+    TlsClientOptions,
+    VoiceOptions,
+)
+from softphone.cli.runtime import fail
+from softphone.core.callstate import CallTimeouts
+
+if TYPE_CHECKING:
+    import ssl
+
+    from softphone.client.phone import Phone
+    from softphone.media.rtc import MediaConfig
+
+
+def client_tls(tls: TlsClientOptions) -> ssl.SSLContext | None:
+    """The ssl context for Phone(ssl_context=...) (None: the system's CAs)."""
+    from softphone.hub.tls import TLSConfigError, client_context
+
+    try:
+        return client_context(tls.ca_file, tls.insecure)
+    except TLSConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ca-file") from exc
+
+
+def media_config(voice: VoiceOptions) -> MediaConfig:
+    """The MediaConfig asked for by --bitrate / --redundancy / --simulate-loss."""
+    from softphone.media.netsim import Impairment
+    from softphone.media.opus import EncoderSettings
+    from softphone.media.rtc import MediaConfig
+
+    settings: dict[str, Any] = {}
+    if voice.bitrate_kbps is not None:
+        settings["bitrate"] = voice.bitrate_kbps * 1000
+    if voice.redundancy is not None:
+        settings["redundancy"] = voice.redundancy
+    loss = voice.simulate_loss
+    return MediaConfig(encoder=EncoderSettings(**settings),
+                       impairment=Impairment(loss=loss / 100, seed=0) if loss else None)
+
+
+def audio_device(kind: str, audio: AudioDeviceOptions, noticed: set[str]) -> Any:
+    """The microphone ("input") or speaker ("output") the options ask for, or None.
+
+    A device that is missing but was not asked for by name is a notice, said
+    once per ``noticed`` (one set per command), not an error.
+    """
+    from softphone.cli.tui import open_mic, open_speaker
+    from softphone.media.devices import DeviceError
+
+    spec = audio.input if kind == "input" else audio.output
+    if audio.no_audio:
+        if spec:
+            raise click.UsageError(f"use either --{kind} or --no-audio, not both")
+        return None
+    opener = open_mic if kind == "input" else open_speaker
+    try:
+        device, notice = opener(spec, required=bool(spec))
+    except DeviceError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"--{kind}") from exc
+    if notice and kind not in noticed:
+        noticed.add(kind)
+        click.echo(f"softphone: {notice} (see softphone devices, or --no-audio)", err=True)
+    return device
+
+
+def make_source(media: MediaOptions, noticed: set[str], *, echo: bool = False) -> Any:
+    """The track to send (--play, --tone, --echo, else the microphone or silence)."""
+    from softphone.media.tracks import AudioFileError, FileSource, SilenceSource, ToneSource
+
+    if media.play:
+        try:
+            return FileSource.from_file(media.play)
+        except AudioFileError as exc:
+            raise click.BadParameter(str(exc), param_hint="--play") from exc
+    if media.tone is not None:
+        try:
+            return ToneSource(media.tone)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tone") from exc
+    if echo:
+        from softphone.media.tracks import EchoSource
+
+        return EchoSource()
+    mic = audio_device("input", media.audio, noticed)
+    return mic if mic is not None else SilenceSource()
+
+
+def make_output(media: MediaOptions, noticed: set[str], *, echo: bool = False) -> Any:
+    """The speaker that plays what we hear (a call's output), or None (not with
+    --echo unless --output names one)."""
+    if echo and not media.audio.output:
+        return None
+    return audio_device("output", media.audio, noticed)
+
+
+def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 1, *,
+               echo: bool = False) -> list[Any]:
+    """Where what we hear goes besides the speaker: the --record file."""
+    from softphone.media.tracks import RecorderSink
+
+    record = media.record
+    if not record:
+        return []
+    path = record.format(peer=peer, n=n, time=datetime.now().strftime("%Y%m%d-%H%M%S")) \
+        if "{" in record else record
+    try:
+        return [RecorderSink(path)]
+    except OSError as exc:
+        fail(f"cannot record to {path}: {exc.strerror or exc}")
+
+
+class PhoneSetup:
+    """What ``call`` and ``listen`` build the same way: the :class:`Phone`, and
+    the source and sinks of each call. ``echo``: send each caller's audio back."""
+
+    def __init__(self, client_id: str, hub: HubClientOptions, ice: IceOptions,
+                 media: MediaOptions, *, echo: bool = False) -> None:
+        self.client_id = client_id
+        self.hub = hub
+        self.ice = ice
+        self.media = media
+        self.echo = echo
+        self.ssl_context = client_tls(hub.tls)
+        self.media_config = media_config(media.voice)
+        #: Device notices already said ("input", "output"): once per command.
+        self._noticed: set[str] = set()
+
+    def phone(self, timeouts: CallTimeouts) -> Phone:
+        from softphone.client.phone import Phone
+
+        return Phone(self.client_id, self.hub.server, ice_servers=self.ice.servers,
+                     timeouts=timeouts, media=self.media_config, reconnect=True,
+                     relay_only=self.ice.relay_only, token=self.hub.token,
+                     ssl_context=self.ssl_context)
+
+    def source(self) -> Any:
+        """The track to send; raises a click error for a bad --play/--tone/--input."""
+        return make_source(self.media, self._noticed, echo=self.echo)
+
+    def sinks(self, peer: str, n: int = 1) -> list[Any]:
+        """The sinks of call ``n`` with ``peer``; exits (1) if --record cannot be written."""
+        return make_sinks(self.media, self._noticed, peer, n, echo=self.echo)
+
+    def output(self) -> Any:
+        """The speaker of a call (its output), or None."""
+        return make_output(self.media, self._noticed, echo=self.echo)
+
+    def call_media(self, peer: str, n: int = 1) -> tuple[Any, list[Any], Any]:
+        """Source, sinks and output of one call; with --echo the source also hears it."""
+        source = self.source()
+        sinks = self.sinks(peer, n)
+        if self.echo:  # what we hear goes back
+            sinks.append(source)
+        return source, sinks, self.output()

@@ -1,0 +1,85 @@
+"""What every command shares while it runs: human lines and JSON events,
+one-line failures with their exit code, and Ctrl-C as an asyncio event.
+
+Exit codes: :class:`softphone.core.callstate.ExitCode`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any, NoReturn, TextIO
+
+import click
+
+from softphone.core.callstate import ExitCode
+
+
+class Output:
+    """Human lines and JSON events, as the user asked."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+        self.human: TextIO = sys.stderr if json_mode else sys.stdout
+        self._t0 = time.monotonic()
+        #: The live status line of a call on a terminal (softphone.cli.tui.CallScreen).
+        self.screen: Any = None
+
+    def say(self, text: str) -> None:
+        if self.screen is not None and self.screen.say(text):
+            return
+        print(text, file=self.human, flush=True)
+
+    def event(self, event: dict[str, Any]) -> None:
+        if self.json_mode:
+            event = {"time": round(time.monotonic() - self._t0, 3), **event}
+            print(json.dumps(event, separators=(",", ":")), flush=True)
+
+
+def exit_codes_help(codes: Iterable[ExitCode] = ExitCode, note: str = "") -> str:
+    """A ``--help`` epilog listing ``codes`` (one a line: click's ``\\b`` keeps them)."""
+    lines = [f"  {code.value:>3}  {code.name.lower().replace('_', '-')}: {code.meaning}"
+             for code in codes]
+    return "\b\nExit codes:\n" + "\n".join(lines) + (f"\n\n{note}" if note else "")
+
+
+def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
+    """Exit with one line on stderr."""
+    click.echo(f"softphone: {message}", err=True)
+    sys.exit(code)
+
+
+class Interrupts:
+    """SIGINT/SIGTERM as an asyncio event; a second Ctrl-C exits at once."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.count = 0
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._fire)
+
+    def _fire(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            os._exit(ExitCode.INTERRUPTED)
+        self.event.set()
+
+
+async def first_done(*aws: Awaitable[Any]) -> None:
+    """Wait until one of ``aws`` is done, then cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -1,0 +1,345 @@
+"""``softphone serve`` (the hub) and ``softphone token``, with the hub's own
+option groups: TLS (:class:`TlsServerOptions`) and identity, origins, limits
+and TURN (:class:`HubSecurityOptions`).
+
+Nothing here imports aiortc, PyAV, numpy or libopus: the hub runs without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from softphone.cli.options import (
+    IceOptions,
+    as_option,
+    hub_ice_options,
+    not_negative,
+    option_group,
+    positive,
+)
+from softphone.cli.runtime import Interrupts, exit_codes_help, fail, first_done
+from softphone.core.callstate import ExitCode
+
+if TYPE_CHECKING:
+    import ssl
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ TLS ---
+
+
+@dataclass(frozen=True)
+class TlsServerOptions:
+    """How the hub serves https/wss: ``--cert``/``--key``, or ``--self-signed``
+    (kept in ``--tls-dir``, else a temporary directory); none of them: plain http."""
+
+    cert: str | None = None
+    key: str | None = None
+    self_signed: bool = False
+    tls_dir: str | None = None
+
+
+def _tls_server(cert: str | None, key: str | None, self_signed: bool,
+                tls_dir: str | None) -> TlsServerOptions:
+    if self_signed and (cert or key):
+        raise click.UsageError("use either --self-signed or --cert/--key, not both")
+    if bool(cert) != bool(key):
+        raise click.UsageError("--cert and --key go together")
+    if tls_dir and not self_signed:
+        raise click.UsageError("--tls-dir goes with --self-signed")
+    return TlsServerOptions(cert, key, self_signed, tls_dir)
+
+
+tls_server_options = option_group("tls", _tls_server, [
+    click.option("--cert", type=click.Path(dir_okay=False), metavar="FILE",
+                 help="Serve https/wss with this certificate chain (PEM); needs --key."),
+    click.option("--key", type=click.Path(dir_okay=False), metavar="FILE",
+                 help="TLS private key (PEM)."),
+    click.option("--self-signed", is_flag=True,
+                 help="Serve https/wss with a generated certificate for localhost and "
+                      "this machine's addresses (browsers need https for the microphone)."),
+    click.option("--tls-dir", type=click.Path(file_okay=False), metavar="DIR",
+                 help="With --self-signed: keep the key and certificate here (reused "
+                      "while valid) instead of a temporary directory."),
+])
+
+
+def server_tls(host: str, tls: TlsServerOptions) -> tuple[ssl.SSLContext | None, list[str]]:
+    """The hub's ssl context (None: plain http) and lines to print ({port} to fill in)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from softphone.hub.tls import (
+        TLSConfigError,
+        default_names,
+        local_addresses,
+        self_signed,
+        server_context,
+    )
+
+    cert, key = tls.cert, tls.key
+    notes: list[str] = []
+    if tls.self_signed:
+        folder = tls.tls_dir
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="softphone-tls-")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        try:
+            made = self_signed(folder, default_names([host]))
+        except OSError as exc:
+            fail(f"cannot write the certificate to {folder}: {exc.strerror or exc}")
+        cert, key = str(made.cert), str(made.key)
+        notes.append(f"self-signed certificate {'reused' if made.reused else 'made'}: {cert}")
+        notes.append(f"  for {', '.join(made.names)}; SHA-256 {made.fingerprint}")
+        notes.append(f"  CLI clients: --ca-file {cert} (or --insecure); browsers will warn once")
+        if host in ("0.0.0.0", "::"):
+            notes += [f"  phones on the LAN: https://{a}:{{port}}/" for a in local_addresses()
+                      if not a.startswith(("127.", "::1")) and ":" not in a]
+    if cert is None or key is None:
+        return None, notes
+    try:
+        return server_context(cert, key), notes
+    except TLSConfigError as exc:
+        fail(str(exc))
+
+
+# ------------------------------------------------------------- security ---
+
+
+@dataclass(frozen=True)
+class HubSecurityOptions:
+    """Identity, origins, limits and TURN: the HubConfig fields of the same names."""
+
+    secret: str | None = None
+    allow_origins: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = None
+    turn_ttl: float = 3600.0
+    max_message_bytes: int = 64 * 1024
+    rate: float = 100.0
+    burst: float = 200.0
+    max_connections: int = 20_000
+    max_per_address: int = 100
+    peer_grace: float = 4.0
+    heartbeat: float = 15.0
+
+    def hub_config_fields(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _hub_security(**values: Any) -> HubSecurityOptions:
+    options = HubSecurityOptions(**values)
+    if options.turn_urls and not options.turn_secret:
+        raise click.UsageError("--turn needs --turn-secret (coturn's static-auth-secret)")
+    if options.turn_secret and not options.turn_urls:
+        raise click.UsageError("--turn-secret needs at least one --turn URL")
+    if options.secret is not None:
+        check_secret(options.secret)
+    return options
+
+
+def check_secret(value: str) -> str:
+    from softphone.hub.auth import check_secret as check
+
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--secret") from None
+
+
+def _turn_url(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+              ) -> tuple[str, ...]:
+    for url in value:
+        if url.split(":", 1)[0] not in ("turn", "turns"):
+            raise click.BadParameter(f"{url!r} is not a turn: or turns: URL")
+    return value
+
+
+def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+             ) -> tuple[str, ...]:
+    from softphone.hub.limits import OriginPolicy
+
+    try:
+        OriginPolicy.from_list(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+hub_security_options = option_group("security", _hub_security, [
+    click.option("--secret", envvar="SOFTPHONE_SECRET", metavar="S",
+                 help="Require tokens signed with this secret (env SOFTPHONE_SECRET)."),
+    click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+                 callback=_origins,
+                 help="Browser origin allowed to connect besides the hub's own "
+                      "(repeatable; '*' for any). Clients sending no Origin are allowed."),
+    click.option("--turn", "turn_urls", multiple=True, metavar="URL", callback=_turn_url,
+                 help="TURN URL handed out by /ice-servers with time-limited "
+                      "credentials (repeatable; needs --turn-secret)."),
+    click.option("--turn-secret", envvar="SOFTPHONE_TURN_SECRET", metavar="S",
+                 help="coturn's static-auth-secret (env SOFTPHONE_TURN_SECRET)."),
+    click.option("--turn-ttl", type=float, default=3600.0, show_default=True,
+                 callback=positive, metavar="S", help="Lifetime of TURN credentials."),
+    click.option("--max-message-bytes", type=click.IntRange(256), default=64 * 1024,
+                 show_default=True, help="Larger messages get 'too-large'."),
+    click.option("--rate", type=float, default=100.0, show_default=True,
+                 callback=not_negative, metavar="N",
+                 help="Messages a second per connection (0: unlimited)."),
+    click.option("--burst", type=float, default=200.0, show_default=True,
+                 callback=positive, metavar="N", help="Messages allowed in a burst."),
+    click.option("--max-connections", type=click.IntRange(0), default=20_000,
+                 show_default=True, help="Connections in total (0: unlimited)."),
+    click.option("--max-per-address", type=click.IntRange(0), default=100,
+                 show_default=True, help="Connections from one address (0: unlimited)."),
+    click.option("--peer-grace", type=float, default=4.0, show_default=True,
+                 callback=not_negative, metavar="S",
+                 help="How long a client in a call may be gone before its peer is "
+                      "sent hangup (peer-disconnected)."),
+    click.option("--heartbeat", type=float, default=15.0, show_default=True,
+                 callback=positive, metavar="S",
+                 help="Ping interval; a client silent for 1.5 times it is dropped."),
+])
+
+
+# ---------------------------------------------------------------- token ---
+
+
+_TTL_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    text = value.strip().lower()
+    unit = _TTL_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use seconds or 30m, 12h, 7d") from None
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise click.BadParameter("must be greater than 0")
+    return seconds
+
+
+@click.command()
+@as_option()
+@click.option("--secret", envvar="SOFTPHONE_SECRET", required=True, metavar="S",
+              help="The hub's secret (env SOFTPHONE_SECRET).")
+@click.option("--ttl", default="24h", show_default=True, callback=_ttl, metavar="TIME",
+              help="Lifetime: seconds, or with a unit (30m, 12h, 7d).")
+def token(client_id: str, secret: str, ttl: float) -> None:
+    """Print a token that lets ID connect to a hub run with this --secret."""
+    from softphone.hub.auth import mint_token
+
+    click.echo(mint_token(check_secret(secret), client_id, time.time(), ttl))
+
+
+# ---------------------------------------------------------------- serve ---
+
+
+@click.command(epilog=exit_codes_help(
+    [ExitCode.ERROR, ExitCode.USAGE, ExitCode.REDIS_UNAVAILABLE]))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@hub_ice_options
+@click.option("--redis", "redis_url", envvar="SOFTPHONE_REDIS", metavar="URL",
+              help="Run as one node of several sharing this Redis (redis://host:6379/0; "
+                   "env SOFTPHONE_REDIS): presence and routing across nodes. "
+                   "See docs/scale-out.md.")
+@click.option("--node-id", metavar="ID",
+              help="This node's name in Redis (default: hostname-pid; unique per node).")
+@click.option("--loop", "loop_kind", type=click.Choice(["auto", "uvloop", "asyncio"]),
+              default="auto", show_default=True,
+              help="Event loop: uvloop (less CPU and memory per client) or the standard "
+                   "asyncio one; auto takes uvloop when it is installed.")
+@hub_security_options
+@tls_server_options
+def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
+          node_id: str | None, loop_kind: str, security: HubSecurityOptions,
+          tls: TlsServerOptions) -> None:
+    """Run the signaling hub (WebSocket /ws, /ice-servers, /healthz, /metrics).
+
+    It also serves the browser phone at / (https with --self-signed or
+    --cert/--key, which browsers need for the microphone off localhost).
+
+    With --secret (or SOFTPHONE_SECRET) every client needs a token
+    (softphone token --as ID); without it the hub is open, like the original.
+    With --redis several hubs act as one; if Redis cannot be reached at start,
+    the exit code is 12.
+    """
+    from softphone.hub.server import DEFAULT_ICE_SERVERS, Hub, HubConfig, serve_forever
+
+    registry: Any = None
+    if redis_url is not None:
+        from softphone.hub.redis_registry import RedisRegistry
+        try:
+            registry = RedisRegistry(redis_url, node_id)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--redis/--node-id") from None
+    elif node_id is not None:
+        raise click.UsageError("--node-id goes with --redis")
+    servers = DEFAULT_ICE_SERVERS if ice.servers is None else ice.servers
+    hub = Hub(HubConfig(ice_servers=servers, **security.hub_config_fields()), registry)
+
+    ssl_context, tls_notes = server_tls(host, tls)
+
+    def ready(bound: int) -> None:
+        scheme = "https" if ssl_context is not None else "http"
+        click.echo(f"softphone hub listening on {scheme}://{host}:{bound} (Ctrl-C to stop)")
+        for note in tls_notes:
+            click.echo(note.replace("{port}", str(bound)))
+
+    async def run() -> None:
+        interrupts = Interrupts()
+        interrupts.install()
+        if registry is not None:
+            await registry.start()  # RegistryUnavailable: Redis is not there
+        task = asyncio.create_task(
+            serve_forever(hub, host, port, ready, ssl_context=ssl_context))
+        await first_done(task, interrupts.event.wait())
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if task.done() and not task.cancelled() and task.exception():
+            raise task.exception()  # type: ignore[misc]
+
+    from softphone.hub.redis_registry import RegistryUnavailable
+
+    loop_factory = event_loop_factory(loop_kind)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run())
+    except RegistryUnavailable as exc:
+        fail(str(exc), ExitCode.REDIS_UNAVAILABLE)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    click.echo("hub stopped")
+
+
+def event_loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The hub's event loop: uvloop if installed (``auto``) or asked for, else asyncio's.
+
+    uvloop (libuv, in C) costs the hub less CPU per relayed message and less memory
+    per connection; without it the standard loop does the same job.
+    """
+    if kind == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise click.UsageError("--loop uvloop: uvloop is not installed "
+                                   "(pip install uvloop)") from None
+        log.debug("uvloop not installed: standard asyncio event loop")
+        return None
+    return uvloop.new_event_loop

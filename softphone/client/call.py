@@ -1,0 +1,320 @@
+"""One call of a :class:`~softphone.client.phone.Phone`: what a user does with it and reads.
+
+:class:`Call` is the public API of a call: answer, reject, hang up, mute,
+wait; and what a terminal phone or a bot shows: times
+(:attr:`Call.started_at`, :attr:`Call.connected_at`,
+:attr:`Call.setup_seconds`, :attr:`Call.talk_seconds`), levels
+(:attr:`Call.mic_dbfs`, :attr:`Call.speaker_dbfs`), :attr:`Call.codec`,
+:meth:`Call.stats`, :attr:`Call.muted`. Its audio is one
+:class:`~softphone.media.audiopath.CallAudio` (:attr:`Call.audio`); its
+events (``state``, ``media``, ``device-lost``, ``ended``) go to
+:meth:`Call.on_event` listeners. :class:`CallResult` says how it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from softphone.core import callstate as cs
+from softphone.core.protocol import IceCandidate
+from softphone.media.audiopath import CallAudio, MediaConfig
+from softphone.media.rtc import CandidatePair, MediaStats
+from softphone.media.tracks import AudioOutput, AudioSource, Sink
+
+if TYPE_CHECKING:
+    from softphone.client.phone import Phone
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+class MediaLink(Protocol):
+    """What a call needs of its peer connection (:class:`~softphone.media.rtc.MediaSession`)."""
+
+    candidate_pair: CandidatePair | None
+
+    @property
+    def codec(self) -> str | None: ...
+
+    def pregather(self) -> None: ...
+
+    async def create_offer(self) -> str: ...
+
+    async def accept_offer(self, sdp: str) -> str: ...
+
+    async def apply_answer(self, sdp: str) -> None: ...
+
+    def add_candidate(self, candidate: IceCandidate) -> None: ...
+
+    async def stats(self) -> MediaStats: ...
+
+    def turn_errors(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """How a call went. ``exit_code`` is the CLI's exit code for ``outcome``."""
+
+    peer: str
+    role: cs.Role
+    outcome: cs.Outcome
+    reason: str | None
+    ended_by: str  # "local", "remote", "timeout" or "network"
+    setup_seconds: float | None  # call-request (sent or received) -> media connected
+    first_audio_seconds: float | None  # call-request -> first audible frame received
+    talk_seconds: float  # media connected -> ended
+    stats: MediaStats = field(default_factory=MediaStats)
+    #: The ICE candidate pair the media used (None if it never connected).
+    candidate_pair: CandidatePair | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return int(cs.ExitCode.for_outcome(self.outcome))
+
+    def to_json(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 3)
+        return {"peer": self.peer, "role": str(self.role), "outcome": str(self.outcome),
+                "reason": self.reason, "ended_by": self.ended_by, "exit_code": self.exit_code,
+                "setup_seconds": r(self.setup_seconds),
+                "first_audio_seconds": r(self.first_audio_seconds),
+                "talk_seconds": r(self.talk_seconds), "stats": self.stats.to_json(),
+                "candidate_pair": None if self.candidate_pair is None
+                else self.candidate_pair.to_json()}
+
+
+class CallEnded(Exception):
+    """Raised by :meth:`Call.connected` when the call ended instead."""
+
+    def __init__(self, result: CallResult) -> None:
+        super().__init__(f"call ended: {result.outcome}")
+        self.result = result
+
+
+class Call:
+    """One call, outgoing or incoming. Created by :meth:`Phone.dial` or received.
+
+    Times are on the phone's event loop clock (``loop.time()``, monotonic).
+    """
+
+    def __init__(self, phone: Phone, machine: cs.CallMachine) -> None:
+        self.phone = phone
+        #: The sans-I/O state of the call (read it through the properties below).
+        self.machine = machine
+        #: The call's audio path, once it has one (dialing, or accepted).
+        self.audio: CallAudio | None = None
+        #: The peer connection, once media is being set up.
+        self.media: MediaLink | None = None
+        self._media_queue: asyncio.Queue[Callable[[], Coroutine[Any, Any, None]] | None] = \
+            asyncio.Queue()
+        self._media_task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._ended: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        self._listeners: list[EventCallback] = []
+        self._final_stats = MediaStats()
+
+    # -- what a user does -----------------------------------------------------
+
+    def on_event(self, callback: EventCallback) -> None:
+        """Call ``callback(event_dict)`` for every state change, device loss and the end."""
+        self._listeners.append(callback)
+
+    async def accept(self, source: AudioSource | None = None, sinks: Sequence[Sink] = (), *,
+                     output: AudioOutput | None = None, media: MediaConfig | None = None
+                     ) -> None:
+        """Answer an incoming call, sending ``source`` (silence if None).
+
+        ``sinks`` get what we hear; ``output`` plays it (a speaker,
+        :class:`~softphone.media.devices.SpeakerDriver`); ``media``: this
+        call's settings (default: the phone's).
+        """
+        self._prepare(source, sinks, output, media)
+        self.phone._feed(self, cs.LocalAccept())
+
+    async def reject(self, reason: str = "declined") -> None:
+        self.phone._feed(self, cs.LocalReject(reason))
+
+    async def hangup(self, reason: str = "hangup") -> None:
+        """End the call (cancel it if it is not connected yet). Idempotent."""
+        if not self.machine.is_ended:
+            self.phone._feed(self, cs.LocalHangup(reason))
+
+    def mute(self, muted: bool = True) -> None:
+        """Send silence (``muted``) or the source again."""
+        if self.audio is not None:
+            self.audio.muted = muted
+
+    async def connected(self) -> None:
+        """Wait until media is up (returns at once if it was). Raises if the call ended first."""
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
+        ended: asyncio.Future[Any] = self._ended
+        done, _ = await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            result = self._ended.result()
+            raise CallEnded(result)
+
+    async def ended(self) -> CallResult:
+        """Wait for the end of the call and return how it went."""
+        return await asyncio.shield(self._ended)
+
+    async def stats(self) -> MediaStats:
+        """The media figures now (after the end: as they were at the end)."""
+        if self.media is not None and not self.machine.is_ended:
+            return await self.media.stats()
+        return self._final_stats
+
+    # -- what a user reads ------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        return self.machine.peer
+
+    @property
+    def role(self) -> cs.Role:
+        return self.machine.role
+
+    @property
+    def state(self) -> cs.CallState:
+        return self.machine.state
+
+    @property
+    def is_ended(self) -> bool:
+        return self.machine.is_ended
+
+    @property
+    def request_data(self) -> Any:
+        return self.machine.request_data
+
+    @property
+    def result(self) -> CallResult | None:
+        return self._ended.result() if self._ended.done() else None
+
+    @property
+    def started_at(self) -> float:
+        """When the call-request was sent or received."""
+        return self.machine.started_at
+
+    @property
+    def connected_at(self) -> float | None:
+        """When media connected (None before)."""
+        return self.machine.connected_at
+
+    @property
+    def setup_seconds(self) -> float | None:
+        """call-request -> media connected (None until then)."""
+        at = self.machine.connected_at
+        return None if at is None else at - self.machine.started_at
+
+    @property
+    def talk_seconds(self) -> float:
+        """Seconds since media connected (0 before; frozen at the end)."""
+        at = self.machine.connected_at
+        if at is None:
+            return 0.0
+        end = self.machine.ended_at
+        return (self.phone.loop_time if end is None else end) - at
+
+    @property
+    def codec(self) -> str | None:
+        """The audio codec agreed (``opus/48000``, ``opus/48000+red``), once answered."""
+        return None if self.media is None else self.media.codec
+
+    @property
+    def candidate_pair(self) -> CandidatePair | None:
+        """The ICE candidate pair the media uses, once connected."""
+        return None if self.media is None else self.media.candidate_pair
+
+    @property
+    def muted(self) -> bool:
+        return self.audio is not None and self.audio.muted
+
+    @property
+    def mic_dbfs(self) -> float:
+        """Level of what we send now (dBFS; -inf when muted or before the call sends)."""
+        return float("-inf") if self.audio is None else self.audio.mic_dbfs
+
+    @property
+    def speaker_dbfs(self) -> float:
+        """Level of what we play now (dBFS)."""
+        return float("-inf") if self.audio is None else self.audio.speaker_dbfs
+
+    # -- internals ------------------------------------------------------------
+
+    def _prepare(self, source: AudioSource | None, sinks: Sequence[Sink],
+                 output: AudioOutput | None, media: MediaConfig | None) -> None:
+        self._adopt(CallAudio(source, sinks, output=output,
+                              config=media or self.phone.media_config))
+
+    def _adopt(self, audio: CallAudio) -> None:
+        """Make ``audio`` this call's (its device losses become our events)."""
+        audio.on_device_lost = self._device_lost
+        self.audio = audio
+
+    def _device_lost(self, message: str) -> None:
+        self._emit({"event": "device-lost", "message": message})
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event.setdefault("peer", self.peer)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("call event listener failed")
+
+    def _media_op(self, op: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._media_task is None:
+            self._media_task = asyncio.create_task(self._media_worker(), name="media-worker")
+        self._media_queue.put_nowait(op)
+
+    async def _media_worker(self) -> None:
+        while True:
+            op = await self._media_queue.get()
+            if op is None:
+                return
+            try:
+                await op()
+            except Exception as exc:
+                log.warning("media operation failed: %s", exc, exc_info=log.isEnabledFor(10))
+                self.phone._feed(self, cs.MediaFailed(f"media-error: {exc}"[:120]))
+
+    async def _finish(self, ended: cs.Ended) -> None:
+        """Stop media and audio, collect the figures, resolve :meth:`ended`."""
+        self._media_queue.put_nowait(None)
+        if self._media_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._media_task), 2.0)
+            self._media_task.cancel()
+        reason = ended.reason
+        if self.media is not None:
+            errors = self.media.turn_errors()
+            if ended.outcome is cs.Outcome.MEDIA_FAILED and errors and \
+                    errors[0] not in (reason or ""):  # say why no relay could help
+                reason = f"{reason}; {errors[0]}"
+            self._final_stats = await self.media.stats()
+            await self.media.close()
+        m = self.machine
+        first_audio = None
+        if self.audio is not None:
+            heard = self.audio.receiver.first_audio_at
+            first_audio = None if heard is None else heard - m.started_at
+            await self.audio.close()  # the output device, the source, the sinks
+        result = CallResult(
+            peer=m.peer, role=m.role, outcome=ended.outcome, reason=reason, ended_by=ended.by,
+            setup_seconds=self.setup_seconds,
+            first_audio_seconds=first_audio,
+            talk_seconds=0.0 if m.connected_at is None else ended.at - m.connected_at,
+            stats=self._final_stats,
+            candidate_pair=self.candidate_pair,
+        )
+        self._emit({"event": "ended", **result.to_json()})
+        if not self._ended.done():
+            self._ended.set_result(result)

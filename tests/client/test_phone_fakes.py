@@ -1,0 +1,245 @@
+"""Adapter tests of :class:`Phone` and :class:`Call` against fakes (``tests/client/fakes.py``).
+
+Between the pure core tests (``tests/core``) and the end-to-end runs: real
+phones, with a fake hub connection (in-memory routing, the real wire format)
+and fake media sessions (no peer connection). Each test checks that what a
+user does, and what the hub and the media do, reach the right events and
+:class:`CallResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from softphone.client.call import Call, CallResult
+from softphone.client.phone import Phone
+from softphone.core.callstate import CallState, CallTimeouts, Outcome
+from softphone.media.audiopath import MediaConfig
+from softphone.media.opus import EncoderSettings
+
+from .fakes import FakeHub, FakeMediaFactory, FakeMic, FakeOutput, FakeSink
+
+TIMEOUTS = CallTimeouts(ring=2.0, setup=2.0)
+
+
+class Lab:
+    """Phones on one fake hub, each with its own fake media factory and event log."""
+
+    def __init__(self) -> None:
+        self.hub = FakeHub()
+        self.phones: dict[str, Phone] = {}
+        self.media: dict[str, FakeMediaFactory] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}
+
+    async def phone(self, name: str, *, fail: str | None = None,
+                    media: MediaConfig | None = None) -> Phone:
+        self.media[name] = FakeMediaFactory(fail)
+        phone = Phone(name, timeouts=TIMEOUTS, reconnect=False, media=media,
+                      hub=self.hub.connection(name), media_factory=self.media[name])
+        await phone.connect()
+        self.phones[name] = phone
+        return phone
+
+    def log(self, name: str) -> Callable[[dict[str, Any]], None]:
+        events = self.events.setdefault(name, [])
+        return events.append
+
+    def kinds(self, name: str) -> list[str]:
+        """The events of ``name``'s calls: states by name, the end as "result"."""
+        names = {"state": None, "ended": "result"}
+        return [names.get(e["event"], e["event"]) or e["state"]
+                for e in self.events.get(name, [])]
+
+    async def incoming(self, name: str) -> Call:
+        call = await asyncio.wait_for(self.phones[name].next_call(), 2)
+        call.on_event(self.log(name))
+        return call
+
+
+@pytest.fixture
+async def lab() -> AsyncIterator[Lab]:
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        for phone in lab.phones.values():
+            await phone.close()
+
+
+async def ended(call: Call) -> CallResult:
+    return await asyncio.wait_for(call.ended(), 5)
+
+
+async def test_dial_accept_hangup(lab: Lab) -> None:
+    """Fakes: a completed call; both results, the events, the messages, the audio closed."""
+    a, _b = await lab.phone("a"), await lab.phone("b")
+    output, sink = FakeOutput(), FakeSink()
+    call_a = await a.dial("b", FakeMic(), [sink], on_event=lab.log("a"), output=output)
+    assert call_a.state is CallState.DIALING and not call_a.is_ended
+    call_b = await lab.incoming("b")
+    assert call_b.peer == "a" and call_b.state is CallState.RINGING
+    assert call_b.audio is None and call_b.mic_dbfs == float("-inf")
+    await call_b.accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    await asyncio.wait_for(call_b.connected(), 2)
+    assert call_a.setup_seconds is not None and call_a.setup_seconds >= 0
+    assert call_a.connected_at is not None and call_a.connected_at >= call_a.started_at
+    assert call_a.codec == "opus/48000" and call_a.candidate_pair is not None
+    assert lab.media["a"].sessions[0].pregathered  # gathered while it rang
+    await asyncio.sleep(0.1)
+    assert call_a.talk_seconds > 0
+    call_a.mute()
+    assert call_a.muted and not call_b.muted
+    await call_a.hangup()
+    result_a, result_b = await ended(call_a), await ended(call_b)
+    assert (result_a.outcome, result_a.ended_by, result_a.exit_code) == \
+        (Outcome.COMPLETED, "local", 0)
+    assert (result_b.outcome, result_b.ended_by, result_b.reason) == \
+        (Outcome.COMPLETED, "remote", "hangup")
+    assert result_a.setup_seconds == call_a.setup_seconds
+    assert result_a.talk_seconds == pytest.approx(call_a.talk_seconds)
+    assert call_a.is_ended and call_a.result == result_a
+    assert lab.kinds("a") == ["dialing", "connecting", "connected", "media", "ended", "result"]
+    assert lab.kinds("b") == ["connecting", "connected", "media", "ended", "result"]
+    assert lab.hub.types() == ["call-request", "call-accept", "offer", "answer", "hangup"]
+    # The call's audio path was closed with it: output device, source, sinks.
+    assert output.stopped and sink.closed and call_a.audio is not None
+    assert call_a.audio.source.readyState == "ended"
+    assert all(s.closed for s in lab.media["a"].sessions + lab.media["b"].sessions)
+
+
+async def test_reject(lab: Lab) -> None:
+    """Fakes: the callee declines; no media is set up on its side."""
+    a, _b = await lab.phone("a"), await lab.phone("b")
+    call_a = await a.dial("b", on_event=lab.log("a"))
+    call_b = await lab.incoming("b")
+    await call_b.reject()
+    result_a, result_b = await ended(call_a), await ended(call_b)
+    assert (result_a.outcome, result_a.reason, result_a.ended_by, result_a.exit_code) == \
+        (Outcome.REJECTED, "declined", "remote", 3)
+    assert (result_b.outcome, result_b.ended_by) == (Outcome.REJECTED, "local")
+    assert result_a.setup_seconds is None and result_a.talk_seconds == 0
+    assert lab.media["b"].sessions == []
+    assert lab.kinds("a") == ["dialing", "ended", "result"]
+
+
+async def test_busy(lab: Lab) -> None:
+    """Fakes: a third caller is told busy; the call in progress goes on."""
+    a, b, c = await lab.phone("a"), await lab.phone("b"), await lab.phone("c")
+    call_a = await a.dial("b")
+    call_b = await lab.incoming("b")
+    await call_b.accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    call_c = await c.dial("b")
+    result_c = await ended(call_c)
+    assert (result_c.outcome, result_c.reason, result_c.exit_code) == \
+        (Outcome.BUSY, "busy", 4)
+    assert call_a.state is call_b.state is CallState.CONNECTED
+    assert b.current_call is call_b
+
+
+async def test_glare(lab: Lab) -> None:
+    """Fakes: both dial each other at once; the larger id gives way and answers instead."""
+    a, b = await lab.phone("a"), await lab.phone("b")
+    call_a, call_b = await asyncio.gather(a.dial("b"), b.dial("a"))
+    result_b = await ended(call_b)
+    assert (result_b.outcome, result_b.reason) == (Outcome.BUSY, "glare")
+    incoming = await lab.incoming("b")
+    assert incoming.peer == "a" and incoming is not call_b
+    await incoming.accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    assert incoming.state is CallState.CONNECTED and not call_a.is_ended
+
+
+async def test_offline(lab: Lab) -> None:
+    """Fakes: nobody holds the id on the hub."""
+    a = await lab.phone("a")
+    result = await ended(await a.dial("nobody"))
+    assert (result.outcome, result.exit_code) == (Outcome.OFFLINE, 6)
+
+
+async def test_hub_lost_while_ringing(lab: Lab) -> None:
+    """Fakes: the hub connection breaks before the call is answered: the call is over."""
+    a, _ = await lab.phone("a"), await lab.phone("b")
+    call_a = await a.dial("b")
+    await lab.incoming("b")
+    lab.hub.drop("a")
+    result = await ended(call_a)
+    assert (result.outcome, result.ended_by, result.exit_code) == \
+        (Outcome.HUB_UNREACHABLE, "network", 7)
+    assert not a.hub_connected.is_set()
+
+
+async def test_hub_lost_in_a_call_keeps_talking(lab: Lab) -> None:
+    """Fakes: media is peer to peer, so a call outlives its hub connection."""
+    a, _b = await lab.phone("a"), await lab.phone("b")
+    call_a = await a.dial("b")
+    await (await lab.incoming("b")).accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    lab.hub.drop("a")
+    await asyncio.sleep(0.1)
+    assert call_a.state is CallState.CONNECTED
+    await call_a.hangup()  # the hangup cannot reach b: still our call ends
+    result = await ended(call_a)
+    assert (result.outcome, result.ended_by) == (Outcome.COMPLETED, "local")
+
+
+async def test_media_failure(lab: Lab) -> None:
+    """Fakes: the callee's media fails; both sides end with media-failed."""
+    a, _b = await lab.phone("a"), await lab.phone("b", fail="ice-failed")
+    call_a = await a.dial("b")
+    call_b = await lab.incoming("b")
+    await call_b.accept()
+    result_a, result_b = await ended(call_a), await ended(call_b)
+    assert (result_b.outcome, result_b.reason, result_b.ended_by) == \
+        (Outcome.MEDIA_FAILED, "ice-failed", "network")
+    assert (result_a.outcome, result_a.ended_by, result_a.exit_code) == \
+        (Outcome.MEDIA_FAILED, "remote", 8)
+
+
+async def test_settings_are_per_call(lab: Lab) -> None:
+    """Fakes: a call's settings reach its own media session; the phone's are the default."""
+    low = MediaConfig(encoder=EncoderSettings(bitrate=32_000, redundancy=0))
+    high = MediaConfig(encoder=EncoderSettings(bitrate=128_000))
+    a, _b = await lab.phone("a", media=low), await lab.phone("b", media=low)
+    call_a = await a.dial("b", media=high)
+    call_b = await lab.incoming("b")
+    await call_b.accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    assert lab.media["a"].sessions[0].audio.config is high
+    assert lab.media["b"].sessions[0].audio.config is low
+    assert call_a.audio is not None and call_a.audio.config.encoder.bitrate == 128_000
+
+
+async def test_device_loss_is_an_event_of_the_call(lab: Lab) -> None:
+    """Fakes: microphone and speaker losses reach the call's listeners; playout goes on."""
+    a, _b = await lab.phone("a"), await lab.phone("b")
+    mic, speaker = FakeMic(), FakeOutput()
+    call_a = await a.dial("b", mic, on_event=lab.log("a"), output=speaker)
+    await (await lab.incoming("b")).accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    assert speaker.lost is not None  # the playout drives the speaker
+    audio = call_a.audio
+    assert audio is not None and audio.receiver.frames == 0  # (this fake never pulls)
+    mic.lose("microphone lost: fake mic stopped")
+    speaker.lost("speaker lost: fake speaker stopped")
+    await asyncio.sleep(0.2)
+    assert audio.receiver.frames >= 5  # a 20 ms clock plays out instead
+    lost = [e for e in lab.events["a"] if e["event"] == "device-lost"]
+    assert lost == [
+        {"event": "device-lost", "message": "microphone lost: fake mic stopped", "peer": "b"},
+        {"event": "device-lost", "message": "speaker lost: fake speaker stopped", "peer": "b"}]
+    assert audio.lost == [e["message"] for e in lost]
+    assert call_a.state is CallState.CONNECTED
+
+
+async def test_a_speaker_among_the_sinks_is_a_clear_error(lab: Lab) -> None:
+    """Fakes: an output device is not a sink; nothing is sent to the hub."""
+    a = await lab.phone("a")
+    with pytest.raises(TypeError, match="output="):
+        await a.dial("b", sinks=[FakeOutput()])  # type: ignore[list-item]
+    assert lab.hub.log == [] and a.current_call is None
