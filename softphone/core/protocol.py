@@ -36,6 +36,12 @@ class MessageType(enum.StrEnum):
     HANGUP = "hangup"
 
 
+#: The types that start, answer and end a call: the hub tracks who is in a call with
+#: whom from these (plain strings: the hub tests every relayed message against them).
+CALL_TYPES: Final[frozenset[str]] = frozenset(t.value for t in (
+    MessageType.CALL_REQUEST, MessageType.CALL_ACCEPT, MessageType.CALL_REJECT,
+    MessageType.HANGUP))
+
 #: Type of the messages the hub originates.
 ERROR_TYPE: Final = "error"
 

@@ -1,6 +1,6 @@
 """The hub's limits and bookkeeping, sans I/O: every decision is a pure function of
 its inputs and of ``now`` (seconds, any monotonic clock), so each is unit-tested
-without sockets. :mod:`softphone.hub.server` applies them.
+without sockets. :mod:`softphone.hub.server` and :mod:`softphone.hub.admission` apply them.
 
 - :class:`TokenBucket`: per-connection message rate.
 - :class:`ConnectionLimiter`: connections in total and per remote address.
@@ -14,7 +14,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import urlsplit
+
+from softphone.core.protocol import MessageType
 
 
 class TokenBucket:
@@ -68,16 +71,23 @@ class ConnectionLimiter:
         self.total = 0
         self._by_address: dict[str, int] = {}
 
-    def open(self, address: str) -> Refusal | None:
-        """Count a new connection from ``address``, or say why it is refused."""
+    def check(self, address: str) -> Refusal | None:
+        """Why a new connection from ``address`` would be refused (None: it fits).
+
+        Counts nothing: :meth:`open` does."""
         if self.max_total and self.total >= self.max_total:
             return Refusal.TOTAL
-        count = self._by_address.get(address, 0)
-        if self.max_per_address and count >= self.max_per_address:
+        if self.max_per_address and self._by_address.get(address, 0) >= self.max_per_address:
             return Refusal.PER_ADDRESS
-        self.total += 1
-        self._by_address[address] = count + 1
         return None
+
+    def open(self, address: str) -> Refusal | None:
+        """Count a new connection from ``address``, or say why it is refused."""
+        refusal = self.check(address)
+        if refusal is None:
+            self.total += 1
+            self._by_address[address] = self._by_address.get(address, 0) + 1
+        return refusal
 
     def close(self, address: str) -> None:
         """Forget one connection from ``address`` (one that :meth:`open` counted)."""
@@ -157,6 +167,11 @@ class PeerGone:
     peer: str
 
 
+#: The call messages (:data:`~softphone.core.protocol.CALL_TYPES`) that end a call or
+#: the attempt at one; the others start or answer one.
+CALL_ENDS: Final = frozenset({MessageType.HANGUP, MessageType.CALL_REJECT})
+
+
 class CallPairs:
     """Who is in a call with whom, as seen from the messages the hub relays.
 
@@ -184,10 +199,10 @@ class CallPairs:
 
     def relayed(self, type_: str, sender: str, to: str) -> bool:
         """Note a message the hub delivered; True if a call started or ended."""
-        if type_ == "call-request":
+        if type_ == MessageType.CALL_REQUEST:
             self._calling[sender] = to
             return False
-        if type_ == "call-accept":
+        if type_ == MessageType.CALL_ACCEPT:
             if self._calling.get(to) != sender:
                 return False
             del self._calling[to]
@@ -196,7 +211,7 @@ class CallPairs:
             self._peer[sender] = to
             self._peer[to] = sender
             return True
-        if type_ in ("hangup", "call-reject"):
+        if type_ in CALL_ENDS:
             if self._calling.get(sender) == to:
                 del self._calling[sender]
             if self._calling.get(to) == sender:

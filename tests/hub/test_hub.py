@@ -325,12 +325,8 @@ async def test_frames_rfc6455_forbids_fail_the_connection(hub: Hub, frame: bytes
     writer.close()
 
 
-async def test_a_connection_that_never_sends_its_request_is_closed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import softphone.hub.server
-
-    monkeypatch.setattr(softphone.hub.server, "HEAD_TIMEOUT", 0.2)
-    hub = Hub(HubConfig(ice_servers=[]))
+async def test_a_connection_that_never_sends_its_request_is_closed() -> None:
+    hub = Hub(HubConfig(ice_servers=[], head_timeout=0.2))
     await hub.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)

@@ -1,0 +1,146 @@
+"""The hub's HTTP side: ``/ice-servers``, ``/healthz``, ``/metrics``, the browser
+phone (:mod:`softphone.hub.webpages`), CORS, one request per connection.
+
+:func:`make_app` builds the aiohttp application that answers every request
+that is not a WebSocket upgrade to ``/ws`` (those never reach it:
+:class:`~softphone.hub.dispatch.Dispatch`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from softphone.core.protocol import ErrorCode, is_valid_id
+from softphone.hub.auth import AuthError, turn_credentials, verify_token
+from softphone.hub.limits import CallPairs
+from softphone.hub.metrics import CONTENT_TYPE_LATEST, HubMetrics
+from softphone.hub.registry import Registry
+from softphone.hub.webpages import add_web_routes
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class IceSettings(Protocol):
+    """What ``/ice-servers`` hands out (:class:`~softphone.hub.server.HubConfig` is one)."""
+
+    @property
+    def ice_servers(self) -> Sequence[dict[str, Any]]: ...
+
+    @property
+    def secret(self) -> str | None:
+        """Clients need a token signed with this (None: an open hub)."""
+        ...
+
+    @property
+    def turn_urls(self) -> Sequence[str]:
+        """TURN URLs handed out with REST credentials from :attr:`turn_secret`."""
+        ...
+
+    @property
+    def turn_secret(self) -> str | None: ...
+
+    @property
+    def turn_ttl(self) -> float: ...
+
+
+class Routes:
+    """The handlers of the hub's own routes, over the hub's state."""
+
+    def __init__(self, ice: IceSettings, registry: Registry, metrics: HubMetrics,
+                 pairs: CallPairs) -> None:
+        self.ice = ice
+        self.registry = registry
+        self.metrics = metrics
+        self.pairs = pairs
+
+    async def ice_servers(self, request: web.Request) -> web.Response:
+        ice = self.ice
+        servers = list(ice.ice_servers)
+        if ice.turn_secret and ice.turn_urls:
+            client_id = request.query.get("id", "")
+            if ice.secret:
+                token = request.query.get("token") or _bearer(request)
+                try:
+                    verify_token(ice.secret, token, client_id, time.time())
+                except AuthError as exc:
+                    self.metrics.error(ErrorCode.UNAUTHORIZED)
+                    return web.json_response(
+                        {"error": ErrorCode.UNAUTHORIZED.value, "message": str(exc)},
+                        status=401)
+            elif not is_valid_id(client_id):
+                client_id = "anonymous"
+            creds = turn_credentials(ice.turn_secret, client_id, time.time(), ice.turn_ttl)
+            servers += [{"urls": url, "username": creds.username,
+                         "credential": creds.credential} for url in ice.turn_urls]
+        return web.json_response({"iceServers": servers})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        # "degraded" (still HTTP 200): a shared registry is unreachable; this node
+        # serves its own clients and recovers by itself (docs/scale-out.md).
+        return web.json_response({"status": self.registry.status(),
+                                  "clients": self.registry.local_count()})
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        self.metrics.calls.set(len(self.pairs))
+        resp = web.Response(body=self.metrics.exposition())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+
+def make_app(routes: Routes,
+             extra_routes: Iterable[Callable[[web.Application], None]] = ()
+             ) -> web.Application:
+    """The application: the hub's routes, the browser phone, then ``extra_routes``."""
+    app = web.Application(middlewares=[_one_request, _cors])
+    app.add_routes([
+        web.get("/ice-servers", routes.ice_servers),
+        web.get("/healthz", routes.healthz),
+        web.get("/metrics", routes.metrics_page),
+    ])
+    add_web_routes(app)  # the browser phone: /, /callerA.html, /callerB.html
+    for add in extra_routes:
+        add(app)
+    # Every response of the HTTP routes closes its connection, so that the next
+    # request of that client (a WebSocket upgrade) comes through Dispatch again.
+    app.on_response_prepare.append(_close_after)  # (whatever else answers)
+    return app
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+async def _close_after(request: web.Request, response: web.StreamResponse) -> None:
+    response.force_close()
+
+
+@web.middleware
+async def _one_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One request per connection on the HTTP routes (``Connection: close``)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.force_close()
+        raise
+    response.force_close()
+    return response
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS as the original hub: any origin may use the HTTP routes."""
+    if request.method == "OPTIONS":
+        response: web.StreamResponse = web.Response(status=204)
+    else:
+        response = await handler(request)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "*"
+    return response
