@@ -18,6 +18,15 @@
   has no ``tc netem``). ``up`` is home -> internet, ``down`` the reverse.
 - ``a`` / ``b`` are the private hosts where the softphones run.
 
+Network events in the middle of a call (issue 16): :meth:`NetLab.switch_network`
+moves a host to a second home (``ra2``/``rb2``: a new private address behind a
+new NAT with a new public address, as a laptop going from Wi-Fi to a phone
+tether); :meth:`NetLab.rebind_nat` makes a router forget its mappings and give
+the flows new external ports; :meth:`NetLab.start_outage` /
+:meth:`NetLab.end_outage` cut a home off entirely and bring it back.
+:meth:`NetLab.stun_binding` and :meth:`NetLab.nat_mappings` show what the
+internet sees of a host.
+
 Nothing is touched outside the lab's namespaces: links are created inside
 them, every rule lives in them, and traffic cannot leave them. The
 namespaces are named ``splab<pid>-<node>``; :meth:`NetLab.close` kills every
@@ -37,17 +46,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from softphone.hub.auth import turn_credentials
 
+from .coturn import turnserver_command
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-COTURN_CONF = ROOT / "server" / "coturn.conf"
 DELAYER = ROOT / "server" / "netem_delay.py"
 
 PREFIX = "splab"
@@ -60,6 +70,46 @@ ROUTER_LAN = {"a": "10.1.0.1", "b": "10.2.0.1"}
 HOST_IP = {"a": "10.1.0.2", "b": "10.2.0.2"}
 
 NAT_KINDS = ("eim", "symmetric")
+
+#: The second home of each side (:meth:`NetLab.switch_network`).
+SECOND_ROUTER_WAN = {"a": "203.0.113.21", "b": "203.0.113.22"}
+SECOND_ROUTER_LAN = {"a": "10.3.0.1", "b": "10.4.0.1"}
+SECOND_HOST_IP = {"a": "10.3.0.2", "b": "10.4.0.2"}
+#: External ports a rebound NAT gives the flows it forgot (outside Linux's
+#: ephemeral range, so never the port a flow had before).
+REBIND_PORTS = (20000, 29999)
+_OUTAGE_TAG = "splab-outage"
+
+#: A STUN Binding request from ``node`` (argv[1]: server, argv[2]: port, argv[3]:
+#: local port); prints the XOR-MAPPED-ADDRESS as "address port".
+_STUN_CLIENT = """
+import os, socket, struct, sys
+server, port, local = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tid = os.urandom(12)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", local))
+s.settimeout(0.5)
+for _ in range(4):
+    s.sendto(struct.pack("!HHI", 1, 0, 0x2112A442) + tid, (server, port))
+    try:
+        data = s.recv(2048)
+    except socket.timeout:
+        continue
+    if data[8:20] != tid:
+        continue
+    pos = 20
+    while pos + 4 <= len(data):
+        kind, size = struct.unpack("!HH", data[pos:pos + 4])
+        value = data[pos + 4:pos + 4 + size]
+        if kind == 0x0020:
+            xport = struct.unpack("!H", value[2:4])[0] ^ 0x2112
+            xaddr = struct.unpack("!I", value[4:8])[0] ^ 0x2112A442
+            print(socket.inet_ntoa(struct.pack("!I", xaddr)), xport)
+            sys.exit(0)
+        pos += 4 + size + (-size % 4)
+sys.exit("no STUN answer")
+"""
 
 
 @dataclass(frozen=True)
@@ -96,6 +146,19 @@ class RouterConfig:
 
 class LabError(RuntimeError):
     """The lab could not be built or a command in it failed."""
+
+
+@dataclass(frozen=True)
+class NatMapping:
+    """One flow through a router's NAT, from ``conntrack``."""
+
+    protocol: str  # "udp" | "tcp"
+    host: str  # the private host's address and port
+    host_port: int
+    remote: str  # where the flow goes
+    remote_port: int
+    public: str  # the address and port the remote sees
+    public_port: int
 
 
 def turn_rest_credentials(secret: str, user: str, expires: float) -> tuple[str, str]:
@@ -224,6 +287,8 @@ class NetLab:
     routers: dict[str, RouterConfig] = field(default_factory=dict)
     _delayers: dict[str, list[LabProcess]] = field(default_factory=dict)
     _namespaces: list[str] = field(default_factory=list)
+    _second: set[str] = field(default_factory=set)  # sides with a second home built
+    _moved: set[str] = field(default_factory=set)  # sides that switched to it
 
     # -- names --------------------------------------------------------------
 
@@ -397,16 +462,10 @@ class NetLab:
 
     def start_coturn(self) -> LabProcess:
         """coturn on the public address with ``server/coturn.conf`` and the lab's secret."""
-        proc = self.spawn("pub", "coturn", [
-            "turnserver", "-c", str(COTURN_CONF),
-            "--listening-ip", PUBLIC_IP, "--relay-ip", PUBLIC_IP,
-            "--static-auth-secret", self.turn_secret, "--realm", self.realm,
+        proc = self.spawn("pub", "coturn", turnserver_command(
+            ip=PUBLIC_IP, secret=self.turn_secret, realm=self.realm, workdir=self.workdir,
             # The lab's private hosts use 10.x: let the relay reach them.
-            "--allowed-peer-ip", "10.0.0.0-10.255.255.255",
-            "--userdb", str(self.workdir / "turndb"),
-            "--pidfile", str(self.workdir / "turnserver.pid"),
-            "--log-file", "stdout", "--simple-log", "--no-software-attribute",
-        ])
+            extra=["--allowed-peer-ip", "10.0.0.0-10.255.255.255", "--no-software-attribute"]))
         self._wait_listening(proc, TURN_PORT)
         return proc
 
@@ -446,6 +505,146 @@ class NetLab:
     def exec_argv(self, node: str, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside ``node``'s namespace (for callers that spawn it themselves)."""
         return ["ip", "netns", "exec", self.ns(node), *argv]
+
+    # -- network events in the middle of a call ------------------------------------
+
+    def router_of(self, side: str) -> str:
+        """The router ``side``'s host goes through now: ``ra`` or, once moved, ``ra2``."""
+        return f"r{side}2" if side in self._moved else f"r{side}"
+
+    def host_ip(self, side: str) -> str:
+        """``side``'s current private address."""
+        return SECOND_HOST_IP[side] if side in self._moved else HOST_IP[side]
+
+    def public_ip(self, side: str) -> str:
+        """The address the internet sees ``side`` at now."""
+        return SECOND_ROUTER_WAN[side] if side in self._moved else ROUTER_WAN[side]
+
+    def add_second_network(self, side: str, config: RouterConfig | None = None) -> None:
+        """Build ``side``'s second home: router ``r<side>2`` (NAT as ``config``, no
+        impairments) with its own public address, and a link ``eth1`` to the host,
+        still down and without an address (:meth:`switch_network` brings it up)."""
+        if side in self._second:
+            return
+        config = config or RouterConfig()
+        if config.nat not in NAT_KINDS:
+            raise ValueError(f"nat must be one of {NAT_KINDS}")
+        router = f"r{side}2"
+        if self.ns(router) in _lab_namespaces():
+            _delete_namespace(self.ns(router))
+        _run("ip", "netns", "add", self.ns(router))
+        self._namespaces.append(self.ns(router))
+        self._ip(router, "link", "set", "lo", "up")
+        self._sysctl(router, "net.ipv6.conf.all.disable_ipv6=1",
+                     "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=1")
+        self._ip(router, "link", "add", "wan", "type", "veth", "peer", "name",
+                 f"to-{router}", "netns", self.ns("pub"))
+        self._ip("pub", "link", "set", f"to-{router}", "master", "br0")
+        self._ip("pub", "link", "set", f"to-{router}", "up")
+        self._ip(router, "link", "add", "lan", "type", "veth", "peer", "name", "eth1",
+                 "netns", self.ns(side))
+        self._ip(router, "addr", "add", f"{SECOND_ROUTER_WAN[side]}/24", "dev", "wan")
+        self._ip(router, "addr", "add", f"{SECOND_ROUTER_LAN[side]}/24", "dev", "lan")
+        self._ip(router, "link", "set", "wan", "up")
+        self._ip(router, "link", "set", "lan", "up")
+        self._ip(router, "route", "add", "default", "via", MISSING_GATEWAY)
+        _run("ip", "netns", "exec", self.ns(router), "iptables-restore",
+             input=self._ruleset(RouterConfig(nat=config.nat, block_udp=config.block_udp)))
+        self._second.add(side)
+
+    def switch_network(self, side: str) -> str:
+        """Move ``side``'s host to its second home, as a laptop does from Wi-Fi to a
+        tether: the new link comes up with a new address and the default route,
+        then the old address goes and its link goes down. Returns the new address."""
+        if side in self._moved:
+            raise LabError(f"{side} has already switched networks")
+        self.add_second_network(side)
+        _run("ip", "-n", self.ns(side), "-batch", "-", input="\n".join([
+            "link set eth1 up",
+            f"addr add {SECOND_HOST_IP[side]}/24 dev eth1",
+            f"route replace default via {SECOND_ROUTER_LAN[side]} dev eth1",
+            f"addr del {HOST_IP[side]}/24 dev eth0",
+            "link set eth0 down", ""]))
+        self._moved.add(side)
+        log.info("%s moved from %s to %s", side, HOST_IP[side], SECOND_HOST_IP[side])
+        return SECOND_HOST_IP[side]
+
+    def nat_mappings(self, side: str, protocol: str = "udp") -> list[NatMapping]:
+        """The flows of ``side``'s host through its router's NAT (``conntrack -L``)."""
+        out = _run("ip", "netns", "exec", self.ns(self.router_of(side)), "conntrack", "-L",
+                   "-p", protocol, check=False)
+        mappings = []
+        for line in out.splitlines():
+            fields = re.findall(r"(src|dst|sport|dport)=(\S+)", line)
+            if len(fields) < 8:
+                continue
+            orig = dict(fields[:4])
+            reply = dict(fields[4:8])
+            if orig["src"] != self.host_ip(side):
+                continue
+            mappings.append(NatMapping(protocol, orig["src"], int(orig["sport"]),
+                                       orig["dst"], int(orig["dport"]), reply["dst"],
+                                       int(reply["dport"])))
+        return mappings
+
+    def rebind_nat(self, side: str, tcp: bool = False) -> list[NatMapping]:
+        """``side``'s router forgets its UDP mappings (and TCP ones with ``tcp``): the
+        next packet of each flow gets a new external port (from :data:`REBIND_PORTS`),
+        and what the far end sends to the old one is dropped. New flows are mapped
+        as before. Returns the mappings that were forgotten."""
+        router = self.router_of(side)
+        protocols = ("udp", "tcp") if tcp else ("udp",)
+        old = [m for p in protocols for m in self.nat_mappings(side, p)]
+        lo, hi = REBIND_PORTS
+        rules = []
+        for protocol in protocols:
+            ports = sorted({m.host_port for m in old if m.protocol == protocol})
+            for i in range(0, len(ports), 15):  # multiport takes 15 ports a rule
+                rules.append(f"-I POSTROUTING 1 -o wan -p {protocol} -m multiport --sports "
+                             f"{','.join(map(str, ports[i:i + 15]))} -m comment --comment "
+                             f"splab-rebind -j MASQUERADE --to-ports {lo}-{hi}")
+        if rules:
+            _run("ip", "netns", "exec", self.ns(router), "iptables-restore", "--noflush",
+                 input="\n".join(["*nat", *rules, "COMMIT", ""]))
+        for protocol in protocols:
+            _run("ip", "netns", "exec", self.ns(router), "conntrack", "-D", "-p", protocol,
+                 "-s", self.host_ip(side), check=False)  # exit 1 when there was none
+        log.info("%s forgot %d mappings of %s", router, len(old), side)
+        return old
+
+    def start_outage(self, side: str) -> None:
+        """``side``'s home loses its connection: its router passes nothing either
+        way (dropped before connection tracking, so nothing on the router changes,
+        as when the link itself is down). Undo with :meth:`end_outage`."""
+        _run("ip", "netns", "exec", self.ns(self.router_of(side)), "iptables", "-t", "raw",
+             "-I", "PREROUTING", "1", "-m", "comment", "--comment", _OUTAGE_TAG, "-j", "DROP")
+
+    def end_outage(self, side: str) -> None:
+        _run("ip", "netns", "exec", self.ns(self.router_of(side)), "iptables", "-t", "raw",
+             "-D", "PREROUTING", "-m", "comment", "--comment", _OUTAGE_TAG, "-j", "DROP")
+
+    def stun_binding(self, node: str, local_port: int = 0,
+                     timeout: float = 5.0) -> tuple[str, int]:
+        """(address, port) the lab's coturn sees a STUN request from ``node`` come from."""
+        try:
+            proc = subprocess.run(self.exec_argv(node, [
+                sys.executable, "-c", _STUN_CLIENT, PUBLIC_IP, str(TURN_PORT),
+                str(local_port)]), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"STUN from {node}: no answer in {timeout} s") from exc
+        if proc.returncode != 0:
+            raise LabError(f"STUN from {node} failed: {proc.stderr.strip()}")
+        address, port = proc.stdout.split()
+        return address, int(port)
+
+    def hub_reachable(self, node: str, timeout: float = 3.0) -> bool:
+        """Whether ``node`` gets an answer from the hub's ``/healthz``."""
+        code = ("import sys, urllib.request; "
+                f"urllib.request.urlopen(sys.argv[1], timeout={timeout}).read()")
+        proc = subprocess.run(self.exec_argv(node, [
+            sys.executable, "-c", code, f"{self.hub_url}/healthz"]),
+            capture_output=True, timeout=timeout + 5)
+        return proc.returncode == 0
 
     # -- teardown ---------------------------------------------------------------
 
@@ -597,6 +796,69 @@ def run_call(the_lab: NetLab, name: str, *, caller_args: Sequence[str] = (),
             callee.stop()
     finally:
         callee.stop()
+    parties = [Party(role, proc.popen.returncode, _events(proc.stdout()), proc.stdout(),
+                     proc.stderr(), rec)
+               for role, proc, rec in (("caller", caller, rec_a), ("callee", callee, rec_b))]
+    return CallRun(parties[0], parties[1], wall)
+
+
+@dataclass
+class TimedEvent:
+    """Something done to the lab during a call, ``at`` seconds after media connected."""
+
+    at: float
+    name: str
+    action: Callable[[], None]
+    done_at: float | None = None  # when it was done, seconds after media connected
+
+
+def run_call_with_events(the_lab: NetLab, name: str, events: Sequence[TimedEvent], *,
+                         caller_args: Sequence[str] = (), callee_args: Sequence[str] = (),
+                         duration: float = 10.0, setup_timeout: float = 10.0,
+                         within: float | None = None) -> CallRun:
+    """As :func:`run_call`, doing ``events`` while the call is up (in this thread).
+
+    Times are counted from the caller's ``media`` event (ICE and DTLS connected):
+    about where its recording starts. Each event's ``done_at`` is set when its
+    action returned.
+    """
+    within = duration + setup_timeout + 40.0 if within is None else within
+    rec_a = the_lab.workdir / f"{name}-heard-by-a.wav"
+    rec_b = the_lab.workdir / f"{name}-heard-by-b.wav"
+    common = ["--server", the_lab.hub_url, "--json", "--setup-timeout", str(setup_timeout)]
+    callee = the_lab.spawn("b", f"{name}-callee", softphone_argv(
+        "listen", "--as", "b", "--auto-accept", "--once", "--tone", str(CALLEE_TONE),
+        "--record", str(rec_b), *common, *callee_args))
+    caller: LabProcess | None = None
+    try:
+        the_lab._wait_for(callee, r'"event":\s*"listening"', 20.0)
+        started = time.monotonic()
+        caller = the_lab.spawn("a", f"{name}-caller", softphone_argv(
+            "call", "b", "--as", "a", "--tone", str(CALLER_TONE), "--record", str(rec_a),
+            "--duration", str(duration), *common, *caller_args))
+        the_lab._wait_for(caller, r'"event":\s*"media"', setup_timeout + 10.0)
+        media_at = time.monotonic()
+        for event in sorted(events, key=lambda e: e.at):
+            wait = media_at + event.at - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            log.info("%s: %s at %.2f s", name, event.name, time.monotonic() - media_at)
+            event.action()
+            event.done_at = time.monotonic() - media_at
+        try:
+            caller.popen.wait(max(1.0, started + within - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            caller.stop()
+        wall = time.monotonic() - started
+        try:
+            callee.popen.wait(15.0)
+        except subprocess.TimeoutExpired:
+            callee.stop()
+    finally:
+        callee.stop()
+        if caller is not None:
+            caller.stop()
+    assert caller is not None
     parties = [Party(role, proc.popen.returncode, _events(proc.stdout()), proc.stdout(),
                      proc.stderr(), rec)
                for role, proc, rec in (("caller", caller, rec_a), ("callee", callee, rec_b))]
