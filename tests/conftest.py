@@ -1,22 +1,26 @@
-"""Shared fixtures: a real hub on a real socket, softphone subprocesses, WAV reading."""
+"""Shared fixtures: a real hub on a real socket, softphone subprocesses, coturn, PulseAudio.
+
+What tests share besides fixtures lives in tests/support/ (helpers.py: Proc,
+read_wav, assert_tone; coturn.py). ``Proc`` and ``read_wav`` are importable
+from here too.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import wave
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
 
 from softphone.hub.server import Hub, HubConfig
+
+from .support.coturn import Coturn, StartCoturn
+from .support.helpers import Proc, read_wav, stop_all
+
+__all__ = ["IN_CI", "Proc", "hub_url", "need", "need_command", "read_wav"]
 
 if TYPE_CHECKING:
     from .support.pulse import PulseLab
@@ -56,86 +60,31 @@ def hub_url(h: Hub) -> str:
     return f"http://127.0.0.1:{h.port}"
 
 
-def softphone_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "softphone", *args]
-
-
-class Proc:
-    """A softphone subprocess whose output is kept for assertions."""
-
-    def __init__(self, *args: str, stdin: bool = False, env: dict[str, str] | None = None,
-                 argv: list[str] | None = None) -> None:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.args = args
-        self.popen = subprocess.Popen(
-            argv or softphone_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, env=full_env, text=True)
-        self.stdout = ""
-        self.stderr = ""
-
-    async def wait(self, within: float = 30.0) -> int:
-        loop = asyncio.get_running_loop()
-        try:
-            out, err = await loop.run_in_executor(
-                None, lambda: self.popen.communicate(timeout=within))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            out, err = self.popen.communicate()
-            self.stdout, self.stderr = out, err
-            raise AssertionError(f"{self.args} did not finish in {within}s:\n{out}\n{err}"
-                                 ) from None
-        self.stdout, self.stderr = out, err
-        return self.popen.returncode
-
-    async def wait_for_output(self, text: str, within: float = 15.0) -> None:
-        """Wait until ``text`` appears on stdout (reads line by line)."""
-        assert self.popen.stdout is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while loop.time() < deadline:
-            line = await asyncio.wait_for(
-                loop.run_in_executor(None, self.popen.stdout.readline),
-                deadline - loop.time())
-            if not line:
-                break
-            self.stdout += line
-            if text in line:
-                return
-        raise AssertionError(f"{text!r} not seen in output of {self.args}: {self.stdout}")
-
-    def send(self, text: str) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write(text)
-        self.popen.stdin.flush()
-
-    def signal(self, sig: int = signal.SIGINT) -> None:
-        self.popen.send_signal(sig)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-
-
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     """Collects subprocesses; every one still running is killed at the end."""
     started: list[Proc] = []
     yield started
-    for p in started:
-        p.kill()
-        p.popen.wait(5)
-        for stream in (p.popen.stdin, p.popen.stdout, p.popen.stderr):
-            if stream is not None:
-                stream.close()
+    stop_all(started)
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    with wave.open(str(path)) as w:
-        assert w.getsampwidth() == 2
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-        if w.getnchannels() > 1:
-            data = data.reshape(-1, w.getnchannels())[:, 0].copy()
-        return data, w.getframerate()
+@pytest.fixture
+def coturn(tmp_path: Path) -> Iterator[StartCoturn]:
+    """Starts real coturns on 127.0.0.1 (``server/coturn.conf``, secret
+    TURN_SECRET): ``coturn(*extra_turnserver_options)`` -> a running Coturn."""
+    turnserver = need_command("turnserver", "coturn")
+    started: list[Coturn] = []
+
+    def start(*extra: str) -> Coturn:
+        server = Coturn(tmp_path / f"coturn{len(started)}", turnserver=turnserver, extra=extra)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture

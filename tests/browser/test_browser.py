@@ -23,9 +23,9 @@ import pytest
 from softphone.core import callstate as cs
 from softphone.hub.server import Hub, HubConfig
 from softphone.hub.tls import local_addresses
-from softphone.media.audio import dominant_frequency, rms_dbfs, tone_purity
+from softphone.media.audio import rms_dbfs
 
-from ..conftest import Proc, hub_url, read_wav
+from ..conftest import hub_url
 from ..support.browser import (
     assert_page_hears,
     connect_as,
@@ -37,12 +37,12 @@ from ..support.browser import (
     wait_js,
     wait_outcome,
 )
+from ..support.helpers import Proc, assert_tone, assert_wav_tone, read_wav
 from .conftest import PAGE_TONE, Launch
 
 pytestmark = pytest.mark.e2e
 
 OTHER_TONE = 660.0
-SAMPLE_SKIP = 48000 // 2  # the first 0.5 s of what an aiortc peer received
 
 
 # ------------------------------------------------------------------ helpers ---
@@ -70,30 +70,26 @@ def ended_event(proc: Proc) -> dict[str, Any]:
     return ended[-1]
 
 
-def assert_wav_tone(path: Path, expected: float, *, skip: float = 0.5,
-                    until: float | None = None) -> None:
-    samples, rate = read_wav(path)
-    body = samples[int(skip * rate): None if until is None else int(until * rate)]
-    assert body.size >= rate, f"{path}: only {samples.size / rate:.2f} s recorded"
-    found = dominant_frequency(body, rate)
-    purity = tone_purity(body, expected, rate)
-    assert abs(found - expected) <= 5 and purity > 0.5, \
-        f"{path}: expected {expected} Hz, found {found:.1f} Hz ({100 * purity:.0f}% in band)"
-
-
 async def serve(procs: list[Proc], *args: str, port: int = 0) -> tuple[Proc, int]:
     """``softphone serve`` as a subprocess; returns it and the port it listens on."""
     p = Proc("serve", "--port", str(port), "--ice-server", "none", *args)
     procs.append(p)
-    try:
-        await p.wait_for_output("listening on", within=30)
-    except AssertionError:
-        p.kill()
-        _, err = p.popen.communicate()
-        raise AssertionError(f"softphone serve {' '.join(args)} did not start: {err}") from None
+    await p.wait_for_output("listening on", within=30)
     found = re.search(r"listening on https?://\S+:(\d+)", p.stdout)
     assert found is not None, p.stdout
     return p, int(found.group(1))
+
+
+async def cli_call_refused(procs: list[Proc], hub: Hub, page: Any, button: str) -> Proc:
+    """``softphone call pat --as carl`` rings ``page`` (pat), which clicks ``button``;
+    the call ends rejected on both sides. Returns the CLI, exited."""
+    cli = Proc("call", "pat", "--as", "carl", "--server", hub_url(hub))
+    procs.append(cli)
+    await wait_call_state(page, "ringing", within=30)
+    await page.click(button)
+    assert await cli.wait() == cs.EXIT_CODES[cs.Outcome.REJECTED], cli.describe()
+    await wait_outcome(page, "rejected")
+    return cli
 
 
 async def error_codes(page: Any) -> list[str]:
@@ -179,7 +175,7 @@ async def test_page_calls_page_through_our_hub(hub: Hub, chromium: Launch) -> No
 
 
 async def test_page_and_the_original_page_call_each_other(hub: Hub, chromium: Launch) -> None:
-    """Our /callerA.html with the original callerB.html (emulated: tests/emulators.py).
+    """Our /callerA.html with the original callerB.html (emulated: tests/support/emulators.py).
 
     The original callee accepts bare and grabs its microphone 0.15 s later, and
     drops candidates that arrive before its remote description; our page waits
@@ -203,10 +199,8 @@ async def test_page_and_the_original_page_call_each_other(hub: Hub, chromium: La
             await wait_call_state(page, "connected")
             await asyncio.wait_for(original.wait_received(2.0), 15)
             assert original.answered_receive_only in (None, False), direction
-            heard = original.received_samples()[SAMPLE_SKIP:]
-            found = dominant_frequency(heard)
-            assert abs(found - PAGE_TONE) <= 5 and tone_purity(heard, PAGE_TONE) > 0.5, \
-                f"{direction}: the original page heard {found:.1f} Hz"
+            assert_tone(original.received_samples(), PAGE_TONE,
+                        what=f"{direction}: what the original page heard")
             await assert_page_hears(page, OTHER_TONE)
             await original.hangup()  # the original sends a bare hangup
             await wait_outcome(page, "completed")
@@ -219,13 +213,8 @@ async def test_reject_both_ways(hub: Hub, chromium: Launch, procs: list[Proc]) -
     page = await browser.open(hub_url(hub) + "/?id=pat")
     await wait_hub(page, "connected")
     # The page rejects the CLI.
-    cli = Proc("call", "pat", "--as", "carl", "--server", hub_url(hub))
-    procs.append(cli)
-    await wait_call_state(page, "ringing", within=30)
-    await page.click("#reject")
-    assert await cli.wait() == cs.EXIT_CODES[cs.Outcome.REJECTED], cli.stdout + cli.stderr
+    cli = await cli_call_refused(procs, hub, page, "#reject")
     assert "rejected" in cli.stdout
-    await wait_outcome(page, "rejected")
     assert "you rejected the call from carl" in (await page.text_content("#outcome") or "")
     assert "rejected" not in await error_codes(page)  # our own choice is not an error
     # The CLI rejects the page: the page shows it as an error.
@@ -282,7 +271,7 @@ async def test_mute(hub: Hub, chromium: Launch, procs: list[Proc], tmp_path: Pat
     assert await bob.wait() == 0, bob.stderr
     samples, rate = read_wav(rec)
     assert samples.size > 5 * rate
-    assert_wav_tone(rec, PAGE_TONE, until=2.0)  # before muting
+    assert_tone(samples, PAGE_TONE, rate=rate, until=2.0, what="before muting")
     tail = samples[-int(1.5 * rate):]  # the last 1.5 s, muted
     assert rms_dbfs(tail) < -50, f"muted audio at {rms_dbfs(tail):.1f} dBFS"
 
@@ -299,13 +288,8 @@ async def test_page_errors_offline_bad_id_no_microphone(hub: Hub, chromium: Laun
     await wait_js(page, "window.phone.errors.some(e => e.code.startsWith('microphone-'))")
     assert (await snapshot(page))["call"] is None  # nobody is rung without a microphone
     # An incoming call that cannot get the microphone is rejected, and the page says why.
-    cli = Proc("call", "pat", "--as", "carl", "--server", hub_url(hub))
-    procs.append(cli)
-    await wait_call_state(page, "ringing", within=30)
-    await page.click("#accept")
-    assert await cli.wait() == cs.EXIT_CODES[cs.Outcome.REJECTED], cli.stdout + cli.stderr
+    cli = await cli_call_refused(procs, hub, page, "#accept")
     assert "no-microphone" in cli.stdout
-    await wait_outcome(page, "rejected")
 
 
 async def test_page_shows_offline_callee(hub: Hub, chromium: Launch) -> None:

@@ -9,6 +9,7 @@ TCP still works), a token refused or expired, an untrusted certificate.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,9 @@ from softphone.hub.auth import mint_token, turn_credentials
 from softphone.hub.server import Hub, HubConfig
 from softphone.hub.tls import self_signed, server_context
 
-from ..conftest import need_command
+from ..support.coturn import TURN_SECRET, StartCoturn
+from .conftest import ThreadHub, invoke
 
-ROOT = Path(__file__).resolve().parents[2]
-COTURN_CONF = ROOT / "server" / "coturn.conf"
-TURN_SECRET = "coturn-secret"
 HUB_SECRET = "h" * 40
 
 
@@ -63,41 +62,6 @@ def closed_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[Callable[..., int]]:
-    """Starts real coturns on 127.0.0.1 (static-auth-secret TURN_SECRET); returns the port."""
-    turnserver = need_command("turnserver", "coturn")
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*extra: str) -> int:
-        port = free_port()
-        n = len(started)
-        proc = subprocess.Popen(
-            [turnserver, "-c", str(COTURN_CONF), "--listening-ip", "127.0.0.1",
-             "--relay-ip", "127.0.0.1", "--listening-port", str(port),
-             "--static-auth-secret", TURN_SECRET, "--realm", "doctor.test",
-             "--userdb", str(tmp_path / f"turndb{n}"), "--pidfile", str(tmp_path / f"t{n}.pid"),
-             "--log-file", "stdout", "--simple-log", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "coturn did not start"
-            time.sleep(0.05)
-        time.sleep(0.2)  # (its UDP listener comes up with the TCP one; a moment more)
-        return port
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.terminate()
-            proc.wait(5)
 
 
 HubMaker = Callable[..., Any]
@@ -125,7 +89,9 @@ def url(hub: Hub, scheme: str = "http") -> str:
 
 
 async def doctor(server: str, **fields: Any) -> list[Result]:
+    """The checks, signing in as our id (``register``) unless told otherwise."""
     fields.setdefault("client_id", "alice")
+    fields.setdefault("register", True)
     fields.setdefault("audio", False)
     fields.setdefault("timeout", 2.0)
     return await run_doctor(DoctorTarget(server=server, **fields))
@@ -145,8 +111,8 @@ def show(results: list[Result]) -> str:
 # ----------------------------------------------------------- the hub ---
 
 
-async def test_all_good_with_stun_and_turn(hubs: HubMaker, coturn: Callable[..., int]) -> None:
-    port = coturn()
+async def test_all_good_with_stun_and_turn(hubs: HubMaker, coturn: StartCoturn) -> None:
+    port = coturn().port
     hub = await hubs(ice_servers=[{"urls": f"stun:127.0.0.1:{port}"}],
                      turn_urls=[f"turn:127.0.0.1:{port}",
                                 f"turn:127.0.0.1:{port}?transport=tcp"],
@@ -190,8 +156,8 @@ async def test_stun_dead(hubs: HubMaker) -> None:
     assert exit_code(results) == EXIT_CALL_POSSIBLE  # calls within the network still work
 
 
-async def test_turn_credentials_refused(hubs: HubMaker, coturn: Callable[..., int]) -> None:
-    port = coturn()
+async def test_turn_credentials_refused(hubs: HubMaker, coturn: StartCoturn) -> None:
+    port = coturn().port
     hub = await hubs(turn_urls=[f"turn:127.0.0.1:{port}"], turn_secret="not-coturns-secret")
     results = await doctor(url(hub))
     got = by_name(results)
@@ -206,8 +172,8 @@ async def test_turn_credentials_refused(hubs: HubMaker, coturn: Callable[..., in
 
 
 async def test_udp_blocked_turn_over_tcp_works(hubs: HubMaker,
-                                               coturn: Callable[..., int]) -> None:
-    port = coturn("--no-udp")  # no UDP at all there: as a firewall dropping UDP to it
+                                               coturn: StartCoturn) -> None:
+    port = coturn("--no-udp").port  # no UDP at all there: as a firewall dropping UDP to it
     hub = await hubs(ice_servers=[{"urls": f"stun:127.0.0.1:{port}"}],
                      turn_urls=[f"turn:127.0.0.1:{port}"], turn_secret=TURN_SECRET)
     results = await doctor(url(hub))
@@ -303,6 +269,38 @@ async def test_register_off_leaves_a_listening_phone_alone(hubs: HubMaker) -> No
         answer = await ws.receive_json(timeout=5)
         assert answer["data"]["code"] == "replaced"
         await ws.close()
+
+
+async def test_without_signing_in_the_hub_judges_the_token_through_ice_servers(
+        hubs: HubMaker) -> None:
+    """The default (no sign-in): a hub that hands out TURN credentials checks the token
+    on /ice-servers, so a forged one is still caught and a phone listening is left alone."""
+    hub = await hubs(secret=HUB_SECRET, turn_urls=["turn:127.0.0.1:9"],
+                     turn_secret=TURN_SECRET)
+    good = mint_token(HUB_SECRET, "alice", time.time())
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"ws://127.0.0.1:{hub.port}/ws?id=alice&token={good}")
+        target = DoctorTarget(server=url(hub), client_id="alice", token=good, audio=False,
+                              timeout=2.0)
+        assert target.register is False  # the default
+        results = by_name(await run_doctor(target))
+        assert results["token"].status == "ok", results["token"]
+        assert results["token"].detail.startswith("accepted by the hub (/ice-servers gave "
+                                                  "TURN credentials for it, without signing "
+                                                  "in); expires ")
+        forged = mint_token("f" * 40, "alice", time.time())
+        results = by_name(await run_doctor(dataclasses.replace(target, token=forged)))
+        assert results["token"].status == "fail"
+        assert "refused by the hub (/ice-servers): token not signed by this hub" in \
+            results["token"].detail
+        await ws.send_str(json.dumps({"type": "hangup", "to": "nobody"}))
+        answer = await ws.receive_json(timeout=5)
+        assert answer["data"]["code"] == "offline"  # still connected: never replaced
+        await ws.close()
+    plain = await hubs(secret=HUB_SECRET)  # no TURN: nothing judges it without a sign-in
+    results = by_name(await doctor(url(plain), token=good, register=False))
+    assert results["token"].ok and "not tried on the hub (signing in as alice would " \
+        "disconnect a phone listening as alice: --register tries it)" in results["token"].detail
 
 
 # ---------------------------------------------------------------- TLS ---
@@ -466,3 +464,45 @@ def test_target_from_settings(tmp_path: Path) -> None:
     assert target == DoctorTarget(server="http://hub:1", client_id="alice", token="t",
                                   ice_servers=("stun:s:1",), relay_only=True,
                                   audio_input="USB", register=False)
+
+
+# ------------------------------------------------------- the command ---
+
+
+def test_doctor_command_takes_the_config_file(thread_hub: ThreadHub, tmp_path: Path) -> None:
+    """`softphone doctor` alone, with the hub and `no_audio` from the config file."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'server = "{thread_hub.url}"\nid = "alice"\n[audio]\nno_audio = true\n')
+    env = {"SOFTPHONE_CONFIG": str(config)}
+    result = invoke("doctor", env=env)
+    assert result.exit_code == EXIT_CALL_POSSIBLE, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"ok    hub          {thread_hub.url} answers: status ok")
+    assert not [ln for ln in lines if ln.split()[1:2] in (["microphone"], ["portaudio"])]
+    assert lines[-1] == "a call can be made (1 warning)"  # the hub hands out no STUN
+    as_json = json.loads(invoke("doctor", "--json", env=env).stdout)
+    assert as_json["call_possible"] is True and as_json["exit_code"] == 0
+    assert [c["name"] for c in as_json["checks"]][:4] == ["hub", "version", "signaling", "auth"]
+
+
+def test_doctor_command_exit_code_when_no_call_can_be_made() -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    result = invoke("doctor", "--server", down, "--no-audio", "--timeout", "2")
+    assert result.exit_code == EXIT_NO_CALL == 13, result.output
+    assert result.stdout.splitlines()[-1] == "a call cannot be made: hub (exit 13)"
+    as_json = json.loads(invoke("doctor", "--server", down, "--no-audio", "--json").stdout)
+    assert as_json["exit_code"] == 13 and as_json["checks"][0]["status"] == "fail"
+
+
+def test_doctor_command_signs_in_only_when_asked() -> None:
+    hub = ThreadHub(HubConfig(ice_servers=[], secret=HUB_SECRET)).start()
+    try:
+        token = mint_token(HUB_SECRET, "alice", time.time())
+        args = ("doctor", "--server", hub.url, "--as", "alice", "--token", token, "--no-audio")
+        default = invoke(*args)
+        assert default.exit_code == EXIT_CALL_POSSIBLE, default.output
+        assert "not tried on the hub (signing in as alice would disconnect" in default.stdout
+        signed_in = invoke(*args, "--register")
+        assert "accepted: signed in as alice" in signed_in.stdout, signed_in.output
+    finally:
+        hub.stop()

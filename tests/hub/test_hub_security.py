@@ -14,8 +14,7 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -37,7 +36,9 @@ from softphone.hub.limits import CallPairs, ConnectionLimiter, OriginPolicy, Pee
 from softphone.hub.registry import MemoryRegistry
 from softphone.hub.server import Hub, HubConfig
 
-from ..conftest import Proc, hub_url, need_command
+from ..conftest import hub_url, need_command
+from ..support.coturn import StartCoturn
+from ..support.helpers import Proc
 
 SECRET = "s3cret-" + "x" * 40
 OTHER = "other-" + "y" * 40
@@ -655,48 +656,17 @@ async def test_cli_with_tokens(procs: list[Proc]) -> None:
         await hub.stop()
 
 
-COTURN_CONF = Path(__file__).resolve().parents[2] / "server" / "coturn.conf"
-
-
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[int]:
-    """A real coturn on 127.0.0.1 (use-auth-secret, secret "coturn-secret"): its port."""
-    turnserver = need_command("turnserver", "coturn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen(
-        [turnserver, "-c", str(COTURN_CONF), "--listening-ip", "127.0.0.1",
-         "--relay-ip", "127.0.0.1", "--listening-port", str(port),
-         "--static-auth-secret", "coturn-secret", "--realm", "hub.test",
-         "--userdb", str(tmp_path / "turndb"), "--pidfile", str(tmp_path / "turn.pid"),
-         "--log-file", "stdout", "--simple-log"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "coturn did not start"
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
-
-
 async def test_turn_credentials_work_with_real_coturn(
-        coturn: int, session: aiohttp.ClientSession) -> None:
+        coturn: StartCoturn, session: aiohttp.ClientSession) -> None:
     """/ice-servers' TURN REST credentials get a relay allocation from coturn
     (use-auth-secret); the same credentials signed with another secret are refused."""
-    hub = await started(turn_urls=[f"turn:127.0.0.1:{coturn}?transport=tcp"],
-                        turn_secret="coturn-secret")
+    turn = coturn()
+    hub = await started(turn_urls=[turn.url("tcp")], turn_secret=turn.secret)
     try:
         body = await (await session.get(f"{hub_url(hub)}/ice-servers?id=alice")).json()
         entry = body["iceServers"][0]
         relay, _ = await asyncio.wait_for(aioice.turn.create_turn_endpoint(
-            asyncio.DatagramProtocol, ("127.0.0.1", coturn), entry["username"],
+            asyncio.DatagramProtocol, (turn.ip, turn.port), entry["username"],
             entry["credential"], transport="tcp"), 10)
         try:
             assert relay.get_extra_info("sockname")[0] == "127.0.0.1"  # the relayed address
@@ -705,7 +675,7 @@ async def test_turn_credentials_work_with_real_coturn(
         forged = turn_credentials("not-the-secret", "alice", time.time(), 600)
         with pytest.raises(Exception, match=r"401|Unauthorized"):
             await asyncio.wait_for(aioice.turn.create_turn_endpoint(
-                asyncio.DatagramProtocol, ("127.0.0.1", coturn), forged.username,
+                asyncio.DatagramProtocol, (turn.ip, turn.port), forged.username,
                 forged.credential, transport="tcp"), 10)
     finally:
         await hub.stop()

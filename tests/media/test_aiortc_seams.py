@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import aioice
 import aiortc
@@ -18,7 +15,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from softphone.media import aiortc_seams
 from softphone.media.tracks import SilenceSource
 
-from ..conftest import need_command
+from ..support.coturn import StartCoturn
 from ..support.netlab import turn_rest_credentials
 
 
@@ -112,43 +109,6 @@ async def test_selected_candidate_pair_of_a_connected_call() -> None:
         await b.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    """A real coturn on 127.0.0.1 with ``server/coturn.conf``: (port, secret)."""
-    turnserver = need_command("turnserver", "coturn")
-    port, secret = _free_port(), "seam-test-secret"
-    conf = Path(__file__).resolve().parents[2] / "server" / "coturn.conf"
-    proc = subprocess.Popen(
-        [turnserver, "-c", str(conf), "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1",
-         "--listening-port", str(port), "--static-auth-secret", secret, "--realm", "seam.test",
-         "--userdb", str(tmp_path / "turndb"), "--pidfile", str(tmp_path / "turn.pid"),
-         "--log-file", "stdout", "--simple-log"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10.0
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, "coturn exited"
-            assert time.monotonic() < deadline, "coturn is not listening"
-            time.sleep(0.05)
-        yield port, secret
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 async def _gather_relay(port: int, username: str, credential: str) -> RTCPeerConnection:
     pc = RTCPeerConnection(RTCConfiguration(
         iceServers=[RTCIceServer(urls=f"turn:127.0.0.1:{port}?transport=tcp",
@@ -160,10 +120,11 @@ async def _gather_relay(port: int, username: str, credential: str) -> RTCPeerCon
 
 
 @pytest.mark.parametrize("problem", ["expired", "wrongly-signed"])
-async def test_refused_turn_credentials_are_reported(coturn: tuple[int, str],
+async def test_refused_turn_credentials_are_reported(coturn: StartCoturn,
                                                      problem: str) -> None:
     aiortc_seams.install()
-    port, secret = coturn
+    turn = coturn()
+    port, secret = turn.port, turn.secret
     if problem == "expired":
         username, credential = turn_rest_credentials(secret, "seam", time.time() - 60)
     else:
@@ -179,9 +140,10 @@ async def test_refused_turn_credentials_are_reported(coturn: tuple[int, str],
         await pc.close()
 
 
-async def test_good_turn_credentials_gather_a_relay_candidate(coturn: tuple[int, str]) -> None:
+async def test_good_turn_credentials_gather_a_relay_candidate(coturn: StartCoturn) -> None:
     aiortc_seams.install()
-    port, secret = coturn
+    turn = coturn()
+    port, secret = turn.port, turn.secret
     pc = await _gather_relay(port, *turn_rest_credentials(secret, "seam", time.time() + 600))
     try:
         assert " typ relay" in pc.localDescription.sdp

@@ -1,7 +1,7 @@
 """Microphone and speaker through sounddevice, on real PulseAudio virtual devices.
 
 Each phone is a softphone process whose default microphone and speaker are
-its own virtual devices on a private PulseAudio server (tests/pulse.py):
+its own virtual devices on a private PulseAudio server (tests/support/pulse.py):
 a tone played into A's microphone (pacat) must come out of B's speaker
 (parec on its monitor) at that frequency, and the reverse at the same time.
 """
@@ -13,23 +13,21 @@ import subprocess
 import sys
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from softphone.hub.server import Hub
-from softphone.media.audio import SAMPLE_RATE, dominant_frequency, tone_purity
+from softphone.media.audio import SAMPLE_RATE
 
-from ..conftest import Proc, hub_url, softphone_cmd
+from ..conftest import hub_url
+from ..support.helpers import Proc, assert_tone, read_wav, softphone_command
 from ..support.pulse import PulseLab, read_all
 
 pytestmark = pytest.mark.e2e
 
 
-
-
-def loud_part(samples, rate: int = SAMPLE_RATE):  # type: ignore[no-untyped-def]
+def loud_part(samples: npt.NDArray[np.int16], rate: int = SAMPLE_RATE) -> npt.NDArray[np.int16]:
     """The recording without its silent head and tail (before/after the call)."""
-    import numpy as np
-
     window = rate // 50
     n = samples.size // window
     levels = np.abs(samples[: n * window].reshape(n, window)).max(axis=1)
@@ -57,15 +55,12 @@ async def test_call_carries_audio_both_ways_between_virtual_devices(
     assert await bob.wait(20) == 0, bob.stdout + bob.stderr
     assert "sending silence" not in alice.stderr + bob.stderr, alice.stderr + bob.stderr
     for recording, expected, who in ((heard_by_b, 440, "b"), (heard_by_a, 660, "a")):
-        samples = loud_part(read_all(recording))
-        assert samples.size > 2 * SAMPLE_RATE, f"{who}'s speaker played {samples.size} samples"
-        middle = samples[SAMPLE_RATE // 2: -SAMPLE_RATE // 2]
-        assert abs(dominant_frequency(middle) - expected) < 5, who
-        assert tone_purity(middle, expected) > 0.8, who
+        assert_tone(loud_part(read_all(recording)), expected, skip=0.5, until=-0.5,
+                    min_purity=0.8, what=f"{who}'s speaker")
 
 
 def test_devices_lists_the_virtual_devices(pulse: PulseLab) -> None:
-    out = subprocess.run(softphone_cmd("devices"), env={**os.environ, **pulse.env},
+    out = subprocess.run(softphone_command("devices"), env={**os.environ, **pulse.env},
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "microphones (--input):" in out.stdout and "speakers (--output):" in out.stdout
@@ -73,7 +68,7 @@ def test_devices_lists_the_virtual_devices(pulse: PulseLab) -> None:
 
 
 def test_unknown_device_is_a_usage_error(pulse: PulseLab) -> None:
-    out = subprocess.run(softphone_cmd("call", "b", "--as", "a", "--input", "no-such-mic"),
+    out = subprocess.run(softphone_command("call", "b", "--as", "a", "--input", "no-such-mic"),
                          env={**os.environ, **pulse.env}, capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2
@@ -143,8 +138,6 @@ async def test_device_lost_mid_call_is_reported_and_the_call_goes_on(
 
 async def test_listen_echo_sends_each_callers_audio_back(hub: Hub, procs: list[Proc],
                                                          tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from ..conftest import read_wav
-
     echo = Proc("listen", "--as", "echo", "--server", hub_url(hub), "--auto-accept", "--once",
                 "--echo", "--no-audio")
     procs.append(echo)
@@ -156,8 +149,7 @@ async def test_listen_echo_sends_each_callers_audio_back(hub: Hub, procs: list[P
     assert await me.wait() == 0, me.stdout + me.stderr
     assert await echo.wait() == 0, echo.stdout + echo.stderr
     samples, rate = read_wav(rec)
-    assert abs(dominant_frequency(samples[rate:]) - 523) < 5
-    assert tone_purity(samples[rate:], 523) > 0.8
+    assert_tone(samples, 523, rate=rate, skip=1.0, min_purity=0.8, what="the echo")
 
 
 def test_resampler_keeps_the_tone_and_the_duration() -> None:
@@ -172,5 +164,4 @@ def test_resampler_keeps_the_tone_and_the_duration() -> None:
     out = np.concatenate([back(chunk) for chunk in device_side])
     assert abs(sum(c.size for c in device_side) - 2 * 44_100) < 100
     assert abs(out.size - 2 * SAMPLE_RATE) < 200
-    assert abs(dominant_frequency(out[4800:]) - 1000) < 2
-    assert tone_purity(out[4800:], 1000) > 0.95
+    assert_tone(out, 1000, skip=0.1, tolerance=2, min_purity=0.95, what="resampled twice")

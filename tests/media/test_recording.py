@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 
-from softphone.media.audio import ToneGenerator, dominant_frequency
+from softphone.media.audio import ToneGenerator
 from softphone.media.recording import WavWriter
 
-from ..conftest import read_wav
+from ..support.helpers import assert_tone, read_wav
 
 
 def test_clean_close(tmp_path) -> None:
@@ -27,7 +27,7 @@ def test_clean_close(tmp_path) -> None:
     w.close()  # idempotent
     samples, rate = read_wav(path)
     assert rate == 48_000 and samples.size == 50 * 960
-    assert abs(dominant_frequency(samples) - 1000) < 2
+    assert_tone(samples, 1000, skip=0, tolerance=2)
 
 
 def test_empty_recording_is_valid(tmp_path) -> None:
@@ -61,7 +61,7 @@ def test_sigkill_leaves_a_valid_file(tmp_path) -> None:
     proc.stdout.close()
     samples, _ = read_wav(path)
     assert samples.size >= 100 * 960  # at least what was written before "ready"
-    assert abs(dominant_frequency(samples) - 700) < 2
+    assert_tone(samples, 700, skip=0, tolerance=2)
     assert path.stat().st_size == 44 + samples.size * 2 or samples.size * 2 <= \
         path.stat().st_size - 44  # header never claims more than the file holds
     assert np.any(samples)

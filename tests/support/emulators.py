@@ -38,6 +38,8 @@ import softphone.media.rtc  # noqa: F401 - installs softphone.media.aiortc_seams
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from softphone.media.tracks import AudioReceiver, CaptureSink, ToneSource
 
+from .helpers import serve_app
+
 log = logging.getLogger(__name__)
 
 #: What the original hub's ``GET /ice-servers`` returned.
@@ -115,13 +117,7 @@ class OriginalHub:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_app(self.app, host, port)
         return self.port
 
     async def stop(self) -> None:
