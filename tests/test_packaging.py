@@ -256,6 +256,41 @@ SANDBOX = textwrap.dedent("""\
 """)
 
 
+def _unit_environment(credentials: Path) -> dict[str, str]:
+    """The unit's Environment= lines, with %d (its credentials folder) as ``credentials``."""
+    env: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            name, value = line.removeprefix("Environment=").split("=", 1)
+            env[name] = value.replace("%d", str(credentials))
+    assert env["SOFTPHONE_SECRET_FILE"] == f"{credentials}/secret", env
+    return env
+
+
+def test_unit_environment_gives_serve_its_secret_from_the_credential(tmp_path: Path) -> None:
+    """What serve takes from the unit's environment: the secret read from the credential
+    file, the options from /etc/softphone/hub.toml (here a copy)."""
+    from click.testing import CliRunner
+
+    from softphone.cli.main import main
+
+    (tmp_path / "secret").write_text("c" * 40 + "\n")
+    (tmp_path / "secret").chmod(0o400)
+    env = _unit_environment(tmp_path)
+    config = tmp_path / "hub.toml"
+    config.write_text('[serve]\nhost = "0.0.0.0"\nport = 8443\n')
+    env["SOFTPHONE_CONFIG"] = str(config)
+    result = CliRunner().invoke(main, ["--show-settings-json", "serve"], env=env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["settings"]["serve.secret"] == {
+        "value": "****", "source": "environment",
+        "origin": f"SOFTPHONE_SECRET_FILE ({tmp_path}/secret)"}
+    assert shown["settings"]["serve.port"]["source"] == "file"
+    assert (shown["arguments"]["host"], shown["arguments"]["port"]) == ("0.0.0.0", 8443)
+    assert result.stderr == ""  # the credential is private: no warning
+
+
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     from softphone.hub.tls import self_signed
 
@@ -271,10 +306,19 @@ def sandboxed_hub(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, 
         pytest.skip("the sandbox's seccomp filter is written for x86_64 Linux")
     cert, key = _self_signed(tmp_path / "tls")
     softphone = Path(sys.executable).parent / "softphone"
-    env = {**os.environ, "SOFTPHONE_SECRET": "s" * 40, "PYTHONUNBUFFERED": "1"}
+    # As the unit runs it: `softphone serve` alone, its options from the config file
+    # (SOFTPHONE_CONFIG), its secret from a credential file (SOFTPHONE_SECRET_FILE).
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "secret").write_text("s" * 40 + "\n")
+    (credentials / "secret").chmod(0o400)
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[serve]\nport = 0\nloop = "uvloop"\ncert = "{cert}"\n'
+                      f'key = "{key}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTPHONE_")}
+    env.update(_unit_environment(credentials), SOFTPHONE_CONFIG=str(config))
     proc = subprocess.Popen(
-        [sys.executable, "-c", SANDBOX, str(softphone), "serve", "--port", "0", "--loop",
-         "uvloop", "--cert", str(cert), "--key", str(key)],
+        [sys.executable, "-c", SANDBOX, str(softphone), "serve"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     def failed(seen: str) -> str:
@@ -286,7 +330,8 @@ def sandboxed_hub(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, 
         first = proc.stdout.readline()
         assert first.startswith("sandbox: W+X memory"), failed(first)
         line = proc.stdout.readline()
-        found = re.search(r"listening on (https://\S+)", line)
+        found = re.search(rf"softphone hub {re.escape(__version__)} listening on "
+                          r"(https://\S+)", line)
         assert found, failed(line)
         yield proc, found.group(1), cert
     finally:

@@ -1,26 +1,69 @@
-"""Commands that check this machine, with no hub needed: ``softphone devices``
-(what PortAudio sees) and ``softphone demo`` (a whole call inside this process).
+"""Commands that check this machine or a setup: ``softphone devices`` (what
+PortAudio sees), ``softphone demo`` (a whole call inside this process) and
+``softphone doctor`` (the hub, TLS, the token, STUN/TURN and the sound devices
+a call would use, each with a fix; :mod:`softphone.cli.doctor`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from softphone.cli.options import positive
+from softphone.cli.options import (
+    AudioDeviceOptions,
+    HubClientOptions,
+    IceOptions,
+    as_option,
+    audio_device_options,
+    hub_client_options,
+    option_group,
+    phone_ice_options,
+    positive,
+)
 from softphone.cli.runtime import Interrupts, fail, first_done
 from softphone.core.callstate import ExitCode
 
 if TYPE_CHECKING:
+    from softphone.cli.config_resolve import Settings
     from softphone.cli.demo import DemoReport
+    from softphone.media.devices import DeviceInfo
+
+
+def _chosen(spec: str | None, kind: str) -> DeviceInfo | None:
+    """The device a call would take for ``spec`` (None: none, or it cannot be found)."""
+    from softphone.core.errors import MissingDependency
+    from softphone.media.devices import DeviceError, find_device
+
+    try:
+        return find_device(spec, kind)  # type: ignore[arg-type]
+    except (DeviceError, MissingDependency):
+        return None
+
+
+def _pick(input: str | None, output: str | None) -> tuple[str | None, str | None]:
+    return input, output
 
 
 @click.command()
-def devices() -> None:
-    """List the microphones and speakers PortAudio sees (for --input/--output)."""
+@option_group("picked", _pick, [
+    click.option("--input", envvar="SOFTPHONE_INPUT", metavar="DEVICE",
+                 help="Mark the microphone this names, as call would pick it "
+                      "(env SOFTPHONE_INPUT; config: audio.input)."),
+    click.option("--output", envvar="SOFTPHONE_OUTPUT", metavar="DEVICE",
+                 help="Mark the speaker this names (env SOFTPHONE_OUTPUT; config: "
+                      "audio.output)."),
+])
+def devices(picked: tuple[str | None, str | None]) -> None:
+    """List the microphones and speakers PortAudio sees (for --input/--output).
+
+    '*' marks the system's defaults, '>' the ones a call would use (with
+    --input/--output, SOFTPHONE_INPUT/OUTPUT or audio.input/output in the
+    config file; else the defaults).
+    """
     from softphone.media.devices import DeviceError, list_devices
 
     try:
@@ -30,15 +73,20 @@ def devices() -> None:
     if not any(d.inputs or d.outputs for d in found):
         fail("no audio devices (no sound card, or no audio server; with PulseAudio check "
              "PULSE_SERVER); use --tone/--play, --record or --no-audio")
-    for kind, label in (("input", "microphones (--input)"), ("output", "speakers (--output)")):
+    for kind, label, spec in (("input", "microphones (--input)", picked[0]),
+                              ("output", "speakers (--output)", picked[1])):
         click.echo(f"{label}:")
+        chosen = _chosen(spec, kind)
         for d in found:
             if d.has(kind):  # type: ignore[arg-type]
                 default = d.default_input if kind == "input" else d.default_output
                 channels = d.inputs if kind == "input" else d.outputs
-                click.echo(f"  {'*' if default else ' '} {d.index:>3}  {d.name} ({d.hostapi}, "
-                           f"{channels} ch, {d.default_rate:.0f} Hz)")
-    click.echo("* default")
+                mark = ">" if chosen is not None and chosen.index == d.index else " "
+                click.echo(f"{mark} {'*' if default else ' '} {d.index:>3}  {d.name} "
+                           f"({d.hostapi}, {channels} ch, {d.default_rate:.0f} Hz)")
+        if spec and chosen is None:
+            click.echo(f"  (no single {kind} device matches {spec!r}: a call would fail)")
+    click.echo("* default   > what a call would use")
 
 
 @click.command()
@@ -67,3 +115,66 @@ def demo(seconds: float) -> None:
     for line in report.lines():
         click.echo(line)
     sys.exit(ExitCode.COMPLETED if report.ok else ExitCode.ERROR)
+
+
+_DOCTOR_EXIT = (
+    "\b\nExit codes:\n"
+    f"  {ExitCode.COMPLETED.value:>3}  a call can be made (maybe with warnings: WARN lines)\n"
+    f"  {ExitCode.USAGE.value:>3}  a bad option, variable or config file\n"
+    f"  {ExitCode.DOCTOR_FAILED.value:>3}  a check a call needs failed (FAIL lines): "
+    "no call possible"
+)
+
+
+@click.command(epilog=_DOCTOR_EXIT)
+@as_option(required=False)
+@hub_client_options
+@phone_ice_options
+@audio_device_options
+@click.option("--register/--no-register", default=False,
+              help="Check the token by signing in with it as ID. That disconnects a "
+                   "phone listening as ID (it exits 11), so the default is not to: "
+                   "the token's expiry and id are read from it, and a hub that hands "
+                   "out TURN credentials judges it through /ice-servers.")
+@click.option("--timeout", type=float, default=4.0, show_default=True, callback=positive,
+              metavar="S", help="Wait this long for each answer (HTTP, WebSocket, STUN, "
+                                "TURN).")
+@click.option("--json", "json_mode", is_flag=True,
+              help="Print the checks as one JSON object (for scripts).")
+def doctor(client_id: str | None, hub: HubClientOptions, ice: IceOptions,
+           audio: AudioDeviceOptions, register: bool, timeout: float, json_mode: bool,
+           settings: Settings) -> None:
+    """What is wrong with my setup? Checks what a call needs, each with a fix.
+
+    \b
+    The hub:       reachable (/healthz), its TLS certificate, its version,
+                   whether it needs a token and whether ours is good
+    ICE:           /ice-servers (or ice.servers), a STUN binding request to
+                   each STUN server, a TURN allocation (UDP and TCP) with the
+                   credentials, and what that means for the media path
+    This machine:  libopus, PortAudio, the microphone and speaker at 48 kHz
+                   (not with --no-audio)
+
+    It uses the same settings as call (flags, environment, config file).
+    """
+    from softphone.cli.doctor import DoctorTarget, exit_code, report_json, report_lines, run_doctor
+
+    target = DoctorTarget.from_settings(settings, register=register, audio=not audio.no_audio,
+                                        timeout=timeout)
+
+    async def run() -> list[Any] | None:
+        interrupts = Interrupts()
+        interrupts.install()
+        task = asyncio.ensure_future(run_doctor(target))
+        await first_done(task, interrupts.event.wait())
+        return task.result() if task.done() and not task.cancelled() else None
+
+    results = asyncio.run(run())
+    if results is None:
+        fail("interrupted", ExitCode.INTERRUPTED)
+    if json_mode:
+        click.echo(json.dumps(report_json(results), indent=2))
+    else:
+        for line in report_lines(results):
+            click.echo(line)
+    sys.exit(exit_code(results))

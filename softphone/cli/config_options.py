@@ -135,10 +135,10 @@ def mask_url_password(value: str) -> str:
     """``redis://:pw@host/0`` -> ``redis://:****@host/0``."""
     parts = urlsplit(value)
     if parts.password is None:
-        return f'"{value}"'
+        return value
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]
-    return f'"{urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))}"'
+    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
 
 
 # ------------------------------------------------------------ options ---
@@ -174,21 +174,27 @@ OPTIONS: Final[tuple[Option, ...]] = (
          "TURN username for the turn: URLs of ice.servers."),
     _opt("ice.credential", "--ice-credential", Kind.STR, None, PHONE,
          "TURN password for the turn: URLs of ice.servers.", secret=True),
-    _opt("ice.relay", "--relay", Kind.BOOL, False, CALLS,
+    _opt("ice.relay", "--relay", Kind.BOOL, False, PHONE,
          "Send media only through the TURN server."),
     # [audio]
-    _opt("audio.input", "--input", Kind.STR, None, PHONE,
+    _opt("audio.input", "--input", Kind.STR, None, (*PHONE, "devices"),
          "Microphone: index or part of the name (softphone devices).",
          env="SOFTPHONE_INPUT"),
-    _opt("audio.output", "--output", Kind.STR, None, PHONE,
+    _opt("audio.output", "--output", Kind.STR, None, (*PHONE, "devices"),
          "Speaker: index or part of the name.", env="SOFTPHONE_OUTPUT"),
-    _opt("audio.no_audio", "--no-audio", Kind.BOOL, False, CALLS,
+    _opt("audio.no_audio", "--no-audio", Kind.BOOL, False, PHONE,
          "Use neither microphone nor speaker."),
     _opt("audio.bitrate", "--bitrate", Kind.INT, 128, CALLS,
          "Opus bitrate we send, kbit/s.", check=_range(6, 510)),
     _opt("audio.redundancy", "--redundancy", Kind.INT, 1, CALLS,
          "Earlier frames repeated in each packet (RED); 0: Opus alone.",
          check=_range(0, 3)),
+    _opt("audio.aec", "--aec", Kind.BOOL, True, CALLS,
+         "Echo cancellation on the microphone."),
+    _opt("audio.ns", "--ns", Kind.BOOL, True, CALLS,
+         "Noise suppression on the microphone."),
+    _opt("audio.agc", "--agc", Kind.BOOL, True, CALLS,
+         "Automatic gain control on the microphone."),
     # [call], [listen]
     _opt("call.ring_timeout", "--ring-timeout", Kind.FLOAT, 30.0, ("call",),
          "Give up if nobody answers in this many seconds.", check=_POSITIVE),

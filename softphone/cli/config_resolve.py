@@ -25,10 +25,15 @@ from softphone.cli.config import (
 )
 from softphone.cli.config_options import OPTIONS, Kind, Option
 
-__all__ = ["MASK", "Resolved", "Settings", "Source", "as_json", "describe", "resolve", "shown"]
+__all__ = ["MASK", "FlagError", "Resolved", "Settings", "Source", "as_json", "describe",
+           "resolve", "shown"]
 
 #: What ``softphone config`` shows instead of a secret.
 MASK: Final = "****"
+
+
+class FlagError(ConfigError):
+    """A bad value on the command line (the CLI shows it as a usage error)."""
 
 
 class Source(enum.StrEnum):
@@ -96,7 +101,8 @@ def _secret_from(path: str, origin: str, source: Source, read_secret: SecretRead
     try:
         value, warning = read_secret(path)
     except ConfigError as exc:
-        raise ConfigError(f"{origin}: {exc}") from None
+        error = FlagError if source is Source.FLAG else ConfigError
+        raise error(f"{origin}: {exc}") from None
     if warning:
         warnings.append(warning)
     return Resolved(value, source, f"{origin} ({path})")
@@ -111,7 +117,7 @@ def _from_flags(option: Option, flags: Mapping[str, Any], read_secret: SecretRea
     has_value = option.key in flags and flags[option.key] is not None
     has_file = option.secret and flags.get(option.file_key) is not None
     if has_value and has_file:
-        raise _both(option, option.flag, option.file_flag)
+        raise FlagError(str(_both(option, option.flag, option.file_flag)))
     if has_file:
         return _secret_from(str(flags[option.file_key]), option.file_flag, Source.FLAG,
                             read_secret, warnings)
@@ -125,7 +131,7 @@ def _from_flags(option: Option, flags: Mapping[str, Any], read_secret: SecretRea
     try:
         value = check_value(option, value)
     except ValueError as exc:
-        raise ConfigError(f"{option.flag}: {exc}") from None
+        raise FlagError(f"{option.flag}: {exc}") from None
     return Resolved(_expand(option, value), Source.FLAG, option.flag)
 
 
@@ -172,7 +178,7 @@ def shown(option: Option, value: Any) -> str:
     if option.secret:
         return MASK
     if option.mask is not None:
-        return option.mask(value)
+        return f'"{option.mask(value)}"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple | list):

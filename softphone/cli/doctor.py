@@ -9,7 +9,8 @@ runner (:func:`run_doctor`), the report (:func:`report_lines`,
 
 Exit codes: 0 (:data:`EXIT_CALL_POSSIBLE`) when a call can be made, maybe
 with warnings (no STUN, only TURN over TCP, no microphone, a token expiring
-soon); 13 (:data:`EXIT_NO_CALL`) when a check a call needs failed (the hub
+soon); 13 (:data:`EXIT_NO_CALL`, ``ExitCode.DOCTOR_FAILED``) when a check a
+call needs failed (the hub
 unreachable, its certificate not trusted, the token refused, no
 ``/ice-servers``, libopus missing, a named device that cannot be opened, or
 relay-only with no TURN server working).
@@ -23,8 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
-EXIT_CALL_POSSIBLE: Final = 0
-EXIT_NO_CALL: Final = 13
+from softphone.core.callstate import ExitCode
+
+EXIT_CALL_POSSIBLE: Final = int(ExitCode.COMPLETED)
+EXIT_NO_CALL: Final = int(ExitCode.DOCTOR_FAILED)
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -70,8 +73,10 @@ class DoctorTarget:
     audio: bool = True
     #: Sign in with our own id to check the token for real. The hub then gives
     #: our id to this connection: a phone listening with the same id elsewhere
-    #: is replaced (exit 11). Without it, only the token's claims are read.
-    register: bool = True
+    #: is replaced (exit 11), so it is off unless asked for (``--register``).
+    #: Without it the token's claims are read, and a hub that hands out TURN
+    #: credentials judges the token through ``/ice-servers``, signing nobody in.
+    register: bool = False
     #: Seconds to wait for each answer (HTTP, WebSocket, STUN, TURN).
     timeout: float = 4.0
 

@@ -35,7 +35,8 @@ from softphone import __version__
 from softphone.cli.doctor import DoctorTarget, Result
 
 __all__ = ["Probe", "check_certificate", "check_hub", "check_ice_servers", "check_signaling",
-           "check_version", "network_checks", "probe_signaling", "token_claims"]
+           "check_version", "network_checks", "probe_signaling", "token_by_ice_servers",
+           "token_claims"]
 
 # ---------------------------------------------------------- helpers ---
 
@@ -329,8 +330,11 @@ async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
         return results
     facts, fix, unusable = _token_facts(token, target.client_id, now)
     if not target.register:
-        return [*results, Result("token", not unusable, f"{facts}; not tried on the hub",
-                                 fix, data={"checked": False})]
+        who = target.client_id
+        return [*results, Result("token", not unusable, f"{facts}; not tried on the hub "
+                                 f"(signing in as {who} would disconnect a phone listening "
+                                 f"as {who}: --register tries it)", fix,
+                                 data={"checked": False})]
     signed_in = await probe_signaling(session, ws_base, target.client_id, token, tls,
                                       target.timeout)
     if signed_in.accepted:
@@ -382,7 +386,8 @@ async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: D
     if status == 401:
         message = body.get("message", "") if isinstance(body, dict) else ""
         return Result("ice-servers", False, f"the hub gives TURN credentials only with a "
-                      f"valid token: {message}", "set a valid token (see the token line)"), []
+                      f"valid token: {message}", "set a valid token (see the token line)",
+                      data={"status": 401, "message": message}), []
     raw = body.get("iceServers") if isinstance(body, dict) else None
     if status != 200 or not isinstance(raw, list):
         return Result("ice-servers", False, f"{http}/ice-servers answered HTTP {status} "
@@ -398,7 +403,35 @@ async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: D
                 for e in [_turn_expiry(s["username"])] if e is not None]
     if expiries:
         detail += f" (TURN credentials for {_span(min(expiries) - now)})"
-    return Result("ice-servers", True, detail, data={"urls": urls}), servers
+    return Result("ice-servers", True, detail,
+                  data={"urls": urls, "turn_credentials": bool(expiries)}), servers
+
+
+def token_by_ice_servers(results: list[Result], listed: Result, target: DoctorTarget,
+                         now: float) -> list[Result]:
+    """``results`` with the token line judged by ``/ice-servers`` when it was not tried.
+
+    Without a sign-in (:attr:`DoctorTarget.register` off) the hub may still
+    have judged the token: one that hands out TURN credentials checks it
+    first, with no effect on a phone signed in with our id.
+    """
+    at = next((i for i, r in enumerate(results)
+               if r.name == "token" and r.data.get("checked") is False), None)
+    if at is None or not target.token:
+        return results
+    facts, fix, unusable = _token_facts(target.token, target.client_id, now)
+    data = {"checked": True, "by": "/ice-servers"}
+    if listed.data.get("status") == 401:
+        results[at] = Result("token", False, f"refused by the hub (/ice-servers): "
+                             f"{listed.data.get('message', '')}; the token: {facts}",
+                             fix if unusable else f"get a new token for {target.client_id} "
+                             "from the hub's operator (signed with the hub's secret)",
+                             data=data)
+    elif listed.data.get("turn_credentials") and target.client_id is not None:
+        results[at] = Result("token", not unusable, "accepted by the hub (/ice-servers gave "
+                             f"TURN credentials for it, without signing in); {facts}", fix,
+                             data=data)
+    return results
 
 
 # ----------------------------------------------------------- verdict ---
@@ -436,6 +469,7 @@ async def network_checks(target: DoctorTarget, now: float) -> list[Result]:
             results.append(check_version(health))
             results += await check_signaling(session, address.ws, target, tls, now)
             listed, servers = await check_ice_servers(session, address.http, target, tls, now)
+            results = token_by_ice_servers(results, listed, target, now)
             results.append(listed)
         elif target.ice_servers:
             listed, servers = await check_ice_servers(session, address.http, target, tls, now)

@@ -1,9 +1,16 @@
 """The ``softphone`` command line (click): the group and its commands.
 
 Commands: ``serve`` and ``token`` (:mod:`.serve`), ``call`` and ``listen``
-(:mod:`.calls`), ``devices`` and ``demo`` (:mod:`.checks`). Their options come
-in typed groups (:mod:`.options`); call and listen share one phone set-up
-(:mod:`.phone_setup`); output, failing and Ctrl-C are in :mod:`.runtime`.
+(:mod:`.calls`), ``devices``, ``demo`` and ``doctor`` (:mod:`.checks`),
+``config`` (:mod:`.config_command`) and ``completion`` (:mod:`.completion`).
+Their options come in typed groups (:mod:`.options`); call and listen share
+one phone set-up (:mod:`.phone_setup`); output, failing and Ctrl-C are in
+:mod:`.runtime`.
+
+The group registers copies of the commands that fill what was not typed
+from the environment and the config file (:func:`.config_wiring.configured`;
+``--config FILE`` / ``SOFTPHONE_CONFIG``): flag > environment > file >
+default for every option.
 Human-readable lines go to stdout, or to stderr with ``--json`` (stdout is
 then JSON lines only). Each call outcome has its own exit code
 (:class:`softphone.core.callstate.ExitCode`; see ``softphone call --help``).
@@ -19,7 +26,10 @@ import click
 
 from softphone import __version__
 from softphone.cli.calls import call, listen
-from softphone.cli.checks import demo, devices
+from softphone.cli.checks import demo, devices, doctor
+from softphone.cli.completion import completion
+from softphone.cli.config_command import config
+from softphone.cli.config_wiring import CliState, configured
 from softphone.cli.options import ice_list
 from softphone.cli.runtime import fail
 from softphone.cli.serve import event_loop_factory, serve, token
@@ -49,22 +59,48 @@ class SoftphoneGroup(click.Group):
             fail(str(exc))
 
 
+#: Commands that take no settings from the config file.
+UNCONFIGURED = frozenset({"demo", "config", "completion"})
+
+
 @click.group(cls=SoftphoneGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="softphone")
 @click.option("-v", "--verbose", count=True, help="More logging (-v, -vv).")
-def main(verbose: int) -> None:
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The config file (env SOFTPHONE_CONFIG; default "
+                   "$XDG_CONFIG_HOME/softphone/config.toml, i.e. "
+                   "~/.config/softphone/config.toml). See softphone config --help.")
+@click.option("--show-settings", "show_settings", flag_value="text",
+              help="Print the settings the command would run with, and where each "
+                   "came from (secrets masked), instead of running it.")
+@click.option("--show-settings-json", "show_settings", flag_value="json",
+              help="The same as JSON.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, config_file: str | None,
+         show_settings: str | None) -> None:
     """A WebRTC softphone for the terminal, with its own signaling hub.
 
     \b
     Try it:   softphone demo
+    Set up:   softphone config set server http://hub.example.org:8080
+              softphone config set id alice
+    Call:     softphone call bob
+    Answer:   softphone listen --auto-accept
+    Check:    softphone doctor
     Hub:      softphone serve --port 8080
-    Answer:   softphone listen --as bob --auto-accept
-    Call:     softphone call bob --as alice --tone 440
     """
     setup_logging(verbose)
+    if show_settings is not None and ctx.invoked_subcommand in UNCONFIGURED:
+        raise click.UsageError(f"--show-settings: {ctx.invoked_subcommand} takes no "
+                               "settings")
+    ctx.obj = CliState(config_file, "json" if show_settings == "json"
+                       else "text" if show_settings else None)
 
 
-for _command in (serve, token, call, listen, devices, demo):
+for _command in (serve, token, call, listen, devices):
+    main.add_command(configured(_command))
+main.add_command(configured(doctor, pass_settings=True))
+for _command in (demo, config, completion):
     main.add_command(_command)
 
 

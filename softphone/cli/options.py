@@ -6,6 +6,14 @@ command and handing the command one frozen dataclass in their place, built
 before the command runs. A bad combination is a click usage error: exit 2,
 one line. The hub's own groups (TLS server, security) live in
 :mod:`softphone.cli.serve`.
+
+Values the user did not type come from the environment or the config file
+before the groups are built (:mod:`softphone.cli.config_wiring` wraps every
+command): the groups see one value per option and never know where it came
+from. Options the config layer needs to know more about are
+:class:`ConfigOption`: ``needed`` (required, but only once the config file
+was read) and ``secret_file`` (``--token-file``: read by the config layer,
+never handed to the command).
 """
 
 from __future__ import annotations
@@ -24,12 +32,40 @@ T = TypeVar("T")
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+class ConfigOption(click.Option):
+    """A click option the config layer (:mod:`softphone.cli.config_wiring`) treats specially.
+
+    ``needed``: the command cannot run without a value; it may come from the
+    command line, the environment or the config file, so it is checked once
+    the file is read (click's own ``required`` would refuse before).
+    ``secret_file``: ``--X-file FILE`` names a file holding the secret of
+    ``--X``; the config layer reads it (with ``SOFTPHONE_X_FILE`` and
+    ``x_file`` in the file, at the same ranks) and the command never sees it.
+    """
+
+    def __init__(self, *args: Any, needed: bool = False, secret_file: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.needed = needed
+        self.secret_file = secret_file
+
+
+def secret_file_option(flag: str, env: str, what: str) -> Decorator:
+    """``--X-file FILE``: the secret of ``--X`` read from a file (env ``env``)."""
+    return click.option(flag, cls=ConfigOption, secret_file=True, metavar="FILE",
+                        type=click.Path(dir_okay=False),
+                        help=f"Read {what} from this file instead (env {env}); keep it "
+                             "readable only by you.")
+
+
 def option_group(keyword: str, build: Callable[..., T], options: Sequence[Decorator]
                  ) -> Decorator:
     """Add ``options`` to a command; it gets ``build(**their values)`` as ``keyword``.
 
     ``build`` runs before the command (inside click's context), so the click
-    errors it raises are usage errors like any other.
+    errors it raises are usage errors like any other. A ``secret_file``
+    option among ``options`` is listed with the group but not passed to
+    ``build`` (the config layer consumes it).
     """
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         names: list[str] = []
@@ -44,7 +80,8 @@ def option_group(keyword: str, build: Callable[..., T], options: Sequence[Decora
             command = option(command)
             param: click.Parameter = command.__click_params__[-1]  # type: ignore[attr-defined]
             assert param.name is not None
-            names.append(param.name)
+            if not getattr(param, "secret_file", False):
+                names.append(param.name)
         return command
     return decorate
 
@@ -79,10 +116,12 @@ def not_negative(ctx: click.Context, param: click.Parameter, value: float) -> fl
 
 
 def as_option(required: bool = True) -> Decorator:
-    """``--as ID``: the command gets it as ``client_id``."""
-    return click.option("--as", "client_id", envvar="SOFTPHONE_ID", required=required,
-                        callback=check_id, metavar="ID",
-                        help="Your id on the hub (env SOFTPHONE_ID).")
+    """``--as ID``: the command gets it as ``client_id``; ``required``: from the
+    command line, the environment or the config file (``id``)."""
+    return click.option("--as", "client_id", envvar="SOFTPHONE_ID", cls=ConfigOption,
+                        needed=required, callback=check_id, metavar="ID",
+                        help="Your id on the hub (env SOFTPHONE_ID; config: id)"
+                             + (", required." if required else "."))
 
 
 # ---------------------------------------------------------- hub client ---
@@ -120,10 +159,11 @@ hub_client_options = option_group("hub", _hub_client, [
     click.option("--token", "hub_token", envvar="SOFTPHONE_TOKEN", metavar="TOKEN",
                  help="Token for a hub run with --secret (softphone token --as ID; "
                       "env SOFTPHONE_TOKEN)."),
+    secret_file_option("--token-file", "SOFTPHONE_TOKEN_FILE", "the token"),
     click.option("--ca-file", type=click.Path(dir_okay=False), metavar="FILE",
                  help="https/wss hub: trust certificates signed by this PEM file (for "
                       "'serve --self-signed', the certificate it prints)."),
-    click.option("--insecure", is_flag=True,
+    click.option("--insecure/--no-insecure", default=False,
                  help="https/wss hub: do not check its certificate."),
 ])
 
@@ -178,13 +218,19 @@ _ICE_CREDENTIALS = [
                  help="TURN password (credential) for the turn:/turns: --ice-server URLs."),
 ]
 
+
+def _ice_credential_file(env: str) -> Decorator:
+    return secret_file_option("--ice-credential-file", env, "the TURN password")
+
+
 #: A phone's ICE options (``call``, ``listen``).
 phone_ice_options = option_group("ice", _ice, [
     click.option("--ice-server", "ice_servers", multiple=True, metavar="URL",
                  help="STUN/TURN server URL instead of the hub's /ice-servers "
                       "(repeatable; 'none' for host candidates only)."),
     *_ICE_CREDENTIALS,
-    click.option("--relay", "relay_only", is_flag=True,
+    _ice_credential_file("SOFTPHONE_ICE_CREDENTIAL_FILE"),
+    click.option("--relay/--no-relay", "relay_only", default=False,
                  help="Relay-only: send media through the TURN server, never directly."),
 ])
 
@@ -194,6 +240,7 @@ hub_ice_options = option_group("ice", _ice, [
                  help="STUN/TURN URL that /ice-servers hands out (repeatable; 'none' for "
                       "an empty list). Default: the original system's Google STUN entry."),
     *_ICE_CREDENTIALS,
+    _ice_credential_file("SOFTPHONE_SERVE_ICE_CREDENTIAL_FILE"),
 ])
 
 
@@ -220,6 +267,15 @@ class AudioDeviceOptions:
 
 
 @dataclass(frozen=True)
+class ProcessingOptions:
+    """What is done to a real microphone: ``--no-aec``, ``--no-ns``, ``--no-agc``."""
+
+    aec: bool = True  # echo cancellation
+    ns: bool = True  # noise suppression
+    agc: bool = True  # automatic gain control
+
+
+@dataclass(frozen=True)
 class MediaOptions:
     """What a call sends (``--play``/``--tone``, else the microphone), keeps
     (``--record``) and plays, and how it codes its voice."""
@@ -229,15 +285,30 @@ class MediaOptions:
     record: str | None = None
     voice: VoiceOptions = VoiceOptions()
     audio: AudioDeviceOptions = AudioDeviceOptions()
+    processing: ProcessingOptions = ProcessingOptions()
 
 
 def _media(play: str | None, tone: float | None, record: str | None, bitrate: int | None,
            redundancy: int | None, simulate_loss: float | None, input: str | None,
-           output: str | None, no_audio: bool) -> MediaOptions:
+           output: str | None, no_audio: bool, aec: bool = True, ns: bool = True,
+           agc: bool = True) -> MediaOptions:
     if play and tone is not None:
         raise click.UsageError("use either --play or --tone, not both")
     return MediaOptions(play, tone, record, VoiceOptions(bitrate, redundancy, simulate_loss or 0.0),
-                        AudioDeviceOptions(input, output, no_audio))
+                        AudioDeviceOptions(input, output, no_audio),
+                        ProcessingOptions(aec, ns, agc))
+
+
+_INPUT = click.option(
+    "--input", envvar="SOFTPHONE_INPUT", metavar="DEVICE",
+    help="Microphone: index or part of the name (env SOFTPHONE_INPUT). "
+         "Default: the default microphone unless --tone/--play.")
+_OUTPUT = click.option(
+    "--output", envvar="SOFTPHONE_OUTPUT", metavar="DEVICE",
+    help="Speaker: index or part of the name (softphone devices; env "
+         "SOFTPHONE_OUTPUT). Default: the default speaker, if any.")
+_NO_AUDIO = click.option("--no-audio/--audio", default=False,
+                         help="Use neither microphone nor speaker.")
 
 
 media_options = option_group("media", _media, [
@@ -256,14 +327,29 @@ media_options = option_group("media", _media, [
                       "one, for N+1 times the bitrate. 0: Opus alone (default 1)."),
     click.option("--simulate-loss", type=click.FloatRange(0, 100), metavar="PCT",
                  help="Drop this share of received audio packets (testing)."),
-    click.option("--input", envvar="SOFTPHONE_INPUT", metavar="DEVICE",
-                 help="Microphone: index or part of the name (env SOFTPHONE_INPUT). "
-                      "Default: the default microphone unless --tone/--play."),
-    click.option("--output", envvar="SOFTPHONE_OUTPUT", metavar="DEVICE",
-                 help="Speaker: index or part of the name (softphone devices; env "
-                      "SOFTPHONE_OUTPUT). Default: the default speaker, if any."),
-    click.option("--no-audio", is_flag=True, help="Use neither microphone nor speaker."),
+    _INPUT,
+    _OUTPUT,
+    _NO_AUDIO,
+    # What is done to a real microphone (not to --play/--tone): on unless turned off.
+    click.option("--aec/--no-aec", default=True,
+                 help="Echo cancellation on the microphone (default on): the other side "
+                      "does not hear itself from your speaker."),
+    click.option("--ns/--no-ns", default=True,
+                 help="Noise suppression on the microphone (default on)."),
+    click.option("--agc/--no-agc", default=True,
+                 help="Automatic gain control on the microphone (default on)."),
 ])
+
+
+def _devices(input: str | None, output: str | None, no_audio: bool) -> AudioDeviceOptions:
+    if no_audio and (input or output):
+        raise click.UsageError(f"use either --{'input' if input else 'output'} or "
+                               "--no-audio, not both")
+    return AudioDeviceOptions(input, output, no_audio)
+
+
+#: Microphone and speaker alone (``doctor``): ``--input``, ``--output``, ``--no-audio``.
+audio_device_options = option_group("audio", _devices, [_INPUT, _OUTPUT, _NO_AUDIO])
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Iterable
-from typing import Any, NoReturn, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 import click
 
@@ -42,8 +42,15 @@ class Output:
             print(json.dumps(event, separators=(",", ":")), flush=True)
 
 
-def exit_codes_help(codes: Iterable[ExitCode] = ExitCode, note: str = "") -> str:
-    """A ``--help`` epilog listing ``codes`` (one a line: click's ``\\b`` keeps them)."""
+#: Codes of one command only: not listed by the others' ``--help``.
+OWN_CODES: Final = {ExitCode.REDIS_UNAVAILABLE: "serve", ExitCode.DOCTOR_FAILED: "doctor"}
+
+
+def exit_codes_help(codes: Iterable[ExitCode] | None = None, note: str = "") -> str:
+    """A ``--help`` epilog listing ``codes`` (one a line: click's ``\\b`` keeps them);
+    by default every code but those of another command (:data:`OWN_CODES`)."""
+    if codes is None:
+        codes = [code for code in ExitCode if code not in OWN_CODES]
     lines = [f"  {code.value:>3}  {code.name.lower().replace('_', '-')}: {code.meaning}"
              for code in codes]
     return "\b\nExit codes:\n" + "\n".join(lines) + (f"\n\n{note}" if note else "")

@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from softphone import __version__
 from softphone.cli.options import (
+    ConfigOption,
     IceOptions,
     as_option,
     hub_ice_options,
     not_negative,
     option_group,
     positive,
+    secret_file_option,
 )
 from softphone.cli.runtime import Interrupts, exit_codes_help, fail, first_done
 from softphone.core.callstate import ExitCode
@@ -65,7 +68,7 @@ tls_server_options = option_group("tls", _tls_server, [
                  help="Serve https/wss with this certificate chain (PEM); needs --key."),
     click.option("--key", type=click.Path(dir_okay=False), metavar="FILE",
                  help="TLS private key (PEM)."),
-    click.option("--self-signed", is_flag=True,
+    click.option("--self-signed/--no-self-signed", default=False,
                  help="Serve https/wss with a generated certificate for localhost and "
                       "this machine's addresses (browsers need https for the microphone)."),
     click.option("--tls-dir", type=click.Path(file_okay=False), metavar="DIR",
@@ -133,6 +136,7 @@ class HubSecurityOptions:
     max_per_address: int = 100
     peer_grace: float = 4.0
     heartbeat: float = 15.0
+    head_timeout: float = 30.0
 
     def hub_config_fields(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,7 +183,9 @@ def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 
 hub_security_options = option_group("security", _hub_security, [
     click.option("--secret", envvar="SOFTPHONE_SECRET", metavar="S",
-                 help="Require tokens signed with this secret (env SOFTPHONE_SECRET)."),
+                 help="Require tokens signed with this secret (env SOFTPHONE_SECRET; "
+                      "better --secret-file)."),
+    secret_file_option("--secret-file", "SOFTPHONE_SECRET_FILE", "the secret"),
     click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
                  callback=_origins,
                  help="Browser origin allowed to connect besides the hub's own "
@@ -189,6 +195,8 @@ hub_security_options = option_group("security", _hub_security, [
                       "credentials (repeatable; needs --turn-secret)."),
     click.option("--turn-secret", envvar="SOFTPHONE_TURN_SECRET", metavar="S",
                  help="coturn's static-auth-secret (env SOFTPHONE_TURN_SECRET)."),
+    secret_file_option("--turn-secret-file", "SOFTPHONE_TURN_SECRET_FILE",
+                       "coturn's static-auth-secret"),
     click.option("--turn-ttl", type=float, default=3600.0, show_default=True,
                  callback=positive, metavar="S", help="Lifetime of TURN credentials."),
     click.option("--max-message-bytes", type=click.IntRange(256), default=64 * 1024,
@@ -209,6 +217,9 @@ hub_security_options = option_group("security", _hub_security, [
     click.option("--heartbeat", type=float, default=15.0, show_default=True,
                  callback=positive, metavar="S",
                  help="Ping interval; a client silent for 1.5 times it is dropped."),
+    click.option("--head-timeout", type=float, default=30.0, show_default=True,
+                 callback=positive, metavar="S",
+                 help="Seconds a new connection has to send its request head."),
 ])
 
 
@@ -233,8 +244,10 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
 
 @click.command()
 @as_option()
-@click.option("--secret", envvar="SOFTPHONE_SECRET", required=True, metavar="S",
-              help="The hub's secret (env SOFTPHONE_SECRET).")
+@click.option("--secret", envvar="SOFTPHONE_SECRET", cls=ConfigOption, needed=True,
+              metavar="S", help="The hub's secret (env SOFTPHONE_SECRET; config: "
+                                "serve.secret), required.")
+@secret_file_option("--secret-file", "SOFTPHONE_SECRET_FILE", "the hub's secret")
 @click.option("--ttl", default="24h", show_default=True, callback=_ttl, metavar="TIME",
               help="Lifetime: seconds, or with a unit (30m, 12h, 7d).")
 def token(client_id: str, secret: str, ttl: float) -> None:
@@ -273,10 +286,14 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
     It also serves the browser phone at / (https with --self-signed or
     --cert/--key, which browsers need for the microphone off localhost).
 
-    With --secret (or SOFTPHONE_SECRET) every client needs a token
-    (softphone token --as ID); without it the hub is open, like the original.
-    With --redis several hubs act as one; if Redis cannot be reached at start,
-    the exit code is 12.
+    With --secret-file FILE (or SOFTPHONE_SECRET_FILE, secret_file in the
+    [serve] table of the config file; --secret too, but then it shows in the
+    process list) every client needs a token (softphone token --as ID);
+    without it the hub is open, like the original. With --redis several hubs
+    act as one; if Redis cannot be reached at start, the exit code is 12.
+
+    Every option may be set in the config file's [serve] table (--config FILE
+    or SOFTPHONE_CONFIG; softphone config --help lists the keys).
     """
     from softphone.hub.server import DEFAULT_ICE_SERVERS, Hub, HubConfig, serve_forever
 
@@ -296,7 +313,8 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
 
     def ready(bound: int) -> None:
         scheme = "https" if ssl_context is not None else "http"
-        click.echo(f"softphone hub listening on {scheme}://{host}:{bound} (Ctrl-C to stop)")
+        click.echo(f"softphone hub {__version__} listening on {scheme}://{host}:{bound} "
+                   "(Ctrl-C to stop)")
         for note in tls_notes:
             click.echo(note.replace("{port}", str(bound)))
 

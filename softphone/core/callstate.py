@@ -76,6 +76,7 @@ class ExitCode(enum.IntEnum):
     CANCELLED = 10
     REFUSED = 11  # the hub refused us for good: bad token, or replaced by a newer login
     REDIS_UNAVAILABLE = 12  # serve --redis: Redis cannot be reached at start
+    DOCTOR_FAILED = 13  # softphone doctor: a check a call needs failed
     INTERRUPTED = 130  # Ctrl-C while not in a call (like a shell: 128 + SIGINT)
 
     @classmethod
@@ -102,6 +103,7 @@ _EXIT_MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.CANCELLED: "hung up before audio connected",
     ExitCode.REFUSED: "bad --token, or replaced by a newer connection",
     ExitCode.REDIS_UNAVAILABLE: "serve --redis: Redis not reachable at start",
+    ExitCode.DOCTOR_FAILED: "doctor: a check a call needs failed (no call possible)",
     ExitCode.INTERRUPTED: "Ctrl-C while waiting for calls (listen --once)",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +25,23 @@ def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 
 
 def test_help_lists_commands_and_exit_codes() -> None:
+    from softphone.cli.runtime import OWN_CODES
+
     code, out = run("--help")
     assert code == 0
-    for command in ("serve", "call", "listen", "demo"):
-        assert command in out
+    for command in ("serve", "call", "listen", "demo", "doctor", "config", "completion",
+                    "token", "devices"):
+        assert f"\n  {command} " in out, command
     for command in ("call", "listen"):
         code, out = run(command, "--help")
         assert code == 0
         assert "Exit codes" in out and "no-answer" in out and "media-failed" in out
         listed = {int(n) for n in re.findall(r"^ +(\d+)  [a-z-]+: ", out, re.MULTILINE)}
-        assert listed == {int(c) for c in ExitCode}, out
+        assert listed == {int(c) for c in ExitCode if c not in OWN_CODES}, out
+    code, out = run("serve", "--help")
+    assert "12  redis-unavailable" in out
+    code, out = run("doctor", "--help")
+    assert "13  a check a call needs failed" in out and "0  a call can be made" in out
 
 
 def test_exit_codes_are_one_enum() -> None:
@@ -43,7 +51,8 @@ def test_exit_codes_are_one_enum() -> None:
         assert code is ExitCode.for_outcome(outcome)
         assert code.name.lower().replace("_", "-") == outcome.value
     assert (ExitCode.ERROR, ExitCode.USAGE, ExitCode.REFUSED) == (1, 2, 11)
-    assert (ExitCode.REDIS_UNAVAILABLE, ExitCode.INTERRUPTED) == (12, 130)
+    assert (ExitCode.REDIS_UNAVAILABLE, ExitCode.DOCTOR_FAILED, ExitCode.INTERRUPTED) == \
+        (12, 13, 130)
     assert all(code.meaning for code in ExitCode)
 
 
@@ -57,6 +66,20 @@ def test_version() -> None:
     assert run("--version") == (0, f"softphone, version {__version__}\n")
 
 
+def test_serve_says_its_version_when_it_starts() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "softphone", "serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert re.match(rf"softphone hub {re.escape(__version__)} listening on "
+                    r"http://127\.0\.0\.1:\d+ \(Ctrl-C to stop\)$", line), line + err
+    assert proc.returncode == 0 and "hub stopped" in out
+
+
 def test_python_dash_m() -> None:
     out = subprocess.run([sys.executable, "-m", "softphone", "--version"],
                          capture_output=True, text=True, check=True)
@@ -64,14 +87,16 @@ def test_python_dash_m() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["call", "b"], "Missing option '--as'"),
+    (["call", "b"], "Missing option '--as'. Give it, or set it once: softphone config set "
+                    "id VALUE"),
+    (["token", "--as", "a"], "Missing option '--secret'. Give it, or --secret-file FILE"),
     (["call", "b", "--as", "bad id"], "use 1 to 64 characters"),
     (["call", "b c", "--as", "a"], "use 1 to 64 characters"),
     (["call", "a", "--as", "a"], "cannot call yourself"),
     (["call", "b", "--as", "a", "--server", "ftp://x"], "invalid hub URL"),
     (["call", "b", "--as", "a", "--server", "http://h:99999"], "invalid port"),
     (["call", "b", "--as", "a", "--play", "/nonexistent.wav"], "no such file"),
-    (["call", "b", "--as", "a", "--tone", "5"], "outside 20.."),
+    (["call", "b", "--as", "a", "--tone", "30000"], "use 0 < HZ < 24000"),
     (["call", "b", "--as", "a", "--tone", "440", "--play", "x.wav"], "either --play or --tone"),
     (["call", "b", "--as", "a", "--duration", "0"], "greater than 0"),
     (["call", "b", "--as", "a", "--ring-timeout", "-1"], "greater than 0"),
@@ -94,6 +119,13 @@ def test_python_dash_m() -> None:
     (["serve", "--turn-secret", "x"], "needs at least one --turn URL"),
     (["serve", "--node-id", "n1"], "--node-id goes with --redis"),
     (["serve", "--loop", "tokio"], "'tokio' is not one of"),
+    # the config layer's checks of what was typed: usage errors too
+    (["token", "--as", "a", "--secret", "x" * 40, "--secret-file", "/f"],
+     "serve.secret: use either --secret or --secret-file, not both"),
+    (["call", "b", "--as", "a", "--token-file", "/nonexistent/tok"],
+     "--token-file: cannot read /nonexistent/tok: No such file or directory"),
+    (["serve", "--turn-secret-file", "/nonexistent/t", "--turn", "turn:h"],
+     "--turn-secret-file: cannot read /nonexistent/t"),
 ])
 def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
     code, out = run(*args)
@@ -127,6 +159,20 @@ def test_serve_on_a_busy_port() -> None:
         s.listen()
         port = s.getsockname()[1]
         code, out = run("serve", "--port", str(port))
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+def test_serve_takes_its_options_from_the_config_file(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        config = tmp_path / "hub.toml"
+        config.write_text(f'[serve]\nhost = "127.0.0.1"\nport = {port}\nloop = "asyncio"\n')
+        code, out = run("--config", str(config), "serve")
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out
 

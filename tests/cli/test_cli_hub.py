@@ -140,3 +140,49 @@ def test_listen_echo_sends_the_callers_audio_back(thread_hub: ThreadHub,
     assert result.exit_code == ExitCode.COMPLETED, result.output
     assert "incoming call from me: accepting" in result.stdout
     assert_wav_tone(echoed, 523, skip=1.0, what="the echo")
+
+
+# ------------------------------------------------------- the config file ---
+
+
+def test_call_with_everything_from_the_config_file(tmp_path: Path) -> None:
+    """`softphone call ghost` and nothing else: hub, id, token (a file), ICE and audio
+    from the config file; a flag still beats the file."""
+    hub = ThreadHub(HubConfig(ice_servers=[], secret=SECRET)).start()
+    try:
+        token = tmp_path / "alice.token"
+        token.write_text(mint_token(SECRET, "alice", time.time()) + "\n")
+        token.chmod(0o600)
+        config = tmp_path / "config.toml"
+        config.write_text(f'server = "{hub.url}"\nid = "alice"\ntoken_file = "alice.token"\n'
+                          '[ice]\nservers = ["none"]\n[audio]\nno_audio = true\n')
+        env = {"SOFTPHONE_CONFIG": str(config)}
+        result = invoke("call", "ghost", env=env)
+        assert result.exit_code == ExitCode.OFFLINE, result.output
+        assert f"calling ghost as alice via {hub.url}" in result.stdout
+        assert result.stderr == ""  # no warning: the token file is private
+        # the token in the file is alice's: as bob, the hub refuses it ...
+        refused = invoke("call", "ghost", "--as", "bob", env=env)
+        assert refused.exit_code == ExitCode.REFUSED, refused.output
+        # ... unless a token typed on the command line replaces it
+        bobs = mint_token(SECRET, "bob", time.time())
+        let_in = invoke("call", "ghost", "--as", "bob", "--token", bobs, env=env)
+        assert let_in.exit_code == ExitCode.OFFLINE, let_in.output
+    finally:
+        hub.stop()
+
+
+def test_token_from_a_secret_file(tmp_path: Path) -> None:
+    from softphone.hub.auth import verify_token
+
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o600)
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[serve]\nsecret_file = "{secret}"\n')
+    for args, env in ((["--secret-file", str(secret)], {}),
+                      ([], {"SOFTPHONE_SECRET_FILE": str(secret)}),
+                      ([], {"SOFTPHONE_CONFIG": str(config)})):
+        minted = invoke("token", "--as", "alice", *args, env=env)
+        assert minted.exit_code == 0, minted.output
+        verify_token(SECRET, minted.stdout.strip(), "alice", time.time())  # or AuthError
