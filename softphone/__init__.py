@@ -26,6 +26,7 @@ from softphone.core.callstate import (
     Outcome,
     Role,
 )
+from softphone.core.version import __version__
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.client.call import Call, CallEnded, CallResult
@@ -71,7 +72,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
 
 __all__ = [
     "EXIT_CODES",

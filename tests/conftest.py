@@ -45,6 +45,16 @@ def need_command(name: str, package: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_user_settings(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test without this user's config file or SOFTPHONE_* variables: an
+    empty XDG_CONFIG_HOME of its own (subprocesses inherit it)."""
+    for name in [n for n in os.environ if n.startswith("SOFTPHONE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
 @pytest.fixture
 async def hub() -> AsyncIterator[Hub]:
     """Our hub, in-process, on 127.0.0.1 and a free port; no STUN handed out."""

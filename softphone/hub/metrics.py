@@ -6,10 +6,11 @@ Each :class:`HubMetrics` has its own registry, so several hubs in one process
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from softphone.core.protocol import ErrorCode, MessageType
+from softphone.core.version import __version__
 
 __all__ = ["CONTENT_TYPE_LATEST", "HubMetrics"]
 
@@ -19,6 +20,9 @@ class HubMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: softphone_hub_info{version="..."} 1: which release answers here.
+        Info("softphone_hub", "This hub's softphone release",
+             registry=self.registry).info({"version": __version__})
         self.connections = Gauge(
             "softphone_hub_connections", "Clients connected now", registry=self.registry)
         self.connections_total = Counter(

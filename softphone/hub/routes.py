@@ -8,13 +8,17 @@ that is not a WebSocket upgrade to ``/ws`` (those never reach it:
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from softphone.core.protocol import ErrorCode, is_valid_id
+from softphone.core.version import __version__
 from softphone.hub.auth import AuthError, turn_credentials, verify_token
 from softphone.hub.limits import CallPairs
 from softphone.hub.metrics import CONTENT_TYPE_LATEST, HubMetrics
@@ -22,6 +26,34 @@ from softphone.hub.registry import Registry
 from softphone.hub.webpages import add_web_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Where the HTTP side logs (see :class:`HttpLog`).
+HTTP_LOG_NAME = "softphone.hub.http"
+
+
+class HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger the hub gives aiohttp's request handlers (``AppRunner(logger=...)``).
+
+    aiohttp logs a request its parser refuses (garbage, a bad header, a line too
+    long: it answers 400) as an ERROR with a traceback, as if the hub had failed.
+    It is the client's mistake, and anyone on the network can send one: here it
+    is one line at info (``bad-http``). Anything else is logged as aiohttp logs it.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        super().__init__(logger or logging.getLogger(HTTP_LOG_NAME), {})
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  stack_info: bool = False, stacklevel: int = 1,
+                  extra: Mapping[str, object] | None = None, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError):
+            remote = args[0] if args else "?"
+            self.logger.info("bad-http remote=%s status=%s why=%r", remote, exc.code,
+                             str(exc.message)[:200])
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, stack_info=stack_info,
+                          stacklevel=stacklevel, extra=extra)
 
 
 class IceSettings(Protocol):
@@ -82,7 +114,8 @@ class Routes:
         # "degraded" (still HTTP 200): a shared registry is unreachable; this node
         # serves its own clients and recovers by itself (docs/scale-out.md).
         return web.json_response({"status": self.registry.status(),
-                                  "clients": self.registry.local_count()})
+                                  "clients": self.registry.local_count(),
+                                  "version": __version__})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         self.metrics.calls.set(len(self.pairs))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
-import os
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -57,16 +56,6 @@ class ThreadHub:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return self.submit(coro).result(timeout)
-
-
-@pytest.fixture(autouse=True)
-def no_user_settings(tmp_path_factory: pytest.TempPathFactory,
-                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every CLI test without this user's config file or SOFTPHONE_* variables: an
-    empty XDG_CONFIG_HOME of its own (subprocesses inherit it)."""
-    for name in [n for n in os.environ if n.startswith("SOFTPHONE_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+import softphone
 from softphone.hub.server import DEFAULT_ICE_SERVERS, Hub, HubConfig
 
 from ..conftest import hub_url
@@ -167,7 +168,9 @@ async def test_many_clients(hub: Hub, session: aiohttp.ClientSession) -> None:
     for ws in clients:
         await nothing(ws, 0.01)
     health = await (await session.get(f"{hub_url(hub)}/healthz")).json()
-    assert health == {"status": "ok", "clients": n}
+    assert health == {"status": "ok", "clients": n, "version": softphone.__version__}
+    metrics = await (await session.get(f"{hub_url(hub)}/metrics")).text()
+    assert f'softphone_hub_info{{version="{softphone.__version__}"}} 1.0' in metrics
 
 
 async def test_ice_servers_default_and_cors(session: aiohttp.ClientSession) -> None:
