@@ -154,6 +154,40 @@ def test_wheel_installs_into_a_clean_venv_and_runs_the_demo(wheel: Path,
     print(f"wheel install took {installed_in:.0f} s")
 
 
+@pytest.mark.packaging
+@pytest.mark.timeout(600)
+def test_wheel_installs_with_pipx(wheel: Path, tmp_path: Path) -> None:
+    """``pipx install`` the wheel into a PIPX_HOME and PIPX_BIN_DIR of the test's own
+    (pipx makes the venv with its own Python; dependencies from the package index, or
+    pip's cache); the ``softphone`` it puts in the bin folder runs from an empty folder."""
+    pipx = need_command("pipx", "pipx")
+    home, bin_dir = tmp_path / "pipx-home", tmp_path / "pipx-bin"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+           and not k.startswith("PIPX_")}
+    env.update(PIPX_HOME=str(home), PIPX_BIN_DIR=str(bin_dir),
+               PIPX_MAN_DIR=str(tmp_path / "pipx-man"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    started = time.monotonic()
+    install = subprocess.run([pipx, "install", str(wheel)], cwd=empty, env=env,
+                             capture_output=True, text=True, timeout=500)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    installed_in = time.monotonic() - started
+    softphone = bin_dir / "softphone"
+    assert softphone.resolve().is_relative_to(home), softphone.resolve()
+    version = subprocess.run([str(softphone), "--version"], cwd=empty, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0, version.stdout + version.stderr
+    assert version.stdout.strip() == f"softphone, version {__version__}"
+    python = home / "venvs" / "softphone" / "bin" / "python"
+    where = subprocess.run([str(python), "-c", "import softphone; print(softphone.__file__)"],
+                           cwd=empty, env=env, capture_output=True, text=True, check=True)
+    assert Path(where.stdout.strip()).is_relative_to(home), where.stdout
+    assert list(empty.iterdir()) == []
+    print(f"pipx install took {installed_in:.0f} s")
+
+
 # -------------------------------------------------------- the service ---
 
 

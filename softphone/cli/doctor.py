@@ -1,19 +1,22 @@
 """``softphone doctor``: what is wrong with my setup?
 
 Each check is a function returning :class:`Result` (a line, and a fix when
-something is off). The network ones (the hub, TLS, the token, ``/ice-servers``,
-STUN, TURN) are in :mod:`softphone.cli.doctor_net`; this machine's (PortAudio,
-the default microphone and speaker at 48 kHz, libopus) are here, with the
-runner (:func:`run_doctor`), the report (:func:`report_lines`,
-:func:`report_json`) and the exit code (:func:`exit_code`).
+something is off). The network ones are in :mod:`softphone.cli.doctor_net`
+(the hub, TLS, the token, ``/ice-servers``) and :mod:`softphone.cli.doctor_ice`
+(STUN, TURN), with what their answers mean for a call's media in
+:mod:`softphone.cli.doctor_verdict`; this machine's (PortAudio, the default
+microphone and speaker at 48 kHz, libopus) are here, with the runner
+(:func:`run_doctor`), the report (:func:`report_lines`, :func:`report_json`)
+and the exit code (:func:`exit_code`).
 
 Exit codes: 0 (:data:`EXIT_CALL_POSSIBLE`) when a call can be made, maybe
-with warnings (no STUN, only TURN over TCP, no microphone, a token expiring
-soon); 13 (:data:`EXIT_NO_CALL`, ``ExitCode.DOCTOR_FAILED``) when a check a
-call needs failed (the hub
+with warnings (no STUN, only TURN over TCP, TURN credentials refused where
+STUN works, no microphone, a token expiring soon); 13 (:data:`EXIT_NO_CALL`,
+``ExitCode.DOCTOR_FAILED``) when a check a call needs failed (the hub
 unreachable, its certificate not trusted, the token refused, no
-``/ice-servers``, libopus missing, a named device that cannot be opened, or
-relay-only with no TURN server working).
+``/ice-servers``, libopus missing, a named device that cannot be opened, UDP
+blocked with the first TURN URL over UDP, or relay-only with no TURN server
+working).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from softphone.core.callstate import ExitCode
@@ -95,6 +99,29 @@ class DoctorTarget:
             "audio_output": settings.value("audio.output"),
         }
         return cls(**{**fields, **overrides})
+
+
+def span(seconds: float) -> str:
+    """``3 h 5 min``, ``12 min``, ``40 s``, ``2 days`` (of ``abs(seconds)``)."""
+    seconds = abs(seconds)
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min"
+    return f"{int(seconds)} s"
+
+
+def when(timestamp: float) -> str:
+    """``2025-01-31 14:05 UTC``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def turn_expiry(username: str) -> float | None:
+    """When TURN REST credentials (username ``EXPIRY:user``) expire; None: not REST ones."""
+    head = username.split(":", 1)[0]
+    return float(head) if head.isdigit() else None
 
 
 # ------------------------------------------------------ this machine ---

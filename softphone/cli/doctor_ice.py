@@ -1,12 +1,14 @@
-"""``softphone doctor``'s STUN and TURN checks, and its verdict on the media path.
+"""``softphone doctor``'s STUN and TURN checks.
 
 Real requests, with aioice's STUN messages and TURN client (the ones a call
 uses): a binding request to each ``stun:`` URL over UDP (the address it saw
 is ours as the internet sees it), and an allocation at each TURN server
 with the call's credentials over UDP and over TCP (``turns:``: TLS over
-TCP), deleted at once. Then one line naming what it means for a call: a
-relay that works, UDP blocked here (only TURN over TCP answers), TURN
-credentials refused, or no way beyond this network.
+TCP), deleted at once. A refused allocation (401) is dated from its REST
+username: expired, or not accepted though still valid (another secret).
+Then :mod:`softphone.cli.doctor_verdict` names what it means for a call: a
+relay that works, UDP blocked here (only TURN over TCP answers), the STUN
+service off, TURN credentials refused, or no way beyond this network.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from softphone.cli.doctor import Result
+from softphone.cli.doctor import Result, span, turn_expiry, when
+from softphone.cli.doctor_verdict import Outcome, Transport, explain, verdict
 
 __all__ = ["IceUrl", "ice_checks", "parse_ice_url", "stun_binding", "turn_allocation"]
-
-Transport = Literal["udp", "tcp"]
 
 
 @dataclass(frozen=True)
@@ -197,18 +199,6 @@ async def turn_allocation(ice: IceUrl, username: str, credential: str, transport
 # ----------------------------------------------------------- checks ---
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    kind: Literal["stun", "turn"]
-    transport: Transport
-    #: A call would use this one (its URL's transport).
-    used: bool
-    ok: bool
-    #: "", "timeout", "refused", "credentials" or "error".
-    why: str
-    result: Result
-
-
 def _classify(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     code = (getattr(response, "attributes", None) or {}).get("ERROR-CODE", (0, ""))[0]
@@ -221,34 +211,79 @@ def _classify(exc: BaseException) -> str:
     return "error"
 
 
-async def _check_stun(ice: IceUrl, wait: float, used: bool = True) -> _Outcome:
+async def _local_toward(host: str, port: int) -> str | None:
+    """Our address that packets to ``host`` leave from (a connected UDP socket; nothing
+    is sent), or None when there is no route or no such host."""
+    try:
+        server = await _resolve(host, port, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(server)
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+async def _check_stun(ice: IceUrl, wait: float, used: bool = True) -> Outcome:
     name = "stun"
     if ice.scheme == "stuns":
-        return _Outcome("stun", "tcp", used, True, "", Result(
+        return Outcome("stun", ice.host, ice.port, ice.scheme, "tcp", used, True, "", Result(
             name, True, f"{ice.url}: not checked (STUN over TLS)", needed=False))
     unused = "" if used else " (unused: a call takes the first STUN URL only)"
+    local = await _local_toward(ice.host, ice.port)
     try:
         mapped, server = await stun_binding(ice.host, ice.port, wait)
     except (TimeoutError, OSError, ValueError, Exception) as exc:  # aioice raises its own
         why = _classify(exc)
         text = f"no answer over UDP in {wait:g} s" if why == "timeout" else _reason(exc)
-        return _Outcome("stun", "udp", used, False, why, Result(
-            name, False, f"{ice.url}: {text}{unused}",
-            "is the STUN server up, and is UDP to it allowed here? (a firewall dropping "
-            "UDP shows as no answer)", needed=False))
-    return _Outcome("stun", "udp", used, True, "", Result(
+        return Outcome("stun", ice.host, ice.port, ice.scheme, "udp", used, False, why,
+                       Result(name, False, f"{ice.url}: {text}{unused}",
+                              "is the STUN server up, and is UDP to it allowed here? (a "
+                              "firewall dropping UDP shows as no answer)", needed=False,
+                              data={"url": ice.url, "local": local}))
+    behind = f" (we are {local} here: behind NAT)" if local and local != mapped[0] else ""
+    return Outcome("stun", ice.host, ice.port, ice.scheme, "udp", used, True, "", Result(
         name, True, f"{ice.url}: answered from {server[0]}:{server[1]}; "
-        f"it sees us as {mapped[0]}:{mapped[1]}{unused}",
-        data={"url": ice.url, "mapped": f"{mapped[0]}:{mapped[1]}"}))
+        f"it sees us as {mapped[0]}:{mapped[1]}{behind}{unused}",
+        data={"url": ice.url, "mapped": f"{mapped[0]}:{mapped[1]}", "local": local}))
+
+
+def _refused_credentials(username: str, now: float, from_hub: bool) -> tuple[str, str]:
+    """Why TURN credentials were refused (401), from their expiry: (detail, fix); the
+    detail is "" when the username says nothing (not REST credentials)."""
+    expiry = turn_expiry(username)
+    if expiry is not None and expiry <= now:
+        if from_hub:
+            return (f": they expired {span(now - expiry)} ago ({when(expiry)}), as the hub "
+                    "handed them out", "the hub hands out expired TURN credentials: its "
+                    "operator should renew the static --ice-username/--ice-credential, or "
+                    "hand out fresh ones with --turn and --turn-secret (or the hub's clock "
+                    "is wrong)")
+        return (f": they expired {span(now - expiry)} ago ({when(expiry)})",
+                "ice.username/ice.credential have expired: get new ones")
+    valid = (f": they are not expired ({span(expiry - now)} left), so their signature is "
+             "not accepted" if expiry is not None else "")
+    if from_hub:
+        return valid, ("the hub signs them with its --turn-secret, which must be the TURN "
+                       "server's secret (coturn: static-auth-secret); or the hub's static "
+                       "--ice-username/--ice-credential are wrong")
+    return valid, ("ice.credential is not what the TURN server expects for ice.username "
+                   "(REST credentials: signed with coturn's static-auth-secret)")
 
 
 async def _check_turn(ice: IceUrl, username: str | None, credential: str | None,
-                      transport: Transport, used: bool, wait: float) -> _Outcome:
+                      transport: Transport, used: bool, wait: float, now: float,
+                      from_hub: bool) -> Outcome:
     name = f"turn {transport}" if ice.scheme == "turn" else "turn tls"
     where = f"{ice.scheme}:{ice.host}:{ice.port} over {transport}" + \
         ("" if used else " (unused: a call takes the first TURN URL only)")
+
+    def outcome(ok: bool, why: str, result: Result) -> Outcome:
+        return Outcome("turn", ice.host, ice.port, ice.scheme, transport, used, ok, why,
+                       result)
+
     if username is None or credential is None:
-        return _Outcome("turn", transport, used, False, "credentials", Result(
+        return outcome(False, "credentials", Result(
             name, False, f"{where}: no username/credential to try",
             "TURN URLs need credentials: the hub's --turn/--turn-secret hand them out, "
             "or set ice.username and ice.credential", needed=False))
@@ -258,67 +293,22 @@ async def _check_turn(ice: IceUrl, username: str | None, credential: str | None,
         why = _classify(exc)
         text = f"no answer in {wait:g} s" if why == "timeout" else _reason(exc)
         fixes = {
-            "credentials": "the hub's --turn-secret must be coturn's static-auth-secret "
-                           "(or ice.username/ice.credential are wrong or expired)",
             "timeout": f"is the TURN server up, and is {transport.upper()} to port "
                        f"{ice.port} allowed here?",
             "refused": "is the TURN server running, on this port?",
         }
-        return _Outcome("turn", transport, used, False, why, Result(
-            name, False, f"{where}: {text}", fixes.get(why, ""), needed=False))
-    return _Outcome("turn", transport, used, True, "", Result(
+        fix = fixes.get(why, "")
+        if why == "credentials":
+            more, fix = _refused_credentials(username, now, from_hub)
+            if more:
+                text = f"credentials refused (401 Unauthorized){more}"
+        return outcome(False, why, Result(name, False, f"{where}: {text}", fix, needed=False,
+                                          data={"url": ice.url, "transport": transport}))
+    return outcome(True, "", Result(
         name, True, f"{where}: relay {relayed[0]}:{relayed[1]}, "
         f"it sees us as {mapped[0]}:{mapped[1]}",
         data={"url": ice.url, "transport": transport, "relayed": f"{relayed[0]}:{relayed[1]}",
               "mapped": f"{mapped[0]}:{mapped[1]}"}))
-
-
-def _verdict(outcomes: Sequence[_Outcome], relay_only: bool, first_turn: IceUrl | None
-             ) -> Result:
-    """What the STUN/TURN answers mean for a call's media."""
-    name = "media path"
-    stun = [o for o in outcomes if o.kind == "stun"]
-    turns = [o for o in outcomes if o.kind == "turn"]
-    relay_used = sorted({o.transport for o in turns if o.ok and o.used})
-    relay_any = sorted({o.transport for o in turns if o.ok})
-    udp_failed = [o for o in outcomes if o.transport == "udp" and not o.ok
-                  and o.why in ("timeout", "refused")]
-    udp_all_failed = bool(udp_failed) and all(
-        not o.ok for o in outcomes if o.transport == "udp" and o.why != "credentials")
-    if relay_used:
-        direct = " and directly through NAT (STUN answered)" if any(o.ok for o in stun) else ""
-        return Result(name, True, f"calls can go through the TURN relay "
-                      f"({'/'.join(relay_used)}){direct}")
-    first = f"{first_turn.scheme}:{first_turn.host}:{first_turn.port}" if first_turn \
-        else "turn:HOST:PORT"
-    if relay_any and udp_all_failed:
-        return Result(name, False, "UDP seems blocked here: STUN and TURN over UDP do not "
-                      "answer, TURN over TCP does, and a call uses the first TURN URL, "
-                      "over UDP", f"use TURN over TCP: put \"{first}?transport=tcp\" "
-                      "first (ice.servers with ice.username/ice.credential, or ask the "
-                      "hub's operator to hand it out first)")
-    if relay_any:
-        return Result(name, False, f"the TURN server answers over {'/'.join(relay_any)}, "
-                      "but not over the transport of the first TURN URL, the one a call "
-                      f"uses", f"put \"{first}?transport={relay_any[0]}\" first",
-                      needed=relay_only)
-    if any(o.why == "credentials" for o in turns):
-        return Result(name, False, "the TURN server refused the credentials: calls that "
-                      "need a relay (symmetric NAT, UDP blocked) will fail",
-                      "see the turn lines above", needed=relay_only)
-    if turns:
-        return Result(name, False, "no TURN server answered: calls that need a relay will "
-                      "fail", "see the turn lines above", needed=relay_only)
-    if relay_only:
-        return Result(name, False, "relay-only (ice.relay) but no TURN server is configured",
-                      "add a turn: URL with credentials, or drop --relay")
-    if any(o.ok for o in stun):
-        return Result(name, True, "calls go directly through NAT (STUN answered); there "
-                      "is no TURN relay for networks that need one")
-    if stun:
-        return Result(name, False, "no STUN server answered: only calls within this "
-                      "network will connect", "see the stun lines above", needed=False)
-    return Result(name, True, "no STUN/TURN servers: calls connect within one network only")
 
 
 def _urls(servers: Sequence[dict[str, Any]]) -> list[tuple[IceUrl | str, dict[str, Any]]]:
@@ -335,20 +325,23 @@ def _urls(servers: Sequence[dict[str, Any]]) -> list[tuple[IceUrl | str, dict[st
     return out
 
 
-async def ice_checks(servers: Sequence[dict[str, Any]], relay_only: bool,
-                     wait: float) -> list[Result]:
-    """Check every STUN URL and every TURN server (UDP and TCP) of ``servers``, at once.
+async def ice_checks(servers: Sequence[dict[str, Any]], relay_only: bool, wait: float, *,
+                     now: float | None = None, from_hub: bool = True) -> list[Result]:
+    """Check every STUN URL and every TURN server (UDP and TCP) of ``servers``, at once,
+    then say what it means for a call (:func:`softphone.cli.doctor_verdict.verdict`).
 
     A call (aiortc) uses only the first STUN URL and the first TURN URL; the
-    others are checked too, and said to be unused.
+    others are checked too, and said to be unused. ``now`` dates TURN REST
+    credentials; ``from_hub``: the servers are the hub's (else the settings').
     """
+    now = time.time() if now is None else now
     parsed = _urls(servers)
     results = [Result("ice-servers", False, bad, "fix the URL (ice.servers, or the hub's "
                       "list)", needed=False) for bad, _ in parsed if isinstance(bad, str)]
     good = [(ice, entry) for ice, entry in parsed if isinstance(ice, IceUrl)]
     first_stun = next((ice for ice, _ in good if not ice.is_turn), None)
     first_turn = next((ice for ice, _ in good if ice.is_turn), None)
-    jobs: list[asyncio.Future[_Outcome]] = []
+    jobs: list[asyncio.Future[Outcome]] = []
     seen: set[tuple[Any, ...]] = set()
     for ice, entry in good:
         if not ice.is_turn:
@@ -368,8 +361,13 @@ async def ice_checks(servers: Sequence[dict[str, Any]], relay_only: bool,
                                                first_turn.port, first_turn.transport) == \
                 (ice.scheme, ice.host, ice.port, transport)
             jobs.append(asyncio.ensure_future(_check_turn(
-                ice, username, credential, transport, used, wait)))
-    outcomes = list(await asyncio.gather(*jobs)) if jobs else []
+                ice, username, credential, transport, used, wait, now, from_hub)))
+    outcomes = explain(list(await asyncio.gather(*jobs)) if jobs else [])
     results += [o.result for o in outcomes]
-    results.append(_verdict(outcomes, relay_only, first_turn))
+    first = f"{first_turn.scheme}:{first_turn.host}:{first_turn.port}" if first_turn \
+        else None
+    tcp_listed = first_turn is not None and any(
+        (ice.scheme, ice.host, ice.port, ice.transport) ==
+        (first_turn.scheme, first_turn.host, first_turn.port, "tcp") for ice, _ in good)
+    results.append(verdict(outcomes, relay_only, first, tcp_listed, from_hub))
     return results

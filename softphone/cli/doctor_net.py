@@ -25,14 +25,13 @@ import os
 import secrets
 import ssl
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from softphone import __version__
-from softphone.cli.doctor import DoctorTarget, Result
+from softphone.cli.doctor import DoctorTarget, Result, span, turn_expiry, when
 
 __all__ = ["Probe", "check_certificate", "check_hub", "check_ice_servers", "check_signaling",
            "check_version", "network_checks", "probe_signaling", "token_by_ice_servers",
@@ -50,22 +49,6 @@ def _reason(exc: BaseException) -> str:
         return exc.strerror
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
-
-
-def _span(seconds: float) -> str:
-    """``3 h 5 min``, ``12 min``, ``40 s``, ``2 days``."""
-    seconds = abs(seconds)
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.0f} days"
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min"
-    return f"{int(seconds)} s"
-
-
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 #: How long before expiry a token (24 h by default) or a certificate is worth a warning.
@@ -170,10 +153,10 @@ async def check_certificate(host: str, port: int, tls: ssl.SSLContext | None,
     about = (f"certificate for {', '.join(shown)}, "
              f"{'self-signed' if self_signed else 'issued by ' + issuer}, ")
     if expires < now:
-        return Result("tls", False, about + f"expired {_span(now - expires)} ago "
-                      f"({_when(expires)})", "renew it on the hub (--cert/--key), or restart "
+        return Result("tls", False, about + f"expired {span(now - expires)} ago "
+                      f"({when(expires)})", "renew it on the hub (--cert/--key), or restart "
                       "'serve --self-signed'", data=data)
-    about += f"valid until {_when(expires)} ({_span(expires - now)} left)"
+    about += f"valid until {when(expires)} ({span(expires - now)} left)"
     try:
         async with asyncio.timeout(wait):
             _, writer = await asyncio.open_connection(
@@ -282,10 +265,10 @@ def _token_facts(token: str, client_id: str | None, now: float) -> tuple[str, st
     if not isinstance(exp, int | float):
         return "the token has no expiry", "", False
     if exp < now:
-        return f"the token expired {_span(now - exp)} ago ({_when(exp)})", \
+        return f"the token expired {span(now - exp)} ago ({when(exp)})", \
             f"get a new one: softphone token --as {sub} on the hub", True
     fix = "it expires soon: get a new one" if exp - now < SOON else ""
-    return f"expires {_when(exp)} ({_span(exp - now)} left)", fix, False
+    return f"expires {when(exp)} ({span(exp - now)} left)", fix, False
 
 
 async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
@@ -353,11 +336,6 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _turn_expiry(username: str) -> float | None:
-    head = username.split(":", 1)[0]
-    return float(head) if head.isdigit() else None
-
-
 async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: DoctorTarget,
                             tls: ssl.SSLContext | bool, now: float
                             ) -> tuple[Result, list[dict[str, Any]]]:
@@ -400,11 +378,17 @@ async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: D
                       "them (serve --ice-server, --turn)"), servers
     detail = ", ".join(urls)
     expiries = [e for s in servers if isinstance(s.get("username"), str)
-                for e in [_turn_expiry(s["username"])] if e is not None]
+                for e in [turn_expiry(s["username"])] if e is not None]
+    data = {"urls": urls, "turn_credentials": bool(expiries)}
+    if expiries and min(expiries) <= now:
+        return Result("ice-servers", False, f"{detail} (the TURN credentials it hands out "
+                      f"expired {span(now - min(expiries))} ago, {when(min(expiries))})",
+                      "the hub's operator: static --ice-username/--ice-credential expire; "
+                      "--turn with --turn-secret hands out fresh ones (or the hub's clock is "
+                      "wrong)", needed=False, data={**data, "expired": True}), servers
     if expiries:
-        detail += f" (TURN credentials for {_span(min(expiries) - now)})"
-    return Result("ice-servers", True, detail,
-                  data={"urls": urls, "turn_credentials": bool(expiries)}), servers
+        detail += f" (TURN credentials for {span(min(expiries) - now)})"
+    return Result("ice-servers", True, detail, data=data), servers
 
 
 def token_by_ice_servers(results: list[Result], listed: Result, target: DoctorTarget,
@@ -475,5 +459,6 @@ async def network_checks(target: DoctorTarget, now: float) -> list[Result]:
             listed, servers = await check_ice_servers(session, address.http, target, tls, now)
             results.append(listed)
     if hub.ok or target.ice_servers:  # (else: which servers a call would get is unknown)
-        results += await ice_checks(servers, target.relay_only, target.timeout)
+        results += await ice_checks(servers, target.relay_only, target.timeout, now=now,
+                                    from_hub=not target.ice_servers)
     return results

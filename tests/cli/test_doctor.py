@@ -14,6 +14,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,8 +40,9 @@ from softphone.cli.doctor import (
     report_lines,
     run_doctor,
 )
-from softphone.cli.doctor_ice import parse_ice_url
+from softphone.cli.doctor_ice import _refused_credentials, parse_ice_url
 from softphone.cli.doctor_net import check_certificate, check_version, token_claims
+from softphone.cli.doctor_verdict import Outcome, explain, verdict
 from softphone.hub.auth import mint_token, turn_credentials
 from softphone.hub.server import Hub, HubConfig
 from softphone.hub.tls import self_signed, server_context
@@ -124,7 +126,8 @@ async def test_all_good_with_stun_and_turn(hubs: HubMaker, coturn: StartCoturn) 
     assert "status ok" in got["hub"].detail
     assert got["auth"].detail == "the hub is open: no token needed"
     assert "answered 'offline'" in got["signaling"].detail
-    assert "TURN credentials for 59 min" in got["ice-servers"].detail
+    # An hour from when the hub made them, a moment after the doctor started.
+    assert re.search(r"TURN credentials for (59 min|1 h 0 min)\)", got["ice-servers"].detail)
     assert f"answered from 127.0.0.1:{port}; it sees us as 127.0.0.1:" in got["stun"].detail
     assert "relay 127.0.0.1:" in got["turn udp"].detail
     assert "relay 127.0.0.1:" in got["turn tcp"].detail
@@ -192,7 +195,10 @@ async def test_udp_blocked_turn_over_tcp_works(hubs: HubMaker,
     creds = turn_credentials(TURN_SECRET, "alice", time.time(), 600)
     tcp_first = await doctor(url(hub), ice_servers=(f"turn:127.0.0.1:{port}?transport=tcp",),
                              ice_username=creds.username, ice_credential=creds.credential)
-    assert by_name(tcp_first)["media path"].detail == "calls can go through the TURN relay (tcp)"
+    media = by_name(tcp_first)["media path"]
+    assert media.detail == ("UDP seems blocked here: STUN and TURN over UDP do not answer; "
+                            "calls go through the TURN relay over TCP"), show(tcp_first)
+    assert media.status == "warn" and "--relay" in media.fix
     assert exit_code(tcp_first) == EXIT_CALL_POSSIBLE, show(tcp_first)
 
 
@@ -401,6 +407,107 @@ def test_default_devices_open_at_48k(pulse: Any) -> None:
 
 
 # ---------------------------------------------------------------- pure ---
+
+
+def outcome(kind: str, transport: str, ok: bool, why: str = "", host: str = "h",
+            used: bool = True, **data: Any) -> Outcome:
+    return Outcome(kind, host, 3478, "stun" if kind == "stun" else "turn",  # type: ignore[arg-type]
+                   transport, used, ok, why,  # type: ignore[arg-type]
+                   Result(kind if kind == "stun" else f"turn {transport}", ok,
+                          "answered" if ok else "no answer", "", needed=False, data=data))
+
+
+def test_explain_tells_stun_off_from_udp_blocked() -> None:
+    """A STUN server that does not answer, explained by the TURN checks of its host."""
+    stun_off = explain([outcome("stun", "udp", False, "timeout"),
+                        outcome("turn", "udp", True), outcome("turn", "tcp", True)])
+    assert stun_off[0].result.detail == ("no answer; yet TURN over UDP to the same server "
+                                         "answers: UDP gets there, its STUN does not answer")
+    assert "STUN service is off" in stun_off[0].result.fix
+    assert stun_off[1:] == [outcome("turn", "udp", True), outcome("turn", "tcp", True)]
+    blocked = explain([outcome("stun", "udp", False, "timeout"),
+                       outcome("turn", "udp", False, "timeout"), outcome("turn", "tcp", True)])
+    for o in blocked[:2]:
+        assert o.result.detail.endswith("; the same server answers TURN over TCP: UDP to it "
+                                        "seems blocked here"), o
+        assert o.result.fix == "allow outgoing UDP (to port 3478) in this network's firewall"
+    # Another host's TURN says nothing about this STUN server; a refusal (ICMP) is no block.
+    for alone in ([outcome("stun", "udp", False, "timeout", host="other"),
+                   outcome("turn", "udp", True)],
+                  [outcome("stun", "udp", False, "refused"),
+                   outcome("turn", "udp", False, "timeout"), outcome("turn", "tcp", True)]):
+        assert explain(alone)[0] == alone[0]
+
+
+def test_verdict_udp_blocked() -> None:
+    udp_dead = [outcome("stun", "udp", False, "timeout"),
+                outcome("turn", "udp", False, "timeout", used=False),
+                outcome("turn", "tcp", True)]
+    tcp_first = verdict(udp_dead, False, "turn:h:3478", True, True)
+    assert tcp_first.status == "warn" and tcp_first.ok
+    assert tcp_first.detail == ("UDP seems blocked here: STUN and TURN over UDP do not answer; "
+                                "calls go through the TURN relay over TCP")
+    assert "--relay (ice.relay = true) sets calls up sooner" in tcp_first.fix
+    assert "--relay" not in verdict(udp_dead, True, "turn:h:3478", True, True).fix
+    udp_first = [outcome("stun", "udp", False, "timeout"),
+                 outcome("turn", "udp", False, "timeout"),
+                 outcome("turn", "tcp", True, used=False)]
+    fixes = {(listed, hub): verdict(udp_first, False, "turn:h:3478", listed, hub)
+             for listed in (True, False) for hub in (True, False)}
+    assert all(r.status == "fail" and '"turn:h:3478?transport=tcp" first' in r.fix
+               for r in fixes.values())
+    assert "the hub hands it out, after the UDP one" in fixes[True, True].fix
+    assert 'serve --turn "turn:h:3478?transport=tcp" before the others' in \
+        fixes[False, True].fix
+    assert "in ice.servers (--ice-server)" in fixes[False, False].fix
+    assert "credentials of your own (ice.username, ice.credential)" in fixes[True, True].fix
+
+
+def test_verdict_stun_dead() -> None:
+    relayed = verdict([outcome("stun", "udp", False, "timeout"), outcome("turn", "udp", True)],
+                      False, "turn:h:3478", False, True)
+    assert relayed.status == "ok" and relayed.detail == (
+        "calls can go through the TURN relay (udp), not directly: STUN does not answer, so "
+        "every call is relayed")
+    behind_nat = verdict([outcome("stun", "udp", False, "refused", local="192.168.1.20")],
+                         False, None, False, True)
+    assert behind_nat.status == "warn" and "this host's address (192.168.1.20) is private, " \
+        "so only phones on its own network (or at a public address)" in behind_nat.detail
+    here = verdict([outcome("stun", "udp", False, "refused", local="127.0.0.1")],
+                   False, None, False, True)
+    assert here.detail.endswith("only calls within this network will connect")
+    refused = verdict([outcome("stun", "udp", False, "timeout"),
+                       outcome("turn", "udp", False, "credentials")], False, "turn:h:3478",
+                      False, True)
+    assert refused.status == "warn" and refused.detail.endswith(
+        "; without STUN, calls to other networks fail too")
+
+
+def test_refused_credentials_are_dated() -> None:
+    now = 1_700_000_000.0
+    expired = turn_credentials(TURN_SECRET, "a", now - 7200, 3600).username
+    detail, fix = _refused_credentials(expired, now, from_hub=True)
+    assert detail == ": they expired 1 h 0 min ago (2023-11-14 21:13 UTC), as the hub " \
+        "handed them out"
+    assert "renew the static --ice-username/--ice-credential" in fix
+    detail, fix = _refused_credentials(expired, now, from_hub=False)
+    assert detail.startswith(": they expired 1 h 0 min ago") and "ice.username" in fix
+    valid = turn_credentials(TURN_SECRET, "a", now, 600).username
+    detail, fix = _refused_credentials(valid, now, from_hub=True)
+    assert detail == ": they are not expired (10 min left), so their signature is not accepted"
+    assert "static-auth-secret" in fix
+    assert _refused_credentials("alice", now, from_hub=True)[0] == ""  # not REST ones
+
+
+async def test_hub_handing_out_expired_turn_credentials(hubs: HubMaker) -> None:
+    old = turn_credentials(TURN_SECRET, "hub", time.time() - 600, 60)
+    hub = await hubs(ice_servers=[{"urls": f"turn:127.0.0.1:{closed_udp_port()}",
+                                   "username": old.username, "credential": old.credential}])
+    got = by_name(await doctor(url(hub)))
+    assert got["ice-servers"].status == "warn", got["ice-servers"]
+    assert "(the TURN credentials it hands out expired 9 min ago" in got["ice-servers"].detail
+    assert "--turn with --turn-secret hands out fresh ones" in got["ice-servers"].fix
+
 
 
 def test_exit_code_and_report() -> None:

@@ -460,12 +460,14 @@ class NetLab:
         raise LabError(f"{proc.name} is not listening on {port} after {within} s:\n"
                        f"{proc.output()[-3000:]}")
 
-    def start_coturn(self) -> LabProcess:
-        """coturn on the public address with ``server/coturn.conf`` and the lab's secret."""
+    def start_coturn(self, *extra: str) -> LabProcess:
+        """coturn on the public address with ``server/coturn.conf`` and the lab's secret
+        (and ``extra`` turnserver options, e.g. ``--no-stun``)."""
         proc = self.spawn("pub", "coturn", turnserver_command(
             ip=PUBLIC_IP, secret=self.turn_secret, realm=self.realm, workdir=self.workdir,
             # The lab's private hosts use 10.x: let the relay reach them.
-            extra=["--allowed-peer-ip", "10.0.0.0-10.255.255.255", "--no-software-attribute"]))
+            extra=["--allowed-peer-ip", "10.0.0.0-10.255.255.255", "--no-software-attribute",
+                   *extra]))
         self._wait_listening(proc, TURN_PORT)
         return proc
 
@@ -490,6 +492,15 @@ class NetLab:
             argv += ["--ice-username", username, "--ice-credential", credential]
         if not stun and not turn:
             argv += ["--ice-server", "none"]
+        proc = self.spawn("pub", f"hub-{len(self.processes)}", argv)
+        self._wait_listening(proc, HUB_PORT)
+        return proc
+
+    def start_hub_with(self, *options: str) -> LabProcess:
+        """``softphone serve`` on the public address with exactly ``options`` (a hub
+        :meth:`start_hub` does not make: another TURN secret, static credentials ...)."""
+        argv = [*softphone_argv("serve"), "--host", PUBLIC_IP, "--port", str(HUB_PORT),
+                *options]
         proc = self.spawn("pub", f"hub-{len(self.processes)}", argv)
         self._wait_listening(proc, HUB_PORT)
         return proc
