@@ -2,6 +2,7 @@
 
     python benchmarks/fuzz_hub.py              # 100,000 inputs (a few minutes)
     python benchmarks/fuzz_hub.py --quick      # 3,000 inputs (about a minute)
+    python benchmarks/fuzz_hub.py --quick --head-timeout 6 --heartbeat 4   # ~15 s
     python benchmarks/fuzz_hub.py --inputs 20000 --seed 7 --concurrency 32
 
 Starts ``softphone serve`` as a subprocess on a free port of 127.0.0.1 (the
@@ -68,9 +69,10 @@ from fuzz_cases import (  # benchmarks/fuzz_cases.py
     ws_path,
 )
 
-HEAD_TIMEOUT = 30.0  # the hub's time for a request head (softphone/hub/server.py)
+HEAD_TIMEOUT = 30.0  # the hub's default time for a request head (serve --head-timeout)
+HEARTBEAT = 15.0  # the hub's default heartbeat (serve --heartbeat): drops a stalled frame
 ANSWER_TIMEOUT = 5.0
-STALL_TIMEOUT = HEAD_TIMEOUT + 20.0
+STALL_GRACE = 20.0  # how much longer than the hub should take a stalled input waits
 SOURCES = [f"127.0.0.{i}" for i in range(2, 18)]  # spread over the per-address limit
 
 # ------------------------------------------------------------ transport ---
@@ -191,16 +193,20 @@ def _status_of(head: bytes) -> str:
 class HubProcess:
     """``softphone serve`` on a free port of 127.0.0.1, its log in a file."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, head_timeout: float = HEAD_TIMEOUT,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.log_path = log_dir / "hub.log"
         self.port = _free_port()
+        self.head_timeout = head_timeout
+        self.heartbeat = heartbeat
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "softphone", "serve", "--host", HOST, "--port",
-                 str(self.port), "--ice-server", "none", "--secret", SECRET],
+                 str(self.port), "--ice-server", "none", "--secret", SECRET,
+                 "--head-timeout", str(self.head_timeout), "--heartbeat", str(self.heartbeat)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
@@ -298,12 +304,14 @@ class Tally:
         return sum(self.count.values())
 
 
-async def run_session(port: int, source: str, session: Session, tally: Tally) -> None:
+async def run_session(port: int, source: str, session: Session, tally: Tally,
+                      stall_timeout: float) -> None:
     """Run a session's inputs; those not sent because the connection ended early go
-    again on a new connection with the same id."""
+    again on a new connection with the same id. (``stall_timeout``: how long a stalled
+    input waits for the hub to close it.)"""
     if session.conn_case is not None:
         case = session.conn_case
-        tally.record(case, await run_connection_case(port, source, case))
+        tally.record(case, await run_connection_case(port, source, case, stall_timeout))
         return
     left = session.cases
     while left:
@@ -354,7 +362,8 @@ async def _run_cases(port: int, source: str, me: str, cases: list[Case],
         conn.close()
 
 
-async def run_connection_case(port: int, source: str, case: Case) -> str:
+async def run_connection_case(port: int, source: str, case: Case,
+                              stall_timeout: float) -> str:
     try:
         conn = await Conn.open(port, source)
     except (OSError, TimeoutError):
@@ -372,8 +381,8 @@ async def run_connection_case(port: int, source: str, case: Case) -> str:
         if case.half_close:
             conn.writer.write_eof()
         if case.stall and case.after_101 != "read":  # the hub must close it
-            return await conn.status(STALL_TIMEOUT)
-        timeout = STALL_TIMEOUT if case.stall else ANSWER_TIMEOUT
+            return await conn.status(stall_timeout)
+        timeout = stall_timeout if case.stall else ANSWER_TIMEOUT
         status = await conn.status(timeout)
         if status != "http:101":
             return status
@@ -408,7 +417,7 @@ def _query_id(head: bytes) -> str:
 
 async def campaign(args: argparse.Namespace) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="fuzz-hub-"))
-    hub = HubProcess(log_dir)
+    hub = HubProcess(log_dir, args.head_timeout, args.heartbeat)
     hub.start()
     try:
         return await _campaign(args, hub)
@@ -425,6 +434,9 @@ async def _campaign(args: argparse.Namespace, hub: HubProcess) -> int:
           f"{HOST}:{hub.port}; load average {os.getloadavg()[0]:.2f}", flush=True)
     gen = Generator(args.seed)
     tally = Tally()
+    # A stalled head is closed after the head timeout, a stalled frame (the client
+    # answers no ping meanwhile) after 1 to 1.5 heartbeats.
+    stall_timeout = max(args.head_timeout, 1.5 * args.heartbeat) + STALL_GRACE
     pending = sessions(gen, args.inputs)
     warm_at = max(1, args.inputs // 50)
     rss_warm: float | None = None
@@ -447,11 +459,12 @@ async def _campaign(args: argparse.Namespace, hub: HubProcess) -> int:
             source = SOURCES[n % len(SOURCES)]
             if session.conn_case is not None and session.conn_case.stall:
                 # Takes the hub's timeout (30 s): run aside, without holding a worker.
-                task = asyncio.create_task(run_session(hub.port, source, session, tally))
+                task = asyncio.create_task(run_session(hub.port, source, session, tally,
+                                                       stall_timeout))
                 stalls.add(task)
                 task.add_done_callback(stalls.discard)
                 continue
-            await run_session(hub.port, source, session, tally)
+            await run_session(hub.port, source, session, tally, stall_timeout)
             done = tally.total
             if rss_warm is None and done >= warm_at:
                 rss_warm = hub.rss_mb()
@@ -566,6 +579,14 @@ def main() -> None:
                         help="sessions in flight (default 48; stalled heads run aside)")
     parser.add_argument("--max-seconds", type=float, default=1200.0,
                         help="stop starting new inputs after this long (default 1200)")
+    parser.add_argument("--head-timeout", type=float, default=HEAD_TIMEOUT,
+                        help="the hub's --head-timeout: how long stalled request heads "
+                             "take to be closed (default 30; a shorter one makes a "
+                             "short run shorter; keep it above 3 s, the longest drip of a "
+                             "complete head)")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT,
+                        help="the hub's --heartbeat: a stalled frame is dropped after 1 to "
+                             "1.5 of them (default 15)")
     parser.add_argument("--verdicts", action="store_true",
                         help="also print every (input kind, verdict) pair seen")
     args = parser.parse_args()

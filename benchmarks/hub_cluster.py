@@ -16,7 +16,8 @@ misroute):
 
 Every server process (nodes and redis-server, all their threads) is pinned to
 CPU 0, the load generator to CPU 1, as in hub.py. "us/msg" is the CPU of all
-server processes together per relayed message. The machine has two cores:
+server processes together per relayed message; "(CPU redis x%, node1 y%, ...)"
+how it split between them. The machine has two cores:
 this measures what a message costs through Redis and its latency, not how far
 more machines would scale.
 """
@@ -96,11 +97,24 @@ class Nodes(bench.Server):
         self.redis.cleanup()
 
     def cpu_seconds(self) -> float:
-        total = 0.0
+        each = []
         for pid in self._pids():
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / bench.CLK_TCK
-        return total
+            each.append((int(fields[11]) + int(fields[12])) / bench.CLK_TCK)
+        # The measured interval is between the last two calls (Meter's): keep them.
+        self.snapshots = [*getattr(self, "snapshots", [])[-1:], each]
+        return sum(each)
+
+    def cpu_split(self) -> str:
+        """How the last measured interval's server CPU split: redis, then each node."""
+        snaps = getattr(self, "snapshots", [])
+        if len(snaps) < 2:
+            return ""
+        spent = [b - a for a, b in zip(snaps[0], snaps[1], strict=True)]
+        total = sum(spent) or 1.0
+        names = ["redis", *(f"node{i + 1}" for i in range(len(self.nodes)))]
+        return "(CPU " + ", ".join(f"{n} {100 * x / total:.0f}%"
+                                   for n, x in zip(names, spent, strict=True)) + ")"
 
     def ws_url(self, client_id: str) -> str:
         node = self.nodes[1] if len(self.nodes) > 1 and client_id.endswith("b") \
@@ -130,13 +144,20 @@ async def main(args: argparse.Namespace) -> None:
         ("1 node", lambda relay_rate: Nodes(1, relay_rate)),
         ("2 nodes", lambda relay_rate: Nodes(2, relay_rate)),
     ]
+    async def split(server: bench.Server, result: Any) -> Any:
+        result = await result
+        if isinstance(server, Nodes):
+            result.extra = (result.extra + " " + server.cpu_split()).strip()
+        return result
+
     for _, make in makers:
         for pairs in (1, 10, 100):
-            r = await bench.run_server(lambda m=make: m(True),
-                                       lambda s, p=pairs: bench.relay(s, p, secs))
+            r = await bench.run_server(
+                lambda m=make: m(True),
+                lambda s, p=pairs: split(s, bench.relay(s, p, secs)))
             print(r.line(), flush=True)
         r = await bench.run_server(lambda m=make: m(False),
-                                   lambda s: bench.steady(s, 200, args.rate, secs))
+                                   lambda s: split(s, bench.steady(s, 200, args.rate, secs)))
         print(r.line(), flush=True)
     load = os.getloadavg()
     print(f"# load average after: {load[0]:.2f} {load[1]:.2f}")

@@ -206,19 +206,51 @@ def _type_and_to(obj: dict[str, Any]) -> tuple[str, str]:
     return type_, to
 
 
+#: How deep ``data`` may nest when the hub must encode it again (a message with a
+#: ``from`` or an extra field): deeper is ``bad-message``. Signaling data nests a few
+#: levels; the limit keeps re-encoding far from the interpreter's recursion limit,
+#: wherever in the stack it runs. (Text relayed as it came is not re-encoded.)
+MAX_NESTING: Final = 100
+
+
+def _nests_within(value: Any, limit: int) -> bool:
+    """Whether ``value``'s lists and objects nest at most ``limit`` deep (no recursion)."""
+    if value.__class__ is not dict and value.__class__ is not list:
+        return True
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > limit:
+            return False
+        for child in (item.values() if item.__class__ is dict else item):
+            if child.__class__ is dict or child.__class__ is list:
+                todo.append((child, depth + 1))
+    return True
+
+
+def _check_nesting(data: Any) -> None:
+    if not _nests_within(data, MAX_NESTING):
+        raise ProtocolError(f"'data' nests more than {MAX_NESTING} deep")
+
+
 def parse_client_message(text: str | bytes, sender: str | None = None) -> Message:
     """Validate a frame a client sent to the hub (the message has ``sender`` as ``from``).
 
     Raises :class:`ProtocolError` (code ``bad-message``) for anything that is not
-    ``{"type": <one of the seven types>, "to": <valid id>, "data"?: <any JSON>}``.
+    ``{"type": <one of the seven types>, "to": <valid id>, "data"?: <any JSON>}``,
+    and for ``data`` nested more than :data:`MAX_NESTING` deep in a message that
+    must be encoded again (one with a ``from`` or another extra field).
     A ``from`` field is accepted and ignored: the hub overwrites it.
     """
     obj = _load_object(text)
     type_, to = _type_and_to(obj)
     source = text if isinstance(text, str) and "from" not in obj else None
     if "data" in obj:
-        return Message(type_, to, obj["data"], sender, True,
-                       source if len(obj) == 3 else None)
+        data = obj["data"]
+        if source is None or len(obj) != 3:
+            _check_nesting(data)
+            return Message(type_, to, data, sender, True)
+        return Message(type_, to, data, sender, True, source)
     return Message(type_, to, None, sender, False, source if len(obj) == 2 else None)
 
 
@@ -234,7 +266,12 @@ def relay_text(text: str, sender: str) -> tuple[str, str, str]:
         return type_, to, \
             f'{{"from":{encode_basestring(sender)},{text.lstrip(_JSON_SPACE)[1:]}'
     if "data" in obj:
-        return type_, to, Message(type_, to, obj["data"], sender, True).encode()
+        data = obj["data"]
+        _check_nesting(data)
+        try:
+            return type_, to, Message(type_, to, data, sender, True).encode()
+        except RecursionError:  # (not within MAX_NESTING: only a stack already deep)
+            raise ProtocolError("'data' nests too deep") from None
     return type_, to, Message(type_, to, None, sender).encode()
 
 

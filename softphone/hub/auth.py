@@ -67,7 +67,7 @@ def verify_token(secret: str, token: str | None, client_id: str, now: float) -> 
         raise AuthError("token not signed by this hub") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"token lacks the {exc.claim!r} claim") from None
-    except jwt.InvalidTokenError:
+    except (jwt.InvalidTokenError, RecursionError):  # (a header nested deep)
         raise AuthError("malformed token") from None
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):

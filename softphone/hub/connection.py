@@ -20,7 +20,7 @@ from websockets.protocol import State as WSState
 from websockets.server import ServerProtocol
 
 from softphone.core.protocol import ErrorCode, HubError
-from softphone.hub.frames import PING, scan, text_frame
+from softphone.hub.frames import PING, frame_end, scan, text_frame
 from softphone.hub.limits import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,17 @@ class WebSocket(asyncio.Protocol):
     per connection: liveness is one hub-wide sweep (the hub's heartbeat).
     """
 
-    __slots__ = ("_close_timer", "_lost", "_transport", "_ws", "quiet")
+    __slots__ = ("_close_timer", "_lost", "_transport", "_ws", "quiet", "slot")
 
     def __init__(self, ws: ServerProtocol, transport: asyncio.Transport) -> None:
         self._ws = ws
         self._transport = transport
         self._close_timer: asyncio.TimerHandle | None = None
         self._lost: asyncio.Future[None] | None = None
-        #: Heartbeat sweeps since this client last sent anything.
+        #: Heartbeat visits since this client last sent anything.
         self.quiet = 0
+        #: Its slot in the hub's heartbeat wheel.
+        self.slot = 0
 
     @property
     def close_code(self) -> int | None:
@@ -201,9 +203,10 @@ class ClientConnection(WebSocket):
         self._held: list[Any] | None = None
         #: The frames so far of a fragmented message.
         self._fragments: list[Any] | None = None
-        #: The start of a frame not complete yet (see :meth:`data_received`).
+        #: The start of a frame not complete yet (see :meth:`data_received`); once
+        #: websockets parses everything, what of it websockets has already been given.
         self._partial = b""
-        #: websockets parses everything from now on.
+        #: websockets parses everything from now on (:meth:`_slow_data`).
         self._slow = False
         #: Frames for this client from the batch being handled (see ConnectionOwner.batch).
         self._out: list[bytes] | None = None
@@ -274,7 +277,7 @@ class ClientConnection(WebSocket):
         """
         self.quiet = 0
         if self._slow:
-            WebSocket.data_received(self, data)
+            self._slow_data(data)
             return
         buf = self._partial + data if self._partial else data
         texts, pongs, pos, slow = scan(buf, self._hub.max_frame)
@@ -285,13 +288,31 @@ class ClientConnection(WebSocket):
             self._partial = b""
             if texts:
                 self._frames(texts)
-            WebSocket.data_received(self, buf[pos:] if pos else buf)
+            self._slow_data(buf[pos:] if pos else buf)
             return
         self._partial = buf[pos:] if pos < len(buf) else b""
         if len(texts) > 1:
             self._batch(texts)
         elif texts:
             self._frames(texts)
+
+    def _slow_data(self, data: bytes) -> None:
+        """websockets parses: handed one frame at a time, each handled before the next
+        is parsed (a message's invalid UTF-8 is answered before a protocol error in a
+        frame behind it, as when they come apart). The start of a frame not complete
+        yet goes too (websockets refuses a bad head at once)."""
+        given = len(self._partial)
+        buf = self._partial + data if given else data
+        pos = 0
+        while (end := frame_end(buf, pos)) is not None:
+            WebSocket.data_received(self, buf[max(pos, given):end])
+            pos = end
+        if pos < len(buf):
+            if len(buf) > given:
+                WebSocket.data_received(self, buf[max(pos, given):])
+            self._partial = buf[pos:]
+        else:
+            self._partial = b""
 
     def _batch(self, texts: list[Any]) -> None:
         """Several messages read at once: what they deliver to each client is written
@@ -307,7 +328,7 @@ class ClientConnection(WebSocket):
                 conn.write_out()
 
     def eof_received(self) -> bool | None:
-        if self._partial:  # websockets has not seen it: it would not know it was cut
+        if self._partial and not self._slow:  # websockets would not know it was cut
             self._slow = True
             self._ws.receive_data(self._partial)
             self._partial = b""

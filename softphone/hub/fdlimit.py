@@ -12,6 +12,7 @@ could not; it never raises. ``resource`` is passed in only by tests.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import ModuleType
 from typing import Final
@@ -20,6 +21,14 @@ try:
     import resource as _resource
 except ImportError:  # pragma: no cover - not on Windows
     _resource = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: Open files a hub needs besides one per connection (its listening socket, Redis,
+#: log files, HTTP requests being answered).
+HEADROOM: Final = 256
+#: What a hub with no connection limit asks for.
+UNLIMITED: Final = 1 << 20
 
 #: Linux's per-process ceiling for any descriptor limit.
 NR_OPEN: Final = Path("/proc/sys/fs/nr_open")
@@ -69,3 +78,22 @@ def raise_nofile(wanted: int, *, resource: ModuleType | None = None
         return target, (f"open files: limited to {target} by the hard limit, wanted "
                         f"{wanted}; {_HOW}")
     return target, None
+
+
+def raise_for_connections(max_connections: int, *, resource: ModuleType | None = None
+                          ) -> int:
+    """Raise the limit for a hub of ``max_connections`` (0: unlimited), one descriptor
+    each, and say in one line (logged) what the system refused. Returns the limit."""
+    wanted = max_connections + HEADROOM if max_connections else UNLIMITED
+    limit, why = raise_nofile(wanted, resource=resource)
+    if why is None:
+        log.info("open files: limit %d", limit)
+        return limit
+    holds = max(0, limit - HEADROOM)
+    if max_connections and limit >= max_connections:  # short of headroom only
+        log.info("%s; about %d connections fit", why, holds)
+    else:
+        log.warning("%s; the hub holds about %d connections, not %s", why, holds,
+                    f"--max-connections {max_connections}" if max_connections
+                    else "unlimited")
+    return limit

@@ -103,6 +103,30 @@ def _refused_early(buf: bytes, pos: int, end: int, limit: int) -> bool:
     return length > limit or bool(opcode & 0x08 and length > 125)
 
 
+def frame_end(buf: bytes, pos: int) -> int | None:
+    """Where the frame starting at ``buf[pos]`` ends, from its head (any opcode, masked
+    or not); None while its head or payload is not all there."""
+    end = len(buf)
+    if end - pos < 2:
+        return None
+    length = buf[pos + 1] & 0x7F
+    start = pos + 2
+    if length == 126:
+        start = pos + 4
+        if end < start:
+            return None
+        length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+    elif length == 127:
+        start = pos + 10
+        if end < start:
+            return None
+        length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+    if buf[pos + 1] & 0x80:
+        start += 4
+    stop = start + length
+    return stop if stop <= end else None
+
+
 def text_frame(text: str) -> bytes:
     """An unmasked, final WebSocket text frame (RFC 6455 5.2), as a server sends."""
     payload = text.encode()

@@ -26,6 +26,8 @@ _NODE_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HEAD: Final = re.compile(r'\{"type":"([a-z-]{1,20})"')
 #: Remote call peers watched per node, at most (oldest forgotten first).
 MAX_WATCHED: Final = 100_000
+#: Remote ids whose node a node remembers, at most (oldest forgotten first).
+MAX_CACHED: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +67,15 @@ def default_node_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Deliver ``text`` to local client ``to``; it came from ``from_node``."""
+    """Deliver ``text`` to local client ``to``; client ``sender`` sent it from
+    ``from_node``. ``forwarded``: a node that no longer held ``to`` sent it on (it
+    is not sent on again)."""
 
     to: str
     from_node: str
     text: str
+    sender: str = ""
+    forwarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,40 +95,121 @@ class Bounce:
     ref: str
 
 
-Envelope = Deliver | Replace | Bounce
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Node ``node`` does not hold ``client_id`` (any more): a presence cache that says
+    it does is wrong."""
+
+    client_id: str
+    node: str
+
+
+Envelope = Deliver | Replace | Bounce | Forget
+
+#: Between the envelopes of one pub/sub payload. Never in a relayed message (JSON
+#: allows no control character outside strings, nor unescaped inside), an id, a node
+#: id or a token.
+_BATCH: Final = "\x1d"
 
 
 def encode_envelope(envelope: Envelope) -> str:
     if isinstance(envelope, Deliver):
-        return _SEP.join(("D", envelope.to, envelope.from_node, envelope.text))
+        return _SEP.join(("F" if envelope.forwarded else "D", envelope.to, envelope.from_node,
+                          envelope.sender, envelope.text))
     if isinstance(envelope, Bounce):
         return _SEP.join(("O", envelope.sender, envelope.to, envelope.ref))
+    if isinstance(envelope, Forget):
+        return _SEP.join(("X", envelope.client_id, envelope.node))
     return _SEP.join(("R", envelope.client_id, envelope.token))
 
 
+def deliver_envelope(to: str, from_node: str, sender: str, text: str) -> str:
+    """``encode_envelope(Deliver(to, from_node, text, sender))``, without the object
+    (every message between nodes is one)."""
+    return f"D{_SEP}{to}{_SEP}{from_node}{_SEP}{sender}{_SEP}{text}"
+
+
+def encode_envelopes(envelopes: list[str]) -> str:
+    """One pub/sub payload carrying several encoded envelopes, in order."""
+    return _BATCH.join(envelopes)
+
+
 def decode_envelope(raw: str | bytes) -> Envelope | None:
-    """The envelope in a pub/sub payload; None if it is not one of ours."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    if text.startswith("D" + _SEP):
-        parts = text.split(_SEP, 3)
-        if len(parts) == 4:
-            return Deliver(parts[1], parts[2], parts[3])
-    elif text.startswith("R" + _SEP):
+    """The envelope in a pub/sub payload of one; None if it is not one of ours."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    kind = text[:2]
+    if kind in ("D" + _SEP, "F" + _SEP):
+        parts = text.split(_SEP, 4)
+        if len(parts) == 5:
+            return Deliver(parts[1], parts[2], parts[4], parts[3], kind[0] == "F")
+    elif kind == "R" + _SEP:
         parts = text.split(_SEP)
         if len(parts) == 3:
             return Replace(parts[1], parts[2])
-    elif text.startswith("O" + _SEP):
+    elif kind == "O" + _SEP:
         parts = text.split(_SEP)
         if len(parts) == 4:
             return Bounce(parts[1], parts[2], parts[3])
+    elif kind == "X" + _SEP:
+        parts = text.split(_SEP)
+        if len(parts) == 3:
+            return Forget(parts[1], parts[2])
     return None
+
+
+def decode_envelopes(raw: str | bytes) -> list[Envelope | None]:
+    """The envelopes of a pub/sub payload, in order (None: one that is not ours)."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return [decode_envelope(part) for part in text.split(_BATCH)]
+
+
+class PresenceCache:
+    """Which node holds which remote id, as last seen by this node (pure).
+
+    Lets a node send a message straight to the node of its recipient (one
+    ``PUBLISH`` for all of them in a turn) instead of asking Redis each time.
+    Never trusted blindly: a node that gets a message for an id it does not hold
+    sends it on (or back as ``offline``) and says :class:`Forget`; a node with no
+    subscriber (dead) is forgotten whole. Bounded: the oldest entries go first.
+    """
+
+    def __init__(self, limit: int = MAX_CACHED) -> None:
+        self.limit = limit
+        self._node: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._node)
+
+    def get(self, client_id: str) -> str | None:
+        return self._node.get(client_id)
+
+    def learn(self, client_id: str, node: str) -> None:
+        nodes = self._node
+        if client_id not in nodes and len(nodes) >= self.limit:
+            del nodes[next(iter(nodes))]
+        nodes[client_id] = node
+
+    def forget(self, client_id: str, node: str | None = None) -> None:
+        """Forget ``client_id`` (only if it is on ``node``, when given)."""
+        if node is None or self._node.get(client_id) == node:
+            self._node.pop(client_id, None)
+
+    def forget_node(self, node: str) -> int:
+        """Forget every id on ``node`` (it is gone); how many there were."""
+        gone = [cid for cid, n in self._node.items() if n == node]
+        for cid in gone:
+            del self._node[cid]
+        return len(gone)
+
+    def clear(self) -> None:
+        self._node.clear()
 
 
 def bounce_for(envelope: Deliver) -> Bounce | None:
     """What to send back when nobody here holds ``envelope.to`` (None: not a message)."""
     try:
         obj = json.loads(envelope.text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
@@ -143,7 +230,7 @@ def call_event(text: str) -> tuple[str, str] | None:
         return None
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (relayed as it came: it may nest deep)
         return None
     if not isinstance(obj, dict):
         return None
@@ -246,11 +333,14 @@ end
 return 0
 """
 
-#: Deliver: look up the holder's node and publish there. -1: nobody holds the id;
-#: else the number of subscribers that got it (0: the node is gone).
+#: Deliver: look up the holder's node and publish there. Returns {result, node}:
+#: result -1: nobody holds the id; -2: the node ARGV[3] holds it (a node sending on
+#: a message it got, which it cannot deliver itself: not back to it); else the
+#: number of subscribers that got it (0: the node is gone).
 ROUTE: Final = """
 local v = redis.call('GET', KEYS[1])
-if not v then return -1 end
-local node = string.match(v, '^([^|]*)|')
-return redis.call('PUBLISH', ARGV[1] .. node, ARGV[2])
+if not v then return {-1, ''} end
+local node = string.match(v, '^([^|]*)|') or ''
+if node == ARGV[3] then return {-2, node} end
+return {redis.call('PUBLISH', ARGV[1] .. node, ARGV[2]), node}
 """

@@ -7,9 +7,15 @@ Design (the why is in ``docs/scale-out.md``):
   node refreshes its ids every heartbeat, so a dead node's ids vanish within
   ``ttl`` seconds. ``<prefix>node:<node>`` says the node itself is alive.
 - **Routing.** Each node subscribes to the pub/sub channel ``<prefix>to:<node>``.
-  A message for a client on another node is one Lua script: look up the holder,
-  ``PUBLISH`` the envelope to its node's channel. No holder, or no subscriber on
-  that channel (a dead node), is ``offline``, as on one node.
+  Messages for clients on other nodes go out once per event-loop turn, one
+  ``PUBLISH`` per node whose holder the node's presence cache knows, else a Lua
+  script (look up the holder, publish there, name the node: the cache learns
+  it) (:mod:`softphone.hub.redis_route`). No holder, or no subscriber on that
+  channel (a dead node), is ``offline``, as on one node. A node that gets a
+  message for an id it does not hold (the cache was stale: it moved or left)
+  sends it on to the holder, or back as ``offline``, and tells the sender's node
+  to forget. The connections that carry messages are read with hiredis, without
+  redis-py's client (:mod:`softphone.hub.redis_wire`).
 - **Newest wins.** :meth:`RedisRegistry.register` swaps the holder atomically and
   sends the old node a ``replace`` notice naming the old token; that node tells
   its client ``error``/``replaced`` and closes it. Releasing an id is a
@@ -36,57 +42,38 @@ import contextlib
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any, Final
 
-from softphone._tasks import spawn
 from softphone.core.errors import MissingDependency
 from softphone.core.protocol import ErrorCode, HubError
 from softphone.hub.redis_parts import (
     CLAIM,
     DEFAULT_PREFIX,
-    MAX_WATCHED,
     REFRESH,
     RELEASE,
-    ROUTE,
-    Bounce,
     Deliver,
     Envelope,
+    Forget,
     Keys,
+    PresenceCache,
     Replace,
     Watch,
     bounce_for,
     call_event,
-    decode_envelope,
+    decode_envelopes,
     default_node_id,
+    deliver_envelope,
     encode_envelope,
     holder_value,
     parse_holder,
     valid_node_id,
 )
+from softphone.hub.redis_route import Router
+from softphone.hub.redis_wire import Link, ReplyError, open_link
 from softphone.hub.registry import Peer, Registry, RegistryEvents
 
-__all__ = [  # (the pure parts too, as before they had a module of their own)
-    "DEFAULT_HEARTBEAT",
-    "DEFAULT_PREFIX",
-    "DEFAULT_TTL",
-    "MAX_WATCHED",
-    "Bounce",
-    "Deliver",
-    "Envelope",
-    "Keys",
-    "RedisRegistry",
-    "RegistryUnavailable",
-    "Replace",
-    "Watch",
-    "bounce_for",
-    "call_event",
-    "decode_envelope",
-    "default_node_id",
-    "encode_envelope",
-    "holder_value",
-    "parse_holder",
-    "valid_node_id",
-]
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TTL", "RedisRegistry", "RegistryUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +120,19 @@ class RedisRegistry(Registry):
             url, max_connections=8, timeout=max(2.0, heartbeat * 2),
             socket_connect_timeout=2.0, socket_timeout=max(2.0, heartbeat * 2),
             retry_on_timeout=False, retry=Retry(NoBackoff(), 0), decode_responses=True,
-            health_check_interval=0)
+            health_check_interval=0, protocol=2)  # (RESP2: what redis_wire reads)
         self._pool = pool
         self._redis = aioredis.Redis(connection_pool=pool)
-        self._routing: list[tuple[str, str, asyncio.Future[bool]]] = []
-        self._router: asyncio.Task[None] | None = None
-        #: Routing's own connection: commands packed by hand, many per write (the
-        #: client's pipeline object costs ~200 us of CPU per round trip; this ~20 us
-        #: per message in a batch).
-        self._route_conn: Any = None
-        self._route_sha = ""
         self._local: dict[str, tuple[Peer, str]] = {}
         self._watch = Watch()
+        #: Which node holds which remote id, as far as this node knows.
+        self.cache = PresenceCache()
+        #: Messages for other nodes' clients (redis_route).
+        self.router = Router(self.node_id, self.keys, self.cache, self._open_link,
+                             self._failed)
         self._events: RegistryEvents | None = None
-        self._pubsub: Any = None
+        #: The subscription to this node's channel.
+        self._sub: Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._degraded = False
         self._closed = False
@@ -177,8 +163,8 @@ class RedisRegistry(Registry):
         try:
             await self._redis.ping()
             await self._setup()
-        except (RedisError, OSError) as exc:
-            await self._close_pubsub()
+        except (RedisError, OSError, ReplyError) as exc:
+            await self._close_sub()
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
                 await self._pool.disconnect()
@@ -191,32 +177,28 @@ class RedisRegistry(Registry):
     async def close(self) -> None:
         """Stop, release our ids, disconnect. Bounded: never hangs on a dead Redis."""
         self._closed = True
-        for task in (self._task, self._router):
-            # redis-py can swallow a cancellation inside a command: cancel until done.
-            for _ in range(20):
-                if task is None or task.done():
-                    break
-                task.cancel()
-                await asyncio.wait({task}, timeout=0.1)
-            if task is not None and not task.done():
-                log.warning("redis-registry: %s did not stop in time", task.get_name())
-        for _, _, done in self._routing:
-            if not done.done():
-                done.set_result(False)
-        self._routing.clear()
+        task = self._task
+        # redis-py can swallow a cancellation inside a command: cancel until done.
+        for _ in range(20):
+            if task is None or task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        if task is not None and not task.done():
+            log.warning("redis-registry: %s did not stop in time", task.get_name())
+        await self.router.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._goodbye(), 3.0)
         self._local.clear()
 
     async def _goodbye(self) -> None:
-        await self._drop_route_conn()
         if not self._degraded:
             with contextlib.suppress(Exception):
                 for client_id, (_, token) in list(self._local.items()):
                     await self._scripts["release"](keys=[self.keys.client(client_id)],
                                                    args=[holder_value(self.node_id, token)])
                 await self._redis.delete(self.keys.node(self.node_id))
-        await self._close_pubsub()
+        await self._close_sub()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
         # A pool given to the client is not closed by it: every connection, now.
@@ -232,6 +214,7 @@ class RedisRegistry(Registry):
         token = secrets.token_hex(6)
         old_local = self._local.get(client_id)
         self._local[client_id] = (peer, token)
+        self.cache.forget(client_id)  # (here now, whatever was cached)
         if not self._degraded:
             try:
                 old = await self._scripts["claim"](
@@ -270,47 +253,29 @@ class RedisRegistry(Registry):
             return False
         return None  # on another node, or nowhere: ask Redis
 
+    def deliver_later(self, to: str, text: str, done: Callable[[bool], None],
+                      sender: str = "") -> bool:
+        if self._degraded:
+            done(False)
+            return True
+        return self.router.send(
+            to, deliver_envelope(to, self.node_id, sender, text), done)
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        self.router.when_ready(callback)
+
     async def deliver(self, to: str, text: str) -> bool:
         now = self.deliver_nowait(to, text)
         if now is not None:
             return now
-        # Batched: every message waiting while a round trip is in flight goes in the
-        # next write (one round trip, one connection, however many senders).
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._routing.append((to, encode_envelope(Deliver(to, self.node_id, text)), done))
-        if self._router is None or self._router.done():
-            self._router = asyncio.create_task(self._route(), name="redis-route")
+
+        def finished(ok: bool) -> None:
+            if not done.done():
+                done.set_result(ok)
+
+        self.deliver_later(to, text, finished)
         return await done
-
-    async def _route(self) -> None:
-        from redis.exceptions import ResponseError
-
-        while self._routing:
-            batch, self._routing = self._routing, []
-            results: list[Any] = [None] * len(batch)
-            try:
-                conn = self._route_conn
-                if conn is None:
-                    # Kept before connecting, so that _drop_route_conn always closes it.
-                    conn = self._route_conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
-                    await conn.connect()
-                    await conn.send_command("SCRIPT", "LOAD", ROUTE)
-                    self._route_sha = str(await conn.read_response())
-                prefix = self.keys.channel("")
-                await conn.send_packed_command(conn.pack_commands(
-                    [("EVALSHA", self._route_sha, 1, self.keys.client(to), prefix, envelope)
-                     for to, envelope, _ in batch]), check_health=False)
-                results = [await conn.read_response() for _ in batch]
-            except ResponseError as exc:  # not the connection: Redis refused a command
-                log.warning("redis-route error=%r", _why(exc))
-                await self._drop_route_conn()
-            except Exception as exc:  # any Redis failure: degraded, and offline
-                self._failed(exc)
-                await self._drop_route_conn()
-            finally:  # even when cancelled: nobody waits forever
-                for (_, _, done), got in zip(batch, results, strict=True):
-                    if not done.done():
-                        done.set_result(isinstance(got, int) and got > 0)
 
     def local_count(self) -> int:
         return len(self._local)
@@ -326,12 +291,11 @@ class RedisRegistry(Registry):
                 self._gauge.set(1)
             log.warning("redis-lost node=%s error=%r: serving local clients only, "
                         "retrying every %ss", self.node_id, _why(exc), self.heartbeat)
+            self.cache.clear()
+            self.router.reset()
 
-    async def _drop_route_conn(self) -> None:
-        conn, self._route_conn = self._route_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+    async def _open_link(self, on_message: Callable[[bytes], None] | None = None) -> Link:
+        return await open_link(self._pool, on_message)
 
     async def _publish(self, node: str, envelope: Envelope) -> int:
         try:
@@ -343,69 +307,79 @@ class RedisRegistry(Registry):
 
     async def _setup(self) -> None:
         """Subscribe to our channel, then announce the node and every local id."""
-        await self._close_pubsub()
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.keys.channel(self.node_id))
-        self._pubsub = pubsub
+        await self._close_sub()
+        link = await self._open_link(self._on_payload)
+        try:
+            await asyncio.wait_for(link.call("SUBSCRIBE", self.keys.channel(self.node_id)),
+                                   max(2.0, self.heartbeat * 2))
+        except BaseException:
+            await link.aclose()
+            raise
+        self._sub = link
         await self._beat()
 
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+    async def _close_sub(self) -> None:
+        link, self._sub = self._sub, None
+        if link is not None:
+            await link.aclose()
 
     async def _run(self) -> None:
         """Read our channel; heartbeat; on a Redis failure, degrade and retry."""
         from redis.exceptions import RedisError
 
-        reader: asyncio.Task[None] | None = None
         while not self._closed:
             try:
                 if self._degraded:
                     await self._redis.ping()
-                    await self._drop_route_conn()
+                    self.router.reset()
                     await self._setup()
                     self._degraded = False
                     if self._gauge is not None:
                         self._gauge.set(0)
                     log.warning("redis-recovered node=%s: %d local ids re-announced",
                                 self.node_id, len(self._local))
-                reader = asyncio.create_task(self._read(self._pubsub))
+                sub = self._sub
+                assert sub is not None
                 while not self._degraded and not self._closed:
-                    done, _ = await asyncio.wait({reader}, timeout=self.heartbeat)
+                    done, _ = await asyncio.wait({sub.lost}, timeout=self.heartbeat)
                     if done:
-                        reader.result()  # raises what stopped it
                         raise ConnectionError("subscription ended")
                     await self._beat()
-            except asyncio.CancelledError:
-                if reader is not None:
-                    reader.cancel()
-                raise
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, ReplyError) as exc:
                 self._failed(exc)
-            if reader is not None:
-                reader.cancel()
-                await asyncio.wait({reader})  # (our own cancellation still propagates)
-                reader = None
-            await self._close_pubsub()
+            await self._close_sub()
             await asyncio.sleep(self.heartbeat)
 
-    async def _read(self, pubsub: Any) -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None or message.get("type") != "message":
-                continue
-            envelope = decode_envelope(message["data"])
-            if envelope is None:
-                log.debug("redis-registry: ignoring a foreign payload")
-                continue
-            try:
-                self._on_envelope(envelope)
-            except Exception:  # a bug here must not stop the node's routing
-                log.exception("redis-registry: could not handle %s", type(envelope).__name__)
+    def _on_payload(self, payload: bytes) -> None:
+        """What arrived on our channel: one envelope, or several sent in one turn."""
+        envelopes = decode_envelopes(payload)
+        if len(envelopes) == 1:
+            self._handle(envelopes[0])
+        elif self._events is not None:  # written to each client in one piece
+            self._events.registry_batch(lambda: self._handle_all(envelopes))
+        else:
+            self._handle_all(envelopes)
+
+    def _handle_all(self, envelopes: list[Envelope | None]) -> None:
+        for envelope in envelopes:
+            self._handle(envelope)
+
+    def _handle(self, envelope: Envelope | None) -> None:
+        if envelope is None:
+            log.debug("redis-registry: ignoring a foreign payload")
+            return
+        try:
+            self._on_envelope(envelope)
+        except Exception:  # a bug here must not stop the node's routing
+            log.exception("redis-registry: could not handle %s", type(envelope).__name__)
 
     def _on_envelope(self, envelope: Envelope) -> None:
+        if isinstance(envelope, Deliver):
+            self._on_deliver(envelope)
+            return
+        if isinstance(envelope, Forget):
+            self.cache.forget(envelope.client_id, envelope.node)
+            return
         if isinstance(envelope, Replace):
             held = self._local.get(envelope.client_id)
             if held is not None and held[1] == envelope.token:
@@ -414,27 +388,47 @@ class RedisRegistry(Registry):
                 if self._events is not None:
                     self._events.registry_replaced(held[0])
             return
-        if isinstance(envelope, Bounce):
-            held = self._local.get(envelope.sender)
-            if held is not None:
-                held[0].deliver(HubError(ErrorCode.OFFLINE, f"{envelope.to} is not connected",
-                                         envelope.ref, envelope.to).encode())
-            return
-        held = self._local.get(envelope.to)
+        held = self._local.get(envelope.sender)  # a Bounce
+        if held is not None:
+            held[0].deliver(HubError(ErrorCode.OFFLINE, f"{envelope.to} is not connected",
+                                     envelope.ref, envelope.to).encode())
+
+    def _on_deliver(self, envelope: Deliver) -> None:
+        to = envelope.to
+        held = self._local.get(to)
         if held is None:
-            # It left (or its presence was stale) while the message was on its way:
-            # the sender gets `offline` after all, as on one node.
-            log.debug("redis-registry: %s left before a message reached it", envelope.to)
-            bounce = bounce_for(envelope)
-            if bounce is not None:
-                spawn(self._publish(envelope.from_node, bounce), name="redis-bounce")
+            self._missed(envelope)
             return
         held[0].deliver(envelope.text)
+        sender = envelope.sender
+        if sender and sender not in self._local:  # replies go straight to its node
+            self.cache.learn(sender, envelope.from_node)
         event = call_event(envelope.text)
         if event is not None:
             self._watch.relayed(event[0], event[1], envelope.from_node)
             if self._events is not None:
-                self._events.registry_relayed(event[0], event[1], envelope.to)
+                self._events.registry_relayed(event[0], event[1], to)
+
+    def _missed(self, envelope: Deliver) -> None:
+        """A message for an id not held here: it moved, left, or the presence the
+        sender's node went by was stale. Send it on to the holder, once; if there is
+        none, the sender gets ``offline`` after all, as on one node."""
+        to, origin = envelope.to, envelope.from_node
+        log.debug("redis-registry: %s is not here for a message from %s", to, origin)
+        if origin != self.node_id:  # its node is not to send here for `to` again
+            self.router.notify(origin, encode_envelope(Forget(to, self.node_id)))
+
+        def bounce(ok: bool) -> None:
+            if not ok:
+                back = bounce_for(envelope)
+                if back is not None:
+                    self.router.notify(origin, encode_envelope(back))
+
+        if envelope.forwarded:
+            bounce(False)
+        else:
+            self.router.forward(to, encode_envelope(Deliver(
+                to, origin, envelope.text, envelope.sender, True)), bounce)
 
     async def _beat(self) -> None:
         """Say we are alive, keep our ids, and check the nodes of remote call peers."""
@@ -475,6 +469,9 @@ class RedisRegistry(Registry):
         flags = await self._redis.mget([self.keys.node(n) for n in nodes])
         alive = {n: f is not None for n, f in zip(nodes, flags, strict=True)}
         alive[self.node_id] = True
+        for node, up in alive.items():
+            if not up:
+                self.cache.forget_node(node)
         gone, back = self._watch.judge(holders, alive)
         for client_id in gone:
             log.info("remote-gone id=%s: its node stopped", client_id)

@@ -10,7 +10,11 @@ questions across several hub nodes without the hub changing.
 from __future__ import annotations
 
 import abc
+import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from softphone._tasks import spawn
 
 
 class Peer(Protocol):
@@ -43,6 +47,11 @@ class RegistryEvents(Protocol):
         """Remote ``client_id`` is connected again (on some node)."""
         ...
 
+    def registry_batch(self, deliver: Callable[[], None]) -> None:
+        """Run ``deliver()``, which delivers several messages: what it gives each local
+        client is written in one piece."""
+        ...
+
 
 class Registry(abc.ABC):
     def bind(self, events: RegistryEvents, metrics: Any = None) -> None:  # noqa: B027
@@ -66,8 +75,24 @@ class Registry(abc.ABC):
 
     def deliver_nowait(self, to: str, text: str) -> bool | None:
         """:meth:`deliver` if it can be decided without waiting, else None (then the hub
-        awaits :meth:`deliver`). The hub's fast path: no task per message."""
+        calls :meth:`deliver_later`). The hub's fast path: no task per message."""
         return None
+
+    def deliver_later(self, to: str, text: str, done: Callable[[bool], None],
+                      sender: str = "") -> bool:
+        """:meth:`deliver` without awaiting it: ``done(ok)`` is called with the outcome
+        (for one recipient, in the order of the calls). ``sender``: the id of the
+        client who sent it. False: much waits already; the caller should not hand
+        over more from that client until :meth:`when_ready` calls back."""
+        async def deliver() -> None:
+            done(await self.deliver(to, text))
+
+        spawn(deliver(), name="hub-deliver")
+        return True
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (soon) once :meth:`deliver_later` takes more."""
+        asyncio.get_running_loop().call_soon(callback)
 
     @abc.abstractmethod
     def local_count(self) -> int:

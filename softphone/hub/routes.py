@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -37,23 +37,24 @@ class HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     aiohttp logs a request its parser refuses (garbage, a bad header, a line too
     long: it answers 400) as an ERROR with a traceback, as if the hub had failed.
     It is the client's mistake, and anyone on the network can send one: here it
-    is one line at info (``bad-http``). Anything else is logged as aiohttp logs it.
+    is one line (``bad-http``) at info (at debug where aiohttp says debug).
+    Anything else is logged as aiohttp logs it.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         super().__init__(logger or logging.getLogger(HTTP_LOG_NAME), {})
 
-    def exception(self, msg: object, *args: object, exc_info: Any = True,
-                  stack_info: bool = False, stacklevel: int = 1,
-                  extra: Mapping[str, object] | None = None, **kwargs: Any) -> None:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+    def log(self, level: int, msg: object, *args: object, exc_info: Any = None,
+            **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else \
+            sys.exc_info()[1] if exc_info is True else None
         if isinstance(exc, HttpProcessingError):
-            remote = args[0] if args else "?"
-            self.logger.info("bad-http remote=%s status=%s why=%r", remote, exc.code,
-                             str(exc.message)[:200])
+            if self.logger.isEnabledFor(min(level, logging.INFO)):
+                why = " ".join(str(exc.message).split())[:200] or type(exc).__name__
+                self.logger.log(min(level, logging.INFO), "bad-http remote=%s status=%s "
+                                "why=%r", args[0] if args else "?", exc.code, why)
             return
-        self.logger.error(msg, *args, exc_info=exc_info, stack_info=stack_info,
-                          stacklevel=stacklevel, extra=extra)
+        super().log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 class IceSettings(Protocol):

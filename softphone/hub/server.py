@@ -11,7 +11,8 @@ to ``/ws`` stays on the hub's own lean :class:`asyncio.Protocol`
 application (:mod:`softphone.hub.routes`), one request per connection. Lean
 because every connection costs memory for as long as a phone is online, and
 every message CPU: no task, queue, reader or timer per connection; one
-hub-wide heartbeat sweep; frames are handled as they arrive.
+hub-wide heartbeat, a slice of the connections at a time
+(:mod:`softphone.hub.heartbeat`); frames are handled as they arrive.
 
 Every frame a client sends is validated by
 :func:`~softphone.core.protocol.relay_text` (pure; :func:`route_frame` is the same
@@ -30,14 +31,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import ipaddress
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 from websockets.frames import CloseCode
@@ -65,13 +64,16 @@ from softphone.hub.admission import (
     Verdict,
     admit,
 )
-from softphone.hub.auth import DEFAULT_TURN_TTL, check_secret
+from softphone.hub.auth import check_secret
+from softphone.hub.config import DEFAULT_ICE_SERVERS, HubConfig, is_loopback
 from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused
 from softphone.hub.dispatch import HEAD_TIMEOUT, WS_LOG, Dispatch, handshake, refuse
+from softphone.hub.fdlimit import raise_for_connections
+from softphone.hub.heartbeat import Heartbeat
 from softphone.hub.limits import CallPairs, ConnectionLimiter, OriginPolicy, TokenBucket
 from softphone.hub.metrics import HubMetrics
 from softphone.hub.registry import MemoryRegistry, Peer, Registry
-from softphone.hub.routes import Routes, make_app
+from softphone.hub.routes import HttpLog, Routes, make_app
 
 __all__ = [
     "CLOSE_BAD_ID",
@@ -89,11 +91,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The original hub's ``/ice-servers``: one public Google STUN entry.
-DEFAULT_ICE_SERVERS: Final[tuple[dict[str, Any], ...]] = (
-    {"urls": "stun:stun.l.google.com:19302"},
-)
-
 #: Seconds :meth:`Hub.stop` waits for clients to answer its close frames.
 STOP_GRACE: Final = 1.0
 
@@ -104,44 +101,6 @@ def route_frame(sender: str, text: str | bytes) -> Message | HubError:
         return parse_client_message(text, sender)
     except ProtocolError as exc:
         return HubError(exc.code, str(exc), exc.ref)
-
-
-@dataclass
-class HubConfig:
-    ice_servers: Sequence[dict[str, Any]] = DEFAULT_ICE_SERVERS
-    #: Frames above this many bytes are answered with ``too-large``.
-    max_message_bytes: int = 64 * 1024
-    #: Bytes unread by a client that does not read; past it, it is dropped.
-    send_queue_bytes: int = 1024 * 1024
-    heartbeat: float = 15.0
-    extra_routes: list[Callable[[web.Application], None]] = field(default_factory=list)
-    #: Tokens: a connection needs a token signed with this secret (None: open hub).
-    secret: str | None = None
-    #: Browser origins allowed besides the hub's own (``*``: any).
-    allow_origins: Sequence[str] = ()
-    #: Messages per second per connection (0: unlimited), and the burst allowed.
-    rate: float = 100.0
-    burst: float = 200.0
-    #: Connections in total / from one address (0: unlimited).
-    max_connections: int = 20_000
-    max_per_address: int = 100
-    #: How long a client in a call may be gone before its peer gets ``hangup``.
-    peer_grace: float = 4.0
-    #: TURN URLs handed out by ``/ice-servers`` with REST credentials from this secret.
-    turn_urls: Sequence[str] = ()
-    turn_secret: str | None = None
-    turn_ttl: float = DEFAULT_TURN_TTL
-    #: Seconds a new connection has to send its request head.
-    head_timeout: float = HEAD_TIMEOUT
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Hub:
@@ -167,7 +126,7 @@ class Hub:
         self.http: web.Server | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tls = False
-        self._beat: asyncio.TimerHandle | None = None
+        self._heartbeat: Heartbeat[ClientConnection] | None = None
         self._loop_time: Callable[[], float] = time.monotonic
         #: Frames above this are refused by websockets (close 1009); up to it, too large
         #: messages are answered with ``too-large`` and the connection is kept.
@@ -189,7 +148,8 @@ class Hub:
         One listening socket: WebSocket upgrades to ``/ws`` are served by the hub's
         own lean protocol, every other request by the aiohttp application.
         """
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
+                                     logger=HttpLog())
         await self._runner.setup()
         http = self._runner.server
         assert http is not None
@@ -210,8 +170,9 @@ class Hub:
         self.port = int(sockets[0].getsockname()[1])
         bound = str(sockets[0].getsockname()[0])
         if self.config.heartbeat > 0:
-            self._beat = loop.call_later(self.config.heartbeat / 2, self._heartbeat)
-        if not self.config.secret and not _is_loopback(bound):
+            self._heartbeat = Heartbeat(self.config.heartbeat, self._timed_out)
+            self._heartbeat.start()
+        if not self.config.secret and not is_loopback(bound):
             log.warning("hub is open: no --secret, so anyone who reaches %s:%s can take "
                         "any id", bound, self.port)
         log.info("listening host=%s port=%s auth=%s origins=%s", bound, self.port,
@@ -222,9 +183,8 @@ class Hub:
     async def stop(self) -> None:
         if self._pair_timer is not None:
             self._pair_timer.cancel()
-        if self._beat is not None:
-            self._beat.cancel()
-            self._beat = None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self._server is not None:
             self._server.close()
         closing = list(self._connections)
@@ -243,20 +203,10 @@ class Hub:
             self._server = None
         await self.registry.close()
 
-    def _heartbeat(self) -> None:
-        """Every half heartbeat: ping the clients quiet for a while, drop the silent ones.
-
-        A client that sent nothing (not even a pong) for 1.5 heartbeats is gone.
-        """
-        interval = self.config.heartbeat
-        self._beat = asyncio.get_running_loop().call_later(interval / 2, self._heartbeat)
-        for conn in list(self._connections):
-            quiet = conn.quiet = conn.quiet + 1
-            if quiet >= 3:
-                log.info("heartbeat-timeout id=%s remote=%s", conn.client_id, conn.remote)
-                conn.abort()
-            elif quiet == 2 and not conn.dropped:
-                conn.ping()
+    def _timed_out(self, conn: ClientConnection) -> None:
+        """``conn`` sent nothing (not even a pong) for 1.5 heartbeats: it is gone."""
+        log.info("heartbeat-timeout id=%s remote=%s", conn.client_id, conn.remote)
+        conn.abort()
 
     # -- WebSocket ----------------------------------------------------------
 
@@ -323,6 +273,8 @@ class Hub:
         if early:  # frames sent right behind the request
             conn.data_received(early)
         self._connections.add(conn)
+        if self._heartbeat is not None:
+            self._heartbeat.wheel.add(conn)
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         spawn(self._register(conn), name="hub-register")
@@ -345,6 +297,8 @@ class Hub:
         """``conn``'s TCP connection is closed."""
         self.limiter.close(conn.remote)
         self._connections.discard(conn)
+        if self._heartbeat is not None:
+            self._heartbeat.wheel.discard(conn)
         self.metrics.connections.dec()
         if conn.registered:
             spawn(self._unregister(conn), name="hub-unregister")
@@ -397,21 +351,17 @@ class Hub:
                 log.debug("bad-message id=%s why=%r", sender, str(exc))
             self.answer(conn, HubError(exc.code, str(exc), exc.ref))
             return True
-        ok = self.registry.deliver_nowait(to, wire)
-        if ok is None:  # another node's client: wait for the shared registry, in order
-            conn.hold()
-            spawn(self._deliver_later(conn, type_, to, wire), name="hub-deliver")
+        registry = self.registry
+        ok = registry.deliver_nowait(to, wire)
+        if ok is None:  # another node's client: the shared registry answers later
+            if registry.deliver_later(to, wire, functools.partial(
+                    self._delivered, conn, type_, to), sender):
+                return True
+            conn.hold()  # much is waiting for the shared registry: this client waits too
+            registry.when_ready(conn.resume)
             return False
         self._delivered(conn, type_, to, ok)
         return True
-
-    async def _deliver_later(self, conn: ClientConnection, type_: str, to: str,
-                             wire: str) -> None:
-        try:
-            ok = await self.registry.deliver(to, wire)
-            self._delivered(conn, type_, to, ok)
-        finally:
-            conn.resume()
 
     def _delivered(self, conn: ClientConnection, type_: str, to: str, ok: bool) -> None:
         if not ok:
@@ -451,6 +401,19 @@ class Hub:
     def registry_peer_back(self, client_id: str) -> None:
         self.pairs.connected(client_id)
 
+    def registry_batch(self, deliver: Callable[[], None]) -> None:
+        if self.batch is not None:  # (already collecting)
+            deliver()
+            return
+        batch: list[ClientConnection] = []
+        self.batch = batch
+        try:
+            deliver()
+        finally:
+            self.batch = None
+            for conn in batch:
+                conn.write_out()
+
     # -- peers that leave -----------------------------------------------------
 
     def _left(self, client_id: str, now: float) -> None:
@@ -481,7 +444,8 @@ class Hub:
 async def serve_forever(hub: Hub, host: str, port: int,
                         ready: Callable[[int], None] | None = None,
                         ssl_context: ssl.SSLContext | None = None) -> None:
-    """Run ``hub`` until cancelled."""
+    """Run ``hub`` until cancelled (the process's open-file limit raised first)."""
+    raise_for_connections(hub.config.max_connections)
     bound = await hub.start(host, port, ssl_context=ssl_context)
     # What is loaded now lives as long as the process: keep it out of the cyclic
     # collector, whose full passes over it would pause every client's messages.

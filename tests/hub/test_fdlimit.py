@@ -106,3 +106,89 @@ def test_fake_unlimited_hard_limit_falls_back_to_nr_open(
         1_048_576, "open files: limited to 1048576 (the kernel's fs.nr_open), wanted 2000000")
     fake = FakeResource(1024, FakeResource.RLIM_INFINITY)
     assert raise_nofile(200_000, resource=fake) == (200_000, None)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------- the hub raises its own ---
+
+
+def test_for_connections_logs_one_line(caplog: pytest.LogCaptureFixture,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    import softphone.hub.fdlimit as fdlimit
+
+    monkeypatch.setattr(fdlimit, "_nr_open", lambda: None)
+    caplog.set_level(logging.INFO, "softphone.hub.fdlimit")
+    fake = FakeResource(1024, 50_000)
+    assert fdlimit.raise_for_connections(20_000, resource=fake) == 20_256  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == ["open files: limit 20256"]
+    caplog.clear()
+    fake = FakeResource(1024, 20_000)  # enough for the connections, not the headroom
+    assert fdlimit.raise_for_connections(20_000, resource=fake) == 20_000  # type: ignore[arg-type]
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    caplog.clear()
+    fake = FakeResource(1024, 20_000)
+    assert fdlimit.raise_for_connections(100_000, resource=fake) == 20_000  # type: ignore[arg-type]
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        "open files: limited to 20000 by the hard limit, wanted 100256; raise the hard "
+        "limit (ulimit -Hn as root, LimitNOFILE= in a systemd unit, nofile in "
+        "/etc/security/limits.conf); the hub holds about 19744 connections, not "
+        "--max-connections 100000")
+
+
+def serve_with_soft_limit(soft: int, *args: str) -> tuple[int, str]:
+    """``softphone serve`` started with a soft open-file limit of ``soft``: the limit it
+    runs with once listening, and what it wrote on stderr."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard_limit()))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "softphone", "serve", "--port", "0", "--ice-server", "none",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lower,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "listening on" in line, line
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        now = next(int(row.split()[3]) for row in limits.splitlines()
+                   if row.startswith("Max open files"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=10)
+    return now, err.decode()
+
+
+def test_serve_raises_its_limit_for_max_connections() -> None:
+    hard = hard_limit()
+    if hard != resource.RLIM_INFINITY and hard < 2_000:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    now, err = serve_with_soft_limit(256, "--max-connections", "1500")
+    assert now == 1500 + 256
+    assert "open files" not in err, err  # (quietly: info is not shown without -v)
+
+
+def test_serve_says_in_one_line_what_the_system_refused() -> None:
+    hard = hard_limit()
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard open-file limit here")
+    now, err = serve_with_soft_limit(256, "--max-connections", str(hard + 5_000))
+    assert now == hard
+    lines = [line for line in err.splitlines() if "open files" in line]
+    assert len(lines) == 1, err
+    assert "WARNING" in lines[0] and f"limited to {hard} by the hard limit" in lines[0]
+    assert f"the hub holds about {hard - 256} connections, not --max-connections " \
+           f"{hard + 5_000}" in lines[0]
+    assert "Traceback" not in err

@@ -29,7 +29,7 @@ from websockets.streams import StreamReader
 
 from softphone.core.protocol import HubError
 from softphone.hub.connection import ClientConnection
-from softphone.hub.frames import scan, text_frame
+from softphone.hub.frames import frame_end, scan, text_frame
 
 #: Payloads over this are too large (the hub's max_frame), small to be reached often.
 LIMIT = 300
@@ -129,6 +129,19 @@ def test_scan_takes_what_websockets_reads_as_text_ping_pong(buf: bytes) -> None:
         assert len(buf) - pos >= 2
     else:  # waiting for the rest of a frame, as websockets does
         assert stopped_at is None, stopped_at
+
+
+@settings(max_examples=500, deadline=None)
+@given(streams())
+def test_frame_end_is_where_websockets_reads_the_next_frame(buf: bytes) -> None:
+    """What the slow path cuts the bytes at, one frame for websockets at a time."""
+    parsed = parsed_by_websockets(buf)
+    for (start, item), (after, _) in zip(parsed, [*parsed[1:], (len(buf), None)],
+                                         strict=True):
+        if isinstance(item, Frame):
+            assert frame_end(buf, start) == after
+        elif item is None:  # websockets needs more bytes: so does frame_end
+            assert frame_end(buf, start) is None
 
 
 @settings(max_examples=400, deadline=None)

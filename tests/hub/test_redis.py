@@ -1,4 +1,4 @@
-"""Several hub nodes on one real redis-server (softphone/redis_registry.py, server/cluster.py).
+"""Several hub nodes on one real redis-server (softphone/hub/redis_*.py, server/cluster.py).
 
 Nodes run in-process (a Hub with a RedisRegistry, short heartbeats) where the
 test speaks raw WebSocket, and as ``softphone serve --redis`` subprocesses
@@ -21,21 +21,27 @@ from typing import Any
 import aiohttp
 import pytest
 
-from softphone.core.protocol import Message
-from softphone.hub.redis_registry import (
+from softphone.core.protocol import Message, ProtocolError, relay_text
+from softphone.hub.redis_parts import (
     Bounce,
     Deliver,
+    Forget,
     Keys,
-    RedisRegistry,
+    PresenceCache,
     Replace,
     Watch,
     bounce_for,
     call_event,
     decode_envelope,
+    decode_envelopes,
+    deliver_envelope,
     encode_envelope,
+    encode_envelopes,
     holder_value,
     parse_holder,
 )
+from softphone.hub.redis_registry import RedisRegistry
+from softphone.hub.redis_wire import ReplyError, RespReader, command, has_hiredis, new_parser
 from softphone.hub.server import Hub, HubConfig
 
 from ..conftest import need, need_command
@@ -78,6 +84,98 @@ def test_envelopes_round_trip() -> None:
         assert decode_envelope(encode_envelope(envelope).encode()) == envelope
     assert decode_envelope("hello") is None
     assert decode_envelope("R\x1eonly-two") is None
+
+
+def test_envelopes_of_the_routing_round_trip() -> None:
+    text = '{"from":"a","type":"offer","to":"b","data":{"sdp":"v=0\\r\\n"}}'
+    first = Deliver("b", "n1", text, "a")
+    again = Deliver("b", "n1", text, "a", forwarded=True)
+    forget = Forget("b", "n2")
+    for envelope in (first, again, forget):
+        assert decode_envelope(encode_envelope(envelope)) == envelope
+    assert deliver_envelope("b", "n1", "a", text) == encode_envelope(first)
+    batch = encode_envelopes([encode_envelope(e) for e in (first, again, forget)])
+    assert decode_envelopes(batch) == [first, again, forget]
+    assert decode_envelopes(batch.encode()) == [first, again, forget]
+    assert decode_envelopes("junk\x1d" + encode_envelope(forget)) == [None, forget]
+
+
+@pytest.mark.parametrize("char", ["\x1d", "\x1e"])
+def test_the_envelope_separators_never_occur_in_a_relayed_message(char: str) -> None:
+    """JSON allows no raw control character, so a message the hub relays cannot hold
+    the characters that separate envelopes and their fields."""
+    for text in ('{"type":"offer","to":"b","data":"' + char + '"}',
+                 '{"type":"offer",' + char + '"to":"b"}'):
+        with pytest.raises(ProtocolError):
+            relay_text(text, "a")
+    _, _, wire = relay_text('{"type":"offer","to":"b","data":"\\u001d","x":1}', "a")
+    assert char not in wire
+
+
+def test_presence_cache() -> None:
+    cache = PresenceCache(limit=3)
+    cache.learn("a", "n1")
+    cache.learn("b", "n2")
+    cache.learn("c", "n1")
+    assert (cache.get("a"), cache.get("b"), cache.get("zz")) == ("n1", "n2", None)
+    cache.forget("b", "n3")  # it is not on n3: kept
+    assert cache.get("b") == "n2"
+    cache.forget("b", "n2")
+    assert cache.get("b") is None
+    cache.learn("d", "n2")
+    cache.learn("a", "n2")  # (an update: nothing evicted)
+    assert len(cache) == 3
+    cache.learn("e", "n2")  # full: the first learnt (a: an update is not a new entry) goes
+    assert cache.get("a") is None and len(cache) == 3
+    assert cache.forget_node("n2") == 2 and len(cache) == 1 and cache.get("c") == "n1"
+
+
+REPLIES = [
+    b"+OK\r\n", b":42\r\n", b":-1\r\n", b"$5\r\nhello\r\n", b"$0\r\n\r\n", b"$-1\r\n",
+    b"-ERR unknown command\r\n", b"*0\r\n", b"*-1\r\n",
+    b"*2\r\n:1\r\n$2\r\nn2\r\n",
+    b"*3\r\n$7\r\nmessage\r\n$5\r\nto:n1\r\n$6\r\nD\x1eb\r\nx\r\n",
+    b"*2\r\n*1\r\n:1\r\n*2\r\n$1\r\na\r\n$-1\r\n",
+]
+
+
+def _read_all(parser: Any, data: bytes, step: int) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(data), step):
+        parser.feed(data[i:i + step])
+        while (reply := parser.gets()) is not False:
+            out.append(reply)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Exception):
+        return ("error", str(value))
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_resp_reader_reads_what_hiredis_reads(step: int) -> None:
+    """The fallback parser against hiredis (the one the redis extra installs), fed
+    whole and in pieces."""
+    need(has_hiredis(), "hiredis", "pip install 'softphone[redis]'")
+    data = b"".join(REPLIES)
+    ours = _read_all(RespReader(), data, step)
+    theirs = _read_all(new_parser(), data, step)
+    assert len(ours) == len(REPLIES)
+    assert _plain(ours) == _plain(theirs)
+    assert isinstance(ours[6], ReplyError) and isinstance(theirs[6], ReplyError)
+    assert ours[3] == b"hello" and ours[9] == [1, b"n2"]
+
+
+def test_commands_are_resp_arrays_of_bulk_strings() -> None:
+    assert command("PUBLISH", b"to:n1", "h\u00e9", 3) == (
+        b"*4\r\n$7\r\nPUBLISH\r\n$5\r\nto:n1\r\n$3\r\nh\xc3\xa9\r\n$1\r\n3\r\n")
+    parser = RespReader()
+    parser.feed(command("SET", "k", b"\r\n"))
+    assert parser.gets() == [b"SET", b"k", b"\r\n"]  # (a request is an array too)
 
 
 def test_bounce_names_the_sender_and_the_type() -> None:
@@ -219,6 +317,24 @@ async def test_cross_node_routing_sets_from(nodes: Nodes) -> None:
         assert (await health(s, n2))["clients"] == 1
 
 
+async def test_cross_node_routing_without_hiredis(nodes: Nodes,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pure-Python reply parser (when hiredis is not installed) routes the same."""
+    import softphone.hub.redis_wire as wire
+
+    monkeypatch.setattr(wire, "new_parser", RespReader)
+    n1, n2 = await nodes.add("n1"), await nodes.add("n2")
+    async with aiohttp.ClientSession() as s, \
+            s.ws_connect(ws_url(n1, "alice")) as alice, s.ws_connect(ws_url(n2, "bob")) as bob:
+        for i in range(20):
+            await alice.send_json({"type": "candidate", "to": "bob", "data": i})
+        assert [(await recv(bob))["data"] for _ in range(20)] == list(range(20))
+        await bob.send_json({"type": "answer", "to": "alice", "data": {"sdp": "x"}})
+        assert (await recv(alice))["from"] == "bob"
+        await alice.send_json({"type": "offer", "to": "nobody"})
+        assert (await recv(alice))["data"]["code"] == "offline"
+
+
 async def test_cross_node_offline(nodes: Nodes) -> None:
     n1, n2 = await nodes.add("n1"), await nodes.add("n2")
     async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice:
@@ -307,6 +423,146 @@ async def test_stale_presence_still_answers_offline(nodes: Nodes, redis_server: 
             "to": "ghost"}}
 
 
+# -- batching and the presence cache ---------------------------------------------------
+
+
+async def redis_stats(url: str) -> dict[str, int]:
+    """Calls per command so far (INFO commandstats)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = await r.info("commandstats")
+    finally:
+        await r.aclose()
+    return {name[len("cmdstat_"):]: int(v["calls"]) for name, v in info.items()}
+
+
+def masked_text(payload: bytes) -> bytes:
+    """A client's text frame (mask 0: the payload as it is)."""
+    n = len(payload)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def test_messages_of_one_turn_go_in_one_publish(nodes: Nodes, redis_server: Any) -> None:
+    """Fifty messages read at once for clients of one node: one PUBLISH, in order, once
+    the presence cache knows the node (the first message asks the ROUTE script)."""
+    n1, n2 = await nodes.add("n1"), await nodes.add("n2")
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n2, "bob")) as bob:
+        reader, writer = await asyncio.open_connection("127.0.0.1", n1.port)
+        writer.write(b"GET /ws?id=alice HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.1)
+        writer.write(masked_text(b'{"type":"offer","to":"bob","data":-1}'))
+        assert (await recv(bob))["data"] == -1
+        assert n1.registry.cache.get("bob") == "n2"  # type: ignore[attr-defined]
+        before = await redis_stats(redis_server.url)
+        writer.write(b"".join(masked_text(b'{"type":"candidate","to":"bob","data":%d}' % i)
+                              for i in range(50)))
+        got = [(await recv(bob))["data"] for _ in range(50)]
+        after = await redis_stats(redis_server.url)
+        writer.close()
+    assert got == list(range(50))
+    assert after.get("evalsha", 0) == before.get("evalsha", 0)
+    assert 1 <= after["publish"] - before["publish"] <= 3, (before, after)  # (one read, or few)
+
+
+async def test_a_cached_recipient_that_moved_still_gets_its_messages(nodes: Nodes) -> None:
+    """bob's node is cached on alice's node; bob reconnects on a third node (the old
+    connection is replaced): alice's next messages reach the new bob, in order, and
+    her node learns where he is."""
+    n1, n2, n3 = await nodes.add("n1"), await nodes.add("n2"), await nodes.add("n3")
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice:
+        old = await s.ws_connect(ws_url(n2, "bob"))
+        await asyncio.sleep(0.1)
+        await alice.send_json({"type": "offer", "to": "bob", "data": 0})
+        assert (await recv(old))["data"] == 0
+        assert n1.registry.cache.get("bob") == "n2"  # type: ignore[attr-defined]
+        new = await s.ws_connect(ws_url(n3, "bob"))
+        assert (await recv(old))["data"]["code"] == "replaced"
+        for i in range(1, 21):
+            await alice.send_json({"type": "candidate", "to": "bob", "data": i})
+        assert [(await recv(new))["data"] for _ in range(20)] == list(range(1, 21))
+
+        async def learned() -> bool:
+            return n1.registry.cache.get("bob") in (None, "n3")  # type: ignore[attr-defined]
+
+        await eventually(learned, 5, "n1 forgot that bob was on n2")
+        await alice.send_json({"type": "hangup", "to": "bob"})
+        assert (await recv(new))["type"] == "hangup"
+        assert n1.registry.cache.get("bob") == "n3"  # type: ignore[attr-defined]
+        await old.close()
+        await new.close()
+
+
+async def test_a_cached_recipient_that_left_is_offline(nodes: Nodes) -> None:
+    n1, n2 = await nodes.add("n1"), await nodes.add("n2")
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice:
+        bob = await s.ws_connect(ws_url(n2, "bob"))
+        await asyncio.sleep(0.1)
+        await alice.send_json({"type": "call-request", "to": "bob"})
+        assert (await recv(bob))["type"] == "call-request"
+        assert n1.registry.cache.get("bob") == "n2"  # type: ignore[attr-defined]
+        await bob.close()
+        await asyncio.sleep(0.3)  # gone from n2 (its presence too)
+        await alice.send_json({"type": "offer", "to": "bob", "data": {"sdp": "x"}})
+        assert await recv(alice) == {"type": "error", "data": {
+            "code": "offline", "message": "bob is not connected", "ref": "offer", "to": "bob"}}
+
+        async def forgotten() -> bool:
+            return n1.registry.cache.get("bob") is None  # type: ignore[attr-defined]
+
+        await eventually(forgotten, 5, "n1 forgot bob")
+
+
+async def test_order_is_kept_while_the_cache_learns(nodes: Nodes) -> None:
+    """Messages sent back to back from the first one on (the first ones through the
+    ROUTE script, the rest straight to the node once it is known) arrive in order,
+    and so do the answers, which go straight back (the sender's node was learnt)."""
+    n1, n2 = await nodes.add("n1", rate=0), await nodes.add("n2", rate=0)
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice, \
+            s.ws_connect(ws_url(n2, "bob")) as bob:
+        await asyncio.sleep(0.1)
+        for i in range(300):
+            await alice.send_json({"type": "candidate", "to": "bob", "data": i})
+        assert [(await recv(bob))["data"] for _ in range(300)] == list(range(300))
+        assert n2.registry.cache.get("alice") == "n1"  # type: ignore[attr-defined]
+        for i in range(100):
+            await bob.send_json({"type": "candidate", "to": "alice", "data": i})
+        assert [(await recv(alice))["data"] for _ in range(100)] == list(range(100))
+
+
+async def test_a_slow_redis_holds_the_senders_not_the_hub(nodes: Nodes,
+                                                          redis_server: Any) -> None:
+    """While Redis does not answer, at most ``high_water`` messages wait for it; the
+    sender is not read meanwhile (TCP holds the rest), and nothing is lost."""
+    n1, n2 = await nodes.add("n1", rate=0), await nodes.add("n2", rate=0)
+    router = n1.registry.router  # type: ignore[attr-defined]
+    router.high_water = 20
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice, \
+            s.ws_connect(ws_url(n1, "carol")) as carol, \
+            s.ws_connect(ws_url(n2, "bob")) as bob:
+        await asyncio.sleep(0.1)
+        await alice.send_json({"type": "offer", "to": "bob", "data": -1})
+        assert (await recv(bob))["data"] == -1
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(100):
+                await alice.send_json({"type": "candidate", "to": "bob", "data": i})
+            await asyncio.sleep(0.5)
+            assert router.pending == 20
+            # The hub itself is not held: local delivery goes on.
+            await carol.send_json({"type": "hangup", "to": "carol"})
+            assert (await recv(carol))["from"] == "carol"
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert [(await recv(bob))["data"] for _ in range(100)] == list(range(100))
+        assert router.pending == 0
+
+
 # -- Redis lost and back ---------------------------------------------------------------
 
 
@@ -325,7 +581,8 @@ async def test_redis_stopped_and_restarted(nodes: Nodes, redis_server: Any) -> N
             return (await health(s, n1))["status"] == "degraded"
 
         await eventually(degraded, what="n1 degraded")
-        assert (await health(s, n1)) == {"status": "degraded", "clients": 2}
+        got = await health(s, n1)
+        assert (got["status"], got["clients"]) == ("degraded", 2)
         assert "softphone_hub_degraded 1.0" in await metrics(s, n1)
         # Local delivery keeps working; other nodes' clients are offline.
         await alice.send_json({"type": "call-request", "to": "carol"})

@@ -1,0 +1,57 @@
+"""The hub's settings (:class:`HubConfig`), as ``softphone serve`` and embedders give them."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+
+from softphone.hub.auth import DEFAULT_TURN_TTL
+from softphone.hub.dispatch import HEAD_TIMEOUT
+
+#: The original hub's ``/ice-servers``: one public Google STUN entry.
+DEFAULT_ICE_SERVERS: Final[tuple[dict[str, Any], ...]] = (
+    {"urls": "stun:stun.l.google.com:19302"},
+)
+
+
+@dataclass
+class HubConfig:
+    ice_servers: Sequence[dict[str, Any]] = DEFAULT_ICE_SERVERS
+    #: Frames above this many bytes are answered with ``too-large``.
+    max_message_bytes: int = 64 * 1024
+    #: Bytes unread by a client that does not read; past it, it is dropped.
+    send_queue_bytes: int = 1024 * 1024
+    #: Ping interval, seconds (a client silent for 1.5 times it is dropped; 0: never).
+    heartbeat: float = 15.0
+    extra_routes: list[Callable[[web.Application], None]] = field(default_factory=list)
+    #: Tokens: a connection needs a token signed with this secret (None: open hub).
+    secret: str | None = None
+    #: Browser origins allowed besides the hub's own (``*``: any).
+    allow_origins: Sequence[str] = ()
+    #: Messages per second per connection (0: unlimited), and the burst allowed.
+    rate: float = 100.0
+    burst: float = 200.0
+    #: Connections in total / from one address (0: unlimited).
+    max_connections: int = 20_000
+    max_per_address: int = 100
+    #: How long a client in a call may be gone before its peer gets ``hangup``.
+    peer_grace: float = 4.0
+    #: TURN URLs handed out by ``/ice-servers`` with REST credentials from this secret.
+    turn_urls: Sequence[str] = ()
+    turn_secret: str | None = None
+    turn_ttl: float = DEFAULT_TURN_TTL
+    #: Seconds a new connection has to send its request head.
+    head_timeout: float = HEAD_TIMEOUT
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
