@@ -1,24 +1,29 @@
-"""Audio quality and delay: softphone's voice pipeline against aiortc's own, side by side.
+"""Audio quality, bits, delay and CPU: softphone's voice pipeline against stock aiortc's.
 
-Each measurement is a real call between two aiortc peers (two Phones through
-an embedded hub, on this machine's network address). The receiving side's
-packets are impaired (random loss, bursts, jitter) at the same point for both
-pipelines, before any buffer. What the receiver *plays out* (pulled every
-20 ms, as a sound card would) is scored:
+Each measurement is a real call between two aiortc peers (Phones through a
+hub, on 127.0.0.1). The receiving side's packets are impaired (random loss,
+bursts, jitter) at the same point for both pipelines, before any buffer.
+What the receiver *plays out* (pulled every 20 ms, as a sound card would)
+is scored:
 
-- PESQ-WB (ITU-T P.862.2, the ``pesq`` package) of an espeak-ng speech sample;
+- PESQ-WB (ITU-T P.862.2, the ``pesq`` package) of an espeak-ng speech
+  sample, and the RTP payload bitrate the sender put out in that call;
 - one-way delay, sender's frame handed to the encoder -> frame played out,
-  measured with short clicks (median), on a clean call and 2 s after a
-  300 ms loss burst.
+  measured with short clicks (median), on a clean call, and before and 2 s
+  after a 300 ms loss burst;
+- CPU per call: each party in its own process, both sending speech, the
+  process time of each over the steady state (from 5 s on), in percent of
+  one core;
+- for ours, PESQ-WB against the bits sent on a clean call, at several
+  ``--bitrate`` ceilings (the adaptation's own choice last).
 
-Three pipelines: aiortc's own; softphone's as shipped (Opus with RED, one
-earlier frame repeated in each packet); softphone's with ``--redundancy 0``
-(Opus with in-band FEC alone, half the bitrate). The sent bitrate is printed
-too. Each pipeline runs in its own process (aiortc's encoder is replaced per
-process). Usage::
+Pipelines: "aiortc" (stock: 96 kbit/s stereo Opus, its 4-packet buffer, no
+concealment) and "softphone" (as shipped: the bitrate, RED and FEC follow
+the loss the receiver reports). Each runs in its own processes (aiortc's
+encoder is replaced per process). Usage::
 
-    python benchmarks/audio_quality.py            # everything (about 12 minutes)
-    python benchmarks/audio_quality.py --quick    # fewer scenarios, shorter
+    python benchmarks/audio_quality.py            # everything (about 15 minutes)
+    python benchmarks/audio_quality.py --quick    # clean, 5 %, one run, short CPU run
 
 Needs espeak-ng (apt-get install espeak-ng) and pesq (pip install pesq).
 """
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from softphone import Phone
 from softphone.hub.server import Hub, HubConfig
-from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from softphone.media.audio import SAMPLE_RATE
 from softphone.media.netsim import Impairment
 from softphone.media.opus import EncoderSettings
 from softphone.media.rtc import MediaConfig
@@ -56,13 +62,34 @@ SPEECH = (
     "Rice is often served in round bowls. The juice of lemons makes fine punch."
 )
 
+JITTER = {"delay": 0.02, "jitter": 0.01}
 SCENARIOS: dict[str, dict[str, Any]] = {
-    "5% loss, no jitter": {"loss": 0.05},
     "clean": {},
-    "2% loss": {"loss": 0.02, "delay": 0.02, "jitter": 0.01},
-    "5% loss": {"loss": 0.05, "delay": 0.02, "jitter": 0.01},
-    "10% loss": {"loss": 0.10, "delay": 0.02, "jitter": 0.01},
-    "bursty": {"burst_rate": 0.01, "burst_length": 6, "delay": 0.02, "jitter": 0.01},
+    "5% loss + jitter": {"loss": 0.05, **JITTER},
+    "10% loss + jitter": {"loss": 0.10, **JITTER},
+    "bursty (1% bursts of 6) + jitter": {"burst_rate": 0.01, "burst_length": 6, **JITTER},
+}
+QUICK = ["clean", "5% loss + jitter"]
+PIPELINES = ("aiortc", "softphone")
+#: --bitrate ceilings (kbit/s) for our PESQ-versus-bits curve; None: the adaptation's.
+CURVE = [24, 32, 48, 64, None]
+QUICK_CURVE = [32, None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row's target, as the issue puts it, against stock's figures."""
+
+    pesq_min: float | None = None  # absolute
+    pesq_below_stock: float | None = None  # at least stock's minus this
+    bits_ratio: float | None = None  # at most this times stock's bits
+
+
+TARGETS = {
+    "clean": Target(pesq_below_stock=0.02, bits_ratio=1.0),
+    "5% loss + jitter": Target(pesq_min=4.2, bits_ratio=1.0),
+    "10% loss + jitter": Target(pesq_min=4.0, bits_ratio=1.2),
+    "bursty (1% bursts of 6) + jitter": Target(pesq_min=3.8, bits_ratio=1.0),
 }
 
 
@@ -97,14 +124,11 @@ class ClickSource(PacedSource):
         self.sent: list[float] = []
 
     def next_samples(self, count: int) -> np.ndarray:
-        out = np.zeros(count, dtype=np.int16)
+        phase = (self.position + np.arange(count)) % self.period_samples
+        out = np.where(phase < self.burst.size,
+                       self.burst[np.minimum(phase, self.burst.size - 1)], 0).astype(np.int16)
         now = time.monotonic()
-        for i in range(count):
-            phase = (self.position + i) % self.period_samples
-            if phase < self.burst.size:
-                out[i] = self.burst[phase]
-                if phase == 0:
-                    self.sent.append(now + i / SAMPLE_RATE)
+        self.sent.extend(now + i / SAMPLE_RATE for i in np.flatnonzero(phase == 0))
         self.position += count
         return out
 
@@ -135,23 +159,21 @@ def pair_delays(sent: list[float], played: list[float]) -> list[tuple[float, flo
     return out
 
 
-PIPELINES = ("aiortc", "softphone", "softphone-fec")
-
-
-def media_config(pipeline: str, impairment: Impairment | None = None) -> MediaConfig:
-    if pipeline == "softphone-fec":
-        return MediaConfig("softphone", EncoderSettings(redundancy=0), impairment=impairment)
-    return MediaConfig(pipeline, impairment=impairment)
+def media_config(pipeline: str, impairment: Impairment | None = None,
+                 ceiling_kbps: int | None = None) -> MediaConfig:
+    encoder = EncoderSettings(bitrate=None if ceiling_kbps is None else ceiling_kbps * 1000)
+    return MediaConfig(pipeline, encoder, impairment=impairment)
 
 
 async def one_call(pipeline: str, source: PacedSource, seconds: float,
-                   impairment: Impairment | None) -> tuple[TimedCapture, float, float]:
+                   impairment: Impairment | None, ceiling_kbps: int | None = None
+                   ) -> tuple[TimedCapture, float, float]:
     """A calls B; B's receive side is impaired. Returns B's playout, when it
     started, and the RTP payload bitrate A sent (kbit/s)."""
     hub = Hub(HubConfig(ice_servers=[]))
-    port = await hub.start()
-    url = f"http://127.0.0.1:{port}"
-    a = Phone("a", url, media=media_config(pipeline))
+    await hub.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{hub.port}"
+    a = Phone("a", url, media=media_config(pipeline, ceiling_kbps=ceiling_kbps))
     b = Phone("b", url, media=media_config(pipeline, impairment))
     capture = TimedCapture()
     await a.connect()
@@ -162,12 +184,10 @@ async def one_call(pipeline: str, source: PacedSource, seconds: float,
         await call_b.accept(None, [capture])
         await asyncio.wait_for(call_a.connected(), 10)
         started = time.monotonic()
+        first = await call_a.stats()
         await asyncio.sleep(seconds)
-        assert call_a.media is not None
-        report = await call_a.media.pc.getStats()
-        sent = sum(int(stat.bytesSent) for stat in report.values()
-                   if getattr(stat, "type", "") == "outbound-rtp")
-        kbps = sent * 8 / (time.monotonic() - started) / 1000
+        last = await call_a.stats()
+        kbps = (last.bytes_sent - first.bytes_sent) * 8 / (time.monotonic() - started) / 1000
         await call_a.hangup()
         await call_b.ended()
     finally:
@@ -188,14 +208,15 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.int16)
 
 
-async def pesq_run(pipeline: str, speech_path: str, scenario: dict[str, Any],
-                   seed: int) -> dict[str, Any]:
+async def pesq_run(pipeline: str, speech_path: str, scenario: dict[str, Any], seed: int,
+                   ceiling_kbps: int | None = None) -> dict[str, Any]:
     from pesq import pesq
 
     speech48 = load_audio_file(speech_path)
     impairment = Impairment(seed=seed, **scenario) if scenario else None
     seconds = speech48.size / SAMPLE_RATE + 1.0
-    capture, _, kbps = await one_call(pipeline, FileSource(speech48), seconds, impairment)
+    capture, _, kbps = await one_call(pipeline, FileSource(speech48), seconds, impairment,
+                                      ceiling_kbps)
     played = capture.audio()
     ref16 = resample(speech48, SAMPLE_RATE, 16000)
     deg16 = resample(played, SAMPLE_RATE, 16000)
@@ -226,19 +247,82 @@ async def delay_run(pipeline: str, burst_at: float | None) -> dict[str, Any]:
     return result
 
 
+# -- CPU: one process per party ------------------------------------------------------
+
+
+async def party(args: argparse.Namespace) -> dict[str, Any]:
+    """One side of a call in this process: both sides send the speech, looped."""
+    phone = Phone(args.party, args.hub, media=media_config(args.worker))
+    capture = TimedCapture()
+    await phone.connect()
+    try:
+        source = FileSource(load_audio_file(args.speech), loop=True)
+        if args.party == "a":
+            await asyncio.sleep(2.0)  # b is connected by then
+            call = await phone.dial("b", source)
+        else:
+            call = await phone.next_call()
+            await call.accept(source, [capture])
+        await asyncio.wait_for(call.connected(), 15)
+        await asyncio.sleep(5.0)  # past the start: steady state from here
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        first = await call.stats()
+        await asyncio.sleep(args.cpu_seconds)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        last = await call.stats()
+        if args.party == "a":
+            await call.hangup()
+        await call.ended()
+    finally:
+        await phone.close()
+    return {"cpu_percent": 100 * cpu / wall,
+            "kbps": (last.bytes_sent - first.bytes_sent) * 8 / wall / 1000}
+
+
+async def cpu_run(pipeline: str, speech: str, seconds: float) -> dict[str, Any]:
+    hub = Hub(HubConfig(ice_servers=[]))
+    await hub.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{hub.port}"
+    try:
+        procs = [await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--worker", pipeline, "--party", name, "--hub", url,
+            "--speech", speech, "--cpu-seconds", str(seconds),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            for name in ("b", "a")]
+        outs = [await p.communicate() for p in procs]
+    finally:
+        await hub.stop()
+    parties = []
+    for proc, (out, err) in zip(procs, outs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"{pipeline} party failed:\n{err.decode()[-3000:]}")
+        parties.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return {"cpu_percent": statistics.mean(p["cpu_percent"] for p in parties),
+            "cpu_parties": [p["cpu_percent"] for p in parties],
+            "kbps": statistics.mean(p["kbps"] for p in parties)}
+
+
+# -- workers and the table --------------------------------------------------------------
+
+
 def worker(args: argparse.Namespace) -> None:
-    """Run every measurement for one pipeline; print one JSON object."""
-    out: dict[str, Any] = {"pipeline": args.worker, "pesq": {}, "runs": args.runs}
+    """Every call measurement for one pipeline; print one JSON object."""
+    if args.party:
+        print(json.dumps(asyncio.run(party(args))))
+        return
+    out: dict[str, Any] = {"pipeline": args.worker, "pesq": {}, "kbps": {}, "runs": args.runs}
     for name in args.scenarios:
-        scores = []
-        for run in range(args.runs):
-            r = asyncio.run(pesq_run(args.worker, args.speech, SCENARIOS[name], seed=run + 1))
-            scores.append(r["pesq"])
-            if name == "clean":
-                out["kbps"] = r["kbps"]
-        out["pesq"][name] = statistics.mean(scores)
+        runs = [asyncio.run(pesq_run(args.worker, args.speech, SCENARIOS[name], seed=run + 1))
+                for run in range(args.runs)]
+        out["pesq"][name] = statistics.mean(r["pesq"] for r in runs)
+        out["kbps"][name] = statistics.mean(r["kbps"] for r in runs)
     out["delay"] = asyncio.run(delay_run(args.worker, None))
     out["burst"] = asyncio.run(delay_run(args.worker, 3.0))
+    out["cpu"] = asyncio.run(cpu_run(args.worker, args.speech, args.cpu_seconds))
+    if args.worker == "softphone":
+        out["curve"] = [
+            {"ceiling": c, **asyncio.run(pesq_run(args.worker, args.speech, {}, 1, c))}
+            for c in args.curve]
     print(json.dumps(out))
 
 
@@ -255,13 +339,31 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def verdict(name: str, stock: dict[str, Any], ours: dict[str, Any]) -> str:
+    t = TARGETS[name]
+    a, o = stock["pesq"][name], ours["pesq"][name]
+    ka, ko = stock["kbps"][name], ours["kbps"][name]
+    floor = t.pesq_min if t.pesq_min is not None else a - (t.pesq_below_stock or 0.0)
+    parts = [f">= {floor:.2f}: {'met' if o >= floor else 'MISSED'}"]
+    if t.bits_ratio is not None:
+        limit = t.bits_ratio * ka
+        parts.append(f"bits <= {limit:.0f}: {'met' if ko <= limit else 'MISSED'}")
+    return "; ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer scenarios, one run each")
+    parser.add_argument("--quick", action="store_true",
+                        help="clean and 5 %% only, one run each, a short CPU run")
     parser.add_argument("--runs", type=int, default=2, help="runs per scenario (averaged)")
     parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--speech", help=argparse.SUPPRESS)
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), help=argparse.SUPPRESS)
+    parser.add_argument("--party", choices=("a", "b"), help=argparse.SUPPRESS)
+    parser.add_argument("--hub", help=argparse.SUPPRESS)
+    parser.add_argument("--cpu-seconds", type=float, default=20.0, help=argparse.SUPPRESS)
+    parser.add_argument("--curve", nargs="*", type=lambda x: None if x == "auto" else int(x),
+                        default=CURVE, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -270,37 +372,57 @@ def main() -> None:
         import pesq  # noqa: F401
     except ImportError:
         sys.exit("the pesq package is missing: pip install pesq")
-    scenarios = ["clean", "5% loss"] if args.quick else list(SCENARIOS)
+    scenarios = QUICK if args.quick else list(SCENARIOS)
     runs = 1 if args.quick else args.runs
+    cpu_seconds = 8.0 if args.quick else 20.0
+    curve = QUICK_CURVE if args.quick else CURVE
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         speech = make_speech(tmp)
         results = {}
         for pipeline in PIPELINES:
             print(f"measuring {pipeline}'s pipeline...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--worker", pipeline, "--speech", speech,
-                   "--runs", str(runs), "--scenarios", *scenarios]
+                   "--runs", str(runs), "--cpu-seconds", str(cpu_seconds),
+                   "--scenarios", *scenarios,
+                   "--curve", *("auto" if c is None else str(c) for c in curve)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 sys.exit(f"{pipeline} worker failed:\n{done.stderr[-3000:]}")
             results[pipeline] = json.loads(done.stdout.strip().splitlines()[-1])
-    stock, ours, fec = (results[p] for p in PIPELINES)
-    print(f"# audio quality, {runs} run(s) per scenario, load average "
-          f"{os.getloadavg()[0]:.2f}, frame {FRAME_SAMPLES / 48:.0f} ms")
-    print(f"{'measure':<34} {'aiortc':>9} {'softphone':>10} {'ratio':>7} {'FEC only':>9}")
+    stock, ours = results["aiortc"], results["softphone"]
+    print(f"# audio quality, {runs} run(s) per scenario; load average {load_before:.2f} "
+          f"before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cores)")
+    print(f"{'measure':<42} {'aiortc':>9} {'softphone':>10}  target")
     for name in scenarios:
-        a, o, f = stock["pesq"][name], ours["pesq"][name], fec["pesq"][name]
-        print(f"{'PESQ-WB, ' + name:<34} {a:>9.2f} {o:>10.2f} {o / a:>7.2f} {f:>9.2f}")
-    rows = [("one-way delay, clean (ms)", "delay", "delay_ms"),
-            ("delay before burst (ms)", "burst", "before_ms"),
-            ("delay 2 s after burst (ms)", "burst", "after_ms")]
-    for label, group, key in rows:
-        a, o, f = (r[group][key] for r in (stock, ours, fec))
-        ratio = fmt(o / a) if a and o else "n/a"
-        print(f"{label:<34} {fmt(a, '.1f'):>9} {fmt(o, '.1f'):>10} {ratio:>7} {fmt(f, '.1f'):>9}")
-    a, o, f = (r.get("kbps") for r in (stock, ours, fec))
-    ratio = fmt(o / a) if a and o else "n/a"
-    print(f"{'sent, RTP payload (kbit/s)':<34} {fmt(a, '.0f'):>9} {fmt(o, '.0f'):>10} "
-          f"{ratio:>7} {fmt(f, '.0f'):>9}")
+        print(f"{'PESQ-WB, ' + name:<42} {stock['pesq'][name]:>9.2f} "
+              f"{ours['pesq'][name]:>10.2f}  {verdict(name, stock, ours)}")
+        print(f"{'  sent, RTP payload (kbit/s)':<42} {stock['kbps'][name]:>9.0f} "
+              f"{ours['kbps'][name]:>10.0f}")
+    a, o = stock["delay"]["delay_ms"], ours["delay"]["delay_ms"]
+    print(f"{'one-way delay, clean (ms)':<42} {fmt(a, '.1f'):>9} {fmt(o, '.1f'):>10}  "
+          f"<= 30: {'met' if o is not None and o <= 30 else 'MISSED'}")
+    for label, key in (("delay before a 300 ms burst (ms)", "before_ms"),
+                       ("delay 2 s after the burst (ms)", "after_ms")):
+        a, o = stock["burst"][key], ours["burst"][key]
+        note = ""
+        if key == "after_ms":
+            before = ours["burst"]["before_ms"]
+            ok = o is not None and before is not None and o <= before + 10
+            note = f"within 10 of before: {'met' if ok else 'MISSED'}"
+        print(f"{label:<42} {fmt(a, '.1f'):>9} {fmt(o, '.1f'):>10}  {note}")
+    a, o = stock["cpu"]["cpu_percent"], ours["cpu"]["cpu_percent"]
+    print(f"{'CPU per party, % of a core':<42} {a:>9.1f} {o:>10.1f}  "
+          f"<= stock: {'met' if o <= a else 'MISSED'}")
+    print(f"{'  (each party; sent kbit/s)':<42} "
+          f"{'/'.join(f'{x:.1f}' for x in stock['cpu']['cpu_parties']):>9} "
+          f"{'/'.join(f'{x:.1f}' for x in ours['cpu']['cpu_parties']):>10}  "
+          f"{stock['cpu']['kbps']:.0f} / {ours['cpu']['kbps']:.0f}")
+    print("\n# softphone, clean: PESQ-WB against the bits sent (--bitrate ceiling)")
+    print(f"{'ceiling':>8} {'sent kbit/s':>12} {'PESQ-WB':>8}")
+    for point in ours["curve"]:
+        ceiling = "auto" if point["ceiling"] is None else f"{point['ceiling']}k"
+        print(f"{ceiling:>8} {point['kbps']:>12.0f} {point['pesq']:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -20,16 +20,21 @@ microphone feed (B's speech starts within a fraction of a second of it):
 
 Measured from B's recording, by correlation with what was sent: the echo
 is the least-squares gain of B's own speech in it (at the round-trip lag,
-found by cross-correlation), in dB below that speech; the near speech is
-the gain of A's voice. CPU: A's process, utime + stime over the call.
+found by cross-correlation between 30 and 800 ms), in dB below that
+speech; the near speech is the gain of A's voice. CPU: A's process, utime
++ stime over the call. A's last periodic ``--json`` stats give the
+processor's own report (state, echo level, ERLE, delay, gain, CPU).
 
-Each configuration is one call; the columns are the processing defaults
-and ``--no-aec --no-ns --no-agc``. Until those flags exist in the CLI the
-script notices (``listen --help``) and runs both columns without them: it
-then measures the lab's raw echo twice. Look for ``WIRING`` below.
+Each configuration is one call, then ``--m2e-runs`` mouth-to-ear calls
+(benchmarks/mouth_to_ear.py, B's speaker hearing a voiced burst said into
+A's microphone) with the same flags; the columns are the processing
+defaults and ``--no-aec --no-ns --no-agc``, side by side.
 
-    python benchmarks/echo.py                # both columns, about 2 minutes
+    python benchmarks/echo.py                # both columns, about 4 minutes
+    python benchmarks/echo.py --m2e-runs 1   # one mouth-to-ear call per column
     python benchmarks/echo.py --check-lab 60 # the echo path alone: delay, drift, gain
+
+The figures depend on the machine's load: the script prints it.
 
 Needs pulseaudio, pulseaudio-utils, libportaudio2, libasound2-plugins,
 espeak-ng, sox and the pesq package (pip install 'softphone[bench]').
@@ -57,6 +62,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import mouth_to_ear  # noqa: E402  (this folder: it is on sys.path when run as a script)
+
 from softphone.media.audio import SAMPLE_RATE  # noqa: E402
 from tests.support.echolab import EchoLab, pink_noise  # noqa: E402
 
@@ -68,9 +75,9 @@ FAR_TEXTS = ("The birch canoe slid on the smooth planks. Glue the sheet to the d
              "It is easy to tell the depth of a well. These days a chicken leg is a rare dish.")
 NEAR_TEXT = "Rice is often served in round bowls. The juice of lemons makes fine punch."
 
-# WIRING: the processing flags of `call`/`listen`. The first column is the defaults
-# (processing on), the second everything off. Until the CLI has these flags,
-# flags_available() is False and both columns run with no flag (the raw lab).
+# The processing flags of `call`/`listen`: the first column is the defaults (processing
+# on), the second everything off. (An older softphone without the flags: flags_available()
+# is False and both columns run with no flag, the raw lab.)
 CONFIGS: dict[str, list[str]] = {
     "default": [],
     "--no-aec --no-ns --no-agc": ["--no-aec", "--no-ns", "--no-agc"],
@@ -201,7 +208,17 @@ class Result:
     noise_dbfs: float = float("nan")
     cpu_percent: float = float("nan")
     echo_lag_ms: float = float("nan")
+    #: benchmarks/mouth_to_ear.py with the same flags: each run's median (ms).
+    mouth_to_ear: list[float] = field(default_factory=list)
     processor: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mouth_to_ear_worst(self) -> float:
+        return max(self.mouth_to_ear) if self.mouth_to_ear else float("nan")
+
+    @property
+    def mouth_to_ear_median(self) -> float:
+        return float(np.median(self.mouth_to_ear)) if self.mouth_to_ear else float("nan")
 
 
 def analyse(heard: np.ndarray, m: Material, result: Result) -> None:
@@ -209,13 +226,19 @@ def analyse(heard: np.ndarray, m: Material, result: Result) -> None:
     rec = np.concatenate((np.zeros(sec), heard))  # A's feed may start before B records
     s1 = LEAD + float(np.flatnonzero(np.abs(m.far[int(LEAD * sec):]) > 30)[0]) / sec
     s2, s3, s4 = LEAD + SEG, LEAD + 2 * SEG, LEAD + 3 * SEG
-    far_lag = int(np.argmax(np.abs(xcorr(rec[: int((s2 + 3) * sec)], m.far[: int(s2 * sec)],
-                                         int(2.5 * sec)))))
+    # B's speech comes back after a round trip (B -> A's room -> B) of 30..800 ms: looked
+    # for there only, since with the echo cancelled anything else may correlate better.
+    lo, hi = sec + int(0.03 * sec), sec + int(0.8 * sec)
+    cc = np.abs(xcorr(rec[: int((s2 + 3) * sec)], m.far[: int(s2 * sec)], hi))
+    far_lag = lo + int(np.argmax(cc[lo:]))
     near_lag = int(np.argmax(np.abs(xcorr(rec, m.voice_track, int(2.5 * sec)))))
+    # (With the echo cancelled there is nothing to find: the lag is then noise.)
     result.echo_lag_ms = (far_lag - sec) * 1000 / sec
     result.echo_first_2s = gain_db(rec, m.far, far_lag, s1, s1 + 2.0)
     result.echo_after = gain_db(rec, m.far, far_lag, s1 + 2.0, s2)
-    a, b = int((s1 + 2.0) * sec), int(s2 * sec)  # B alone: everything B hears is echo
+    # B alone (its first sentence; the feed may start up to a second before B's speech):
+    # everything B hears is echo.
+    a, b = int((s1 + 2.0) * sec), int((s2 - 1.0) * sec)
     result.echo_level_after = level_dbfs(rec[far_lag + a: far_lag + b]) - level_dbfs(m.far[a:b])
     result.near_double_talk = gain_db(rec, m.voice_track, near_lag, s2 + 0.5, s3)
     result.near_alone = gain_db(rec, m.voice_track, near_lag, s3 + 0.5, s4)
@@ -251,7 +274,7 @@ def one_call(lab: EchoLab, url: str, m: Material, flags: list[str], work: Path) 
     result = Result()
     a_log = work / "a.log"
     a_err = a_log.open("w")
-    # WIRING: A is the phone with the processing; its flags go here.
+    # A is the phone with the processing; its flags go here.
     a = subprocess.Popen([*SOFTPHONE, "listen", "--as", "a", "--server", url, "--auto-accept",
                           "--once", "--json", *flags],
                          env={**os.environ, **lab.env_for("a"), "PYTHONUNBUFFERED": "1"},
@@ -292,7 +315,7 @@ def one_call(lab: EchoLab, url: str, m: Material, flags: list[str], work: Path) 
                 p.wait(5)
         a_err.close()
     reader.join(2)
-    for line in lines:  # WIRING: the processor's stats in A's --json output, when it has them
+    for line in lines:  # the processor's stats in A's periodic --json stats
         try:
             event = json.loads(line)
         except ValueError:
@@ -316,6 +339,8 @@ ROWS = [
     ("PESQ-WB of near speech alone", "pesq", "{:.2f}"),
     ("noise in near-end silence (dBFS)", "noise_dbfs", "{:.1f}"),
     ("CPU of A's process (% of a core)", "cpu_percent", "{:.1f}"),
+    ("mouth to ear A -> B, median of the runs (ms)", "mouth_to_ear_median", "{:.1f}"),
+    ("mouth to ear, worst run (ms)", "mouth_to_ear_worst", "{:.1f}"),
 ]
 
 
@@ -358,6 +383,8 @@ def main() -> None:
     parser.add_argument("--check-lab", type=float, metavar="SECONDS",
                         help="only measure the lab's echo path for this long")
     parser.add_argument("--noise", type=float, default=-50.0, help="pink noise level, dBFS")
+    parser.add_argument("--m2e-runs", type=int, default=5,
+                        help="mouth-to-ear calls per column (benchmarks/mouth_to_ear.py)")
     args = parser.parse_args()
     for tool in ("espeak-ng", "sox", "pulseaudio", "pacat", "parec"):
         if shutil.which(tool) is None:
@@ -385,8 +412,13 @@ def main() -> None:
                                        stderr=log)
             try:
                 wait_port(hub, port, hub_log)
-                results[name] = one_call(lab, f"http://127.0.0.1:{port}", m,
-                                         flags if flags_ok else [], Path(tmp))
+                url = f"http://127.0.0.1:{port}"
+                use = flags if flags_ok else []
+                results[name] = one_call(lab, url, m, use, Path(tmp))
+                for _ in range(args.m2e_runs):
+                    run = mouth_to_ear.one_run(lab, url, use, 10)
+                    if run.delays:
+                        results[name].mouth_to_ear.append(float(np.median(run.delays)))
             finally:
                 hub.terminate()
                 hub.wait(10)

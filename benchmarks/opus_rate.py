@@ -12,15 +12,30 @@ Encoders:
 - ``pyav-1.6 mono``: the libopus 1.6 that PyAV bundles, through FFmpeg's
   ``libopus`` encoder, mono, ``application=voip``;
 - ``pyav-1.6 stereo``: the same, stereo (the mono signal on both channels),
-  as stock aiortc encodes (at 96 kbit/s).
+  as stock aiortc encodes (at 96 kbit/s);
+- ``ctypes-1.6 mono``: the same libopus 1.6, called through ctypes
+  (:mod:`softphone.media.libopus`, what softphone sends with), where every
+  setting is a CTL: ``--fec PCT`` (in-band FEC with that expected loss),
+  ``--complexity``, ``--application``, ``--vbr`` (on, constrained, off).
 
 Each is decoded by PyAV's libopus 1.6 decoder (mono), so only the encoder
 differs. CPU is the process time of encoding (and of decoding) one 20 ms frame.
+
+``--playout``: the receive side too, still offline and deterministic (no
+real-time load can warp it): the sample is encoded as the adaptation's
+levels send it (RED and FEC included), packets are lost and delayed as
+``audio_quality.py``'s scenarios have them (the same seeded
+:class:`~softphone.media.netsim.Impairment`), pushed into our playout
+(:class:`~softphone.media.playout.StretchPlayout`: jitter buffer, RED and
+FEC repair, concealment, time stretching) at their arrival times and pulled
+every 20 ms on a simulated clock; what it plays is scored.
 
 Usage::
 
     python benchmarks/opus_rate.py                 # every bitrate
     python benchmarks/opus_rate.py --rates 32 64   # kbit/s
+    python benchmarks/opus_rate.py --encoders 'ctypes-1.6 mono' --fec 10 --complexity 5
+    python benchmarks/opus_rate.py --playout         # the levels through our playout
 
 Needs espeak-ng (apt-get install espeak-ng) and pesq (pip install 'softphone[bench]').
 """
@@ -35,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -42,8 +58,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE  # noqa: E402
-from softphone.media.tracks import load_audio_file  # noqa: E402
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from softphone.media.tracks import load_audio_file
 
 SPEECH = (
     "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
@@ -95,10 +111,41 @@ def pyav_encoder(kbps: int, layout: str) -> Encode:
     return encode
 
 
-ENCODERS: dict[str, Callable[[int], Encode]] = {
-    "debian-1.3 mono": debian_encoder,
-    "pyav-1.6 mono": lambda kbps: pyav_encoder(kbps, "mono"),
-    "pyav-1.6 stereo": lambda kbps: pyav_encoder(kbps, "stereo"),
+@dataclass(frozen=True)
+class Knobs:
+    """The ctypes encoder's settings (each an OPUS_SET_* CTL)."""
+
+    fec: int | None = None  # expected loss %, FEC on; None: FEC off
+    complexity: int = 10
+    application: str = "voip"
+    vbr: str = "on"  # on, constrained, off
+
+
+def ctypes_encoder(kbps: int, knobs: Knobs) -> Encode:
+    from softphone.media import libopus
+
+    lib = libopus.load()
+    app = libopus.APPLICATION_VOIP if knobs.application == "voip" else \
+        libopus.APPLICATION_AUDIO
+    enc = libopus.Encoder(lib, app)
+    enc.set(libopus.SET_BITRATE, kbps * 1000)
+    enc.set(libopus.SET_COMPLEXITY, knobs.complexity)
+    enc.set(libopus.SET_VBR, int(knobs.vbr != "off"))
+    enc.set(libopus.SET_VBR_CONSTRAINT, int(knobs.vbr == "constrained"))
+    enc.set(libopus.SET_INBAND_FEC, int(knobs.fec is not None))
+    enc.set(libopus.SET_PACKET_LOSS_PERC, knobs.fec or 0)
+
+    def encode(pcm: np.ndarray) -> list[bytes]:
+        return [enc.encode(np.ascontiguousarray(pcm))]
+
+    return encode
+
+
+ENCODERS: dict[str, Callable[[int, Knobs], Encode]] = {
+    "debian-1.3 mono": lambda kbps, _: debian_encoder(kbps),
+    "pyav-1.6 mono": lambda kbps, _: pyav_encoder(kbps, "mono"),
+    "pyav-1.6 stereo": lambda kbps, _: pyav_encoder(kbps, "stereo"),
+    "ctypes-1.6 mono": ctypes_encoder,
 }
 
 
@@ -125,10 +172,11 @@ def resample16(samples: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.int16)
 
 
-def measure(name: str, kbps: int, speech: np.ndarray) -> dict[str, float]:
+def measure(name: str, kbps: int, speech: np.ndarray,
+            knobs: Knobs = Knobs()) -> dict[str, float]:
     from pesq import pesq
 
-    encode = ENCODERS[name](kbps)
+    encode = ENCODERS[name](kbps, knobs)
     packets: list[bytes] = []
     started = time.process_time()
     for pcm in frames(speech):
@@ -152,6 +200,78 @@ def make_speech(folder: str) -> np.ndarray:
     return load_audio_file(path)
 
 
+#: (scenario, the level's decision) rows of --playout; the scenarios are audio_quality.py's.
+JITTER = {"delay": 0.02, "jitter": 0.01}
+PLAYOUT_ROWS = [
+    ("jitter only, level 0", JITTER, (0, 0, False, 0, 87_000, 1)),
+    ("5 % loss + jitter, level 1", {"loss": 0.05, **JITTER}, (1, 1, True, 5, 64_000, 1)),
+    ("10 % loss + jitter, level 1", {"loss": 0.10, **JITTER}, (1, 1, True, 5, 64_000, 1)),
+    ("10 % loss + jitter, level 2", {"loss": 0.10, **JITTER}, (2, 2, True, 5, 52_000, 1)),
+    ("bursty + jitter, level 1", {"burst_rate": 0.01, "burst_length": 6, **JITTER},
+     (1, 1, True, 5, 64_000, 1)),
+    ("bursty + jitter, level 1 spread 6", {"burst_rate": 0.01, "burst_length": 6, **JITTER},
+     (1, 1, True, 5, 64_000, 6)),
+]
+
+
+def playout_run(speech: np.ndarray, scenario: dict[str, float],
+                decision: tuple[int, int, bool, int, int, int], seed: int) -> dict[str, float]:
+    """One offline call through our playout (module docstring): PESQ-WB and what it did."""
+    from pesq import pesq
+
+    from softphone.core.adapt import Decision
+    from softphone.media import red
+    from softphone.media.netsim import Impairment
+    from softphone.media.opus import EncoderSettings, OpusEncoder
+    from softphone.media.playout import StretchPlayout
+
+    level, depth, fec, loss, bitrate, spacing = decision
+    encoder = OpusEncoder(EncoderSettings())
+    encoder.apply(Decision(level, depth, fec, loss, bitrate, 0, spacing))
+    packer = red.RedPacker(111, depth, FRAME_SAMPLES, spacing=spacing, history=17)
+    lead = 50  # a second of silence first: the call's start is not what is measured
+    padded = np.concatenate((np.zeros(lead * FRAME_SAMPLES, np.int16), speech,
+                             np.zeros(50 * FRAME_SAMPLES, np.int16)))
+    packets = [packer.wrap(i * FRAME_SAMPLES, encoder.encode(np.ascontiguousarray(pcm)))
+               for i, pcm in enumerate(frames(padded))]
+    impairment = Impairment(seed=seed, **scenario)
+    events = []
+    for i in range(len(packets)):
+        late = impairment.decide()
+        if late is not None:
+            events.append((i * 0.02 + 0.001 + late, 0, i))
+    events += [(k * 0.02 + 0.0055, 1, k) for k in range(len(packets) + 10)]
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    out = []
+    for when, kind, i in sorted(events):
+        now[0] = when
+        if kind == 0:
+            playout.push(1, i, i * FRAME_SAMPLES, packets[i], True)
+        else:
+            out.append(playout.pull())
+    played = np.concatenate(out)[(lead - 5) * FRAME_SAMPLES:]
+    score = float(pesq(16000, resample16(speech).astype(np.float32),
+                       resample16(played).astype(np.float32), "wb"))
+    stats = playout.buffer.stats
+    return {"pesq": score, "repaired": stats.repaired, "recovered": stats.recovered,
+            "stretched": playout.stretch_stats.accelerated + playout.stretch_stats.expanded,
+            "kbps": sum(len(p) for p in packets) * 8 / (len(packets) * 0.02) / 1000}
+
+
+def playout_table(speech: np.ndarray, seeds: int) -> None:
+    print(f"{'scenario, what is sent':<36} {'sent':>7} {'PESQ-WB by seed':>22} {'mean':>5} "
+          f"{'repaired/FEC/stretched':>23}")
+    for name, scenario, decision in PLAYOUT_ROWS:
+        runs = [playout_run(speech, scenario, decision, seed) for seed in range(1, seeds + 1)]
+        scores = " ".join(f"{r['pesq']:.2f}" for r in runs)
+        mean = sum(r["pesq"] for r in runs) / len(runs)
+        last = runs[-1]
+        print(f"{name:<36} {last['kbps']:>6.0f}k {scores:>22} {mean:>5.2f} "
+              f"{last['repaired']:>9.0f}/{last['recovered']:.0f}/{last['stretched']:.0f}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=int, nargs="+",
@@ -159,16 +279,28 @@ def main() -> None:
                         help="bitrates to try, kbit/s")
     parser.add_argument("--encoders", nargs="+", choices=list(ENCODERS),
                         default=list(ENCODERS))
+    parser.add_argument("--fec", type=int, metavar="PCT",
+                        help="ctypes encoder: in-band FEC on, this expected loss")
+    parser.add_argument("--complexity", type=int, default=10, choices=range(11))
+    parser.add_argument("--application", choices=("voip", "audio"), default="voip")
+    parser.add_argument("--vbr", choices=("on", "constrained", "off"), default="on")
+    parser.add_argument("--playout", action="store_true",
+                        help="the adaptation's levels through our playout, offline")
+    parser.add_argument("--seeds", type=int, default=3, help="--playout: loss patterns")
     args = parser.parse_args()
+    knobs = Knobs(args.fec, args.complexity, args.application, args.vbr)
     with tempfile.TemporaryDirectory() as folder:
         speech = make_speech(folder)
+    if args.playout:
+        playout_table(speech, args.seeds)
+        return
     print(f"speech sample: {speech.size / SAMPLE_RATE:.1f} s; libopus versions: "
           f"Debian (opuslib-next) and PyAV {av.__version__}'s bundled one")
     print(f"{'encoder':<16} {'target':>7} {'sent':>7} {'PESQ-WB':>8} "
           f"{'enc us/frame':>13} {'dec us/frame':>13}")
     for name in args.encoders:
         for kbps in args.rates:
-            r = measure(name, kbps, speech)
+            r = measure(name, kbps, speech, knobs)
             print(f"{name:<16} {kbps:>5}k {r['kbps']:>6.1f}k {r['pesq']:>8.2f} "
                   f"{r['enc_us']:>13.0f} {r['dec_us']:>13.0f}", flush=True)
 

@@ -1,6 +1,10 @@
 """``softphone call`` and ``softphone listen``: dial or answer, then talk until
 someone hangs up. Both build their phone with :class:`PhoneSetup`; each call
 outcome has its own exit code (:class:`~softphone.core.callstate.ExitCode`).
+
+``call --dtmf "12#"`` presses keys once audio is connected; ``listen
+--max-calls N`` answers up to N calls at once (a bot), each with its own
+media, and Ctrl-C hangs every one up.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from softphone._tasks import spawn
 from softphone.cli.options import (
     HubClientOptions,
     IceOptions,
@@ -27,6 +32,7 @@ from softphone.cli.phone_setup import PhoneSetup
 from softphone.cli.runtime import Interrupts, Output, exit_codes_help, first_done
 from softphone.client.signaling import HubUnreachable
 from softphone.core.callstate import CallState, CallTimeouts, ExitCode, Outcome
+from softphone.core.dtmf import check_tones
 
 if TYPE_CHECKING:
     from softphone.client.phone import Call, CallResult, Phone
@@ -55,29 +61,64 @@ def describe(result: CallResult) -> str:
     return text
 
 
-async def talk_until_end(call: Call, out: Output, interrupts: Interrupts,
-               duration: float | None) -> CallResult:
-    """Wait for the call to end, hanging up on Ctrl-C or after ``duration``."""
+async def press_keys(call: Call, out: Output, tones: str) -> None:
+    """Send ``tones`` as DTMF on ``call`` (connected); say what happened."""
+    from softphone.client.phone import CallEnded
+    from softphone.media.dtmf_rtp import DtmfUnavailable
+
+    try:
+        await call.send_dtmf(tones)
+    except DtmfUnavailable as exc:
+        out.say(f"cannot send DTMF to {call.peer}: {exc}")
+        out.event({"event": "dtmf-failed", "peer": call.peer, "reason": str(exc)})
+    except CallEnded:
+        return
+    else:
+        out.say(f"sent DTMF {tones} to {call.peer}")
+
+
+async def connected_then_timer(call: Call, out: Output, duration: float | None,
+                               dtmf: str | None = None) -> None:
+    """Once audio is up: say so, press ``dtmf``, hang up after ``duration``."""
     from softphone.client.phone import CallEnded
 
-    async def connected_then_timer() -> None:
-        try:
-            await call.connected()
-        except CallEnded:
-            return
-        pair = call.candidate_pair
-        out.say(f"connected to {call.peer}"
-                f" ({call.setup_seconds or 0.0:.2f} s)"
-                + (f" via {pair}" if pair is not None else ""))
-        if duration is not None:
-            await asyncio.sleep(duration)
-            await call.hangup("duration")
-            return
-        await asyncio.Event().wait()
+    try:
+        await call.connected()
+    except CallEnded:
+        return
+    pair = call.candidate_pair
+    out.say(f"connected to {call.peer}"
+            f" ({call.setup_seconds or 0.0:.2f} s)"
+            + (f" via {pair}" if pair is not None else "")
+            + (f"; verification code: {call.sas}" if call.sas else ""))
+    if dtmf:
+        spawn(press_keys(call, out, dtmf), name="dtmf")
+    if duration is not None:
+        await asyncio.sleep(duration)
+        await call.hangup("duration")
+        return
+    await asyncio.Event().wait()
+
+
+def say_dtmf(call: Call, out: Output) -> None:
+    """Say each key the peer presses (the JSON event is the call's own)."""
+    def on_event(event: dict[str, object]) -> None:
+        if event.get("event") == "dtmf":
+            out.say(f"DTMF {event['digit']} from {call.peer} ({event['duration_ms']} ms)")
+
+    call.on_event(on_event)
+
+
+async def talk_until_end(call: Call, out: Output, interrupts: Interrupts,
+                         duration: float | None, dtmf: str | None = None) -> CallResult:
+    """Wait for the call to end, hanging up on Ctrl-C or after ``duration``.
+
+    ``dtmf``: keys to press once audio is connected.
+    """
 
     from softphone.cli.tui import CallScreen
 
-    timer = asyncio.create_task(connected_then_timer())
+    timer = asyncio.create_task(connected_then_timer(call, out, duration, dtmf))
     screen = out.screen = CallScreen(call, out, out.human)
     screen.start()
     try:
@@ -92,10 +133,10 @@ async def talk_until_end(call: Call, out: Output, interrupts: Interrupts,
     return result
 
 
-async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output
-                  ) -> Phone | HubUnreachable:
+async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output,
+                  max_calls: int = 1) -> Phone | HubUnreachable:
     """The phone, connected to the hub; or why the hub cannot be reached (said)."""
-    phone = setup.phone(timeouts)
+    phone = setup.phone(timeouts, max_calls)
     try:
         await phone.connect()
     except HubUnreachable as exc:
@@ -107,18 +148,32 @@ async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output
 # ------------------------------------------------------------------- call ---
 
 
+def check_dtmf(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_tones(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @click.command(epilog=exit_codes_help())
 @click.argument("callee", callback=check_id)
 @as_option()
 @phone_options
 @click.option("--ring-timeout", type=float, default=30.0, show_default=True,
               callback=positive, metavar="S", help="Give up if nobody answers in time.")
+@click.option("--dtmf", metavar="KEYS", callback=check_dtmf,
+              help="Press these keys (0-9 * # A-D; ',' waits 2 s) once audio is connected, "
+                   "as RTP telephone events.")
 def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
-         media: MediaOptions, talk: TalkOptions, ring_timeout: float) -> None:
+         media: MediaOptions, talk: TalkOptions, ring_timeout: float,
+         dtmf: str | None) -> None:
     """Call CALLEE through the hub and talk until someone hangs up.
 
     Sends --play or --tone (else the microphone, or silence), records with
-    --record. Ctrl-C hangs up cleanly.
+    --record, presses --dtmf keys. On a terminal, keys 0-9 * # press keys
+    during the call. Ctrl-C hangs up cleanly.
     """
     if callee == client_id:
         raise click.BadParameter("you cannot call yourself", param_hint="CALLEE")
@@ -145,7 +200,8 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
             out.say(f"calling {callee} as {client_id} via {phone.hub.address.http}")
             the_call = await phone.dial(callee, source, sinks, on_event=out.event,
                                         output=output)
-            result = await talk_until_end(the_call, out, interrupts, talk.duration)
+            say_dtmf(the_call, out)
+            result = await talk_until_end(the_call, out, interrupts, talk.duration, dtmf)
         finally:
             await phone.close()
         if phone.refusal is not None:
@@ -233,66 +289,145 @@ async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
 @click.option("--once", is_flag=True, help="Handle one call, then exit with its outcome.")
 @click.option("--echo", is_flag=True,
               help="Send each caller's audio back to them (the echo test).")
+@click.option("--max-calls", type=click.IntRange(1, 10_000), default=1, show_default=True,
+              metavar="N", help="Answer up to N calls at once, each with its own media "
+                                "(with --auto-accept); caller N+1 is told busy.")
 def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaOptions,
-           talk: TalkOptions, auto_accept: bool, once: bool, echo: bool) -> None:
+           talk: TalkOptions, auto_accept: bool, once: bool, echo: bool,
+           max_calls: int) -> None:
     """Wait for calls and answer them (asks y/n unless --auto-accept).
 
-    A second caller during a call gets 'busy'. Ctrl-C hangs up and exits.
+    A caller beyond --max-calls (default 1) gets 'busy'. Each call has its
+    own media: --tone/--play to each caller, --echo each caller hears
+    itself, --record 'calls/{peer}-{n}.wav' one file per call. Keys the
+    callers press are said (and --json events). Ctrl-C hangs up every call
+    and exits.
     """
     if echo and (media.play or media.tone is not None):
         raise click.UsageError("--echo sends the caller's audio: not with --play/--tone")
+    if max_calls > 1 and not auto_accept:
+        raise click.UsageError("--max-calls above 1 needs --auto-accept (a bot answers "
+                               "without asking)")
+    if max_calls > 1 and once:
+        raise click.UsageError("--once handles one call: not with --max-calls above 1")
     setup = PhoneSetup(client_id, hub, ice, media, echo=echo)
     out = Output(talk.json_mode)
     setup.source().stop()  # check the file/tone/microphone now, before anyone calls
+    if not media.audio.no_audio:  # PortAudio loads in ~80 ms: now, not when a call rings
+        from softphone.media.devices import load_sounddevice
+
+        with contextlib.suppress(Exception):  # missing: said when a call opens the speaker
+            load_sounddevice()
     timeouts = CallTimeouts(setup=talk.setup_timeout)
 
     async def run() -> int:
-        from softphone.cli.tui import ask_key, is_terminal
-
         interrupts = Interrupts()
         interrupts.install()
-        reader = LineReader()
-        keys = not auto_accept and is_terminal(out.human)
-        if not auto_accept and not keys:
-            reader.start()
-        phone = await connect(setup, timeouts, out)
+        phone = await connect(setup, timeouts, out, max_calls)
         if isinstance(phone, HubUnreachable):
             return ExitCode.HUB_UNREACHABLE
         out.say(f"listening as {client_id} on {phone.hub.address.http} (Ctrl-C to stop)")
-        out.event({"event": "listening", "id": client_id})
-        n = 0
+        out.event({"event": "listening", "id": client_id, "max_calls": max_calls})
         try:
-            while True:
-                next_call = asyncio.ensure_future(phone.next_call())
-                await first_done(next_call, interrupts.event.wait(), phone.refused.wait())
-                if phone.refusal is not None:
-                    out.say(f"the hub refused us: {phone.refusal.message}")
-                    return ExitCode.REFUSED
-                if not next_call.done() or next_call.cancelled():
-                    return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
-                incoming = next_call.result()
-                n += 1
-                incoming.on_event(out.event)
-                out.event({"event": "incoming", "peer": incoming.peer})
-                if auto_accept:
-                    accept: bool | None = True
-                    out.say(f"incoming call from {incoming.peer}: accepting")
-                else:
-                    asking = asyncio.ensure_future(ask_key(incoming, out) if keys
-                                                   else ask(incoming, out, reader))
-                    await first_done(asking, interrupts.event.wait())
-                    accept = asking.result() if asking.done() and not asking.cancelled() \
-                        else False
-                if accept:
-                    source, sinks, output = setup.call_media(incoming.peer, n)
-                    await incoming.accept(source, sinks, output=output)
-                elif accept is False and incoming.state is CallState.RINGING:
-                    await incoming.reject()
-                result = await talk_until_end(incoming, out, interrupts, talk.duration)
-                out.say(describe(result))
-                if once or interrupts.event.is_set():
-                    return result.exit_code
+            if max_calls == 1:
+                return await answer_one_by_one(phone, setup, out, interrupts, talk,
+                                               auto_accept, once)
+            return await answer_many(phone, setup, out, interrupts, talk)
         finally:
             await phone.close()
 
     sys.exit(asyncio.run(run()))
+
+
+async def next_incoming(phone: Phone, interrupts: Interrupts) -> Call | None:
+    """The next call, or None on Ctrl-C or when the hub refused us."""
+    waiting = asyncio.ensure_future(phone.next_call())
+    await first_done(waiting, interrupts.event.wait(), phone.refused.wait())
+    if phone.refusal is not None or not waiting.done() or waiting.cancelled():
+        return None
+    return waiting.result()
+
+
+async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
+                            interrupts: Interrupts, talk: TalkOptions, auto_accept: bool,
+                            once: bool) -> int:
+    """One call at a time, with the terminal phone (asking y/n unless ``auto_accept``)."""
+    from softphone.cli.tui import ask_key, is_terminal
+
+    reader = LineReader()
+    keys = not auto_accept and is_terminal(out.human)
+    if not auto_accept and not keys:
+        reader.start()
+    n = 0
+    while True:
+        incoming = await next_incoming(phone, interrupts)
+        if phone.refusal is not None:
+            out.say(f"the hub refused us: {phone.refusal.message}")
+            return ExitCode.REFUSED
+        if incoming is None:
+            return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
+        n += 1
+        incoming.on_event(out.event)
+        out.event({"event": "incoming", "peer": incoming.peer})
+        say_dtmf(incoming, out)
+        if auto_accept:
+            accept: bool | None = True
+            out.say(f"incoming call from {incoming.peer}: accepting")
+        else:
+            asking = asyncio.ensure_future(ask_key(incoming, out) if keys
+                                           else ask(incoming, out, reader))
+            await first_done(asking, interrupts.event.wait())
+            accept = asking.result() if asking.done() and not asking.cancelled() \
+                else False
+        if accept:
+            source, sinks, output = setup.call_media(incoming.peer, n)
+            await incoming.accept(source, sinks, output=output)
+        elif accept is False and incoming.state is CallState.RINGING:
+            await incoming.reject()
+        result = await talk_until_end(incoming, out, interrupts, talk.duration)
+        out.say(describe(result))
+        if once or interrupts.event.is_set():
+            return result.exit_code
+
+
+async def answer_many(phone: Phone, setup: PhoneSetup, out: Output, interrupts: Interrupts,
+                      talk: TalkOptions) -> int:
+    """Up to ``phone.max_calls`` calls at once, each answered at once; Ctrl-C ends them all."""
+    serving: set[asyncio.Task[None]] = set()
+    n = 0
+
+    async def serve(call: Call) -> None:
+        timer = asyncio.create_task(connected_then_timer(call, out, talk.duration))
+        try:
+            result = await call.ended()
+        finally:
+            timer.cancel()
+        out.say(describe(result))
+
+    try:
+        while True:
+            incoming = await next_incoming(phone, interrupts)
+            if phone.refusal is not None:
+                out.say(f"the hub refused us: {phone.refusal.message}")
+                return ExitCode.REFUSED
+            if incoming is None:
+                return ExitCode.COMPLETED
+            n += 1
+            incoming.on_event(out.event)
+            out.event({"event": "incoming", "peer": incoming.peer, "n": n})
+            say_dtmf(incoming, out)
+            if incoming.is_ended:  # the caller gave up while the call waited in line
+                out.say(describe(await incoming.ended()))
+                continue
+            out.say(f"incoming call from {incoming.peer} ({len(phone.calls)} of "
+                    f"{phone.max_calls} lines): accepting")
+            source, sinks, output = setup.call_media(incoming.peer, n)
+            await incoming.accept(source, sinks, output=output)
+            task = asyncio.create_task(serve(incoming), name=f"call-{n}")
+            serving.add(task)
+            task.add_done_callback(serving.discard)
+    finally:
+        for call in phone.calls:
+            await call.hangup("interrupted" if interrupts.event.is_set() else "closing")
+        if serving:
+            await asyncio.wait(serving, timeout=5.0)

@@ -12,6 +12,7 @@ The media-wiring functions (:func:`media_config`, :func:`audio_device`,
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -21,6 +22,7 @@ from softphone.cli.options import (
     HubClientOptions,
     IceOptions,
     MediaOptions,
+    ProcessingOptions,
     TlsClientOptions,
     VoiceOptions,
 )
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     import ssl
 
     from softphone.client.phone import Phone
+    from softphone.media.encoded import SharedPrompt
     from softphone.media.rtc import MediaConfig
 
 
@@ -44,8 +47,11 @@ def client_tls(tls: TlsClientOptions) -> ssl.SSLContext | None:
         raise click.BadParameter(str(exc), param_hint="--ca-file") from exc
 
 
-def media_config(voice: VoiceOptions) -> MediaConfig:
-    """The MediaConfig asked for by --bitrate / --redundancy / --simulate-loss."""
+def media_config(voice: VoiceOptions, processing: ProcessingOptions | None = None
+                 ) -> MediaConfig:
+    """The MediaConfig asked for by --bitrate / --redundancy / --simulate-loss and
+    --no-aec / --no-ns / --no-agc."""
+    from softphone.media.apm import VoiceSettings
     from softphone.media.netsim import Impairment
     from softphone.media.opus import EncoderSettings
     from softphone.media.rtc import MediaConfig
@@ -56,8 +62,25 @@ def media_config(voice: VoiceOptions) -> MediaConfig:
     if voice.redundancy is not None:
         settings["redundancy"] = voice.redundancy
     loss = voice.simulate_loss
+    p = processing or ProcessingOptions()
     return MediaConfig(encoder=EncoderSettings(**settings),
-                       impairment=Impairment(loss=loss / 100, seed=0) if loss else None)
+                       impairment=Impairment(loss=loss / 100, seed=0) if loss else None,
+                       voice_processing=VoiceSettings(aec=p.aec, ns=p.ns, agc=p.agc))
+
+
+def voice_notice(media: MediaOptions, noticed: set[str]) -> None:
+    """With a microphone: say once if the processing asked for cannot run (package missing)."""
+    from softphone.core.errors import MissingDependency
+    from softphone.media.apm import load_binding
+
+    p = media.processing
+    if "voice" in noticed or not (p.aec or p.ns or p.agc):
+        return
+    noticed.add("voice")
+    try:
+        load_binding()
+    except MissingDependency as exc:
+        click.echo(f"softphone: {exc}", err=True)
 
 
 def audio_device(kind: str, audio: AudioDeviceOptions, noticed: set[str]) -> Any:
@@ -85,25 +108,40 @@ def audio_device(kind: str, audio: AudioDeviceOptions, noticed: set[str]) -> Any
     return device
 
 
-def make_source(media: MediaOptions, noticed: set[str], *, echo: bool = False) -> Any:
-    """The track to send (--play, --tone, --echo, else the microphone or silence)."""
-    from softphone.media.tracks import AudioFileError, FileSource, SilenceSource, ToneSource
+def make_prompt(media: MediaOptions, config: MediaConfig) -> SharedPrompt | None:
+    """What --play or --tone sends, encoded once for every call (None: neither)."""
+    from softphone.media.encoded import SharedPrompt
+    from softphone.media.tracks import AudioFileError
 
     if media.play:
         try:
-            return FileSource.from_file(media.play)
+            return SharedPrompt.from_file(media.play, config.encoder)
         except AudioFileError as exc:
             raise click.BadParameter(str(exc), param_hint="--play") from exc
     if media.tone is not None:
-        try:
-            return ToneSource(media.tone)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--tone") from exc
-    if echo:
-        from softphone.media.tracks import EchoSource
+        if not 0 < media.tone < 24_000:
+            raise click.BadParameter(f"{media.tone} Hz: use 0 < HZ < 24000", param_hint="--tone")
+        return SharedPrompt.tone(media.tone, settings=config.encoder)
+    return None
 
-        return EchoSource()
+
+def make_source(media: MediaOptions, noticed: set[str], *, echo: bool = False,
+                prompt: SharedPrompt | None = None) -> Any:
+    """The track to send (--play, --tone, --echo, else the microphone or silence).
+
+    --play and --tone come from ``prompt`` (:func:`make_prompt`): encoded once,
+    sent to every call (a tone looped); --echo sends each caller's packets back.
+    """
+    from softphone.media.encoded import PacketEcho, PromptSource
+    from softphone.media.tracks import SilenceSource
+
+    if prompt is not None:
+        return PromptSource(prompt, loop=media.play is None)
+    if echo:
+        return PacketEcho()
     mic = audio_device("input", media.audio, noticed)
+    if mic is not None:
+        voice_notice(media, noticed)
     return mic if mic is not None else SilenceSource()
 
 
@@ -126,6 +164,8 @@ def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 
     path = record.format(peer=peer, n=n, time=datetime.now().strftime("%Y%m%d-%H%M%S")) \
         if "{" in record else record
     try:
+        if "{" in record:  # one file per call: its folder may be new
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         return [RecorderSink(path)]
     except OSError as exc:
         fail(f"cannot record to {path}: {exc.strerror or exc}")
@@ -143,21 +183,30 @@ class PhoneSetup:
         self.media = media
         self.echo = echo
         self.ssl_context = client_tls(hub.tls)
-        self.media_config = media_config(media.voice)
+        self.media_config = media_config(media.voice, media.processing)
         #: Device notices already said ("input", "output"): once per command.
         self._noticed: set[str] = set()
+        self._prompt: SharedPrompt | None = None
 
-    def phone(self, timeouts: CallTimeouts) -> Phone:
+    def phone(self, timeouts: CallTimeouts, max_calls: int = 1) -> Phone:
         from softphone.client.phone import Phone
 
         return Phone(self.client_id, self.hub.server, ice_servers=self.ice.servers,
                      timeouts=timeouts, media=self.media_config, reconnect=True,
                      relay_only=self.ice.relay_only, token=self.hub.token,
-                     ssl_context=self.ssl_context)
+                     ssl_context=self.ssl_context, max_calls=max_calls)
+
+    def prompt(self) -> SharedPrompt | None:
+        """--play / --tone, decoded and encoded once for every call of this command."""
+        if self._prompt is None:
+            self._prompt = make_prompt(self.media, self.media_config)
+            if self._prompt is not None:  # encoded now, not as the first call starts sending
+                self._prompt.payloads  # noqa: B018
+        return self._prompt
 
     def source(self) -> Any:
         """The track to send; raises a click error for a bad --play/--tone/--input."""
-        return make_source(self.media, self._noticed, echo=self.echo)
+        return make_source(self.media, self._noticed, echo=self.echo, prompt=self.prompt())
 
     def sinks(self, peer: str, n: int = 1) -> list[Any]:
         """The sinks of call ``n`` with ``peer``; exits (1) if --record cannot be written."""
@@ -168,9 +217,6 @@ class PhoneSetup:
         return make_output(self.media, self._noticed, echo=self.echo)
 
     def call_media(self, peer: str, n: int = 1) -> tuple[Any, list[Any], Any]:
-        """Source, sinks and output of one call; with --echo the source also hears it."""
-        source = self.source()
-        sinks = self.sinks(peer, n)
-        if self.echo:  # what we hear goes back
-            sinks.append(source)
-        return source, sinks, self.output()
+        """Source, sinks and output of call ``n`` (each call its own; --echo: the
+        source is given the call's packets by the call itself)."""
+        return self.source(), self.sinks(peer, n), self.output()

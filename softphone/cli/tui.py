@@ -2,9 +2,10 @@
 
 On a terminal (stdin and the human output both ttys), a call shows one
 status line redrawn in place (state, duration, codec, RTT, jitter, loss,
-playout buffer, microphone and speaker meters) and reads keys: ``m``
-mutes/unmutes, ``h`` (or Ctrl-C) hangs up; incoming calls are answered
-with ``a``/``y`` or rejected with ``r``/``n``. Elsewhere (pipes, files,
+playout buffer, microphone and speaker meters, the last keys pressed each
+way, the verification code) and reads keys: ``m`` mutes/unmutes, ``h`` (or Ctrl-C) hangs up,
+``0``-``9``, ``*`` and ``#`` press that key on the call (DTMF); incoming
+calls are answered with ``a``/``y`` or rejected with ``r``/``n``. Elsewhere (pipes, files,
 CI) the same status comes as a plain line every few seconds and nothing is
 read from the keyboard. Terminal handling is prompt_toolkit's (raw mode,
 key parsing, cursor and erase sequences), not escape codes of our own.
@@ -31,6 +32,7 @@ from softphone.core.errors import MissingDependency
 
 if TYPE_CHECKING:
     from softphone.client.call import Call
+    from softphone.media.apm import VoiceStats
     from softphone.media.devices import MicSource, SpeakerDriver
     from softphone.media.rtc import MediaStats
 
@@ -39,9 +41,14 @@ _Device = TypeVar("_Device")
 
 #: Seconds between two plain status lines when the output is not a terminal.
 PLAIN_EVERY = 5.0
+#: Seconds between two ``stats`` JSON events (--json) during a call.
+JSON_STATS_EVERY = 2.0
 #: Seconds between two redraws of the live line.
 REDRAW_EVERY = 0.2
 METER_WIDTH = 6
+#: Keys that press a DTMF key on the call; how many keys the status line shows.
+DTMF_KEYS = frozenset("0123456789*#")
+KEYS_SHOWN = 8
 
 
 class Sayer(Protocol):
@@ -111,10 +118,34 @@ def clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def voice_status(voice: VoiceStats | None, devices: dict[str, Any]) -> list[str]:
+    """The echo canceller's state (and echo level) and the devices' underruns, for the line."""
+    parts: list[str] = []
+    if voice is not None:
+        if voice.state == "unavailable":
+            parts.append("aec n/a")
+        elif not voice.aec:
+            parts.append("aec off")
+        else:  # waiting (nothing played yet), converging, converged; and the echo left
+            echo = "" if voice.echo_db is None else f" echo {voice.echo_db:.0f}dB"
+            parts.append(f"aec {voice.state}{echo}")
+    xruns = int(devices.get("speaker_underruns", 0)) + int(devices.get("mic_overflows", 0))
+    if xruns:
+        parts.append(f"xrun {xruns}")
+    return parts
+
+
 def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | None,
                 mic_dbfs: float,
-                speaker_dbfs: float, muted: bool, keys: bool) -> str:
-    """The status line (pure: figures in, text out)."""
+                speaker_dbfs: float, muted: bool, keys: bool, heard: str = "",
+                pressed: str = "", voice: VoiceStats | None = None,
+                devices: dict[str, Any] | None = None, sas: str | None = None) -> str:
+    """The status line (pure: figures in, text out).
+
+    ``heard``/``pressed``: the last DTMF keys the peer pressed / we pressed;
+    ``sas``: the call's verification code (last: the "connected to" line above the
+    status line has it in full, so a narrow terminal may cut it here).
+    """
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
 
@@ -127,8 +158,15 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
             parts.append(f"buf {ms(stats.buffer_ms)}")
     parts += [f"mic {meter(mic_dbfs)}" + (" MUTED" if muted else ""),
               f"spk {meter(speaker_dbfs)}"]
-    if keys:
-        parts.append("m:" + ("unmute" if muted else "mute") + " h:hangup")
+    if heard or pressed:
+        parts.append(" ".join(["dtmf", *([f"in {heard[-KEYS_SHOWN:]}"] if heard else []),
+                               *([f"out {pressed[-KEYS_SHOWN:]}"] if pressed else [])]))
+    if keys:  # (last: on a narrow terminal, what is cut)
+        parts.append("m:" + ("unmute" if muted else "mute") + " h:hangup"
+                     + ("" if heard or pressed else " 0-9*#:keys"))
+    parts += voice_status(voice, devices or {})  # (after the keys: cut first when narrow)
+    if sas:
+        parts.append(f"code: {sas}")
     return "  ".join(parts)
 
 
@@ -215,7 +253,11 @@ class CallScreen:
         self.keys: Keys | None = None
         self._task: asyncio.Task[None] | None = None
         self._stats: MediaStats | None = None
+        self._voice: VoiceStats | None = None
+        self._devices: dict[str, Any] = {}
         self._codec = "?"
+        self.heard = ""  # DTMF keys the peer pressed
+        self.pressed = ""  # DTMF keys we pressed
 
     # life --------------------------------------------------------------------
 
@@ -253,8 +295,15 @@ class CallScreen:
 
     def _on_call_event(self, event: dict[str, Any]) -> None:
         # (The call's own listeners print the JSON event; this says it to the user.)
-        if event.get("event") == "device-lost":
+        kind = event.get("event")
+        if kind == "device-lost":
             self.out.say(str(event["message"]))
+        elif kind == "dtmf":
+            self.heard = (self.heard + str(event["digit"]))[-KEYS_SHOWN:]
+            self._redraw()
+        elif kind == "dtmf-sent":
+            self.pressed = (self.pressed + str(event["digit"]))[-KEYS_SHOWN:]
+            self._redraw()
 
     def _on_key(self, key: str) -> None:
         if key in ("m", "M"):
@@ -264,6 +313,19 @@ class CallScreen:
             self._redraw()
         elif key in ("h", "H", "c-c", "c-d"):
             spawn(self.call.hangup("hangup"), name="hangup-key")
+        elif key in DTMF_KEYS and str(self.call.state) == "connected":
+            spawn(self._press(key), name="dtmf-key")
+
+    async def _press(self, key: str) -> None:
+        from softphone.client.call import CallEnded
+        from softphone.media.dtmf_rtp import DtmfUnavailable
+
+        try:
+            await self.call.send_dtmf(key)
+        except DtmfUnavailable as exc:
+            self.out.say(f"cannot send DTMF: {exc}")
+        except CallEnded:
+            pass
 
     # drawing -----------------------------------------------------------------
 
@@ -272,14 +334,31 @@ class CallScreen:
         return status_text(state=str(call.state), seconds=call.talk_seconds, codec=self._codec,
                            stats=self._stats, mic_dbfs=call.mic_dbfs,
                            speaker_dbfs=call.speaker_dbfs, muted=call.muted,
-                           keys=self.line is not None)
+                           keys=self.line is not None, heard=self.heard,
+                           pressed=self.pressed, voice=self._voice, devices=self._devices,
+                           sas=call.sas)
+
+    def _read_audio(self) -> None:
+        """The voice processor's and the devices' figures (no await: they are snapshots)."""
+        audio = self.call.audio
+        if audio is not None:
+            self._voice = audio.voice_stats()
+            self._devices = audio.device_stats()
+
+    def _json_stats(self) -> None:
+        """The periodic ``stats`` event (--json): media, voice processing, devices."""
+        self.out.event({"event": "stats", "peer": self.call.peer,
+                        "media": None if self._stats is None else self._stats.to_json(),
+                        "voice_processing": None if self._voice is None
+                        else self._voice.as_dict(),
+                        "devices": self._devices})
 
     def _redraw(self) -> None:
         if self.line is not None:
             self.line.draw(self.text())
 
     async def _run(self) -> None:
-        last_stats = last_plain = 0.0
+        last_stats = last_plain = last_json = 0.0
         while True:
             now = time.monotonic()
             if self._codec == "?":
@@ -288,6 +367,10 @@ class CallScreen:
                 last_stats = now
                 with contextlib.suppress(Exception):
                     self._stats = await self.call.stats()
+                self._read_audio()
+            if now - last_json >= JSON_STATS_EVERY and str(self.call.state) == "connected":
+                last_json = now
+                self._json_stats()
             if self.line is not None:
                 self._redraw()
             elif now - last_plain >= PLAIN_EVERY and str(self.call.state) == "connected":

@@ -5,10 +5,13 @@ wait; and what a terminal phone or a bot shows: times
 (:attr:`Call.started_at`, :attr:`Call.connected_at`,
 :attr:`Call.setup_seconds`, :attr:`Call.talk_seconds`), levels
 (:attr:`Call.mic_dbfs`, :attr:`Call.speaker_dbfs`), :attr:`Call.codec`,
-:meth:`Call.stats`, :attr:`Call.muted`. Its audio is one
+:meth:`Call.stats`, :attr:`Call.muted`, the verification code :attr:`Call.sas`
+(:mod:`softphone.core.sas`; also in the ``media`` event). Its audio is one
 :class:`~softphone.media.audiopath.CallAudio` (:attr:`Call.audio`); its
-events (``state``, ``media``, ``device-lost``, ``ended``) go to
-:meth:`Call.on_event` listeners. :class:`CallResult` says how it went.
+events (``state``, ``media``, ``dtmf``, ``dtmf-sent``, ``device-lost``,
+``ended``) go to :meth:`Call.on_event` listeners. Key presses (DTMF, RFC
+4733): :meth:`Call.send_dtmf` sends them, :meth:`Call.next_digit` waits for
+the next one the peer pressed. :class:`CallResult` says how it went.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from softphone.core import callstate as cs
+from softphone.core.dtmf import DtmfEvent, check_tones
 from softphone.core.protocol import IceCandidate
+from softphone.core.sas import FingerprintError, sas_from_sdp
 from softphone.media.audiopath import CallAudio, MediaConfig
+from softphone.media.dtmf_rtp import DtmfChannel, DtmfUnavailable
 from softphone.media.rtc import CandidatePair, MediaStats
 from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
@@ -38,9 +45,13 @@ class MediaLink(Protocol):
     """What a call needs of its peer connection (:class:`~softphone.media.rtc.MediaSession`)."""
 
     candidate_pair: CandidatePair | None
+    #: The call's DTMF both ways.
+    dtmf: DtmfChannel
 
     @property
     def codec(self) -> str | None: ...
+
+    def descriptions(self) -> tuple[str | None, str | None]: ...
 
     def pregather(self) -> None: ...
 
@@ -120,6 +131,14 @@ class Call:
         self._ended: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         self._listeners: list[EventCallback] = []
         self._final_stats = MediaStats()
+        #: Digits the peer pressed, not yet taken by :meth:`next_digit` (the latest 64).
+        self._digits: deque[DtmfEvent] = deque(maxlen=64)
+        self._digit_arrived = asyncio.Event()
+        #: The verification code (four PGP words, :mod:`softphone.core.sas`), set once
+        #: media is connected; None before, or if an SDP had no usable fingerprint.
+        self.sas: str | None = None
+        self._sas: asyncio.Task[str | None] | None = None
+        self._announcing: asyncio.Task[None] | None = None
 
     # -- what a user does -----------------------------------------------------
 
@@ -147,13 +166,57 @@ class Call:
         if not self.machine.is_ended:
             self.phone._feed(self, cs.LocalHangup(reason))
 
+    async def send_dtmf(self, tones: str, duration_ms: float = 100, gap_ms: float = 70) -> None:
+        """Press keys: send ``tones`` as RTP telephone events (RFC 4733), as ``insertDTMF`` does.
+
+        ``0-9 * # A-D``; ``,`` is a 2 s pause; ``duration_ms`` per tone
+        (40..6000), ``gap_ms`` between tones (at least 30). Waits until media
+        is connected, then until the last tone is out. A bad character is a
+        one-line ValueError (before anything is sent);
+        :class:`~softphone.media.dtmf_rtp.DtmfUnavailable` if the peer did
+        not agree to telephone events; :class:`CallEnded` if the call ends first.
+        """
+        check_tones(tones)
+        await self.connected()
+        if self.media is None:
+            raise DtmfUnavailable("the call has no media")
+        sending = asyncio.ensure_future(self.media.dtmf.send(tones, duration_ms, gap_ms))
+        ended: asyncio.Future[Any] = self._ended
+        done, _ = await asyncio.wait({sending, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if sending in done:
+            sending.result()  # DtmfUnavailable, if so
+            if not self.machine.is_ended:
+                return
+        else:
+            sending.cancel()
+        raise CallEnded(self._ended.result())
+
+    async def next_digit(self) -> DtmfEvent:
+        """The next key the peer pressed (each digit once, when it ended).
+
+        Digits that came before this was called are given first, oldest first.
+        Raises :class:`CallEnded` once the call is over and no digit is left.
+        """
+        while not self._digits:
+            if self._ended.done():
+                raise CallEnded(self._ended.result())
+            self._digit_arrived.clear()
+            waiter = asyncio.ensure_future(self._digit_arrived.wait())
+            ended: asyncio.Future[Any] = self._ended
+            await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        return self._digits.popleft()
+
     def mute(self, muted: bool = True) -> None:
         """Send silence (``muted``) or the source again."""
         if self.audio is not None:
             self.audio.muted = muted
 
     async def connected(self) -> None:
-        """Wait until media is up (returns at once if it was). Raises if the call ended first."""
+        """Wait until media is up (returns at once if it was). Raises if the call ended first.
+
+        Once it returns, :attr:`sas` is known (the code is derived with the media).
+        """
         waiter: asyncio.Future[Any] = asyncio.ensure_future(self._connected.wait())
         ended: asyncio.Future[Any] = self._ended
         done, _ = await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -161,6 +224,8 @@ class Call:
             waiter.cancel()
             result = self._ended.result()
             raise CallEnded(result)
+        if self._sas is not None:
+            await asyncio.shield(self._sas)
 
     async def ended(self) -> CallResult:
         """Wait for the end of the call and return how it went."""
@@ -262,6 +327,50 @@ class Call:
     def _device_lost(self, message: str) -> None:
         self._emit({"event": "device-lost", "message": message})
 
+    def _attach(self, media: MediaLink) -> None:
+        """``media`` is this call's peer connection: its DTMF become our events."""
+        self.media = media
+        media.dtmf.on_event = self._dtmf_received
+        media.dtmf.on_tone = self._dtmf_sent
+
+    def _dtmf_received(self, event: DtmfEvent) -> None:
+        self._digits.append(event)
+        self._digit_arrived.set()
+        self._emit({"event": "dtmf", "digit": event.digit, "duration_ms": event.duration_ms})
+
+    def _dtmf_sent(self, tone: str) -> None:
+        if tone != ",":
+            self._emit({"event": "dtmf-sent", "digit": tone})
+
+    def _derive_sas(self) -> None:
+        """Start deriving :attr:`sas` once both descriptions are set (once per call).
+
+        PBKDF2 takes ~25 ms: it runs in a thread, usually while ICE and DTLS connect.
+        """
+        if self._sas is not None or self.media is None:
+            return
+        local, remote = self.media.descriptions()
+        if local is not None and remote is not None:
+            self._sas = asyncio.create_task(self._sas_of(local, remote), name="call-sas")
+
+    async def _sas_of(self, local: str, remote: str) -> str | None:
+        try:
+            self.sas = str(await asyncio.to_thread(sas_from_sdp, local, remote))
+        except FingerprintError as exc:
+            log.warning("no verification code for the call with %s: %s", self.peer, exc)
+        return self.sas
+
+    def _media_up(self, event: dict[str, Any]) -> None:
+        """Media connected: the ``media`` event, with the code, once it is derived."""
+        self._derive_sas()
+
+        async def announce() -> None:
+            if self._sas is not None:
+                await asyncio.shield(self._sas)
+            self._emit({**event, "sas": self.sas})
+
+        self._announcing = asyncio.create_task(announce(), name="call-media-event")
+
     def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("peer", self.peer)
         for listener in list(self._listeners):
@@ -315,6 +424,9 @@ class Call:
             stats=self._final_stats,
             candidate_pair=self.candidate_pair,
         )
+        if self._announcing is not None:  # the media event comes before the end
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._announcing), 2.0)
         self._emit({"event": "ended", **result.to_json()})
         if not self._ended.done():
             self._ended.set_result(result)

@@ -4,7 +4,9 @@ This is the asyncio adapter around the sans-IO core. It feeds hub messages,
 media callbacks and timer expiries into a :class:`~softphone.core.line.Line` and
 carries out the actions that come back: frames to the hub (in order, from
 one sender task), media operations (in order, on one worker per call),
-events for the user.
+events for the user. A phone holds one call at a time (a second caller is
+told ``busy``), or up to ``max_calls`` at once, each with its own media and
+settings (a bot serving many callers).
 
 The hub connection and the media session are given to it as two small
 interfaces (:class:`HubConnection`, :class:`MediaFactory`): a
@@ -29,7 +31,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from softphone._tasks import spawn
 from softphone.client.call import Call as Call
@@ -39,7 +41,7 @@ from softphone.client.call import EventCallback as EventCallback
 from softphone.client.call import MediaLink
 from softphone.client.signaling import DEFAULT_SERVER, HubAddress, HubClient, HubUnreachable
 from softphone.core import callstate as cs
-from softphone.core.line import HubProblem, IncomingCall, Line
+from softphone.core.line import HubProblem, IncomingCall, Line, Routed
 from softphone.core.protocol import ErrorCode, HubError, Message, check_id
 from softphone.media.audiopath import CallAudio, MediaConfig
 from softphone.media.opus import require_libopus
@@ -78,14 +80,25 @@ class MediaFactory(Protocol):
 
 #: Hub errors that come with closing the connection for good (close code 1008).
 _REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
+#: Seconds the ICE servers fetched as the phone connected serve a call it dials.
+ICE_SERVERS_FRESH: Final = 60.0
+IceServers = list[dict[str, Any]]
+
+
+def _forget(fetch: asyncio.Future[IceServers]) -> None:
+    """An ICE server fetch no call will use: stopped, its error (if any) taken."""
+    fetch.cancel()
+    fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class Phone:
-    """A client of the hub that can hold one call at a time.
+    """A client of the hub that holds one call at a time, or up to ``max_calls`` at once.
 
     ``media``: the settings of its calls (each call may have its own, see
-    :meth:`dial` and :meth:`Call.accept`). ``hub`` and ``media_factory``
-    replace the hub connection and the peer connections (tests use fakes).
+    :meth:`dial` and :meth:`Call.accept`). ``max_calls``: calls in progress
+    at once (incoming or outgoing); a caller beyond them is told ``busy``.
+    ``hub`` and ``media_factory`` replace the hub connection and the peer
+    connections (tests use fakes).
     """
 
     def __init__(self, client_id: str, server: str = DEFAULT_SERVER, *,
@@ -96,6 +109,7 @@ class Phone:
                  ssl_context: ssl.SSLContext | bool | None = None,
                  reconnect: bool = True,
                  media: MediaConfig | None = None,
+                 max_calls: int = 1,
                  hub: HubConnection | None = None,
                  media_factory: MediaFactory | None = None) -> None:
         self.client_id = check_id(client_id, "client id")
@@ -105,16 +119,23 @@ class Phone:
         self.hub: HubConnection = hub if hub is not None else \
             HubClient(server, client_id, token=token, ssl_context=ssl_context)
         self._media_factory: MediaFactory = media_factory or MediaSession
-        self.line = Line(client_id, timeouts)
+        self.line = Line(client_id, timeouts, max_calls=max_calls)
         self.relay_only = relay_only
         self.reconnect = reconnect
         self._ice_servers = None if ice_servers is None else list(ice_servers)
+        #: The hub's ICE servers, fetched for an incoming call while it rings (by id of
+        #: its machine): its answer need not wait for them.
+        self._ice_fetches: dict[int, asyncio.Future[IceServers]] = {}
+        #: ... and fetched as the phone connected, for a call dialed soon after (when).
+        self._ice_ahead: tuple[float, asyncio.Future[IceServers]] | None = None
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()
         self._outbox: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
-        #: The call of the line's current call machine (ended or not).
-        self._active: Call | None = None
+        #: Calls not yet finished (media closed, result out), by id() of their machine.
+        self._calls: dict[int, Call] = {}
+        #: The latest call (ended or not).
+        self._latest: Call | None = None
         self._closing = False
         self.hub_connected = asyncio.Event()
         self.hub_errors: list[HubError] = []
@@ -131,11 +152,18 @@ class Phone:
 
     async def connect(self) -> None:
         """Connect to the hub and start the phone. Raises :class:`HubUnreachable`."""
+        ahead = None
+        if self._ice_servers is None:  # asked alongside: a call dialed at once needs them
+            ahead = asyncio.ensure_future(self.hub.ice_servers())
         try:
             await self.hub.connect()
         except BaseException:
+            if ahead is not None:
+                _forget(ahead)
             await self.hub.close()  # no HTTP session left open behind the error
             raise
+        if ahead is not None:
+            self._ice_ahead = (self.loop_time, ahead)
         self.hub_connected.set()
         self._tasks = [
             asyncio.create_task(self._reader(), name="phone-reader"),
@@ -144,15 +172,19 @@ class Phone:
         ]
 
     async def close(self) -> None:
-        """Hang up any call, then disconnect."""
-        call = self.current_call
-        if call is not None and not call.is_ended:
-            await call.hangup("closing")
+        """Hang up every call, then disconnect."""
+        calls = self.calls
+        if calls:
+            for call in calls:
+                await call.hangup("closing")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(call.ended(), 3.0)
+                await asyncio.wait_for(asyncio.gather(*(c.ended() for c in calls)), 3.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), 1.0)
         self._closing = True
+        if self._ice_ahead is not None:
+            _forget(self._ice_ahead[1])
+            self._ice_ahead = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -171,10 +203,19 @@ class Phone:
     # -- calls --------------------------------------------------------------
 
     @property
+    def max_calls(self) -> int:
+        return self.line.max_calls
+
+    @property
     def current_call(self) -> Call | None:
-        """The call in progress (None once it has ended)."""
-        call = self._active
+        """The latest call, while it is in progress (None once it has ended)."""
+        call = self._latest
         return None if call is None or call.is_ended else call
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every call in progress, oldest first."""
+        return [c for c in self._calls.values() if not c.is_ended]
 
     async def dial(self, peer: str, source: AudioSource | None = None,
                    sinks: Sequence[Sink] = (), data: Any = None,
@@ -190,14 +231,14 @@ class Phone:
         check_id(peer, "callee id")
         audio = CallAudio(source, sinks, output=output, config=media or self.media_config)
         actions = self.line.dial(peer, self.loop_time, data)
-        assert self.line.call is not None
-        call = Call(self, self.line.call)
+        machine = self.line.call
+        assert machine is not None
+        call = self._track(Call(self, machine))
         if on_event is not None:
             call.on_event(on_event)
         call._adopt(audio)
-        self._active = call
         call._emit({"event": "state", "state": str(call.state), "t": 0.0})
-        self._run(actions)
+        self._run([Routed(machine, a) for a in actions])
         call._media_op(lambda: self._prepare_gathering(call))  # gather while it rings
         return call
 
@@ -210,31 +251,37 @@ class Phone:
 
     # -- the adapter ---------------------------------------------------------
 
+    def _track(self, call: Call) -> Call:
+        self._calls[id(call.machine)] = self._latest = call
+        return call
+
     def _feed(self, call: Call, event: cs.Event) -> None:
-        if self.line.call is not call.machine:
-            return  # an event for a call that is no longer current
-        self._run(self.line.handle_local(event, self.loop_time))
+        if call.machine.is_ended:
+            return  # an event for a call that is over
+        actions = self.line.handle_local(event, self.loop_time, call.machine)
+        self._run([Routed(call.machine, a) for a in actions])
 
-    def _run(self, actions: list[cs.Action]) -> None:
-        """Carry out actions, in order. Never blocks: slow work is queued.
-
-        The actions are the current call's until an :class:`IncomingCall`
-        (after glare, the ending of our own call comes first), then the new one's.
-        """
-        call = self._active
-        for action in actions:
+    def _run(self, routed: list[Routed]) -> None:
+        """Carry out actions, each for its call, in order. Never blocks: slow work is queued."""
+        for item in routed:
+            action = item.action
             if isinstance(action, cs.Send):
                 self._outbox.put_nowait(action.message)
             elif isinstance(action, IncomingCall):
-                new = call = self._active = Call(self, action.call)
+                new = self._track(Call(self, action.call))
+                if self._ice_servers is None:
+                    self._ice_fetches[id(new.machine)] = \
+                        asyncio.ensure_future(self.hub.ice_servers())
                 new._emit({"event": "incoming", "state": str(new.state), "t": 0.0})
                 self._incoming.put_nowait(new)
             elif isinstance(action, HubProblem):
                 self._hub_problem(action.error)
-            elif call is None:
-                log.debug("no call for %s", action)
             else:
-                self._run_call_action(call, action)
+                call = None if item.call is None else self._calls.get(id(item.call))
+                if call is None:
+                    log.debug("no call for %s", action)
+                else:
+                    self._run_call_action(call, action)
         self._wake.set()
 
     def _run_call_action(self, call: Call, action: cs.Action) -> None:
@@ -254,22 +301,48 @@ class Phone:
             if action.new is cs.CallState.CONNECTED:
                 call._connected.set()
         elif isinstance(action, cs.Ended):
-            spawn(call._finish(action), name="call-finish")
+            spawn(self._finish(call, action), name="call-finish")
+
+    async def _finish(self, call: Call, ended: cs.Ended) -> None:
+        try:
+            await call._finish(ended)
+        finally:
+            self._calls.pop(id(call.machine), None)
+            fetch = self._ice_fetches.pop(id(call.machine), None)
+            if fetch is not None:  # never used: the call was not answered
+                _forget(fetch)
 
     async def _prepare_media(self, call: Call) -> MediaLink:
         """Create the call's peer connection (once) and start gathering candidates."""
         if call.media is None:
             servers = self._ice_servers
             if servers is None:
-                servers = await self.hub.ice_servers()
+                servers = await self._hub_ice_servers(call)
             assert call.audio is not None
-            call.media = self._media_factory(
+            media = self._media_factory(
                 servers, call.audio, relay_only=self.relay_only,
                 on_connected=lambda: self._media_connected(call),
                 on_failed=lambda reason: self._feed(call, cs.MediaFailed(reason)),
             )
-            call.media.pregather()
+            call._attach(media)
+            media.pregather()
+        assert call.media is not None
         return call.media
+
+    async def _hub_ice_servers(self, call: Call) -> IceServers:
+        """The hub's ICE servers for ``call``: those fetched while it rang (incoming), or
+        as the phone connected (if fresh), else fetched now."""
+        fetch = self._ice_fetches.pop(id(call.machine), None)
+        ahead, self._ice_ahead = self._ice_ahead, None
+        if ahead is not None:
+            if fetch is None and self.loop_time - ahead[0] <= ICE_SERVERS_FRESH:
+                fetch = ahead[1]
+            else:
+                _forget(ahead[1])
+        if fetch is not None:
+            with contextlib.suppress(HubUnreachable):  # asked again below
+                return await fetch
+        return await self.hub.ice_servers()
 
     async def _start_media(self, call: Call, offerer: bool) -> None:
         await self._prepare_media(call)
@@ -279,20 +352,23 @@ class Phone:
             self._feed(call, cs.LocalDescription(sdp))
 
     def _media_connected(self, call: Call) -> None:
+        call._derive_sas()  # (before connected() waiters wake: they wait for the code)
         self._feed(call, cs.MediaConnected())
         pair = call.candidate_pair
         if pair is not None and call.state is cs.CallState.CONNECTED:
-            call._emit({"event": "media", "candidate_pair": pair.to_json(),
-                        "codec": call.codec})
+            call._media_up({"event": "media", "candidate_pair": pair.to_json(),
+                            "codec": call.codec})
 
     async def _apply_offer(self, call: Call, sdp: str) -> None:
         assert call.media is not None
         answer = await call.media.accept_offer(sdp)
+        call._derive_sas()  # both descriptions are set: the code, while ICE connects
         self._feed(call, cs.LocalDescription(answer))
 
     async def _apply_answer(self, call: Call, sdp: str) -> None:
         assert call.media is not None
         await call.media.apply_answer(sdp)
+        call._derive_sas()  # both descriptions are set: the code, while ICE connects
 
     async def _add_candidate(self, call: Call, action: cs.AddCandidate) -> None:
         if call.media is not None:
@@ -316,7 +392,7 @@ class Phone:
                     self._hub_problem(item)
                 if isinstance(item, HubError) and item.code in _REFUSALS:
                     last_refusal = item
-                self._run(self.line.receive(item, self.loop_time))
+                self._run(self.line.route(item, self.loop_time))
             self.hub_connected.clear()
             if self._closing:
                 return
@@ -324,7 +400,7 @@ class Phone:
                 self.refusal = last_refusal
                 self.refused.set()
             log.warning("lost the hub connection (code %s)", self.hub.close_code)
-            self._run(self.line.handle_local(cs.HubLost(), self.loop_time))
+            self._run(self.line.hub_lost(self.loop_time))
             if not self.reconnect or self.hub.close_code == 1008:
                 return
             while not self._closing:
@@ -346,7 +422,7 @@ class Phone:
                 await self.hub.send(message)
             except HubUnreachable as exc:
                 log.warning("could not send %s to %s: %s", message.type, message.to, exc)
-                self._run(self.line.handle_local(cs.HubLost(), self.loop_time))
+                self._run(self.line.hub_lost(self.loop_time))
             finally:
                 self._outbox.task_done()
 
@@ -357,5 +433,5 @@ class Phone:
             timeout = None if deadline is None else max(0.0, deadline - self.loop_time)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            self._run(self.line.handle_timer(self.loop_time))
+            self._run(self.line.timers(self.loop_time))
 

@@ -1,9 +1,19 @@
-"""One phone line, sans I/O: which call hub messages belong to, and busy.
+"""A phone line, sans I/O: which call each hub message belongs to, and busy.
 
-A :class:`Line` holds at most one call (a :class:`~softphone.core.callstate.CallMachine`).
-It turns messages from the hub into call events, answers a second caller
-with ``call-reject`` / ``busy``, and ignores messages from anyone but the
-current peer, as the original pages do.
+A :class:`Line` holds up to ``max_calls`` calls at once (one
+:class:`~softphone.core.callstate.CallMachine` each, one per peer; default
+one, as a phone). It turns messages from the hub into events of the call
+with that peer, answers a caller beyond ``max_calls`` with ``call-reject``
+/ ``busy``, and ignores messages from anyone it has no call with, as the
+original pages do. Ended calls are let go: a line that has carried
+thousands of calls holds only the ones in progress (and :attr:`Line.call`,
+the latest).
+
+Two ways to read what it says: :meth:`Line.receive`, :meth:`Line.handle_timer`
+and :meth:`Line.handle_local` return plain actions (the call they concern
+is the line's latest, :attr:`Line.call`); :meth:`Line.route`,
+:meth:`Line.timers` and :meth:`Line.hub_lost` return :class:`Routed`
+actions, each with its call, for a line with several calls at once.
 """
 
 from __future__ import annotations
@@ -42,80 +52,153 @@ class HubProblem(cs.Action):
     error: HubError
 
 
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """An action and the call it belongs to (None: the line's own, e.g. a busy reply)."""
+
+    call: cs.CallMachine | None
+    action: cs.Action
+
+
 class LineBusy(RuntimeError):
-    """Dialing while a call is in progress."""
+    """Dialing while every line is taken (or already in a call with that peer)."""
 
 
 class Line:
-    """Routes hub messages to the current call of one client id."""
+    """Routes hub messages to the calls of one client id (up to ``max_calls`` at once)."""
 
-    def __init__(self, my_id: str, timeouts: cs.CallTimeouts | None = None) -> None:
+    def __init__(self, my_id: str, timeouts: cs.CallTimeouts | None = None, *,
+                 max_calls: int = 1) -> None:
+        if not isinstance(max_calls, int) or max_calls < 1:
+            raise ValueError(f"max_calls must be a whole number >= 1, not {max_calls!r}")
         self.my_id = my_id
         self.timeouts = timeouts or cs.CallTimeouts()
+        self.max_calls = max_calls
+        #: The calls in progress, by peer (ended calls are dropped).
+        self.calls: dict[str, cs.CallMachine] = {}
+        #: The latest call (ended or not); None before the first.
         self.call: cs.CallMachine | None = None
 
+    @property
+    def active(self) -> list[cs.CallMachine]:
+        """The calls in progress, oldest first."""
+        return [c for c in self.calls.values() if not c.is_ended]
+
+    @property
+    def full(self) -> bool:
+        return len(self.active) >= self.max_calls
+
+    def _new(self, role: cs.Role, peer: str, now: float, data: Any) -> cs.CallMachine:
+        call = cs.CallMachine(role, peer, now, self.timeouts, data)
+        self.calls[peer] = self.call = call
+        return call
+
+    def _prune(self) -> None:
+        for peer in [p for p, c in self.calls.items() if c.is_ended]:
+            del self.calls[peer]
+
+    # -- our side ------------------------------------------------------------
+
     def dial(self, peer: str, now: float, data: Any = None) -> list[cs.Action]:
-        if self.call is not None and not self.call.is_ended:
-            raise LineBusy(f"already in a call with {self.call.peer}")
-        self.call = cs.CallMachine(cs.Role.CALLER, peer, now, self.timeouts, data)
-        return self.call.start()
+        current = self.calls.get(peer)
+        if current is not None and not current.is_ended:
+            raise LineBusy(f"already in a call with {peer}")
+        if self.full:
+            raise LineBusy(f"already in a call with {self.active[-1].peer}" if self.max_calls == 1
+                           else f"all {self.max_calls} lines are in calls")
+        return self._new(cs.Role.CALLER, peer, now, data).start()
 
     def deadline(self) -> float | None:
-        return None if self.call is None else self.call.deadline()
+        """When :meth:`handle_timer` (or :meth:`timers`) must next be called, or None."""
+        deadlines = [d for c in self.calls.values() if (d := c.deadline()) is not None]
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[cs.Action]:
-        return [] if self.call is None else self.call.handle_timer(now)
+        return [r.action for r in self.timers(now)]
 
-    def handle_local(self, event: cs.Event, now: float) -> list[cs.Action]:
-        """A local or media event for the current call (ignored if there is none)."""
-        if self.call is None or self.call.is_ended:
+    def timers(self, now: float) -> list[Routed]:
+        """Every call's expired timers, as routed actions."""
+        out = [Routed(c, a) for c in list(self.calls.values()) for a in c.handle_timer(now)]
+        self._prune()
+        return out
+
+    def handle_local(self, event: cs.Event, now: float,
+                     call: cs.CallMachine | None = None) -> list[cs.Action]:
+        """A local or media event for ``call`` (default: the latest); ignored once it ended."""
+        call = self.call if call is None else call
+        if call is None or call.is_ended or self.calls.get(call.peer) is not call:
             return []
-        return self.call.handle(event, now)
+        actions = call.handle(event, now)
+        self._prune()
+        return actions
+
+    def hub_lost(self, now: float) -> list[Routed]:
+        """The hub connection broke: every call in progress hears it."""
+        out = [Routed(c, a) for c in self.active for a in c.handle(cs.HubLost(), now)]
+        self._prune()
+        return out
+
+    # -- the hub's side ---------------------------------------------------------
 
     def receive(self, item: Message | HubError, now: float) -> list[cs.Action]:
         """One frame from the hub, already parsed."""
-        if isinstance(item, HubError):
-            return self._hub_error(item, now)
-        call = self.call
-        active = call is not None and not call.is_ended
-        if item.type == MessageType.CALL_REQUEST and item.sender:
-            if (active and call is not None and call.peer == item.sender
-                    and call.state is cs.CallState.DIALING and self.my_id > item.sender):
+        return [r.action for r in self.route(item, now)]
+
+    def route(self, item: Message | HubError, now: float) -> list[Routed]:
+        """One frame from the hub: the actions it causes, each with its call."""
+        try:
+            if isinstance(item, HubError):
+                return self._hub_error(item, now)
+            if item.type == MessageType.CALL_REQUEST and item.sender:
+                return self._call_request(item, now)
+            call = self.calls.get(item.sender or "")
+            if call is None or call.is_ended:
+                log.debug("ignoring %s from %r: not our peer", item.type, item.sender)
+                return []
+            try:
+                event = _event_of(item)
+            except ProtocolError as exc:
+                log.warning("ignoring a malformed %s from %s: %s", item.type, item.sender, exc)
+                return []
+            if event is None:
+                return []
+            return [Routed(call, a) for a in call.handle(event, now)]
+        finally:
+            self._prune()
+
+    def _call_request(self, item: Message, now: float) -> list[Routed]:
+        sender = item.sender
+        assert sender is not None
+        data = item.data if item.has_data else None
+        call = self.calls.get(sender)
+        if call is not None and not call.is_ended:
+            if call.state is cs.CallState.DIALING and self.my_id > sender:
                 # Glare: we called each other at once. The smaller id's call
                 # wins; ours gives way and theirs rings here.
-                ended = call.handle(cs.RemoteReject(cs.REASON_GLARE), now)
-                self.call = cs.CallMachine(cs.Role.CALLEE, item.sender, now, self.timeouts,
-                                           item.data if item.has_data else None)
-                return [*ended, IncomingCall(self.call)]
-            if active and call is not None and call.peer != item.sender:
-                reject = make(MessageType.CALL_REJECT, item.sender, {"reason": cs.REASON_BUSY})
-                return [cs.Send(reject)]
-            if active:
-                return []  # a repeated request from our peer
-            self.call = cs.CallMachine(cs.Role.CALLEE, item.sender, now, self.timeouts,
-                                       item.data if item.has_data else None)
-            return [IncomingCall(self.call)]
-        if not active or call is None or item.sender != call.peer:
-            log.debug("ignoring %s from %r: not our peer", item.type, item.sender)
-            return []
-        try:
-            event = _event_of(item)
-        except ProtocolError as exc:
-            log.warning("ignoring a malformed %s from %s: %s", item.type, item.sender, exc)
-            return []
-        if event is None:
-            return []
-        return call.handle(event, now)
+                gives_way = call.handle(cs.RemoteReject(cs.REASON_GLARE), now)
+                ended = [Routed(call, a) for a in gives_way]
+                new = self._new(cs.Role.CALLEE, sender, now, data)
+                return [*ended, Routed(new, IncomingCall(new))]
+            return []  # a repeated request from our peer
+        if self.full:
+            reject = make(MessageType.CALL_REJECT, sender, {"reason": cs.REASON_BUSY})
+            return [Routed(None, cs.Send(reject))]
+        new = self._new(cs.Role.CALLEE, sender, now, data)
+        return [Routed(new, IncomingCall(new))]
 
-    def _hub_error(self, error: HubError, now: float) -> list[cs.Action]:
-        call = self.call
-        if (error.code == ErrorCode.OFFLINE and call is not None and not call.is_ended
-                and (error.to is None or error.to == call.peer)
-                and error.ref != MessageType.HANGUP):  # a late answer to an old hangup
-            actions = call.handle(cs.PeerOffline(), now)
-            if actions:
-                return actions
-        return [HubProblem(error)]
+    def _hub_error(self, error: HubError, now: float) -> list[Routed]:
+        if error.code == ErrorCode.OFFLINE and error.ref != MessageType.HANGUP:
+            # (an offline answer to a hangup is a late one, for a call already over)
+            if error.to is not None:
+                call = self.calls.get(error.to)
+            else:  # the original hub names nobody: the one call in progress, if only one
+                active = self.active
+                call = active[0] if len(active) == 1 else None
+            if call is not None and not call.is_ended:
+                actions = call.handle(cs.PeerOffline(), now)
+                if actions:
+                    return [Routed(call, a) for a in actions]
+        return [Routed(None, HubProblem(error))]
 
 
 def _event_of(message: Message) -> cs.Event | None:

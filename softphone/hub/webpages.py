@@ -34,6 +34,7 @@ STATIC_FILES: Final[dict[str, str]] = {
     "hubclient.js": "text/javascript",
     "media.js": "text/javascript",
     "ui.js": "text/javascript",
+    "sas.js": "text/javascript",  # the verification code (core/sas.py's derivation)
     "phone.css": "text/css",
 }
 PAGE: Final = "phone.html"

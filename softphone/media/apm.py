@@ -28,8 +28,12 @@ The binding is ``pywebrtc-audio`` (WebRTC's AEC3, noise suppressor and
 AGC2, numpy only). Its ``AudioProcessor`` runs the noise suppressor at
 48 kHz with about 7 dB of effect whatever ``ns_level`` says (the standalone
 ``NoiseSuppressor`` gives the level asked for), and its AGC2 starts at
-+15 dB whatever the maximum gain: so the three stages are its separate
-classes, and the gain is clamped here to ``agc_max_gain_db``. It takes the
++15 dB whatever the maximum gain and comes down slowly: so the three
+stages are its separate classes, and AGC2 only decides the gain, which
+:class:`~softphone.media.apm_signals.GainStage` applies (at most
+``agc_max_gain_db``, never lifting the recent peak above -6 dBFS, rising
+only while someone talks: a loud first word is not clipped, a pause does
+not pump the noise). It takes the
 reference and the capture in one call, paired sample for sample:
 :class:`~softphone.media.apm_signals.ReferenceQueue` pairs them, and
 :class:`~softphone.media.apm_signals.EchoMeter` estimates what the binding
@@ -53,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from softphone.core.errors import MissingDependency
-from softphone.media.apm_signals import EchoMeter, ReferenceQueue
+from softphone.media.apm_signals import EchoMeter, GainStage, ReferenceQueue
 from softphone.media.audio import SAMPLE_RATE, Int16Array
 
 if TYPE_CHECKING:
@@ -192,7 +196,8 @@ def open_voice_processor(settings: VoiceSettings | None = None) -> VoiceProcesso
     try:
         binding = load_binding()
     except MissingDependency as exc:
-        log.warning("%s", exc)
+        # (Said once by whoever runs the calls: the CLI at start, an API user from .notice.)
+        log.info("%s", exc)
         return PassThroughProcessor(settings, notice=exc)
     return WebRtcVoiceProcessor(settings, binding)
 
@@ -245,8 +250,9 @@ class WebRtcVoiceProcessor:
             max_output_noise_level_dbfs=s.agc_max_noise_dbfs) if s.agc else None
         self._vad: VoiceDetector | None = (wa.VoiceDetector(sample_rate=rate)
                                            if not (s.ns or s.agc) else None)
+        self._gain_stage = GainStage(rate, s.agc_max_gain_db)
         self._ref = ReferenceQueue(rate)
-        self._meter = EchoMeter(rate)
+        self._meter = EchoMeter(rate, hangover=25 if s.aec else 0)
         self._latency_ms = 40.0
         self._hint = 0
         self._rem = np.zeros(0, dtype=np.int16)  # capture not yet a whole 10 ms
@@ -311,15 +317,13 @@ class WebRtcVoiceProcessor:
             out = self._ns.process(out)
             speech = float(self._ns.speech_probability)
         if self._agc is not None:
-            out = self._agc.process(out, speech)
+            # AGC2 measures and decides; the gain stage applies it without clipping
+            # the first loud words (AGC2 starts at +15 dB and comes down slowly).
+            self._agc.process(out, speech)
             if speech is None:
                 speech = float(self._agc.speech_probability)
-            gain = float(self._agc.gain_db)
-            excess = gain - self._settings.agc_max_gain_db
-            if excess > 0.05:  # AGC2 starts at +15 dB: do not let it pump the noise
-                out = (out * np.float32(10.0 ** (-excess / 20.0))).astype(np.int16)
-                gain -= excess
-            self._gain = gain
+            out = self._gain_stage.apply(out, float(self._agc.gain_db), speech)
+            self._gain = self._gain_stage.db
         if self._vad is not None:
             speech = float(self._vad.process(out))
         self._cpu_ns += time.thread_time_ns() - t0

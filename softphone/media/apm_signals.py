@@ -5,8 +5,10 @@
   the microphone's (for bindings that take both in one call).
 - :class:`EchoMeter`: echo level, ERLE and echo delay estimated from the
   signals alone (for bindings that report none).
+- :class:`GainStage`: applies a gain controller's wish without clipping a
+  loud first word or pumping the noise in pauses.
 
-Both run 50 times a second per call: numpy on whole frames, no Python loop
+All run 50 times a second per call: numpy on whole frames, no Python loop
 over samples. Used by :mod:`softphone.media.apm`.
 """
 
@@ -110,7 +112,11 @@ class EchoMeter:
     Per frame: the far-end reference, the microphone before processing,
     after the echo canceller and at the end. Energies are smoothed (about
     1 s) over frames where the far end plays and the near end is quiet
-    (speech probability under 0.5). The delay is the lag of the best
+    (speech probability under 0.5, and, with ``hangover`` frames, not for
+    that many frames after it was over: the ends of words are quieter than
+    their middles). With the echo cancelled, the speech probability of what
+    is left is the near end's; without, it is the echo's too, so there is
+    no hangover (``hangover=0``). The delay is the lag of the best
     correlation between the log-energy envelopes (5 ms steps) over the last
     two seconds, once a second.
     """
@@ -118,8 +124,10 @@ class EchoMeter:
     WINDOW = 400  # envelope steps kept (2 s of 5 ms)
     MAX_LAG = 100  # 500 ms
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, hangover: int = 0) -> None:
         self.step = rate // 200
+        self.hangover = hangover
+        self._quiet_for = 1 << 30  # frames since the near end last talked
         self.rate = rate
         self._env_ref = np.full(self.WINDOW, -10.0, dtype=np.float32)
         self._env_mic = np.full(self.WINDOW, -10.0, dtype=np.float32)
@@ -138,8 +146,9 @@ class EchoMeter:
         e_ref = float(np.dot(r, r)) / n
         if n % self.step == 0:
             self._envelope(r, m)
-        if e_ref < 1e-5 * 32768.0**2 or (speech is not None and speech >= 0.5):
-            return  # far end below -50 dBFS, or the near end talks
+        self._quiet_for = 0 if speech is not None and speech >= 0.5 else self._quiet_for + 1
+        if e_ref < 1e-5 * 32768.0**2 or self._quiet_for <= self.hangover:
+            return  # far end below -50 dBFS, or the near end talks (or just did)
         c = cancelled.astype(np.float32)
         o = out.astype(np.float32)
         now = np.array((e_ref, float(np.dot(m, m)) / n, float(np.dot(c, c)) / n))
@@ -167,8 +176,8 @@ class EchoMeter:
         mic = self._env_mic[order]
         span = self.WINDOW - self.MAX_LAG
         x = ref[:span] - ref[:span].mean()
-        if float(np.std(x)) < 0.3:  # the far end was (nearly) silent
-            return
+        if float(np.std(x)) < 0.3 or float(ref.max()) < 3.0:  # the far end was (nearly)
+            return  # silent: never above -60 dBFS (a log10 energy of 3)
         windows = np.lib.stride_tricks.sliding_window_view(mic, span)[: self.MAX_LAG + 1]
         y = windows - windows.mean(axis=1, keepdims=True)
         corr = (y @ x) / (np.linalg.norm(y, axis=1) * np.linalg.norm(x) + 1e-9)
@@ -190,3 +199,57 @@ class EchoMeter:
 def _db(ratio: float) -> float:
     """Power ratio in dB, floored at -120 (stats go out as JSON: no infinities)."""
     return 10.0 * float(np.log10(max(ratio, 1e-12)))
+
+
+class GainStage:
+    """Applies the gain a gain controller asks for, without clipping the first loud words.
+
+    The controller (AGC2) measures the speech level slowly and starts high:
+    a talker who is already loud would be raised into its limiter for the
+    first seconds. So its gain is only the wish; what is applied also stays
+    under ``max_gain_db`` and under what would lift the recent peak (held,
+    falling ``peak_fall_db_per_s``) above ``peak_dbfs``. It falls at once
+    (the whole frame: where it falls, the frame is louder than the one
+    before, so the step is masked) and rises at most ``rise_db_per_s``,
+    in a ramp across the frame. The controller's own output (after its
+    limiter) is not used. Between words (``speech`` under 0.5) nothing
+    rises, neither the gain nor the room under the held peak: a pause does
+    not pump the room's noise up.
+    """
+
+    def __init__(self, rate: int, max_gain_db: float, peak_dbfs: float = -6.0,
+                 rise_db_per_s: float = 6.0, peak_fall_db_per_s: float = 10.0) -> None:
+        self.rate = rate
+        self.max_gain_db = max_gain_db
+        self.peak_dbfs = peak_dbfs
+        self.rise_db_per_s = rise_db_per_s
+        self.peak_fall_db_per_s = peak_fall_db_per_s
+        #: The gain applied at the end of the last frame (dB).
+        self.db = 0.0
+        self._held = -120.0  # recent input peak, dBFS
+
+    def apply(self, frame: Int16Array, wanted_db: float, speech: float | None = None
+              ) -> Int16Array:
+        seconds = frame.size / self.rate
+        talking = speech is None or speech >= 0.5
+        peak = float(np.abs(frame.astype(np.int32)).max()) if frame.size else 0.0
+        peak_db = 20.0 * float(np.log10(max(peak, 1.0) / 32768.0))
+        fall = self.peak_fall_db_per_s * seconds if talking else 0.0
+        self._held = max(peak_db, self._held - fall)
+        target = max(0.0, min(wanted_db, self.max_gain_db, self.peak_dbfs - self._held))
+        old = self.db
+        if target <= old:
+            new = target
+        else:
+            new = min(target, old + self.rise_db_per_s * seconds) if talking else old
+        self.db = new
+        if new == 0.0 and old == 0.0:
+            return frame
+        if new <= old:
+            gain: float | FloatArray32 = 10.0 ** (new / 20.0)
+        else:
+            ramp = np.linspace(old, new, frame.size, endpoint=False, dtype=np.float32)
+            gain = np.power(np.float32(10.0), ramp / np.float32(20.0))
+        out: Int16Array = np.clip(frame.astype(np.float32) * gain, -32768.0, 32767.0
+                                  ).astype(np.int16)
+        return out

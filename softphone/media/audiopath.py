@@ -18,16 +18,21 @@ call goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
 from softphone.media import voice
-from softphone.media.aiortc_seams import DEFAULT_GATHER_TIMEOUT
+from softphone.media.aiortc_seams import DEFAULT_GATHER_TIMEOUT, FastSetup, PacketHandler
+from softphone.media.apm import VoiceProcessor, VoiceSettings, VoiceStats
+from softphone.media.devices import attach_voice_processor, device_stats
+from softphone.media.encoded import PacketEcho
 from softphone.media.netsim import Impairment
 from softphone.media.opus import EncoderSettings
+from softphone.media.playout import StretchPlayout
+from softphone.media.sending import AdaptiveEncoder, SendControl
 from softphone.media.tracks import (
     AudioOutput,
     AudioReceiver,
@@ -54,6 +59,11 @@ class MediaConfig:
     impairment: Impairment | None = None
     #: Seconds ICE gathering may wait for each STUN/TURN server.
     gather_timeout: float = DEFAULT_GATHER_TIMEOUT
+    #: How ICE and DTLS set up (faster than aiortc's, aioice's and OpenSSL's own).
+    fast_setup: FastSetup = field(default_factory=FastSetup)
+    #: Echo cancellation, noise suppression, gain control on a real microphone
+    #: (each on by default; softphone.media.apm). Tones and files are sent as they are.
+    voice_processing: VoiceSettings = field(default_factory=VoiceSettings)
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -89,11 +99,17 @@ class CallAudio:
         self.receiver = AudioReceiver(sinks, output=output, on_output_lost=self._device_lost)
         #: Our playout (pipeline "softphone"), once the remote track is there.
         self.playout: voice.Playout | None = None
+        #: What we send with, following the peer's reports (pipeline "softphone").
+        self.sending: SendControl | None = SendControl(self.config.encoder) \
+            if self.config.pipeline == "softphone" else None
         #: What devices were lost, in order (one-line messages).
         self.lost: list[str] = []
         self.on_device_lost = on_device_lost
         self._closed = False
         self.source.add_lost_listener(self._device_lost)
+        #: The microphone's voice processor (None unless the source is a microphone).
+        self.voice: VoiceProcessor | None = attach_voice_processor(
+            self.source, output, self.config.voice_processing)
 
     @property
     def sinks(self) -> list[Sink]:
@@ -105,17 +121,48 @@ class CallAudio:
 
     # -- the peer connection's side -------------------------------------------------
 
-    def encoder_for(self, codec: Any) -> voice.VoiceEncoder | None:
+    def encoder_for(self, codec: Any) -> AdaptiveEncoder | None:
         """The encoder this call sends ``codec`` with (None: aiortc's own pipeline)."""
-        if self.config.pipeline != "softphone":
+        if self.sending is None:
             return None
-        return voice.encoder_for(codec.mimeType, codec.parameters, self.config.encoder)
+        return self.sending.encoder_for(codec.mimeType, codec.parameters)
 
     def start_playout(self) -> voice.Playout:
         """Our pipeline: start playing; received packets go to the returned playout's push."""
-        self.playout = voice.Playout()
+        self.playout = StretchPlayout()
         self.receiver.play(self.playout)
         return self.playout
+
+    def packet_handler(self) -> PacketHandler:
+        """Our pipeline: where each received audio packet goes.
+
+        To the playout (started here), and to a :class:`PacketEcho` source
+        (sent straight back). An echo with nothing to play or keep what we
+        hear (no output, no sinks) gets the packets alone: nothing decoded.
+        """
+        echo = self.source if isinstance(self.source, PacketEcho) else None
+        if echo is not None and self.output is None and not self.sinks:
+            return echo.push
+        push = self.start_playout().push
+        if echo is None:
+            return push
+        forward = echo.push
+
+        def both(ssrc: int, seq: int, timestamp: int, payload: bytes, is_red: bool) -> None:
+            push(ssrc, seq, timestamp, payload, is_red)
+            forward(ssrc, seq, timestamp, payload, is_red)
+
+        return both
+
+    def xr_report(self, rtcp_ssrc: int) -> bytes:
+        """RTCP XR on the packets we lost, sent with our receiver reports."""
+        playout = self.playout
+        return playout.xr_report(rtcp_ssrc) if isinstance(playout, StretchPlayout) else b""
+
+    def report_early(self, send_now: Callable[[], None]) -> None:
+        """How to send :meth:`xr_report` at once (a loss after a clean stretch)."""
+        if isinstance(self.playout, StretchPlayout):
+            self.playout.on_loss = send_now
 
     def play_track(self, track: MediaStreamTrack) -> None:
         """aiortc's pipeline: play its decoded frames."""
@@ -140,6 +187,14 @@ class CallAudio:
     def speaker_dbfs(self) -> float:
         """Level of the last frame played (dBFS)."""
         return self.receiver.level_dbfs
+
+    def voice_stats(self) -> VoiceStats | None:
+        """The voice processor's state (None: the source is not a microphone)."""
+        return None if self.voice is None else self.voice.stats()
+
+    def device_stats(self) -> dict[str, Any]:
+        """Rates, latencies, underruns and overflows of the sound devices (if any)."""
+        return device_stats(self.source, self.output)
 
     @property
     def playout_delay(self) -> float | None:

@@ -1,27 +1,34 @@
 """The machine's microphone and speaker, through sounddevice (PortAudio).
 
-- :func:`list_devices` / :func:`find_device`: what PortAudio sees; pick by
-  index or by a piece of the name.
 - :class:`MicSource`: an aiortc ``MediaStreamTrack`` of 20 ms frames at
-  48 kHz mono, paced by the device's clock. What the microphone captures
-  before the call starts sending is thrown away, and at most
-  ``max_backlog`` seconds ever wait, so the call never lags behind the
-  microphone.
+  48 kHz mono, paced by the device's clock: PortAudio's callback forms each
+  frame, cleans it with the call's voice processor (echo cancellation,
+  noise suppression, gain: :mod:`softphone.media.apm`) and queues it the
+  moment its last sample is captured. What the microphone captures before
+  the call starts sending is thrown away, and at most ``max_backlog``
+  seconds ever wait, so the call never lags behind the microphone.
 - :class:`SpeakerDriver`: plays received audio, as a call's output
   (``call.accept(source, sinks, output=SpeakerDriver())``). Its output
   callback *pulls* the next 20 ms from the call's playout buffer
   (:meth:`softphone.media.tracks.AudioReceiver.play`): the speaker is the
-  clock and the playout is the only buffer before the device.
+  clock and the playout is the only buffer before the device. Each frame
+  it pulls is the echo canceller's reference. Its device buffer starts at
+  10 ms and grows only if the device underruns.
+- :func:`attach_voice_processor`: a call's processor, given to both.
 
-Both resample when the device does not take 48 kHz, and both notice a
-device that stops mid-call (PortAudio's callbacks just stop when the audio
-server dies): the call's audio path is told with a one-line message on the
-event loop (and ``on_lost``, if given), the microphone then sends silence
-and the receiver goes back to its own clock; the call goes on.
+Both resample when the device does not take 48 kHz, mix down or copy to
+the channels of a device that is not mono, and notice a device that stops
+mid-call (PortAudio's callbacks just stop when the audio server dies): the
+call's audio path is told with a one-line message on the event loop (and
+``on_lost``, if given), the microphone then sends silence and the receiver
+goes back to its own clock; the call goes on. Neither callback takes a
+lock: frames cross threads through ``deque`` (atomic append and popleft).
 
-sounddevice is imported lazily (:func:`load_sounddevice`): without the
-PortAudio library or without devices, callers get
-:class:`~softphone.core.errors.MissingDependency` with the fix in one line.
+What PortAudio sees (:func:`list_devices`, :func:`find_device`, imported
+lazily: :func:`load_sounddevice`) is :mod:`softphone.media.sounddev`'s,
+re-exported here: without the PortAudio library or without devices,
+callers get :class:`~softphone.core.errors.MissingDependency` with the fix
+in one line.
 """
 
 from __future__ import annotations
@@ -29,147 +36,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
-from softphone.core.errors import MissingDependency
-from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
+from softphone.media.apm import VoiceProcessor, VoiceSettings, open_voice_processor
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
 from softphone.media.pcm import Resampler as Resampler
 from softphone.media.pcm import SampleFifo
+
+# (Re-exported: what PortAudio sees is part of this module's interface.)
+from softphone.media.sounddev import ALTERNATIVES as ALTERNATIVES
+from softphone.media.sounddev import INSTALL_PORTAUDIO as INSTALL_PORTAUDIO
+from softphone.media.sounddev import DeviceError as DeviceError
+from softphone.media.sounddev import DeviceInfo as DeviceInfo
+from softphone.media.sounddev import Kind as Kind
+from softphone.media.sounddev import close_stream, device_format, open_stream
+from softphone.media.sounddev import find_device as find_device
+from softphone.media.sounddev import list_devices as list_devices
+from softphone.media.sounddev import load_sounddevice as load_sounddevice
 from softphone.media.tracks import AudioSource, LostCallback, tell_lost
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["input", "output"]
 
-#: What to do instead of the machine's devices (said in every device error).
-ALTERNATIVES = "--tone/--play to send, --record to keep what you hear, or --no-audio"
-INSTALL_PORTAUDIO = "apt-get install libportaudio2"
-
-
-#: Device buffer (seconds) asked of PortAudio for microphone and speaker. Measured
-#: through the ALSA pulse plugin (benchmarks/mouth_to_ear.py): 'low' (about 9 ms)
-#: underran into silence on a loaded machine, 10 ms underran often, 'high'
-#: (about 35 ms) cost 20 ms more mouth to ear than 20 ms.
+#: Device buffer (seconds) asked of PortAudio for the microphone. Measured through
+#: the ALSA pulse plugin: callbacks of 5 ms, delivered steadily; 10 ms only makes
+#: callbacks twice as frequent for about a millisecond less delay.
 DEFAULT_LATENCY = 0.02
-
-
-class DeviceError(ValueError):
-    """A device that does not exist or cannot be opened (one-line message)."""
-
-
-def load_sounddevice() -> ModuleType:
-    """``import sounddevice``, or :class:`MissingDependency` naming the fix."""
-    try:
-        import sounddevice
-    except OSError as exc:  # the module is there, libportaudio is not
-        raise MissingDependency(
-            f"no PortAudio library ({exc}): {INSTALL_PORTAUDIO}, or use {ALTERNATIVES}"
-        ) from exc
-    except ImportError as exc:
-        raise MissingDependency(
-            f"the sounddevice module is missing ({exc}): pip install sounddevice, "
-            f"or use {ALTERNATIVES}") from exc
-    module: ModuleType = sounddevice
-    return module
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """One PortAudio device."""
-
-    index: int
-    name: str
-    hostapi: str
-    inputs: int
-    outputs: int
-    default_rate: float
-    default_input: bool = False
-    default_output: bool = False
-
-    def has(self, kind: Kind) -> bool:
-        return (self.inputs if kind == "input" else self.outputs) > 0
-
-    def __str__(self) -> str:
-        return f"{self.index}: {self.name} ({self.hostapi})"
-
-
-def list_devices() -> list[DeviceInfo]:
-    """Every device PortAudio sees (may be empty)."""
-    sd = load_sounddevice()
-    try:
-        raw = sd.query_devices()
-        hostapis = sd.query_hostapis()
-        default_in, default_out = sd.default.device
-    except sd.PortAudioError as exc:
-        raise DeviceError(f"PortAudio cannot list devices: {exc}") from exc
-    out: list[DeviceInfo] = []
-    for index, dev in enumerate(raw):
-        api = hostapis[dev["hostapi"]]["name"] if dev["hostapi"] < len(hostapis) else "?"
-        out.append(DeviceInfo(index, str(dev["name"]), str(api),
-                              int(dev["max_input_channels"]), int(dev["max_output_channels"]),
-                              float(dev["default_samplerate"]),
-                              index == default_in, index == default_out))
-    return out
-
-
-def find_device(spec: str | int | None, kind: Kind) -> DeviceInfo:
-    """The ``kind`` device for ``spec``: an index, a piece of its name, or None (the default).
-
-    Raises :class:`MissingDependency` when there is no such device at all,
-    :class:`DeviceError` when ``spec`` matches none or several.
-    """
-    devices = [d for d in list_devices() if d.has(kind)]
-    what = "microphone (input)" if kind == "input" else "speaker (output)"
-    if not devices:
-        raise MissingDependency(
-            f"no audio {what} device: PortAudio sees none (no sound card, or no audio server; "
-            f"with PulseAudio check PULSE_SERVER); use {ALTERNATIVES}")
-    if spec is None or spec == "":
-        chosen = next((d for d in devices if (d.default_input if kind == "input"
-                                              else d.default_output)), devices[0])
-        return chosen
-    text = str(spec).strip()
-    if text.isdigit():
-        index = int(text)
-        for d in devices:
-            if d.index == index:
-                return d
-        raise DeviceError(f"no {what} device with index {index} (softphone devices lists them)")
-    matches = [d for d in devices if text.lower() in d.name.lower()]
-    exact = [d for d in matches if d.name.lower() == text.lower()]
-    if len(exact) == 1:
-        return exact[0]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise DeviceError(f"no {what} device named like {text!r} (softphone devices lists them)")
-    names = ", ".join(repr(d.name) for d in matches[:5])
-    raise DeviceError(f"{text!r} matches several {what} devices ({names}): use an index")
-
-
-def _device_rate(sd: ModuleType, device: DeviceInfo, kind: Kind) -> int:
-    """48 kHz if the device takes it, else its own default rate (we then resample)."""
-    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
-    try:
-        check(device=device.index, channels=1, dtype="int16", samplerate=SAMPLE_RATE)
-        return SAMPLE_RATE
-    except (sd.PortAudioError, ValueError):
-        rate = int(device.default_rate)
-        try:
-            check(device=device.index, channels=1, dtype="int16", samplerate=rate)
-        except (sd.PortAudioError, ValueError) as exc:
-            raise DeviceError(f"{device.name}: cannot use it for mono 16-bit audio: {exc}"
-                              ) from exc
-        return rate
+#: The speaker's device buffer, first to last: each costs its size in mouth to ear
+#: (10 ms instead of 20 ms saved about 15 ms through the ALSA pulse plugin), so it
+#: starts small and grows a step only when the device underruns
+#: (:data:`UNDERRUNS_TO_GROW` within :data:`UNDERRUN_WINDOW` seconds).
+SPEAKER_LATENCIES: tuple[float, ...] = (0.01, 0.02, 0.04)
+UNDERRUNS_TO_GROW = 2
+UNDERRUN_WINDOW = 10.0
 
 
 class _Watched:
@@ -199,21 +105,28 @@ class _Watched:
         self._tell_lost(self.lost)
 
 
-def _open(sd: ModuleType, cls_name: str, device: DeviceInfo, **kw: Any) -> Any:
-    try:
-        stream = getattr(sd, cls_name)(device=device.index, channels=1, dtype="int16", **kw)
-        stream.start()
-    except (sd.PortAudioError, ValueError) as exc:
-        raise DeviceError(f"cannot open {device.name}: {exc}") from exc
-    return stream
-
-
 class MicSource(AudioSource, _Watched):
-    """The microphone as the call's audio track, paced by the device clock."""
+    """The microphone as the call's audio track, paced by the device clock.
+
+    PortAudio's callback does all the per-sample work on its own thread:
+    mix to mono, resample to 48 kHz, form 20 ms frames, and hand each frame
+    to the call's voice processor (:meth:`use_voice_processor`: echo
+    cancellation, noise suppression, gain) before it is queued. A frame is
+    queued the moment its last sample is captured, so what the call sends
+    is paced by the device's clock, not by when the event loop gets round
+    to it; the queue is a ``deque`` (no lock on the audio thread). The
+    event loop only takes finished frames: at most ``max_backlog`` seconds
+    wait, and a backlog that stands for a second is dropped.
+
+    ``samplerate``/``channels``: open the device so (default: 48 kHz mono
+    if it takes them, else its own rate, else stereo); ``latency`` and
+    ``blocksize`` go to PortAudio as they are.
+    """
 
     direction: Kind = "input"
 
     def __init__(self, device: str | int | None = None, *, latency: str | float = DEFAULT_LATENCY,
+                 blocksize: int = 0, samplerate: int | None = None, channels: int | None = None,
                  max_backlog: float = 0.06, stall_timeout: float = 1.0,
                  on_lost: LostCallback | None = None) -> None:
         sd = load_sounddevice()
@@ -222,14 +135,14 @@ class MicSource(AudioSource, _Watched):
         _Watched.__init__(self, info, stall_timeout)
         if on_lost is not None:
             self.add_lost_listener(on_lost)
-        self.rate = _device_rate(sd, info, "input")
+        self.rate, self.channels = device_format(sd, info, "input", samplerate, channels)
         self._resample = None if self.rate == SAMPLE_RATE else Resampler(self.rate, SAMPLE_RATE)
-        self._capture_lock = threading.Lock()
-        #: What PortAudio delivered (device rate), filled on its thread; at most
-        #: ``max_backlog`` seconds, the oldest giving way.
-        self._captured = SampleFifo(int(max_backlog * self.rate) + 1)
-        #: At 48 kHz, waiting to be sent in 20 ms frames (on the event loop).
-        self._pending = SampleFifo(SAMPLE_RATE // 4)
+        self._voice: VoiceProcessor | None = None
+        #: 48 kHz mono not yet a whole frame (PortAudio's thread only).
+        self._forming = SampleFifo(SAMPLE_RATE)
+        #: Finished frames, PortAudio's thread -> the event loop (append/popleft: atomic).
+        self._frames: deque[Int16Array] = deque(maxlen=50)
+        self._max_waiting = max(1, round(max_backlog * SAMPLE_RATE / FRAME_SAMPLES))
         self._window_min = 1 << 30
         self._window_frames = 0
         self._sending = False
@@ -238,24 +151,66 @@ class MicSource(AudioSource, _Watched):
         self._silence_start: float | None = None
         #: Samples thrown away because the call did not take them in time.
         self.dropped = 0
-        #: Blocks PortAudio delivered.
+        #: Blocks PortAudio delivered, and those it said it had lost (we were late).
         self.callbacks = 0
-        self.stream = _open(sd, "InputStream", info, samplerate=self.rate, latency=latency,
-                            callback=self._callback, finished_callback=self._finished)
-        log.info("microphone %s at %d Hz", info, self.rate)
+        self.overflows = 0
+        self.stream = open_stream(sd, "InputStream", info, samplerate=self.rate,
+                                  latency=latency, blocksize=blocksize, channels=self.channels,
+                                  callback=self._callback, finished_callback=self._finished)
+        self._latency = float(self.stream.latency)
+        log.info("microphone %s at %d Hz, %d channel(s), input latency %.1f ms", info,
+                 self.rate, self.channels, self.latency * 1000)
+
+    def use_voice_processor(self, processor: VoiceProcessor | None) -> None:
+        """Clean every frame with ``processor`` from now on (None: no more)."""
+        self._voice = processor
+
+    @property
+    def voice_processor(self) -> VoiceProcessor | None:
+        return self._voice
+
+    @property
+    def latency(self) -> float:
+        """PortAudio's input latency (seconds; kept: a closed stream has none)."""
+        return self._latency
+
+    def device_stats(self) -> dict[str, Any]:
+        """The microphone's figures (status line, ``--json``)."""
+        return {"mic_rate": self.rate, "mic_channels": self.channels,
+                "mic_latency_ms": round(self.latency * 1000, 1),
+                "mic_overflows": self.overflows,
+                "mic_dropped_ms": round(self.dropped * 1000 / SAMPLE_RATE, 1)}
 
     # PortAudio's thread ------------------------------------------------------
 
     def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         self.last_callback = time.monotonic()
         self.callbacks += 1
-        loop = self._send_loop
-        if not self._sending or loop is None:
+        if status.input_overflow and self._sending:
+            self.overflows += 1
+        voice = self._voice
+        if not self._sending and voice is None:
             return  # before the call sends: discard, so it starts without a backlog
-        with self._capture_lock:
-            self.dropped += self._captured.push(indata[:, 0])
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
-            loop.call_soon_threadsafe(self._wake.set)
+        samples = indata[:, 0] if self.channels == 1 else to_mono_int16(indata, self.channels)
+        if self._resample is not None:
+            samples = self._resample(samples)
+        forming = self._forming
+        forming.push(samples)
+        ready = False
+        while forming.size >= FRAME_SAMPLES:
+            frame = forming.take(FRAME_SAMPLES)
+            assert frame is not None
+            if voice is not None:  # even before sending, and muted: it keeps adapting
+                frame = voice.capture(frame)
+            if self._sending:
+                if len(self._frames) == self._frames.maxlen:
+                    self.dropped += FRAME_SAMPLES
+                self._frames.append(frame)
+                ready = True
+        loop = self._send_loop
+        if ready and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
+                loop.call_soon_threadsafe(self._wake.set)
 
     def _finished(self) -> None:
         loop = self._send_loop
@@ -269,37 +224,34 @@ class MicSource(AudioSource, _Watched):
         AudioSource._tell_lost(self, message)
 
     def _take_frame(self) -> Int16Array | None:
-        with self._capture_lock:
-            data = self._captured.take(self._captured.size) if self._captured.size else None
-        pending = self._pending
-        if data is not None:
-            if self._resample is not None:
-                data = self._resample(data)
-            self.dropped += pending.push(data)
-            if pending.size > FRAME_SAMPLES + int(0.06 * SAMPLE_RATE):
-                self.dropped += pending.drop(pending.size - FRAME_SAMPLES)
-        frame = pending.take(FRAME_SAMPLES)
-        if frame is not None:
-            self._trim_standing_backlog()
+        frames = self._frames
+        while len(frames) > self._max_waiting:  # the loop was stalled: keep the newest
+            frames.popleft()
+            self.dropped += FRAME_SAMPLES
+        try:
+            frame = frames.popleft()
+        except IndexError:
+            return None
+        self._trim_standing_backlog()
         return frame
 
     def _trim_standing_backlog(self) -> None:
-        """Drop audio that has waited all along for a second: a backlog that never drains.
+        """Drop frames that have waited all along for a second: a backlog that never drains.
 
-        A burst from the device leaves audio waiting; since the call takes
-        exactly what the device gives, it would wait (and delay every word)
-        for the rest of the call. What was always waiting, over 50 frames,
-        minus a 5 ms margin, is dropped once, oldest first.
+        After a stall, frames wait; since the call takes exactly what the
+        device gives, they would wait (and delay every word) for the rest of
+        the call. What was always waiting, over 50 frames, is dropped once.
         """
-        self._window_min = min(self._window_min, self._pending.size)
+        self._window_min = min(self._window_min, len(self._frames))
         self._window_frames += 1
         if self._window_frames < 50:
             return
-        excess = self._window_min - SAMPLE_RATE // 200
-        if excess > 0:
-            self.dropped += self._pending.drop(excess)
-            log.debug("microphone: dropped a standing backlog of %.1f ms",
-                      excess * 1000 / SAMPLE_RATE)
+        for _ in range(self._window_min):
+            with contextlib.suppress(IndexError):
+                self._frames.popleft()
+                self.dropped += FRAME_SAMPLES
+        if self._window_min:
+            log.debug("microphone: dropped a standing backlog of %d frame(s)", self._window_min)
         self._window_min = 1 << 30
         self._window_frames = 0
 
@@ -318,6 +270,7 @@ class MicSource(AudioSource, _Watched):
             raise MediaStreamError
         if not self._sending:
             self._send_loop = asyncio.get_running_loop()
+            self._frames.clear()
             self._sending = True
             self.last_callback = time.monotonic()
         samples: Int16Array | None = None
@@ -343,7 +296,7 @@ class MicSource(AudioSource, _Watched):
         if self.readyState == "ended":
             return
         super().stop()
-        _close(self.stream)
+        close_stream(self.stream)
 
 
 class SpeakerDriver(_Watched):
@@ -352,30 +305,80 @@ class SpeakerDriver(_Watched):
     Give it to a call as its output (``call.accept(source, sinks,
     output=SpeakerDriver())``); :class:`~softphone.media.tracks.AudioReceiver`
     hands it the playout through :meth:`drive`. Until then, and after the
-    call, it plays silence.
+    call, it plays silence. Every frame pulled is also handed to the call's
+    voice processor (:meth:`use_voice_processor`) as the echo canceller's
+    reference: exactly what the speaker plays, at 48 kHz mono, before it is
+    resampled or copied to the device's channels.
+
+    The device buffer starts as small as :data:`SPEAKER_LATENCIES` allows
+    and grows a step (the stream reopened, once per step) when PortAudio
+    reports :data:`UNDERRUNS_TO_GROW` underruns within
+    :data:`UNDERRUN_WINDOW` seconds; a ``latency`` given stays as it is.
     """
 
     direction: Kind = "output"
 
-    def __init__(self, device: str | int | None = None, *, latency: str | float = DEFAULT_LATENCY,
+    def __init__(self, device: str | int | None = None, *, latency: str | float | None = None,
+                 blocksize: int = 0, samplerate: int | None = None, channels: int | None = None,
                  stall_timeout: float = 1.0, on_lost: LostCallback | None = None) -> None:
-        sd = load_sounddevice()
+        self._sd = sd = load_sounddevice()
         info = find_device(device, "output")
         super().__init__(info, stall_timeout)
         self._lost_listeners: list[LostCallback] = [] if on_lost is None else [on_lost]
-        self.rate = _device_rate(sd, info, "output")
+        self.rate, self.channels = device_format(sd, info, "output", samplerate, channels)
         self._resample = None if self.rate == SAMPLE_RATE else Resampler(SAMPLE_RATE, self.rate)
         self._pull: Callable[[], Int16Array] | None = None
+        self._voice: VoiceProcessor | None = None
+        self._mic_latency = 0.0
         #: Device-rate samples pulled but not played yet (a device block is not 20 ms).
         self._waiting = SampleFifo(self.rate)
+        self._block: Int16Array = np.zeros(self.rate // 2, dtype=np.int16)  # for channels > 1
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
-        #: Output buffers PortAudio reported as underflowed (we were late).
+        self._blocksize = blocksize
+        self._steps: tuple[str | float, ...] = SPEAKER_LATENCIES if latency is None \
+            else (latency,)
+        self._step = 0
+        self._recent: deque[float] = deque()  # when underruns were seen (event loop)
+        self._counted = 0
+        #: Output buffers PortAudio reported as underflowed (we were late), and how
+        #: often the device buffer was made larger because of them.
         self.underflows = 0
-        self.stream = _open(sd, "OutputStream", info, samplerate=self.rate, latency=latency,
-                            callback=self._callback)
-        log.info("speaker %s at %d Hz, output latency %.1f ms", info, self.rate,
-                 float(self.stream.latency) * 1000)
+        self.grown = 0
+        self.stream = self._open_stream()
+
+    def _open_stream(self) -> Any:
+        stream = open_stream(self._sd, "OutputStream", self.device, samplerate=self.rate,
+                       latency=self._steps[self._step], blocksize=self._blocksize,
+                       channels=self.channels, callback=self._callback)
+        self._latency = float(stream.latency)
+        log.info("speaker %s at %d Hz, %d channel(s), output latency %.1f ms", self.device,
+                 self.rate, self.channels, self._latency * 1000)
+        return stream
+
+    def use_voice_processor(self, processor: VoiceProcessor | None,
+                            mic_latency: float = 0.0) -> None:
+        """Hand every frame played to ``processor`` as its far-end reference (None: stop).
+
+        ``mic_latency``: the microphone's (seconds); with the speaker's, the
+        processor's first estimate of the echo delay (told again if the
+        speaker's grows).
+        """
+        self._mic_latency = mic_latency
+        self._voice = processor
+        if processor is not None:
+            processor.set_device_latency(self.latency, mic_latency)
+
+    @property
+    def latency(self) -> float:
+        """PortAudio's output latency (seconds; kept: a closed stream has none)."""
+        return self._latency
+
+    def device_stats(self) -> dict[str, Any]:
+        """The speaker's figures (status line, ``--json``)."""
+        return {"speaker_rate": self.rate, "speaker_channels": self.channels,
+                "speaker_latency_ms": round(self.latency * 1000, 1),
+                "speaker_underruns": self.underflows, "speaker_grown": self.grown}
 
     def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None:
         """From now on, play what ``pull()`` returns (20 ms each); ``lost(message)`` if we stop.
@@ -393,17 +396,25 @@ class SpeakerDriver(_Watched):
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         self.last_callback = time.monotonic()
-        if status.output_underflow:
-            self.underflows += 1
         pull = self._pull
+        if status.output_underflow and pull is not None:  # (not the stream's start)
+            self.underflows += 1
         waiting = self._waiting
         if pull is None or frames > waiting.capacity // 2:
             outdata.fill(0)
             return
         while waiting.size < frames:
             samples = pull()
+            voice = self._voice
+            if voice is not None:
+                voice.render(samples)
             waiting.push(samples if self._resample is None else self._resample(samples))
-        waiting.take_into(outdata[:, 0])
+        if self.channels == 1:
+            waiting.take_into(outdata[:, 0])
+        else:
+            block = self._block[:frames]
+            waiting.take_into(block)
+            outdata[:] = block[:, None]
 
     async def _watch(self) -> None:
         while not self._closed:
@@ -413,6 +424,34 @@ class SpeakerDriver(_Watched):
                 self._pull = None
                 self._declare_lost(f"stopped playing ({silent_for:.1f} s without a callback)")
                 return
+            self._grow_on_underruns()
+
+    def _grow_on_underruns(self) -> None:
+        """On the event loop: a larger device buffer after repeated underruns."""
+        now = time.monotonic()
+        new = self.underflows - self._counted
+        self._counted = self.underflows
+        self._recent.extend([now] * new)
+        while self._recent and now - self._recent[0] > UNDERRUN_WINDOW:
+            self._recent.popleft()
+        if len(self._recent) < UNDERRUNS_TO_GROW or self._step + 1 >= len(self._steps):
+            return
+        old = self.stream
+        self._step += 1
+        self._recent.clear()
+        close_stream(old)  # (its callback has returned once this does)
+        try:
+            self.stream = self._open_stream()
+        except DeviceError as exc:
+            self.stream = old
+            self._pull = None
+            self._declare_lost(f"could not be reopened ({exc})")
+            return
+        self.grown += 1
+        log.info("speaker: %d underruns in %g s; device buffer now %.0f ms", UNDERRUNS_TO_GROW,
+                 UNDERRUN_WINDOW, self.latency * 1000)
+        if self._voice is not None:
+            self._voice.set_device_latency(self.latency, self._mic_latency)
 
     def stop(self) -> None:
         """Stop playing and close the device (idempotent)."""
@@ -422,13 +461,35 @@ class SpeakerDriver(_Watched):
         self._pull = None
         if self._watchdog is not None:
             self._watchdog.cancel()
-        _close(self.stream)
+        close_stream(self.stream)
 
 
-def _close(stream: Any) -> None:
-    """Close a PortAudio stream (once) without letting a dead device raise."""
-    try:
-        stream.abort(ignore_errors=True)
-        stream.close(ignore_errors=True)
-    except Exception as exc:  # a device already gone
-        log.debug("closing %s: %s", stream, exc)
+def attach_voice_processor(source: object, output: object,
+                           settings: VoiceSettings) -> VoiceProcessor | None:
+    """A call's voice processor, given to its microphone and speaker before they play.
+
+    Only when ``source`` is a :class:`MicSource` (a real microphone): a
+    tone or a file has no echo and no room noise. The speaker (``output``,
+    if a :class:`SpeakerDriver`) hands it what it plays; PortAudio's
+    latencies of both give the canceller its first delay estimate. The
+    processor is a pass-through (with a ``notice``) when the binding is
+    missing, and when ``settings`` turn everything off.
+    """
+    if not isinstance(source, MicSource):
+        return None
+    processor = open_voice_processor(settings)
+    if isinstance(output, SpeakerDriver):
+        output.use_voice_processor(processor, source.latency)
+    else:
+        processor.set_device_latency(0.0, source.latency)
+    source.use_voice_processor(processor)
+    return processor
+
+
+def device_stats(source: object, output: object) -> dict[str, Any]:
+    """The figures of whichever of ``source`` and ``output`` are sound devices."""
+    out: dict[str, Any] = {}
+    for device in (source, output):
+        if isinstance(device, MicSource | SpeakerDriver):
+            out.update(device.device_stats())
+    return out

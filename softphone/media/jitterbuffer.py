@@ -25,7 +25,15 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
 - When at least one whole frame more than the target has been buffered for
   a while, one frame is skipped, at a moment the player says is quiet (a
   pause in speech, where a missing 20 ms is not heard); far too much is cut
-  at once, quiet or not.
+  at once, quiet or not. With ``stretch`` (a player that time-stretches,
+  :class:`softphone.media.playout.StretchPlayout`) nothing is skipped for
+  a surplus: the frame is played with ``accelerate`` set, and the player
+  takes a pitch period out of it; when less than the target is buffered,
+  ``expand`` asks for one more.
+- Copies of earlier frames (RED) say how far back repair reaches: the
+  reserve kept while losses recur is the wait the recent runs of lost
+  packets need to be rebuilt (a copy 6 frames back rebuilds a burst of 6,
+  if the buffer holds 6 frames).
 
 It never waits on a hole: every pull returns a decision at once.
 """
@@ -38,54 +46,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
+# The decisions and counts live beside: re-exported, this is where callers look.
+from softphone.media.jb_decisions import Conceal, Decision, JitterStats, Play, Recover, Silence
+
+__all__ = ["Conceal", "Decision", "JitterBuffer", "JitterStats", "Play", "Recover", "Silence"]
+
 _WRAP: Final = 1 << 32
 _HALF: Final = 1 << 31
-
-
-@dataclass(frozen=True, slots=True)
-class Play:
-    payload: bytes
-    timestamp: int
-    #: Packets skipped just before this one to cut the delay (decode them to
-    #: keep the decoder's state, but do not play them).
-    skipped: tuple[bytes, ...] = ()
-    #: The skip only cut surplus delay in a pause: if the skipped frame turns
-    #: out not to be quiet, play it instead (:meth:`JitterBuffer.keep_skipped`).
-    optional_skip: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Recover:
-    """Play the frame at ``timestamp`` rebuilt from ``next_payload``'s FEC data."""
-
-    next_payload: bytes
-    timestamp: int
-
-
-@dataclass(frozen=True, slots=True)
-class Conceal:
-    timestamp: int
-
-
-@dataclass(frozen=True, slots=True)
-class Silence:
-    pass
-
-
-Decision = Play | Recover | Conceal | Silence
-
-
-@dataclass
-class JitterStats:
-    received: int = 0
-    late: int = 0  # arrived after their turn had passed
-    duplicates: int = 0
-    played: int = 0
-    recovered: int = 0  # rebuilt from FEC
-    concealed: int = 0
-    skipped: int = 0  # dropped to reduce the delay
-    repaired: int = 0  # lost packets replaced by their copy in a later one (RED)
-    resets: int = 0
 
 
 @dataclass
@@ -107,8 +74,15 @@ class JitterBuffer:
     #: while losses recur (two or more within ``loss_window``), for as long as they do.
     loss_memory: float = 1.0
     loss_window: float = 5.0
-    #: Most frames kept in reserve for losses (two: a pair of lost packets).
+    #: Most frames kept in reserve for losses without RED copies (two: a pair of
+    #: lost packets, the first rebuilt from FEC in the second's copy).
     max_reserve: int = 2
+    #: Seconds a burst of 3 or more lost packets that RED copies rebuild keeps its reserve.
+    burst_memory: float = 20.0
+    #: The player stretches (accelerate, expand) instead of skipping whole frames.
+    stretch: bool = False
+    #: (``stretch``) Seconds a surplus waits for a pause before voiced frames are cut.
+    voiced_after: float = 2.0
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -128,6 +102,8 @@ class JitterBuffer:
     _undo: tuple[int, bytes, float] | None = None  # what keep_skipped() puts back
     _newest: int | None = None  # newest timestamp pushed
     _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
+    _offsets: dict[int, float] = field(default_factory=dict)  # copy offset (frames) -> seen
+    _surplus_since: float | None = None  # (stretch) a surplus waiting for a cut since
 
     # -- input ---------------------------------------------------------------
 
@@ -184,6 +160,8 @@ class JitterBuffer:
         if self._ref is None:
             return False
         ts = self._unwrap(timestamp & 0xFFFFFFFF)
+        if self._newest is not None and ts < self._newest:  # how far back copies reach
+            self._offsets[(self._newest - ts) // self.frame_samples] = now
         if ts in self._packets or (self._next is not None and ts < self._next) or \
                 (self._keys and ts < self._keys[0] and self._next is None):
             return False
@@ -222,6 +200,7 @@ class JitterBuffer:
         self._next = None
         self._ref = None
         self._newest = None
+        self._offsets.clear()
         self._transit.clear()
         self._sorted_transit.clear()
         self._underruns = 0
@@ -246,15 +225,58 @@ class JitterBuffer:
             # Two lost in a row need the packet after both: as many frames as the
             # longest recent run of missing packets, up to max_reserve (a longer
             # burst is beyond repair whatever is kept, so it does not count).
-            gaps = self._gaps
-            while gaps and self._now - gaps[0][0] > self.loss_window:
-                gaps.popleft()
-            run = max((g for _, g in gaps if g <= self.max_reserve), default=1)
-            reserve = max(1, run) * self.frame_samples / self.clock_rate
+            reserve = self._reserve() * self.frame_samples / self.clock_rate
+        # Bursts that copies further back rebuild (RED spread against bursts) are
+        # remembered longer: they come every few seconds, and a reserve dropped
+        # between two of them is a burst lost and a time warp each way.
+        bursts = self._reserve(self.burst_memory, 3) * self.frame_samples / self.clock_rate
+        reserve = max(reserve, bursts)
         if len(values) < 2:
             return max(floor, reserve)
         spread = values[min(len(values) - 1, int(self.quantile * len(values)))] - values[0]
         return min(self.max_target, max(floor, spread + reserve))
+
+    def _copy_coming(self, nxt: int) -> bool:
+        """A copy of the frame at ``nxt`` (a hole) is still due, within what the target keeps."""
+        newest = self._newest
+        if newest is None or self._underruns >= self.max_conceal:
+            return False
+        frame = self.frame_samples
+        if (newest + frame - nxt) / self.clock_rate >= self.target:
+            return False
+        return any(d > 1 and nxt + d * frame > newest for d in self._recent_offsets())
+
+    def _recent_offsets(self) -> list[int]:
+        """How far back (frames) the copies that came lately reach."""
+        return [d for d, seen in self._offsets.items() if self._now - seen <= self.loss_window]
+
+    def _reserve(self, window: float | None = None, shortest: int = 1) -> int:
+        """Frames to keep so that the runs of lost packets of the last ``window`` s
+        (``loss_window``), ``shortest`` long or longer, can be rebuilt (0: none such)."""
+        now = self._now
+        gaps = self._gaps
+        while gaps and now - gaps[0][0] > max(self.loss_window, self.burst_memory):
+            gaps.popleft()
+        window = self.loss_window if window is None else window
+        runs = [g for t, g in gaps if now - t <= window and g >= shortest]
+        offsets = self._recent_offsets()
+        if shortest > 1:  # only what copies now coming rebuild
+            if not offsets or not runs:
+                return 0
+        elif not offsets:
+            return max(1, max((g for g in runs if g <= self.max_reserve), default=1))
+        # A run of r lost frames n..n+r-1: frame n comes back exact from a copy d >= r
+        # frames back (d frames later), or from FEC in frame n+1's data, which the
+        # primary (d = 0) or a copy d >= r-1 brings (1 + d frames later).
+        reachable = [0, *offsets]
+        needs = [1 if shortest == 1 else 0]
+        for run in runs:
+            exact = min((d for d in offsets if d >= run), default=None)
+            fec = min((d for d in reachable if d >= run - 1), default=None)
+            options = [w for w in (exact, None if fec is None else fec + 1) if w is not None]
+            if options:
+                needs.append(min(options))
+        return max(needs)
 
     @property
     def level(self) -> float:
@@ -295,6 +317,13 @@ class JitterBuffer:
             self._underruns += 1
             if self._underruns > self.max_conceal:
                 return Silence()
+            self.stats.concealed += 1
+            return Conceal(nxt & 0xFFFFFFFF)
+        if self._copy_coming(nxt):
+            # Its copy further back (RED spread against bursts) is still on its way
+            # and the target asks for that much delay: wait for it, as for a late
+            # packet. The first burst repaired this way grows the delay to it.
+            self._underruns += 1
             self.stats.concealed += 1
             return Conceal(nxt & 0xFFFFFFFF)
         # Later packets are here: the frames from nxt up to `later` are lost.
@@ -355,10 +384,36 @@ class JitterBuffer:
             surplus = math.floor((self._min_wait - target) / seconds + 1e-6)
         backlog = math.floor((self.level - seconds - target) / seconds + 1e-6)
         ahead = self._next + frame in self._packets  # something to play after a skip
-        if backlog >= 5 or (surplus >= 1 and self._quiet and ahead):
+        accelerate = expand = voiced = False
+        cut_at_once = 10 if self.stretch else 5  # frames of backlog
+        if self.stretch and backlog < cut_at_once:
+            # No whole-frame cut: the player takes a pause out of this frame (or,
+            # when the surplus has found no pause for a while, a pitch period).
+            # Every time warp costs (PESQ-WB hears even one a second), so only a
+            # surplus is cut, and only a certain underrun on a path without loss
+            # is stretched the other way (a loss grows the delay by concealing).
+            # While losses recur the delay moves at every burst: a cushion of up to
+            # three frames over the target is kept rather than cut and grown again
+            # (not after one burst: its delay goes as soon as it is surplus).
+            accelerate = surplus >= (3 if len(self._losses) >= 2 else 1) and ahead
+            if accelerate:
+                if self._surplus_since is None:
+                    self._surplus_since = now
+                voiced = now - self._surplus_since >= self.voiced_after
+            elif self._waits >= self.surplus_pulls:  # measured, and no surplus left
+                self._surplus_since = None
+            # How far behind its fastest recent arrival this frame plays: under the
+            # jitter's spread (less half a frame), the next ones will come late.
+            transit = self._sorted_transit
+            margin = now - self._next / self.clock_rate - transit[0] if transit else 0.0
+            # (While losses recur, only a whole frame short: the reserve that lets
+            # copies and FEC repair a loss, grown before the loss that needs it.)
+            short = seconds if self._losses else seconds / 2
+            expand = not accelerate and len(transit) >= 2 and margin < target - short
+        elif backlog >= cut_at_once or (surplus >= 1 and self._quiet and ahead):
             # Cut the delay: one frame in a pause, or down to the target at once
             # when far too much is buffered.
-            cut = backlog if backlog >= 5 else 1
+            cut = backlog if backlog >= cut_at_once else 1
             cut_from = self._next
             for _ in range(cut):
                 if self._next in self._packets:
@@ -368,7 +423,7 @@ class JitterBuffer:
             while self._next not in self._packets and self._next <= self._keys[-1]:
                 self._next += frame
                 self.stats.skipped += 1
-        if backlog >= 5 or surplus >= 1 or self._waits >= self.surplus_pulls:
+        if backlog >= cut_at_once or surplus >= 1 or self._waits >= self.surplus_pulls:
             if surplus < 1 or skipped:  # start a new window (keep it open for a pause)
                 self._min_wait = math.inf
                 self._waits = 0
@@ -377,9 +432,17 @@ class JitterBuffer:
         payload = self._take(ts)
         self._next = ts + frame
         self.stats.played += 1
-        optional = backlog < 5 and len(skipped) == 1 and ts == cut_from + frame
+        optional = backlog < cut_at_once and len(skipped) == 1 and ts == cut_from + frame
         self._undo = (ts, payload, arrived if arrived is not None else now) if optional else None
-        return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional)
+        return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional, accelerate, voiced,
+                    expand)
+
+    def stretched(self, samples: int) -> None:
+        """(``stretch`` mode) The player played the last frame ``samples`` longer (or
+        shorter, < 0): the surplus is measured again from here."""
+        if samples:
+            self._min_wait = math.inf
+            self._waits = 0
 
     def keep_skipped(self) -> None:
         """The frame the last :class:`Play` skipped is being played instead: take the skip back.

@@ -1,66 +1,75 @@
-"""libopus through opuslib-next: the encoder we send with, the decoder we play with.
+"""Opus for a voice call: the encoder we send with, the decoder we play with.
 
-Why opuslib-next: it is a maintained ctypes binding of the system libopus
-(Debian ``libopus0``) that exposes what aiortc's PyAV-based codec hides:
-in-band FEC and expected-loss settings on the encoder, and on the decoder
-packet loss concealment (decode with no packet) and FEC decoding (recover a
-lost frame from the LBRR data in the next packet). We use its encoder class
-and its ctypes function declarations; for decoding we call its declared
-``opus_decode`` with a buffer allocated once, so the 50-a-second path makes
-no Python lists.
+Both run on the libopus :func:`softphone.media.libopus.load` finds: the 1.6
+that PyAV bundles, else the system's (through opuslib-next). The encoder's
+settings are CTLs on the running encoder: :meth:`OpusEncoder.apply` takes a
+:class:`softphone.core.adapt.Decision` (bitrate, in-band FEC, expected
+loss) between two frames. The decoder exposes what aiortc's PyAV-based codec
+hides: packet loss concealment (decode with no packet) and FEC decoding
+(recover a lost frame from the LBRR data in the next packet), into a buffer
+allocated once.
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-import numpy as np
-
+from softphone.core.adapt import LIBOPUS_13, LIBOPUS_16, AdaptConfig, Decision, EncoderProfile
 from softphone.core.errors import MissingDependency
-from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
+from softphone.media import libopus
+from softphone.media.audio import FRAME_SAMPLES, Int16Array
 
 
 def require_libopus() -> None:
     """Raise :class:`MissingDependency` now if libopus or its binding is missing."""
-    _opuslib()
-
-
-def _opuslib() -> Any:
-    """Import opuslib-next (and so load libopus) on first use, with a clear error."""
     try:
-        import opuslib_next
-        import opuslib_next.api.decoder
+        import opuslib_next  # noqa: F401  (declared: it finds the system libopus)
     except ImportError as exc:
-        raise MissingDependency(
-            "opuslib-next is not installed: pip install opuslib-next") from exc
-    except Exception as exc:  # opuslib-next raises a bare Exception without libopus
-        raise MissingDependency("libopus is not installed: apt-get install libopus0") from exc
-    return opuslib_next
+        raise MissingDependency("opuslib-next is not installed: pip install opuslib-next") \
+            from exc
+    except Exception:  # opuslib-next raises a bare Exception without a system libopus
+        pass  # PyAV's copy may still be there: load() says
+    libopus.load()
 
-#: Longest Opus frame (120 ms at 48 kHz): the decode buffer's size.
-_MAX_FRAME: Final = 5760
+
+#: The Opus bitrate sent when the adaptation is off and no bitrate is given.
+FIXED_BITRATE: Final = 64_000
 
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """How we encode the voice we send. Defaults suit a voice call on a lossy network."""
+    """How one call encodes the voice it sends. The defaults follow the network.
 
-    #: bit/s. High for voice, on purpose: with Debian's libopus 1.3 it takes 128 kbit/s
-    #: mono for PESQ-WB >= 4.4 (benchmarks/README.md); --bitrate lowers it.
-    bitrate: int = 128_000
-    expected_loss: int = 10  # percent; makes libopus spend bits on in-band FEC
+    With ``adapt`` (the default) the call's :class:`softphone.core.adapt.Adaptation`
+    chooses the bitrate, in-band FEC, the expected loss and the RED depth
+    from the loss the peer reports: no redundancy on a clean path, more as
+    loss appears (``benchmarks/README.md``); ``bitrate`` is then a ceiling
+    and ``redundancy`` the most RED copies it may send. Without ``adapt``
+    these settings hold for the whole call.
+    """
+
+    #: Most bit/s asked of the Opus encoder (``--bitrate``); None: as the adaptation
+    #: chooses (or :data:`FIXED_BITRATE` without it).
+    bitrate: int | None = None
+    #: Most earlier frames repeated in each packet (RED, RFC 2198) when the peer
+    #: accepts ``red/48000/2``; 0: never (``--redundancy``).
+    redundancy: int = 2
+    #: Follow the loss the peer reports (:mod:`softphone.core.adapt`)...
+    adapt: bool = True
+    #: ...with these rules (hold, thresholds; None: the defaults). Its profile,
+    #: bitrate ceiling and RED depth come from the library and the settings above.
+    adaptation: AdaptConfig | None = None
+    #: Without ``adapt``: in-band FEC, and the loss (percent) the encoder expects.
     fec: bool = True
-    complexity: int = 10  # 0..10; 10 costs about 0.3 ms a frame here (benchmarks/README.md)
+    expected_loss: int = 10
+    #: 0..10. 10 costs about 0.1 ms a frame in CELT mode, 0.25 in hybrid (the
+    #: mode with FEC); 8 sounds the same here, 5 loses 0.08 of PESQ-WB.
+    complexity: int = 10
     dtx: bool = False
-    #: Earlier frames repeated in each packet (RED, RFC 2198) when the peer
-    #: accepts ``red/48000/2``: a lost packet is then rebuilt exactly from the
-    #: next one. Costs that many times the bitrate again. 0: Opus alone.
-    redundancy: int = 1
 
     def __post_init__(self) -> None:
-        if not 6_000 <= self.bitrate <= 510_000:
+        if self.bitrate is not None and not 6_000 <= self.bitrate <= 510_000:
             raise ValueError("Opus bitrate must be 6000..510000 bit/s")
         if not 0 <= self.expected_loss <= 100:
             raise ValueError("expected loss must be 0..100 %")
@@ -69,73 +78,93 @@ class EncoderSettings:
         if not 0 <= self.redundancy <= 3:
             raise ValueError("redundancy must be 0..3 frames")
 
+    def fixed(self) -> Decision:
+        """What is sent without the adaptation (``redundancy`` copies when RED is agreed)."""
+        bitrate = self.bitrate or FIXED_BITRATE
+        return Decision(level=0, red_depth=self.redundancy, fec=self.fec,
+                        expected_loss=self.expected_loss, bitrate=bitrate,
+                        sent=bitrate * (1 + self.redundancy))
+
+
+def profile_of(lib: libopus.Libopus) -> EncoderProfile:
+    """The measured rate profile for a loaded libopus (1.5 and newer behave as 1.6)."""
+    return LIBOPUS_16 if lib.modern else LIBOPUS_13
+
 
 class OpusEncoder:
-    """Mono 48 kHz voice encoder, 20 ms frames."""
+    """Mono 48 kHz voice encoder, 20 ms frames, settings changeable between frames."""
 
-    def __init__(self, settings: EncoderSettings | None = None) -> None:
+    def __init__(self, settings: EncoderSettings | None = None,
+                 lib: libopus.Libopus | None = None) -> None:
         self.settings = settings or EncoderSettings()
-        lib = _opuslib()
-        enc = lib.Encoder(SAMPLE_RATE, 1, lib.APPLICATION_VOIP)
-        enc.bitrate = self.settings.bitrate
-        enc.signal = lib.SIGNAL_VOICE
-        enc.complexity = self.settings.complexity
-        enc.inband_fec = int(self.settings.fec)
-        enc.packet_loss_perc = self.settings.expected_loss
-        enc.dtx = int(self.settings.dtx)
+        self.lib = lib or libopus.load()
+        enc = libopus.Encoder(self.lib, libopus.APPLICATION_VOIP)
+        enc.set(libopus.SET_COMPLEXITY, self.settings.complexity)
+        # Unconstrained VBR, as measured (libopus's default, constrained VBR, sends
+        # less in CELT mode and scores far less: 64 kbit/s -> 56 k, PESQ-WB 3.95).
+        enc.set(libopus.SET_VBR, 1)
+        enc.set(libopus.SET_VBR_CONSTRAINT, 0)
+        enc.set(libopus.SET_DTX, int(self.settings.dtx))
         self._encoder = enc
+        self._bitrate = self._fec = self._loss = -1
+        self.apply(self.settings.fixed())
+
+    def apply(self, decision: Decision) -> None:
+        """Send with ``decision``'s bitrate, FEC and expected loss from the next frame."""
+        enc = self._encoder
+        if decision.bitrate != self._bitrate:
+            enc.set(libopus.SET_BITRATE, decision.bitrate)
+            self._bitrate = decision.bitrate
+        if int(decision.fec) != self._fec:
+            enc.set(libopus.SET_INBAND_FEC, int(decision.fec))
+            self._fec = int(decision.fec)
+        if decision.expected_loss != self._loss:
+            enc.set(libopus.SET_PACKET_LOSS_PERC, decision.expected_loss)
+            self._loss = decision.expected_loss
 
     def encode(self, pcm: Int16Array) -> bytes:
-        """One 20 ms frame (960 int16 samples) -> one Opus packet."""
-        data: bytes = self._encoder.encode(pcm.tobytes(), pcm.size)
-        return data
+        """One 20 ms frame (960 C-contiguous int16 samples) -> one Opus packet."""
+        return self._encoder.encode(pcm)
+
+    @property
+    def bitrate(self) -> int:
+        return self._bitrate
 
     @property
     def inband_fec(self) -> bool:
-        return bool(self._encoder.inband_fec)
+        return bool(self._fec)
 
 
 class OpusDecoder:
-    """Mono 48 kHz decoder with packet loss concealment and FEC recovery."""
+    """Mono 48 kHz decoder with packet loss concealment and FEC recovery.
 
-    def __init__(self) -> None:
-        lib = _opuslib()
-        self._lib = lib
-        self._dec = lib.api.decoder
-        self._state: Any = self._dec.create_state(SAMPLE_RATE, 1)
-        self._buffer = (ctypes.c_int16 * _MAX_FRAME)()
-        self._pointer = ctypes.cast(self._buffer, lib.api.c_int16_pointer)
-        self._view: Int16Array = np.frombuffer(memoryview(self._buffer).cast("B"),
-                                               dtype=np.int16)
+    Each result is a new array, or with ``copy=False`` a view of the
+    decoder's buffer that its next call overwrites (for a caller that copies
+    the samples on at once: no allocation).
+    """
 
-    def _run(self, data: bytes | None, frame_size: int, fec: bool) -> Int16Array:
-        n = self._dec.libopus_decode(self._state, data, 0 if data is None else len(data),
-                                     self._pointer, frame_size, int(fec))
-        if n < 0:
-            raise self._lib.OpusError(n)
-        out: Int16Array = self._view[:n].copy()
-        return out
+    def __init__(self, lib: libopus.Libopus | None = None) -> None:
+        self._decoder = libopus.Decoder(lib or libopus.load())
 
-    def decode(self, packet: bytes) -> Int16Array:
+    @staticmethod
+    def _out(pcm: Int16Array, copy: bool) -> Int16Array:
+        return pcm.copy() if copy else pcm
+
+    def decode(self, packet: bytes, copy: bool = True) -> Int16Array:
         """A received packet -> its samples."""
-        return self._run(packet, _MAX_FRAME, False)
+        return self._out(self._decoder.decode(packet, libopus.MAX_FRAME), copy)
 
-    def conceal(self, samples: int = FRAME_SAMPLES) -> Int16Array:
+    def conceal(self, samples: int = FRAME_SAMPLES, copy: bool = True) -> Int16Array:
         """Packet loss concealment: a plausible continuation of what was playing."""
-        return self._run(None, samples, False)
+        return self._out(self._decoder.decode(None, samples), copy)
 
-    def recover(self, next_packet: bytes, samples: int = FRAME_SAMPLES) -> Int16Array:
+    def recover(self, next_packet: bytes, samples: int = FRAME_SAMPLES,
+                copy: bool = True) -> Int16Array:
         """Rebuild the lost frame before ``next_packet`` from its in-band FEC data.
 
         Without FEC data in ``next_packet``, libopus conceals instead.
         """
-        return self._run(next_packet, samples, True)
-
-    def __del__(self) -> None:
-        state = getattr(self, "_state", None)
-        if state is not None:
-            self._dec.destroy(state)
-            self._state = None
+        return self._out(self._decoder.decode(next_packet, samples, fec=True), copy)
 
 
 def packet_samples(packet: bytes) -> int:

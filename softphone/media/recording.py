@@ -5,7 +5,9 @@ sizes in the header after every flush, so a file cut short by Ctrl-C, a
 crash or SIGKILL is a valid WAV of what was written up to the last flush
 (at most :attr:`WavWriter.flush_every` seconds are lost on SIGKILL; nothing
 on Ctrl-C). Disk writes happen on a thread of their own, never on the event
-loop.
+loop; samples are handed to it in batches of ``flush_every`` seconds (one
+wake-up of the thread per batch, not per 20 ms: a bot recording many calls
+would spend its time waking threads).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class WavWriter:
         self._file.write(wav_header(rate, channels, 0))
         self._file.flush()
         self._data_bytes = 0
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._batch_bytes = max(1, int(flush_every * rate * channels * 2))
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"wav-{self.path.name}",
                                         daemon=True)
@@ -55,15 +60,25 @@ class WavWriter:
         return self._data_bytes / (self.rate * self.channels * 2)
 
     def write(self, pcm: bytes) -> None:
-        """Queue interleaved int16 samples (cheap; safe to call from the event loop)."""
+        """Queue interleaved int16 samples (cheap; call it from one thread, e.g. the loop)."""
         if not self._closed and pcm:
-            self._queue.put(pcm)
+            self._batch.append(pcm)
+            self._batched += len(pcm)
+            if self._batched >= self._batch_bytes:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._batch:
+            self._queue.put(b"".join(self._batch))
+            self._batch.clear()
+            self._batched = 0
 
     def close(self) -> None:
         """Write what is queued, fix the header, close the file. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self._hand_over()
         self._queue.put(None)
         self._thread.join()
 

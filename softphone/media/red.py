@@ -1,8 +1,9 @@
 """RTP payload for redundant audio (RED, RFC 2198), as browsers use it for Opus.
 
-Each packet carries the current Opus frame and a copy of the one or more
-frames before it, so a lost packet is replaced by an exact copy from the next
-one instead of being concealed. Chrome offers ``red/48000/2`` with fmtp
+Each packet carries the current Opus frame and a copy of one or more
+earlier frames, so a lost packet is replaced by an exact copy from a later
+one instead of being concealed (the frame just before, or, against bursts,
+frames further back: :class:`RedPacker`). Chrome offers ``red/48000/2`` with fmtp
 ``111/111`` (the payload type of each block); our offers put it first when
 our own pipeline runs (see :mod:`softphone.media.aiortc_seams`).
 
@@ -80,22 +81,38 @@ def parse(payload: bytes) -> list[Block]:
 
 
 class RedPacker:
-    """Keeps the last ``distance`` frames and wraps each new one with them.
+    """Keeps the frames sent lately and wraps each new one with copies of earlier ones.
 
-    ``frame_offset``: timestamp units between frames (960 for 20 ms at 48 kHz).
+    ``depth``: copies per packet; ``spacing``: frames between copies (1: the
+    frames just before; 6: the frame 6 back, then 12 back..., which survives
+    a burst of 6 lost packets). Both may change between two frames, up to
+    ``history`` frames back (default ``depth x spacing``). ``frame_offset``:
+    timestamp units between frames (960 for 20 ms at 48 kHz).
     """
 
-    def __init__(self, payload_type: int, distance: int = 1, frame_offset: int = 960) -> None:
+    def __init__(self, payload_type: int, depth: int = 1, frame_offset: int = 960, *,
+                 spacing: int = 1, history: int | None = None) -> None:
         if not 0 <= payload_type <= 127:
             raise ValueError(f"payload type {payload_type} out of range")
+        if depth < 0 or spacing < 1:
+            raise ValueError("RED depth must be >= 0 and spacing >= 1")
         self.payload_type = payload_type
         self.frame_offset = frame_offset
-        self._history: deque[tuple[int, bytes]] = deque(maxlen=max(0, distance))
+        self.depth = depth
+        self.spacing = spacing
+        self._history: deque[tuple[int, bytes]] = deque(
+            maxlen=max(0, depth * spacing if history is None else history))
 
     def wrap(self, timestamp: int, primary: bytes) -> bytes:
-        redundant = [((timestamp - ts) & 0xFFFFFFFF, data) for ts, data in self._history]
-        if self._history.maxlen:
-            self._history.append((timestamp, primary))
+        history = self._history
+        redundant: list[tuple[int, bytes]] = []
+        for k in range(min(self.depth, len(history) // self.spacing), 0, -1):
+            ts, data = history[-k * self.spacing]
+            offset = (timestamp - ts) & 0xFFFFFFFF
+            if offset == k * self.spacing * self.frame_offset:  # not across a gap
+                redundant.append((offset, data))
+        if history.maxlen:
+            history.append((timestamp, primary))
         return pack(self.payload_type, primary, redundant)
 
 

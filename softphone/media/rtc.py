@@ -30,11 +30,14 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
 from softphone.core.protocol import IceCandidate
-from softphone.media import aiortc_seams
+from softphone.media import aiortc_seams, dtmf_rtp, rtpsend
 from softphone.media.audiopath import CallAudio
 from softphone.media.audiopath import MediaConfig as MediaConfig
+from softphone.media.sending import SendStats
 
 aiortc_seams.install()
+dtmf_rtp.install()  # telephone events (DTMF) beside the audio codecs
+rtpsend.check()  # now (~50 ms of inspect.getsource), not in the first call's setup
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class MediaStats:
     repaired: int | None = None
     #: RTP payload bytes sent (Opus, or RED with its copies).
     bytes_sent: int = 0
+    #: What we send with now: the adaptation's level, bitrate, RED (our pipeline).
+    sending: SendStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +100,7 @@ class MediaStats:
             "buffer_ms": None if self.buffer_ms is None else round(self.buffer_ms, 1),
             "target_ms": None if self.target_ms is None else round(self.target_ms, 1),
             "repaired": self.repaired,
+            "sending": None if self.sending is None else self.sending.to_json(),
         }
 
 
@@ -212,7 +218,14 @@ class MediaSession:
         self.candidate_pair: CandidatePair | None = None
         sender = self.pc.addTrack(audio.source)
         aiortc_seams.encode_with(sender, audio.encoder_for)
+        if audio.sending is not None:  # the peer's reports drive what we send
+            aiortc_seams.watch_reports(sender, audio.sending.on_receiver_report,
+                                       audio.sending.on_xr)
+        #: The call's DTMF both ways (sent by our send loop, received by the tap).
+        self.dtmf = dtmf_rtp.DtmfChannel()
+        rtpsend.send_with(sender, self.dtmf)
         aiortc_seams.limit_gathering(self.pc, self.config.gather_timeout)
+        aiortc_seams.speed_up_setup(self.pc, self.config.fast_setup)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
 
@@ -223,9 +236,15 @@ class MediaSession:
         if rtp_receiver is not None and self.config.impairment is not None:
             aiortc_seams.impair_receiver(rtp_receiver, self.config.impairment)
         if self.config.pipeline == "softphone" and rtp_receiver is not None:
-            aiortc_seams.tap_receiver(rtp_receiver, self.audio.start_playout().push)
+            handler = self.audio.packet_handler()
+            aiortc_seams.tap_receiver(rtp_receiver, handler)
+            self.audio.report_early(aiortc_seams.report_with(rtp_receiver,
+                                                             self.audio.xr_report))
+            dtmf_rtp.route_events(rtp_receiver, self.dtmf, fill=handler)
         else:
             self.audio.play_track(track)
+            if rtp_receiver is not None:
+                dtmf_rtp.route_events(rtp_receiver, self.dtmf)
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -247,6 +266,16 @@ class MediaSession:
             if desc is not None and desc.type == "answer":
                 return codec_of(desc.sdp)
         return None
+
+    def descriptions(self) -> tuple[str | None, str | None]:
+        """The local and remote SDP as set on the peer connection (None until set).
+
+        Their DTLS fingerprints give the call's verification code
+        (:mod:`softphone.core.sas`).
+        """
+        local, remote = self.pc.localDescription, self.pc.remoteDescription
+        return (None if local is None else str(local.sdp),
+                None if remote is None else str(remote.sdp))
 
     def _prefer_red(self, enabled: bool) -> None:
         for transceiver in self.pc.getTransceivers():
@@ -305,6 +334,8 @@ class MediaSession:
         """Apply the remote offer and return our answer."""
         with aiortc_seams.red_allowed(self.config.red):  # an answer follows the offer's order
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if self.config.fast_setup.dtls_server_answers:
+            aiortc_seams.answer_as_dtls_server(self.pc, sdp)
         await self._gathered()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._check_relay(str(self.pc.localDescription.sdp))
@@ -364,23 +395,29 @@ class MediaSession:
                 jitter = float(stat.jitter) / 48.0  # RTP clock units (48 kHz) -> ms
             elif kind == "remote-inbound-rtp" and stat.roundTripTime is not None:
                 rtt = float(stat.roundTripTime) * 1000.0
+        sending = None if self.audio.sending is None else self.audio.sending.stats
         playout = self.audio.playout
         if playout is None:
-            return MediaStats(sent, received, lost, jitter, rtt, frames, bytes_sent=sent_bytes)
+            return MediaStats(sent, received, lost, jitter, rtt, frames, bytes_sent=sent_bytes,
+                              sending=sending)
         buffer = playout.buffer.stats
         return MediaStats(sent, received, lost, jitter, rtt, frames,
                           buffer.concealed, buffer.recovered,
                           playout.delay * 1000, playout.target * 1000,
-                          buffer.repaired, sent_bytes)
+                          buffer.repaired, sent_bytes, sending)
 
     async def close(self) -> None:
         """Close the peer connection (the call's audio is closed by its owner)."""
         if self._closed:
             return
         self._closed = True
+        self.dtmf.close()
         for task in list(self._candidate_tasks):
             task.cancel()
         if self._gathering is not None and not self._gathering.done():
+            # Let gathering finish (a call that ends while it rings: busy): aioice
+            # cancelled while binding its sockets leaks the ones already bound.
+            await asyncio.wait({self._gathering}, timeout=self.config.gather_timeout + 0.5)
             self._gathering.cancel()
         with contextlib.suppress(Exception):
             await self.pc.close()

@@ -365,10 +365,18 @@ class AudioReceiver:
         self.frames = 0
         self.first_frame_at: float | None = None
         self.first_audio_at: float | None = None
-        #: Level of the last frame played (dBFS): the speaker's meter.
-        self.level_dbfs = float("-inf")
+        self._last: Int16Array | None = None  # the last frame played (its level, on demand)
         self._task: asyncio.Task[None] | None = None
         self.track_playout: TrackPlayout | None = None
+
+    @property
+    def level_dbfs(self) -> float:
+        """Level of the last frame played (dBFS): the speaker's meter.
+
+        Measured when read (a meter reads it a few times a second; a bot with
+        many calls never does), not for every frame.
+        """
+        return float("-inf") if self._last is None else rms_dbfs(self._last)
 
     def start(self, track: MediaStreamTrack) -> None:
         """Play aiortc's own decoded frames (its pipeline) in real time, like a speaker."""
@@ -420,8 +428,8 @@ class AudioReceiver:
         self.frames += 1
         if self.first_frame_at is None:
             self.first_frame_at = now
-        self.level_dbfs = rms_dbfs(samples)
-        if self.first_audio_at is None and self.level_dbfs > AUDIO_THRESHOLD_DBFS:
+        self._last = samples
+        if self.first_audio_at is None and rms_dbfs(samples) > AUDIO_THRESHOLD_DBFS:
             self.first_audio_at = now
         for sink in self.sinks:
             sink.write(samples)

@@ -56,3 +56,31 @@ async def test_answering_machine_records_the_message(hub: Hub, procs: list[Proc]
     (message,) = box.glob("alice-*.wav")
     samples, rate = read_wav(message)
     assert abs(dominant_frequency(samples[rate // 2:], rate) - 700) < 5
+
+
+async def test_menu_bot_plays_each_choice_and_hangs_up_on_hash(hub: Hub, procs: list[Proc],
+                                                               tmp_path) -> None:
+    """A real caller (the CLI) listens to the menu for 2 s, presses 2, listens 2 s,
+    presses #: it hears the menu's 1 kHz beeps, then choice 2 (660 Hz), then the bot
+    says goodbye and hangs up."""
+    bot = example(procs, "ivr.py", "--as", "menu", "--server", hub_url(hub))
+    await bot.wait_for_output("ready")
+    rec = tmp_path / "heard.wav"
+    me = Proc("call", "menu", "--as", "me", "--server", hub_url(hub), "--tone", "300",
+              "--record", str(rec), "--dtmf", ",2,#", "--no-audio")
+    procs.append(me)
+    assert await me.wait(within=30) == 0, me.stderr
+    assert "they hung up" in me.stdout, me.stdout
+    samples, rate = read_wav(rec)
+    assert 4.0 < samples.size / rate < 6.0, f"{samples.size / rate:.1f} s recorded"
+    menu = samples[int(0.3 * rate): int(1.9 * rate)]
+    assert abs(dominant_frequency(menu, rate) - 1000) < 5
+    # The menu beeps: half of each 0.8 s is silence.
+    frames = menu[: menu.size // 960 * 960].reshape(-1, 960)
+    assert 0.3 < np.mean(np.abs(frames).max(axis=1) < 100) < 0.7
+    choice = samples[int(2.6 * rate): int(4.0 * rate)]
+    assert abs(dominant_frequency(choice, rate) - 660) < 5
+    assert np.abs(choice).max() > 3000
+    await bot.wait_for_output("me pressed 2")
+    await bot.wait_for_output("me pressed #")
+    await bot.wait_for_output("call from me: completed")

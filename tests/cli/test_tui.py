@@ -8,6 +8,7 @@ audio that results is checked at the other end.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -39,11 +40,12 @@ def terminals() -> Iterator[list]:  # type: ignore[type-arg]
         term.close()
 
 
-def terminal(terminals: list, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def,type-arg]
-    """``softphone ARGS`` on a fresh pseudo-terminal, 120 columns wide."""
+def terminal(terminals: list, *args: str, env: dict[str, str] | None = None,  # type: ignore[no-untyped-def,type-arg]
+             columns: int = 120):
+    """``softphone ARGS`` on a fresh pseudo-terminal, ``columns`` wide."""
     need(sys.platform != "win32", "a pseudo-terminal", "run on Linux")
     term = pexpect.spawn(sys.executable, ["-m", "softphone", *args], encoding="utf-8",
-                         dimensions=(24, 120), timeout=30,
+                         dimensions=(24, columns), timeout=30,
                          env={**os.environ, "TERM": "xterm-256color", **(env or {})})
     terminals.append(term)
     return term
@@ -130,3 +132,29 @@ async def test_incoming_call_rejected_with_a_key(hub: Hub, procs: list[Proc],
     assert await alice.wait() == 3, alice.stdout + alice.stderr  # rejected
     assert "b rejected the call" in alice.stdout
     assert await finish(bob) == 3
+
+
+async def test_keys_press_dtmf_and_the_status_line_shows_keys_both_ways(
+        hub: Hub, procs: list[Proc], terminals: list) -> None:  # type: ignore[type-arg]
+    """b answers on the terminal; a's CLI presses 7 and * (--dtmf, after 1 s): b's
+    status line shows them; b presses 3 and #: a's JSON events have them."""
+    bob = terminal(terminals, "listen", "--as", "b", "--server", hub_url(hub), "--once",
+                   "--tone", "660", "--no-audio", columns=132)
+    await expect(bob, "listening as b")
+    alice = Proc("call", "b", "--as", "a", "--server", hub_url(hub), "--tone", "440",
+                 "--no-audio", "--json", "--dtmf", ",7*", "--duration", "6")
+    procs.append(alice)
+    await expect(bob, r"\[a\]ccept or \[r\]eject\?")
+    bob.send("a")
+    await expect(bob, "connected to a")
+    await expect(bob, r"0-9\*#:keys")
+    await expect(bob, r"dtmf in 7\*", within=15)
+    bob.send("3")
+    await expect(bob, r"dtmf in 7\* out 3")
+    bob.send("#")
+    await expect(bob, r"dtmf in 7\* out 3#")
+    assert await alice.wait() == 0, alice.stderr
+    assert await finish(bob) == 0
+    heard = [json.loads(line) for line in alice.stdout.splitlines() if line.startswith("{")]
+    assert [e["digit"] for e in heard if e.get("event") == "dtmf"] == ["3", "#"]
+    assert [e["digit"] for e in heard if e.get("event") == "dtmf-sent"] == ["7", "*"]

@@ -25,6 +25,7 @@ import numpy as np
 from softphone.client.signaling import HubAddress, HubUnreachable
 from softphone.core.protocol import ErrorCode, HubError, IceCandidate, Message, parse_hub_message
 from softphone.media.audiopath import CallAudio
+from softphone.media.dtmf_rtp import DtmfChannel
 from softphone.media.rtc import CandidatePair, IceCandidateInfo, MediaStats
 from softphone.media.tracks import SilenceSource
 
@@ -115,6 +116,7 @@ class FakeMedia:
         self.local: str | None = None
         self.remote: str | None = None
         self.candidates: list[IceCandidate] = []
+        self.dtmf = DtmfChannel()  # never agreed: no peer connection to send on
         self.pregathered = False
         self.closed = False
         self._on_connected = on_connected
@@ -123,6 +125,9 @@ class FakeMedia:
 
     def pregather(self) -> None:
         self.pregathered = True
+
+    def descriptions(self) -> tuple[str | None, str | None]:
+        return self.local, self.remote
 
     async def create_offer(self) -> str:
         self.local = "v=0 fake offer"

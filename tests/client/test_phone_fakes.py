@@ -36,10 +36,11 @@ class Lab:
         self.events: dict[str, list[dict[str, Any]]] = {}
 
     async def phone(self, name: str, *, fail: str | None = None,
-                    media: MediaConfig | None = None) -> Phone:
+                    media: MediaConfig | None = None, max_calls: int = 1) -> Phone:
         self.media[name] = FakeMediaFactory(fail)
         phone = Phone(name, timeouts=TIMEOUTS, reconnect=False, media=media,
-                      hub=self.hub.connection(name), media_factory=self.media[name])
+                      max_calls=max_calls, hub=self.hub.connection(name),
+                      media_factory=self.media[name])
         await phone.connect()
         self.phones[name] = phone
         return phone
@@ -243,3 +244,34 @@ async def test_a_speaker_among_the_sinks_is_a_clear_error(lab: Lab) -> None:
     with pytest.raises(TypeError, match="output="):
         await a.dial("b", sinks=[FakeOutput()])  # type: ignore[list-item]
     assert lab.hub.log == [] and a.current_call is None
+
+
+async def test_many_calls_at_once(lab: Lab) -> None:
+    """Fakes: a bot with three lines: three callers talk at once, the fourth is busy;
+    each call ends on its own; a freed line takes the next caller; closing the
+    phone hangs up every call still in progress."""
+    bot = await lab.phone("bot", max_calls=3)
+    callers = [await lab.phone(f"p{i}") for i in range(5)]
+    dialed = [await p.dial("bot") for p in callers[:3]]
+    answered = [await lab.incoming("bot") for _ in range(3)]
+    assert sorted(c.peer for c in answered) == ["p0", "p1", "p2"]
+    for call in answered:
+        await call.accept()
+    for call in dialed:
+        await asyncio.wait_for(call.connected(), 2)
+    assert len(bot.calls) == 3 and bot.max_calls == 3
+    assert {id(s.audio) for s in lab.media["bot"].sessions} == {id(c.audio) for c in answered}
+    busy = await callers[3].dial("bot")
+    assert (await ended(busy)).outcome is Outcome.BUSY
+    await dialed[1].hangup()
+    assert (await ended(answered[1])).ended_by == "remote"
+    assert [c.peer for c in bot.calls] == ["p0", "p2"]
+    assert all(c.state is CallState.CONNECTED for c in (dialed[0], dialed[2]))
+    late = await callers[4].dial("bot")
+    ringing = await lab.incoming("bot")
+    assert ringing.peer == "p4" and late.state is CallState.DIALING
+    await bot.close()
+    results = [await ended(c) for c in (dialed[0], dialed[2], late)]
+    assert [(r.outcome, r.ended_by) for r in results[:2]] == [(Outcome.COMPLETED, "remote")] * 2
+    assert results[2].outcome is not Outcome.COMPLETED and ringing.is_ended
+    assert all(c.is_ended for c in answered) and bot.calls == []

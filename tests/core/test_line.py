@@ -9,7 +9,7 @@ import pytest
 from softphone.core import callstate as cs
 from softphone.core.callstate import CallState as S
 from softphone.core.callstate import Outcome
-from softphone.core.line import HubProblem, IncomingCall, Line, LineBusy
+from softphone.core.line import HubProblem, IncomingCall, Line, LineBusy, Routed
 from softphone.core.protocol import ErrorCode, HubError, IceCandidate, Message, make
 
 TIMEOUTS = cs.CallTimeouts(ring=30.0, setup=16.0, offer_delay=0.5)
@@ -413,3 +413,123 @@ def test_late_offline_for_an_old_hangup_does_not_end_a_new_call() -> None:
     actions = line.receive(HubError("offline", "bob is not connected", "hangup", "bob"), 1.0)
     assert isinstance(actions[0], HubProblem)
     assert line.call is not None and not line.call.is_ended
+
+
+# ------------------------------------------------------------- many calls ---
+
+
+def ring(line: Line, peer: str, now: float = 0.0) -> list[Routed]:
+    return line.route(from_(peer, "call-request"), now)
+
+
+def test_max_calls_must_be_at_least_one() -> None:
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="max_calls"):
+            Line("alice", max_calls=bad)  # type: ignore[arg-type]
+
+
+def test_many_calls_ring_at_once_and_the_next_is_busy() -> None:
+    line = Line("bot", TIMEOUTS, max_calls=3)
+    calls = []
+    for peer in ("p1", "p2", "p3"):
+        (routed,) = ring(line, peer)
+        assert isinstance(routed.action, IncomingCall) and routed.call is routed.action.call
+        calls.append(routed.call)
+    assert [c.peer for c in line.active] == ["p1", "p2", "p3"]
+    assert line.full
+    assert ring(line, "p4") == [Routed(None, cs.Send(make("call-reject", "p4",
+                                                               {"reason": "busy"})))]
+    assert "p4" not in line.calls
+    # A repeated request from a peer in a call is ignored, full or not.
+    assert ring(line, "p2") == []
+
+
+def test_messages_go_to_the_call_with_their_sender() -> None:
+    line = Line("bot", TIMEOUTS, max_calls=2)
+    one = ring(line, "p1")[0].call
+    two = ring(line, "p2")[0].call
+    assert one is not None and two is not None
+    line.handle_local(cs.LocalAccept(), 1.0, one)
+    line.handle_local(cs.LocalAccept(), 1.0, two)
+    offer = from_("p2", "offer", {"type": "offer", "sdp": "v=0 two"}, to="bot")
+    assert line.route(offer, 1.5) == [Routed(two, cs.ApplyOffer("v=0 two"))]
+    assert one.state is S.CONNECTING and two.state is S.CONNECTING
+    routed = line.route(from_("p1", "hangup", {"reason": "bye"}, to="bot"), 2.0)
+    assert all(r.call is one for r in routed) and isinstance(routed[-1].action, cs.Ended)
+    assert one.is_ended and not two.is_ended
+    assert list(line.calls) == ["p2"]  # the ended call is let go
+    # A line is free again: a third caller rings.
+    assert isinstance(ring(line, "p3", 3.0)[0].action, IncomingCall)
+
+
+def test_local_events_go_to_the_call_named() -> None:
+    line = Line("bot", TIMEOUTS, max_calls=2)
+    one = ring(line, "p1")[0].call
+    two = ring(line, "p2")[0].call
+    assert one is not None and two is not None
+    assert line.handle_local(cs.LocalReject("declined"), 1.0, one)[-1] == cs.Ended(
+        Outcome.REJECTED, "declined", 1.0, by="local")
+    assert two.state is S.RINGING
+    assert line.handle_local(cs.LocalAccept(), 1.0, one) == []  # that call is over
+
+
+def test_dial_several_peers_and_not_the_same_twice() -> None:
+    line = Line("alice", TIMEOUTS, max_calls=2)
+    line.dial("bob", 0.0)
+    with pytest.raises(LineBusy, match="bob"):
+        line.dial("bob", 0.5)
+    line.dial("carol", 1.0)
+    with pytest.raises(LineBusy, match="all 2 lines"):
+        line.dial("dave", 1.0)
+    assert line.deadline() == 30.0  # bob's ring timeout comes first
+    routed = line.timers(30.0)
+    assert routed[-1].action == cs.Ended(Outcome.NO_ANSWER, "no-answer", 30.0, by="timeout")
+    assert [r.call.peer for r in routed if r.call is not None] == ["bob"] * len(routed)
+    assert list(line.calls) == ["carol"] and line.deadline() == 31.0
+
+
+def test_hub_lost_reaches_every_call() -> None:
+    line = Line("bot", TIMEOUTS, max_calls=2)
+    ring(line, "p1")
+    ring(line, "p2")
+    routed = line.hub_lost(1.0)
+    ended = [r for r in routed if isinstance(r.action, cs.Ended)]
+    assert sorted(r.call.peer for r in ended if r.call is not None) == ["p1", "p2"]
+    assert line.active == [] and line.calls == {}
+
+
+def test_offline_for_one_of_many_calls() -> None:
+    line = Line("alice", TIMEOUTS, max_calls=2)
+    line.dial("bob", 0.0)
+    line.dial("carol", 0.0)
+    # Naming nobody (the original hub): with two calls, nobody can tell whose it is.
+    error = HubError("offline", "", None, None)
+    assert line.route(error, 0.25) == [Routed(None, HubProblem(error))]
+    assert len(line.active) == 2
+    routed = line.route(HubError(ErrorCode.OFFLINE, "carol is gone", "call-request", "carol"),
+                        0.5)
+    assert routed[-1].action == cs.Ended(Outcome.OFFLINE, None, 0.5, by="network")
+    assert routed[-1].call is not None and routed[-1].call.peer == "carol"
+    assert [c.peer for c in line.active] == ["bob"]
+
+
+def test_glare_with_one_of_many_calls() -> None:
+    line = Line("zed", TIMEOUTS, max_calls=3)
+    line.dial("amy", 0.0)
+    line.dial("bob", 0.0)
+    routed = ring(line, "amy", 1.0)
+    assert isinstance(routed[-1].action, IncomingCall)
+    old = [r for r in routed if isinstance(r.action, cs.Ended)]
+    assert old and old[0].call is not routed[-1].call and old[0].call is not None
+    assert old[0].call.peer == "amy" and old[0].call.is_ended
+    assert line.calls["amy"].role is cs.Role.CALLEE
+    assert line.calls["bob"].state is S.DIALING
+
+
+def test_a_long_lived_line_keeps_only_calls_in_progress() -> None:
+    line = Line("bot", TIMEOUTS, max_calls=4)
+    for n in range(500):
+        call = ring(line, f"p{n}", float(n))[0].call
+        assert call is not None
+        line.handle_local(cs.LocalReject(), float(n), call)
+    assert line.calls == {} and line.call is not None and line.call.peer == "p499"

@@ -33,7 +33,7 @@ from softphone.media.apm import (
     WebRtcVoiceProcessor,
     open_voice_processor,
 )
-from softphone.media.apm_signals import EchoMeter, ReferenceQueue
+from softphone.media.apm_signals import EchoMeter, GainStage, ReferenceQueue
 
 from ..conftest import need, need_command
 
@@ -363,6 +363,51 @@ def test_meter_finds_the_echo_delay(far: Signal) -> None:
     assert m.delay_ms is not None and abs(m.delay_ms - 120) <= 5
     assert m.erle_db() == pytest.approx(0.0, abs=0.01)
     assert m.echo_db() == pytest.approx(-6.0, abs=2.0)
+
+
+def test_meter_waits_for_the_end_of_near_speech_with_a_hangover(far: Signal) -> None:
+    """Pure logic: frames just after the near end spoke are not taken as echo."""
+    m = EchoMeter(RATE, hangover=25)
+    loud = i16(far[RATE: RATE + FRAME])
+    for speech in (0.9, *([0.1] * 25)):  # talk, then 25 frames of hangover
+        m.add(loud, loud, loud, loud, speech)
+    assert m.active_frames == 0
+    m.add(loud, loud, loud, loud, 0.1)
+    assert m.active_frames == 1
+
+
+def test_gain_stage_does_not_lift_a_loud_first_word_into_clipping() -> None:
+    """Pure logic: the controller wants +10 dB from the start (as AGC2 does, after silence);
+    a word peaking at -8 dBFS is raised at most to the -6 dBFS peak guard, at once."""
+    g = GainStage(RATE, max_gain_db=10.0)
+    quiet = np.zeros(FRAME, np.int16)
+    for _ in range(100):
+        g.apply(quiet, 10.0, speech=0.9)
+    assert g.db == pytest.approx(10.0)  # nothing to clip yet: the wish is granted
+    word = (np.sin(np.arange(FRAME) * 2 * np.pi * 200 / RATE) * 32768 * 10 ** (-8 / 20)
+            ).astype(np.int16)
+    out = g.apply(word, 10.0, speech=0.9)
+    assert g.db == pytest.approx(2.0, abs=0.1)
+    assert 20 * np.log10(np.abs(out.astype(float)).max() / 32768) == pytest.approx(-6, abs=0.2)
+
+
+def test_gain_stage_rises_slowly_in_speech_and_not_at_all_in_pauses() -> None:
+    """Pure logic: a quiet voice (-30 dBFS peaks) is raised at 6 dB/s while it talks;
+    in a pause (speech probability low) the gain holds, so the noise is not pumped."""
+    g = GainStage(RATE, max_gain_db=10.0)
+    voice = (np.sin(np.arange(FRAME) * 2 * np.pi * 200 / RATE) * 32768 * 10 ** (-30 / 20)
+             ).astype(np.int16)
+    for _ in range(25):  # 0.5 s of speech
+        out = g.apply(voice, 10.0, speech=0.9)
+    assert g.db == pytest.approx(3.0, abs=0.05)
+    ramp = out.astype(float) / np.where(voice == 0, 1, voice)
+    assert ramp[voice > 100][0] < ramp[voice > 100][-1]  # a ramp across the frame, no step
+    noise = (np.random.default_rng(1).standard_normal(FRAME) * 30).astype(np.int16)
+    for _ in range(100):  # 2 s of pause
+        g.apply(noise, 10.0, speech=0.05)
+    assert g.db == pytest.approx(3.0, abs=0.05)
+    g.apply(noise, 0.0, speech=0.05)  # the controller wants less: at once
+    assert g.db == 0.0
 
 
 def test_settings_are_checked_in_one_line() -> None:

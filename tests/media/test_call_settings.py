@@ -25,7 +25,8 @@ from softphone.media.tracks import PacedSource
 from ..conftest import hub_url
 
 LOW = MediaConfig(encoder=EncoderSettings(bitrate=32_000, redundancy=0))
-HIGH = MediaConfig(encoder=EncoderSettings(bitrate=128_000, redundancy=1))
+# Fixed settings (no adaptation): on a clean path the adaptation would send no RED.
+HIGH = MediaConfig(encoder=EncoderSettings(bitrate=128_000, redundancy=1, adapt=False))
 
 
 class NoiseSource(PacedSource):

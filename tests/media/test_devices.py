@@ -8,9 +8,11 @@ a tone played into A's microphone (pacat) must come out of B's speaker
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -97,7 +99,7 @@ def test_no_portaudio_is_one_line_naming_the_fix() -> None:
 
 
 async def test_no_device_is_one_line_and_default_falls_back(hub: Hub, procs: list[Proc],
-                                                          tmp_path) -> None:  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path) -> None:
     env = {"PULSE_SERVER": f"unix:{tmp_path}/nothing", "XDG_RUNTIME_DIR": str(tmp_path)}
     named = Proc("call", "b", "--as", "a", "--tone", "440", "--output", "pulse",
                  "--server", hub_url(hub),
@@ -137,7 +139,7 @@ async def test_device_lost_mid_call_is_reported_and_the_call_goes_on(
 
 
 async def test_listen_echo_sends_each_callers_audio_back(hub: Hub, procs: list[Proc],
-                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
     echo = Proc("listen", "--as", "echo", "--server", hub_url(hub), "--auto-accept", "--once",
                 "--echo", "--no-audio")
     procs.append(echo)
@@ -165,3 +167,85 @@ def test_resampler_keeps_the_tone_and_the_duration() -> None:
     assert abs(sum(c.size for c in device_side) - 2 * 44_100) < 100
     assert abs(out.size - 2 * SAMPLE_RATE) < 200
     assert_tone(out, 1000, skip=0.1, tolerance=2, min_purity=0.95, what="resampled twice")
+
+
+def test_device_format_falls_back_to_the_devices_own_rate_and_channels() -> None:
+    """Adapter test with a fake sounddevice (it says what it takes): 48 kHz mono if the
+    device takes it, else its own rate, else stereo; a device that takes nothing asked
+    is one line."""
+    from softphone.media.sounddev import DeviceError, DeviceInfo, device_format
+
+    class FakeSd:
+        PortAudioError = RuntimeError
+
+        def __init__(self, rates: set[int], channels: set[int]) -> None:
+            self.rates, self.channels = rates, channels
+
+        def check_input_settings(self, *, device: int, channels: int, dtype: str,
+                                 samplerate: int) -> None:
+            if samplerate not in self.rates or channels not in self.channels:
+                raise self.PortAudioError(f"Invalid sample rate or channels ({samplerate}, "
+                                          f"{channels})")
+
+        check_output_settings = check_input_settings
+
+    info = DeviceInfo(3, "USB headset", "ALSA", 2, 2, 44100.0)
+    sd = FakeSd({48000, 44100}, {1, 2})
+    assert device_format(sd, info, "input", None, None) == (48000, 1)  # type: ignore[arg-type]
+    sd = FakeSd({44100}, {2})
+    assert device_format(sd, info, "output", None, None) == (44100, 2)  # type: ignore[arg-type]
+    assert device_format(sd, info, "input", 44100, 2) == (44100, 2)  # type: ignore[arg-type]
+    with pytest.raises(DeviceError) as err:
+        device_format(sd, info, "input", 48000, 1)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value) and "USB headset" in str(err.value)
+
+
+# A speaker whose callback is made late (pull() sleeps past the 10 ms device buffer):
+# PortAudio reports real underruns, and the device buffer grows a step.
+LATE_SPEAKER = """
+import asyncio, json, time
+import numpy as np
+from softphone.media.devices import SpeakerDriver
+
+async def main():
+    speaker = SpeakerDriver()
+    first = speaker.latency
+    told = []
+
+    class Told:  # what the voice processor is told
+        def set_device_latency(self, output_s, input_s):
+            told.append(output_s)
+        def render(self, frame):
+            pass
+
+    speaker.use_voice_processor(Told(), 0.02)
+    calls = [0]
+
+    def pull():
+        calls[0] += 1
+        if calls[0] % 25 == 0 and speaker.grown == 0:
+            time.sleep(0.05)  # late: the device runs dry
+        return np.zeros(960, np.int16)
+
+    speaker.drive(pull, print)
+    for _ in range(60):
+        await asyncio.sleep(0.1)
+        if speaker.grown:
+            break
+    print(json.dumps({"first": first, "now": speaker.latency, "told": told,
+                      **speaker.device_stats()}))
+    speaker.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_speaker_buffer_grows_a_step_after_underruns(pulse: PulseLab) -> None:
+    out = subprocess.run([sys.executable, "-c", LATE_SPEAKER], env={**os.environ,
+                         **pulse.env_for("a")}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["first"] == pytest.approx(0.010, abs=0.002), report
+    assert report["speaker_underruns"] >= 2 and report["speaker_grown"] == 1, report
+    assert report["now"] == pytest.approx(0.020, abs=0.004), report
+    assert report["told"][-1] == report["now"], report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from softphone.media.jitterbuffer import Conceal, JitterBuffer, Play, Recover, Silence
@@ -323,3 +324,72 @@ def test_a_skip_taken_back_plays_the_frame_and_keeps_the_next() -> None:
     assert d.skipped == (payload(ts_of(d) // F - 1),)
     nxt = jb.pull(100 * T + 0.025)
     assert isinstance(nxt, Play)
+
+
+def test_stretch_mode_asks_to_play_a_surplus_faster_and_skips_nothing() -> None:
+    """With a player that stretches, a surplus is flagged, not cut; once the player has
+    cut a stretch (``stretched``), the surplus is measured again from there."""
+    jb = JitterBuffer(stretch=True)
+    flagged = []
+    for i in range(300):  # every packet waits 45 ms: two frames more than the target
+        jb.push(i * F, payload(i), i * T + 0.001)
+        if i >= 2:
+            d = jb.pull(i * T + 0.006 + 0.040)
+            assert isinstance(d, Play)
+            if d.accelerate:
+                flagged.append((i, d.voiced))
+    assert jb.stats.skipped == 0
+    assert flagged and not flagged[0][1]  # a pause is waited for first...
+    assert any(voiced for _, voiced in flagged)  # ...then voiced frames are cut too
+    # After the player cut something, 15 pulls before the next flag.
+    jb2 = JitterBuffer(stretch=True)
+    times = []
+    for i in range(100):
+        jb2.push(i * F, payload(i), i * T + 0.001)
+        if i >= 2:
+            d = jb2.pull(i * T + 0.046)
+            if isinstance(d, Play) and d.accelerate:
+                times.append(i)
+                jb2.stretched(-200)
+    assert len(times) >= 2 and all(b - a >= 15 for a, b in itertools.pairwise(times))
+
+
+def red_sim(lost: set[int], frames: int = 400, spacing: int = 6,
+            jb: JitterBuffer | None = None) -> tuple[JitterBuffer, list[object]]:
+    """Packets every 20 ms with a copy of the frame ``spacing`` back (RED spread against
+    bursts), +-1 ms of jitter; pulls every 20 ms."""
+    jb = jb or JitterBuffer()
+    events: list[tuple[float, int, int]] = []
+    for i in range(frames):
+        if i not in lost:
+            events.append((i * T + 0.001 + 0.001 * ((i * 7) % 3 - 1), 0, i))
+        events.append((i * T + 0.005, 1, i))
+    decisions: list[object] = []
+    for when, kind, i in sorted(events):
+        if kind == 0:
+            jb.push(i * F, payload(i), when)
+            if i >= spacing:
+                jb.push_redundant((i - spacing) * F, payload(i - spacing), when)
+        else:
+            decisions.append(jb.pull(when))
+    return jb, decisions
+
+
+def test_copies_further_back_rebuild_bursts_once_the_buffer_waits_for_them() -> None:
+    """Bursts of 6 lost packets, copies 6 frames back: at the first burst the buffer
+    conceals while it waits for the copies (nothing was kept to wait with), and from
+    then on it keeps six frames and every frame of a burst comes back exact, from
+    its copy, with nothing concealed."""
+    bursts = [range(50, 56), range(150, 156), range(250, 256)]
+    jb, decisions = red_sim({i for b in bursts for i in b})
+    played = [int.from_bytes(d.payload, "big", signed=True)
+              for d in decisions if isinstance(d, Play)]
+    assert 6 * T <= jb.target < 0.2  # the reserve for bursts of 6, still held
+    assert all(i in played for b in bursts for i in b)
+    concealed = [k for k, d in enumerate(decisions) if isinstance(d, Conceal)]
+    assert concealed and all(50 <= k < 60 for k in concealed), concealed  # the first wait
+    assert jb.stats.repaired == 18
+    # Without such copies, bursts ask for no reserve (nothing would rebuild them).
+    plain = Sim()
+    plain.run(400, arrival={i: None for b in bursts for i in b})
+    assert plain.jb.target < 2 * T

@@ -50,7 +50,7 @@ def test_malformed_payloads_raise(payload: bytes) -> None:
 
 
 def test_packer_repeats_the_frames_before() -> None:
-    packer = red.RedPacker(96, distance=2)
+    packer = red.RedPacker(96, depth=2)
     first = red.parse(packer.wrap(1000, b"a"))
     second = red.parse(packer.wrap(1960, b"b"))
     third = red.parse(packer.wrap(2920, b"c"))
@@ -60,10 +60,36 @@ def test_packer_repeats_the_frames_before() -> None:
     assert third == [red.Block(96, 1920, b"a"), red.Block(96, 960, b"b"), red.Block(96, 0, b"c")]
     assert [b.data for b in fourth] == [b"b", b"c", b"d"]  # only two kept
     # Timestamps wrap at 2**32.
-    wrap = red.RedPacker(96, distance=1)
+    wrap = red.RedPacker(96, depth=1)
     wrap.wrap(0xFFFFFE00, b"x")
     assert red.parse(wrap.wrap(0x000001C0, b"y"))[0] == red.Block(96, 960, b"x")
-    assert red.parse(red.RedPacker(96, distance=0).wrap(5, b"z")) == [red.Block(96, 0, b"z")]
+    assert red.parse(red.RedPacker(96, depth=0).wrap(5, b"z")) == [red.Block(96, 0, b"z")]
+
+
+def test_packer_depth_and_spacing_change_between_frames() -> None:
+    """Against bursts the copies reach further back; the depth follows the adaptation."""
+    packer = red.RedPacker(96, depth=0, history=12)
+    ts = [1000 + 960 * i for i in range(14)]
+    for i in range(6):
+        assert red.parse(packer.wrap(ts[i], bytes([i]))) == [red.Block(96, 0, bytes([i]))]
+    packer.depth, packer.spacing = 1, 6
+    blocks = red.parse(packer.wrap(ts[6], b"\x06"))
+    assert blocks == [red.Block(96, 6 * 960, b"\x00"), red.Block(96, 0, b"\x06")]
+    packer.depth = 2
+    for i in range(7, 12):
+        packer.wrap(ts[i], bytes([i]))
+    blocks = red.parse(packer.wrap(ts[12], b"\x0c"))
+    assert [(b.offset, b.data) for b in blocks] == [(12 * 960, b"\x00"), (6 * 960, b"\x06"),
+                                                    (0, b"\x0c")]
+    packer.depth, packer.spacing = 1, 1
+    assert [b.data for b in red.parse(packer.wrap(ts[13], b"\x0d"))] == [b"\x0c", b"\x0d"]
+
+
+def test_packer_leaves_out_a_copy_across_a_gap() -> None:
+    """A frame not sent (the encoder skipped one) is not mistaken for the one before."""
+    packer = red.RedPacker(96, depth=1)
+    packer.wrap(1000, b"a")
+    assert red.parse(packer.wrap(1000 + 2 * 960, b"c")) == [red.Block(96, 0, b"c")]
 
 
 def test_primary_payload_type_of_an_fmtp() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from softphone import CaptureSink, Phone, ToneSource
+from softphone.core.adapt import AdaptConfig
 from softphone.hub.server import Hub
 from softphone.media.audio import dominant_frequency, silent_gaps
 from softphone.media.netsim import Impairment
@@ -107,3 +108,57 @@ async def test_delay_returns_after_a_loss_burst(hub: Hub) -> None:
     # Back where it was (a frame of slack: the playout clock and the packets drift).
     assert max(after) <= max(before) + 0.021, (before, after)
     assert abs(dominant_frequency(heard[-96_000:]) - 440) < 5
+
+
+async def test_redundancy_follows_the_loss_the_receiver_reports(hub: Hub) -> None:
+    """A call that starts clean, meets 10 % loss, and recovers.
+
+    What a sends (RTP payload per second, from its sender's statistics) rises
+    when b's reports show the loss and falls back when they show it gone;
+    the tone b hears has no gap longer than one frame throughout. The
+    adaptation's hold is shortened (2 s, 200 packets) to keep the call short.
+    """
+    rules = AdaptConfig(hold=2.0, fall_packets=200)
+    impairment = Impairment(seed=5)  # clean for now: changed during the call
+    a = Phone("a", hub_url(hub), media=MediaConfig(encoder=EncoderSettings(adaptation=rules)))
+    b = Phone("b", hub_url(hub), media=MediaConfig(impairment=impairment))
+    capture = CaptureSink(30)
+    await a.connect()
+    await b.connect()
+    rates: list[tuple[str, float, int]] = []  # (phase, kbit/s, level) each second
+    try:
+        call_a = await a.dial("b", ToneSource(440))
+        call_b = await b.next_call()
+        await call_b.accept(ToneSource(660), [capture])
+        await call_a.connected()
+        await call_b.connected()
+        last = await call_a.stats()
+        for phase, seconds, loss in (("clean", 4, 0.0), ("lossy", 6, 0.10), ("after", 14, 0.0)):
+            impairment.loss = loss
+            for _ in range(seconds):
+                await asyncio.sleep(1.0)
+                now = await call_a.stats()
+                assert now.sending is not None
+                rates.append((phase, (now.bytes_sent - last.bytes_sent) * 8 / 1000 / max(
+                    1, now.packets_sent - last.packets_sent) * 50, now.sending.level))
+                last = now
+        stats_b = await call_b.stats()
+        await call_a.hangup()
+        await call_b.ended()
+    finally:
+        await a.close()
+        await b.close()
+    clean = [kbps for phase, kbps, _ in rates[2:4]]  # after the probe's first second
+    lossy = [kbps for phase, kbps, _ in rates if phase == "lossy"][2:]  # once reported
+    after = [kbps for phase, kbps, _ in rates if phase == "after"][-2:]
+    levels = [level for _, _, level in rates]
+    assert [lv for ph, _, lv in rates if ph == "clean"][-1] == 0, rates  # no RED when clean
+    assert min(lossy) > 1.3 * max(clean), rates  # copies of earlier frames: more bits
+    assert max(levels) >= 1 and levels[-1] == 0, rates  # ...and back to one stream
+    assert max(after) < 1.1 * max(clean), rates
+    assert impairment.dropped >= 15  # the loss really happened
+    assert stats_b.repaired is not None and stats_b.repaired >= impairment.dropped // 2
+    heard = capture.samples()[48_000:]
+    assert abs(dominant_frequency(heard) - 440) < 5
+    gaps = silent_gaps(heard, window_ms=5)
+    assert not [g for g in gaps if g > 0.020], gaps  # never a gap longer than one frame

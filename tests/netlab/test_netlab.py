@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from ..support.netlab import (
     lab,
     missing_requirements,
     run_call,
+    softphone_argv,
     turn_rest_credentials,
 )
 
@@ -326,3 +328,53 @@ def test_ice_server_credentials_on_the_command_line() -> None:
             assert message in result.output
     result = runner.invoke(main, ["call", "--help"])
     assert "--relay" in result.output and "--ice-credential" in result.output
+
+
+# -- call setup through NAT (issue 16; how fast: benchmarks/netlab_table.py) -----------
+
+#: A plain aiortc phone on the hub protocol (``stock-call``), nothing of softphone's media.
+STOCK_PHONE = Path(__file__).resolve().parents[2] / "benchmarks" / "netlab_table.py"
+
+
+@pytest.mark.netlab
+def test_cone_nat_with_stun_sets_up_and_says_when(netlab: NetLab) -> None:
+    """Through cone NAT with STUN: the callee's first check is dropped by the caller's
+    NAT (no mapping yet) and the caller's check makes it send it again; the caller,
+    done with ICE first, is the DTLS client. Both say when media connected and when
+    they first heard the other."""
+    netlab.start_hub(turn=())
+    run = run_call(netlab, "setup", duration=2.0)
+    assert_completed(run)
+    assert pair(run.caller) == ("srflx", "srflx")
+    for party in (run.caller, run.callee):
+        setup, heard = party.ended.get("setup_seconds"), party.ended.get("first_audio_seconds")
+        assert isinstance(setup, float) and setup > 0, run.describe()
+        assert isinstance(heard, float) and heard > 0, run.describe()
+
+
+@pytest.mark.netlab
+def test_a_stock_aiortc_caller_reaches_softphone_through_cone_nat(netlab: NetLab) -> None:
+    """A peer without our setup seams: plain aiortc (its checks paced and timed as
+    aioice's, its offer leaving the DTLS role to us) calls ``softphone listen``
+    through both NATs, and each hears the other."""
+    netlab.start_hub(turn=())
+    rec = netlab.workdir / "stock-heard-by-b.wav"
+    common = ["--server", netlab.hub_url, "--setup-timeout", "15"]
+    callee = netlab.spawn("b", "stock-callee", softphone_argv(
+        "listen", "--as", "b", "--auto-accept", "--once", "--tone", str(CALLEE_TONE),
+        "--record", str(rec), "--json", *common))
+    try:
+        netlab._wait_for(callee, r'"event":\s*"listening"', 20.0)
+        caller = netlab.spawn("a", "stock-caller", [
+            sys.executable, str(STOCK_PHONE), "stock-call", "b", "--as", "a",
+            "--tone", str(CALLER_TONE), "--duration", "2", *common])
+        assert caller.popen.wait(60.0) == 0, caller.output()
+        callee.popen.wait(15.0)
+    finally:
+        callee.stop()
+    heard = json.loads(caller.stdout().splitlines()[-1])
+    assert heard["event"] == "ended" and heard["first_audio_seconds"] > 0, caller.output()
+    ended = [e for e in (json.loads(line) for line in callee.stdout().splitlines()
+                         if line.startswith("{")) if e.get("event") == "ended"]
+    assert ended and ended[-1]["outcome"] == "completed", callee.output()
+    assert_wav_tone(rec, CALLER_TONE, min_seconds=1.0, what="callee")

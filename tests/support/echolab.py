@@ -53,6 +53,61 @@ def pink_noise(seconds: float, level_dbfs: float = -50.0, seed: int = 7) -> Samp
     return out
 
 
+def speech(text: str, voice: str = "en-us", peak_dbfs: float = -6.0, lead: float = 0.25,
+           espeak: str = "espeak-ng", sox: str = "sox") -> Samples:
+    """``text`` spoken by espeak-ng in ``voice``, int16 48 kHz mono, ``lead`` s of silence first."""
+    wav = subprocess.run([espeak, "-v", voice, "-s", "160", "--stdout", text], check=True,
+                         capture_output=True, timeout=60).stdout
+    raw = subprocess.run([sox, "-t", "wav", "-", "-t", "raw", "-r", str(SAMPLE_RATE), "-e",
+                          "signed", "-b", "16", "-c", "1", "-"], input=wav, check=True,
+                         capture_output=True, timeout=60).stdout
+    x = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
+    x = x / np.max(np.abs(x)) * 32767 * 10 ** (peak_dbfs / 20)
+    out: Samples = np.concatenate((np.zeros(int(lead * SAMPLE_RATE)), x)).astype(np.int16)
+    return out
+
+
+def _xcorr(rec: npt.NDArray[np.float64], ref: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Cross-correlation of ``rec`` against ``ref`` at lags 0..len(rec)-len(ref) (FFT)."""
+    size = 1 << int(np.ceil(np.log2(rec.size + ref.size)))
+    cc = np.fft.irfft(np.fft.rfft(rec, size) * np.conj(np.fft.rfft(ref, size)), size)
+    out: npt.NDArray[np.float64] = cc[: rec.size - ref.size + 1]
+    return out
+
+
+def component_db(rec: npt.NDArray[np.int16], ref: npt.NDArray[np.int16], start: float,
+                 end: float, lags: tuple[float, float] = (-1.0, 2.0),
+                 block: float = 0.5) -> float:
+    """How strongly ``ref[start:end]`` (seconds) comes back in ``rec``, in dB (0: as loud).
+
+    Block by block (``block`` s, silent blocks left out), the least-squares
+    gain of the reference block at the lag, within ``lags`` seconds, where
+    it correlates best with ``rec``; the gains are averaged in power,
+    weighted by the blocks' energy. Taking the best lag of every block
+    makes it robust to the jitter buffers moving the delay, and an upper
+    bound for what is left of a cancelled echo.
+    """
+    sec = SAMPLE_RATE
+    r = rec.astype(np.float64)
+    f = ref.astype(np.float64)
+    hit = total = 0.0
+    for b0 in np.arange(start, end - block / 2, block):
+        a, b = int(b0 * sec), int(min(b0 + block, end) * sec)
+        piece = f[a:b]
+        energy = float(np.dot(piece, piece))
+        if energy < piece.size * 100.0:  # below -50 dBFS: a pause
+            continue
+        lo, hi = max(0, a + int(lags[0] * sec)), min(r.size, b + int(lags[1] * sec))
+        if hi - lo < piece.size:
+            continue
+        g = float(np.max(np.abs(_xcorr(r[lo:hi], piece)))) / energy
+        hit += g * g * energy
+        total += energy
+    if not total:
+        raise ValueError(f"nothing to compare between {start} and {end} s")
+    return 10 * float(np.log10(hit / total + 1e-12))
+
+
 @dataclass(frozen=True)
 class EchoPath:
     """One loaded echo path (a ``module-loopback``)."""

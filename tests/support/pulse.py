@@ -14,6 +14,7 @@ devices on the shared server).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -23,18 +24,19 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from softphone.media.audio import SAMPLE_RATE, ToneGenerator
-
-from ..conftest import need, need_command
 
 PACKAGES = "apt-get install pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins"
 
 
 def need_pulse() -> None:
     """Skip (or fail in CI) unless PulseAudio, its tools and PortAudio are installed."""
+    from ..conftest import need, need_command  # (here: the benchmarks use this module too)
+
     for cmd, pkg in (("pulseaudio", "pulseaudio"), ("pacat", "pulseaudio-utils"),
                      ("parec", "pulseaudio-utils")):
         need_command(cmd, pkg)
@@ -145,9 +147,10 @@ class PulseLab:
                 os.kill(self._daemon_pid, 9)
             self._daemon_pid = None
 
-    def _popen(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, env={**os.environ, **self.env},  # type: ignore[call-overload]
-                                stderr=subprocess.DEVNULL, **kw)
+    def _popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(
+            argv, env={**os.environ, **self.env}, stderr=subprocess.DEVNULL, **kw)
+        return proc
 
     # audio ------------------------------------------------------------------
 
@@ -201,9 +204,10 @@ class Recording:
         self._thread.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert isinstance(stdout, io.BufferedReader)
         while True:
-            chunk = self.proc.stdout.read1(65536)
+            chunk = stdout.read1(65536)
             if not chunk:
                 return
             self.chunks.append(chunk)

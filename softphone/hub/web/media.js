@@ -256,6 +256,20 @@ export class CallMedia {
     }
   }
 
+  /**
+   * Press keys: RFC 4733 telephone events through the audio sender's RTCDTMFSender
+   * (insertDTMF: ',' is a 2 s pause). False when the call cannot carry them (no audio
+   * sender yet, or the peer's answer had no telephone-event).
+   */
+  sendDtmf(tones, duration = 100, gap = 70, ontone = null) {
+    const sender = this.pc && this.pc.getSenders().find((s) => s.track && s.track.kind === "audio");
+    const dtmf = sender && sender.dtmf;
+    if (!dtmf || !dtmf.canInsertDTMF) return false;
+    if (ontone) dtmf.ontonechange = (ev) => { if (ev.tone) ontone(ev.tone); };
+    dtmf.insertDTMF(tones, duration, gap);
+    return true;
+  }
+
   close() {
     this.closed = true;
     if (this.pc) this.pc.close();

@@ -10,6 +10,7 @@ import {CallStateError} from "./callstate.js";
 import {HubClient} from "./hubclient.js";
 import {Line} from "./line.js";
 import {CallMedia, IceServers, Microphone, Speaker} from "./media.js";
+import {sasOfConnection} from "./sas.js";
 import {ERROR_OUTCOMES, outcomeText} from "./ui.js";
 
 /** What the hub accepts as an id (softphone/core/protocol.py ID_PATTERN). */
@@ -27,7 +28,10 @@ export class Phone {
     this.results = [];
     this.busyRejected = [];
     this.autoAccept = false;
+    this.keysSent = ""; // the DTMF keys of the current or last call, as they were played
     this.media = null; // the current or last call's CallMedia
+    this.sas = null; // the current or last call's verification code, once media is connected
+    this.sasSource = null;
     this.hubClient = new HubClient(pageUrl, {
       changed: () => this.render(),
       message: (message) => this.run(this.line.receive(message, this.now())),
@@ -112,6 +116,7 @@ export class Phone {
     if (this.line.active) return;
     this.microphone.setMuted(false);
     this.run(this.line.dial(peer, this.now()));
+    this.keysSent = "";
     this.newMedia(this.line.call);
     this.note(`calling ${peer}`);
   }
@@ -135,6 +140,7 @@ export class Phone {
     }
     if (!this.ringing(call)) return;
     this.microphone.setMuted(false);
+    this.keysSent = "";
     this.newMedia(call);
     this.feed(call, {type: "LocalAccept"});
   }
@@ -147,6 +153,22 @@ export class Phone {
   hangup() {
     const call = this.line && this.line.call;
     if (call && !call.isEnded) this.feed(call, {type: "LocalHangup", reason: "hangup"});
+  }
+
+  /** Press keys on the call (DTMF): "0"-"9", "*", "#", "A"-"D"; "," waits 2 s. */
+  pressKeys(tones) {
+    const call = this.line && this.line.call;
+    if (!call || call.state !== this.table.states.CONNECTED || !this.media || this.media.call !== call) {
+      this.error("not-in-call", "keys can be pressed only during a connected call");
+      return false;
+    }
+    const ok = this.media.sendDtmf(tones, 100, 70, (tone) => {
+      if (tone !== ",") this.keysSent += tone;
+      this.note(`sent key ${tone}`);
+      this.render();
+    });
+    if (!ok) this.error("dtmf-unavailable", `${call.peer} does not accept keys (DTMF)`);
+    return ok;
   }
 
   setMuted(muted) {
@@ -189,7 +211,10 @@ export class Phone {
         case "applyAnswer": this.mediaOp(call, (m) => m.applyAnswer(action.sdp)); break;
         case "addCandidate": this.mediaOp(call, (m) => m.addCandidate(action.candidate)); break;
         case "stopMedia": break; // done once the call has ended
-        case "state": this.note(`call ${action.old} -> ${action.state}`); break;
+        case "state":
+          this.note(`call ${action.old} -> ${action.state}`);
+          if (action.state === this.table.states.CONNECTED) this.verify(call);
+          break;
         case "ended": this.ended(call, action); break;
         default: break;
       }
@@ -245,12 +270,29 @@ export class Phone {
   // -- media -----------------------------------------------------------------------
 
   newMedia(call) {
+    this.sas = this.sasSource = null;
     this.media = new CallMedia(call, call.peer, {
       feed: (event) => this.feed(call, event),
       send: (message) => this.send(message),
       note: (text) => this.note(text),
       heard: (stream) => this.speaker.play(stream),
     });
+  }
+
+  /** The verification code of `call`, from its two DTLS certificates (sas.js). */
+  async verify(call) {
+    const media = this.media;
+    if (!media || media.call !== call || !media.pc) return;
+    try {
+      const sas = await sasOfConnection(media.pc);
+      if (this.media !== media) return;
+      this.sas = sas.text;
+      this.sasSource = sas.source; // "dtls": from the certificates the handshake used
+      this.note(`verification code: ${sas.text}`);
+    } catch (err) {
+      this.error("no-verification-code", `no verification code for this call: ${err.message}`);
+    }
+    this.render();
   }
 
   mediaOp(call, op) {
@@ -279,6 +321,9 @@ export class Phone {
       results: this.results.slice(),
       errors: this.errors.slice(),
       busyRejected: this.busyRejected.slice(),
+      keysSent: this.keysSent,
+      sas: this.sas,
+      sasSource: this.sasSource,
       connects: this.hubClient.connectCount,
     };
   }

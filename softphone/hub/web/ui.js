@@ -43,7 +43,8 @@ export class PageUI {
       accept: $("accept"), reject: $("reject"), inCall: $("in-call"), callState: $("call-state"),
       callPeer: $("call-peer"), callTime: $("call-time"), hangup: $("hangup"), mute: $("mute"),
       errors: $("errors"), log: $("log"), level: $("level"), outcome: $("outcome"),
-      clearErrors: $("clear-errors"),
+      clearErrors: $("clear-errors"), keypad: $("keypad"), keysSent: $("keys-sent"),
+      sas: $("sas"), sasLine: $("sas-line"),
     };
     this.audio = $("remote-audio");
   }
@@ -94,6 +95,12 @@ export class PageUI {
     el.callState.textContent = state;
     el.callState.dataset.state = state;
     el.callPeer.textContent = call ? call.peer : "";
+    const talking = !!active && state === S.CONNECTED;
+    for (const key of el.keypad.querySelectorAll("button")) key.disabled = !talking;
+    el.keysSent.textContent = phone.keysSent;
+    el.sas.textContent = phone.sas || ""; // the verification code, to read to the peer
+    el.sasLine.hidden = !phone.sas;
+    this.root.dataset.sas = phone.sas || "";
     el.mute.setAttribute("aria-pressed", phone.muted ? "true" : "false");
     el.mute.textContent = phone.muted ? "Unmute" : "Mute";
     el.outcome.textContent = call && call.isEnded
@@ -132,5 +139,16 @@ export class PageUI {
     el.hangup.addEventListener("click", () => phone.hangup());
     el.mute.addEventListener("click", () => phone.setMuted(!phone.muted));
     el.clearErrors.addEventListener("click", () => { el.errors.textContent = ""; });
+    el.keypad.addEventListener("click", (ev) => {
+      const key = ev.target && ev.target.dataset ? ev.target.dataset.key : null;
+      if (key) phone.pressKeys(key);
+    });
+    // During a call, the keyboard's 0-9, * and # press keys too (not while typing in a field).
+    this.doc.addEventListener("keydown", (ev) => {
+      const typing = ev.target && (ev.target.tagName === "INPUT" || ev.target.tagName === "TEXTAREA");
+      const call = phone.line && phone.line.call;
+      if (typing || ev.repeat || !/^[0-9*#]$/.test(ev.key)) return;
+      if (call && call.state === phone.table.states.CONNECTED) phone.pressKeys(ev.key);
+    });
   }
 }

@@ -1,0 +1,25 @@
+"""The verification code on the status line (``status_text``, pure)."""
+
+from __future__ import annotations
+
+import re
+
+from softphone.cli.tui import status_text
+
+CODE = "beeswax proximate prefer vocalist"
+
+
+def line(sas: str | None, keys: bool = True) -> str:
+    return status_text(state="connected", seconds=12, codec="opus/48000", stats=None,
+                       mic_dbfs=-20.0, speaker_dbfs=-30.0, muted=False, keys=keys, sas=sas)
+
+
+def test_the_code_is_on_the_status_line_once_known() -> None:
+    assert "code:" not in line(None)
+    shown = line(CODE)
+    assert shown.startswith("connected  0:12  opus/48000  ")
+    # Last (the "connected to" line above has it in full if a narrow terminal cuts it),
+    # after the keys' hint.
+    assert shown.endswith(f"m:mute h:hangup 0-9*#:keys  code: {CODE}")
+    assert re.search(r"  spk \[[#-]+\]  code: " + CODE + "$", line(CODE, keys=False))
+    assert shown.count(CODE) == 1

@@ -1,0 +1,103 @@
+"""A bot that has answered many calls holds what it held after the first few.
+
+Everything is real and in this process, so that its file descriptors,
+threads, asyncio tasks and memory can be read: the hub, a bot
+:class:`~softphone.Phone` answering up to four calls at once (a prompt
+encoded once, every caller recorded to its own WAV file), and four callers
+calling it again and again. After a warm-up of 24 calls and again after 56:
+the same fds, threads and tasks, no more of a call's objects (peer
+connections, calls, audio paths: each phone keeps only its latest call),
+and RSS within a bound (the allocator settles during
+the warm-up; measured here: +5 MB over the first 40 calls, then flat to
+120). (The 300-call version is ``python benchmarks/capacity.py --soak 300``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from softphone import Phone, RecorderSink
+from softphone.client.call import Call
+from softphone.core.callstate import Outcome
+from softphone.hub.server import Hub
+from softphone.media.encoded import PromptSource, SharedPrompt
+
+from ..conftest import hub_url
+
+WAVES = (6, 14)  # warm-up waves, all waves (4 calls each)
+#: Objects every call makes, none of which may outlive it.
+PER_CALL = ("RTCPeerConnection", "Call", "CallAudio", "MediaSession", "CallMachine",
+            "DtmfChannel", "RecorderSink", "PromptSource")
+
+
+def wav_files(folder: Path) -> int:
+    return len(list(folder.glob("*.wav")))
+
+
+def vitals() -> dict[str, int]:
+    gc.collect()
+    status = Path("/proc/self/status").read_text()
+    rss_kb = next(int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith("VmRSS:"))
+    alive = sum(1 for o in gc.get_objects() if type(o).__name__ in PER_CALL)
+    return {"fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
+            "tasks": len(asyncio.all_tasks()), "call_objects": alive, "rss_kb": rss_kb}
+
+
+async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) -> None:
+    prompt = SharedPrompt(np.tile(SharedPrompt.tone(700).frames.reshape(-1), 3))
+    bot = Phone("bot", hub_url(hub), max_calls=4)
+    callers = [Phone(f"caller{i}", hub_url(hub)) for i in range(4)]
+    for phone in (bot, *callers):
+        await phone.connect()
+    answered = 0
+    serving: set[asyncio.Task[None]] = set()
+
+    async def answer() -> None:
+        nonlocal answered
+        while True:
+            call = await bot.next_call()
+            answered += 1
+            await call.accept(PromptSource(prompt),
+                              [RecorderSink(tmp_path / f"{call.peer}-{answered}.wav")])
+            task = asyncio.create_task(call.ended())  # type: ignore[arg-type]
+            serving.add(task)
+            task.add_done_callback(serving.discard)
+
+    async def one(phone: Phone) -> Outcome:
+        call: Call = await phone.dial("bot", PromptSource(SharedPrompt.tone(400), loop=True))
+        await asyncio.wait_for(call.connected(), 20)
+        await asyncio.sleep(0.4)
+        await call.hangup()
+        return (await call.ended()).outcome
+
+    answering = asyncio.create_task(answer())
+    marks = []
+    try:
+        for wave in range(1, WAVES[1] + 1):
+            outcomes = await asyncio.gather(*(one(p) for p in callers))
+            assert outcomes == [Outcome.COMPLETED] * 4, outcomes
+            if serving:  # the bot's side of each call is finished too
+                await asyncio.wait(set(serving))
+            assert bot.calls == []
+            if wave in WAVES:
+                await asyncio.sleep(0.5)  # threads of the last calls exit
+                marks.append(vitals())
+    finally:
+        answering.cancel()
+        for phone in (bot, *callers):
+            await phone.close()
+    assert answered == 4 * WAVES[1]
+    assert wav_files(tmp_path) == answered
+    before, after = marks
+    flat = ("fds", "threads", "tasks", "call_objects")
+    assert [after[k] for k in flat] == [before[k] for k in flat], marks
+    grown_mb = (after["rss_kb"] - before["rss_kb"]) / 1024
+    assert grown_mb < 8, f"RSS grew {grown_mb:.1f} MB over {4 * (WAVES[1] - WAVES[0])} " \
+                         f"calls: {marks}"

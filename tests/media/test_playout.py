@@ -1,0 +1,177 @@
+"""Our playout (softphone.media.playout): time stretching, the fade over long gaps, XR.
+
+Offline and deterministic: real Opus packets (libopus through ctypes) of a
+440 Hz tone, pushed into a :class:`StretchPlayout` at arrival times of a
+simulated path and pulled every 20 ms on a simulated clock, as a sound card
+would. Audio is checked as audio: a click is broadband, so every 2048-sample
+window of what is played must keep the energy outside the tone's band 30 dB
+below the energy in it (the check itself fails on a naive 5 ms cut).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from softphone.core.adapt import PROBE_PACKETS
+from softphone.media import rtcp_xr
+from softphone.media.audio import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    Int16Array,
+    ToneGenerator,
+    dominant_frequency,
+    rms_dbfs,
+)
+from softphone.media.opus import EncoderSettings, OpusEncoder
+from softphone.media.playout import FADE_FROM, MUTE_FROM, StretchPlayout
+
+N = FRAME_SAMPLES
+T = N / SAMPLE_RATE
+WINDOW = 2048
+CLICK_DB = -30.0
+TONE_BAND = (300.0, 580.0)
+
+
+def tone_packets(frames: int, bitrate: int = 88_000) -> list[bytes]:
+    """Plain Opus of a 440 Hz tone at -10 dBFS (CELT-only at 88 kbit/s, as a clean call)."""
+    encoder = OpusEncoder(EncoderSettings(adapt=False, bitrate=bitrate, fec=False,
+                                          expected_loss=0))
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    return [encoder.encode(tone.next(N)) for _ in range(frames)]
+
+
+def play(packets: list[bytes], delay: Callable[[int], float | None], pulls: int | None = None,
+         ) -> tuple[Int16Array, StretchPlayout]:
+    """Packet i is sent at i*T and arrives delay(i) later (None: lost); pulls every T."""
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    events: list[tuple[float, int, int]] = []
+    for i in range(len(packets)):
+        d = delay(i)
+        if d is not None:
+            events.append((i * T + d, 0, i))
+    for k in range(pulls if pulls is not None else len(packets)):
+        events.append((k * T + 0.0051, 1, k))
+    out: list[Int16Array] = []
+    for when, kind, i in sorted(events):
+        now[0] = when
+        if kind == 0:
+            playout.push(1, i, i * N, packets[i])
+        else:
+            frame = playout.pull()
+            assert frame.size == N
+            out.append(frame)
+    return np.concatenate(out), playout
+
+
+def out_of_band_db(stream: Int16Array, start: int) -> float:
+    seg = stream[start:start + WINDOW].astype(np.float64)
+    power = np.abs(np.fft.rfft(seg * np.blackman(WINDOW))) ** 2
+    freqs = np.fft.rfftfreq(WINDOW, 1 / SAMPLE_RATE)
+    inside = (freqs >= TONE_BAND[0]) & (freqs <= TONE_BAND[1])
+    return float(10 * np.log10(power[~inside].sum() / max(power[inside].sum(), 1e-9)))
+
+
+def worst_click(stream: Int16Array, start: int = SAMPLE_RATE // 2) -> float:
+    """The highest out-of-band level over windows every 5 ms from ``start``."""
+    hop = SAMPLE_RATE // 200
+    return max(out_of_band_db(stream, i) for i in range(start, stream.size - WINDOW, hop))
+
+
+def test_the_click_check_catches_a_naive_cut() -> None:
+    tone = ToneGenerator(440.0, amplitude=0.3).next(SAMPLE_RATE)
+    assert worst_click(tone, 0) < -60
+    cut = np.concatenate((tone[:24_000], tone[24_240:]))  # 5 ms dropped
+    assert worst_click(cut, 0) > CLICK_DB
+
+
+def test_a_surplus_is_played_faster_not_skipped() -> None:
+    """A queue on the path drains: 120 ms of packets arrive early and are buffered.
+
+    The playout cuts the surplus a pitch period at a time (no pause in a tone:
+    voiced frames, once the surplus found none), never a whole frame, and the
+    tone stays pure throughout.
+    """
+    packets = tone_packets(900)
+    heard, playout = play(packets, lambda i: 0.121 if i < 75 else 0.001)
+    s = playout.stretch_stats
+    assert s.accelerated >= 10 and s.removed >= 10 * 100 and s.expanded == 0
+    assert playout.buffer.stats.skipped == 0 and playout.buffer.stats.concealed == 0
+    assert playout.delay < 0.080  # was 120 ms more than needed when the queue drained
+    assert worst_click(heard) < CLICK_DB
+    assert dominant_frequency(heard[-SAMPLE_RATE:]) == pytest.approx(440, abs=2)
+
+
+def test_jitter_growing_is_met_by_expanding_frames() -> None:
+    """The path's jitter grows (0 to +-30 ms over 4 s): after the first packet that comes
+    too late (concealed: libopus extends the last period), frames are played longer
+    by a pitch period while the buffer holds less than the new spread asks for,
+    before more packets come too late."""
+    u = np.random.default_rng(7).uniform(-1, 1, 600)
+
+    def delay(i: int) -> float:
+        return 0.031 + float(u[i]) * min(0.03, max(0.0, (i - 50) * T * 0.015))
+
+    heard, playout = play(tone_packets(600), delay)
+    s = playout.stretch_stats
+    assert s.expanded >= 2 and s.added >= 2 * 100 and s.accelerated == 0
+    assert playout.buffer.stats.concealed == 1
+    assert worst_click(heard, 3 * SAMPLE_RATE) < CLICK_DB  # after the one concealed frame
+    assert dominant_frequency(heard[-SAMPLE_RATE:]) == pytest.approx(440, abs=2)
+
+
+def frame_dbfs(stream: Int16Array, index: int) -> float:
+    return rms_dbfs(stream[index * N:(index + 1) * N])
+
+
+def test_a_long_gap_fades_out_mutes_and_comes_back_at_the_level_before() -> None:
+    """12 packets lost in a CELT stream: libopus's own concealment turns to noise from
+    the 5th frame; the playout fades it 6 dB a frame from the 4th and mutes from the
+    6th, then holds the first frames back to the level before the gap, faded in."""
+    packets = tone_packets(200)
+    lost = range(100, 112)
+    heard, playout = play(packets, lambda i: None if i in lost else 0.001)
+    first = 100  # the pull that conceals the first lost frame
+    assert playout.stretch_stats.faded >= len(lost) - FADE_FROM + 1
+    before = frame_dbfs(heard, first - 1)
+    levels = [frame_dbfs(heard, first + k) for k in range(len(lost))]
+    for k in range(FADE_FROM - 1, MUTE_FROM - 1):  # the 4th and 5th: 6 dB down each
+        assert levels[k] <= levels[k - 1] - 5.5, levels
+    assert all(level == float("-inf") for level in levels[MUTE_FROM:]), levels
+    back = [frame_dbfs(heard, first + len(lost) + k) for k in range(3)]
+    assert max(back) <= before + 1.0, (before, back)
+    resume = heard[(first + len(lost)) * N:(first + len(lost)) * N + 240]
+    assert np.abs(resume[:24]).max() < np.abs(resume[-24:]).max()  # faded in
+    assert playout.stretch_stats.capped >= 2
+
+
+def test_losses_are_counted_in_runs_and_told_at_once_after_a_clean_stretch() -> None:
+    packets = tone_packets(120)
+    told: list[int] = []
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    playout.on_loss = lambda: told.append(playout.losses.received)
+    lost = {60, 61, 62, 63, 64, 65, 90}
+    for i, packet in enumerate(packets):
+        now[0] = i * T
+        if i not in lost:
+            playout.push(7, i, i * N, packet)
+    # The first second came clean (the sender's probe), then a burst of 6 (at once);
+    # the single loss 0.5 s later waits for the next report.
+    assert told == [PROBE_PACKETS, 61]  # (61 received when packet 66 shows the burst)
+    assert playout.losses.lost == 7 and playout.losses.runs == 2
+    assert playout.losses.mean_run(now[0]) == pytest.approx((36 + 1) / 7)
+    blocks = rtcp_xr.parse_xr(playout.xr_report(rtcp_ssrc=1234))
+    summary, metrics = blocks
+    assert isinstance(summary, rtcp_xr.LossSummary) and isinstance(metrics, rtcp_xr.VoipMetrics)
+    assert (summary.ssrc, summary.begin, summary.end, summary.lost) == (7, 0, 120, 7)
+    assert metrics.burst_duration_ms == round(37 / 7 * 20) and metrics.gmin == 1
+    # The next summary covers only what came since.
+    now[0] += T
+    playout.push(7, 120, 120 * N, packets[0])
+    summary2 = rtcp_xr.parse_xr(playout.xr_report(rtcp_ssrc=1234))[0]
+    assert isinstance(summary2, rtcp_xr.LossSummary)
+    assert (summary2.begin, summary2.end, summary2.lost) == (120, 121, 0)
