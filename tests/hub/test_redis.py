@@ -346,7 +346,12 @@ async def test_cross_node_offline(nodes: Nodes) -> None:
         await alice.send_json({"type": "call-request", "to": "bob"})
         assert (await recv(bob))["from"] == "alice"
         await bob.close()
-        await asyncio.sleep(0.2)
+        # Until n2 has seen bob go, a message for him still reaches his closing
+        # connection (on a loaded machine that took longer than a fixed 0.2 s).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while n2.registry.local_count() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
         await alice.send_json({"type": "call-request", "to": "bob"})
         reply = await recv(alice)
         assert reply["type"] == "error" and reply["data"]["code"] == "offline"
