@@ -44,8 +44,9 @@ module, against the pinned versions in ``pyproject.toml``.
 8. Call setup time (issue 16): :func:`speed_up_setup` gives one peer
    connection the timing of its :class:`FastSetup`: connectivity checks
    paced at 5 ms instead of aioice's 20 ms loop (which also noticed the end
-   of the checks only at its next tick); a check retransmitted after 0.1 s
-   instead of 0.5 s (consent checks keep aioice's); the triggered check of
+   of the checks only at its next tick); the STUN requests of checks and
+   gathering retransmitted after 0.1 s instead of 0.5 s (consent checks
+   keep aioice's); the triggered check of
    RFC 8445 section 7.3.1.4 for an In-Progress pair (the peer's check
    resends ours at once, instead of aioice waiting 0.5 s after its first
    was dropped by the peer's NAT); DTLS handshake flights sent again after
@@ -583,9 +584,11 @@ def report_with(receiver: RTCRtpReceiver, extra: Callable[[int], bytes]) -> Call
 
 @dataclass(frozen=True)
 class FastSetup:
-    """How fast one peer connection's ICE and DTLS set up (:func:`speed_up_setup`).
+    """How fast one peer connection's ICE and DTLS set up (:func:`speed_up_setup`,
+    :func:`answer_as_dtls_server`; :attr:`MediaConfig.fast_setup
+    <softphone.media.audiopath.MediaConfig.fast_setup>` of a call).
 
-    ``None`` (``False``) keeps aioice's or OpenSSL's own behaviour: :data:`STOCK_SETUP`.
+    ``None`` / ``False`` keeps aiortc's, aioice's or OpenSSL's own: :data:`STOCK_SETUP`.
     """
 
     #: Seconds between starting two connectivity checks: RFC 8445's Ta, at
@@ -631,11 +634,12 @@ STOCK_SETUP: Final = FastSetup(check_pacing=None, stun_rto=None, triggered_check
                                dtls_server_answers=False)
 #: Our DTLS resends stop once the timer would exceed this; OpenSSL's own go on.
 DTLS_TIMER_MAX: Final = 0.8
-_SPED_UP_ATTR: Final = "_softphone_setup_timers"
+_SPED_UP_ATTR: Final = "_softphone_fast_setup"
 _RELAY_READY_ATTR: Final = "_softphone_relay_ready"
 _original_transaction_init: Any = None
 _original_srflx_candidate: Any = None
-#: The first retransmission of the STUN transaction made in this task (a check's).
+#: The first retransmission of a STUN transaction made in this task (a check's, or
+#: gathering's); None: aioice's.
 _stun_rto: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "softphone_stun_rto", default=None)
 
@@ -687,8 +691,8 @@ def _check_setup_internals() -> None:
                            "through its ICE transport's _send/_recv")
 
 
-def speed_up_setup(pc: Any, timers: FastSetup) -> None:
-    """Give ``pc``'s ICE checks and DTLS handshake the timing of ``timers``.
+def speed_up_setup(pc: Any, setup: FastSetup) -> None:
+    """Give ``pc``'s ICE checks and DTLS handshake the timing of ``setup``.
 
     For a peer connection whose transceivers are added (its transports exist);
     once per transport (a second call changes nothing). Other peer
@@ -696,8 +700,8 @@ def speed_up_setup(pc: Any, timers: FastSetup) -> None:
     """
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport
-        if speed_up_ice(dtls.transport._connection, timers) and timers.dtls_timer is not None:
-            _DtlsFlights(dtls, timers.dtls_timer)
+        if speed_up_ice(dtls.transport._connection, setup) and setup.dtls_timer is not None:
+            _DtlsFlights(dtls, setup.dtls_timer)
 
 
 def answer_as_dtls_server(pc: Any, offer_sdp: str) -> bool:
@@ -714,19 +718,19 @@ def answer_as_dtls_server(pc: Any, offer_sdp: str) -> bool:
     return True
 
 
-def speed_up_ice(connection: aioice.Connection, timers: FastSetup) -> bool:
+def speed_up_ice(connection: aioice.Connection, setup: FastSetup) -> bool:
     """The ICE part of :func:`speed_up_setup`, for an aioice ``Connection`` (before
     its ``connect()``). False if it was done already."""
     if getattr(connection, _SPED_UP_ATTR, None) is not None:
         return False
-    setattr(connection, _SPED_UP_ATTR, timers)
-    if timers.check_pacing is not None:
-        _pace_checks(connection, timers.check_pacing)
-    if timers.stun_rto is not None:
-        _time_checks(connection, timers.stun_rto)
-    if timers.triggered_checks:
+    setattr(connection, _SPED_UP_ATTR, setup)
+    if setup.check_pacing is not None:
+        _pace_checks(connection, setup.check_pacing)
+    if setup.stun_rto is not None:
+        _time_checks(connection, setup.stun_rto)
+    if setup.triggered_checks:
         _trigger_checks(connection)
-    if timers.stun_after_relay is not None or timers.stun_rto is not None:
+    if setup.stun_after_relay is not None or setup.stun_rto is not None:
         _install_gathering_seams()
     return True
 

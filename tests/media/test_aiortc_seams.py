@@ -156,3 +156,11 @@ def test_describe_turn_error() -> None:
     assert aiortc_seams.describe_turn_error(TimeoutError()) == "no answer"
     assert aiortc_seams.describe_turn_error(ConnectionRefusedError("refused")) == \
         "ConnectionRefusedError: refused"
+
+
+def test_the_call_setup_seams_internals() -> None:
+    """Seam 8 (call setup time): what it relies on is still there. Its behaviour
+    (triggered checks, pacing, retransmission timers, DTLS flights, the DTLS role
+    of the answer, gathering with TURN) is tested in test_aiortc_seams_setup.py."""
+    aiortc_seams._check_setup_internals()
+    assert aiortc_seams.STOCK_SETUP != aiortc_seams.FastSetup()
