@@ -25,21 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
+import numpy as np
 from aiohttp import WSMsgType, web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from softphone.core.sas import Fingerprint, Sas, derive_sas, sdp_fingerprint
+from softphone.media.audio import Int16Array
+from softphone.media.tracks import PacedSource
 
 from .helpers import serve_app
 
@@ -47,24 +48,19 @@ log = logging.getLogger(__name__)
 
 RATE = 48_000
 FRAME = 960  # 20 ms
-_TIME_BASE = fractions.Fraction(1, RATE)
 #: At most this much audio waits in a bridge track (older samples are dropped).
 MAX_BUFFER_SAMPLES = RATE // 2
 
 
-class BridgeTrack(MediaStreamTrack):
+class BridgeTrack(PacedSource):
     """Audio the hub sends one phone: what it receives from the other, 20 ms at a time.
 
     Silence until the other side's track is there (and whenever it runs dry).
     """
 
-    kind = "audio"
-
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # PacedSource: paced by the clock, 20 ms frames
         self._buffer = bytearray()  # s16 mono 48 kHz
-        self._pts = 0
-        self._start: float | None = None
         self._feeder: asyncio.Task[None] | None = None
         #: Frames received from the other side and relayed.
         self.relayed_frames = 0
@@ -87,29 +83,12 @@ class BridgeTrack(MediaStreamTrack):
                 if excess > 0:
                     del self._buffer[:excess]
 
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            due = self._start + self._pts / RATE
-            if due > now:
-                await asyncio.sleep(due - now)
-            elif now - due > 0.2:  # stalled: skip ahead rather than burst
-                self._start = now - self._pts / RATE
-        want = 2 * FRAME
+    def next_samples(self, count: int) -> Int16Array:
+        """The next ``count`` samples relayed from the other side (silence if short)."""
+        want = 2 * count
         chunk = bytes(self._buffer[:want])
         del self._buffer[:want]
-        chunk += bytes(want - len(chunk))
-        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME)
-        frame.planes[0].update(chunk)
-        frame.sample_rate = RATE
-        frame.pts = self._pts
-        frame.time_base = _TIME_BASE
-        self._pts += FRAME
-        return frame
+        return np.frombuffer(chunk + bytes(want - len(chunk)), dtype=np.int16)
 
     def stop(self) -> None:
         super().stop()
