@@ -339,17 +339,7 @@ class NetLab:
         for side in ("a", "b"):
             router = f"r{side}"
             # wan <-> pub:br0, lan <-> host:eth0; made inside the namespaces.
-            self._ip(router, "link", "add", "wan", "type", "veth", "peer", "name",
-                     f"to-{router}", "netns", self.ns("pub"))
-            self._ip("pub", "link", "set", f"to-{router}", "master", "br0")
-            self._ip("pub", "link", "set", f"to-{router}", "up")
-            self._ip(router, "link", "add", "lan", "type", "veth", "peer", "name", "eth0",
-                     "netns", self.ns(side))
-            self._ip(router, "addr", "add", f"{ROUTER_WAN[side]}/24", "dev", "wan")
-            self._ip(router, "addr", "add", f"{ROUTER_LAN[side]}/24", "dev", "lan")
-            self._ip(router, "link", "set", "wan", "up")
-            self._ip(router, "link", "set", "lan", "up")
-            self._ip(router, "route", "add", "default", "via", MISSING_GATEWAY)
+            self._wire_router(router, side, "eth0", ROUTER_WAN[side], ROUTER_LAN[side])
             self._sysctl(router, "net.ipv4.ip_forward=1")
             self._ip(side, "addr", "add", f"{HOST_IP[side]}/24", "dev", "eth0")
             self._ip(side, "link", "set", "eth0", "up")
@@ -531,6 +521,21 @@ class NetLab:
         """The address the internet sees ``side`` at now."""
         return SECOND_ROUTER_WAN[side] if side in self._moved else ROUTER_WAN[side]
 
+    def _wire_router(self, router: str, side: str, host_dev: str, wan: str, lan: str) -> None:
+        """Router ``router``'s ``wan`` on the public bridge and ``lan`` to ``side``'s
+        ``host_dev``, with their addresses, up, and a default route."""
+        self._ip(router, "link", "add", "wan", "type", "veth", "peer", "name",
+                 f"to-{router}", "netns", self.ns("pub"))
+        self._ip("pub", "link", "set", f"to-{router}", "master", "br0")
+        self._ip("pub", "link", "set", f"to-{router}", "up")
+        self._ip(router, "link", "add", "lan", "type", "veth", "peer", "name", host_dev,
+                 "netns", self.ns(side))
+        self._ip(router, "addr", "add", f"{wan}/24", "dev", "wan")
+        self._ip(router, "addr", "add", f"{lan}/24", "dev", "lan")
+        self._ip(router, "link", "set", "wan", "up")
+        self._ip(router, "link", "set", "lan", "up")
+        self._ip(router, "route", "add", "default", "via", MISSING_GATEWAY)
+
     def add_second_network(self, side: str, config: RouterConfig | None = None) -> None:
         """Build ``side``'s second home: router ``r<side>2`` (NAT as ``config``, no
         impairments) with its own public address, and a link ``eth1`` to the host,
@@ -548,17 +553,8 @@ class NetLab:
         self._ip(router, "link", "set", "lo", "up")
         self._sysctl(router, "net.ipv6.conf.all.disable_ipv6=1",
                      "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=1")
-        self._ip(router, "link", "add", "wan", "type", "veth", "peer", "name",
-                 f"to-{router}", "netns", self.ns("pub"))
-        self._ip("pub", "link", "set", f"to-{router}", "master", "br0")
-        self._ip("pub", "link", "set", f"to-{router}", "up")
-        self._ip(router, "link", "add", "lan", "type", "veth", "peer", "name", "eth1",
-                 "netns", self.ns(side))
-        self._ip(router, "addr", "add", f"{SECOND_ROUTER_WAN[side]}/24", "dev", "wan")
-        self._ip(router, "addr", "add", f"{SECOND_ROUTER_LAN[side]}/24", "dev", "lan")
-        self._ip(router, "link", "set", "wan", "up")
-        self._ip(router, "link", "set", "lan", "up")
-        self._ip(router, "route", "add", "default", "via", MISSING_GATEWAY)
+        self._wire_router(router, side, "eth1", SECOND_ROUTER_WAN[side],
+                          SECOND_ROUTER_LAN[side])
         _run("ip", "netns", "exec", self.ns(router), "iptables-restore",
              input=self._ruleset(RouterConfig(nat=config.nat, block_udp=config.block_udp)))
         self._second.add(side)
