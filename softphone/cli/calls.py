@@ -204,8 +204,7 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
             result = await talk_until_end(the_call, out, interrupts, talk.duration, dtmf)
         finally:
             await phone.close()
-        if phone.refusal is not None:
-            out.say(f"the hub refused us: {phone.refusal.message}")
+        if said_refusal(phone, out):
             return ExitCode.REFUSED
         out.say(describe(result))
         if media.record and result.outcome is Outcome.COMPLETED:
@@ -339,6 +338,14 @@ def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaO
     sys.exit(asyncio.run(run()))
 
 
+def said_refusal(phone: Phone, out: Output) -> bool:
+    """Whether the hub refused us (closed our connection saying why); if so, say it."""
+    if phone.refusal is None:
+        return False
+    out.say(f"the hub refused us: {phone.refusal.message}")
+    return True
+
+
 async def next_incoming(phone: Phone, interrupts: Interrupts) -> Call | None:
     """The next call, or None on Ctrl-C or when the hub refused us."""
     waiting = asyncio.ensure_future(phone.next_call())
@@ -361,8 +368,7 @@ async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
     n = 0
     while True:
         incoming = await next_incoming(phone, interrupts)
-        if phone.refusal is not None:
-            out.say(f"the hub refused us: {phone.refusal.message}")
+        if said_refusal(phone, out):
             return ExitCode.REFUSED
         if incoming is None:
             return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
@@ -407,8 +413,7 @@ async def answer_many(phone: Phone, setup: PhoneSetup, out: Output, interrupts: 
     try:
         while True:
             incoming = await next_incoming(phone, interrupts)
-            if phone.refusal is not None:
-                out.say(f"the hub refused us: {phone.refusal.message}")
+            if said_refusal(phone, out):
                 return ExitCode.REFUSED
             if incoming is None:
                 return ExitCode.COMPLETED

@@ -90,20 +90,14 @@ def find_option(command: str, flag: str, options: Iterable[Option] = OPTIONS) ->
 # ------------------------------------------------------------ values ---
 
 
+#: How a message names the type of a value TOML gave (bool first: a bool is an int).
+_TYPE_NAMES: Final = ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
+                      (str, "a string"), (list, "a list"), (dict, "a table"))
+
+
 def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)),
+                type(value).__name__)
 
 
 def check_value(option: Option, value: Any) -> Any:

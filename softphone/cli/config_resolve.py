@@ -128,11 +128,7 @@ def _from_flags(option: Option, flags: Mapping[str, Any], read_secret: SecretRea
         value = tuple(value)
         if not value:  # a repeatable flag not given
             return None
-    try:
-        value = check_value(option, value)
-    except ValueError as exc:
-        raise FlagError(f"{option.flag}: {exc}") from None
-    return Resolved(_expand(option, value), Source.FLAG, option.flag)
+    return _checked(option, check_value, value, Source.FLAG, option.flag)
 
 
 def _from_env(option: Option, env: Mapping[str, str], read_secret: SecretReader,
@@ -145,11 +141,19 @@ def _from_env(option: Option, env: Mapping[str, str], read_secret: SecretReader,
         return _secret_from(file_text, option.file_env, Source.ENV, read_secret, warnings)
     if not text:  # unset or empty: as click, an empty variable is no value
         return None
+    return _checked(option, parse_text_value, text, Source.ENV, option.env)
+
+
+def _checked(option: Option, parse: Callable[[Option, Any], Any], raw: Any, source: Source,
+             origin: str) -> Resolved:
+    """``parse(option, raw)`` resolved from ``origin``; its ValueError names ``origin``
+    (for a flag as a :class:`FlagError`)."""
     try:
-        value = parse_text_value(option, text)
+        value = parse(option, raw)
     except ValueError as exc:
-        raise ConfigError(f"{option.env}: {exc}") from None
-    return Resolved(_expand(option, value), Source.ENV, option.env)
+        error = FlagError if source is Source.FLAG else ConfigError
+        raise error(f"{origin}: {exc}") from None
+    return Resolved(_expand(option, value), source, origin)
 
 
 def _from_file(option: Option, config: ConfigFile | None, read_secret: SecretReader,

@@ -159,8 +159,8 @@ def test_describe_turn_error() -> None:
 
 
 def test_the_call_setup_seams_internals() -> None:
-    """Seam 8 (call setup time): what it relies on is still there. Its behaviour
+    """The call setup seams (fast_setup, dtls): what they rely on is still there. Their behaviour
     (triggered checks, pacing, retransmission timers, DTLS flights, the DTLS role
     of the answer, gathering with TURN) is tested in test_aiortc_seams_setup.py."""
-    aiortc_seams._check_setup_internals()
+    aiortc_seams.fast_setup.check_internals()
     assert aiortc_seams.STOCK_SETUP != aiortc_seams.FastSetup()

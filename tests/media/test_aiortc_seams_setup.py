@@ -1,4 +1,5 @@
-"""Seam 8 of softphone.media.aiortc_seams: the timing of ICE checks and of the DTLS handshake.
+"""The timing of ICE checks and of the DTLS handshake (softphone.media.aiortc_seams:
+fast_setup and dtls, issue 16).
 
 Real aioice connections and real aiortc peer connections on this machine's
 addresses. The network faults (a NAT that drops a first check, a lost DTLS
@@ -24,7 +25,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from softphone.media import aiortc_seams
-from softphone.media.aiortc_seams import STOCK_SETUP, FastSetup, SeamMismatch
+from softphone.media.aiortc_seams import STOCK_SETUP, FastSetup, SeamMismatch, fast_setup
 from softphone.media.audiopath import MediaConfig
 from softphone.media.tracks import SilenceSource
 
@@ -62,12 +63,13 @@ def test_check_fails_loudly_when_the_internals_move(monkeypatch: pytest.MonkeyPa
     elif target == "check_incoming":
         monkeypatch.setattr(aioice.ice.Connection, "_find_pair", moved)
     elif target == "transaction":
-        monkeypatch.setattr(aiortc_seams, "_original_transaction_init", moved)
+        # fast_setup's own global: the one its check reads (not the package's name)
+        monkeypatch.setattr(fast_setup, "_original_transaction_init", moved)
     else:
         import aiortc
         monkeypatch.setattr(aiortc.RTCIceTransport, "__init__", moved)
     with pytest.raises(SeamMismatch, match=says):
-        aiortc_seams._check_setup_internals()
+        fast_setup.check_internals()
 
 
 # -- ICE -----------------------------------------------------------------------------
@@ -252,7 +254,7 @@ async def test_the_stun_rto_is_for_setup_requests_only() -> None:
                                        retransmissions=retransmissions)
 
     async def in_a_check() -> tuple[aioice.stun.Transaction, aioice.stun.Transaction]:
-        aiortc_seams._stun_rto.set(0.1)
+        fast_setup._stun_rto.set(0.1)
         return made(None), made(0)
 
     check, consent = await asyncio.ensure_future(in_a_check())

@@ -1,0 +1,149 @@
+"""The DTLS handshake of call setup (the DTLS half of :mod:`.fast_setup`).
+
+- :func:`answer_as_dtls_server` sets the callee's ``RTCDtlsTransport`` role
+  to server before aiortc's ``createAnswer`` (which answers with the
+  transport's role), so the caller, done with ICE first, starts the
+  handshake.
+- :class:`DtlsFlights` replaces an ``RTCIceTransport``'s ``_send``/``_recv``
+  (through which aiortc's DTLS transport talks) during the handshake, to
+  send our handshake flights again after 0.1 s instead of OpenSSL's 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import re
+from typing import Any, Final
+
+import aiortc
+
+from softphone.media.aiortc_seams.pinned import SeamMismatch
+
+log = logging.getLogger(__name__)
+
+#: Our DTLS resends stop once the timer would exceed this; OpenSSL's own go on.
+DTLS_TIMER_MAX: Final = 0.8
+
+
+def check_internals() -> None:
+    """Raise :class:`SeamMismatch` if aiortc's DTLS role or transport changed."""
+    answer = inspect.getsource(aiortc.RTCPeerConnection.createAnswer)
+    if 'if dtlsTransport._role == "auto":' not in answer or \
+            "media.dtls.role = dtlsTransport._role" not in answer or \
+            "def _set_role(self, role: str)" not in inspect.getsource(aiortc.RTCDtlsTransport):
+        raise SeamMismatch("aiortc no longer answers with its DTLS transport's role")
+    ice = inspect.getsource(aiortc.RTCIceTransport.__init__)
+    dtls = inspect.getsource(aiortc.RTCDtlsTransport)
+    if "self._recv = self._connection.recv" not in ice or \
+            "self._send = self._connection.send" not in ice or \
+            "await self.transport._send(data)" not in dtls or \
+            "self.transport._recv()" not in dtls or "self.encrypted = True" not in dtls:
+        raise SeamMismatch("aiortc's DTLS transport no longer sends and receives "
+                           "through its ICE transport's _send/_recv")
+
+
+def answer_as_dtls_server(pc: Any, offer_sdp: str) -> bool:
+    """Before ``pc`` answers ``offer_sdp``: take the DTLS server role, if the offer
+    leaves it to us (``a=setup:actpass``); see
+    :attr:`~softphone.media.aiortc_seams.fast_setup.FastSetup.dtls_server_answers`.
+    Whether it did."""
+    roles = set(re.findall(r"^a=setup:(\w+)", offer_sdp, re.M))
+    if roles != {"actpass"}:
+        return False
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        if dtls._role == "auto":
+            dtls._set_role("server")
+    return True
+
+
+class DtlsFlights:
+    """Sends a DTLS transport's handshake flights again sooner than OpenSSL (1 s).
+
+    It watches the datagrams the transport sends and receives through its ICE
+    transport until the handshake is over both ways (ours done, and the
+    peer's SRTP or SRTCP arrived), then steps aside. A flight is what we sent
+    since we last received something new. It is sent again, byte for byte:
+
+    - when nothing new arrived ``timer`` seconds after it, doubling, while
+      our handshake is not done (up to :data:`DTLS_TIMER_MAX`; OpenSSL's own
+      retransmissions go on as before);
+    - when the peer sends again what it had sent (it did not hear us), even
+      after our handshake is done: our last flight (the server's Finished) may
+      have been lost, and a flight sent again byte for byte is discarded by
+      the peer's replay check, so OpenSSL would not answer it.
+    """
+
+    def __init__(self, dtls: Any, timer: float) -> None:
+        self.dtls = dtls
+        self.ice = dtls.transport
+        self.timer = timer
+        self.delay = timer
+        self.flight: list[bytes] = []
+        self.answered = True  # something new arrived since our last flight
+        self.seen: set[bytes] = set()  # DTLS datagrams received
+        self.handle: asyncio.TimerHandle | None = None
+        self.resent_at = -math.inf
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.original_send = self.ice._send
+        self.original_recv = self.ice._recv
+        self.ice._send = self.send
+        self.ice._recv = self.recv
+
+    async def send(self, data: bytes) -> None:
+        if data and 19 < data[0] < 64:  # DTLS (RFC 7983)
+            if self.answered:
+                self.flight, self.answered, self.delay = [], False, self.timer
+            if len(self.flight) < 16:
+                self.flight.append(data)
+            if self.handle is None and not self.dtls.encrypted:
+                self.handle = asyncio.get_running_loop().call_later(self.delay, self.expired)
+        await self.original_send(data)
+
+    async def recv(self) -> bytes:
+        data: bytes = await self.original_recv()
+        if data and 19 < data[0] < 64:
+            if data not in self.seen:
+                self.seen.add(data)
+                self.answered = True
+                self.cancel()
+            elif not self.answered and \
+                    asyncio.get_running_loop().time() - self.resent_at >= self.timer / 2:
+                self.resend("the peer sent its flight again")
+        elif data and 127 < data[0] < 192 and self.dtls.encrypted:  # SRTP/SRTCP: done
+            self.ice._send, self.ice._recv = self.original_send, self.original_recv
+            self.cancel()
+            self.seen.clear()
+            self.flight = []
+        return data
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def expired(self) -> None:
+        self.handle = None
+        if self.answered or self.dtls.encrypted or self.dtls.state != "connecting":
+            return
+        self.resend(f"no answer in {self.delay * 1000:.0f} ms")
+        self.delay *= 2
+        if self.delay <= DTLS_TIMER_MAX:
+            self.handle = asyncio.get_running_loop().call_later(self.delay, self.expired)
+
+    def resend(self, why: str) -> None:
+        log.debug("DTLS: sending our last flight again (%s)", why)
+        self.resent_at = asyncio.get_running_loop().time()
+        task = asyncio.ensure_future(self._send_all(list(self.flight)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send_all(self, flight: list[bytes]) -> None:
+        for data in flight:
+            try:
+                await self.original_send(data)
+            except ConnectionError:
+                return
