@@ -154,6 +154,7 @@ class Link(asyncio.Protocol):
         self._on_message = on_message
         self._transport: asyncio.Transport | None = None
         self._owner: Any = None
+        self._stream_protocol: asyncio.BaseProtocol | None = None  # redis-py's, replaced by us
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -227,6 +228,10 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        stream, self._stream_protocol = self._stream_protocol, None
+        if stream is not None:  # so redis-py's disconnect sees its writer closed, not waits 2 s
+            with contextlib.suppress(Exception):
+                stream.connection_lost(exc)
         waiting, self._waiting = self._waiting, deque()
         lost = LinkLost(f"the Redis connection was lost ({exc or 'closed'})")
         for handler in waiting:
@@ -269,6 +274,7 @@ async def open_link(pool: Any, on_message: Callable[[bytes], None] | None = None
                               "(an unexpected redis-py version?)")
     link = Link(on_message)
     link._owner = conn  # it closes the transport it opened (see aclose)
+    link._stream_protocol = transport.get_protocol()
     transport.set_protocol(link)
     link.connection_made(transport)
     return link
