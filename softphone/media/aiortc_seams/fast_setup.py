@@ -241,6 +241,26 @@ def _install_transaction_rto() -> None:
     aioice.stun.Transaction.__init__ = __init__  # type: ignore[method-assign]
 
 
+
+def _retrieved_when_done() -> None:
+    """Mark the running gathering task's exception as retrieved when it ends.
+
+    aioice reads the result of each candidate task it waited for, but when the
+    gathering itself is cancelled (a connection closed while gathering: a media
+    restart retiring a generation), a STUN or TURN query it started goes on, fails
+    on the closed socket and would be logged as "Task exception was never
+    retrieved". The exception still reaches aioice when it does wait.
+    """
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _install_gathering_seams() -> None:
     """For connections whose :class:`FastSetup` say so: the requests to the STUN
     server and to a TURN server over UDP retransmit after ``stun_rto``; STUN and
@@ -265,6 +285,7 @@ def _install_gathering_seams() -> None:
 
     @functools.wraps(srflx)
     async def server_reflexive_candidate(protocol: Any, stun_server: Any) -> Any:
+        _retrieved_when_done()
         connection = protocol.receiver
         timers = getattr(connection, _SPED_UP_ATTR, None)
         if timers is None:
@@ -295,6 +316,7 @@ def _install_gathering_seams() -> None:
 
     @functools.wraps(relayed)
     async def relayed_candidate(**kwargs: Any) -> Any:
+        _retrieved_when_done()
         connection = gathering_connection.get()
         timers = getattr(connection, _SPED_UP_ATTR, None)
         # Over TCP or TLS a request is not retransmitted (RFC 8489 section 6.2.2).
