@@ -25,6 +25,12 @@ Usage (as root; needs iproute2, iptables, coturn and NetfilterQueue)::
     python benchmarks/netlab_table.py --runs 3           # each path scenario 3 times
     python benchmarks/netlab_table.py --only setup --setup-calls 20
     python benchmarks/netlab_table.py --only paths
+    python benchmarks/netlab_table.py --only events     # switch, rebinding, outage
+
+Network events (issue 16, ``benchmarks/netlab_events.py``): a network switch,
+a NAT rebinding and a 30 s outage in the middle of a call, each in a fresh lab;
+the time from the event (the outage: the restore) to the far tone back, both
+directions.
 """
 
 from __future__ import annotations
@@ -517,7 +523,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--setup-calls", type=int, default=10,
                         help="calls per setup scenario, of each phone")
-    parser.add_argument("--only", choices=["paths", "setup"])
+    parser.add_argument("--only", choices=["paths", "setup", "events"])
     parser.add_argument("--no-stock", action="store_true",
                         help="setup table: softphone only")
     args = parser.parse_args()
@@ -528,12 +534,19 @@ def main() -> int:
         print("cannot run the network lab: " + "; ".join(problems), file=sys.stderr)
         return 1
     out: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="netlab-") as tmp, lab(Path(tmp)) as the_lab:
-        the_lab.start_coturn()
-        if args.only != "setup":
-            out += paths_table(the_lab, args.runs, args.duration)
-        if args.only != "paths":
-            out += ["", *setup_table(the_lab, args.setup_calls, stock=not args.no_stock)]
+    with tempfile.TemporaryDirectory(prefix="netlab-") as tmp:
+        if args.only != "events":
+            with lab(Path(tmp)) as the_lab:
+                the_lab.start_coturn()
+                if args.only in (None, "paths"):
+                    out += paths_table(the_lab, args.runs, args.duration)
+                if args.only in (None, "setup"):
+                    out += ["", *setup_table(the_lab, args.setup_calls,
+                                             stock=not args.no_stock)]
+        if args.only in (None, "events"):  # a fresh lab per run (after the one above)
+            from benchmarks.netlab_events import events_table
+
+            out += ["", *events_table(Path(tmp), args.runs)]
     print("\n".join(out).strip())
     return 0
 

@@ -47,6 +47,7 @@ OUTCOME_TEXT: dict[Outcome, str] = {
     Outcome.MEDIA_FAILED: "media failed: could not connect audio with {peer}",
     Outcome.MISSED: "missed call from {peer} (the caller hung up)",
     Outcome.CANCELLED: "call cancelled before audio connected",
+    Outcome.MEDIA_LOST: "media lost: the audio with {peer} died and did not come back",
 }
 
 

@@ -276,9 +276,22 @@ class ProcessingOptions:
 
 
 @dataclass(frozen=True)
+class RestartOptions:
+    """Media restart (``docs/protocol.md``): ``--no-restart``, ``--restart-silence``,
+    ``--restart-probe``, ``--restart-retry``, ``--give-up`` (seconds)."""
+
+    enabled: bool = True
+    silence: float = 2.0
+    probe: float = 0.5
+    retry: float = 2.0
+    give_up: float = 45.0
+
+
+@dataclass(frozen=True)
 class MediaOptions:
     """What a call sends (``--play``/``--tone``, else the microphone), keeps
-    (``--record``) and plays, and how it codes its voice."""
+    (``--record``) and plays, how it codes its voice, and how its media is
+    restarted when its path dies."""
 
     play: str | None = None
     tone: float | None = None
@@ -286,17 +299,33 @@ class MediaOptions:
     voice: VoiceOptions = VoiceOptions()
     audio: AudioDeviceOptions = AudioDeviceOptions()
     processing: ProcessingOptions = ProcessingOptions()
+    restart: RestartOptions = RestartOptions()
+
+
+def _restart(no_restart: bool, silence: float | None, probe: float | None,
+             retry: float | None, give_up: float | None) -> RestartOptions:
+    default = RestartOptions()
+    out = RestartOptions(not no_restart, silence or default.silence, probe or default.probe,
+                         retry or default.retry, give_up or default.give_up)
+    if out.probe >= out.silence:
+        raise click.UsageError(f"--restart-probe ({out.probe:g} s) must be shorter than "
+                               f"--restart-silence ({out.silence:g} s)")
+    return out
 
 
 def _media(play: str | None, tone: float | None, record: str | None, bitrate: int | None,
            redundancy: int | None, simulate_loss: float | None, input: str | None,
            output: str | None, no_audio: bool, aec: bool = True, ns: bool = True,
-           agc: bool = True) -> MediaOptions:
+           agc: bool = True, no_restart: bool = False, restart_silence: float | None = None,
+           restart_probe: float | None = None, restart_retry: float | None = None,
+           give_up: float | None = None) -> MediaOptions:
     if play and tone is not None:
         raise click.UsageError("use either --play or --tone, not both")
     return MediaOptions(play, tone, record, VoiceOptions(bitrate, redundancy, simulate_loss or 0.0),
                         AudioDeviceOptions(input, output, no_audio),
-                        ProcessingOptions(aec, ns, agc))
+                        ProcessingOptions(aec, ns, agc),
+                        _restart(no_restart, restart_silence, restart_probe, restart_retry,
+                                 give_up))
 
 
 _INPUT = click.option(
@@ -338,6 +367,21 @@ media_options = option_group("media", _media, [
                  help="Noise suppression on the microphone (default on)."),
     click.option("--agc/--no-agc", default=True,
                  help="Automatic gain control on the microphone (default on)."),
+    # Media restart: a call whose media path dies gets a fresh connection (issue 16).
+    click.option("--no-restart/--restart", default=False,
+                 help="Do not restart the media of a call whose path died (the peer is "
+                      "not offered it); lost media still ends the call after --give-up."),
+    click.option("--restart-silence", type=float, callback=positive, metavar="S",
+                 help="Restart the media after this long without audio packets "
+                      "(default 2)."),
+    click.option("--restart-probe", type=float, callback=positive, metavar="S",
+                 help="After this long without audio packets, check the path; no answer: "
+                      "restart at once (default 0.5; below --restart-silence)."),
+    click.option("--restart-retry", type=float, callback=positive, metavar="S",
+                 help="Start restart attempts at most this often (default 2)."),
+    click.option("--give-up", type=float, callback=positive, metavar="S",
+                 help="End the call (outcome media-lost, exit 14) when its media stays "
+                      "away this long (default 45)."),
 ])
 
 

@@ -23,6 +23,7 @@ from softphone.cli.options import (
     IceOptions,
     MediaOptions,
     ProcessingOptions,
+    RestartOptions,
     TlsClientOptions,
     VoiceOptions,
 )
@@ -47,10 +48,11 @@ def client_tls(tls: TlsClientOptions) -> ssl.SSLContext | None:
         raise click.BadParameter(str(exc), param_hint="--ca-file") from exc
 
 
-def media_config(voice: VoiceOptions, processing: ProcessingOptions | None = None
-                 ) -> MediaConfig:
-    """The MediaConfig asked for by --bitrate / --redundancy / --simulate-loss and
-    --no-aec / --no-ns / --no-agc."""
+def media_config(voice: VoiceOptions, processing: ProcessingOptions | None = None,
+                 restart: RestartOptions | None = None) -> MediaConfig:
+    """The MediaConfig asked for by --bitrate / --redundancy / --simulate-loss,
+    --no-aec / --no-ns / --no-agc and the media restart options."""
+    from softphone.core.restart_events import RestartSettings
     from softphone.media.apm import VoiceSettings
     from softphone.media.netsim import Impairment
     from softphone.media.opus import EncoderSettings
@@ -63,9 +65,13 @@ def media_config(voice: VoiceOptions, processing: ProcessingOptions | None = Non
         settings["redundancy"] = voice.redundancy
     loss = voice.simulate_loss
     p = processing or ProcessingOptions()
+    r = restart or RestartOptions()
     return MediaConfig(encoder=EncoderSettings(**settings),
                        impairment=Impairment(loss=loss / 100, seed=0) if loss else None,
-                       voice_processing=VoiceSettings(aec=p.aec, ns=p.ns, agc=p.agc))
+                       voice_processing=VoiceSettings(aec=p.aec, ns=p.ns, agc=p.agc),
+                       restart=RestartSettings(silence=r.silence, probe_after=r.probe,
+                                               retry_interval=r.retry, give_up=r.give_up),
+                       restart_enabled=r.enabled)
 
 
 def voice_notice(media: MediaOptions, noticed: set[str]) -> None:
@@ -183,7 +189,7 @@ class PhoneSetup:
         self.media = media
         self.echo = echo
         self.ssl_context = client_tls(hub.tls)
-        self.media_config = media_config(media.voice, media.processing)
+        self.media_config = media_config(media.voice, media.processing, media.restart)
         #: Device notices already said ("input", "output"): once per command.
         self._noticed: set[str] = set()
         self._prompt: SharedPrompt | None = None

@@ -135,6 +135,7 @@ class HubSecurityOptions:
     max_connections: int = 20_000
     max_per_address: int = 100
     peer_grace: float = 4.0
+    peer_away_grace: float = 45.0
     heartbeat: float = 15.0
     head_timeout: float = 30.0
 
@@ -212,8 +213,14 @@ hub_security_options = option_group("security", _hub_security, [
                  show_default=True, help="Connections from one address (0: unlimited)."),
     click.option("--peer-grace", type=float, default=4.0, show_default=True,
                  callback=not_negative, metavar="S",
-                 help="How long a client in a call may be gone before its peer is "
-                      "sent hangup (peer-disconnected)."),
+                 help="How long a client in a call whose connection was closed (its "
+                      "process quit or was killed) may be gone before its peer is sent "
+                      "hangup (peer-disconnected)."),
+    click.option("--peer-away-grace", type=float, default=45.0, show_default=True,
+                 callback=not_negative, metavar="S",
+                 help="The same for a client the heartbeat dropped (its network went "
+                      "away, nothing was closed): room for its phone to come back and "
+                      "restart the call's media."),
     click.option("--heartbeat", type=float, default=15.0, show_default=True,
                  callback=positive, metavar="S",
                  help="Ping interval; a client silent for 1.5 times it is dropped."),

@@ -3,8 +3,9 @@
 On a terminal (stdin and the human output both ttys), a call shows one
 status line redrawn in place (state, duration, codec, RTT, jitter, loss,
 playout buffer, microphone and speaker meters, the last keys pressed each
-way, the verification code) and reads keys: ``m`` mutes/unmutes, ``h`` (or Ctrl-C) hangs up,
-``0``-``9``, ``*`` and ``#`` press that key on the call (DTMF); incoming
+way, the verification code, "on hold (local)"/"on hold (remote)") and reads keys:
+``m`` mutes/unmutes, ``p`` puts the call on hold and takes it off, ``h`` (or Ctrl-C)
+hangs up, ``0``-``9``, ``*`` and ``#`` press that key on the call (DTMF); incoming
 calls are answered with ``a``/``y`` or rejected with ``r``/``n``. Elsewhere (pipes, files,
 CI) the same status comes as a plain line every few seconds and nothing is
 read from the keyboard. Terminal handling is prompt_toolkit's (raw mode,
@@ -139,9 +140,12 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
                 mic_dbfs: float,
                 speaker_dbfs: float, muted: bool, keys: bool, heard: str = "",
                 pressed: str = "", voice: VoiceStats | None = None,
-                devices: dict[str, Any] | None = None, sas: str | None = None) -> str:
+                devices: dict[str, Any] | None = None, sas: str | None = None,
+                held: str = "", on_hold: bool = False) -> str:
     """The status line (pure: figures in, text out).
 
+    ``held``: who holds the call ("local", "remote", "local, remote"; "" for
+    nobody); ``on_hold``: we hold it (the key then resumes);
     ``heard``/``pressed``: the last DTMF keys the peer pressed / we pressed;
     ``sas``: the call's verification code (last: the "connected to" line above the
     status line has it in full, so a narrow terminal may cut it here).
@@ -149,7 +153,7 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
 
-    parts = [state, clock(seconds), codec]
+    parts = [state, *([f"on hold ({held})"] if held else []), clock(seconds), codec]
     if stats is not None:
         expected = stats.packets_received + stats.packets_lost
         loss = 100.0 * stats.packets_lost / expected if expected else 0.0
@@ -163,11 +167,33 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
                                *([f"out {pressed[-KEYS_SHOWN:]}"] if pressed else [])]))
     if keys:  # (last: on a narrow terminal, what is cut)
         parts.append("m:" + ("unmute" if muted else "mute") + " h:hangup"
+                     + (" p:resume" if on_hold else " p:hold")
                      + ("" if heard or pressed else " 0-9*#:keys"))
     parts += voice_status(voice, devices or {})  # (after the keys: cut first when narrow)
     if sas:
         parts.append(f"code: {sas}")
     return "  ".join(parts)
+
+
+def held_by(call: Call) -> str:
+    """Who holds ``call``, for the status line: "local", "remote", "local, remote" or ""."""
+    return ", ".join(who for who, held in (("local", call.on_hold),
+                                           ("remote", call.held_by_remote)) if held)
+
+
+def hold_text(kind: str, by: str, peer: str) -> str:
+    """The line said for a ``hold``/``resume`` event."""
+    if by == "local":
+        return "call on hold (p resumes)" if kind == "hold" else "call resumed"
+    return f"{peer} put the call on hold" if kind == "hold" else f"{peer} resumed the call"
+
+
+def media_text(event: dict[str, Any]) -> str:
+    """The line said for a ``media-lost``/``media-restart`` event (media restart)."""
+    if event.get("event") == "media-restart":
+        return f"media back after {event.get('gap_ms')} ms"
+    then = "restarting" if event.get("restarting") else "waiting for it (no restart agreed)"
+    return f"media lost ({event.get('reason')}), {then}"
 
 
 # --------------------------------------------------------------- terminal ---
@@ -304,6 +330,11 @@ class CallScreen:
         elif kind == "dtmf-sent":
             self.pressed = (self.pressed + str(event["digit"]))[-KEYS_SHOWN:]
             self._redraw()
+        elif kind in ("hold", "resume"):
+            self.out.say(hold_text(kind, str(event.get("by")), self.call.peer))
+            self._redraw()
+        elif kind in ("media-lost", "media-restart"):
+            self.out.say(media_text(event))
 
     def _on_key(self, key: str) -> None:
         if key in ("m", "M"):
@@ -313,8 +344,16 @@ class CallScreen:
             self._redraw()
         elif key in ("h", "H", "c-c", "c-d"):
             spawn(self.call.hangup("hangup"), name="hangup-key")
+        elif key in ("p", "P") and str(self.call.state) == "connected":
+            spawn(self._toggle_hold(), name="hold-key")
         elif key in DTMF_KEYS and str(self.call.state) == "connected":
             spawn(self._press(key), name="dtmf-key")
+
+    async def _toggle_hold(self) -> None:
+        from softphone.client.call import CallEnded
+
+        with contextlib.suppress(CallEnded):
+            await (self.call.resume() if self.call.on_hold else self.call.hold())
 
     async def _press(self, key: str) -> None:
         from softphone.client.call import CallEnded
@@ -336,7 +375,7 @@ class CallScreen:
                            speaker_dbfs=call.speaker_dbfs, muted=call.muted,
                            keys=self.line is not None, heard=self.heard,
                            pressed=self.pressed, voice=self._voice, devices=self._devices,
-                           sas=call.sas)
+                           sas=call.sas, held=held_by(call), on_hold=call.on_hold)
 
     def _read_audio(self) -> None:
         """The voice processor's and the devices' figures (no await: they are snapshots)."""

@@ -9,7 +9,9 @@ wait; and what a terminal phone or a bot shows: times
 (:mod:`softphone.core.sas`; also in the ``media`` event). Its audio is one
 :class:`~softphone.media.audiopath.CallAudio` (:attr:`Call.audio`); its
 events (``state``, ``media``, ``dtmf``, ``dtmf-sent``, ``device-lost``,
-``ended``) go to :meth:`Call.on_event` listeners. Key presses (DTMF, RFC
+``hold``, ``resume``, ``media-lost``, ``media-restart``, ``ended``) go to
+:meth:`Call.on_event` listeners;
+:meth:`Call.hold` and :meth:`Call.resume` (:mod:`~softphone.client.hold_link`). Keys (DTMF, RFC
 4733): :meth:`Call.send_dtmf` sends them, :meth:`Call.next_digit` waits for
 the next one the peer pressed. :class:`CallResult` says how it went.
 """
@@ -24,8 +26,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from softphone.client.hold_link import HoldLink, hold_agreed
 from softphone.core import callstate as cs
 from softphone.core.dtmf import DtmfEvent, check_tones
+from softphone.core.midcall import announced
 from softphone.core.protocol import IceCandidate
 from softphone.core.sas import FingerprintError, sas_from_sdp
 from softphone.media.audiopath import CallAudio, MediaConfig
@@ -35,6 +39,7 @@ from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
 if TYPE_CHECKING:
     from softphone.client.phone import Phone
+    from softphone.client.restart_link import RestartLink
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,8 @@ class CallResult:
     stats: MediaStats = field(default_factory=MediaStats)
     #: The ICE candidate pair the media used (None if it never connected).
     candidate_pair: CandidatePair | None = None
+    #: Spans on hold (either side; no audio): (start, end) in seconds since media connected.
+    held: tuple[tuple[float, float], ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -99,7 +106,8 @@ class CallResult:
                 "first_audio_seconds": r(self.first_audio_seconds),
                 "talk_seconds": r(self.talk_seconds), "stats": self.stats.to_json(),
                 "candidate_pair": None if self.candidate_pair is None
-                else self.candidate_pair.to_json()}
+                else self.candidate_pair.to_json(),
+                "held": [list(span) for span in self.held]}
 
 
 class CallEnded(Exception):
@@ -139,11 +147,32 @@ class Call:
         self.sas: str | None = None
         self._sas: asyncio.Task[str | None] | None = None
         self._announcing: asyncio.Task[None] | None = None
+        self._hold: HoldLink | None = None
+        #: Media restart (:mod:`softphone.client.restart_link`), made with the first
+        #: connection; feed it :meth:`RestartLink.hold_changed` etc.
+        self.restart_link: RestartLink | None = None
 
     # -- what a user does -----------------------------------------------------
 
     def on_event(self, callback: EventCallback) -> None:
-        """Call ``callback(event_dict)`` for every state change, device loss and the end."""
+        """Call ``callback(event_dict)`` for every state change, device loss and the end.
+
+        Each event is a dict with ``"event"`` and ``"peer"``. Media restart
+        (``docs/protocol.md``, "Media restart and hold") adds two:
+
+        - ``{"event": "media-lost", "reason": R, "restarting": bool}``: the media
+          path died (``R``: ``ice-disconnected``, ``ice-failed``, ``rtp-silence``,
+          ``path-dead``, ``address-change``, ``peer-address-change``, ``peer``: the
+          peer restarts); ``restarting`` False when the peer cannot restart (then
+          only the old path may come back);
+        - ``{"event": "media-restart", "reason": R, "gap_ms": N, "generation": G,
+          "attempts": A, "candidate_pair": {...}, "sas": CODE}``: media is back on
+          a fresh peer connection (generation ``G``, after ``A`` attempts), ``N`` ms
+          without audio; ``sas`` is the new connection's verification code.
+
+        Media that does not come back within ``--give-up`` ends the call with the
+        outcome ``media-lost`` (never ``completed``).
+        """
         self._listeners.append(callback)
 
     async def accept(self, source: AudioSource | None = None, sinks: Sequence[Sink] = (), *,
@@ -156,7 +185,8 @@ class Call:
         call's settings (default: the phone's).
         """
         self._prepare(source, sinks, output, media)
-        self.phone._feed(self, cs.LocalAccept())
+        config = media or self.phone.media_config
+        self.phone._feed(self, cs.LocalAccept(announced(restart=config.restart_enabled)))
 
     async def reject(self, reason: str = "declined") -> None:
         self.phone._feed(self, cs.LocalReject(reason))
@@ -207,6 +237,30 @@ class Call:
             waiter.cancel()
         return self._digits.popleft()
 
+    async def hold(self) -> None:
+        """Put the call on hold: no audio either way until :meth:`resume` (and the peer's,
+        if it holds too). Events: ``{"event": "hold", "by": "local"}``; ``"remote"`` there.
+
+        Waits until media is up (:class:`CallEnded` if the call ends first), then holds
+        at once and tells the peer (every second until it acknowledges). A peer that did
+        not announce ``hold`` is not told: we send silence and play nothing.
+        """
+        (await self._holding()).local(True)
+
+    async def resume(self) -> None:
+        """Take the call off hold (our side; audio flows once neither side holds)."""
+        (await self._holding()).local(False)
+
+    @property
+    def on_hold(self) -> bool:
+        """We put the call on hold (:meth:`hold`)."""
+        return self._hold is not None and self._hold.local_held
+
+    @property
+    def held_by_remote(self) -> bool:
+        """The peer put the call on hold."""
+        return self._hold is not None and self._hold.remote_held
+
     def mute(self, muted: bool = True) -> None:
         """Send silence (``muted``) or the source again."""
         if self.audio is not None:
@@ -234,7 +288,9 @@ class Call:
     async def stats(self) -> MediaStats:
         """The media figures now (after the end: as they were at the end)."""
         if self.media is not None and not self.machine.is_ended:
-            return await self.media.stats()
+            stats = await self.media.stats()
+            link = self.restart_link  # (a restarted call: with its earlier connections')
+            return stats if link is None else link.carried(stats)
         return self._final_stats
 
     # -- what a user reads ------------------------------------------------------
@@ -258,6 +314,19 @@ class Call:
     @property
     def request_data(self) -> Any:
         return self.machine.request_data
+
+    @property
+    def peer_features(self) -> frozenset[str]:
+        """What the peer announced in its ``call-request``/``call-accept`` (``"restart"``,
+        ``"hold"``, ...; ``docs/protocol.md``: Features). Empty for a peer that sends no
+        data (the original pages), and for a caller until the callee accepted."""
+        return self.machine.peer_features
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """What we announced (``--no-restart``: without ``"restart"``). A feature is used
+        only when both sides announced it."""
+        return self.machine.features
 
     @property
     def result(self) -> CallResult | None:
@@ -313,6 +382,18 @@ class Call:
         return float("-inf") if self.audio is None else self.audio.speaker_dbfs
 
     # -- internals ------------------------------------------------------------
+
+    def _hold_link(self) -> HoldLink:
+        """The call's hold (made when first needed: connected, the features are known)."""
+        if self._hold is None:
+            self._hold = HoldLink(self, enabled=hold_agreed(self))
+        return self._hold
+
+    async def _holding(self) -> HoldLink:
+        await self.connected()
+        if self.machine.is_ended:
+            raise CallEnded(await self.ended())
+        return self._hold_link()
 
     def _prepare(self, source: AudioSource | None, sinks: Sequence[Sink],
                  output: AudioOutput | None, media: MediaConfig | None) -> None:
@@ -403,12 +484,17 @@ class Call:
                 await asyncio.wait_for(asyncio.shield(self._media_task), 2.0)
             self._media_task.cancel()
         reason = ended.reason
+        link = self.restart_link
+        if link is not None:  # its other connections; the current one is closed below
+            await link.close()
         if self.media is not None:
             errors = self.media.turn_errors()
             if ended.outcome is cs.Outcome.MEDIA_FAILED and errors and \
                     errors[0] not in (reason or ""):  # say why no relay could help
                 reason = f"{reason}; {errors[0]}"
             self._final_stats = await self.media.stats()
+            if link is not None:
+                self._final_stats = link.carried(self._final_stats)
             await self.media.close()
         m = self.machine
         first_audio = None
@@ -416,6 +502,7 @@ class Call:
             heard = self.audio.receiver.first_audio_at
             first_audio = None if heard is None else heard - m.started_at
             await self.audio.close()  # the output device, the source, the sinks
+        held = () if self._hold is None else self._hold.close(ended.at)
         result = CallResult(
             peer=m.peer, role=m.role, outcome=ended.outcome, reason=reason, ended_by=ended.by,
             setup_seconds=self.setup_seconds,
@@ -423,6 +510,7 @@ class Call:
             talk_seconds=0.0 if m.connected_at is None else ended.at - m.connected_at,
             stats=self._final_stats,
             candidate_pair=self.candidate_pair,
+            held=held,
         )
         if self._announcing is not None:  # the media event comes before the end
             with contextlib.suppress(Exception):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -39,12 +38,16 @@ from softphone.client.call import CallEnded as CallEnded
 from softphone.client.call import CallResult as CallResult
 from softphone.client.call import EventCallback as EventCallback
 from softphone.client.call import MediaLink
+from softphone.client.hubcheck import HubCheck
+from softphone.client.restart_link import RestartLink
 from softphone.client.signaling import DEFAULT_SERVER, HubAddress, HubClient, HubUnreachable
 from softphone.core import callstate as cs
 from softphone.core.line import HubProblem, IncomingCall, Line, Routed
+from softphone.core.midcall import HoldMessage, announced
 from softphone.core.protocol import ErrorCode, HubError, Message, check_id
 from softphone.media.audiopath import CallAudio, MediaConfig
 from softphone.media.opus import require_libopus
+from softphone.media.pathcheck import LocalAddresses
 from softphone.media.rtc import MediaSession
 from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
@@ -119,7 +122,8 @@ class Phone:
         self.hub: HubConnection = hub if hub is not None else \
             HubClient(server, client_id, token=token, ssl_context=ssl_context)
         self._media_factory: MediaFactory = media_factory or MediaSession
-        self.line = Line(client_id, timeouts, max_calls=max_calls)
+        self.line = Line(client_id, timeouts, max_calls=max_calls,
+                         features=announced(restart=self.media_config.restart_enabled))
         self.relay_only = relay_only
         self.reconnect = reconnect
         self._ice_servers = None if ice_servers is None else list(ice_servers)
@@ -143,6 +147,11 @@ class Phone:
         self.refused = asyncio.Event()
         self.refusal: HubError | None = None
         self.on_hub_error: Callable[[HubError], None] | None = None
+        #: The hub connection's check and reconnect pacing while media restarts
+        #: (subscribe to it for SignalingChanged; see :meth:`check_hub`).
+        self.hub_check = HubCheck(self.hub)
+        #: This machine's addresses, watched while the phone runs (AddressesChanged).
+        self.addresses = LocalAddresses()
 
     @property
     def loop_time(self) -> float:
@@ -165,6 +174,8 @@ class Phone:
         if ahead is not None:
             self._ice_ahead = (self.loop_time, ahead)
         self.hub_connected.set()
+        self.hub_check.changed(True)
+        self.addresses.start()
         self._tasks = [
             asyncio.create_task(self._reader(), name="phone-reader"),
             asyncio.create_task(self._sender(), name="phone-sender"),
@@ -190,7 +201,15 @@ class Phone:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.addresses.stop()
         await self.hub.close()
+
+    async def check_hub(self) -> bool:
+        """Check the hub connection now (a call's media is lost: it may have died
+        with it): reconnect at once if its local address is gone or a ping gets no
+        pong within a second. True if it is alive. (``docs/protocol.md``, "The hub
+        connection during a restart"; :mod:`softphone.client.hubcheck`.)"""
+        return await self.hub_check.check()
 
     async def __aenter__(self) -> Phone:
         await self.connect()
@@ -229,8 +248,10 @@ class Phone:
         ``media``: this call's settings (default: the phone's).
         """
         check_id(peer, "callee id")
-        audio = CallAudio(source, sinks, output=output, config=media or self.media_config)
-        actions = self.line.dial(peer, self.loop_time, data)
+        config = media or self.media_config
+        audio = CallAudio(source, sinks, output=output, config=config)
+        actions = self.line.dial(peer, self.loop_time, data,
+                                 features=announced(restart=config.restart_enabled))
         machine = self.line.call
         assert machine is not None
         call = self._track(Call(self, machine))
@@ -295,6 +316,11 @@ class Phone:
             call._media_op(lambda: self._add_candidate(call, action))
         elif isinstance(action, cs.StopMedia):
             pass  # done by Call._finish once the call has ended
+        elif isinstance(action, cs.MidCall) and isinstance(action.message, HoldMessage):
+            call._hold_link().received(action.message)  # hold (client/hold_link.py)
+        elif isinstance(action, cs.MidCall):  # a restart offer/answer/candidate
+            if call.restart_link is not None:
+                call.restart_link.on_message(action.message)
         elif isinstance(action, cs.StateChanged):
             call._emit({"event": "state", "state": str(action.new),
                         "t": round(action.at - call.machine.started_at, 3)})
@@ -322,9 +348,11 @@ class Phone:
             media = self._media_factory(
                 servers, call.audio, relay_only=self.relay_only,
                 on_connected=lambda: self._media_connected(call),
-                on_failed=lambda reason: self._feed(call, cs.MediaFailed(reason)),
+                on_failed=lambda reason: self._media_failed(call, reason),
             )
             call._attach(media)
+            # Media restart (client/restart_link.py): started once this connection is up.
+            call.restart_link = RestartLink(self, call, servers, media)
             media.pregather()
         assert call.media is not None
         return call.media
@@ -354,10 +382,17 @@ class Phone:
     def _media_connected(self, call: Call) -> None:
         call._derive_sas()  # (before connected() waiters wake: they wait for the code)
         self._feed(call, cs.MediaConnected())
+        if call.restart_link is not None and call.state is cs.CallState.CONNECTED:
+            call.restart_link.start()
         pair = call.candidate_pair
         if pair is not None and call.state is cs.CallState.CONNECTED:
             call._media_up({"event": "media", "candidate_pair": pair.to_json(),
                             "codec": call.codec})
+
+    def _media_failed(self, call: Call, reason: str) -> None:
+        """The call's first connection failed: in a call, media restart's; else the end."""
+        if call.restart_link is None or not call.restart_link.first_failed(reason):
+            self._feed(call, cs.MediaFailed(reason))
 
     async def _apply_offer(self, call: Call, sdp: str) -> None:
         assert call.media is not None
@@ -375,6 +410,10 @@ class Phone:
             call.media.add_candidate(action.candidate)
 
     def _hub_problem(self, error: HubError) -> None:
+        if error.code == ErrorCode.OFFLINE and error.ref == "offer":  # a restart offer's
+            for call in self.calls:
+                if call.peer == error.to and call.restart_link is not None:
+                    call.restart_link.peer_unreachable()
         self.hub_errors.append(error)
         log.warning("hub error %s: %s", error.code, error.message)
         if self.on_hub_error is not None:
@@ -394,6 +433,7 @@ class Phone:
                     last_refusal = item
                 self._run(self.line.route(item, self.loop_time))
             self.hub_connected.clear()
+            self.hub_check.changed(False)
             if self._closing:
                 return
             if last_refusal is not None and self.hub.close_code == 1008:
@@ -404,14 +444,15 @@ class Phone:
             if not self.reconnect or self.hub.close_code == 1008:
                 return
             while not self._closing:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 10.0)
+                await self.hub_check.pause(delay)  # (at most 1 s while media restarts)
+                delay = self.hub_check.next_backoff(delay)
                 try:
-                    await self.hub.connect()
+                    await self.hub_check.connect()
                 except HubUnreachable as exc:
                     log.info("reconnect failed: %s", exc)
                     continue
                 self.hub_connected.set()
+                self.hub_check.changed(True)
                 log.info("reconnected to the hub")
                 break
 

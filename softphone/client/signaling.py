@@ -7,7 +7,10 @@ frames. What they mean is for :class:`softphone.core.line.Line` to decide.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -70,6 +73,8 @@ class HubClient:
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        #: Waiting for a pong (:meth:`ping`); any pong answers them all.
+        self._pongs: list[asyncio.Future[None]] = []
 
     @property
     def connected(self) -> bool:
@@ -89,8 +94,9 @@ class HubClient:
         if self.token:
             url += f"&token={quote(self.token, safe='')}"
         try:
+            # Pings answered by messages() itself, which so sees the pongs (ping()).
             self._ws = await session.ws_connect(url, ssl=self._ssl, heartbeat=20.0,
-                                                autoping=True)
+                                                autoping=False)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise HubUnreachable(f"cannot reach the hub at {self.address.http}: "
                                  f"{_describe(exc)}") from exc
@@ -129,6 +135,11 @@ class HubClient:
             raise HubUnreachable("not connected to the hub")
         async for frame in ws:
             if frame.type != aiohttp.WSMsgType.TEXT:
+                if frame.type == aiohttp.WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+                        await ws.pong(frame.data)
+                elif frame.type == aiohttp.WSMsgType.PONG:
+                    self._ponged()
                 continue
             try:
                 yield parse_hub_message(frame.data)
@@ -140,6 +151,50 @@ class HubClient:
     @property
     def close_code(self) -> int | None:
         return None if self._ws is None else self._ws.close_code
+
+    # -- liveness (softphone.client.hubcheck) ---------------------------------
+
+    def local_address(self) -> str | None:
+        """The local IP address of the hub connection (None when not connected)."""
+        if not self.connected or self._ws is None:
+            return None
+        name = self._ws.get_extra_info("sockname")
+        return str(name[0]) if name else None
+
+    async def ping(self, wait: float) -> bool:
+        """Ping the hub; True if a pong came within ``wait`` seconds (read by
+        :meth:`messages`, which must be running)."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        pong: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pongs.append(pong)
+        try:
+            await ws.ping()
+            await asyncio.wait_for(asyncio.shield(pong), wait)
+        except (TimeoutError, ConnectionError, RuntimeError, aiohttp.ClientError):
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._pongs.remove(pong)
+        return True
+
+    def _ponged(self) -> None:
+        pongs, self._pongs = self._pongs, []
+        for pong in pongs:
+            if not pong.done():
+                pong.set_result(None)
+
+    def abort(self) -> None:
+        """Give up the hub connection now, without a closing handshake (its path is
+        dead: nothing would answer): :meth:`messages` ends at once."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        sock = ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the reader sees the end of the stream
 
     async def close(self) -> None:
         if self._ws is not None:

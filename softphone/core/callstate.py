@@ -27,6 +27,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from softphone.core.midcall import MidCallMessage, features_of, with_features
+
 # Re-exported: they lived here first, and a call outcome is part of the call state.
 from softphone.core.outcome import EXIT_CODES as EXIT_CODES
 from softphone.core.outcome import ExitCode as ExitCode
@@ -59,7 +61,12 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class LocalAccept(Event):
-    """The user (or --auto-accept) answers an incoming call."""
+    """The user (or --auto-accept) answers an incoming call.
+
+    ``features``: what our ``call-accept`` announces (None: the machine's ``features``).
+    """
+
+    features: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,8 @@ class RemoteAccept(Event):
     #: offer can go at once; the original pages grab the microphone only
     #: after accepting, so for them the offer waits ``offer_delay``.
     media_ready: bool = False
+    #: What the callee announced (``docs/protocol.md``: Features).
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,27 @@ class MediaConnected(Event):
 @dataclass(frozen=True, slots=True)
 class MediaFailed(Event):
     reason: str = "ice-failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteMidCall(Event):
+    """A restart or hold message from the peer (:func:`softphone.core.midcall.classify`)."""
+
+    message: MidCallMessage
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInterrupted(Event):
+    """Media was lost (``lost``: a restart episode began) or is back (media restart)."""
+
+    lost: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MediaGiveUp(Event):
+    """Media did not come back within the give-up time: the call ends ``media-lost``."""
+
+    reason: str = "media-lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +217,13 @@ class AddCandidate(Action):
 @dataclass(frozen=True, slots=True)
 class StopMedia(Action):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class MidCall(Action):
+    """Hand a restart or hold message to its adapter (restart link, hold adapter)."""
+
+    message: MidCallMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +298,13 @@ TRANSITIONS: Final[dict[tuple[Role, CallState, type[Event]], CallState]] = {
     (E, S.CONNECTED, LocalHangup): S.ENDED,
     (C, S.CONNECTED, MediaFailed): S.ENDED,
     (E, S.CONNECTED, MediaFailed): S.ENDED,
+    # both, in the call: media restart and hold (core/midcall.py)
+    (C, S.CONNECTED, RemoteMidCall): S.CONNECTED,
+    (E, S.CONNECTED, RemoteMidCall): S.CONNECTED,
+    (C, S.CONNECTED, MediaInterrupted): S.CONNECTED,
+    (E, S.CONNECTED, MediaInterrupted): S.CONNECTED,
+    (C, S.CONNECTED, MediaGiveUp): S.ENDED,
+    (E, S.CONNECTED, MediaGiveUp): S.ENDED,
 }
 
 _LOCAL_EVENTS: Final = (LocalAccept, LocalReject, LocalHangup, LocalDescription)
@@ -272,6 +316,7 @@ REASON_MEDIA_FAILED: Final = "media-failed"
 REASON_BUSY: Final = "busy"
 REASON_GLARE: Final = "glare"  # both called each other at once
 REASON_PEER_DISCONNECTED: Final = "peer-disconnected"
+REASON_MEDIA_LOST: Final = "media-lost"  # media died and no restart brought it back
 
 
 def _cause_of(event: Event) -> str:
@@ -305,8 +350,14 @@ class CallMachine:
     now: float
     timeouts: CallTimeouts = field(default_factory=CallTimeouts)
     request_data: Any = None
+    #: What we announce in our call-request/call-accept (core/midcall.py).
+    features: tuple[str, ...] = ()
 
     state: CallState = field(init=False)
+    #: What the peer announced (its call-request, or its call-accept).
+    peer_features: frozenset[str] = field(init=False, default=frozenset())
+    #: Media is lost and not restored (a restart episode): the call cannot complete.
+    media_lost: bool = field(init=False, default=False)
     outcome: Outcome | None = field(init=False, default=None)
     reason: str | None = field(init=False, default=None)
     ended_by: str | None = field(init=False, default=None)
@@ -326,15 +377,18 @@ class CallMachine:
         self.history.append((self.state, self.now))
         if self.role is Role.CALLER:
             self._deadlines[RingTimeout] = self.now + self.timeouts.ring
+        else:
+            self.peer_features = features_of(self.request_data)
 
     # -- entry points -------------------------------------------------------
 
     def start(self) -> list[Action]:
         """Caller: the ``call-request`` to send. Callee: nothing (prompt the user)."""
         if self.role is Role.CALLER:
-            if self.request_data is None:
+            data = with_features(self.request_data, self.features)
+            if data is None:
                 return [Send(make(MessageType.CALL_REQUEST, self.peer))]
-            return [Send(make(MessageType.CALL_REQUEST, self.peer, self.request_data))]
+            return [Send(make(MessageType.CALL_REQUEST, self.peer, data))]
         return []
 
     def deadline(self) -> float | None:
@@ -410,6 +464,7 @@ class CallMachine:
     # -- handlers, one per event type ---------------------------------------
 
     def _on_RemoteAccept(self, event: RemoteAccept, now: float) -> list[Action]:
+        self.peer_features = event.features
         actions = self._goto(S.CONNECTING, now)
         delay = 0.0 if event.media_ready else self.timeouts.offer_delay
         if delay > 0:
@@ -428,7 +483,7 @@ class CallMachine:
         if self.state is S.RINGING:
             return self._end(Outcome.MISSED, event.reason, now)
         if self.state is S.CONNECTED:
-            return self._end(Outcome.COMPLETED, event.reason or "remote-hangup", now)
+            return self._end(self._talked(event.reason), event.reason or "remote-hangup", now)
         if event.reason == REASON_MEDIA_FAILED:
             return self._end(Outcome.MEDIA_FAILED, event.reason, now)
         return self._end(Outcome.CANCELLED, event.reason or "remote-hangup", now)
@@ -442,8 +497,10 @@ class CallMachine:
         return self._end(Outcome.HUB_UNREACHABLE, "hub-lost", now)
 
     def _on_LocalAccept(self, event: LocalAccept, now: float) -> list[Action]:
-        actions: list[Action] = [
-            Send(make(MessageType.CALL_ACCEPT, self.peer, {"media": "ready"}))]
+        if event.features is not None:
+            self.features = event.features
+        data = with_features({"media": "ready"}, self.features)
+        actions: list[Action] = [Send(make(MessageType.CALL_ACCEPT, self.peer, data))]
         actions += self._goto(S.CONNECTING, now)
         actions.append(StartMedia(offerer=False))
         return actions
@@ -455,8 +512,26 @@ class CallMachine:
     def _on_LocalHangup(self, event: LocalHangup, now: float) -> list[Action]:
         if self.state is S.RINGING:
             return self._on_LocalReject(LocalReject(event.reason), now)
-        outcome = Outcome.COMPLETED if self.state is S.CONNECTED else Outcome.CANCELLED
+        outcome = self._talked() if self.state is S.CONNECTED else Outcome.CANCELLED
         return self._end(outcome, event.reason, now, send=self._hangup(event.reason))
+
+    def _talked(self, reason: str | None = None) -> Outcome:
+        """How a connected call ends: completed, unless its media is lost (never completed:
+        a restart episode under way here, or the peer gave up on it)."""
+        lost = self.media_lost or reason == REASON_MEDIA_LOST
+        return Outcome.MEDIA_LOST if lost else Outcome.COMPLETED
+
+    def _on_RemoteMidCall(self, event: RemoteMidCall, now: float) -> list[Action]:
+        return [MidCall(event.message)]
+
+    def _on_MediaInterrupted(self, event: MediaInterrupted, now: float) -> list[Action]:
+        self.media_lost = event.lost
+        return []
+
+    def _on_MediaGiveUp(self, event: MediaGiveUp, now: float) -> list[Action]:
+        self.media_lost = True
+        return self._end(Outcome.MEDIA_LOST, event.reason, now,
+                         send=self._hangup(REASON_MEDIA_LOST))
 
     def _on_LocalDescription(self, event: LocalDescription, now: float) -> list[Action]:
         if self.role is Role.CALLER:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from softphone.core import callstate as cs
+from softphone.core.midcall import classify, features_of
 from softphone.core.protocol import (
     ErrorCode,
     HubError,
@@ -68,12 +69,14 @@ class Line:
     """Routes hub messages to the calls of one client id (up to ``max_calls`` at once)."""
 
     def __init__(self, my_id: str, timeouts: cs.CallTimeouts | None = None, *,
-                 max_calls: int = 1) -> None:
+                 max_calls: int = 1, features: tuple[str, ...] = ()) -> None:
         if not isinstance(max_calls, int) or max_calls < 1:
             raise ValueError(f"max_calls must be a whole number >= 1, not {max_calls!r}")
         self.my_id = my_id
         self.timeouts = timeouts or cs.CallTimeouts()
         self.max_calls = max_calls
+        #: What our calls announce (core/midcall.py), unless a call says otherwise.
+        self.features = features
         #: The calls in progress, by peer (ended calls are dropped).
         self.calls: dict[str, cs.CallMachine] = {}
         #: The latest call (ended or not); None before the first.
@@ -89,7 +92,7 @@ class Line:
         return len(self.active) >= self.max_calls
 
     def _new(self, role: cs.Role, peer: str, now: float, data: Any) -> cs.CallMachine:
-        call = cs.CallMachine(role, peer, now, self.timeouts, data)
+        call = cs.CallMachine(role, peer, now, self.timeouts, data, self.features)
         self.calls[peer] = self.call = call
         return call
 
@@ -99,14 +102,19 @@ class Line:
 
     # -- our side ------------------------------------------------------------
 
-    def dial(self, peer: str, now: float, data: Any = None) -> list[cs.Action]:
+    def dial(self, peer: str, now: float, data: Any = None,
+             features: tuple[str, ...] | None = None) -> list[cs.Action]:
+        """Call ``peer``; ``features``: what this call announces (None: the line's)."""
         current = self.calls.get(peer)
         if current is not None and not current.is_ended:
             raise LineBusy(f"already in a call with {peer}")
         if self.full:
             raise LineBusy(f"already in a call with {self.active[-1].peer}" if self.max_calls == 1
                            else f"all {self.max_calls} lines are in calls")
-        return self._new(cs.Role.CALLER, peer, now, data).start()
+        call = self._new(cs.Role.CALLER, peer, now, data)
+        if features is not None:
+            call.features = features
+        return call.start()
 
     def deadline(self) -> float | None:
         """When :meth:`handle_timer` (or :meth:`timers`) must next be called, or None."""
@@ -205,7 +213,10 @@ def _event_of(message: Message) -> cs.Event | None:
     kind = message.type
     if kind == MessageType.CALL_ACCEPT:
         ready = isinstance(message.data, dict) and message.data.get("media") == "ready"
-        return cs.RemoteAccept(media_ready=ready)
+        return cs.RemoteAccept(media_ready=ready, features=features_of(message.data))
+    midcall = classify(message)  # a restart or hold message, not the first connection's
+    if midcall is not None:
+        return cs.RemoteMidCall(midcall)
     if kind == MessageType.CALL_REJECT:
         return cs.RemoteReject(reason_of(message))
     if kind == MessageType.HANGUP:

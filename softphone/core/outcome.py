@@ -18,6 +18,7 @@ class Outcome(enum.StrEnum):
     MEDIA_FAILED = "media-failed"  # ICE/DTLS failed or the setup timed out
     MISSED = "missed"  # callee: the caller hung up before we answered
     CANCELLED = "cancelled"  # hung up before media connected (either side)
+    MEDIA_LOST = "media-lost"  # media died mid-call and no restart brought it back
 
 
 class ExitCode(enum.IntEnum):
@@ -41,6 +42,7 @@ class ExitCode(enum.IntEnum):
     REFUSED = 11  # the hub refused us for good: bad token, or replaced by a newer login
     REDIS_UNAVAILABLE = 12  # serve --redis: Redis cannot be reached at start
     DOCTOR_FAILED = 13  # softphone doctor: a check a call needs failed
+    MEDIA_LOST = 14
     INTERRUPTED = 130  # Ctrl-C while not in a call (like a shell: 128 + SIGINT)
 
     @classmethod
@@ -68,6 +70,7 @@ _EXIT_MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.REFUSED: "bad --token, or replaced by a newer connection",
     ExitCode.REDIS_UNAVAILABLE: "serve --redis: Redis not reachable at start",
     ExitCode.DOCTOR_FAILED: "doctor: a check a call needs failed (no call possible)",
+    ExitCode.MEDIA_LOST: "audio died mid-call and did not come back within --give-up",
     ExitCode.INTERRUPTED: "Ctrl-C while waiting for calls (listen --once)",
 }
 

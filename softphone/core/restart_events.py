@@ -10,9 +10,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-#: The outcome of a call whose media died and could not be restored. The lead
-#: adds it to :class:`softphone.core.callstate.Outcome` (with its exit code);
-#: until then it is this string, of the same spelling.
+#: The outcome of a call whose media died and could not be restored: the value of
+#: :attr:`softphone.core.outcome.Outcome.MEDIA_LOST` (exit code 14).
 MEDIA_LOST: Final = "media-lost"
 
 

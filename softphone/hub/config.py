@@ -38,8 +38,13 @@ class HubConfig:
     #: Connections in total / from one address (0: unlimited).
     max_connections: int = 20_000
     max_per_address: int = 100
-    #: How long a client in a call may be gone before its peer gets ``hangup``.
+    #: How long a client in a call whose connection was *closed* (FIN/RST, a
+    #: WebSocket close: a killed process) may be gone before its peer gets ``hangup``.
     peer_grace: float = 4.0
+    #: The same for a connection the heartbeat dropped (its network went away and
+    #: nothing was closed): long enough for the phones' media restart to outlast an
+    #: outage (docs/protocol.md, "How long a call may be away").
+    peer_away_grace: float = 45.0
     #: TURN URLs handed out by ``/ice-servers`` with REST credentials from this secret.
     turn_urls: Sequence[str] = ()
     turn_secret: str | None = None

@@ -184,7 +184,8 @@ class ClientConnection(WebSocket):
     """
 
     __slots__ = ("_fragments", "_held", "_hub", "_limit_bytes", "_out", "_out_size", "_partial",
-                 "_slow", "bucket", "client_id", "dropped", "limited_at", "registered", "remote")
+                 "_slow", "away", "bucket", "client_id", "dropped", "limited_at", "registered",
+                 "remote")
 
     def __init__(self, hub: ConnectionOwner, client_id: str, ws: ServerProtocol,
                  transport: asyncio.Transport, limit_bytes: int = 1024 * 1024,
@@ -196,6 +197,8 @@ class ClientConnection(WebSocket):
         self.remote = remote
         self.dropped = False
         self.registered = False
+        #: The heartbeat dropped it (nothing was closed: its network went away).
+        self.away = False
         #: When this client was last told ``rate-limited``.
         self.limited_at = float("-inf")
         self._limit_bytes = limit_bytes

@@ -231,12 +231,15 @@ class CallPairs:
         """``client_id`` is (back) on the hub: its grace period, if any, is over."""
         self._gone.pop(client_id, None)
 
-    def disconnected(self, client_id: str, now: float) -> float | None:
-        """``client_id`` left; returns when to call :meth:`due` if it was in a call."""
+    def disconnected(self, client_id: str, now: float,
+                     grace: float | None = None) -> float | None:
+        """``client_id`` left; returns when to call :meth:`due` if it was in a call.
+
+        ``grace``: how long it may stay away (default: the table's ``grace``)."""
         self._calling.pop(client_id, None)
         if client_id not in self._peer:
             return None
-        deadline = now + self.grace
+        deadline = now + (self.grace if grace is None else grace)
         self._gone[client_id] = deadline
         return deadline
 

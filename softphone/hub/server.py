@@ -204,8 +204,12 @@ class Hub:
         await self.registry.close()
 
     def _timed_out(self, conn: ClientConnection) -> None:
-        """``conn`` sent nothing (not even a pong) for 1.5 heartbeats: it is gone."""
+        """``conn`` sent nothing (not even a pong) for 1.5 heartbeats: it is gone.
+
+        Its network went away without closing anything: its peer is told only after
+        ``peer_away_grace`` (a phone restarting media may be back by then)."""
         log.info("heartbeat-timeout id=%s remote=%s", conn.client_id, conn.remote)
+        conn.away = True
         conn.abort()
 
     # -- WebSocket ----------------------------------------------------------
@@ -307,7 +311,7 @@ class Hub:
         client_id = conn.client_id
         still_held = await self.registry.unregister(conn)
         if still_held:
-            self._left(client_id, asyncio.get_running_loop().time())
+            self._left(client_id, asyncio.get_running_loop().time(), away=conn.away)
         log.info("disconnect id=%s code=%s", client_id, conn.close_code)
 
     # -- messages -------------------------------------------------------------
@@ -416,10 +420,14 @@ class Hub:
 
     # -- peers that leave -----------------------------------------------------
 
-    def _left(self, client_id: str, now: float) -> None:
-        if self.pairs.disconnected(client_id, now) is not None:
-            log.info("in-call-disconnect id=%s peer=%s grace=%s", client_id,
-                     self.pairs.peer_of(client_id), self.config.peer_grace)
+    def _left(self, client_id: str, now: float, away: bool = False) -> None:
+        """``client_id`` left: its connection was closed, or (``away``) the heartbeat
+        dropped it. A node that vanished counts as closed: its clients saw their
+        connections end and reconnect elsewhere at once."""
+        grace = self.config.peer_away_grace if away else self.config.peer_grace
+        if self.pairs.disconnected(client_id, now, grace) is not None:
+            log.info("in-call-disconnect id=%s peer=%s grace=%s how=%s", client_id,
+                     self.pairs.peer_of(client_id), grace, "away" if away else "closed")
             self._schedule_pairs()
 
     def _schedule_pairs(self) -> None:

@@ -35,6 +35,10 @@ STATIC_FILES: Final[dict[str, str]] = {
     "media.js": "text/javascript",
     "ui.js": "text/javascript",
     "sas.js": "text/javascript",  # the verification code (core/sas.py's derivation)
+    "features.js": "text/javascript",  # media restart and hold: features, messages
+    "restart.js": "text/javascript",  # core/restart.py's decisions
+    "hold.js": "text/javascript",  # core/hold.py's decisions
+    "session.js": "text/javascript",  # a call's connections, restart and hold, carried out
     "phone.css": "text/css",
 }
 PAGE: Final = "phone.html"

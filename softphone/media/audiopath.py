@@ -12,7 +12,9 @@ calls in one process each send and play with their own.
 connection: the sender encodes with :meth:`CallAudio.encoder_for`, the
 received packets go to :meth:`CallAudio.start_playout`. A device that stops
 (microphone or speaker) is reported once through ``on_device_lost``; the
-call goes on.
+call goes on. On hold (:meth:`CallAudio.set_flow`) it sends no audio packets,
+or silence to a peer that does not know hold, and plays silence; it belongs
+to the call, so a connection made during a hold starts held.
 """
 
 from __future__ import annotations
@@ -24,19 +26,24 @@ from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
+from softphone.core.hold import FlowMode
+from softphone.core.restart_events import RestartSettings
 from softphone.media import voice
 from softphone.media.aiortc_seams import DEFAULT_GATHER_TIMEOUT, FastSetup, PacketHandler
 from softphone.media.apm import VoiceProcessor, VoiceSettings, VoiceStats
 from softphone.media.devices import attach_voice_processor, device_stats
 from softphone.media.encoded import PacketEcho
+from softphone.media.handover import Handover
 from softphone.media.netsim import Impairment
 from softphone.media.opus import EncoderSettings
 from softphone.media.playout import StretchPlayout
+from softphone.media.rtpsend import SendGate
 from softphone.media.sending import AdaptiveEncoder, SendControl
 from softphone.media.tracks import (
     AudioOutput,
     AudioReceiver,
     AudioSource,
+    HeldNoting,
     LostCallback,
     SilenceSource,
     Sink,
@@ -64,6 +71,11 @@ class MediaConfig:
     #: Echo cancellation, noise suppression, gain control on a real microphone
     #: (each on by default; softphone.media.apm). Tones and files are sent as they are.
     voice_processing: VoiceSettings = field(default_factory=VoiceSettings)
+    #: Media restart (``docs/protocol.md``): when to restart, how often, when to give up.
+    restart: RestartSettings = field(default_factory=RestartSettings)
+    #: Announce ``restart`` (``--no-restart``: not; lost media is then only watched,
+    #: and the call given up after ``restart.give_up``).
+    restart_enabled: bool = True
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -96,12 +108,21 @@ class CallAudio:
                                 f"close() (a speaker is a call's output=, not a sink)")
         self.config = config or MediaConfig()
         self.source: AudioSource = source if source is not None else SilenceSource()
+        #: Which of the call's peer connections sends the source and is played (a
+        #: media restart makes a new one while the old one still plays).
+        self.handover = Handover(self.source)
+        self.handover.on_report = self.report_early
+        self._packet_handler: PacketHandler | None = None
         self.receiver = AudioReceiver(sinks, output=output, on_output_lost=self._device_lost)
         #: Our playout (pipeline "softphone"), once the remote track is there.
         self.playout: voice.Playout | None = None
         #: What we send with, following the peer's reports (pipeline "softphone").
         self.sending: SendControl | None = SendControl(self.config.encoder) \
             if self.config.pipeline == "softphone" else None
+        #: Hold: whether the send loop sends audio packets (read once per frame).
+        self.send_gate = SendGate()
+        #: What the media does now (:meth:`set_flow`).
+        self.flow = FlowMode.FLOWING
         #: What devices were lost, in order (one-line messages).
         self.lost: list[str] = []
         self.on_device_lost = on_device_lost
@@ -139,7 +160,13 @@ class CallAudio:
         To the playout (started here), and to a :class:`PacketEcho` source
         (sent straight back). An echo with nothing to play or keep what we
         hear (no output, no sinks) gets the packets alone: nothing decoded.
+        One for the call: every peer connection of it (a media restart) gets the same.
         """
+        if self._packet_handler is None:
+            self._packet_handler = self._make_packet_handler()
+        return self._packet_handler
+
+    def _make_packet_handler(self) -> PacketHandler:
         echo = self.source if isinstance(self.source, PacketEcho) else None
         if echo is not None and self.output is None and not self.sinks:
             return echo.push
@@ -167,6 +194,25 @@ class CallAudio:
     def play_track(self, track: MediaStreamTrack) -> None:
         """aiortc's pipeline: play its decoded frames."""
         self.receiver.start(track)
+
+    def set_flow(self, mode: FlowMode) -> None:
+        """Hold and resume (:mod:`softphone.core.hold`).
+
+        ``FLOWING``: send the source, play what arrives. ``HELD`` (the peer
+        agreed): no audio packet goes out, silence is played (none arrives).
+        ``MUTED`` (a peer that does not know hold): silence goes out, silence
+        is played. Sinks that note holds (a recording) are told when audio
+        stops or comes back.
+        """
+        before, self.flow = self.flow, mode
+        self.send_gate.held = mode is FlowMode.HELD
+        self.source.silenced = mode is FlowMode.MUTED
+        self.receiver.silenced = mode is not FlowMode.FLOWING
+        flowing = mode is FlowMode.FLOWING
+        if flowing != (before is FlowMode.FLOWING):
+            for sink in self.sinks:
+                if isinstance(sink, HeldNoting):
+                    sink.note_held(not flowing)
 
     # -- figures --------------------------------------------------------------------
 

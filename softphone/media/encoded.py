@@ -329,14 +329,15 @@ class PromptSource(EncodedSource):
         if n < len(payloads):
             self.position = n + 1
             payload, level = payloads[n], prompt.levels[n]
-            self.level_dbfs = -float("inf") if self.muted else prompt.levels_dbfs[n]
+            self.level_dbfs = -float("inf") if self.muted or self.silenced \
+                else prompt.levels_dbfs[n]
             if self.position == len(payloads) and not self.loop:
                 self.finished.set()
         else:
             payload, level = prompt.silence, 127
             self.level_dbfs = -float("inf")
             self.finished.set()
-        if self.muted:
+        if self.muted or self.silenced:
             payload, level = prompt.silence, 127
         self.deliver(EncodedFrame([self.wrap(timestamp, payload)], timestamp, level))
 

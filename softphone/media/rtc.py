@@ -216,14 +216,17 @@ class MediaSession:
         self.relay_only = relay_only
         #: The ICE pair in use, set when the connection is up (None before).
         self.candidate_pair: CandidatePair | None = None
-        sender = self.pc.addTrack(audio.source)
+        #: This connection's share of the call's audio: whether it sends the source and
+        #: is played (a media restart adds a connection while the old one still plays).
+        self.generation = audio.handover.open()
+        sender = self.pc.addTrack(self.generation.track)
         aiortc_seams.encode_with(sender, audio.encoder_for)
         if audio.sending is not None:  # the peer's reports drive what we send
             aiortc_seams.watch_reports(sender, audio.sending.on_receiver_report,
                                        audio.sending.on_xr)
         #: The call's DTMF both ways (sent by our send loop, received by the tap).
         self.dtmf = dtmf_rtp.DtmfChannel()
-        rtpsend.send_with(sender, self.dtmf)
+        rtpsend.send_with(sender, self.dtmf, audio.send_gate)  # (stopped on hold)
         aiortc_seams.limit_gathering(self.pc, self.config.gather_timeout)
         aiortc_seams.speed_up_setup(self.pc, self.config.fast_setup)
         self.pc.on("track", self._on_track)
@@ -235,14 +238,21 @@ class MediaSession:
         rtp_receiver = next((r for r in self.pc.getReceivers() if r.track is track), None)
         if rtp_receiver is not None and self.config.impairment is not None:
             aiortc_seams.impair_receiver(rtp_receiver, self.config.impairment)
+        generation = self.generation
+        if rtp_receiver is not None:
+            generation.watch(rtp_receiver)
         if self.config.pipeline == "softphone" and rtp_receiver is not None:
-            handler = self.audio.packet_handler()
+            handler = generation.gate(self.audio.packet_handler())
             aiortc_seams.tap_receiver(rtp_receiver, handler)
-            self.audio.report_early(aiortc_seams.report_with(rtp_receiver,
-                                                             self.audio.xr_report))
+            generation.early_report = aiortc_seams.report_with(rtp_receiver,
+                                                               self.audio.xr_report)
+            if self.audio.handover.playing is generation:
+                self.audio.report_early(generation.early_report)
             dtmf_rtp.route_events(rtp_receiver, self.dtmf, fill=handler)
         else:
-            self.audio.play_track(track)
+            played = generation.remote_track(track)
+            if played is not None:  # the call's first connection: play the call's track
+                self.audio.play_track(played)
             if rtp_receiver is not None:
                 dtmf_rtp.route_events(rtp_receiver, self.dtmf)
 
@@ -411,6 +421,7 @@ class MediaSession:
         if self._closed:
             return
         self._closed = True
+        self.generation.close()  # (its stand-in track ends; the call's source goes on)
         self.dtmf.close()
         for task in list(self._candidate_tasks):
             task.cancel()

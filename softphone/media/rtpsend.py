@@ -22,7 +22,11 @@ coroutines. :func:`send_with` gives one sender this loop instead:
   header is packed here, its extensions made once per level;
 - a packet is encrypted (SRTP, libsrtp) and handed to the socket at once
   when the ICE pair is a plain UDP one (:class:`FastPath`); through aiortc's
-  coroutines otherwise (TURN).
+  coroutines otherwise (TURN);
+- on hold (:class:`SendGate`) no audio packet goes out: frames are still
+  taken from the source and encoded (the RTP timestamps go on, so the
+  receiver sees a gap, not a delay), then dropped. RTCP and ICE consent
+  checks carry on.
 
 aiortc's own counters are kept as its loop keeps them (RTCP sender reports,
 ``getStats()``), and its start/exit events are set, so ``stop()`` and
@@ -174,10 +178,26 @@ class FastPath:
         return True
 
 
-def send_with(sender: RTCRtpSender, dtmf: DtmfChannel | None = None) -> None:
+class SendGate:
+    """Whether a call's audio packets go out (one flag, read once per frame).
+
+    ``held``: the call is on hold and the peer agreed (``docs/protocol.md``,
+    "Hold and resume"): nothing is sent. It belongs to the call's audio, not
+    to a connection, so a connection made during the hold starts held.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
+
+def send_with(sender: RTCRtpSender, dtmf: DtmfChannel | None = None,
+              gate: SendGate | None = None) -> None:
     """Make ``sender`` (an audio sender, not started) send with our loop (module docstring).
 
-    ``dtmf``: the call's DTMF channel (its sender half starts with the agreed codecs).
+    ``dtmf``: the call's DTMF channel (its sender half starts with the agreed codecs);
+    ``gate``: the call's hold switch (none: always sending).
     """
     check()
     original_send = sender.send
@@ -189,7 +209,7 @@ def send_with(sender: RTCRtpSender, dtmf: DtmfChannel | None = None) -> None:
         await original_send(parameters)
 
     async def run_rtp(codec: Any) -> None:
-        await _run_rtp(sender, codec, codecs, dtmf)
+        await _run_rtp(sender, codec, codecs, dtmf, gate or SendGate())
 
     sender.send = send  # type: ignore[method-assign]
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
@@ -198,9 +218,11 @@ def send_with(sender: RTCRtpSender, dtmf: DtmfChannel | None = None) -> None:
 class _Stream:
     """One sender's outgoing RTP: sequence, timestamp origin, packing, counters."""
 
-    def __init__(self, sender: RTCRtpSender, codec: Any, dtmf: DtmfChannel | None) -> None:
+    def __init__(self, sender: RTCRtpSender, codec: Any, dtmf: DtmfChannel | None,
+                 gate: SendGate) -> None:
         self.sender = sender
         self.dtmf = dtmf
+        self.gate = gate
         self.packer = RtpPacker(sender._ssrc, getattr(sender, _P + "rtp_header_extensions_map"),
                                 getattr(sender, _P + "mid"))
         self.fast = FastPath(sender.transport)
@@ -247,8 +269,8 @@ class _Stream:
     def send_now(self, frame: EncodedFrame) -> bool:
         """Send ``frame`` from here, at once. False: its packets (or some) wait in
         :attr:`later` for the loop, which sends them through aiortc."""
-        if not self.sender._enabled or not frame.payloads:
-            return True  # dropped, as aiortc drops frames while disabled
+        if self.gate.held or not self.sender._enabled or not frame.payloads:
+            return True  # dropped (on hold; as aiortc drops frames while disabled)
         packets = self.packets_of(frame)
         if self.later:  # keep the order
             self.later.extend(packets)
@@ -262,8 +284,8 @@ class _Stream:
 
     async def send(self, frame: EncodedFrame) -> None:
         """Send ``frame``, through aiortc's coroutines where the fast path cannot."""
-        if not frame.payloads:
-            return
+        if self.gate.held or not frame.payloads:
+            return  # (on hold: encoded, so the timestamps go on, and dropped)
         transport = self.sender.transport
         fast = self.fast.send
         for data in self.packets_of(frame):
@@ -272,13 +294,13 @@ class _Stream:
 
 
 async def _run_rtp(sender: RTCRtpSender, codec: Any, codecs: list[Any],
-                   dtmf: DtmfChannel | None) -> None:
+                   dtmf: DtmfChannel | None, gate: SendGate) -> None:
     getattr(sender, _P + "rtp_started").set()
     track = sender.track
     try:
         if dtmf is not None:
             dtmf.start_sending(codecs or [codec])
-        stream = _Stream(sender, codec, dtmf)
+        stream = _Stream(sender, codec, dtmf, gate)
         if isinstance(track, EncodedSource):
             track.bind(codec.mimeType, codec.parameters)
             track.attach(stream.send_now)

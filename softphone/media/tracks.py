@@ -49,6 +49,8 @@ AUDIO_THRESHOLD_DBFS = -50.0
 #: What a muted source sends (read only: PyAV copies it into each frame).
 _MUTED: Final[Int16Array] = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _MUTED.flags.writeable = False
+#: What a call on hold plays (read only).
+_SILENT: Final[Int16Array] = _MUTED
 
 #: Told (on the event loop, with a one-line message) that a device stopped.
 LostCallback = Callable[[str], None]
@@ -75,6 +77,9 @@ class AudioSource(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.muted = False
+        #: Silent frames while a call is on hold towards a peer that does not know hold
+        #: (set by the call's audio path; the user's :attr:`muted` is left as it is).
+        self.silenced = False
         #: Level of the last frame handed out (dBFS; silent while muted).
         self.level_dbfs = float("-inf")
         self._pts = 0
@@ -89,7 +94,7 @@ class AudioSource(MediaStreamTrack):
 
     def package(self, samples: Int16Array) -> av.AudioFrame:
         """20 ms of samples -> the next frame (silent if muted); keeps the level."""
-        if self.muted:
+        if self.muted or self.silenced:
             samples = _MUTED
         self.level_dbfs = rms_dbfs(samples)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
@@ -214,6 +219,13 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class HeldNoting(Protocol):
+    """A sink that notes when the call goes on hold and comes back (a recording)."""
+
+    def note_held(self, held: bool) -> None: ...
+
+
 class EchoSource(PacedSource):
     """Sends back what it is given (see :meth:`write`): the echo test.
 
@@ -237,13 +249,17 @@ class EchoSource(PacedSource):
 
 
 class RecorderSink:
-    """Writes received audio to a WAV file (see :class:`WavWriter`)."""
+    """Writes received audio to a WAV file (see :class:`WavWriter`), and the spans
+    the call was on hold beside it (:meth:`WavWriter.note_held`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.writer = WavWriter(path)
 
     def write(self, samples: Int16Array) -> None:
         self.writer.write(samples.tobytes())
+
+    def note_held(self, held: bool) -> None:
+        self.writer.note_held(held)
 
     def close(self) -> None:
         self.writer.close()
@@ -366,6 +382,9 @@ class AudioReceiver:
         self.first_frame_at: float | None = None
         self.first_audio_at: float | None = None
         self._last: Int16Array | None = None  # the last frame played (its level, on demand)
+        #: Play silence (the call is on hold); the playout is still pulled, so it stays
+        #: in step with what arrives.
+        self.silenced = False
         self._task: asyncio.Task[None] | None = None
         self.track_playout: TrackPlayout | None = None
 
@@ -394,6 +413,8 @@ class AudioReceiver:
 
         def pull() -> Int16Array:  # on the device's thread
             samples = playout.pull()
+            if self.silenced:
+                samples = _SILENT
             with contextlib.suppress(RuntimeError):  # loop closed: the call is over
                 loop.call_soon_threadsafe(feed, samples)
             return samples
@@ -415,7 +436,8 @@ class AudioReceiver:
         period = FRAME_SAMPLES / SAMPLE_RATE
         due = loop.time()
         while True:
-            self.feed(playout.pull())
+            samples = playout.pull()
+            self.feed(_SILENT if self.silenced else samples)
             due += period
             wait = due - loop.time()
             if wait > 0:

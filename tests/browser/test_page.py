@@ -90,7 +90,8 @@ async def test_served_call_table_is_callstate(hub: Hub) -> None:
     assert table["reasons"] == {"NO_ANSWER": cs.REASON_NO_ANSWER,
                                 "MEDIA_FAILED": cs.REASON_MEDIA_FAILED, "BUSY": cs.REASON_BUSY,
                                 "GLARE": cs.REASON_GLARE,
-                                "PEER_DISCONNECTED": cs.REASON_PEER_DISCONNECTED}
+                                "PEER_DISCONNECTED": cs.REASON_PEER_DISCONNECTED,
+                                "MEDIA_LOST": cs.REASON_MEDIA_LOST}
 
 
 # ------------------------------------------------------------ browser tests ---

@@ -20,6 +20,6 @@ def test_the_code_is_on_the_status_line_once_known() -> None:
     assert shown.startswith("connected  0:12  opus/48000  ")
     # Last (the "connected to" line above has it in full if a narrow terminal cuts it),
     # after the keys' hint.
-    assert shown.endswith(f"m:mute h:hangup 0-9*#:keys  code: {CODE}")
+    assert shown.endswith(f"m:mute h:hangup p:hold 0-9*#:keys  code: {CODE}")
     assert re.search(r"  spk \[[#-]+\]  code: " + CODE + "$", line(CODE, keys=False))
     assert shown.count(CODE) == 1

@@ -41,6 +41,7 @@ from softphone.core.callstate import (
     StateChanged,
     StopMedia,
 )
+from softphone.core.midcall import RestartOffer
 from softphone.core.protocol import IceCandidate, make
 
 S = CallState
@@ -72,6 +73,9 @@ SAMPLE_EVENTS: dict[type[Event], Event] = {
     RingTimeout: RingTimeout(),
     OfferDue: OfferDue(),
     SetupTimeout: SetupTimeout(),
+    cs.RemoteMidCall: cs.RemoteMidCall(RestartOffer(1, "v=0 restart", "rtp-silence")),
+    cs.MediaInterrupted: cs.MediaInterrupted(lost=True),
+    cs.MediaGiveUp: cs.MediaGiveUp(),
 }
 LOCAL_EVENTS = (LocalAccept, LocalReject, LocalHangup, LocalDescription)
 

@@ -14,16 +14,14 @@ hear, and in the middle of the call does one thing to the network:
 - **outage**: the callee's home passes nothing at all for 30 s, then works
   again as before.
 
-They assert what the issue asks once media restart is wired: each side hears
-the other's tone again within 1.5 s of the event (of the restore, for the
-outage), steadily to the end; both exit 0, ``completed``; both report a
-``media-restart`` event. Today the tone never comes back (aiortc has no ICE
-restart), so they are marked ``xfail(strict=True)``: when restart works they
-pass, pytest reports XPASS as a failure, and the mark must go.
+They assert what the issue asks: each side hears the other's tone again
+within 1.5 s of the event (of the restore, for the outage), steadily to the
+end; both exit 0, ``completed``; both report a ``media-restart`` event.
+(Stock aiortc has no ICE restart: with it the tone never came back.)
 
-Only assertion failures count as the expected failure: a lab that did not do
-what it should (the lab's own checks raise :class:`LabError`) or a call that
-had no audio before the event (:class:`Precondition`) fails the test plainly.
+A lab that did not do what it should (the lab's own checks raise
+:class:`LabError`) or a call that had no audio before the event
+(:class:`Precondition`) fails a test with that error rather than an assertion.
 """
 
 from __future__ import annotations
@@ -53,9 +51,6 @@ from ..support.netlab import (
     missing_requirements,
     run_call_with_events,
 )
-
-NOT_YET = pytest.mark.xfail(strict=True, raises=AssertionError,
-                            reason="media restart not wired yet (issue 16)")
 
 #: The issue's target: far tone back within this of the event (or of the restore).
 BACK_WITHIN = 1.5
@@ -140,7 +135,6 @@ def assert_survived(run: CallRun, event_at: float, limit: float, what: str) -> N
 
 
 @pytest.mark.netlab
-@NOT_YET
 def test_network_switch_mid_call(netlab: NetLab) -> None:
     """The caller moves to a new network behind a new NAT (Wi-Fi -> tether)."""
     netlab.add_second_network("a")  # built in advance: the switch itself is instant
@@ -160,7 +154,6 @@ def test_network_switch_mid_call(netlab: NetLab) -> None:
 
 
 @pytest.mark.netlab
-@NOT_YET
 def test_nat_rebinding_mid_call(netlab: NetLab) -> None:
     """The callee's NAT forgets its UDP mappings: new external ports from then on."""
     need_command("conntrack", "conntrack")
@@ -189,7 +182,6 @@ OUTAGE = 30.0
 
 
 @pytest.mark.netlab
-@NOT_YET
 def test_30_s_outage_mid_call(netlab: NetLab) -> None:
     """The callee's home is cut off for 30 s (a train in a tunnel), then works again."""
 

@@ -7,6 +7,13 @@
 // allows, entry for entry. Only the handlers, one per event type (as the _on_*
 // methods there), are written here.
 //
+// Our extension (docs/protocol.md "Media restart and hold", core/midcall.py):
+// call-request and call-accept carry the features this side announces
+// (`features`), and `peerFeatures` is what the peer announced; restart and hold
+// messages come in as RemoteMidCall and go out as "midCall" actions for the
+// media (session.js), which says MediaInterrupted (media lost / back) and
+// MediaGiveUp (a call whose media could not be restored ends "media-lost").
+//
 // Events are plain objects {type: "RemoteAccept", ...}; handle() returns
 // actions for the adapter: {kind: "send" | "startMedia" | "applyOffer" |
 // "applyAnswer" | "addCandidate" | "stopMedia" | "state" | "ended", ...}.
@@ -98,13 +105,19 @@ function causeOf(eventType) {
   return "network";
 }
 
+/** How a call whose media died and could not be restored ends (core/restart_events.py). */
+export const MEDIA_LOST = "media-lost";
+
 /** The state of one call, as seen from one side. */
 export class CallMachine {
-  constructor(role, peer, now, table, timeouts = table.timeouts) {
+  constructor(role, peer, now, table, timeouts = table.timeouts, features = []) {
     this.table = table;
     this.role = role;
     this.peer = peer;
     this.timeouts = timeouts;
+    this.features = features; // what we announce (none: the original protocol, to the letter)
+    this.peerFeatures = []; // what the peer announced (call-request / call-accept data)
+    this.mediaLost = false; // media is lost and not restored (MediaInterrupted)
     this.state = role === "caller" ? table.states.DIALING : table.states.RINGING;
     this.outcome = null;
     this.reason = null;
@@ -124,7 +137,9 @@ export class CallMachine {
   get isEnded() { return this.state === this.table.states.ENDED; }
 
   start() {
-    return this.role === "caller" ? [send("call-request", this.peer)] : [];
+    if (this.role !== "caller") return [];
+    return [this.features.length ? send("call-request", this.peer, {features: this.features})
+      : send("call-request", this.peer)];
   }
 
   deadline() {
@@ -197,6 +212,7 @@ export class CallMachine {
   // -- handlers, one per event type (as the _on_* methods in callstate.py) --
 
   onRemoteAccept(event, now) {
+    this.peerFeatures = event.features || [];
     const actions = this.goto(this.table.states.CONNECTING, now);
     if (!event.mediaReady && this.timeouts.offerDelay > 0) {
       this.deadlines.set("OfferDue", now + this.timeouts.offerDelay);
@@ -215,7 +231,7 @@ export class CallMachine {
     const reason = event.reason ?? null;
     if (this.state === S.DIALING) return this.end(O.REJECTED, reason, now);
     if (this.state === S.RINGING) return this.end(O.MISSED, reason, now);
-    if (this.state === S.CONNECTED) return this.end(O.COMPLETED, reason || "remote-hangup", now);
+    if (this.state === S.CONNECTED) return this.end(this.talked(), reason || "remote-hangup", now);
     if (reason === R.MEDIA_FAILED) return this.end(O.MEDIA_FAILED, reason, now);
     return this.end(O.CANCELLED, reason || "remote-hangup", now);
   }
@@ -228,7 +244,8 @@ export class CallMachine {
   }
 
   onLocalAccept(event, now) {
-    return [send("call-accept", this.peer, {media: "ready"}),
+    const data = this.features.length ? {media: "ready", features: this.features} : {media: "ready"};
+    return [send("call-accept", this.peer, data),
       ...this.goto(this.table.states.CONNECTING, now), {kind: "startMedia", offerer: false}];
   }
 
@@ -242,7 +259,7 @@ export class CallMachine {
     const {states: S, outcomes: O} = this.table;
     const reason = event.reason || "hangup";
     if (this.state === S.RINGING) return this.onLocalReject({reason}, now);
-    const outcome = this.state === S.CONNECTED ? O.COMPLETED : O.CANCELLED;
+    const outcome = this.state === S.CONNECTED ? this.talked() : O.CANCELLED;
     return this.end(outcome, reason, now, this.hangupMessage(reason));
   }
 
@@ -284,9 +301,29 @@ export class CallMachine {
 
   onMediaConnected(event, now) { return this.goto(this.table.states.CONNECTED, now); }
 
+  /** How a connected call ends: completed, unless its media is lost (never completed). */
+  talked() {
+    return this.mediaLost ? (this.table.outcomes.MEDIA_LOST || MEDIA_LOST) : this.table.outcomes.COMPLETED;
+  }
+
+  onRemoteMidCall(event, now) { return [{kind: "midCall", message: event.message}]; }
+
+  onMediaInterrupted(event, now) {
+    this.mediaLost = event.lost !== false;
+    return [];
+  }
+
   onMediaFailed(event, now) {
+    if (event.lost) return this.onMediaGiveUp(event, now); // a table without MediaGiveUp
     return this.end(this.table.outcomes.MEDIA_FAILED, event.reason || "ice-failed", now,
       this.hangupMessage(this.table.reasons.MEDIA_FAILED));
+  }
+
+  /** Media went away during the call and did not come back within the give-up time. */
+  onMediaGiveUp(event, now) {
+    this.mediaLost = true;
+    const lost = this.table.outcomes.MEDIA_LOST || MEDIA_LOST;
+    return this.end(lost, event.reason || lost, now, this.hangupMessage(this.table.reasons.MEDIA_LOST || lost));
   }
 
   onRingTimeout(event, now) {

@@ -16,6 +16,7 @@ export function wsUrl(pageUrl, id) {
 
 const FIRST_BACKOFF = 0.5; // seconds; doubles up to MAX_BACKOFF, with jitter
 const MAX_BACKOFF = 10;
+const HURRY_BACKOFF = 1; // while a call's media is being restarted (docs/protocol.md)
 
 export class HubClient {
   // handlers: {changed(), message(msg), lost(), note(text), error(code, text)}
@@ -27,6 +28,7 @@ export class HubClient {
     this.status = "offline"; // offline | connecting | connected | reconnecting | refused
     this.wanted = false; // the user wants to be connected
     this.backoff = FIRST_BACKOFF;
+    this.maxBackoff = MAX_BACKOFF;
     this.reconnectTimer = null;
     this.reconnectAt = null;
     this.connectCount = 0;
@@ -105,9 +107,21 @@ export class HubClient {
     this.on.error("hub-unreachable", `${what}; retrying in ${delay.toFixed(1)} s`);
   }
 
+  /** While media is restarted: reconnect attempts at most a second apart (a retry due later comes now). */
+  hurry(on) {
+    this.maxBackoff = on ? HURRY_BACKOFF : MAX_BACKOFF;
+    if (!on) return;
+    this.backoff = Math.min(this.backoff, HURRY_BACKOFF);
+    if (this.reconnectTimer && this.reconnectAt - Date.now() > HURRY_BACKOFF * 1000) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectAt = Date.now();
+      this.reconnectTimer = setTimeout(() => this.open(), 0);
+    }
+  }
+
   scheduleReconnect() {
-    const delay = this.backoff * (0.5 + Math.random());
-    this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF);
+    const delay = Math.min(this.backoff * (0.5 + Math.random()), this.maxBackoff);
+    this.backoff = Math.min(this.backoff * 2, this.maxBackoff);
     this.reconnectAt = Date.now() + delay * 1000;
     this.reconnectTimer = setTimeout(() => this.open(), delay * 1000);
     this.setStatus("reconnecting");

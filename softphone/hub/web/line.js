@@ -2,6 +2,7 @@
 // belongs to, busy for a second caller, glare when two ids call each other.
 
 import {CallMachine, CallStateError, send} from "./callstate.js";
+import {extensionOf, featuresOf} from "./features.js";
 
 function reasonOf(data) {
   return data && typeof data === "object" && typeof data.reason === "string" ? data.reason : null;
@@ -12,38 +13,56 @@ export function eventOf(message) {
   const data = message.data;
   switch (message.type) {
     case "call-accept":
-      return {type: "RemoteAccept", mediaReady: !!data && typeof data === "object" && data.media === "ready"};
+      return {type: "RemoteAccept", mediaReady: !!data && typeof data === "object" && data.media === "ready",
+        features: featuresOf(data)};
     case "call-reject": return {type: "RemoteReject", reason: reasonOf(data)};
     case "hangup": return {type: "RemoteHangup", reason: reasonOf(data)};
     case "offer":
-    case "answer":
+    case "answer": {
+      const midCall = extensionOf(message); // a restart or hold message, not the first connection's
+      if (midCall) return {type: "RemoteMidCall", message: midCall};
       if (!data || typeof data.sdp !== "string") return null;
       return {type: message.type === "offer" ? "RemoteOffer" : "RemoteAnswer", sdp: data.sdp};
-    case "candidate":
+    }
+    case "candidate": {
+      const midCall = extensionOf(message);
+      if (midCall) return {type: "RemoteMidCall", message: midCall};
       return {type: "RemoteCandidate", candidate: data && typeof data === "object" ? data : {candidate: ""}};
+    }
     default: return null;
   }
 }
 
-/** Routes hub messages to the one current call of one client id. */
+/**
+ * Routes hub messages to the one current call of one client id. `features`: what
+ * its calls announce; the peer's restart and hold messages are RemoteMidCall
+ * events of the call (features.js extensionOf), handed on as "midCall" actions.
+ */
 export class Line {
-  constructor(myId, table, timeouts = table.timeouts) {
+  constructor(myId, table, timeouts = table.timeouts, features = []) {
     this.myId = myId;
     this.table = table;
     this.timeouts = timeouts;
+    this.features = features;
     this.call = null;
   }
 
   get active() { return this.call !== null && !this.call.isEnded; }
 
   newCall(role, peer, now) {
-    this.call = new CallMachine(role, peer, now, this.table, this.timeouts);
+    this.call = new CallMachine(role, peer, now, this.table, this.timeouts, this.features);
     return this.call;
   }
 
   dial(peer, now) {
     if (this.active) throw new CallStateError(`already in a call with ${this.call.peer}`);
     return this.newCall("caller", peer, now).start();
+  }
+
+  incomingCall(peer, data, now) {
+    const call = this.newCall("callee", peer, now);
+    call.peerFeatures = featuresOf(data);
+    return call;
   }
 
   handleLocal(event, now) {
@@ -63,13 +82,13 @@ export class Line {
       if (this.active && call.peer === from && call.state === S.DIALING && this.myId > from) {
         // Glare: we called each other at once. The smaller id's call wins.
         const ended = call.handle({type: "RemoteReject", reason: R.GLARE}, now);
-        return [...ended, {kind: "incoming", call: this.newCall("callee", from, now)}];
+        return [...ended, {kind: "incoming", call: this.incomingCall(from, message.data, now)}];
       }
       if (this.active && call.peer !== from) {
         return [send("call-reject", from, {reason: R.BUSY}), {kind: "busy", peer: from}];
       }
       if (this.active) return []; // a repeated request from our peer
-      return [{kind: "incoming", call: this.newCall("callee", from, now)}];
+      return [{kind: "incoming", call: this.incomingCall(from, message.data, now)}];
     }
     if (!this.active || from !== call.peer) return []; // not our peer: ignored, as the original pages do
     const event = eventOf(message);

@@ -3,6 +3,7 @@
 
 import {CallTableError, loadCallTable} from "./callstate.js";
 import {ID_PATTERN, Phone} from "./phone.js";
+import {restartSettings} from "./restart.js";
 import {PageUI} from "./ui.js";
 
 const RETRY_SECONDS = 2;
@@ -33,12 +34,36 @@ async function callTable(ui, url) {
   }
 }
 
+/** For tests: make things happen that a real network would (window.__softphoneTest). */
+function testHooks(phone) {
+  const session = () => {
+    if (!phone.session || phone.session.closed) throw new Error("no call with media");
+    return phone.session;
+  };
+  return {
+    /** Restart the call's media now, as if it had been lost (`reason`: what the offer says). */
+    restartMedia: (reason = "rtp-silence") => session().force(reason),
+    /** Restart limits for the next calls, e.g. {giveUp: 5} (restart.js DEFAULT_SETTINGS). */
+    setRestartSettings: (overrides) => { phone.restartSettings = restartSettings(overrides); },
+    /** The ICE username fragments: ours in the local description, and the selected pair's. */
+    ufrags: () => ({local: session().currentMedia().localUfrag(),
+      selected: session().currentMedia().selectedUfrag()}),
+    /** Stop sending our audio (the peer then sees no RTP), or send it again. */
+    silence: (on = true) => {
+      const media = session().currentMedia();
+      const track = on ? null : phone.microphone.stream.getAudioTracks()[0];
+      media.run(() => media.setSending(track));
+    },
+  };
+}
+
 async function main() {
   const ui = new PageUI(document);
   const table = await callTable(ui, new URL("callstate.json", window.location.href));
   if (table === null) return;
   const phone = new Phone(ui, table, window.location.href);
   window.phone = phone;
+  window.__softphoneTest = testHooks(phone);
   const params = new URLSearchParams(window.location.search);
   const fixed = fixedIdOfPage(window.location);
   phone.autoAccept = params.get("autoaccept") === "1";

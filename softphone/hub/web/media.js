@@ -103,6 +103,8 @@ export class Speaker {
     this.context = null;
     this.analyser = null;
     this.source = null;
+    this.gain = null;
+    this.muted = false;
   }
 
   /** Make (or resume) the AudioContext; call it from a user gesture. */
@@ -117,27 +119,40 @@ export class Speaker {
   }
 
   play(stream) {
+    if (this.source) this.source.disconnect(); // a restart's new connection replaces the old
     this.audio.srcObject = stream; // Chrome feeds WebAudio only from a played remote stream
     this.audio.play().catch((err) => this.note(`audio playback blocked: ${err.message}`));
     try {
       const ctx = this.unlock();
       const source = ctx.createMediaStreamSource(stream);
-      const analyser = ctx.createAnalyser();
-      analyser.fftSize = 32768;
-      analyser.smoothingTimeConstant = 0;
-      source.connect(analyser);
+      if (!this.analyser) {
+        this.gain = ctx.createGain(); // 0 while on hold: the analyser hears what the user hears
+        this.gain.gain.value = this.muted ? 0 : 1;
+        this.analyser = ctx.createAnalyser();
+        this.analyser.fftSize = 32768;
+        this.analyser.smoothingTimeConstant = 0;
+        this.gain.connect(this.analyser);
+      }
+      source.connect(this.gain);
       this.source = source;
-      this.analyser = analyser;
     } catch (err) {
       this.note(`no audio analyser: ${err.message}`);
     }
   }
 
+  /** Mute or unmute what we play (hold). */
+  setMuted(muted) {
+    this.muted = !!muted;
+    this.audio.muted = this.muted;
+    if (this.gain) this.gain.gain.value = this.muted ? 0 : 1;
+  }
+
   stop() {
     if (this.source) this.source.disconnect();
-    this.source = null;
-    this.analyser = null;
+    if (this.gain) this.gain.disconnect();
+    this.source = this.gain = this.analyser = null;
     this.audio.srcObject = null;
+    this.setMuted(false);
   }
 
   /** The level of the last 2048 samples heard, 0..1 (for the meter). */
@@ -160,38 +175,50 @@ export class Speaker {
 }
 
 /**
- * One call's RTCPeerConnection. Its operations run one after another; one
- * that fails ends the call (MediaFailed). Our candidates go after our
- * offer/answer: a peer that drops candidates arriving before its remote
- * description (the original pages) misses none.
+ * One RTCPeerConnection of a call: generation 0 is the call's first, each
+ * media restart with a fresh connection makes another (docs/protocol.md
+ * "Media restart and hold"). Its operations run one after another; one that
+ * fails calls its `failed` handler (generation 0: MediaFailed, the call ends).
+ * Our candidates go after our offer/answer: a peer that drops candidates
+ * arriving before its remote description (the original pages) misses none;
+ * those of a restart generation carry its number ("restart").
  */
 export class CallMedia {
   // call: whose media this is (opaque here); handlers: {feed(event), send(message),
-  // note(text), heard(stream)}
-  constructor(call, peer, handlers) {
+  // note(text), heard(stream), iceState(state)?, failed(reason)?}
+  constructor(call, peer, handlers, generation = 0) {
     this.call = call;
     this.peer = peer;
     this.on = handlers;
+    this.generation = generation; // the one our candidates are tagged with
     this.pc = null;
+    this.stream = null; // what the peer sends us, once its track arrived
     this.chain = Promise.resolve();
     this.localSent = false;
     this.localQueue = [];
     this.closed = false;
+    this.pendingOffer = null; // an ICE-restart offer sent but not applied yet
   }
 
   /** Queue one operation (a function returning a promise) after the ones before it. */
-  run(op) {
+  run(op, failed = null) {
     this.chain = this.chain.then(() => (this.closed ? undefined : op())).catch((err) => {
       if (this.closed) return;
+      const reason = `media-error: ${err.message}`.slice(0, 120);
       this.on.note(`media operation failed: ${err.message}`);
-      this.on.feed({type: "MediaFailed", reason: `media-error: ${err.message}`.slice(0, 120)});
+      if (failed) failed(reason);
+      else if (this.on.failed) this.on.failed(reason);
+      else this.on.feed({type: "MediaFailed", reason});
     });
   }
 
-  async start(offerer, iceServers, microphone) {
+  /** Make the connection (and, as `offerer`, its offer); `certificates`: our DTLS ones to keep. */
+  async start(offerer, iceServers, microphone, certificates = null) {
     const [servers, mic] = await Promise.all([iceServers.take(), microphone.get()]);
     if (this.closed) return;
-    const pc = new RTCPeerConnection({iceServers: servers});
+    const config = {iceServers: servers};
+    if (certificates && certificates.length) config.certificates = certificates;
+    const pc = new RTCPeerConnection(config);
     this.pc = pc;
     for (const track of mic.getAudioTracks()) pc.addTrack(track, mic);
     pc.onicecandidate = (ev) => {
@@ -199,13 +226,18 @@ export class CallMedia {
       this.sendCandidate(ev.candidate.toJSON());
     };
     pc.ontrack = (ev) => {
-      this.on.heard(ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]));
+      this.stream = ev.streams && ev.streams[0] ? ev.streams[0] : new MediaStream([ev.track]);
+      this.on.heard(this.stream);
     };
     pc.onconnectionstatechange = () => {
+      if (this.closed) return;
       const s = pc.connectionState;
-      this.on.note(`media ${s}`);
+      this.on.note(`media ${s}${this.generation ? ` (generation ${this.generation})` : ""}`);
       if (s === "connected") this.on.feed({type: "MediaConnected"});
       else if (s === "failed") this.on.feed({type: "MediaFailed", reason: "ice-failed"});
+    };
+    pc.oniceconnectionstatechange = () => {
+      if (!this.closed && this.on.iceState) this.on.iceState(pc.iceConnectionState);
     };
     if (offerer) {
       await pc.setLocalDescription(await pc.createOffer());
@@ -218,7 +250,11 @@ export class CallMedia {
       this.localQueue.push(candidate);
       return;
     }
-    this.on.send({type: "candidate", to: this.peer, data: candidate});
+    this.on.send({type: "candidate", to: this.peer, data: this.tagged(candidate)});
+  }
+
+  tagged(candidate) {
+    return this.generation ? {...candidate, restart: this.generation} : candidate;
   }
 
   /** Our offer or answer has gone to the peer: the candidates held back follow it. */
@@ -227,7 +263,7 @@ export class CallMedia {
     this.localSent = true;
     const queued = this.localQueue;
     this.localQueue = [];
-    for (const c of queued) this.on.send({type: "candidate", to: this.peer, data: c});
+    for (const c of queued) this.on.send({type: "candidate", to: this.peer, data: this.tagged(c)});
   }
 
   async applyOffer(sdp) {
@@ -237,6 +273,11 @@ export class CallMedia {
   }
 
   async applyAnswer(sdp) {
+    if (this.pendingOffer) { // an ICE-restart offer: applied now
+      const offer = this.pendingOffer;
+      this.pendingOffer = null;
+      await this.pc.setLocalDescription(offer);
+    }
     await this.pc.setRemoteDescription({type: "answer", sdp});
   }
 
@@ -249,11 +290,76 @@ export class CallMedia {
     const init = {candidate: candidate.candidate, sdpMid: candidate.sdpMid ?? null,
       sdpMLineIndex: candidate.sdpMLineIndex ?? null};
     if (init.sdpMid === null && init.sdpMLineIndex === null) init.sdpMLineIndex = 0;
+    if (typeof candidate.usernameFragment === "string") init.usernameFragment = candidate.usernameFragment;
     try {
       await pc.addIceCandidate(init);
     } catch (err) { // a bad candidate from the peer must not end the call
       this.on.note(`ignoring remote candidate: ${err.message}`);
     }
+  }
+
+  // -- media restart and hold (docs/protocol.md "Media restart and hold") --
+
+  /**
+   * ICE restart on this connection (pages only): an offer with new ICE credentials.
+   * It is applied only with its answer (applyAnswer): an offer that loses a glare
+   * needs no rollback (Chrome's rollback restarts the RTP stream: seconds of
+   * concealment at the peer).
+   */
+  async iceRestartOffer(generation) {
+    this.renumber(generation);
+    this.pc.restartIce();
+    const offer = await this.pc.createOffer({iceRestart: true});
+    this.pendingOffer = offer;
+    return offer.sdp;
+  }
+
+  /** The peer's ICE-restart offer, applied to this connection; our answer's sdp. */
+  async iceRestartAnswer(generation, sdp) {
+    this.renumber(generation);
+    this.pendingOffer = null;
+    await this.pc.setRemoteDescription({type: "offer", sdp});
+    await this.pc.setLocalDescription(await this.pc.createAnswer());
+    return this.pc.localDescription.sdp;
+  }
+
+  /** Our candidates from now on belong to `generation` and wait for its offer/answer. */
+  renumber(generation) {
+    this.generation = generation;
+    this.localSent = false;
+    this.localQueue = [];
+  }
+
+  /** Forget an ICE-restart offer of ours that was abandoned; candidates are `generation`'s again. */
+  dropOffer(generation) {
+    this.pendingOffer = null;
+    this.generation = generation;
+    this.localSent = true;
+  }
+
+  /** Send `track` (null: nothing, on hold) instead of the microphone's. */
+  async setSending(track) {
+    const sender = this.pc && this.pc.getSenders().find((s) => !s.track || s.track.kind === "audio");
+    if (sender && sender.track !== track) await sender.replaceTrack(track);
+  }
+
+  /** Our DTLS certificates (a restart's fresh connection keeps them: same verification code side). */
+  certificates() {
+    return this.pc ? this.pc.getConfiguration().certificates || [] : [];
+  }
+
+  /** The local ICE username fragment of the selected candidate pair, or null. */
+  selectedUfrag() {
+    const sender = this.pc && this.pc.getSenders()[0];
+    const ice = sender && sender.transport && sender.transport.iceTransport;
+    const pair = ice && typeof ice.getSelectedCandidatePair === "function" ? ice.getSelectedCandidatePair() : null;
+    return pair && pair.local ? pair.local.usernameFragment : null;
+  }
+
+  /** The ICE username fragment of `sdp` (default: our local description), or null. */
+  localUfrag(sdp = this.pc && this.pc.localDescription ? this.pc.localDescription.sdp : "") {
+    const m = /^a=ice-ufrag:(\S+)/m.exec(sdp);
+    return m ? m[1] : null;
   }
 
   /**

@@ -2,14 +2,20 @@
 // against the hub (hubclient.js), the media (media.js) and the page (ui.js).
 // The user's actions come in here; the line's actions are carried out here.
 //
+// Each call's media is a MediaSession (session.js): its connections, media
+// restart and hold.
+//
 // For tests and scripts it is window.phone: snapshot(), receivedAudio(),
-// inboundAudio(), errors, results, hub, line.call; and the page mirrors its
-// state in data-* attributes of <main id="phone">.
+// inboundAudio(), errors, results, hub, line.call, session; and the page
+// mirrors its state in data-* attributes of <main id="phone">.
 
 import {CallStateError} from "./callstate.js";
+import {FEATURES} from "./features.js";
 import {HubClient} from "./hubclient.js";
 import {Line} from "./line.js";
-import {CallMedia, IceServers, Microphone, Speaker} from "./media.js";
+import {IceServers, Microphone, Speaker} from "./media.js";
+import {restartSettings} from "./restart.js";
+import {MediaSession} from "./session.js";
 import {sasOfConnection} from "./sas.js";
 import {ERROR_OUTCOMES, outcomeText} from "./ui.js";
 
@@ -29,11 +35,12 @@ export class Phone {
     this.busyRejected = [];
     this.autoAccept = false;
     this.keysSent = ""; // the DTMF keys of the current or last call, as they were played
-    this.media = null; // the current or last call's CallMedia
+    this.session = null; // the current or last call's MediaSession
+    this.restartSettings = restartSettings(); // restart.js DEFAULT_SETTINGS
     this.sas = null; // the current or last call's verification code, once media is connected
     this.sasSource = null;
     this.hubClient = new HubClient(pageUrl, {
-      changed: () => this.render(),
+      changed: () => this.hubChanged(),
       message: (message) => this.run(this.line.receive(message, this.now())),
       lost: () => this.run(this.line.handleLocal({type: "HubLost"}, this.now())),
       note: (text) => this.note(text),
@@ -51,6 +58,15 @@ export class Phone {
   get wanted() { return this.hubClient.wanted; }
   get muted() { return this.microphone.muted; }
   get analyser() { return this.speaker.analyser; }
+  /** The connection that carries the current or last call's media (a CallMedia). */
+  get media() { return this.session ? this.session.currentMedia() : null; }
+
+  hubChanged() {
+    const up = this.hub === "connected";
+    if (this.session && up !== this.hubUp) this.session.signaling(up);
+    this.hubUp = up;
+    this.render();
+  }
 
   // -- errors and log ----------------------------------------------------------
 
@@ -80,7 +96,7 @@ export class Phone {
         this.error("busy", "hang up before changing your id");
         return;
       }
-      this.line = new Line(id, this.table);
+      this.line = new Line(id, this.table, undefined, FEATURES);
     }
     this.id = id;
     this.hubClient.connect(id);
@@ -171,6 +187,19 @@ export class Phone {
     return ok;
   }
 
+  /** Put the call on hold (true) or resume it (false); hold.js says what goes to the peer. */
+  setHeld(held) {
+    const call = this.line && this.line.call;
+    if (!call || call.state !== this.table.states.CONNECTED || !this.session || this.session.call !== call) {
+      this.error("not-in-call", "only a connected call can be put on hold");
+      return false;
+    }
+    this.session.setHeld(held);
+    return true;
+  }
+
+  get held() { return this.session ? this.session.hold.localHeld : false; }
+
   setMuted(muted) {
     this.microphone.setMuted(muted);
     this.note(this.muted ? "muted" : "unmuted");
@@ -197,7 +226,7 @@ export class Phone {
         case "send":
           this.send(action.message);
           if (action.message.type === "offer" || action.message.type === "answer") {
-            if (this.media && this.media.call === call) this.media.localDescriptionSent();
+            if (this.session && this.session.call === call) this.session.first.localDescriptionSent();
           }
           break;
         case "incoming": this.incoming(action.call); break;
@@ -211,9 +240,13 @@ export class Phone {
         case "applyAnswer": this.mediaOp(call, (m) => m.applyAnswer(action.sdp)); break;
         case "addCandidate": this.mediaOp(call, (m) => m.addCandidate(action.candidate)); break;
         case "stopMedia": break; // done once the call has ended
+        case "midCall": if (this.session && this.session.call === call) this.session.receive(action.message); break;
         case "state":
           this.note(`call ${action.old} -> ${action.state}`);
-          if (action.state === this.table.states.CONNECTED) this.verify(call);
+          if (action.state === this.table.states.CONNECTED) {
+            this.verify(call);
+            if (this.session && this.session.call === call) this.session.connected();
+          }
           break;
         case "ended": this.ended(call, action); break;
         default: break;
@@ -240,6 +273,13 @@ export class Phone {
 
   hubError(error) {
     const code = error.code || "error";
+    const session = this.session;
+    if (code === "offline" && session && !session.closed && this.line.call === session.call
+        && ["offer", "answer", "candidate"].includes(error.ref)) {
+      this.note(`${session.peer} is not on the hub (${error.ref} not delivered)`);
+      if (session.restarting) session.peerUnreachable();
+      return;
+    }
     this.error(code, error.message || code);
   }
 
@@ -260,8 +300,8 @@ export class Phone {
     const text = outcomeText(call.peer, action.outcome, action.reason, action.by);
     if (ERROR_OUTCOMES.has(action.outcome) && action.by !== "local") this.error(action.outcome, text);
     else this.note(text);
-    if (this.media && this.media.call === call) {
-      this.media.close();
+    if (this.session && this.session.call === call) {
+      this.session.close();
       this.speaker.stop();
     }
     this.microphone.release();
@@ -270,13 +310,23 @@ export class Phone {
   // -- media -----------------------------------------------------------------------
 
   newMedia(call) {
+    if (this.session) this.session.close();
     this.sas = this.sasSource = null;
-    this.media = new CallMedia(call, call.peer, {
-      feed: (event) => this.feed(call, event),
+    this.hubUp = this.hub === "connected";
+    this.session = new MediaSession(call, {
+      now: () => this.now(),
       send: (message) => this.send(message),
       note: (text) => this.note(text),
-      heard: (stream) => this.speaker.play(stream),
-    });
+      changed: () => this.render(),
+      feed: (event) => this.feed(call, event),
+      play: (stream) => this.speaker.play(stream),
+      mediaChanged: () => this.verify(call),
+      giveUp: (reason) => this.feed(call, this.table.next(call.role, call.state, "MediaGiveUp")
+        ? {type: "MediaGiveUp", reason} : {type: "MediaFailed", reason, lost: true}),
+      hurry: (on) => this.hubClient.hurry(on),
+      connected: () => call.state === this.table.states.CONNECTED,
+      iceServers: this.iceServers, microphone: this.microphone, speaker: this.speaker,
+    }, FEATURES, this.restartSettings);
   }
 
   /** The verification code of `call`, from its two DTLS certificates (sas.js). */
@@ -286,6 +336,7 @@ export class Phone {
     try {
       const sas = await sasOfConnection(media.pc);
       if (this.media !== media) return;
+      if (this.sas && this.sas !== sas.text) this.note(`the verification code changed: ${this.sas} -> ${sas.text}`);
       this.sas = sas.text;
       this.sasSource = sas.source; // "dtls": from the certificates the handshake used
       this.note(`verification code: ${sas.text}`);
@@ -325,6 +376,7 @@ export class Phone {
       sas: this.sas,
       sasSource: this.sasSource,
       connects: this.hubClient.connectCount,
+      media: this.session ? this.session.summary() : null,
     };
   }
 

@@ -11,11 +11,12 @@ const OUTCOME_TEXT = {
   "media-failed": "media failed: could not connect audio with {peer}",
   "missed": "missed call from {peer} (the caller hung up)",
   "cancelled": "call cancelled before audio connected",
+  "media-lost": "media lost: the audio with {peer} did not come back, so the call ended",
 };
 
 /** Outcomes that are shown as errors, not just as news (unless we ended the call). */
 export const ERROR_OUTCOMES = new Set(["rejected", "busy", "no-answer", "offline",
-  "hub-unreachable", "media-failed"]);
+  "hub-unreachable", "media-failed", "media-lost"]);
 
 /** One line for how a call ended. */
 export function outcomeText(peer, outcome, reason, by) {
@@ -23,9 +24,19 @@ export function outcomeText(peer, outcome, reason, by) {
     return `you rejected the call from ${peer}` + (reason && reason !== "declined" ? ` (${reason})` : "");
   }
   let text = (OUTCOME_TEXT[outcome] || `call with {peer} ended: ${outcome}`).replace("{peer}", peer);
-  if (reason && (outcome === "media-failed" || outcome === "rejected")) text += ` (${reason})`;
+  if (reason && ["media-failed", "rejected", "media-lost"].includes(outcome)) text += ` (${reason})`;
   return text;
 }
+
+/** "on hold (you)", "on hold (peer)", "on hold (you and peer)", or "" (hold.js state). */
+export function holdText(hold) {
+  if (!hold || (!hold.localHeld && !hold.remoteHeld)) return "";
+  const who = hold.localHeld && hold.remoteHeld ? "you and peer" : hold.localHeld ? "you" : "peer";
+  return `on hold (${who})` + (hold.mode === "muted" ? ": the peer's phone does not know hold, it hears silence" : "");
+}
+
+/** How long "media back" stays on the page (seconds). */
+const MEDIA_BACK_SECONDS = 5;
 
 const HUB_TEXT = {
   offline: "not connected", connecting: "connecting…", reconnecting: "hub unreachable: reconnecting…",
@@ -44,7 +55,8 @@ export class PageUI {
       callPeer: $("call-peer"), callTime: $("call-time"), hangup: $("hangup"), mute: $("mute"),
       errors: $("errors"), log: $("log"), level: $("level"), outcome: $("outcome"),
       clearErrors: $("clear-errors"), keypad: $("keypad"), keysSent: $("keys-sent"),
-      sas: $("sas"), sasLine: $("sas-line"),
+      sas: $("sas"), sasLine: $("sas-line"), hold: $("hold"), holdStatus: $("hold-status"),
+      mediaStatus: $("media-status"),
     };
     this.audio = $("remote-audio");
   }
@@ -101,10 +113,32 @@ export class PageUI {
     el.sas.textContent = phone.sas || ""; // the verification code, to read to the peer
     el.sasLine.hidden = !phone.sas;
     this.root.dataset.sas = phone.sas || "";
+    this.renderMedia(phone, talking);
     el.mute.setAttribute("aria-pressed", phone.muted ? "true" : "false");
     el.mute.textContent = phone.muted ? "Unmute" : "Mute";
     el.outcome.textContent = call && call.isEnded
       ? outcomeText(call.peer, call.outcome, call.reason, call.endedBy) : "";
+  }
+
+  /** Hold (button and line) and media restart ("media lost, restarting" / "media back"). */
+  renderMedia(phone, talking) {
+    const el = this.el;
+    const session = talking && phone.session && phone.session.call === phone.line.call ? phone.session : null;
+    const hold = session ? session.hold : null;
+    const held = !!hold && hold.localHeld;
+    el.hold.disabled = !session;
+    el.hold.setAttribute("aria-pressed", held ? "true" : "false");
+    el.hold.textContent = held ? "Resume" : "Hold";
+    el.holdStatus.textContent = holdText(hold);
+    el.holdStatus.hidden = !el.holdStatus.textContent;
+    this.root.dataset.hold = !hold ? "" : hold.localHeld && hold.remoteHeld ? "both"
+      : hold.localHeld ? "local" : hold.remoteHeld ? "remote" : "";
+    const status = session ? session.status : "";
+    const fresh = session && (status !== "ok" || phone.now() - session.statusAt < MEDIA_BACK_SECONDS);
+    el.mediaStatus.textContent = fresh ? session.statusText : "";
+    el.mediaStatus.dataset.status = status;
+    el.mediaStatus.hidden = !el.mediaStatus.textContent;
+    this.root.dataset.media = status;
   }
 
   /** Five times a second: the call timer and the level meter. */
@@ -117,6 +151,7 @@ export class PageUI {
       this.el.callTime.textContent = "";
     }
     this.el.level.value = phone.speaker.level();
+    if (phone.session && !this.el.mediaStatus.hidden) this.render(phone); // "media back" fades
   }
 
   /** Buttons and keys -> the phone's actions. `fixed`: the id is fixed (callerA/B.html). */
@@ -138,6 +173,7 @@ export class PageUI {
     el.reject.addEventListener("click", () => phone.reject());
     el.hangup.addEventListener("click", () => phone.hangup());
     el.mute.addEventListener("click", () => phone.setMuted(!phone.muted));
+    el.hold.addEventListener("click", () => phone.setHeld(!phone.held));
     el.clearErrors.addEventListener("click", () => { el.errors.textContent = ""; });
     el.keypad.addEventListener("click", (ev) => {
       const key = ev.target && ev.target.dataset ? ev.target.dataset.key : null;

@@ -1,0 +1,244 @@
+"""Media restart in a call (issue 16), with real parts: two phones in one process
+through our hub on real sockets, real aiortc peer connections, tones checked by
+frequency.
+
+The media path is killed from inside (:func:`blackhole`: the peer connection's
+sockets drop everything they receive and send, RTP, RTCP, DTLS and STUN alike),
+as a network that went away would; the hub connection stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from softphone import Phone, ToneSource
+from softphone.client.call import Call
+from softphone.core import restart as r
+from softphone.core.callstate import ExitCode, Outcome
+from softphone.core.restart_events import RestartSettings
+from softphone.hub.server import Hub
+from softphone.media import pathcheck
+from softphone.media.audio import SAMPLE_RATE
+from softphone.media.audiopath import MediaConfig
+from softphone.media.rtc import MediaSession
+from softphone.media.tracks import CaptureSink
+
+from ..conftest import hub_url
+from ..support.emulators import OriginalPage
+from ..support.helpers import assert_tone
+
+pytestmark = pytest.mark.e2e
+
+A_TONE, B_TONE = 440.0, 660.0
+
+
+def blackhole(session: Any) -> None:
+    """Every socket of ``session``'s ICE connection drops what it receives and sends."""
+    connection = pathcheck.ice_connection(session)
+    assert connection is not None, "no ICE connection"
+    for protocol in list(connection._protocols):
+        protocol.datagram_received = lambda data, addr: None
+        if protocol.transport is not None:
+            protocol.transport.sendto = lambda *args, **kwargs: None
+
+
+class Side:
+    """One phone in the call: its call, its events, what it heard."""
+
+    def __init__(self, phone: Phone) -> None:
+        self.phone = phone
+        self.events: list[dict[str, Any]] = []
+        self.heard = CaptureSink(30.0)
+        self.call: Call | None = None
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == kind]
+
+    async def wait_for(self, kind: str, within: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        while not self.of(kind):
+            assert loop.time() < end, f"{self.phone.client_id}: no {kind} event in " \
+                                      f"{within} s: {self.events}"
+            await asyncio.sleep(0.02)
+        return self.of(kind)[0]
+
+    def last(self, seconds: float) -> np.ndarray:
+        samples = self.heard.samples()
+        return samples[-int(seconds * SAMPLE_RATE):]
+
+
+async def call_pair(url: str, media: MediaConfig | None = None,
+                    factory_b: Callable[..., Any] | None = None) -> tuple[Side, Side]:
+    """``a`` calls ``b``; each sends its tone and keeps what it hears; both connected."""
+    a = Side(Phone("a", url, media=media))
+    b = Side(Phone("b", url, media=media, media_factory=factory_b))
+    await a.phone.connect()
+    await b.phone.connect()
+    a.call = await a.phone.dial("b", ToneSource(A_TONE), [a.heard], on_event=a.events.append)
+    b.call = await b.phone.next_call()
+    b.call.on_event(b.events.append)
+    await b.call.accept(ToneSource(B_TONE), [b.heard])
+    await asyncio.wait_for(a.call.connected(), 20)
+    await asyncio.wait_for(b.call.connected(), 20)
+    return a, b
+
+
+async def close(*sides: Side) -> None:
+    for side in sides:
+        await side.phone.close()
+
+
+def check_restarted(side: Side, far: float, gap_ms: int) -> dict[str, Any]:
+    """``side`` reported a restart with a bounded gap and hears ``far`` again."""
+    restarts = side.of("media-restart")
+    assert len(restarts) == 1, side.events
+    event = restarts[0]
+    assert isinstance(event["reason"], str) and event["generation"] >= 1, event
+    assert 0 <= event["gap_ms"] <= gap_ms, event
+    assert event["attempts"] >= 1 and event.get("sas"), event
+    assert_tone(side.last(1.5), far, skip=0.0, min_seconds=1.0, max_gap=0.1,
+                what=f"{side.phone.client_id} after the restart")
+    return event
+
+
+@pytest.mark.parametrize("pipeline", ["softphone", "aiortc"])
+async def test_a_dead_media_path_is_restarted_and_the_call_completes(hub: Hub,
+                                                                     pipeline: str) -> None:
+    a, b = await call_pair(hub_url(hub), MediaConfig(pipeline=pipeline))
+    try:
+        assert a.call is not None and b.call is not None
+        assert "restart" in a.call.peer_features and "restart" in b.call.peer_features
+        await asyncio.sleep(1.5)
+        first = a.call.media
+        assert_tone(a.last(1.0), B_TONE, skip=0.0, min_seconds=0.9, what="a before")
+        blackhole(b.call.media)  # b's network is gone (both directions)
+        await a.wait_for("media-restart", 10.0)
+        await b.wait_for("media-restart", 10.0)
+        await asyncio.sleep(2.0)
+        event_a = check_restarted(a, B_TONE, 4000)
+        event_b = check_restarted(b, A_TONE, 4000)
+        assert event_a["generation"] == event_b["generation"]
+        assert event_a["sas"] == event_b["sas"] == a.call.sas == b.call.sas
+        assert a.call.media is not first and isinstance(a.call.media, MediaSession)
+        assert [e["reason"] for e in a.of("media-lost")], a.events
+        await a.call.hangup()
+        result_a = await asyncio.wait_for(a.call.ended(), 10)
+        result_b = await asyncio.wait_for(b.call.ended(), 10)
+        for result in (result_a, result_b):
+            assert result.outcome is Outcome.COMPLETED and result.exit_code == 0, result
+        # The figures cover both connections: about 50 packets a second for ~5 s.
+        assert result_a.stats.packets_received > 150, result_a.stats
+    finally:
+        await close(a, b)
+
+
+async def test_glare_both_sides_restart_at_once_one_connection_wins(hub: Hub) -> None:
+    a, b = await call_pair(hub_url(hub))
+    try:
+        assert a.call is not None and b.call is not None
+        await asyncio.sleep(1.0)
+        link_a, link_b = a.call.restart_link, b.call.restart_link
+        assert link_a is not None and link_b is not None
+        blackhole(a.call.media)
+        blackhole(b.call.media)
+        # Both notice in the same instant: both offer generation 1 before either
+        # offer arrives (they cross in the hub).
+        link_a.feed(r.ConnectionChanged(0, r.PeerState.FAILED))
+        link_b.feed(r.ConnectionChanged(0, r.PeerState.FAILED))
+        await a.wait_for("media-restart", 10.0)
+        await b.wait_for("media-restart", 10.0)
+        await asyncio.sleep(2.0)
+        event_a = check_restarted(a, B_TONE, 4000)
+        event_b = check_restarted(b, A_TONE, 4000)
+        assert link_a.machine is not None and link_b.machine is not None
+        assert link_a.machine.current == link_b.machine.current == event_a["generation"] \
+            == event_b["generation"]
+        assert a.call.sas == b.call.sas
+        await b.call.hangup()
+        for side in (a, b):
+            assert side.call is not None
+            result = await asyncio.wait_for(side.call.ended(), 10)
+            assert result.outcome is Outcome.COMPLETED, result
+    finally:
+        await close(a, b)
+
+
+def dead_after_first(sessions: list[MediaSession]) -> Callable[..., MediaSession]:
+    """A media factory whose every connection after the first is dead from the start."""
+    def factory(*args: Any, **kwargs: Any) -> MediaSession:
+        session = MediaSession(*args, **kwargs)
+        sessions.append(session)
+        if len(sessions) > 1:
+            pregather = session.pregather
+
+            def dead_pregather() -> None:
+                pregather()
+                assert session._gathering is not None
+                session._gathering.add_done_callback(lambda _: blackhole(session))
+
+            session.pregather = dead_pregather  # type: ignore[method-assign]
+        return session
+    return factory
+
+
+async def test_a_peer_that_never_comes_back_ends_the_call_media_lost(hub: Hub) -> None:
+    give_up = 6.0
+    media = MediaConfig(restart=RestartSettings(give_up=give_up))
+    sessions: list[MediaSession] = []
+    a, b = await call_pair(hub_url(hub), media, dead_after_first(sessions))
+    try:
+        assert a.call is not None and b.call is not None
+        await asyncio.sleep(1.0)
+        blackhole(b.call.media)
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        result_a = await asyncio.wait_for(a.call.ended(), give_up + 10)
+        result_b = await asyncio.wait_for(b.call.ended(), 10)
+        took = loop.time() - killed
+        for result in (result_a, result_b):
+            assert result.outcome is Outcome.MEDIA_LOST, result
+            assert result.exit_code == ExitCode.MEDIA_LOST == 14
+        # Within give-up of the start of the episode (it starts within ~2 s of the kill).
+        assert took < give_up + 3.0, took
+        assert len(sessions) > 1  # b did try (answered a's offers, or offered)
+        assert not a.of("media-restart") and a.of("media-lost"), a.events
+    finally:
+        await close(a, b)
+
+
+async def test_with_the_original_page_lost_media_is_only_watched_then_given_up(
+        hub: Hub) -> None:
+    """The original page announces no features: nothing of the restart is sent to it,
+    and a media path that dies ends the call media-lost after --give-up."""
+    page = OriginalPage(hub_url(hub), "c", "a", tone=B_TONE)
+    await page.connect()
+    a = Side(Phone("a", hub_url(hub), media=MediaConfig(restart=RestartSettings(give_up=3.0))))
+    await a.phone.connect()
+    try:
+        a.call = await a.phone.dial("c", ToneSource(A_TONE), [a.heard],
+                                    on_event=a.events.append)
+        await asyncio.wait_for(a.call.connected(), 20)
+        assert a.call.peer_features == frozenset()
+        await asyncio.sleep(1.0)
+        assert_tone(a.last(0.8), B_TONE, skip=0.0, min_seconds=0.7, what="a from the page")
+        blackhole(a.call.media)
+        result = await asyncio.wait_for(a.call.ended(), 15)
+        assert result.outcome is Outcome.MEDIA_LOST and result.exit_code == 14, result
+        lost = a.of("media-lost")
+        assert lost and lost[0]["restarting"] is False, a.events
+        assert not a.of("media-restart")
+        # The page got the call's messages and the hangup, and nothing about restarts.
+        for message in page.received:
+            data = message.get("data")
+            assert not (isinstance(data, dict) and "restart" in data), message
+        assert [m["data"] for m in page.received if m["type"] == "hangup"] == [
+            {"reason": "media-lost"}]
+    finally:
+        await a.phone.close()
+        await page.close()
