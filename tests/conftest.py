@@ -38,6 +38,22 @@ def need(condition: bool, what: str, how: str) -> None:
     pytest.skip(message)
 
 
+# The test command runs the suite on two pytest-xdist workers with
+# ``--dist loadgroup``: tests of one group run one after another on one worker.
+# The network lab's calls (root, namespaces, iptables, conntrack) and the wheel
+# build each keep to one worker; everything else binds free ports and private
+# directories, so it may run beside anything.
+_GROUPS = {"netlab": "netlab", "test_packaging.py": "packaging"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.path)).parts
+        for name, group in _GROUPS.items():
+            if name in parts:
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 def need_command(name: str, package: str) -> str:
     path = shutil.which(name)
     need(path is not None, f"the command {name!r}", f"install it: apt-get install {package}")
