@@ -37,7 +37,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:
-    import numpy.typing as npt
 
     from tests.support.netlab import CallRun, NetLab, Party, TimedEvent
 
@@ -89,31 +88,19 @@ EVENT_SCENARIOS = [
 ]
 
 
-def _tone_windows(samples: npt.NDArray[np.int16], rate: int,
-                  frequency: float) -> npt.NDArray[np.bool_]:
-    from softphone.media.audio import tone_purity
-
-    size = int(rate * WINDOW)
-    out = np.zeros(samples.size // size, dtype=bool)
-    for i in range(out.size):
-        chunk = samples[i * size:(i + 1) * size]
-        level = float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2)))
-        out[i] = level > 32768 * 10 ** (-40 / 20) and tone_purity(chunk, frequency, rate) > 0.5
-    return out
-
-
 def tone_back_after(party: Party, expected: float, lost_from: float,
                     measured_from: float) -> str:
     """Seconds from ``measured_from`` until ``party`` heard ``expected`` steadily again
     (after losing it at or after ``lost_from``); "no audible gap" if it never stopped
     (concealment can bridge a gap of a few hundred ms)."""
     from tests.conftest import read_wav
+    from tests.support.helpers import tone_windows
 
     try:
         samples, rate = read_wav(party.recording)
     except (OSError, EOFError, ValueError):
         return "no recording"
-    heard = _tone_windows(samples, rate, expected)
+    heard = tone_windows(samples, rate, expected, WINDOW)
     start = max(0, int((lost_from - 0.5) / WINDOW))
     silent = np.flatnonzero(~heard[start:])
     if silent.size == 0:

@@ -13,7 +13,8 @@ events (``state``, ``media``, ``dtmf``, ``dtmf-sent``, ``device-lost``,
 :meth:`Call.on_event` listeners;
 :meth:`Call.hold` and :meth:`Call.resume` (:mod:`~softphone.client.hold_link`). Keys (DTMF, RFC
 4733): :meth:`Call.send_dtmf` sends them, :meth:`Call.next_digit` waits for
-the next one the peer pressed. :class:`CallResult` says how it went.
+the next one the peer pressed. :class:`CallResult` says how it went
+(:mod:`softphone.client.calltypes`, re-exported here).
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from softphone.client.calltypes import CallEnded as CallEnded
+from softphone.client.calltypes import CallResult as CallResult
+from softphone.client.calltypes import EventCallback as EventCallback
+from softphone.client.calltypes import MediaLink as MediaLink
 from softphone.client.hold_link import HoldLink, hold_agreed
 from softphone.core import callstate as cs
 from softphone.core.dtmf import DtmfEvent, check_tones
 from softphone.core.midcall import announced
-from softphone.core.protocol import IceCandidate
 from softphone.core.sas import FingerprintError, sas_from_sdp
 from softphone.media.audiopath import CallAudio, MediaConfig
-from softphone.media.dtmf_rtp import DtmfChannel, DtmfUnavailable
+from softphone.media.dtmf_rtp import DtmfUnavailable
 from softphone.media.rtc import CandidatePair, MediaStats
 from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
@@ -42,80 +45,6 @@ if TYPE_CHECKING:
     from softphone.client.restart_link import RestartLink
 
 log = logging.getLogger(__name__)
-
-EventCallback = Callable[[dict[str, Any]], None]
-
-
-class MediaLink(Protocol):
-    """What a call needs of its peer connection (:class:`~softphone.media.rtc.MediaSession`)."""
-
-    candidate_pair: CandidatePair | None
-    #: The call's DTMF both ways.
-    dtmf: DtmfChannel
-
-    @property
-    def codec(self) -> str | None: ...
-
-    def descriptions(self) -> tuple[str | None, str | None]: ...
-
-    def pregather(self) -> None: ...
-
-    async def create_offer(self) -> str: ...
-
-    async def accept_offer(self, sdp: str) -> str: ...
-
-    async def apply_answer(self, sdp: str) -> None: ...
-
-    def add_candidate(self, candidate: IceCandidate) -> None: ...
-
-    async def stats(self) -> MediaStats: ...
-
-    def turn_errors(self) -> list[str]: ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """How a call went. ``exit_code`` is the CLI's exit code for ``outcome``."""
-
-    peer: str
-    role: cs.Role
-    outcome: cs.Outcome
-    reason: str | None
-    ended_by: str  # "local", "remote", "timeout" or "network"
-    setup_seconds: float | None  # call-request (sent or received) -> media connected
-    first_audio_seconds: float | None  # call-request -> first audible frame received
-    talk_seconds: float  # media connected -> ended
-    stats: MediaStats = field(default_factory=MediaStats)
-    #: The ICE candidate pair the media used (None if it never connected).
-    candidate_pair: CandidatePair | None = None
-    #: Spans on hold (either side; no audio): (start, end) in seconds since media connected.
-    held: tuple[tuple[float, float], ...] = ()
-
-    @property
-    def exit_code(self) -> int:
-        return int(cs.ExitCode.for_outcome(self.outcome))
-
-    def to_json(self) -> dict[str, Any]:
-        def r(x: float | None) -> float | None:
-            return None if x is None else round(x, 3)
-        return {"peer": self.peer, "role": str(self.role), "outcome": str(self.outcome),
-                "reason": self.reason, "ended_by": self.ended_by, "exit_code": self.exit_code,
-                "setup_seconds": r(self.setup_seconds),
-                "first_audio_seconds": r(self.first_audio_seconds),
-                "talk_seconds": r(self.talk_seconds), "stats": self.stats.to_json(),
-                "candidate_pair": None if self.candidate_pair is None
-                else self.candidate_pair.to_json(),
-                "held": [list(span) for span in self.held]}
-
-
-class CallEnded(Exception):
-    """Raised by :meth:`Call.connected` when the call ended instead."""
-
-    def __init__(self, result: CallResult) -> None:
-        super().__init__(f"call ended: {result.outcome}")
-        self.result = result
 
 
 class Call:
@@ -168,7 +97,8 @@ class Call:
         - ``{"event": "media-restart", "reason": R, "gap_ms": N, "generation": G,
           "attempts": A, "candidate_pair": {...}, "sas": CODE}``: media is back on
           a fresh peer connection (generation ``G``, after ``A`` attempts), ``N`` ms
-          without audio; ``sas`` is the new connection's verification code.
+          without audio; ``sas`` is the new connection's verification code (the same:
+          a call's connections keep its first DTLS certificate).
 
         Media that does not come back within ``--give-up`` ends the call with the
         outcome ``media-lost`` (never ``completed``).

@@ -48,7 +48,7 @@ from softphone.core.protocol import ErrorCode, HubError, Message, check_id
 from softphone.media.audiopath import CallAudio, MediaConfig
 from softphone.media.opus import require_libopus
 from softphone.media.pathcheck import LocalAddresses
-from softphone.media.rtc import MediaSession
+from softphone.media.rtc import MediaSession, RTCCertificate
 from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,16 @@ class HubConnection(Protocol):
 
 
 class MediaFactory(Protocol):
-    """Makes a call's peer connection (:class:`~softphone.media.rtc.MediaSession`)."""
+    """Makes a call's peer connection (:class:`~softphone.media.rtc.MediaSession`).
+
+    ``certificate``: the DTLS certificate to use (a media restart's connection is given
+    the call's first, so the verification code stays); None: its own.
+    """
 
     def __call__(self, ice_servers: Sequence[dict[str, Any]], audio: CallAudio, *,
                  relay_only: bool, on_connected: Callable[[], None],
-                 on_failed: Callable[[str], None]) -> MediaLink: ...
+                 on_failed: Callable[[str], None],
+                 certificate: RTCCertificate | None = None) -> MediaLink: ...
 
 
 #: Hub errors that come with closing the connection for good (close code 1008).

@@ -13,6 +13,8 @@ machine says: a fresh peer connection (the phone's media factory, the call's
 one ``CallAudio``) offering or answering with ``restart`` = its generation;
 make before break (the old connection plays until the new one carries RTP);
 the call's ``media-lost``/``media-restart`` events; the end as ``media-lost``.
+Each connection is a :class:`~softphone.client.restart_conn.RestartConn`; all
+of them use the call's first DTLS certificate, so the verification code stays.
 
 The network's part, one method each: :meth:`RestartLink.probe_path`
 (:func:`softphone.media.pathcheck.probe_path`), :meth:`RestartLink.check_signaling`
@@ -31,10 +33,10 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from softphone._tasks import spawn
+from softphone.client.restart_conn import RestartConn, verification_code
 from softphone.core import callstate as cs
 from softphone.core import restart as r
 from softphone.core.line import Routed
@@ -48,10 +50,9 @@ from softphone.core.midcall import (
     restart_offer,
 )
 from softphone.core.protocol import Message
-from softphone.core.sas import FingerprintError, sas_from_sdp
 from softphone.media import pathcheck
 from softphone.media.handover import Generation
-from softphone.media.rtc import MediaStats
+from softphone.media.rtc import MediaStats, RTCCertificate
 
 if TYPE_CHECKING:
     from softphone.client.call import Call, MediaLink
@@ -67,29 +68,6 @@ SAMPLE_EVERY_LOST: Final = 0.05
 _SUMMED: Final = ("packets_sent", "packets_received", "packets_lost", "bytes_sent")
 
 
-@dataclass(eq=False)
-class _Conn:
-    """One peer connection of the call, by generation."""
-
-    generation: int
-    session: MediaLink
-    #: Our offer's SDP (sent again when our offer won a glare).
-    offer: str | None = None
-    reason: str = ""
-    closed: bool = False
-    seen: int = 0  # packets received at the last sample
-    #: Whether the peer's packets come from the selected pair's address (when current).
-    watch: pathcheck.RemoteAddressWatch | None = None
-    #: Its media operations, one after the other.
-    chain: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def share(self) -> Generation | None:
-        """Its share of the call's audio (None: a media link that cannot say, a fake)."""
-        share = getattr(self.session, "generation", None)
-        return share if isinstance(share, Generation) else None
-
-
 class RestartLink:
     """Media restart for one call (see the module docstring)."""
 
@@ -102,7 +80,11 @@ class RestartLink:
         self.audio = call.audio
         self.settings = self.audio.config.restart
         self.machine: r.RestartMachine | None = None
-        self._conns: dict[int, _Conn] = {0: _Conn(0, first)}
+        self._conns: dict[int, RestartConn] = {0: RestartConn(0, first)}
+        #: The call's first DTLS certificate, given to each of its later connections: the
+        #: verification code stays the same (None: a media link without one, a fake).
+        certificate = getattr(first, "certificate", None)
+        self.certificate = certificate if isinstance(certificate, RTCCertificate) else None
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         #: The figures of the connections already closed (added to the current one's).
@@ -171,9 +153,12 @@ class RestartLink:
             self.feed(r.RemoteRestartOffer(message.generation, message.sdp))
         elif isinstance(message, RestartAnswer):
             self.feed(r.RemoteRestartAnswer(message.generation, message.sdp))
-        elif isinstance(message, RestartCandidate):
-            conn = self._conns.get(message.generation)
-            if conn is not None and not conn.closed:
+        elif isinstance(message, RestartCandidate):  # (0: the first connection's, late)
+            conn = self._conn_of(message.generation)
+            if conn is None:  # docs/protocol.md: a generation that is not open: dropped
+                log.info("candidate of connection %d from %s dropped: not open",
+                         message.generation, self.call.peer)
+            else:
                 conn.session.add_candidate(message.candidate)
 
     def signaling_changed(self, up: bool) -> None:
@@ -269,11 +254,11 @@ class RestartLink:
             if conn.share is share and not conn.closed:
                 self.feed(r.RtpReceived(conn.generation))
 
-    def _conn_of(self, generation: int) -> _Conn | None:
+    def _conn_of(self, generation: int) -> RestartConn | None:
         conn = self._conns.get(generation)
         return None if conn is None or conn.closed else conn
 
-    def _state(self, conn: _Conn | None, state: r.PeerState, reason: str = "") -> None:
+    def _state(self, conn: RestartConn | None, state: r.PeerState, reason: str = "") -> None:
         """A connection's state changed (events of closed connections are dropped)."""
         machine = self.machine
         if conn is None or conn.closed or machine is None or \
@@ -302,7 +287,7 @@ class RestartLink:
             self._episode = lost
             self.phone.hub_check.episode(self, lost)
 
-    def _watch(self, conn: _Conn) -> None:
+    def _watch(self, conn: RestartConn) -> None:
         """Watch where the peer's packets on ``conn`` (now current) come from."""
         if conn.watch is not None or conn.share is None or conn.closed:
             return
@@ -316,27 +301,13 @@ class RestartLink:
         if watch.start():
             conn.watch = watch
 
-    def _op(self, conn: _Conn, op: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``op`` after the connection's earlier operations."""
-        before = conn.chain
+    def _op(self, conn: RestartConn, op: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``op`` after the connection's earlier operations (failing it if it raises)."""
+        conn.then(op, lambda why: self._state(conn, r.PeerState.FAILED, why))
 
-        async def run() -> None:
-            if before is not None:
-                await asyncio.wait({before})
-            if conn.closed:
-                return
-            try:
-                await op()
-            except Exception as exc:
-                log.warning("restart %d: %s", conn.generation, exc,
-                            exc_info=log.isEnabledFor(logging.DEBUG))
-                self._state(conn, r.PeerState.FAILED, f"media-error: {exc}"[:120])
-
-        conn.chain = spawn(run(), name=f"restart-{conn.generation}")
-
-    def _open(self, generation: int, reason: str = "") -> _Conn:
+    def _open(self, generation: int, reason: str = "") -> RestartConn:
         """A fresh peer connection for ``generation``, gathering at once."""
-        conn: _Conn
+        conn: RestartConn
 
         def connected() -> None:
             self._state(conn, r.PeerState.CONNECTED)
@@ -346,8 +317,8 @@ class RestartLink:
 
         session = self.phone._media_factory(
             self.ice_servers, self.audio, relay_only=self.phone.relay_only,
-            on_connected=connected, on_failed=failed)
-        conn = _Conn(generation, session, reason=reason)
+            on_connected=connected, on_failed=failed, certificate=self.certificate)
+        conn = RestartConn(generation, session, reason=reason)
         self._conns[generation] = conn
         session.pregather()
         return conn
@@ -400,7 +371,7 @@ class RestartLink:
             self._lost(False)
             self.phone._feed(call, cs.MediaGiveUp(str(action.outcome)))
 
-    def _offer(self, conn: _Conn) -> None:
+    def _offer(self, conn: RestartConn) -> None:
         async def offer() -> None:
             sdp = await conn.session.create_offer()
             if conn.closed:
@@ -411,7 +382,7 @@ class RestartLink:
 
         self._op(conn, offer)
 
-    def _answer(self, conn: _Conn, sdp: str) -> None:
+    def _answer(self, conn: RestartConn, sdp: str) -> None:
         async def answer() -> None:
             local = await conn.session.accept_offer(sdp)
             if conn.closed:
@@ -421,7 +392,7 @@ class RestartLink:
 
         self._op(conn, answer)
 
-    async def _probe(self, conn: _Conn) -> None:
+    async def _probe(self, conn: RestartConn) -> None:
         ok = await self.probe_path(conn.session)
         if ok is not None and not conn.closed:
             self.feed(r.ProbeResult(conn.generation, ok))
@@ -448,7 +419,7 @@ class RestartLink:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _retire(self, conn: _Conn) -> None:
+    async def _retire(self, conn: RestartConn) -> None:
         """Close a connection, keeping its figures if it carried the call."""
         if conn.chain is not None:
             conn.chain.cancel()
@@ -481,18 +452,13 @@ class RestartLink:
             event["candidate_pair"] = pair.to_json()
         spawn(self._announce(conn, event), name="restart-event")
 
-    async def _announce(self, conn: _Conn, event: dict[str, Any]) -> None:
-        """The ``media-restart`` event, with the new connection's verification code.
-
-        A fresh connection has fresh DTLS certificates, so its code differs from the
-        one the users may have compared; the event says the new one.
-        """
-        local, remote = conn.session.descriptions()
-        if local is not None and remote is not None:
-            try:
-                code = str(await asyncio.to_thread(sas_from_sdp, local, remote))
-            except FingerprintError as exc:
-                log.warning("no verification code for the restarted media: %s", exc)
-            else:
-                event["sas"] = self.call.sas = code
+    async def _announce(self, conn: RestartConn, event: dict[str, Any]) -> None:
+        """The ``media-restart`` event, with the new connection's verification code (the
+        call's first DTLS certificate is kept, so it is the code the users compared)."""
+        code = await verification_code(conn.session)
+        if code is not None:
+            if self.call.sas is not None and code != self.call.sas:
+                log.warning("the verification code of the call with %s changed: %s -> %s",
+                            self.call.peer, self.call.sas, code)
+            event["sas"] = self.call.sas = code
         self.call._emit(event)

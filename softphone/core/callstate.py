@@ -5,7 +5,8 @@ dataclasses) and by the time, passed in as ``now`` (seconds, any monotonic
 clock). It returns actions for an adapter to carry out: messages to send to
 the peer through the hub, media operations, state changes. It never sleeps,
 never reads a clock and never touches a socket; :meth:`CallMachine.deadline`
-tells the adapter when to call :meth:`CallMachine.handle_timer`.
+tells the adapter when to call :meth:`CallMachine.handle_timer`. The events,
+actions, roles and states are :mod:`softphone.core.callevents` (re-exported here).
 
 Every allowed transition is listed in :data:`TRANSITIONS`, one table, in the
 manner of h11's ``_state.py``. The browser page runs the same table: the hub
@@ -23,11 +24,45 @@ media failure, hangup or cancellation.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from softphone.core.midcall import MidCallMessage, features_of, with_features
+from softphone.core.callevents import (
+    Action,
+    AddCandidate,
+    ApplyAnswer,
+    ApplyOffer,
+    CallState,
+    Ended,
+    Event,
+    HubLost,
+    LocalAccept,
+    LocalDescription,
+    LocalHangup,
+    LocalReject,
+    MediaConnected,
+    MediaFailed,
+    MediaGiveUp,
+    MediaInterrupted,
+    MidCall,
+    OfferDue,
+    PeerOffline,
+    RemoteAccept,
+    RemoteAnswer,
+    RemoteCandidate,
+    RemoteHangup,
+    RemoteMidCall,
+    RemoteOffer,
+    RemoteReject,
+    RingTimeout,
+    Role,
+    Send,
+    SetupTimeout,
+    StartMedia,
+    StateChanged,
+    StopMedia,
+)
+from softphone.core.midcall import RestartCandidate, features_of, with_features
 
 # Re-exported: they lived here first, and a call outcome is part of the call state.
 from softphone.core.outcome import EXIT_CODES as EXIT_CODES
@@ -35,211 +70,16 @@ from softphone.core.outcome import ExitCode as ExitCode
 from softphone.core.outcome import Outcome as Outcome
 from softphone.core.protocol import IceCandidate, Message, MessageType, make
 
-
-class Role(enum.StrEnum):
-    CALLER = "caller"
-    CALLEE = "callee"
-
-
-class CallState(enum.StrEnum):
-    DIALING = "dialing"  # caller: call-request sent, waiting for accept/reject
-    RINGING = "ringing"  # callee: call-request received, waiting for the user
-    CONNECTING = "connecting"  # accepted: offer/answer and ICE under way
-    CONNECTED = "connected"  # media flows
-    ENDED = "ended"
-
-
-
-
-# ---------------------------------------------------------------- events ---
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Base class of the events a call machine consumes."""
-
-
-@dataclass(frozen=True, slots=True)
-class LocalAccept(Event):
-    """The user (or --auto-accept) answers an incoming call.
-
-    ``features``: what our ``call-accept`` announces (None: the machine's ``features``).
-    """
-
-    features: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LocalReject(Event):
-    reason: str = "declined"
-
-
-@dataclass(frozen=True, slots=True)
-class LocalHangup(Event):
-    reason: str = "hangup"
-
-
-@dataclass(frozen=True, slots=True)
-class LocalDescription(Event):
-    """The media adapter produced our offer (caller) or answer (callee)."""
-
-    sdp: str
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteAccept(Event):
-    #: True when the callee said its media is ready (our extension), so the
-    #: offer can go at once; the original pages grab the microphone only
-    #: after accepting, so for them the offer waits ``offer_delay``.
-    media_ready: bool = False
-    #: What the callee announced (``docs/protocol.md``: Features).
-    features: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteReject(Event):
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteHangup(Event):
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteOffer(Event):
-    sdp: str
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteAnswer(Event):
-    sdp: str
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteCandidate(Event):
-    candidate: IceCandidate
-
-
-@dataclass(frozen=True, slots=True)
-class PeerOffline(Event):
-    """The hub answered a message to the peer with ``error``/``offline``."""
-
-
-@dataclass(frozen=True, slots=True)
-class HubLost(Event):
-    """The connection to the hub is gone (and was not restored)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MediaConnected(Event):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class MediaFailed(Event):
-    reason: str = "ice-failed"
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteMidCall(Event):
-    """A restart or hold message from the peer (:func:`softphone.core.midcall.classify`)."""
-
-    message: MidCallMessage
-
-
-@dataclass(frozen=True, slots=True)
-class MediaInterrupted(Event):
-    """Media was lost (``lost``: a restart episode began) or is back (media restart)."""
-
-    lost: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class MediaGiveUp(Event):
-    """Media did not come back within the give-up time: the call ends ``media-lost``."""
-
-    reason: str = "media-lost"
-
-
-@dataclass(frozen=True, slots=True)
-class RingTimeout(Event):
-    """Caller: nobody answered in time. Produced by :meth:`CallMachine.handle_timer`."""
-
-
-@dataclass(frozen=True, slots=True)
-class OfferDue(Event):
-    """Caller: the offer delay after a plain ``call-accept`` is over (timer)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SetupTimeout(Event):
-    """Media did not connect in time after the call was accepted (timer)."""
-
-
-# --------------------------------------------------------------- actions ---
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    """Base class of what a call machine asks its adapter to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class Send(Action):
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class StartMedia(Action):
-    """Create the peer connection; the caller then makes its offer."""
-
-    offerer: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyOffer(Action):
-    """Callee: set the remote offer and make an answer (-> LocalDescription)."""
-
-    sdp: str
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyAnswer(Action):
-    sdp: str
-
-
-@dataclass(frozen=True, slots=True)
-class AddCandidate(Action):
-    candidate: IceCandidate
-
-
-@dataclass(frozen=True, slots=True)
-class StopMedia(Action):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class MidCall(Action):
-    """Hand a restart or hold message to its adapter (restart link, hold adapter)."""
-
-    message: MidCallMessage
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged(Action):
-    old: CallState
-    new: CallState
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Ended(Action):
-    outcome: Outcome
-    reason: str | None
-    at: float
-    #: What ended it: "local" (us), "remote" (the peer), "timeout", "network".
-    by: str = "local"
+__all__ = [  # the vocabulary (core/callevents.py) re-exported: callstate.X is the whole API
+    "EXIT_CODES", "REASON_BUSY", "REASON_GLARE", "REASON_MEDIA_FAILED", "REASON_MEDIA_LOST",
+    "REASON_NO_ANSWER", "REASON_PEER_DISCONNECTED", "TRANSITIONS", "Action", "AddCandidate",
+    "ApplyAnswer", "ApplyOffer", "CallMachine", "CallState", "CallStateError", "CallTimeouts",
+    "Ended", "Event", "ExitCode", "HubLost", "LocalAccept", "LocalDescription", "LocalHangup",
+    "LocalReject", "MediaConnected", "MediaFailed", "MediaGiveUp", "MediaInterrupted", "MidCall",
+    "OfferDue", "Outcome", "PeerOffline", "RemoteAccept", "RemoteAnswer", "RemoteCandidate",
+    "RemoteHangup", "RemoteMidCall", "RemoteOffer", "RemoteReject", "RingTimeout", "Role", "Send",
+    "SetupTimeout", "StartMedia", "StateChanged", "StopMedia",
+]
 
 
 # ------------------------------------------------------------ the table ---
@@ -558,6 +398,11 @@ class CallMachine:
         return [ApplyAnswer(event.sdp), *self._remote_description_set()]
 
     def _on_RemoteCandidate(self, event: RemoteCandidate, now: float) -> list[Action]:
+        if self.state is S.CONNECTED:
+            # A late trickle: the call's first connection is now generation 0 of the restart
+            # adapter's, which adds it only while that connection is open (a candidate of a
+            # generation that is not open is dropped: docs/protocol.md, "Restart messages").
+            return [MidCall(RestartCandidate(0, event.candidate))]
         if not self._remote_description:
             self._early_candidates.append(event.candidate)  # hold until we can use it
             return []

@@ -96,7 +96,13 @@ class RestartAnswer(MidCallMessage):
 
 @dataclass(frozen=True, slots=True)
 class RestartCandidate(MidCallMessage):
-    """A trickled candidate of restart ``generation`` (browsers trickle; aiortc does not)."""
+    """A trickled candidate of restart ``generation`` (browsers trickle; aiortc does not).
+
+    Generation 0 is the call's first connection: its candidates are the call machine's
+    until media connects, then handed on as this (``CallMachine``: a late trickle), so
+    that one arriving after a restart closed that connection is dropped, not added to
+    the new one.
+    """
 
     generation: int
     candidate: IceCandidate

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiortc import RTCCertificate as RTCCertificate  # (a call's DTLS certificate)
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -196,7 +197,8 @@ class MediaSession:
     def __init__(self, ice_servers: Sequence[dict[str, Any]], audio: CallAudio, *,
                  relay_only: bool = False,
                  on_connected: Callable[[], None] | None = None,
-                 on_failed: Callable[[str], None] | None = None) -> None:
+                 on_failed: Callable[[str], None] | None = None,
+                 certificate: RTCCertificate | None = None) -> None:
         self.audio = audio
         self.config = audio.config
         if self.config.pipeline == "softphone":
@@ -207,6 +209,11 @@ class MediaSession:
             else RTCIceTransportPolicy.ALL,
         )
         self.pc = RTCPeerConnection(configuration=rtc_config)
+        if certificate is not None:  # before addTrack makes the DTLS transport
+            aiortc_seams.use_certificate(self.pc, certificate)
+        #: Our DTLS certificate. A media restart's connections are given the call's first
+        #: (``certificate``), so the verification code (:mod:`softphone.core.sas`) stays.
+        self.certificate = aiortc_seams.certificate_of(self.pc)
         self._gathering: asyncio.Future[Any] | None = None
         self._on_connected = on_connected
         self._on_failed = on_failed

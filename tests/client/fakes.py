@@ -175,7 +175,7 @@ class FakeMediaFactory:
 
     def __call__(self, ice_servers: Sequence[dict[str, Any]], audio: CallAudio, *,
                  relay_only: bool, on_connected: Callable[[], None],
-                 on_failed: Callable[[str], None]) -> FakeMedia:
+                 on_failed: Callable[[str], None], certificate: Any = None) -> FakeMedia:
         session = FakeMedia(audio, on_connected, on_failed, self.fail)
         self.sessions.append(session)
         return session

@@ -20,6 +20,7 @@ from softphone import Phone, ToneSource
 from softphone.client.call import Call
 from softphone.core import restart as r
 from softphone.core.callstate import ExitCode, Outcome
+from softphone.core.protocol import IceCandidate, make
 from softphone.core.restart_events import RestartSettings
 from softphone.hub.server import Hub
 from softphone.media import pathcheck
@@ -107,6 +108,26 @@ def check_restarted(side: Side, far: float, gap_ms: int) -> dict[str, Any]:
     return event
 
 
+async def late_candidates_go_by_generation(a: Side, b: Side, generation: int) -> None:
+    """``b`` trickles a late candidate of the first connection (closed by now), then one of
+    ``generation``: ``a``'s current connection gets only the second (docs/protocol.md)."""
+    assert a.call is not None and a.call.media is not None
+    added: list[IceCandidate] = []
+    arrived = asyncio.Event()
+
+    def add_candidate(candidate: IceCandidate) -> None:
+        added.append(candidate)
+        arrived.set()
+
+    a.call.media.add_candidate = add_candidate  # type: ignore[method-assign]
+    late = IceCandidate("candidate:9 1 udp 1 192.0.2.9 9 typ host", "0", 0)
+    await b.phone.hub.send(make("candidate", "a", late.to_wire()))
+    await b.phone.hub.send(make("candidate", "a", {**late.to_wire(), "restart": generation}))
+    await asyncio.wait_for(arrived.wait(), 5.0)
+    await asyncio.sleep(0.1)  # (anything else on its way)
+    assert added == [late], "the current connection got a candidate of another generation"
+
+
 @pytest.mark.parametrize("pipeline", ["softphone", "aiortc"])
 async def test_a_dead_media_path_is_restarted_and_the_call_completes(hub: Hub,
                                                                      pipeline: str) -> None:
@@ -116,6 +137,8 @@ async def test_a_dead_media_path_is_restarted_and_the_call_completes(hub: Hub,
         assert "restart" in a.call.peer_features and "restart" in b.call.peer_features
         await asyncio.sleep(1.5)
         first = a.call.media
+        code = a.call.sas
+        assert code is not None and code == b.call.sas
         assert_tone(a.last(1.0), B_TONE, skip=0.0, min_seconds=0.9, what="a before")
         blackhole(b.call.media)  # b's network is gone (both directions)
         await a.wait_for("media-restart", 10.0)
@@ -124,8 +147,13 @@ async def test_a_dead_media_path_is_restarted_and_the_call_completes(hub: Hub,
         event_a = check_restarted(a, B_TONE, 4000)
         event_b = check_restarted(b, A_TONE, 4000)
         assert event_a["generation"] == event_b["generation"]
-        assert event_a["sas"] == event_b["sas"] == a.call.sas == b.call.sas
+        # The fresh connections keep the call's first DTLS certificates: the code the
+        # users read to each other did not change.
+        assert event_a["sas"] == event_b["sas"] == a.call.sas == b.call.sas == code
         assert a.call.media is not first and isinstance(a.call.media, MediaSession)
+        assert isinstance(first, MediaSession)
+        assert a.call.media.certificate is first.certificate
+        await late_candidates_go_by_generation(a, b, event_a["generation"])
         assert [e["reason"] for e in a.of("media-lost")], a.events
         await a.call.hangup()
         result_a = await asyncio.wait_for(a.call.ended(), 10)

@@ -24,6 +24,7 @@ from softphone.core.callstate import (
     LocalReject,
     MediaConnected,
     MediaFailed,
+    MidCall,
     OfferDue,
     Outcome,
     PeerOffline,
@@ -41,7 +42,7 @@ from softphone.core.callstate import (
     StateChanged,
     StopMedia,
 )
-from softphone.core.midcall import RestartOffer
+from softphone.core.midcall import RestartCandidate, RestartOffer
 from softphone.core.protocol import IceCandidate, make
 
 S = CallState
@@ -205,7 +206,8 @@ def test_caller_happy_path() -> None:
     assert m.handle(MediaConnected(), 102.0) == [StateChanged(S.CONNECTING, S.CONNECTED, 102.0)]
     assert m.connected_at == 102.0
     assert m.deadline() is None
-    assert m.handle(RemoteCandidate(C3), 103.0) == [AddCandidate(C3)]  # late trickle
+    # A late trickle: routed by generation (0, the first connection's; core/midcall.py).
+    assert m.handle(RemoteCandidate(C3), 103.0) == [MidCall(RestartCandidate(0, C3))]
     assert m.handle(HubLost(), 104.0) == []  # media is peer to peer
     assert m.state is S.CONNECTED
 

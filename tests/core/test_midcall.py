@@ -179,3 +179,27 @@ def test_the_line_routes_features_and_mid_call_messages() -> None:
     accept = received("call-accept", {"media": "ready", "features": ["hold"]}, sender="bob")
     caller_line.route(accept, 1.0)
     assert caller_line.call is not None and caller_line.call.peer_features == {"hold"}
+
+
+def test_a_late_candidate_is_routed_by_generation_and_never_to_a_newer_connection() -> None:
+    """``docs/protocol.md``: a ``candidate`` carries its generation (absent: 0); candidates
+    of a generation that is not open are dropped. In the call, the machine hands the first
+    connection's on as generation 0, so the restart adapter, which knows which connections
+    are open, drops one that arrives after a restart closed that connection."""
+    line = Line("bob", features=FEATURES)
+    [incoming] = line.route(received("call-request", {"features": ["restart", "hold"]}), 0.0)
+    call = incoming.call
+    assert call is not None
+    call.handle(cs.LocalAccept(), 1.0)
+    first = IceCandidate("candidate:1 1 udp 1 192.0.2.1 5000 typ host", "0", 0)
+    # While media is set up: the call machine's, added to its one connection.
+    call.handle(cs.RemoteOffer("v=0"), 1.5)
+    assert line.route(received("candidate", first.to_wire()), 1.6) == [
+        Routed(call, cs.AddCandidate(first))]
+    call.handle(cs.MediaConnected(), 2.0)
+    # In the call: by generation; without "restart" it is the first connection's (0).
+    late = IceCandidate("candidate:2 1 udp 1 192.0.2.1 5001 typ host", "0", 0)
+    assert line.route(received("candidate", late.to_wire()), 9.0) == [
+        Routed(call, cs.MidCall(mc.RestartCandidate(0, late)))]
+    restarted = received("candidate", {**late.to_wire(), "restart": 2})
+    assert line.route(restarted, 9.1) == [Routed(call, cs.MidCall(mc.RestartCandidate(2, late)))]

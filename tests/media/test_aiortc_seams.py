@@ -164,3 +164,29 @@ def test_the_call_setup_seams_internals() -> None:
     of the answer, gathering with TURN) is tested in test_aiortc_seams_setup.py."""
     aiortc_seams.fast_setup.check_internals()
     assert aiortc_seams.STOCK_SETUP != aiortc_seams.FastSetup()
+
+
+async def test_a_connection_can_use_another_ones_dtls_certificate() -> None:
+    """The certificate seam: a media restart's connection keeps the call's first DTLS
+    certificate, so the fingerprint in its offer (and the verification code) stays."""
+    aiortc_seams.certificate.check_internals()
+    first, second, third = RTCPeerConnection(), RTCPeerConnection(), RTCPeerConnection()
+    try:
+        certificate = aiortc_seams.certificate_of(first)
+        assert aiortc_seams.certificate_of(second) is not certificate  # aiortc: one each
+        aiortc_seams.use_certificate(second, certificate)
+        for pc in (first, second, third):
+            pc.addTransceiver("audio")
+        with pytest.raises(RuntimeError, match="already has transports"):
+            aiortc_seams.use_certificate(third, certificate)
+
+        def fingerprint(pc: RTCPeerConnection) -> set[str]:
+            return {line for line in pc.localDescription.sdp.splitlines()
+                    if line.startswith("a=fingerprint:sha-256")}
+
+        for pc in (first, second, third):
+            await pc.setLocalDescription(await pc.createOffer())
+        assert fingerprint(first) == fingerprint(second) != fingerprint(third)
+    finally:
+        for pc in (first, second, third):
+            await pc.close()

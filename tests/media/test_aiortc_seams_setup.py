@@ -30,6 +30,7 @@ from softphone.media.audiopath import MediaConfig
 from softphone.media.tracks import SilenceSource
 
 from ..support.coturn import StartCoturn
+from ..support.helpers import both_connected, connect_peers
 from ..support.netlab import turn_rest_credentials
 
 #: A retransmission timer that never fires during a test.
@@ -299,24 +300,6 @@ def _lose_flight(pc: RTCPeerConnection, number: int | None) -> list[bytes]:
     return lost
 
 
-async def _connect(a: RTCPeerConnection, b: RTCPeerConnection, within: float) -> None:
-    await a.setLocalDescription(await a.createOffer())
-    await b.setRemoteDescription(a.localDescription)
-    await b.setLocalDescription(await b.createAnswer())
-    await a.setRemoteDescription(b.localDescription)
-
-    up = asyncio.Event()
-
-    def changed() -> None:
-        if a.connectionState == b.connectionState == "connected":
-            up.set()
-
-    for pc in (a, b):
-        pc.on("connectionstatechange", changed)
-    changed()
-    await asyncio.wait_for(up.wait(), within)
-
-
 @pytest.mark.parametrize(("lost", "server_loses", "client_loses"), [
     ("the server's hello", 0, None),
     ("the server's finished", 1, None),
@@ -341,7 +324,7 @@ async def test_a_lost_dtls_flight_is_sent_again(caplog: pytest.LogCaptureFixture
         lost_by = {"server": _lose_flight(a, server_loses), "client": _lose_flight(b, client_loses)}
         for pc in (a, b):
             aiortc_seams.speed_up_setup(pc, FastSetup(dtls_timer=0.1))
-        await _connect(a, b, within=20.0)
+        await connect_peers(a, b)
         assert lost_by["server" if server_loses is not None else "client"], f"{lost} not lost"
         resends = [r.getMessage() for r in caplog.records if "DTLS: sending" in r.getMessage()]
         assert resends, "no flight was sent again"
@@ -365,7 +348,7 @@ async def test_dtls_flights_step_aside_once_media_flows() -> None:
             originals.append((ice, ice._send, ice._recv))
             aiortc_seams.speed_up_setup(pc, FastSetup())
             assert ice._send != originals[-1][1]
-        await _connect(a, b, within=20.0)
+        await connect_peers(a, b)
         for _ in range(200):
             if all(ice._send == send and ice._recv == recv for ice, send, recv in originals):
                 break
@@ -424,15 +407,7 @@ async def test_the_callee_answers_as_the_dtls_server() -> None:
         await b.setLocalDescription(await b.createAnswer())
         assert "a=setup:passive" in b.localDescription.sdp
         await a.setRemoteDescription(b.localDescription)
-        up = asyncio.Event()
-
-        def changed() -> None:
-            if a.connectionState == b.connectionState == "connected":
-                up.set()
-
-        for pc in (a, b):
-            pc.on("connectionstatechange", changed)
-        await asyncio.wait_for(up.wait(), 20.0)
+        await both_connected(a, b)
         roles = [pc.getTransceivers()[0].receiver.transport._role for pc in (a, b)]
         assert roles == ["client", "server"]
     finally:

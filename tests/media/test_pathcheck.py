@@ -29,22 +29,7 @@ from softphone.media.pathcheck import (
 )
 from softphone.media.tracks import SilenceSource
 
-
-async def _connect(a: RTCPeerConnection, b: RTCPeerConnection, within: float = 20.0) -> None:
-    await a.setLocalDescription(await a.createOffer())
-    await b.setRemoteDescription(a.localDescription)
-    await b.setLocalDescription(await b.createAnswer())
-    await a.setRemoteDescription(b.localDescription)
-    up = asyncio.Event()
-
-    def changed() -> None:
-        if a.connectionState == b.connectionState == "connected":
-            up.set()
-
-    for pc in (a, b):
-        pc.on("connectionstatechange", changed)
-    changed()
-    await asyncio.wait_for(up.wait(), within)
+from ..support.helpers import connect_peers
 
 
 @pytest.fixture
@@ -54,7 +39,7 @@ async def peers() -> AsyncIterator[tuple[RTCPeerConnection, RTCPeerConnection]]:
     try:
         for pc in (a, b):
             pc.addTrack(SilenceSource())
-        await _connect(a, b)
+        await connect_peers(a, b)
         yield a, b
     finally:
         await a.close()

@@ -26,15 +26,13 @@ import pytest
 
 from softphone.core.callstate import ExitCode, Outcome
 
-from ..conftest import need
 from ..support.netlab import (
     CallRun,
     LabProcess,
     NetLab,
     TimedEvent,
-    lab,
-    missing_requirements,
     run_call_with_events,
+    started_lab,
 )
 
 EVENT_AT = 3.0
@@ -43,11 +41,7 @@ GIVE_UP = 10.0
 
 @pytest.fixture
 def netlab(tmp_path: Path) -> Iterator[NetLab]:
-    problems = missing_requirements()
-    need(not problems, "a requirement of the network lab", "; ".join(problems))
-    with lab(tmp_path / "lab") as the_lab:
-        the_lab.start_coturn()
-        the_lab.start_hub(turn=())
+    with started_lab(tmp_path / "lab", hub=True) as the_lab:
         yield the_lab
 
 

@@ -23,15 +23,14 @@ import pytest
 
 from softphone.media.audio import rms_dbfs
 
-from ..conftest import need, read_wav
+from ..conftest import read_wav
 from ..support.helpers import assert_tone
 from ..support.netlab import (
     CALLEE_TONE,
     CALLER_TONE,
     NetLab,
-    lab,
-    missing_requirements,
     softphone_argv,
+    started_lab,
 )
 
 HOLD_CALLER = Path(__file__).resolve().parents[1] / "support" / "hold_caller.py"
@@ -42,11 +41,7 @@ EDGE = 0.2
 
 @pytest.fixture
 def netlab(tmp_path: Path) -> Iterator[NetLab]:
-    problems = missing_requirements()
-    need(not problems, "a requirement of the network lab", "; ".join(problems))
-    with lab(tmp_path / "lab") as the_lab:
-        the_lab.start_coturn()
-        the_lab.start_hub(turn=())  # cone NAT + STUN
+    with started_lab(tmp_path / "lab", hub=True) as the_lab:  # cone NAT + STUN
         yield the_lab
 
 

@@ -40,20 +40,17 @@ from ..support.netlab import (
     NetLab,
     Party,
     RouterConfig,
-    lab,
     missing_requirements,
     run_call,
     softphone_argv,
+    started_lab,
     turn_rest_credentials,
 )
 
 
 @pytest.fixture
 def netlab(tmp_path: Path) -> Iterator[NetLab]:
-    problems = missing_requirements()
-    need(not problems, "a requirement of the network lab", "; ".join(problems))
-    with lab(tmp_path / "lab") as the_lab:
-        the_lab.start_coturn()
+    with started_lab(tmp_path / "lab") as the_lab:
         yield the_lab
 
 

@@ -30,12 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from softphone.media.audio import tone_purity
-
-from ..conftest import need, need_command, read_wav
+from ..conftest import need_command, read_wav
+from ..support.helpers import tone_windows
 from ..support.netlab import (
     CALLEE_TONE,
     CALLER_TONE,
@@ -47,9 +45,8 @@ from ..support.netlab import (
     NetLab,
     Party,
     TimedEvent,
-    lab,
-    missing_requirements,
     run_call_with_events,
+    started_lab,
 )
 
 #: The issue's target: far tone back within this of the event (or of the restore).
@@ -66,24 +63,8 @@ class Precondition(Exception):
 
 @pytest.fixture
 def netlab(tmp_path: Path) -> Iterator[NetLab]:
-    problems = missing_requirements()
-    need(not problems, "a requirement of the network lab", "; ".join(problems))
-    with lab(tmp_path / "lab") as the_lab:
-        the_lab.start_coturn()
-        the_lab.start_hub(turn=())  # cone NAT + STUN: the common case
+    with started_lab(tmp_path / "lab", hub=True) as the_lab:  # cone NAT + STUN: the common case
         yield the_lab
-
-
-def tone_windows(samples: npt.NDArray[np.int16], rate: int,
-                 frequency: float) -> npt.NDArray[np.bool_]:
-    """For each :data:`WINDOW` of ``samples``: is ``frequency`` clearly there?"""
-    size = int(rate * WINDOW)
-    out = np.zeros(samples.size // size, dtype=bool)
-    for i in range(out.size):
-        chunk = samples[i * size:(i + 1) * size]
-        level = float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2)))
-        out[i] = level > 32768 * 10 ** (-40 / 20) and tone_purity(chunk, frequency, rate) > 0.5
-    return out
 
 
 def assert_tone_back(party: Party, expected: float, event_at: float, limit: float,
@@ -91,7 +72,7 @@ def assert_tone_back(party: Party, expected: float, event_at: float, limit: floa
     """``party`` heard ``expected`` steadily before ``event_at`` and again within
     ``limit`` seconds of losing it; returns the gap (s)."""
     samples, rate = read_wav(party.recording)
-    heard = tone_windows(samples, rate, expected)
+    heard = tone_windows(samples, rate, expected, WINDOW)
     end = heard.size * WINDOW
     before = heard[int(1.0 / WINDOW):int((event_at - 0.5) / WINDOW)]
     if before.size == 0 or before.mean() < 0.9:

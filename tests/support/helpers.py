@@ -7,7 +7,9 @@
 - :func:`read_wav` reads a 16-bit WAV as mono int16 samples.
 - :func:`assert_tone` / :func:`assert_wav_tone` check that audio carries a
   tone: its frequency, how pure it is, how long, optionally that it has no
-  silent gaps.
+  silent gaps; :func:`tone_windows` says, window by window, where it is.
+- :func:`connect_peers` connects two aiortc peer connections on this machine
+  (:func:`both_connected` waits for it).
 
 (The coturn launcher is in tests/support/coturn.py.)
 """
@@ -23,13 +25,16 @@ import tempfile
 import wave
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
 from softphone.media.audio import SAMPLE_RATE, dominant_frequency, silent_gaps, tone_purity
+
+if TYPE_CHECKING:
+    from aiortc import RTCPeerConnection
 
 #: The venv's ``softphone`` script, next to the interpreter running the tests.
 SOFTPHONE_SCRIPT = Path(sys.executable).with_name("softphone")
@@ -223,3 +228,42 @@ def assert_wav_tone(path: str | Path, expected: float, *, what: str | None = Non
     assert_tone(samples, expected, rate=rate, skip=skip, until=until, min_seconds=min_seconds,
                 min_purity=min_purity, max_gap=max_gap,
                 what=f"{what} ({path})" if what else str(path))
+
+
+def tone_windows(samples: npt.NDArray[np.int16], rate: int, frequency: float,
+                 window: float = 0.1) -> npt.NDArray[np.bool_]:
+    """For each ``window`` seconds of ``samples``: is ``frequency`` clearly there (above
+    -40 dBFS, and more than half of the energy)?"""
+    size = int(rate * window)
+    out = np.zeros(samples.size // size, dtype=bool)
+    for i in range(out.size):
+        chunk = samples[i * size:(i + 1) * size]
+        level = float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2)))
+        out[i] = level > 32768 * 10 ** (-40 / 20) and tone_purity(chunk, frequency, rate) > 0.5
+    return out
+
+
+async def connect_peers(a: RTCPeerConnection, b: RTCPeerConnection,
+                        within: float = 20.0) -> None:
+    """``a`` offers, ``b`` answers; returns once both are connected (TimeoutError after
+    ``within`` seconds)."""
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    await both_connected(a, b, within)
+
+
+async def both_connected(a: RTCPeerConnection, b: RTCPeerConnection,
+                         within: float = 20.0) -> None:
+    """Returns once ``a`` and ``b`` (offer and answer applied) are both connected."""
+    up = asyncio.Event()
+
+    def changed() -> None:
+        if a.connectionState == b.connectionState == "connected":
+            up.set()
+
+    for pc in (a, b):
+        pc.on("connectionstatechange", changed)
+    changed()
+    await asyncio.wait_for(up.wait(), within)

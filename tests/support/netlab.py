@@ -692,6 +692,22 @@ def lab(workdir: Path, **kwargs: object) -> Iterator[NetLab]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def started_lab(workdir: Path, *, hub: bool = False) -> Iterator[NetLab]:
+    """The lab of a test (for its ``netlab`` fixture): skipped, or failed in CI, when a
+    requirement is missing; coturn running; with ``hub``, a hub that hands out STUN only
+    (cone NAT + STUN: the common case)."""
+    from ..conftest import need  # (here: the benchmarks use this module too)
+
+    problems = missing_requirements()
+    need(not problems, "a requirement of the network lab", "; ".join(problems))
+    with lab(workdir) as the_lab:
+        the_lab.start_coturn()
+        if hub:
+            the_lab.start_hub(turn=())
+        yield the_lab
+
+
 def _is_main_thread() -> bool:
     import threading
 

@@ -25,6 +25,9 @@ imported) runs them and applies the gathering seams.
   triggered and quickly retransmitted ICE checks, no wait for STUN once a
   relay is there (:func:`speed_up_setup`, :class:`FastSetup`); DTLS flights
   sent again sooner, the callee as DTLS server (:func:`answer_as_dtls_server`).
+- :mod:`.certificate`: a call's connections share its first DTLS certificate,
+  so a media restart keeps the verification code (:func:`certificate_of`,
+  :func:`use_certificate`).
 
 Tests that patch a seam's internals patch the module that uses them (for
 example ``fast_setup._original_transaction_init``), not this package.
@@ -33,6 +36,7 @@ example ``fast_setup._original_transaction_init``), not this package.
 from __future__ import annotations
 
 from softphone.media.aiortc_seams import (
+    certificate,
     codec,
     fast_setup,
     gathering,
@@ -40,6 +44,7 @@ from softphone.media.aiortc_seams import (
     receive,
     rtcp,
 )
+from softphone.media.aiortc_seams.certificate import certificate_of, use_certificate
 from softphone.media.aiortc_seams.codec import (
     RED_PAYLOAD_TYPE,
     EncoderFactory,
@@ -85,6 +90,7 @@ __all__ = [
     "SeamMismatch",
     "XrHandler",
     "answer_as_dtls_server",
+    "certificate_of",
     "check",
     "describe_turn_error",
     "encode_with",
@@ -100,6 +106,7 @@ __all__ = [
     "speed_up_setup",
     "tap_receiver",
     "turn_errors",
+    "use_certificate",
     "watch_reports",
 ]
 
@@ -113,6 +120,7 @@ def check() -> None:
     receive.check_internals()
     rtcp.check_internals()
     fast_setup.check_internals()  # and the DTLS half's
+    certificate.check_internals()
 
 
 def install() -> None:
