@@ -134,6 +134,8 @@ class HubClient:
         if ws is None:
             raise HubUnreachable("not connected to the hub")
         async for frame in ws:
+            if self._pongs:  # any frame read after a ping shows the connection is alive,
+                self._ponged()  # even when a busy reader reaches the pong itself late
             if frame.type != aiohttp.WSMsgType.TEXT:
                 if frame.type == aiohttp.WSMsgType.PING:
                     with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):

@@ -172,60 +172,81 @@ class PeerGone:
 CALL_ENDS: Final = frozenset({MessageType.HANGUP, MessageType.CALL_REJECT})
 
 
+#: Calls (and requests) one id may have at once in :class:`CallPairs`.
+MAX_PEERS: Final = 1000
+
+
 class CallPairs:
     """Who is in a call with whom, as seen from the messages the hub relays.
 
     ``call-request`` from A to B notes that A is calling B; ``call-accept`` from B
     to A then pairs them (an accept nobody asked for pairs nobody).
-    ``hangup`` / ``call-reject`` between them unpair them. When a paired client
-    disconnects, :meth:`disconnected` starts a grace period; if it comes back
-    (:meth:`connected`) in time nothing happens, else :meth:`due` returns who to
-    tell. Every table is bounded by the number of ids that ever sent a message
-    still in flight: one outgoing request and one peer per id.
+    ``hangup`` / ``call-reject`` between them unpair them. A client may be in
+    several calls at once (a bot answering many callers: ``--max-calls``), each
+    pair on its own. When a paired client disconnects, :meth:`disconnected`
+    starts a grace period; if it comes back (:meth:`connected`) in time nothing
+    happens, else :meth:`due` returns whom to tell: every peer it was in a call
+    with. Bounded: at most :data:`MAX_PEERS` requests and calls per id.
     """
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
-        self._calling: dict[str, str] = {}
-        self._peer: dict[str, str] = {}
+        self._calling: dict[str, set[str]] = {}
+        self._peers: dict[str, set[str]] = {}
         self._gone: dict[str, float] = {}
 
     def __len__(self) -> int:
         """Calls in progress."""
-        return len(self._peer) // 2
+        return sum(len(peers) for peers in self._peers.values()) // 2
 
     def peer_of(self, client_id: str) -> str | None:
-        return self._peer.get(client_id)
+        """One peer ``client_id`` is in a call with (None: none)."""
+        return min(self._peers.get(client_id, ()), default=None)
+
+    def peers_of(self, client_id: str) -> frozenset[str]:
+        return frozenset(self._peers.get(client_id, ()))
 
     def relayed(self, type_: str, sender: str, to: str) -> bool:
         """Note a message the hub delivered; True if a call started or ended."""
         if type_ == MessageType.CALL_REQUEST:
-            self._calling[sender] = to
+            calling = self._calling.setdefault(sender, set())
+            if len(calling) < MAX_PEERS:
+                calling.add(to)
             return False
         if type_ == MessageType.CALL_ACCEPT:
-            if self._calling.get(to) != sender:
+            if sender not in self._calling.get(to, ()):
                 return False
-            del self._calling[to]
-            self._unpair(sender)
-            self._unpair(to)
-            self._peer[sender] = to
-            self._peer[to] = sender
+            self._discard(self._calling, to, sender)
+            if to in self._peers.get(sender, ()):
+                return False
+            if (len(self._peers.get(sender, ())) >= MAX_PEERS
+                    or len(self._peers.get(to, ())) >= MAX_PEERS):
+                return False
+            self._peers.setdefault(sender, set()).add(to)
+            self._peers.setdefault(to, set()).add(sender)
             return True
         if type_ in CALL_ENDS:
-            if self._calling.get(sender) == to:
-                del self._calling[sender]
-            if self._calling.get(to) == sender:
-                del self._calling[to]
-            if self._peer.get(sender) == to:
-                self._unpair(sender)
+            self._discard(self._calling, sender, to)
+            self._discard(self._calling, to, sender)
+            if to in self._peers.get(sender, ()):
+                self._unpair(sender, to)
                 return True
         return False
 
-    def _unpair(self, client_id: str) -> None:
-        peer = self._peer.pop(client_id, None)
-        if peer is not None and self._peer.get(peer) == client_id:
-            del self._peer[peer]
-        self._gone.pop(client_id, None)
+    @staticmethod
+    def _discard(table: dict[str, set[str]], key: str, value: str) -> None:
+        values = table.get(key)
+        if values is not None:
+            values.discard(value)
+            if not values:
+                del table[key]
+
+    def _unpair(self, a: str, b: str) -> None:
+        self._discard(self._peers, a, b)
+        self._discard(self._peers, b, a)
+        for side in (a, b):
+            if side not in self._peers:
+                self._gone.pop(side, None)
 
     def connected(self, client_id: str) -> None:
         """``client_id`` is (back) on the hub: its grace period, if any, is over."""
@@ -237,22 +258,24 @@ class CallPairs:
 
         ``grace``: how long it may stay away (default: the table's ``grace``)."""
         self._calling.pop(client_id, None)
-        if client_id not in self._peer:
+        if client_id not in self._peers:
             return None
         deadline = now + (self.grace if grace is None else grace)
         self._gone[client_id] = deadline
         return deadline
 
     def due(self, now: float) -> list[PeerGone]:
-        """Calls whose disconnected side did not come back in time (and forget them)."""
+        """Calls whose disconnected side did not come back in time (and forget them).
+
+        When both sides of a call are gone, only the first to be due is reported."""
         out: list[PeerGone] = []
         for gone, deadline in list(self._gone.items()):
-            if deadline <= now and gone in self._gone:
-                peer = self._peer.get(gone)
-                self._unpair(gone)
-                if peer is not None:
-                    self._gone.pop(peer, None)
-                    out.append(PeerGone(gone, peer))
+            if deadline > now or gone not in self._gone:
+                continue
+            for peer in sorted(self._peers.get(gone, ())):
+                self._unpair(gone, peer)
+                out.append(PeerGone(gone, peer))
+            self._gone.pop(gone, None)
         return out
 
     def next_deadline(self) -> float | None:

@@ -427,7 +427,8 @@ class Hub:
         grace = self.config.peer_away_grace if away else self.config.peer_grace
         if self.pairs.disconnected(client_id, now, grace) is not None:
             log.info("in-call-disconnect id=%s peer=%s grace=%s how=%s", client_id,
-                     self.pairs.peer_of(client_id), grace, "away" if away else "closed")
+                     ",".join(sorted(self.pairs.peers_of(client_id))), grace,
+                     "away" if away else "closed")
             self._schedule_pairs()
 
     def _schedule_pairs(self) -> None:

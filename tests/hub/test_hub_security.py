@@ -232,6 +232,26 @@ def test_call_pairs() -> None:
     assert pairs.due(10.0) == []
 
 
+def test_call_pairs_of_a_bot_in_many_calls() -> None:
+    """A bot answering several callers (``--max-calls``): each call is its own pair."""
+    pairs = CallPairs(grace=4.0)
+    for caller in ("c1", "c2", "c3"):
+        pairs.relayed("call-request", caller, "bot")
+        assert pairs.relayed("call-accept", "bot", caller)
+    assert len(pairs) == 3 and pairs.peers_of("bot") == {"c1", "c2", "c3"}
+    # One caller hangs up; another is killed (its connection closed): the bot hears of it.
+    assert pairs.relayed("hangup", "c1", "bot") and len(pairs) == 2
+    assert pairs.disconnected("c2", 10.0) == 14.0
+    assert pairs.due(14.0) == [PeerGone("c2", "bot")]
+    assert pairs.peers_of("bot") == {"c3"} and len(pairs) == 1
+    # The bot itself goes: every caller it still has is told.
+    pairs.relayed("call-request", "c4", "bot")
+    pairs.relayed("call-accept", "bot", "c4")
+    pairs.disconnected("bot", 20.0)
+    assert pairs.due(24.0) == [PeerGone("bot", "c3"), PeerGone("bot", "c4")]
+    assert len(pairs) == 0 and pairs.next_deadline() is None
+
+
 def test_call_pairs_cannot_be_hijacked() -> None:
     pairs = CallPairs(grace=1.0)
     pairs.relayed("call-request", "a", "b")
