@@ -38,7 +38,7 @@ def need(condition: bool, what: str, how: str) -> None:
     pytest.skip(message)
 
 
-# The test command runs the suite on two pytest-xdist workers with
+# The test command runs the suite on three pytest-xdist workers with
 # ``--dist loadgroup``: tests of one group run one after another on one worker.
 # The network lab's calls (root, namespaces, iptables, conntrack) and the wheel
 # build each keep to one worker; everything else binds free ports and private
@@ -47,11 +47,17 @@ _GROUPS = {"netlab": "netlab", "test_packaging.py": "packaging"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    grouped: list[pytest.Item] = []
     for item in items:
         parts = Path(str(item.path)).parts
         for name, group in _GROUPS.items():
             if name in parts:
                 item.add_marker(pytest.mark.xdist_group(group))
+                grouped.append(item)
+    # The groups first: each is long and runs on one worker, so it starts at once
+    # while the other workers share the rest (it would otherwise be the run's tail).
+    chosen = set(grouped)
+    items[:] = grouped + [item for item in items if item not in chosen]
 
 
 def need_command(name: str, package: str) -> str:
