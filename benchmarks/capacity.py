@@ -95,7 +95,23 @@ class Proc:
     def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
         self.proc = proc
         self.name = name
+        #: The lines wait_for has looked at (the last: the one it found).
         self.lines: list[str] = []
+        self._read_lines: list[str] = []  # every line read so far
+        self._news = asyncio.Event()
+        self._eof = False
+        # Read stdout all the time: a bot with --json writes a line per event and
+        # stats every 2 s per call, and a full pipe would stall it (it did, at 80
+        # calls and after 100 soak calls, when only wait_for read).
+        self._reader = asyncio.create_task(self._read(), name=f"{name}-stdout")
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self._read_lines.append(line.decode(errors="replace").strip())
+            self._news.set()
+        self._eof = True
+        self._news.set()
 
     @classmethod
     async def start(cls, argv: list[str], name: str, log: Path | None = None) -> Proc:
@@ -109,19 +125,23 @@ class Proc:
         return cls(proc, name)
 
     async def wait_for(self, text: str, within: float) -> None:
-        assert self.proc.stdout is not None
+        """Wait for a line with ``text`` after the lines earlier waits looked at.
+
+        ``self.lines[-1]`` is then that line (as callers read it)."""
         deadline = time.monotonic() + within
         while True:
+            while len(self.lines) < len(self._read_lines):
+                self.lines.append(self._read_lines[len(self.lines)])
+                if text in self.lines[-1]:
+                    return
+            if self._eof:
+                raise RuntimeError(f"{self.name} exited before {text!r}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{self.name}: {text!r} not seen in {within} s")
-            line = await asyncio.wait_for(self.proc.stdout.readline(), left)
-            if not line:
-                raise RuntimeError(f"{self.name} exited before {text!r}")
-            decoded = line.decode(errors="replace").strip()
-            self.lines.append(decoded)
-            if text in decoded:
-                return
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), left)
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
