@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 RATE = 48_000
 FRAME = 960
 PROMPT_HZ = 1000.0
-PER_PROCESS = 25  # callers per caller process
+PER_PROCESS = 25  # callers per caller process, at most
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -228,8 +228,11 @@ async def measure(kind: str, n: int, url: str, args: argparse.Namespace, tmp: Pa
     freqs = frequencies(n)
     hear = PROMPT_HZ if kind == "machine" else None
     callers = []
-    for k in range(0, n, PER_PROCESS):
-        ids = [f"c{run}x{i}" for i in range(k, min(n, k + PER_PROCESS))]
+    # Groups of equal size: a small last group connects sooner, so its window ended
+    # (and it exited) before the others' did, before its CPU time was read.
+    size = math.ceil(n / math.ceil(n / PER_PROCESS))
+    for k in range(0, n, size):
+        ids = [f"c{run}x{i}" for i in range(k, min(n, k + size))]
         out = tmp / f"callers-{run}-{k}.json"
         argv = peer("callers", "--server", url, "--bot", bot_id, "--ids", ",".join(ids),
                     "--freqs", ",".join(str(f) for f in freqs[k:k + len(ids)]),
