@@ -116,10 +116,10 @@ def check() -> None:
     check_versions()
     gathering.check_internals()
     ice_pair.check_internals()
-    codec.check_internals()
+    codec.checked()
     receive.check_internals()
     rtcp.check_internals()
-    fast_setup.check_internals()  # and the DTLS half's
+    fast_setup.checked()  # and the DTLS half's
     certificate.check_internals()
 
 

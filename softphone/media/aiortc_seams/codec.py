@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Final
@@ -71,6 +72,10 @@ def check_internals() -> None:
         raise SeamMismatch("aiortc no longer negotiates codecs with find_common_codecs")
 
 
+#: :func:`check_internals` once a process (see ``fast_setup.checked``).
+checked = functools.cache(check_internals)
+
+
 def install_voice_codec() -> None:
     """Add our Opus fmtp and the RED codec to what aiortc offers and answers (idempotent)."""
     global _original_find_common_codecs
@@ -78,7 +83,7 @@ def install_voice_codec() -> None:
     install_gathering()  # the gathering timeout too, as with every installed seam
     if _original_find_common_codecs is None:
         check_versions()
-        check_internals()
+        checked()
     audio = aiortc.codecs.CODECS["audio"]
     opus = audio[0]
     opus.parameters.update({"minptime": 10, "useinbandfec": 1})

@@ -144,6 +144,12 @@ def check_internals() -> None:
     check_dtls_internals()
 
 
+#: :func:`check_internals` once a process (what installs the seams, and
+#: ``aiortc_seams.check()`` at import, call): it reads aioice's source, some 50 ms that
+#: must not fall inside the first call's setup. A failure is not remembered.
+checked = functools.cache(check_internals)
+
+
 def speed_up_setup(pc: Any, setup: FastSetup) -> None:
     """Give ``pc``'s ICE checks and DTLS handshake the timing of ``setup``.
 
@@ -270,7 +276,7 @@ def _install_gathering_seams() -> None:
     global _original_srflx_candidate
     if _original_srflx_candidate is not None:
         return
-    check_internals()
+    checked()
     install_gathering()  # its wrapper tells which connection a relay is for
     _install_transaction_rto()
     srflx = _original_srflx_candidate = aioice.ice.server_reflexive_candidate
