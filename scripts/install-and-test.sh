@@ -27,7 +27,7 @@ echo "==> mypy"
 echo "==> pytest"
 # (tests/test_packaging.py builds the wheel, installs it into a clean venv and runs
 # `softphone demo` from it in an empty folder: the wheel check, about a minute.)
-# Three workers (pytest-xdist): most tests wait on real-time calls, so three run
+# Two workers (pytest-xdist): most tests wait on real-time calls, so two run
 # side by side on two cores; the network lab and the wheel build keep to one
 # worker each (tests/conftest.py). SOFTPHONE_TEST_WORKERS=0 runs in one process.
-.venv/bin/python -m pytest -n "${SOFTPHONE_TEST_WORKERS:-3}" --dist loadgroup "$@"
+.venv/bin/python -m pytest -n "${SOFTPHONE_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -38,7 +38,7 @@ def need(condition: bool, what: str, how: str) -> None:
     pytest.skip(message)
 
 
-# The test command runs the suite on three pytest-xdist workers with
+# The test command runs the suite on two pytest-xdist workers with
 # ``--dist loadgroup``: tests of one group run one after another on one worker.
 # The network lab's calls (root, namespaces, iptables, conntrack) and the wheel
 # build each keep to one worker; everything else binds free ports and private
