@@ -43,6 +43,8 @@ def test_fast_setup_is_checked() -> None:
         FastSetup(check_pacing=0.001)
     with pytest.raises(ValueError, match="stun_rto"):
         FastSetup(stun_rto=0)
+    with pytest.raises(ValueError, match="setup_copies"):
+        FastSetup(setup_copies=0)
     with pytest.raises(ValueError, match="dtls_timer"):
         FastSetup(dtls_timer=-1)
     assert STOCK_SETUP.check_pacing is None and not STOCK_SETUP.triggered_checks
@@ -140,7 +142,7 @@ async def test_the_peers_check_sends_ours_again_through_its_nat(pacing: float | 
     again at once (the same transaction) and gets through. B's own
     retransmission would come only after a minute here.
     """
-    timers = FastSetup(check_pacing=pacing, stun_rto=NEVER, dtls_timer=None)
+    timers = FastSetup(check_pacing=pacing, stun_rto=NEVER, dtls_timer=None, setup_copies=None)
     a, b = await _pair_of_connections(timers, timers)
     a_sent = _count_checks(a)
     b_sent = _count_checks(b)
@@ -158,7 +160,8 @@ async def test_the_peers_check_sends_ours_again_through_its_nat(pacing: float | 
 
 async def test_without_the_triggered_check_the_nat_holds_the_call() -> None:
     """The counterpart: stock aioice leaves B's In-Progress check to its timer."""
-    timers = FastSetup(stun_rto=NEVER, triggered_checks=False, dtls_timer=None)
+    timers = FastSetup(stun_rto=NEVER, triggered_checks=False, dtls_timer=None,
+                       setup_copies=None)
     a, b = await _pair_of_connections(timers, timers)
     a_sent = _count_checks(a)
     b_sent = _count_checks(b)
@@ -268,6 +271,48 @@ async def test_the_stun_rto_is_for_setup_requests_only() -> None:
     assert consent._Transaction__tries_max == 1  # type: ignore[attr-defined]
 
 
+class _Sent:
+    """A STUN transaction's protocol that notes what it was asked to send (a fake:
+    the transaction alone is under test)."""
+
+    def __init__(self) -> None:
+        self.sent: list[float] = []
+
+    def send_stun(self, message: aioice.stun.Message, addr: tuple[str, int]) -> None:
+        self.sent.append(time.monotonic())
+
+
+@pytest.mark.parametrize("copies", [0.01, None])
+async def test_a_setup_request_goes_twice(copies: float | None) -> None:
+    """With ``setup_copies`` a check's request goes a second time 10 ms after the
+    first, and not again once answered; without it, once until its timer."""
+    request = aioice.stun.Message(message_method=aioice.stun.Method.BINDING,
+                                  message_class=aioice.stun.Class.REQUEST)
+    aiortc_seams.speed_up_ice(aioice.Connection(ice_controlling=True), FastSetup())
+    protocol = _Sent()
+
+    async def in_a_check() -> list[float]:
+        fast_setup._stun_rto.set(NEVER)
+        fast_setup._stun_copy.set(copies)
+        transaction = aioice.stun.Transaction(request, ("192.0.2.1", 9),
+                                              protocol)  # type: ignore[arg-type]
+        run = asyncio.ensure_future(transaction.run())
+        await asyncio.sleep(0.1)
+        response = aioice.stun.Message(message_method=aioice.stun.Method.BINDING,
+                                       message_class=aioice.stun.Class.RESPONSE,
+                                       transaction_id=request.transaction_id)
+        transaction.response_received(response, ("192.0.2.1", 9))
+        await run
+        await asyncio.sleep(0.05)
+        return protocol.sent
+
+    sent = await asyncio.ensure_future(in_a_check())
+    if copies is None:
+        assert len(sent) == 1
+    else:
+        assert len(sent) == 2 and 0.005 <= sent[1] - sent[0] < 0.09, sent
+
+
 # -- DTLS ------------------------------------------------------------------------------
 
 
@@ -300,35 +345,47 @@ def _lose_flight(pc: RTCPeerConnection, number: int | None) -> list[bytes]:
     return lost
 
 
-@pytest.mark.parametrize(("lost", "server_loses", "client_loses"), [
-    ("the server's hello", 0, None),
-    ("the server's finished", 1, None),
-    ("the client's finished", None, 1),
+@pytest.mark.parametrize(("lost", "server_loses", "client_loses", "copies"), [
+    ("the server's hello", 0, None, False),
+    ("the server's finished", 1, None, False),
+    ("the client's finished", None, 1, False),
+    ("the server's hello, with copies", 0, None, True),
+    ("the server's finished, with copies", 1, None, True),
 ])
 async def test_a_lost_dtls_flight_is_sent_again(caplog: pytest.LogCaptureFixture, lost: str,
                                                 server_loses: int | None,
-                                                client_loses: int | None) -> None:
+                                                client_loses: int | None,
+                                                copies: bool) -> None:
     """One DTLS handshake flight is lost, and so is every retransmission OpenSSL
     makes of it: the call connects only if we send the flight again byte for byte.
 
     The offerer is the DTLS server: its flights are ServerHello..Done (#0) and
     ChangeCipherSpec + Finished (#1), after which its handshake is done; only
-    the client's flight coming again tells it that #1 was lost.
+    the client's flight coming again tells it that #1 was lost. With copies
+    (``setup_copies``) and a timer that never fires, only the copy sent 10 ms
+    after each datagram gets it through, and the peer does not take that copy
+    for its flight sent again.
     """
     caplog.set_level(logging.DEBUG, logger="softphone.media.aiortc_seams")
     a = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    # (without copies: a copy is byte for byte, and would get through)
+    timers = FastSetup(dtls_timer=NEVER, setup_copies=0.01) if copies else \
+        FastSetup(dtls_timer=0.1, setup_copies=None)
     try:
         for pc in (a, b):
             pc.addTrack(SilenceSource())
         lost_by = {"server": _lose_flight(a, server_loses), "client": _lose_flight(b, client_loses)}
         for pc in (a, b):
-            aiortc_seams.speed_up_setup(pc, FastSetup(dtls_timer=0.1))
+            aiortc_seams.speed_up_setup(pc, timers)
         await connect_peers(a, b)
         assert lost_by["server" if server_loses is not None else "client"], f"{lost} not lost"
         resends = [r.getMessage() for r in caplog.records if "DTLS: sending" in r.getMessage()]
-        assert resends, "no flight was sent again"
-        if server_loses == 1:
+        if copies:
+            assert not resends, resends
+        else:
+            assert resends, "no flight was sent again"
+        if server_loses == 1 and not copies:
             assert any("the peer sent its flight again" in m for m in resends), resends
     finally:
         await a.close()
@@ -451,12 +508,14 @@ class _StunServer(asyncio.DatagramProtocol):
         self.transport.sendto(bytes(response), addr)
 
 
-@pytest.mark.parametrize("stun_rto", [0.1, None])
+@pytest.mark.parametrize(("stun_rto", "copies"), [(0.1, None), (None, None), (NEVER, 0.01)],
+                         ids=["retransmitted", "stock", "copy"])
 async def test_a_lost_stun_request_is_sent_again_within_the_gathering(
-        stun_rto: float | None) -> None:
-    """Our first request to the STUN server is lost. Retransmitted after 0.1 s, it
-    is answered within a 0.4 s gathering; aioice would send it again after 0.5 s,
-    once gathering is over (the counterpart: no server-reflexive candidate)."""
+        stun_rto: float | None, copies: float | None) -> None:
+    """Our first request to the STUN server is lost. Retransmitted after 0.1 s, or
+    its copy sent 10 ms after it (no retransmission timer firing), it is answered
+    within a 0.4 s gathering; aioice would send it again after 0.5 s, once
+    gathering is over (the counterpart: no server-reflexive candidate)."""
     loop = asyncio.get_running_loop()
     transport, server = await loop.create_datagram_endpoint(
         lambda: _StunServer(drop=1), local_addr=("127.0.0.1", 0))
@@ -465,7 +524,7 @@ async def test_a_lost_stun_request_is_sent_again_within_the_gathering(
     try:
         pc.addTrack(SilenceSource())
         aiortc_seams.limit_gathering(pc, 0.4)
-        aiortc_seams.speed_up_setup(pc, FastSetup(stun_rto=stun_rto))
+        aiortc_seams.speed_up_setup(pc, FastSetup(stun_rto=stun_rto, setup_copies=copies))
         await pc.setLocalDescription(await pc.createOffer())
         if stun_rto is None:
             assert " typ srflx" not in pc.localDescription.sdp and server.requests == 1

@@ -75,16 +75,22 @@ class DtlsFlights:
       after our handshake is done: our last flight (the server's Finished) may
       have been lost, and a flight sent again byte for byte is discarded by
       the peer's replay check, so OpenSSL would not answer it.
+
+    With ``copies`` (seconds), each handshake datagram also goes a second time
+    that long after the first, so one lost datagram costs no timer at all. A
+    copy from the peer (the same bytes within ``timer / 2``) is not the peer
+    sending its flight again.
     """
 
-    def __init__(self, dtls: Any, timer: float) -> None:
+    def __init__(self, dtls: Any, timer: float, copies: float | None = None) -> None:
         self.dtls = dtls
         self.ice = dtls.transport
         self.timer = timer
+        self.copies = copies
         self.delay = timer
         self.flight: list[bytes] = []
         self.answered = True  # something new arrived since our last flight
-        self.seen: set[bytes] = set()  # DTLS datagrams received
+        self.seen: dict[bytes, float] = {}  # DTLS datagrams received: first seen at
         self.handle: asyncio.TimerHandle | None = None
         self.resent_at = -math.inf
         self.tasks: set[asyncio.Task[None]] = set()
@@ -101,17 +107,21 @@ class DtlsFlights:
                 self.flight.append(data)
             if self.handle is None and not self.dtls.encrypted:
                 self.handle = asyncio.get_running_loop().call_later(self.delay, self.expired)
+            if self.copies is not None:
+                asyncio.get_running_loop().call_later(self.copies, self._copy, data)
         await self.original_send(data)
 
     async def recv(self) -> bytes:
         data: bytes = await self.original_recv()
         if data and 19 < data[0] < 64:
-            if data not in self.seen:
-                self.seen.add(data)
+            now = asyncio.get_running_loop().time()
+            first = self.seen.get(data)
+            if first is None:
+                self.seen[data] = now
                 self.answered = True
                 self.cancel()
-            elif not self.answered and \
-                    asyncio.get_running_loop().time() - self.resent_at >= self.timer / 2:
+            elif not self.answered and now - first >= self.timer / 2 and \
+                    now - self.resent_at >= self.timer / 2:
                 self.resend("the peer sent its flight again")
         elif data and 127 < data[0] < 192 and self.dtls.encrypted:  # SRTP/SRTCP: done
             self.ice._send, self.ice._recv = self.original_send, self.original_recv
@@ -134,12 +144,19 @@ class DtlsFlights:
         if self.delay <= DTLS_TIMER_MAX:
             self.handle = asyncio.get_running_loop().call_later(self.delay, self.expired)
 
+    def _copy(self, data: bytes) -> None:
+        if self.ice._send == self.send:  # (not once we stepped aside)
+            self._spawn(self._send_all([data]))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     def resend(self, why: str) -> None:
         log.debug("DTLS: sending our last flight again (%s)", why)
         self.resent_at = asyncio.get_running_loop().time()
-        task = asyncio.ensure_future(self._send_all(list(self.flight)))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._spawn(self._send_all(list(self.flight)))
 
     async def _send_all(self, flight: list[bytes]) -> None:
         for data in flight:

@@ -84,11 +84,18 @@ class FastSetup:
     #: once: its first audio comes a round trip sooner. (RFC 8842 lets the
     #: answerer choose; JSEP's "SHOULD" is active, as aiortc answers.)
     dtls_server_answers: bool = True
+    #: Send each setup datagram a second time this many seconds after the first:
+    #: the STUN requests timed by ``stun_rto`` (checks, the query to the STUN
+    #: server) and each DTLS handshake datagram (with ``dtls_timer``). One lost
+    #: datagram then costs nothing instead of a retransmission timer; the peer drops
+    #: the copy (the response to a STUN transaction already answered is ignored;
+    #: a DTLS record seen already fails its replay check). A few hundred bytes a call.
+    setup_copies: float | None = 0.01
 
     def __post_init__(self) -> None:
         if self.check_pacing is not None and self.check_pacing < 0.005:
             raise ValueError("the check pacing (Ta) must be at least 5 ms (RFC 8445)")
-        for name in ("stun_rto", "dtls_timer", "stun_after_relay"):
+        for name in ("stun_rto", "dtls_timer", "stun_after_relay", "setup_copies"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds")
@@ -97,7 +104,7 @@ class FastSetup:
 #: aioice's and OpenSSL's own timing (stock aiortc).
 STOCK_SETUP: Final = FastSetup(check_pacing=None, stun_rto=None, triggered_checks=False,
                                dtls_timer=None, stun_after_relay=None,
-                               dtls_server_answers=False)
+                               dtls_server_answers=False, setup_copies=None)
 _SPED_UP_ATTR: Final = "_softphone_fast_setup"
 _RELAY_READY_ATTR: Final = "_softphone_relay_ready"
 _original_transaction_init: Any = None
@@ -106,6 +113,9 @@ _original_srflx_candidate: Any = None
 #: gathering's); None: aioice's.
 _stun_rto: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "softphone_stun_rto", default=None)
+#: ... and when it sends its request a second time (FastSetup.setup_copies).
+_stun_copy: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "softphone_stun_copy", default=None)
 
 
 def check_internals() -> None:
@@ -130,9 +140,13 @@ def check_internals() -> None:
             ["self", "request", "addr", "protocol", "retransmissions"] or \
             any(line not in transaction for line in (
                 "self.__addr = addr", "self.__request = request",
+                "self.__protocol = protocol",
                 "self.__timeout_delay = RETRY_RTO", "self.__tries_max = 1 + (",
                 "self.__future: asyncio.Future")):
         raise SeamMismatch("aioice's STUN transactions changed")
+    if "self.__protocol.send_stun(self.__request, self.__addr)" not in \
+            inspect.getsource(aioice.stun.Transaction):
+        raise SeamMismatch("aioice's STUN transactions no longer send with send_stun")
     srflx = _original_srflx_candidate or aioice.ice.server_reflexive_candidate
     gather = inspect.getsource(stock_get_component_candidates())
     if list(inspect.signature(srflx).parameters) != ["protocol", "stun_server"] or \
@@ -160,7 +174,7 @@ def speed_up_setup(pc: Any, setup: FastSetup) -> None:
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport
         if speed_up_ice(dtls.transport._connection, setup) and setup.dtls_timer is not None:
-            DtlsFlights(dtls, setup.dtls_timer)
+            DtlsFlights(dtls, setup.dtls_timer, setup.setup_copies)
 
 
 def speed_up_ice(connection: aioice.Connection, setup: FastSetup) -> bool:
@@ -172,7 +186,7 @@ def speed_up_ice(connection: aioice.Connection, setup: FastSetup) -> bool:
     if setup.check_pacing is not None:
         _pace_checks(connection, setup.check_pacing)
     if setup.stun_rto is not None:
-        _time_checks(connection, setup.stun_rto)
+        _time_checks(connection, setup.stun_rto, setup.setup_copies)
     if setup.triggered_checks:
         _trigger_checks(connection)
     if setup.stun_after_relay is not None or setup.stun_rto is not None:
@@ -210,16 +224,19 @@ def _pace_checks(connection: Any, pacing: float) -> None:
     connection._check_periodic = check_periodic
 
 
-def _time_checks(connection: Any, rto: float) -> None:
-    """The STUN transactions of ``connection``'s checks retransmit after ``rto``, doubling."""
+def _time_checks(connection: Any, rto: float, copies: float | None) -> None:
+    """The STUN transactions of ``connection``'s checks retransmit after ``rto``,
+    doubling, and send their request again ``copies`` seconds after the first."""
     _install_transaction_rto()
     check_start = connection.check_start
 
     async def timed_check_start(pair: Any) -> None:
         token = _stun_rto.set(rto)  # the check runs in a task of its own
+        copy_token = _stun_copy.set(copies)
         try:
             await check_start(pair)
         finally:
+            _stun_copy.reset(copy_token)
             _stun_rto.reset(token)
 
     connection.check_start = timed_check_start
@@ -243,9 +260,28 @@ def _install_transaction_rto() -> None:
             # Give up about when aioice would (0.1 s: 9 tries over 51 s, aioice 7 over 64 s).
             extra = max(0, int(math.log2(aioice.stun.RETRY_RTO / rto)))
             self._Transaction__tries_max = stock_tries + extra
+            copy = _stun_copy.get()
+            if copy is not None:
+                self.run = functools.partial(_run_with_copy, self, copy)
 
     aioice.stun.Transaction.__init__ = __init__  # type: ignore[method-assign]
 
+
+
+async def _run_with_copy(transaction: Any, after: float) -> Any:
+    """A STUN transaction's ``run()`` that also sends its request again ``after``
+    seconds after the first (unless answered by then)."""
+    handle = asyncio.get_running_loop().call_later(after, _send_copy, transaction)
+    try:
+        return await type(transaction).run(transaction)
+    finally:
+        handle.cancel()
+
+
+def _send_copy(transaction: Any) -> None:
+    if not transaction._Transaction__future.done():
+        transaction._Transaction__protocol.send_stun(transaction._Transaction__request,
+                                                     transaction._Transaction__addr)
 
 
 def _retrieved_when_done() -> None:
@@ -297,9 +333,11 @@ def _install_gathering_seams() -> None:
         if timers is None:
             return await srflx(protocol, stun_server)
         token = _stun_rto.set(timers.stun_rto)  # the query's task inherits it
+        copy_token = _stun_copy.set(timers.setup_copies)
         try:
             query = asyncio.ensure_future(srflx(protocol, stun_server))
         finally:
+            _stun_copy.reset(copy_token)
             _stun_rto.reset(token)
         grace = timers.stun_after_relay
         if grace is None or connection.turn_server is None:
