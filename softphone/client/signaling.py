@@ -14,12 +14,18 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
-from softphone.core.protocol import HubError, Message, ProtocolError, parse_hub_message
+from softphone.core.protocol import (
+    ICE_SERVERS_TYPE,
+    HubError,
+    Message,
+    ProtocolError,
+    parse_hub_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,11 @@ class HubAddress:
                    urlunsplit((ws_scheme, parts.netloc, path, "", "")))
 
 
+#: Seconds the ICE servers the hub sent on connecting are used for a call; later
+#: (TURN credentials expire) a call asks ``/ice-servers`` again.
+PUSHED_FRESH: Final = 60.0
+
+
 class HubClient:
     """One client's connection to a hub."""
 
@@ -75,6 +86,9 @@ class HubClient:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         #: Waiting for a pong (:meth:`ping`); any pong answers them all.
         self._pongs: list[asyncio.Future[None]] = []
+        #: The ICE servers our hub sent first on this connection (``?ice=1``), and when.
+        self._pushed: tuple[float, list[dict[str, Any]]] | None = None
+        self._pushed_event = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -90,7 +104,9 @@ class HubClient:
     async def connect(self) -> None:
         """Open the WebSocket. Raises :class:`HubUnreachable`."""
         session = await self._ensure_session()
-        url = f"{self.address.ws}/ws?id={quote(self.client_id, safe='')}"
+        url = f"{self.address.ws}/ws?id={quote(self.client_id, safe='')}&ice=1"
+        self._pushed = None
+        self._pushed_event.clear()
         if self.token:
             url += f"&token={quote(self.token, safe='')}"
         try:
@@ -103,6 +119,35 @@ class HubClient:
         log.info("connected to %s as %s", self.address.ws, self.client_id)
 
     async def ice_servers(self) -> list[dict[str, Any]]:
+        """The hub's STUN/TURN servers. Our hub sends them first on the WebSocket
+        (``?ice=1``): those, if at most :data:`PUSHED_FRESH` seconds old. Else
+        ``GET /ice-servers``, raced against that first frame still to come (a lost
+        TCP SYN costs the request a whole second). Raises :class:`HubUnreachable`
+        if the request fails and nothing came on the WebSocket."""
+        pushed = self._fresh_push()
+        if pushed is not None:
+            return pushed
+        fetch = asyncio.ensure_future(self._fetch_ice_servers())
+        push = asyncio.ensure_future(self._pushed_event.wait())
+        try:
+            await asyncio.wait({fetch, push}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            push.cancel()
+        pushed = self._fresh_push()
+        if pushed is not None and not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HubUnreachable):
+                await fetch
+            return pushed
+        return await fetch
+
+    def _fresh_push(self) -> list[dict[str, Any]] | None:
+        pushed = self._pushed
+        if pushed is None or asyncio.get_running_loop().time() - pushed[0] > PUSHED_FRESH:
+            return None
+        return pushed[1]
+
+    async def _fetch_ice_servers(self) -> list[dict[str, Any]]:
         """``GET /ice-servers``; raises :class:`HubUnreachable` on failure."""
         session = await self._ensure_session()
         try:
@@ -144,9 +189,15 @@ class HubClient:
                     self._ponged()
                 continue
             try:
-                yield parse_hub_message(frame.data)
+                message = parse_hub_message(frame.data)
             except ProtocolError as exc:
                 log.warning("ignoring a frame from the hub: %s", exc)
+                continue
+            if isinstance(message, Message) and message.type == ICE_SERVERS_TYPE and \
+                    message.sender is None:
+                self._pushed_ice(message.data)
+                continue
+            yield message
         if ws.close_code not in (None, 1000):
             log.info("hub closed the connection: code %s", ws.close_code)
 
@@ -180,6 +231,15 @@ class HubClient:
             with contextlib.suppress(ValueError):
                 self._pongs.remove(pong)
         return True
+
+    def _pushed_ice(self, data: Any) -> None:
+        servers = data.get("iceServers") if isinstance(data, dict) else None
+        if not isinstance(servers, list):
+            log.warning("ignoring the hub's ice-servers frame: no iceServers list")
+            return
+        self._pushed = (asyncio.get_running_loop().time(),
+                        [s for s in servers if isinstance(s, dict)])
+        self._pushed_event.set()
 
     def _ponged(self) -> None:
         pongs, self._pongs = self._pongs, []

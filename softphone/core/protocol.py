@@ -44,6 +44,10 @@ CALL_TYPES: Final[frozenset[str]] = frozenset(t.value for t in (
 
 #: Type of the messages the hub originates.
 ERROR_TYPE: Final = "error"
+#: What our hub sends first on a WebSocket opened with ``?ice=1``:
+#: ``{"type": "ice-servers", "data": {"iceServers": [...]}}``, as ``GET /ice-servers``
+#: would answer (docs/protocol.md): a call needs no HTTP request of its own.
+ICE_SERVERS_TYPE: Final = "ice-servers"
 
 
 class ErrorCode(enum.StrEnum):

@@ -76,6 +76,8 @@ class Admission:
     close_reason: str = ""
     #: Why, for the log.
     why: str = ""
+    #: The client asked for the ICE servers on the WebSocket (``?ice=1``).
+    wants_ice: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -122,4 +124,4 @@ def admit(upgrade: Upgrade, rules: AdmissionRules, limiter: ConnectionLimiter,
             return Admission(Verdict.UNAUTHORIZED, client_id,
                              HubError(ErrorCode.UNAUTHORIZED, f"unauthorized: {exc}"),
                              CLOSE_BAD_ID, f"unauthorized: {exc}", str(exc))
-    return Admission(Verdict.ACCEPT, client_id)
+    return Admission(Verdict.ACCEPT, client_id, wants_ice=query.get("ice") == ["1"])

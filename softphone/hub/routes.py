@@ -80,6 +80,20 @@ class IceSettings(Protocol):
     def turn_ttl(self) -> float: ...
 
 
+def ice_servers_for(ice: IceSettings, client_id: str, now: float) -> list[dict[str, Any]]:
+    """What ``/ice-servers`` (and the WebSocket's first frame, ``?ice=1``) hands
+    ``client_id`` (already authenticated on a hub with a secret): the STUN/TURN
+    servers, each TURN URL with REST credentials for the id."""
+    servers = list(ice.ice_servers)
+    if ice.turn_secret and ice.turn_urls:
+        if not is_valid_id(client_id):
+            client_id = "anonymous"
+        creds = turn_credentials(ice.turn_secret, client_id, now, ice.turn_ttl)
+        servers += [{"urls": url, "username": creds.username,
+                     "credential": creds.credential} for url in ice.turn_urls]
+    return servers
+
+
 class Routes:
     """The handlers of the hub's own routes, over the hub's state."""
 
@@ -92,9 +106,8 @@ class Routes:
 
     async def ice_servers(self, request: web.Request) -> web.Response:
         ice = self.ice
-        servers = list(ice.ice_servers)
+        client_id = request.query.get("id", "")
         if ice.turn_secret and ice.turn_urls:
-            client_id = request.query.get("id", "")
             if ice.secret:
                 token = request.query.get("token") or _bearer(request)
                 try:
@@ -104,12 +117,7 @@ class Routes:
                     return web.json_response(
                         {"error": ErrorCode.UNAUTHORIZED.value, "message": str(exc)},
                         status=401)
-            elif not is_valid_id(client_id):
-                client_id = "anonymous"
-            creds = turn_credentials(ice.turn_secret, client_id, time.time(), ice.turn_ttl)
-            servers += [{"urls": url, "username": creds.username,
-                         "credential": creds.credential} for url in ice.turn_urls]
-        return web.json_response({"iceServers": servers})
+        return web.json_response({"iceServers": ice_servers_for(ice, client_id, time.time())})
 
     async def healthz(self, request: web.Request) -> web.Response:
         # "degraded" (still HTTP 200): a shared registry is unreachable; this node

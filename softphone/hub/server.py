@@ -48,6 +48,7 @@ from websockets.server import ServerProtocol
 from softphone._tasks import spawn
 from softphone.core.protocol import (
     CALL_TYPES,
+    ICE_SERVERS_TYPE,
     ErrorCode,
     HubError,
     Message,
@@ -69,11 +70,12 @@ from softphone.hub.config import DEFAULT_ICE_SERVERS, HubConfig, is_loopback
 from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused
 from softphone.hub.dispatch import HEAD_TIMEOUT, WS_LOG, Dispatch, handshake, refuse
 from softphone.hub.fdlimit import raise_for_connections
+from softphone.hub.frames import text_frame
 from softphone.hub.heartbeat import Heartbeat
 from softphone.hub.limits import CallPairs, ConnectionLimiter, OriginPolicy, TokenBucket
 from softphone.hub.metrics import HubMetrics
 from softphone.hub.registry import MemoryRegistry, Peer, Registry
-from softphone.hub.routes import HttpLog, Routes, make_app
+from softphone.hub.routes import HttpLog, Routes, ice_servers_for, make_app
 
 __all__ = [
     "CLOSE_BAD_ID",
@@ -257,16 +259,21 @@ class Hub:
             refuse(ws, transport, response, counted, decision.error, decision.close_code,
                    decision.close_reason, early)
             return
-        self._accept(ws, transport, response, decision.client_id, remote, early)
+        self._accept(ws, transport, response, decision.client_id, remote, early,
+                     decision.wants_ice)
 
     def _accept(self, ws: ServerProtocol, transport: asyncio.Transport, response: WSResponse,
-                client_id: str, remote: str, early: bytes) -> None:
+                client_id: str, remote: str, early: bytes, wants_ice: bool = False) -> None:
         loop = asyncio.get_running_loop()
         bucket = TokenBucket(self.config.rate, self.config.burst, loop.time()) \
             if self.config.rate > 0 else None
         ws.send_response(response)
-        for data in ws.data_to_send():
-            transport.write(data)
+        out = ws.data_to_send()
+        if wants_ice:  # first, with the response: a call needs no /ice-servers request
+            servers = ice_servers_for(self.config, client_id, time.time())
+            out.append(text_frame(Message(ICE_SERVERS_TYPE, client_id, {"iceServers": servers},
+                                          has_data=True).encode()))
+        transport.write(b"".join(out))
         # A new protocol object for the open connection: the handshake's parser would
         # keep the request (headers and all, 2 KB) as long as the connection lives.
         ws = ServerProtocol(state=WSState.OPEN, max_size=self.max_frame, logger=WS_LOG)
