@@ -283,25 +283,28 @@ def run_stock_call(the_lab: NetLab, name: str, *, duration: float,
     return {}
 
 
-def setup_table(the_lab: NetLab, calls: int, stock: bool) -> list[str]:
+def setup_table(the_lab: NetLab, calls: int, stock: bool, which: str = "") -> list[str]:
+    """The setup rows whose name contains ``which`` (every row: "")."""
     from tests.support.netlab import run_call
 
     load_before = os.getloadavg()
     started = time.monotonic()
     rows: list[tuple[str, ...]] = []
-    for scenario in SETUP_SCENARIOS:
+    for scenario in [s for s in SETUP_SCENARIOS if which.lower() in s.name.lower()]:
         extra = scenario.setup(the_lab)
         ours, theirs = Figures(), Figures()
         for i in range(calls):
             run = run_call(the_lab, f"setup{len(rows)}-{i}", caller_args=extra, duration=1.0,
                            setup_timeout=scenario.setup_timeout)
             ours.add(run.caller.ended.get("first_audio_seconds"))
+            states = " ".join(f"{e.get('state')} {e.get('t')}" for e in run.caller.events
+                              if e.get("event") == "state")
             if stock:
                 ended = run_stock_call(the_lab, f"setup{len(rows)}-{i}", duration=1.0,
                                        setup_timeout=scenario.setup_timeout)
                 theirs.add(ended.get("first_audio_seconds"))
             print(f"{scenario.name} #{i + 1}: ours {ours.first_audio[-1:]} stock "
-                  f"{theirs.first_audio[-1:]} (load {os.getloadavg()[0]:.1f})",
+                  f"{theirs.first_audio[-1:]} (load {os.getloadavg()[0]:.1f}; ours: {states})",
                   file=sys.stderr, flush=True)
         got = ours.statistic(scenario.statistic)
         met = "-" if got is None else "yes" if got * 1000 <= scenario.limit_ms else "NO"
@@ -526,6 +529,9 @@ def main() -> int:
     parser.add_argument("--only", choices=["paths", "setup", "events"])
     parser.add_argument("--no-stock", action="store_true",
                         help="setup table: softphone only")
+    parser.add_argument("--setup-scenario", default="", metavar="TEXT",
+                        help="setup table: only the rows whose name contains TEXT "
+                             "(e.g. 'loss')")
     args = parser.parse_args()
     from tests.support.netlab import lab, missing_requirements
 
@@ -542,7 +548,8 @@ def main() -> int:
                     out += paths_table(the_lab, args.runs, args.duration)
                 if args.only in (None, "setup"):
                     out += ["", *setup_table(the_lab, args.setup_calls,
-                                             stock=not args.no_stock)]
+                                             stock=not args.no_stock,
+                                             which=args.setup_scenario)]
         if args.only in (None, "events"):  # a fresh lab per run (after the one above)
             from benchmarks.netlab_events import events_table
 

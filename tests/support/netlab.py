@@ -831,7 +831,7 @@ class TimedEvent:
 
     at: float
     name: str
-    action: Callable[[], None]
+    action: Callable[[], object]  # (what it returns is not used)
     done_at: float | None = None  # when it was done, seconds after media connected
 
 
