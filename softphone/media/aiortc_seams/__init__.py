@@ -24,7 +24,9 @@ imported) runs them and applies the gathering seams.
 - :mod:`.fast_setup` and :mod:`.dtls`: call setup time (issue 16): paced,
   triggered and quickly retransmitted ICE checks, no wait for STUN once a
   relay is there (:func:`speed_up_setup`, :class:`FastSetup`); DTLS flights
-  sent again sooner, the callee as DTLS server (:func:`answer_as_dtls_server`).
+  sent again sooner, the callee as DTLS server (:func:`answer_as_dtls_server`);
+  a closed connection's OpenSSL and SRTP state let go at once (issue 15,
+  :func:`release_closed`).
 - :mod:`.certificate`: a call's connections share its first DTLS certificate,
   so a media restart keeps the verification code (:func:`certificate_of`,
   :func:`use_certificate`).
@@ -53,7 +55,11 @@ from softphone.media.aiortc_seams.codec import (
     prefer_red,
     red_allowed,
 )
-from softphone.media.aiortc_seams.dtls import DTLS_TIMER_MAX, answer_as_dtls_server
+from softphone.media.aiortc_seams.dtls import (
+    DTLS_TIMER_MAX,
+    answer_as_dtls_server,
+    release_closed,
+)
 from softphone.media.aiortc_seams.fast_setup import (
     STOCK_SETUP,
     FastSetup,
@@ -100,6 +106,7 @@ __all__ = [
     "limit_gathering",
     "prefer_red",
     "red_allowed",
+    "release_closed",
     "report_with",
     "selected_candidate_pair",
     "speed_up_ice",
