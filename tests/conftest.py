@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -41,23 +41,57 @@ def need(condition: bool, what: str, how: str) -> None:
 # The test command runs the suite on two pytest-xdist workers with
 # ``--dist loadgroup``: tests of one group run one after another on one worker.
 # The network lab's calls (root, namespaces, iptables, conntrack) and the wheel
-# build each keep to one worker; everything else binds free ports and private
-# directories, so it may run beside anything.
-_GROUPS = {"netlab": "netlab", "test_packaging.py": "packaging"}
+# build each keep to one worker; so do the real-time calls and threads that
+# count late frames as lost (CPU-bound: two of them side by side on two cores
+# starve each other). Everything else binds free ports and private
+# directories, so it may run beside anything. A key is a folder or file name,
+# or ``file::test`` for one test of a file.
+_GROUPS = {"netlab": "netlab", "test_packaging.py": "packaging",
+           "test_voice_call.py": "realtime", "test_echo_call.py": "realtime",
+           "test_apm.py::test_two_threads_in_real_time": "realtime"}
 
 
+def _group(nodeid: str) -> str | None:
+    """The group of a test (``tests/media/test_apm.py::test_x[7]``), or None."""
+    path, _, name = nodeid.partition("::")
+    parts = path.split("/")
+    test = f"{parts[-1]}::{name.rpartition('::')[2].partition('[')[0]}"
+    return next((group for key, group in _GROUPS.items() if key in parts or key == test),
+                None)
+
+
+@pytest.hookimpl(tryfirst=True)  # (before xdist's worker reads the marks)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     grouped: list[pytest.Item] = []
     for item in items:
-        parts = Path(str(item.path)).parts
-        for name, group in _GROUPS.items():
-            if name in parts:
-                item.add_marker(pytest.mark.xdist_group(group))
-                grouped.append(item)
+        group = _group(item.nodeid)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            grouped.append(item)
     # The groups first: each is long and runs on one worker, so it starts at once
     # while the other workers share the rest (it would otherwise be the run's tail).
     chosen = set(grouped)
     items[:] = grouped + [item for item in items if item not in chosen]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` that groups by :func:`_group` itself.
+
+    xdist 3.8 passes a test's group on by appending ``@group`` to its node id,
+    which pytest 9.2's structured node ids no longer take: the marks alone
+    grouped nothing, and every group was spread over both workers
+    (pytest-dev/pytest-xdist#1386).
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Grouping(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid) or super()._split_scope(nodeid)
+
+    return Grouping(config, log)
 
 
 def need_command(name: str, package: str) -> str:

@@ -38,25 +38,36 @@ QUIET = logging.getLogger("tests.frames.websocket")
 QUIET.setLevel(logging.CRITICAL)
 
 
+# The parts of a frame, built once: built inside the draw, the strategies cost
+# more than the test (hypothesis validates each new one at its first draw).
+OPCODES = st.one_of(st.just(0x1), st.just(0x1), st.just(0x9), st.just(0xA),
+                    st.integers(0, 15))
+FINS = st.one_of(st.just(True), st.just(True), st.booleans())
+RSVS = st.one_of(st.just(0), st.just(0), st.just(0), st.integers(0, 7))
+MASKED = st.one_of(st.just(True), st.just(True), st.just(True), st.booleans())
+PAYLOADS = st.one_of(
+    st.text(max_size=40).map(str.encode),
+    st.tuples(st.text(min_size=1, max_size=3), st.integers(20, 110)).map(
+        lambda t: (t[0] * t[1]).encode()),  # > 125, some > LIMIT
+    st.binary(max_size=20),  # mostly not UTF-8
+    st.binary(min_size=120, max_size=LIMIT + 20),
+    st.just(b"\xed\xa0\x80"),  # an encoded surrogate: not UTF-8
+    st.sampled_from([0, 125, 126, LIMIT, LIMIT + 1]).map(b"x".__mul__),  # the edges
+)
+LENGTH_FORMS = st.sampled_from(["short", "short", "short", "16", "64"])
+MASK_KEYS = st.binary(min_size=4, max_size=4)
+
+
 @st.composite
 def client_frame(draw: st.DrawFn) -> bytes:
     """One frame as a client might send it: mostly right, sometimes not at all."""
-    opcode = draw(st.one_of(st.just(0x1), st.just(0x1), st.just(0x9), st.just(0xA),
-                            st.integers(0, 15)))
-    fin = draw(st.one_of(st.just(True), st.just(True), st.booleans()))
-    rsv = draw(st.one_of(st.just(0), st.just(0), st.just(0), st.integers(0, 7)))
-    masked = draw(st.one_of(st.just(True), st.just(True), st.just(True), st.booleans()))
-    payload = draw(st.one_of(
-        st.text(max_size=40).map(str.encode),
-        st.tuples(st.text(min_size=1, max_size=3), st.integers(20, 110)).map(
-            lambda t: (t[0] * t[1]).encode()),  # > 125, some > LIMIT
-        st.binary(max_size=20),  # mostly not UTF-8
-        st.binary(min_size=120, max_size=LIMIT + 20),
-        st.just(b"\xed\xa0\x80"),  # an encoded surrogate: not UTF-8
-        st.sampled_from([0, 125, 126, LIMIT, LIMIT + 1]).map(b"x".__mul__),  # the edges
-    ))
+    opcode = draw(OPCODES)
+    fin = draw(FINS)
+    rsv = draw(RSVS)
+    masked = draw(MASKED)
+    payload = draw(PAYLOADS)
     n = len(payload)
-    form = draw(st.sampled_from(["short", "short", "short", "16", "64"]))
+    form = draw(LENGTH_FORMS)
     if form == "short" and n < 126:
         length = bytes([n])
     elif form in ("short", "16") and n < 65536:
@@ -67,18 +78,23 @@ def client_frame(draw: st.DrawFn) -> bytes:
     head += length[1:]
     if not masked:
         return head + payload
-    key = draw(st.binary(min_size=4, max_size=4))
+    key = draw(MASK_KEYS)
     keys = key * (n // 4 + 1)
     return head + key + (int.from_bytes(payload) ^ int.from_bytes(keys[:n])).to_bytes(n)
+
+
+FRAME_LISTS = st.lists(client_frame(), max_size=8)
+ONE_IN_4, ONE_IN_6 = st.integers(0, 3), st.integers(0, 5)
+GARBAGE = st.binary(max_size=30)
 
 
 @st.composite
 def streams(draw: st.DrawFn) -> bytes:
     """Frames back to back, maybe with garbage after them, maybe cut short."""
-    buf = b"".join(draw(st.lists(client_frame(), max_size=8)))
-    if draw(st.integers(0, 5)) == 0:
-        buf += draw(st.binary(max_size=30))
-    if draw(st.integers(0, 3)) == 0:
+    buf = b"".join(draw(FRAME_LISTS))
+    if draw(ONE_IN_6) == 0:
+        buf += draw(GARBAGE)
+    if draw(ONE_IN_4) == 0:
         buf = buf[:draw(st.integers(0, len(buf)))]
     return buf
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from softphone.media.opus import EncoderSettings
 from softphone.media.rtc import MediaConfig, MediaStats
 
 from ..conftest import hub_url
+
+FRAME = 0.020  # seconds of audio in a packet
 
 
 class PulsedTone(ToneSource):
@@ -31,18 +34,27 @@ class PulsedTone(ToneSource):
         return np.where(t < 14_400, super().next_samples(count), 0).astype(np.int16)
 
 
-async def talk(hub: Hub, seconds: float, impairment: Impairment | None,
+class Reading(NamedTuple):
+    """b's playout, read every 100 ms."""
+
+    packets: int  # packets that had reached b's impairment (dropped ones too)
+    delay: float  # seconds of audio waiting to be played
+    target: float  # what the jitter buffer keeps against jitter and loss
+
+
+async def talk(hub: Hub, seconds: float, impairment: Impairment,
                pipeline: str = "softphone", redundancy: int = 1,
                source: ToneSource | None = None,
-               ) -> tuple[np.ndarray, list[float], MediaStats]:
-    """a sends 440 Hz to b (whose receive side is impaired); returns what b heard."""
+               ) -> tuple[np.ndarray, list[Reading], MediaStats]:
+    """a sends 440 Hz to b (whose receive side is impaired); returns what b heard,
+    its playout's readings (none with aiortc's pipeline) and its statistics."""
     a = Phone("a", hub_url(hub),
               media=MediaConfig(pipeline, EncoderSettings(redundancy=redundancy)))
     b = Phone("b", hub_url(hub), media=MediaConfig(pipeline, impairment=impairment))
     capture = CaptureSink(seconds + 2)
     await a.connect()
     await b.connect()
-    delays: list[float] = []
+    readings: list[Reading] = []
     try:
         call_a = await a.dial("b", source or ToneSource(440))
         call_b = await b.next_call()
@@ -51,10 +63,11 @@ async def talk(hub: Hub, seconds: float, impairment: Impairment | None,
         await call_b.connected()
         audio = call_b.audio
         assert audio is not None
+        playout = audio.playout
         for _ in range(int(seconds / 0.1)):
             await asyncio.sleep(0.1)
-            if audio.playout_delay is not None:
-                delays.append(audio.playout_delay)
+            if playout is not None:
+                readings.append(Reading(impairment.count, playout.delay, playout.target))
         stats = await call_b.stats()
         receiver = audio.receiver
         assert receiver.first_frame_at is not None
@@ -66,13 +79,13 @@ async def talk(hub: Hub, seconds: float, impairment: Impairment | None,
     finally:
         await a.close()
         await b.close()
-    return capture.samples(), delays, stats
+    return capture.samples(), readings, stats
 
 
 @pytest.mark.parametrize("redundancy", [1, 0], ids=["red", "fec-only"])
 async def test_tone_is_continuous_through_5_percent_loss(hub: Hub, redundancy: int) -> None:
     impairment = Impairment(loss=0.05, seed=3)
-    heard, delays, stats = await talk(hub, 6.0, impairment, redundancy=redundancy)
+    heard, readings, stats = await talk(hub, 6.0, impairment, redundancy=redundancy)
     body = heard[48_000:]  # after the first second
     assert abs(dominant_frequency(body) - 440) < 5
     gaps = silent_gaps(body, window_ms=5)
@@ -81,15 +94,17 @@ async def test_tone_is_continuous_through_5_percent_loss(hub: Hub, redundancy: i
     assert stats.concealed is not None and stats.recovered is not None
     assert stats.repaired is not None
     if redundancy:
-        # Nearly every lost packet came back exact from the copy in the next one.
+        # Nearly every lost packet came back exact from the copy in the next one
+        # (without the copies: none; FEC rebuilt them). Concealment is no measure
+        # of it: a packet that the machine's scheduler holds up past its turn is
+        # concealed too (6 of 18 once, two real-time calls on two busy cores).
         assert stats.repaired >= impairment.dropped * 0.7, stats
-        assert stats.concealed <= impairment.dropped * 0.3, stats
     else:
         assert stats.repaired == 0
         assert stats.concealed + stats.recovered >= impairment.dropped // 2
     # The delay stays bounded (aiortc's own buffer sat near 290 ms after one loss).
     # Seen here: under 150 ms mostly, 180 ms once when the buffer grew on an early stall.
-    assert max(delays[10:]) < 0.250
+    assert max(r.delay for r in readings[10:]) < 0.250
 
 
 async def test_aiortcs_own_pipeline_has_gaps_there(hub: Hub) -> None:
@@ -101,12 +116,24 @@ async def test_aiortcs_own_pipeline_has_gaps_there(hub: Hub) -> None:
 
 
 async def test_delay_returns_after_a_loss_burst(hub: Hub) -> None:
-    burst = frozenset(range(150, 165))  # 300 ms lost, 3 s into the call
-    heard, delays, _ = await talk(hub, 6.0, Impairment(drop_indices=burst), source=PulsedTone())
-    before = delays[15:28]
-    after = delays[-10:]  # 2 s and more after the burst
-    # Back where it was (a frame of slack: the playout clock and the packets drift).
-    assert max(after) <= max(before) + 0.021, (before, after)
+    burst = range(150, 165)  # 300 ms lost, 3 s into the call
+    impairment = Impairment(drop_indices=frozenset(burst))
+    heard, readings, _ = await talk(hub, 6.0, impairment, source=PulsedTone())
+    assert impairment.dropped == len(burst)
+    # By the packets b had seen: the 1.3 s before the burst, and 2 s after it on.
+    before = [r for r in readings if burst.start - 65 <= r.packets < burst.start]
+    after = [r for r in readings if r.packets >= burst.stop + 100]
+    assert len(before) >= 6 and len(after) >= 5, readings
+    # Back where it was, allowing the two frames by which any two readings differ
+    # (a packet waiting for its turn or not, decoded samples not yet played) and
+    # what the buffer has added for jitter since (a busy machine delays packets):
+    # two frames, or its target's growth if more. Seen: quiet, 22.5 ms more at
+    # most; busy (two spinning processes on two cores), 52.5 ms. Without the
+    # burst's wait taken back: 175 to 230 ms more, quiet or busy.
+    grown = max(r.target for r in after) - max(r.target for r in before)
+    allowed = 2 * FRAME + max(2 * FRAME, grown)
+    assert max(r.delay for r in after) <= max(r.delay for r in before) + allowed, (
+        before, after)
     assert abs(dominant_frequency(heard[-96_000:]) - 440) < 5
 
 
@@ -116,9 +143,11 @@ async def test_redundancy_follows_the_loss_the_receiver_reports(hub: Hub) -> Non
     What a sends (RTP payload per second, from its sender's statistics) rises
     when b's reports show the loss and falls back when they show it gone;
     the tone b hears has no gap longer than one frame throughout. The
-    adaptation's hold is shortened (2 s, 200 packets) to keep the call short.
+    adaptation's hold is shortened (1 s, over 200 packets: the fewest whose
+    Wilson bound clears level 1's 1 %) to keep the call short, and the call
+    ends once a is back to one stream for two whole seconds.
     """
-    rules = AdaptConfig(hold=2.0, fall_packets=200)
+    rules = AdaptConfig(hold=1.0, fall_packets=200)
     impairment = Impairment(seed=5)  # clean for now: changed during the call
     a = Phone("a", hub_url(hub), media=MediaConfig(encoder=EncoderSettings(adaptation=rules)))
     b = Phone("b", hub_url(hub), media=MediaConfig(impairment=impairment))
@@ -133,7 +162,7 @@ async def test_redundancy_follows_the_loss_the_receiver_reports(hub: Hub) -> Non
         await call_a.connected()
         await call_b.connected()
         last = await call_a.stats()
-        for phase, seconds, loss in (("clean", 4, 0.0), ("lossy", 6, 0.10), ("after", 14, 0.0)):
+        for phase, seconds, loss in (("clean", 3, 0.0), ("lossy", 4, 0.10), ("after", 14, 0.0)):
             impairment.loss = loss
             for _ in range(seconds):
                 await asyncio.sleep(1.0)
@@ -142,14 +171,16 @@ async def test_redundancy_follows_the_loss_the_receiver_reports(hub: Hub) -> Non
                 rates.append((phase, (now.bytes_sent - last.bytes_sent) * 8 / 1000 / max(
                     1, now.packets_sent - last.packets_sent) * 50, now.sending.level))
                 last = now
+                if [(ph, lv) for ph, _, lv in rates[-3:]] == [("after", 0)] * 3:
+                    break  # (the level read at each second's end: 2 whole seconds at 0)
         stats_b = await call_b.stats()
         await call_a.hangup()
         await call_b.ended()
     finally:
         await a.close()
         await b.close()
-    clean = [kbps for phase, kbps, _ in rates[2:4]]  # after the probe's first second
-    lossy = [kbps for phase, kbps, _ in rates if phase == "lossy"][2:]  # once reported
+    clean = [kbps for phase, kbps, _ in rates[1:3]]  # after the probe's first second
+    lossy = [kbps for phase, kbps, _ in rates if phase == "lossy"][1:]  # once reported
     after = [kbps for phase, kbps, _ in rates if phase == "after"][-2:]
     levels = [level for _, _, level in rates]
     assert [lv for ph, _, lv in rates if ph == "clean"][-1] == 0, rates  # no RED when clean
