@@ -313,6 +313,50 @@ async def test_a_setup_request_goes_twice(copies: float | None) -> None:
         assert len(sent) == 2 and 0.005 <= sent[1] - sent[0] < 0.09, sent
 
 
+class _Udp(asyncio.DatagramProtocol):
+    """A real UDP socket that sends STUN as aioice's StunProtocol does."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send_stun(self, message: aioice.stun.Message, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(bytes(message), addr)
+
+
+async def test_a_setup_request_whose_socket_closed_sends_nothing() -> None:
+    """A check or STUN query that outlives its connection (a restart retired it):
+    its copy and retransmissions find the socket closed and send nothing, and
+    nothing is logged by the loop (it was a traceback in a timer callback)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    transport, udp = await loop.create_datagram_endpoint(_Udp, local_addr=("127.0.0.1", 0))
+    request = aioice.stun.Message(message_method=aioice.stun.Method.BINDING,
+                                  message_class=aioice.stun.Class.REQUEST)
+
+    async def in_a_check() -> None:
+        fast_setup._stun_rto.set(0.02)
+        fast_setup._stun_copy.set(0.01)
+        transaction = aioice.stun.Transaction(request, ("127.0.0.1", 9), udp)
+        run = asyncio.ensure_future(transaction.run())
+        await asyncio.sleep(0)
+        transport.close()
+        await asyncio.sleep(0.15)  # the copy and a few retransmissions were due
+        run.cancel()
+
+    try:
+        aiortc_seams.speed_up_ice(aioice.Connection(ice_controlling=True), FastSetup())
+        await asyncio.ensure_future(in_a_check())
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+        transport.close()
+
+
 # -- DTLS ------------------------------------------------------------------------------
 
 

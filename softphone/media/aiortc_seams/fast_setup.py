@@ -260,12 +260,38 @@ def _install_transaction_rto() -> None:
             # Give up about when aioice would (0.1 s: 9 tries over 51 s, aioice 7 over 64 s).
             extra = max(0, int(math.log2(aioice.stun.RETRY_RTO / rto)))
             self._Transaction__tries_max = stock_tries + extra
+            if protocol is not None:
+                self._Transaction__protocol = _ClosedAware(protocol)
             copy = _stun_copy.get()
             if copy is not None:
                 self.run = functools.partial(_run_with_copy, self, copy)
 
     aioice.stun.Transaction.__init__ = __init__  # type: ignore[method-assign]
 
+
+
+class _ClosedAware:
+    """A setup transaction's sender that sends nothing once its socket is closed.
+
+    A STUN query or check can outlive its connection (a media restart retiring a
+    generation closes it mid-gathering): its retransmission, or its copy, would
+    then hit the closed transport in a timer callback, and asyncio would log a
+    traceback.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def send_stun(self, message: Any, addr: tuple[str, int]) -> None:
+        transport = getattr(self.protocol, "transport", None)
+        if transport is not None and transport.is_closing():
+            return
+        try:
+            self.protocol.send_stun(message, addr)
+        except (OSError, AttributeError) as exc:  # (asyncio's, on a transport torn down)
+            log.debug("STUN request not sent: %r", exc)
 
 
 async def _run_with_copy(transaction: Any, after: float) -> Any:
