@@ -285,8 +285,9 @@ class _ClosedAware:
         self.protocol = protocol
 
     def send_stun(self, message: Any, addr: tuple[str, int]) -> None:
-        transport = getattr(self.protocol, "transport", None)
-        if transport is not None and transport.is_closing():
+        # (asyncio's transports say; aioice's TURN transport has no is_closing)
+        closing = getattr(getattr(self.protocol, "transport", None), "is_closing", None)
+        if closing is not None and closing():
             return
         try:
             self.protocol.send_stun(message, addr)
