@@ -533,6 +533,9 @@ def main() -> int:
                         help="setup table: only the rows whose name contains TEXT "
                              "(e.g. 'loss')")
     args = parser.parse_args()
+    if not any(args.setup_scenario.lower() in s.name.lower() for s in SETUP_SCENARIOS):
+        parser.error(f"--setup-scenario {args.setup_scenario!r} matches no setup row (rows: "
+                     + "; ".join(s.name for s in SETUP_SCENARIOS) + ")")
     from tests.support.netlab import lab, missing_requirements
 
     problems = missing_requirements(delay=True)

@@ -25,11 +25,13 @@ server) is in :mod:`.dtls`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -116,6 +118,18 @@ _stun_rto: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 #: ... and when it sends its request a second time (FastSetup.setup_copies).
 _stun_copy: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "softphone_stun_copy", default=None)
+
+
+@contextlib.contextmanager
+def _stun_timing(rto: float | None, copies: float | None = None) -> Iterator[None]:
+    """STUN transactions made inside (and in tasks started inside) retransmit after
+    ``rto`` and send a copy after ``copies`` (None: aioice's own timing, no copy)."""
+    token, copy_token = _stun_rto.set(rto), _stun_copy.set(copies)
+    try:
+        yield
+    finally:
+        _stun_copy.reset(copy_token)
+        _stun_rto.reset(token)
 
 
 def check_internals() -> None:
@@ -231,13 +245,8 @@ def _time_checks(connection: Any, rto: float, copies: float | None) -> None:
     check_start = connection.check_start
 
     async def timed_check_start(pair: Any) -> None:
-        token = _stun_rto.set(rto)  # the check runs in a task of its own
-        copy_token = _stun_copy.set(copies)
-        try:
+        with _stun_timing(rto, copies):  # the check runs in a task of its own
             await check_start(pair)
-        finally:
-            _stun_copy.reset(copy_token)
-            _stun_rto.reset(token)
 
     connection.check_start = timed_check_start
 
@@ -359,13 +368,8 @@ def _install_gathering_seams() -> None:
         timers = getattr(connection, _SPED_UP_ATTR, None)
         if timers is None:
             return await srflx(protocol, stun_server)
-        token = _stun_rto.set(timers.stun_rto)  # the query's task inherits it
-        copy_token = _stun_copy.set(timers.setup_copies)
-        try:
+        with _stun_timing(timers.stun_rto, timers.setup_copies):  # the query's task inherits it
             query = asyncio.ensure_future(srflx(protocol, stun_server))
-        finally:
-            _stun_copy.reset(copy_token)
-            _stun_rto.reset(token)
         grace = timers.stun_after_relay
         if grace is None or connection.turn_server is None:
             return await query
@@ -393,11 +397,8 @@ def _install_gathering_seams() -> None:
         # Over TCP or TLS a request is not retransmitted (RFC 8489 section 6.2.2).
         rto = timers.stun_rto if timers is not None and \
             kwargs.get("turn_transport", "udp") == "udp" and not kwargs.get("turn_ssl") else None
-        token = _stun_rto.set(rto)  # the allocation and its refreshes
-        try:
+        with _stun_timing(rto):  # the allocation and its refreshes
             result = await relayed(**kwargs)
-        finally:
-            _stun_rto.reset(token)
         if connection is not None:
             relay_ready(connection).set()
         return result
