@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from softphone.client.phone import Phone
     from softphone.media.encoded import SharedPrompt
+    from softphone.media.recording import RecordingThread
     from softphone.media.rtc import MediaConfig
 
 
@@ -160,8 +161,9 @@ def make_output(media: MediaOptions, noticed: set[str], *, echo: bool = False) -
 
 
 def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 1, *,
-               echo: bool = False) -> list[Any]:
-    """Where what we hear goes besides the speaker: the --record file."""
+               echo: bool = False, thread: Any = None) -> list[Any]:
+    """Where what we hear goes besides the speaker: the --record file (written on
+    ``thread``, a :class:`~softphone.media.recording.RecordingThread`, if given)."""
     from softphone.media.tracks import RecorderSink
 
     record = media.record
@@ -172,7 +174,7 @@ def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 
     try:
         if "{" in record:  # one file per call: its folder may be new
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return [RecorderSink(path)]
+        return [RecorderSink(path, thread=thread)]
     except OSError as exc:
         fail(f"cannot record to {path}: {exc.strerror or exc}")
 
@@ -193,6 +195,8 @@ class PhoneSetup:
         #: Device notices already said ("input", "output"): once per command.
         self._noticed: set[str] = set()
         self._prompt: SharedPrompt | None = None
+        #: Every call's --record file is written on this one thread (made when first needed).
+        self._recordings: RecordingThread | None = None
 
     def phone(self, timeouts: CallTimeouts, max_calls: int = 1) -> Phone:
         from softphone.client.phone import Phone
@@ -216,7 +220,12 @@ class PhoneSetup:
 
     def sinks(self, peer: str, n: int = 1) -> list[Any]:
         """The sinks of call ``n`` with ``peer``; exits (1) if --record cannot be written."""
-        return make_sinks(self.media, self._noticed, peer, n, echo=self.echo)
+        if self._recordings is None and self.media.record:
+            from softphone.media.recording import RecordingThread
+
+            self._recordings = RecordingThread()
+        return make_sinks(self.media, self._noticed, peer, n, echo=self.echo,
+                          thread=self._recordings)
 
     def output(self) -> Any:
         """The speaker of a call (its output), or None."""

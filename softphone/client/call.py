@@ -328,7 +328,8 @@ class Call:
     def _prepare(self, source: AudioSource | None, sinks: Sequence[Sink],
                  output: AudioOutput | None, media: MediaConfig | None) -> None:
         self._adopt(CallAudio(source, sinks, output=output,
-                              config=media or self.phone.media_config))
+                              config=media or self.phone.media_config,
+                              frame_clock=self.phone.frame_clock))
 
     def _adopt(self, audio: CallAudio) -> None:
         """Make ``audio`` this call's (its device losses become our events)."""

@@ -46,6 +46,7 @@ from softphone.core.line import HubProblem, IncomingCall, Line, Routed
 from softphone.core.midcall import HoldMessage, announced
 from softphone.core.protocol import ErrorCode, HubError, Message, check_id
 from softphone.media.audiopath import CallAudio, MediaConfig
+from softphone.media.frameclock import FrameClock
 from softphone.media.opus import require_libopus
 from softphone.media.pathcheck import LocalAddresses
 from softphone.media.rtc import MediaSession, RTCCertificate
@@ -157,6 +158,8 @@ class Phone:
         self.hub_check = HubCheck(self.hub)
         #: This machine's addresses, watched while the phone runs (AddressesChanged).
         self.addresses = LocalAddresses()
+        #: Plays out every call without a speaker on one 20 ms timer (a bot's calls).
+        self.frame_clock = FrameClock()
 
     @property
     def loop_time(self) -> float:
@@ -254,7 +257,8 @@ class Phone:
         """
         check_id(peer, "callee id")
         config = media or self.media_config
-        audio = CallAudio(source, sinks, output=output, config=config)
+        audio = CallAudio(source, sinks, output=output, config=config,
+                          frame_clock=self.frame_clock)
         actions = self.line.dial(peer, self.loop_time, data,
                                  features=announced(restart=config.restart_enabled))
         machine = self.line.call

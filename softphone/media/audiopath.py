@@ -33,6 +33,7 @@ from softphone.media.aiortc_seams import DEFAULT_GATHER_TIMEOUT, FastSetup, Pack
 from softphone.media.apm import VoiceProcessor, VoiceSettings, VoiceStats
 from softphone.media.devices import attach_voice_processor, device_stats
 from softphone.media.encoded import PacketEcho
+from softphone.media.frameclock import FrameClock
 from softphone.media.handover import Handover
 from softphone.media.netsim import Impairment
 from softphone.media.opus import EncoderSettings
@@ -95,13 +96,15 @@ class CallAudio:
     ``source``: what the call sends (silence if None). ``sinks``: where every
     20 ms played goes (closed when the call ends). ``output``: the device
     that plays it and is its clock (a :class:`~softphone.media.devices.SpeakerDriver`),
-    or None for a 20 ms clock. ``on_device_lost(message)``: the microphone
+    or None for a 20 ms clock (``frame_clock``: one shared with other calls, as a
+    phone's are; else the call's own). ``on_device_lost(message)``: the microphone
     or the speaker stopped.
     """
 
     def __init__(self, source: AudioSource | None = None, sinks: Sequence[Sink] = (), *,
                  output: AudioOutput | None = None, config: MediaConfig | None = None,
-                 on_device_lost: LostCallback | None = None) -> None:
+                 on_device_lost: LostCallback | None = None,
+                 frame_clock: FrameClock | None = None) -> None:
         for sink in sinks:
             if not isinstance(sink, Sink):
                 raise TypeError(f"{sink!r} is not a sink: a sink has write(samples) and "
@@ -113,7 +116,8 @@ class CallAudio:
         self.handover = Handover(self.source)
         self.handover.on_report = self.report_early
         self._packet_handler: PacketHandler | None = None
-        self.receiver = AudioReceiver(sinks, output=output, on_output_lost=self._device_lost)
+        self.receiver = AudioReceiver(sinks, output=output, on_output_lost=self._device_lost,
+                                      frame_clock=frame_clock)
         #: Our playout (pipeline "softphone"), once the remote track is there.
         self.playout: voice.Playout | None = None
         #: What we send with, following the peer's reports (pipeline "softphone").

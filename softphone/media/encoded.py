@@ -36,6 +36,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from softphone.media import red
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
+from softphone.media.frameclock import FrameClock
 from softphone.media.opus import EncoderSettings, OpusEncoder
 from softphone.media.tracks import AudioSource
 
@@ -153,8 +154,9 @@ class SharedPrompt:
     ``samples``: 48 kHz mono int16 (padded to whole 20 ms frames);
     ``settings``: how to encode it (the calls' bitrate, FEC). The Opus
     payloads are made on first use and kept; so is a silent frame, sent
-    after the prompt ends. One timer (:class:`Ticker`) sends the next frame
-    of every call playing it, every 20 ms.
+    after the prompt ends. One timer (a
+    :class:`~softphone.media.frameclock.FrameClock`) sends the next frame of
+    every call playing it, every 20 ms.
     """
 
     def __init__(self, samples: Int16Array, settings: EncoderSettings | None = None) -> None:
@@ -165,7 +167,7 @@ class SharedPrompt:
         padded[: samples.size] = samples
         self.frames: Int16Array = padded.reshape(frames, FRAME_SAMPLES)
         self.settings = settings or EncoderSettings()
-        self.ticker = Ticker()
+        self.ticker = FrameClock()
         self._payloads: list[bytes] | None = None
         self._silence = b""
         levels = np.sqrt(np.mean(self.frames.astype(np.float64) ** 2, axis=1)) / 32768.0
@@ -221,50 +223,6 @@ class SharedPrompt:
         return self._silence
 
 
-class Ticker:
-    """One timer on the event loop that has every :class:`PromptSource` of a prompt
-    send its next frame, every 20 ms (no timer nor task wake-up per call)."""
-
-    def __init__(self) -> None:
-        self.sources: dict[PromptSource, None] = {}  # an ordered set
-        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._due = 0.0
-
-    def add(self, source: PromptSource) -> None:
-        loop = asyncio.get_running_loop()
-        self.sources[source] = None
-        if self._handle is None or self._loop is not loop:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._loop = loop
-            self._due = loop.time()
-            self._handle = loop.call_soon(self._tick)
-
-    def remove(self, source: PromptSource) -> None:
-        self.sources.pop(source, None)
-        if not self.sources and self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _tick(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        skipped = 0
-        late = loop.time() - self._due
-        if late > 0.2:  # the loop was stalled: skip ahead rather than burst
-            skipped = int(late / _FRAME_SECONDS)
-            self._due += skipped * _FRAME_SECONDS
-        for source in list(self.sources):
-            try:
-                source.tick(skipped)
-            except Exception:
-                log.exception("prompt source failed: dropped")
-                self.sources.pop(source, None)
-        self._due += _FRAME_SECONDS
-        self._handle = loop.call_at(self._due, self._tick) if self.sources else None
-
-
 class PromptSource(EncodedSource):
     """Plays a :class:`SharedPrompt` once (then silence) or looped, every 20 ms.
 
@@ -282,7 +240,7 @@ class PromptSource(EncodedSource):
         self.position = 0
         self.finished = asyncio.Event()
         self._sent = 0
-        self._ticker: Ticker | None = None
+        self._ticker: FrameClock | None = None
 
     def play(self, prompt: SharedPrompt, *, loop: bool = False) -> None:
         """Play ``prompt`` from its start now, in place of what was playing (a menu's choice)."""

@@ -3,11 +3,14 @@
 :class:`WavWriter` writes 16-bit PCM and rewrites the RIFF and ``data``
 sizes in the header after every flush, so a file cut short by Ctrl-C, a
 crash or SIGKILL is a valid WAV of what was written up to the last flush
-(at most :attr:`WavWriter.flush_every` seconds are lost on SIGKILL; nothing
-on Ctrl-C). Disk writes happen on a thread of their own, never on the event
-loop; samples are handed to it in batches of ``flush_every`` seconds (one
-wake-up of the thread per batch, not per 20 ms: a bot recording many calls
-would spend its time waking threads).
+(at most twice :attr:`WavWriter.flush_every` seconds are lost on SIGKILL; nothing
+on Ctrl-C). Disk writes happen on a thread (:class:`RecordingThread`),
+never on the event loop; samples are handed to it in batches of
+``flush_every`` seconds. Many recordings can share one thread (a bot
+recording every caller: one thread per phone, not per call), and the thread
+is woken at most once per ``flush_every`` for all of them, not once per
+recording: a bot recording 50 calls would otherwise spend a fifth of its
+loop handing batches to 50 threads.
 
 A call on hold is noted (:meth:`WavWriter.note_held`): the spans, in seconds
 of the recording, go to a sidecar ``FILE.json`` beside ``FILE`` (e.g.
@@ -19,12 +22,14 @@ has no sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,11 +44,82 @@ def wav_header(rate: int, channels: int, data_bytes: int) -> bytes:
                         rate * block, block, 16, b"data", data_bytes)
 
 
+class RecordingThread:
+    """One writer thread for any number of :class:`WavWriter` (a phone's recordings).
+
+    Writers hand it work from one thread (the event loop); what they hand
+    over is kept and passed to the thread in one go at most every
+    ``flush_every`` seconds (and at once when a writer closes). The thread
+    starts with the first writer and ends with :meth:`close` (or, for a
+    writer's own thread, with that writer).
+    """
+
+    def __init__(self, flush_every: float = 0.2, *, name: str = "recordings") -> None:
+        self.flush_every = flush_every
+        self.name = name
+        self._pending: list[tuple[WavWriter, bytes | dict[str, Any] | None]] = []
+        self._handed_at = 0.0
+        self._queue: queue.SimpleQueue[list[tuple[WavWriter, bytes | dict[str, Any] | None]]
+                                       | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # starting and closing, from any thread
+        self._closed = False
+
+    def submit(self, writer: WavWriter, item: bytes | dict[str, Any] | None, *,
+               now: bool = False) -> None:
+        """Queue ``item`` for ``writer`` (samples, held notes, or None: close it);
+        ``now``: hand everything queued to the thread at once."""
+        self._pending.append((writer, item))
+        t = time.monotonic()
+        if now or t - self._handed_at >= self.flush_every:
+            self._handed_at = t
+            batch, self._pending = self._pending, []
+            self._start()
+            self._queue.put(batch)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the recording thread is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Write everything handed over, then end the thread (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            for writer, item in batch:
+                try:
+                    writer._apply(item)
+                except Exception:  # one recording's bug must not stop the others'
+                    log.exception("recording %s failed", writer.path)
+
+
 class WavWriter:
-    """Append-only 16-bit PCM WAV file, written by a background thread."""
+    """Append-only 16-bit PCM WAV file, written by a background thread.
+
+    ``thread``: the :class:`RecordingThread` to write on, shared with other
+    recordings (a phone's); without one, the writer has its own.
+    """
 
     def __init__(self, path: str | os.PathLike[str], rate: int = 48_000, channels: int = 1,
-                 flush_every: float = 0.2) -> None:
+                 flush_every: float = 0.2, *, thread: RecordingThread | None = None) -> None:
         self.path = Path(path)
         self.rate = rate
         self.channels = channels
@@ -54,6 +130,7 @@ class WavWriter:
         self._file.write(wav_header(rate, channels, 0))
         self._file.flush()
         self._data_bytes = 0
+        self._pending_flush = 0  # bytes written since the header was last fixed (thread)
         self._batch: list[bytes] = []
         self._batched = 0
         self._batch_bytes = max(1, int(flush_every * rate * channels * 2))
@@ -61,11 +138,12 @@ class WavWriter:
         #: Spans the call was on hold: [start, end] in seconds of the recording
         #: (end None while it lasts).
         self.held: list[list[float | None]] = []
-        self._queue: queue.SimpleQueue[bytes | dict[str, Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"wav-{self.path.name}",
-                                        daemon=True)
+        self._own_thread = thread is None
+        self._thread = thread if thread is not None else \
+            RecordingThread(flush_every, name=f"wav-{self.path.name}")
+        self._done = threading.Event()  # set by the thread once the file is closed
+        self._failed = False
         self._closed = False
-        self._thread.start()
 
     @property
     def seconds(self) -> float:
@@ -89,7 +167,7 @@ class WavWriter:
         else:
             return
         self._hand_over()  # the audio before the change first
-        self._queue.put(self._notes())
+        self._thread.submit(self, self._notes(), now=True)  # rare, and kept on a crash
 
     def _notes(self) -> dict[str, Any]:
         return {"recording": self.path.name, "rate": self.rate,
@@ -106,45 +184,52 @@ class WavWriter:
 
     def _hand_over(self) -> None:
         if self._batch:
-            self._queue.put(b"".join(self._batch))
+            self._thread.submit(self, b"".join(self._batch))
             self._batch.clear()
             self._batched = 0
 
     def close(self) -> None:
-        """Write what is queued, fix the header, close the file. Idempotent."""
+        """Write what is queued, fix the header, close the file (waits for it). Idempotent."""
         if self._closed:
             return
         if self.held and self.held[-1][1] is None:  # it ended on hold
             self.note_held(False)
         self._closed = True
         self._hand_over()
-        self._queue.put(None)
-        self._thread.join()
+        self._thread.submit(self, None, now=True)
+        self._done.wait()
+        if self._own_thread:
+            self._thread.close()
 
-    def _run(self) -> None:
-        bytes_per_flush = max(1, int(self.flush_every * self.rate * self.channels * 2))
-        pending = 0
-        try:
-            while True:
-                chunk = self._queue.get()
-                if chunk is None:
-                    break
-                if isinstance(chunk, dict):
-                    self._write_notes(chunk)
-                    continue
-                self._file.write(chunk)
-                self._data_bytes += len(chunk)
-                pending += len(chunk)
-                if pending >= bytes_per_flush:
-                    self._fix_header()
-                    pending = 0
-        except OSError as exc:  # disk full, file removed...: keep what we have
-            log.error("recording %s stopped: %s", self.path, exc)
-        finally:
+    def _apply(self, item: bytes | dict[str, Any] | None) -> None:
+        """On the thread: write samples, the held notes, or (None) finish the file."""
+        if item is None:
             try:
-                self._fix_header()
+                if not self._failed:
+                    self._fix_header()
+            except (OSError, ValueError) as exc:
+                log.error("recording %s stopped: %s", self.path, exc)
             finally:
                 self._file.close()
+                self._done.set()
+            return
+        if isinstance(item, dict):
+            self._write_notes(item)
+            return
+        if self._failed:
+            return
+        try:
+            self._file.write(item)
+            self._data_bytes += len(item)
+            self._pending_flush += len(item)
+            if self._pending_flush >= self._batch_bytes:
+                self._fix_header()
+                self._pending_flush = 0
+        except (OSError, ValueError) as exc:  # disk full, file removed...: keep what we have
+            log.error("recording %s stopped: %s", self.path, exc)
+            self._failed = True
+            with contextlib.suppress(OSError, ValueError):
+                self._fix_header()
 
     def _write_notes(self, notes: dict[str, Any]) -> None:
         """The sidecar, replaced whole (a reader never sees half of it)."""

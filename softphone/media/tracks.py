@@ -38,8 +38,9 @@ from softphone.media.audio import (
     ToneGenerator,
     rms_dbfs,
 )
+from softphone.media.frameclock import FrameClock
 from softphone.media.pcm import MonoConverter, SampleFifo
-from softphone.media.recording import WavWriter
+from softphone.media.recording import RecordingThread, WavWriter
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +251,12 @@ class EchoSource(PacedSource):
 
 class RecorderSink:
     """Writes received audio to a WAV file (see :class:`WavWriter`), and the spans
-    the call was on hold beside it (:meth:`WavWriter.note_held`)."""
+    the call was on hold beside it (:meth:`WavWriter.note_held`). ``thread``: write
+    on this :class:`RecordingThread`, shared with other recordings (a bot's calls),
+    not on a thread of its own."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.writer = WavWriter(path)
+    def __init__(self, path: str | Path, *, thread: RecordingThread | None = None) -> None:
+        self.writer = WavWriter(path, thread=thread)
 
     def write(self, samples: Int16Array) -> None:
         self.writer.write(samples.tobytes())
@@ -373,8 +376,12 @@ class AudioReceiver:
 
     def __init__(self, sinks: Sequence[Sink] = (), clock: Callable[[], float] = time.monotonic,
                  *, output: AudioOutput | None = None,
-                 on_output_lost: LostCallback | None = None) -> None:
+                 on_output_lost: LostCallback | None = None,
+                 frame_clock: FrameClock | None = None) -> None:
         self.sinks = list(sinks)
+        #: What pulls the playout without a speaker: shared with the phone's other
+        #: calls (one timer for all), else this receiver's own.
+        self.frame_clock = frame_clock if frame_clock is not None else FrameClock()
         self.output = output
         self.on_output_lost = on_output_lost
         self.clock = clock
@@ -385,7 +392,7 @@ class AudioReceiver:
         #: Play silence (the call is on hold); the playout is still pulled, so it stays
         #: in step with what arrives.
         self.silenced = False
-        self._task: asyncio.Task[None] | None = None
+        self._pulling: _ClockPull | None = None
         self.track_playout: TrackPlayout | None = None
 
     @property
@@ -420,7 +427,7 @@ class AudioReceiver:
             return samples
 
         def lost(message: str) -> None:
-            if self._task is None:
+            if self._pulling is None:
                 log.info("speaker stopped: playing out on a 20 ms clock")
                 self._start_clock(playout)
             if self.on_output_lost is not None:
@@ -429,21 +436,10 @@ class AudioReceiver:
         output.drive(pull, lost)
 
     def _start_clock(self, playout: PullSource) -> None:
-        self._task = asyncio.create_task(self._clock(playout), name="audio-playout-clock")
-
-    async def _clock(self, playout: PullSource) -> None:
-        loop = asyncio.get_running_loop()
-        period = FRAME_SAMPLES / SAMPLE_RATE
-        due = loop.time()
-        while True:
-            samples = playout.pull()
-            self.feed(_SILENT if self.silenced else samples)
-            due += period
-            wait = due - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.2:  # the loop was stalled: do not catch up with a burst
-                due = loop.time()
+        if self._pulling is not None:
+            self.frame_clock.remove(self._pulling)
+        self._pulling = _ClockPull(self, playout)
+        self.frame_clock.add(self._pulling)
 
     def feed(self, samples: Int16Array) -> None:
         now = self.clock()
@@ -462,8 +458,22 @@ class AudioReceiver:
             self.output.stop()
         if self.track_playout is not None:
             await self.track_playout.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._pulling is not None:
+            self.frame_clock.remove(self._pulling)
+            self._pulling = None
+
+
+class _ClockPull:
+    """Pulls one receiver's playout on the frame clock (no speaker): what a sound
+    card would do, every 20 ms; frames skipped in a stall are not pulled."""
+
+    __slots__ = ("playout", "receiver")
+
+    def __init__(self, receiver: AudioReceiver, playout: PullSource) -> None:
+        self.receiver = receiver
+        self.playout = playout
+
+    def tick(self, skipped: int = 0) -> None:
+        receiver = self.receiver
+        samples = self.playout.pull()
+        receiver.feed(_SILENT if receiver.silenced else samples)

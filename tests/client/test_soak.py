@@ -35,6 +35,7 @@ from softphone.client.call import Call
 from softphone.core.callstate import Outcome
 from softphone.hub.server import Hub
 from softphone.media.encoded import PromptSource, SharedPrompt
+from softphone.media.recording import RecordingThread
 
 from ..conftest import hub_url
 
@@ -68,6 +69,7 @@ def vitals() -> dict[str, int]:
 async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) -> None:
     prompt = SharedPrompt(np.tile(SharedPrompt.tone(700).frames.reshape(-1), 3))
     bot = Phone("bot", hub_url(hub), max_calls=4)
+    recordings = RecordingThread()  # one writer thread for every call's recording
     callers = [Phone(f"caller{i}", hub_url(hub)) for i in range(4)]
     for phone in (bot, *callers):
         await phone.connect()
@@ -82,7 +84,8 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
             call = await bot.next_call()
             answered += 1
             await call.accept(PromptSource(prompt),
-                              [RecorderSink(tmp_path / f"{call.peer}-{answered}.wav")])
+                              [RecorderSink(tmp_path / f"{call.peer}-{answered}.wav",
+                                            thread=recordings)])
             task = asyncio.create_task(call.ended())  # type: ignore[arg-type]
             serving.add(task)
             task.add_done_callback(serving.discard)
@@ -93,6 +96,7 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
         await asyncio.wait_for(call.connected(), 20)
         await asyncio.sleep(0.4)
         if watch:
+            assert 1 <= len(bot.frame_clock) <= 4  # the bot's calls play out on one clock
             for state in dtls_state(call) + [x for c in bot.calls if c.peer == phone.client_id
                                              for x in dtls_state(c)]:
                 in_c.add(state)
@@ -112,6 +116,7 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
             if serving:  # the bot's side of each call is finished too
                 await asyncio.wait(set(serving))
             assert bot.calls == []
+            assert len(bot.frame_clock) == 0
             if last:  # gone with the calls, the collector off: not left to it
                 assert watched == 4 * 2 * 3, watched
                 assert len(in_c) == 0, f"{len(in_c)} of {watched} left: {list(in_c)[:3]}"
@@ -124,6 +129,7 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
         answering.cancel()
         for phone in (bot, *callers):
             await phone.close()
+        recordings.close()
     assert answered == 4 * WAVES[1]
     assert wav_files(tmp_path) == answered
     before, after = marks

@@ -78,7 +78,7 @@ async def test_play_switches_prompts_and_red_wraps_per_call() -> None:
     assert [(b.payload_type, b.offset) for b in blocks] == [(111, 960), (111, 0)]
     assert blocks[0].data == choice.payloads[0]
     source.stop()
-    assert not menu.ticker.sources and not choice.ticker.sources
+    assert not menu.ticker.members and not choice.ticker.members
 
 
 async def test_one_timer_for_every_caller_of_a_prompt() -> None:
@@ -93,7 +93,7 @@ async def test_one_timer_for_every_caller_of_a_prompt() -> None:
             return True
 
         source.attach(count)
-    assert len(prompt.ticker.sources) == 3
+    assert len(prompt.ticker.members) == 3
     await asyncio.sleep(0.5)
     assert all(20 <= n <= 30 for n in sent), sent  # 50 frames a second each
     sources[0].stop()
@@ -102,7 +102,7 @@ async def test_one_timer_for_every_caller_of_a_prompt() -> None:
     await asyncio.sleep(0.2)
     assert sent[:2] == before[:2] and sent[2] > before[2]
     sources[2].stop()
-    assert not prompt.ticker.sources
+    assert not prompt.ticker.members
 
 
 async def test_a_frame_the_loop_must_send_waits_for_it() -> None:

@@ -65,3 +65,70 @@ def test_sigkill_leaves_a_valid_file(tmp_path) -> None:
     assert path.stat().st_size == 44 + samples.size * 2 or samples.size * 2 <= \
         path.stat().st_size - 44  # header never claims more than the file holds
     assert np.any(samples)
+
+
+class CountingQueue:
+    """A stand-in for the thread's queue that counts hand-overs (adapter test)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.puts = 0
+
+    def put(self, item) -> None:
+        self.puts += 1
+        self.inner.put(item)
+
+    def get(self):
+        return self.inner.get()
+
+
+def test_many_recordings_share_one_thread_woken_once_per_batch(tmp_path) -> None:
+    import threading
+
+    from softphone.media.recording import RecordingThread
+
+    thread = RecordingThread(flush_every=0.2)
+    counting = CountingQueue(thread._queue)
+    thread._queue = counting  # type: ignore[assignment]
+    before = threading.active_count()
+    tones = [ToneGenerator(300 + 100 * k) for k in range(10)]
+    writers = [WavWriter(tmp_path / f"{k}.wav", thread=thread) for k in range(10)]
+    for _ in range(100):  # 2 s each, written at once: no time passes between hand-overs
+        for w, tone in zip(writers, tones, strict=True):
+            w.write(tone.next().tobytes())
+    assert threading.active_count() == before + 1  # one thread for all ten
+    assert counting.puts == 1  # ten recordings' batches, one wake-up
+    for w in writers:
+        w.close()
+    assert counting.puts == 11  # each close hands over at once (and waits for its file)
+    for k in range(10):
+        samples, rate = read_wav(tmp_path / f"{k}.wav")
+        assert rate == 48_000 and samples.size == 100 * 960
+        assert_tone(samples, 300 + 100 * k, skip=0, tolerance=2)
+    more = WavWriter(tmp_path / "later.wav", thread=thread)  # the thread lives on
+    more.write(tones[0].next().tobytes())
+    more.close()
+    assert read_wav(tmp_path / "later.wav")[0].size == 960
+    thread.close()
+    thread.close()  # idempotent
+    assert threading.active_count() == before
+
+
+def test_one_recording_failing_leaves_the_others_writing(tmp_path) -> None:
+    from softphone.media.recording import RecordingThread
+
+    thread = RecordingThread()
+    good = WavWriter(tmp_path / "good.wav", thread=thread)
+    bad = WavWriter(tmp_path / "bad.wav", thread=thread)
+    bad._file.close()  # writing to it fails on the thread (as a removed disk would)
+    tone = ToneGenerator(500)
+    for _ in range(50):
+        frame = tone.next().tobytes()
+        good.write(frame)
+        bad.write(frame)
+    bad.close()
+    good.close()
+    samples, _ = read_wav(tmp_path / "good.wav")
+    assert samples.size == 50 * 960
+    assert_tone(samples, 500, skip=0, tolerance=2)
+    thread.close()
