@@ -211,6 +211,8 @@ class Result:
     #: benchmarks/mouth_to_ear.py with the same flags: each run's median (ms).
     mouth_to_ear: list[float] = field(default_factory=list)
     processor: dict[str, Any] = field(default_factory=dict)
+    #: Every periodic report of the processor over the call (``--stats FILE``).
+    processor_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def mouth_to_ear_worst(self) -> float:
@@ -322,6 +324,7 @@ def one_call(lab: EchoLab, url: str, m: Material, flags: list[str], work: Path) 
             continue
         if isinstance(event, dict) and isinstance(event.get("voice_processing"), dict):
             result.processor = event["voice_processing"]
+            result.processor_history.append(event["voice_processing"])
     analyse(read_wav(heard), m, result)
     return result
 
@@ -385,6 +388,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=-50.0, help="pink noise level, dBFS")
     parser.add_argument("--m2e-runs", type=int, default=5,
                         help="mouth-to-ear calls per column (benchmarks/mouth_to_ear.py)")
+    parser.add_argument("--stats", metavar="FILE",
+                        help="write every periodic report of A's processor here (JSON lines)")
     args = parser.parse_args()
     for tool in ("espeak-ng", "sox", "pulseaudio", "pacat", "parec"):
         if shutil.which(tool) is None:
@@ -424,6 +429,12 @@ def main() -> None:
                 hub.wait(10)
                 lab.stop()
     report(results, flags_ok)
+    if args.stats:
+        with open(args.stats, "w") as out:
+            for name, r in results.items():
+                for snapshot in r.processor_history:
+                    out.write(json.dumps({"config": name, **snapshot}) + "\n")
+        print(f"the processor's reports over each call: {args.stats}")
     print(f"load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} "
           f"({os.cpu_count()} cores)")
 
