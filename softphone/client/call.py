@@ -345,6 +345,14 @@ class Call:
         media.dtmf.on_event = self._dtmf_received
         media.dtmf.on_tone = self._dtmf_sent
 
+    def _let_go(self) -> None:
+        """The call's media is closed: its DTMF no longer tells the call (the audio
+        let go of its own as it closed), so no cycle keeps the ended call's objects
+        for the garbage collector, some 60 calls later (issue 15)."""
+        if self.media is not None:
+            self.media.dtmf.on_event = None
+            self.media.dtmf.on_tone = None
+
     def _dtmf_received(self, event: DtmfEvent) -> None:
         self._digits.append(event)
         self._digit_arrived.set()
@@ -433,6 +441,7 @@ class Call:
             heard = self.audio.receiver.first_audio_at
             first_audio = None if heard is None else heard - m.started_at
             await self.audio.close()  # the output device, the source, the sinks
+        self._let_go()
         held = () if self._hold is None else self._hold.close(ended.at)
         result = CallResult(
             peer=m.peer, role=m.role, outcome=ended.outcome, reason=reason, ended_by=ended.by,
@@ -447,5 +456,8 @@ class Call:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._announcing), 2.0)
         self._emit({"event": "ended", **result.to_json()})
+        # The last event: the listeners go (a listener that holds the call, as most
+        # do, would keep it and all it reaches for the garbage collector: issue 15).
+        self._listeners.clear()
         if not self._ended.done():
             self._ended.set_result(result)

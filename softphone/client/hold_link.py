@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,9 @@ class HoldLink:
     """The hold state of one call and what carries it out (module docstring)."""
 
     def __init__(self, call: Call, *, enabled: bool, resend: float = HOLD_RESEND) -> None:
-        self.call = call
+        # Weak: the call holds its link, and a cycle would leave the ended call's
+        # objects to the garbage collector (issue 15).
+        self._call = weakref.ref(call)
         self.machine = h.HoldMachine(enabled=enabled, resend=resend)
         #: Told ``expected`` (bool) whenever whether RTP should arrive changes.
         self.on_rtp_expected: list[Callable[[bool], None]] = []
@@ -65,6 +68,13 @@ class HoldLink:
         self._since: float | None = None  # when audio stopped (loop time), if it has
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+
+    @property
+    def call(self) -> Call:
+        call = self._call()
+        if call is None:  # (only a timer outlives its call: see _due)
+            raise ReferenceError("the call of this hold link is gone")
+        return call
 
     @property
     def local_held(self) -> bool:
@@ -101,7 +111,7 @@ class HoldLink:
 
     def _due(self) -> None:
         self._timer = None
-        if not self._closed:
+        if not self._closed and self._call() is not None:
             now = self._now()
             self._run(self.machine.handle_timer(now), now)
 

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -74,7 +75,9 @@ class RestartLink:
     def __init__(self, phone: Phone, call: Call, ice_servers: Sequence[dict[str, Any]],
                  first: MediaLink) -> None:
         self.phone = phone
-        self.call = call
+        # Weak: the call holds its link (a cycle would leave the ended call's objects
+        # to the garbage collector: issue 15).
+        self._call = weakref.ref(call)
         self.ice_servers = list(ice_servers)
         assert call.audio is not None
         self.audio = call.audio
@@ -93,6 +96,13 @@ class RestartLink:
         self._unsubscribe: list[Callable[[], None]] = []
         self._episode = False  # told the phone's hub check that media is lost
         self.audio.handover.on_playing = self._playing
+
+    @property
+    def call(self) -> Call:
+        call = self._call()
+        if call is None:
+            raise ReferenceError("the call of this restart link is gone")
+        return call
 
     # -- what the phone and the call feed ------------------------------------------
 
@@ -208,9 +218,11 @@ class RestartLink:
         self._lost(False)
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        self._unsubscribe.clear()
         for conn in self._conns.values():
             if conn.watch is not None:
                 conn.watch.stop()
+                conn.watch = None  # (its callback holds conn)
         current = self.call.media
         for conn in list(self._conns.values()):
             if conn.session is not current and not conn.closed:
@@ -219,6 +231,12 @@ class RestartLink:
                     await conn.session.close()
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=3.0)
+        # Nothing of the call refers back to us any more: no cycle through us keeps
+        # its connections (and their audio) for the garbage collector (issue 15).
+        if self.audio.handover.on_playing == self._playing:
+            self.audio.handover.on_playing = None
+        self._conns.clear()
+        self._task = None  # (cancelled: its traceback's frame refers to us)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -404,6 +422,7 @@ class RestartLink:
         conn.closed = True
         if conn.watch is not None:
             conn.watch.stop()
+            conn.watch = None  # (its callback holds conn)
         handover = self.audio.handover
         share = conn.share
         machine = self.machine
@@ -423,7 +442,8 @@ class RestartLink:
         """Close a connection, keeping its figures if it carried the call."""
         if conn.chain is not None:
             conn.chain.cancel()
-        if conn.session is self.call.media or conn.seen:
+        call = self._call()  # (gone: the call ended and was let go of meanwhile)
+        if (call is not None and conn.session is call.media) or conn.seen:
             stats = await conn.session.stats()
             self._carried = MediaStats(**{
                 name: getattr(self._carried, name) + getattr(stats, name) for name in _SUMMED})

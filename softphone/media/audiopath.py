@@ -265,6 +265,12 @@ class CallAudio:
         self._closed = True
         await self.receiver.stop()
         self.source.stop()
+        # A source may outlive the call (a phone's microphone): it lets go of us, and
+        # whom we told goes too (no cycle keeps the ended call for the collector).
+        self.source.remove_lost_listener(self._device_lost)
+        self.on_device_lost = None
+        self.receiver.on_output_lost = None
+        self.handover.finish()
         for sink in self.receiver.sinks:
             try:
                 sink.close()

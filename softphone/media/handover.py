@@ -118,6 +118,8 @@ class Generation:
     def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
+        # (Its receiver's tap holds our gate: no cycle. Closed, it counts nothing more.)
+        self.rtp_receiver = None
         self.handover.close(self)
 
 
@@ -188,8 +190,20 @@ class Handover:
     def close(self, gen: Generation) -> None:
         gen.closed = True
         gen.track.stop()
+        track = gen.track
+        if isinstance(track, _SendEncoded | _SendTrack):
+            track.generation = None  # (stopped: it sends nothing more) no cycle with gen
         self._changed.set()  # a stand-in waiting for its turn ends
         self._changed = asyncio.Event()
+
+    def finish(self) -> None:
+        """The call is over (its connections closed): let go of their shares and of
+        whom we tell, so that no cycle keeps the call's objects for the garbage
+        collector (issue 15)."""
+        self.sending = self.playing = None
+        self.on_playing = self.on_report = None
+        if isinstance(self.source, EncodedSource):  # (it delivered to a stand-in)
+            self.source.attach(None)
 
     async def wait_change(self) -> None:
         await self._changed.wait()

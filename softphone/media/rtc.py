@@ -428,6 +428,7 @@ class MediaSession:
         if self._closed:
             return
         self._closed = True
+        self._on_connected = self._on_failed = None  # (they hold the call: no cycle)
         self.generation.close()  # (its stand-in track ends; the call's source goes on)
         self.dtmf.close()
         for task in list(self._candidate_tasks):
@@ -442,3 +443,6 @@ class MediaSession:
         # Its OpenSSL connection and SRTP sessions (~170 kB, in C) now, not when the
         # garbage collector frees the call's objects (in cycles): issue 15's soak.
         aiortc_seams.release_closed(self.pc)
+        # And the cycles among its objects (and back to ours): the call's objects are
+        # freed with the call, not some 60 calls later by the collector (issue 15).
+        aiortc_seams.unlink_closed(self.pc)

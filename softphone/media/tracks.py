@@ -90,6 +90,12 @@ class AudioSource(MediaStreamTrack):
         """Call ``callback(message)`` on the event loop if the device behind this stops."""
         self._lost_listeners.append(callback)
 
+    def remove_lost_listener(self, callback: LostCallback) -> None:
+        """Stop telling ``callback`` (nothing if it was not told): a call's audio
+        path, once it ends, lets go of a source that outlives it."""
+        with contextlib.suppress(ValueError):
+            self._lost_listeners.remove(callback)
+
     def _tell_lost(self, message: str) -> None:
         tell_lost(self._lost_listeners, message)
 

@@ -11,11 +11,15 @@ and RSS within a bound (the allocator settles during
 the warm-up; measured here: +5 MB over the first 40 calls, then flat to
 120). (The 300-call version is ``python benchmarks/capacity.py --soak 300``.)
 
-A call's objects are in reference cycles, so the garbage collector frees
-them, every few dozen calls; its OpenSSL connection and SRTP sessions (in C,
-~170 kB a call) are let go as it ends (``aiortc_seams.release_closed``):
-held with the rest, they grew the C heap of a bot by 20 % over 300 calls
-(issue 15). The last wave runs with the collector off to check that.
+A call's OpenSSL connection and SRTP sessions (in C, ~170 kB a call) are
+let go as it ends (``aiortc_seams.release_closed``), and none of its objects
+is left in a reference cycle (``aiortc_seams.unlink_closed``, and the call
+letting go of what refers back to it): left to the garbage collector, some
+60 ended calls at a time, they grew a bot's heap by 10-20 % over 300 calls
+(issue 15). The last two waves run with the collector off to check that:
+the DTLS state goes as each call ends; every object of the next-to-last
+wave's calls (both sides) is gone once the last wave has replaced them as
+each phone's latest call.
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ def wav_files(folder: Path) -> int:
     return len(list(folder.glob("*.wav")))
 
 
+def call_parts(call: Call) -> list[object]:
+    """A call and the objects it made: freed by reference counting when it ends."""
+    media: Any = call.media
+    audio: Any = call.audio
+    return [call, media, media.pc, *media.pc.getTransceivers(), audio, audio.handover,
+            media.generation, call.restart_link]
+
+
 def dtls_state(call: Call) -> list[object]:
     """The call's OpenSSL connection and SRTP sessions (aiortc's DTLS transport's)."""
     media: Any = call.media
@@ -77,6 +89,7 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
     serving: set[asyncio.Task[None]] = set()
     in_c: weakref.WeakSet[object] = weakref.WeakSet()  # the last wave's (both sides)
     watched = 0
+    parts: list[weakref.ref[object]] = []  # the next-to-last wave's (both sides)
 
     async def answer() -> None:
         nonlocal answered
@@ -90,11 +103,15 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
             serving.add(task)
             task.add_done_callback(serving.discard)
 
-    async def one(phone: Phone, watch: bool) -> Outcome:
+    async def one(phone: Phone, watch: bool, whole: bool) -> Outcome:
         nonlocal watched
         call: Call = await phone.dial("bot", PromptSource(SharedPrompt.tone(400), loop=True))
         await asyncio.wait_for(call.connected(), 20)
         await asyncio.sleep(0.4)
+        if whole:
+            for part in call_parts(call) + [x for c in bot.calls if c.peer == phone.client_id
+                                            for x in call_parts(c)]:
+                parts.append(weakref.ref(part))
         if watch:
             assert 1 <= len(bot.frame_clock) <= 4  # the bot's calls play out on one clock
             for state in dtls_state(call) + [x for c in bot.calls if c.peer == phone.client_id
@@ -109,9 +126,10 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
     try:
         for wave in range(1, WAVES[1] + 1):
             last = wave == WAVES[1]
-            if last:
+            whole = wave == WAVES[1] - 1
+            if whole:
                 gc.disable()
-            outcomes = await asyncio.gather(*(one(p, last) for p in callers))
+            outcomes = await asyncio.gather(*(one(p, last, whole) for p in callers))
             assert outcomes == [Outcome.COMPLETED] * 4, outcomes
             if serving:  # the bot's side of each call is finished too
                 await asyncio.wait(set(serving))
@@ -120,6 +138,10 @@ async def test_fifty_six_calls_leave_nothing_behind(hub: Hub, tmp_path: Path) ->
             if last:  # gone with the calls, the collector off: not left to it
                 assert watched == 4 * 2 * 3, watched
                 assert len(in_c) == 0, f"{len(in_c)} of {watched} left: {list(in_c)[:3]}"
+                # Each phone's latest call is the last wave's: the wave before is gone.
+                assert len(parts) == 4 * 2 * 8, len(parts)  # (one transceiver each)
+                left = [part for ref in parts if (part := ref()) is not None]
+                assert not left, f"{len(left)} of {len(parts)} left in cycles: {left[:6]}"
                 gc.enable()
             if wave in WAVES:
                 await asyncio.sleep(0.5)  # threads of the last calls exit

@@ -27,6 +27,8 @@ imported) runs them and applies the gathering seams.
   sent again sooner, the callee as DTLS server (:func:`answer_as_dtls_server`);
   a closed connection's OpenSSL and SRTP state let go at once (issue 15,
   :func:`release_closed`).
+- :mod:`.teardown`: a closed connection's reference cycles cut, so a call's
+  objects are freed with it, not by the cyclic collector (:func:`unlink_closed`).
 - :mod:`.certificate`: a call's connections share its first DTLS certificate,
   so a media restart keeps the verification code (:func:`certificate_of`,
   :func:`use_certificate`).
@@ -45,6 +47,7 @@ from softphone.media.aiortc_seams import (
     ice_pair,
     receive,
     rtcp,
+    teardown,
 )
 from softphone.media.aiortc_seams.certificate import certificate_of, use_certificate
 from softphone.media.aiortc_seams.codec import (
@@ -81,6 +84,7 @@ from softphone.media.aiortc_seams.pinned import (
 )
 from softphone.media.aiortc_seams.receive import PacketHandler, impair_receiver, tap_receiver
 from softphone.media.aiortc_seams.rtcp import ReportHandler, XrHandler, report_with, watch_reports
+from softphone.media.aiortc_seams.teardown import unlink_closed
 
 __all__ = [
     "AIOICE_VERSION",
@@ -113,6 +117,7 @@ __all__ = [
     "speed_up_setup",
     "tap_receiver",
     "turn_errors",
+    "unlink_closed",
     "use_certificate",
     "watch_reports",
 ]
@@ -128,6 +133,7 @@ def check() -> None:
     rtcp.check_internals()
     fast_setup.checked()  # and the DTLS half's
     certificate.check_internals()
+    teardown.check_internals()
 
 
 def install() -> None:

@@ -73,7 +73,8 @@ def release_closed(pc: Any) -> int:
     some 60 ended calls at a time, about 170 kB each (mostly OpenSSL's, in C),
     and the C heap grew and fragmented (issue 15: RSS +22 % from 30 to 300
     calls). :class:`~softphone.media.rtc.MediaSession` calls this once its peer
-    connection is closed.
+    connection is closed (and then :func:`.teardown.unlink_closed`, which cuts those
+    cycles; this one frees the C state even while something holds the connection).
     """
     released = 0
     for transceiver in pc.getTransceivers():

@@ -31,6 +31,7 @@ import functools
 import inspect
 import logging
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -272,8 +273,8 @@ def _install_transaction_rto() -> None:
             if protocol is not None:
                 self._Transaction__protocol = _ClosedAware(protocol)
             copy = _stun_copy.get()
-            if copy is not None:
-                self.run = functools.partial(_run_with_copy, self, copy)
+            if copy is not None:  # (weak: no cycle through the transaction, issue 15)
+                self.run = functools.partial(_run_with_copy, weakref.ref(self), copy)
 
     aioice.stun.Transaction.__init__ = __init__  # type: ignore[method-assign]
 
@@ -304,9 +305,11 @@ class _ClosedAware:
             log.debug("STUN request not sent: %r", exc)
 
 
-async def _run_with_copy(transaction: Any, after: float) -> Any:
+async def _run_with_copy(ref: weakref.ref[Any], after: float) -> Any:
     """A STUN transaction's ``run()`` that also sends its request again ``after``
     seconds after the first (unless answered by then)."""
+    transaction = ref()
+    assert transaction is not None  # (whoever runs it holds it)
     handle = asyncio.get_running_loop().call_later(after, _send_copy, transaction)
     try:
         return await type(transaction).run(transaction)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -115,24 +116,34 @@ def report_with(receiver: RTCRtpReceiver, extra: Callable[[int], bytes]) -> Call
     (reduced-size RTCP, RFC 5506): news that should not wait for the next report.
     """
     tasks: set[asyncio.Task[None]] = set()
+    # Weak: the function returned is kept by the call's playout, which the receiver
+    # reaches (its packets are played): no cycle through the receiver (issue 15).
+    receiver_ref = weakref.ref(receiver)
+    # And ``extra`` (the call's audio, whose playout keeps the function returned).
+    extra_ref = weakref.WeakMethod(extra) if inspect.ismethod(extra) else lambda: extra
 
     def ssrc() -> int | None:
-        value = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+        value = getattr(receiver_ref(), "_RTCRtpReceiver__rtcp_ssrc", None)
         return value if isinstance(value, int) else None
 
     def more() -> bytes:
         own = ssrc()
         if own is None:
             return b""
+        make = extra_ref()
+        if make is None:
+            return b""
         try:
-            return extra(own)
+            return make(own)
         except Exception:
             log.exception("RTCP extra packet failed")
             return b""
 
     async def send(data: bytes) -> None:
-        with contextlib.suppress(ConnectionError):
-            await receiver.transport._send_rtp(data)
+        live = receiver_ref()
+        if live is not None:
+            with contextlib.suppress(ConnectionError):
+                await live.transport._send_rtp(data)
 
     async def send_rtcp(packet: Any) -> None:
         await send(bytes(packet) + more())
