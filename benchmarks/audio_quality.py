@@ -24,6 +24,7 @@ encoder is replaced per process). Usage::
 
     python benchmarks/audio_quality.py            # everything (about 15 minutes)
     python benchmarks/audio_quality.py --quick    # clean, 5 %, one run, short CPU run
+    python benchmarks/audio_quality.py --only '5% loss + jitter' --pipeline softphone --trace
 
 Needs espeak-ng (apt-get install espeak-ng) and pesq (pip install pesq).
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -165,11 +167,45 @@ def media_config(pipeline: str, impairment: Impairment | None = None,
     return MediaConfig(pipeline, encoder, impairment=impairment)
 
 
+class Trace(logging.Handler):
+    """(``--trace``) The adaptation's decisions in one call, with their time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.start = time.monotonic()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name in ("softphone.media.sending", "softphone.core.adapt"):
+            self.lines.append(f"{record.created - time.time() + time.monotonic() - self.start:6.2f}"
+                              f" {record.getMessage()}")
+
+
+def playout_counts(call: Any) -> dict[str, Any]:
+    """(``--trace``) What our playout did in a call (empty for stock aiortc's)."""
+    playout = getattr(getattr(call, "audio", None), "playout", None)
+    if playout is None or not hasattr(playout, "stretch_stats"):
+        return {}
+    b, s = playout.buffer.stats, playout.stretch_stats
+    return {"received": b.received, "late": b.late, "played": b.played,
+            "repaired": b.repaired, "fec": b.recovered, "concealed": b.concealed,
+            "skipped": b.skipped, "accelerated": s.accelerated, "expanded": s.expanded,
+            "refused": s.refused, "faded": s.faded,
+            "target_ms": round(1000 * playout.buffer.target, 1),
+            "delay_ms": round(1000 * playout.delay, 1)}
+
+
 async def one_call(pipeline: str, source: PacedSource, seconds: float,
-                   impairment: Impairment | None, ceiling_kbps: int | None = None
+                   impairment: Impairment | None, ceiling_kbps: int | None = None,
+                   trace: dict[str, Any] | None = None
                    ) -> tuple[TimedCapture, float, float]:
     """A calls B; B's receive side is impaired. Returns B's playout, when it
-    started, and the RTP payload bitrate A sent (kbit/s)."""
+    started, and the RTP payload bitrate A sent (kbit/s). ``trace``: filled
+    with the adaptation's decisions and what B's playout did."""
+    handler = Trace()
+    if trace is not None:
+        logging.getLogger("softphone").addHandler(handler)
+        logging.getLogger("softphone").setLevel(logging.INFO)
     hub = Hub(HubConfig(ice_servers=[]))
     await hub.start("127.0.0.1", 0)
     url = f"http://127.0.0.1:{hub.port}"
@@ -188,9 +224,15 @@ async def one_call(pipeline: str, source: PacedSource, seconds: float,
         await asyncio.sleep(seconds)
         last = await call_a.stats()
         kbps = (last.bytes_sent - first.bytes_sent) * 8 / (time.monotonic() - started) / 1000
+        if trace is not None:
+            trace["playout"] = playout_counts(call_b)
+            trace["connected_at"] = round(started - handler.start, 2)
         await call_a.hangup()
         await call_b.ended()
     finally:
+        if trace is not None:
+            logging.getLogger("softphone").removeHandler(handler)
+            trace["decisions"] = handler.lines
         await a.close()
         await b.close()
         await hub.stop()
@@ -209,18 +251,23 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 async def pesq_run(pipeline: str, speech_path: str, scenario: dict[str, Any], seed: int,
-                   ceiling_kbps: int | None = None) -> dict[str, Any]:
+                   ceiling_kbps: int | None = None, trace: bool = False) -> dict[str, Any]:
     from pesq import pesq
 
     speech48 = load_audio_file(speech_path)
     impairment = Impairment(seed=seed, **scenario) if scenario else None
     seconds = speech48.size / SAMPLE_RATE + 1.0
+    traced: dict[str, Any] | None = {} if trace else None
     capture, _, kbps = await one_call(pipeline, FileSource(speech48), seconds, impairment,
-                                      ceiling_kbps)
+                                      ceiling_kbps, traced)
     played = capture.audio()
     ref16 = resample(speech48, SAMPLE_RATE, 16000)
     deg16 = resample(played, SAMPLE_RATE, 16000)
     score = float(pesq(16000, ref16.astype(np.float32), deg16.astype(np.float32), "wb"))
+    if traced is not None:
+        print(json.dumps({"pipeline": pipeline, "seed": seed, "pesq": round(score, 3),
+                          "kbps": round(kbps, 1), "load": os.getloadavg()[0], **traced},
+                         indent=1), file=sys.stderr, flush=True)
     return {"pesq": score, "kbps": kbps, "dropped": impairment.dropped if impairment else 0,
             "packets": impairment.count if impairment else 0}
 
@@ -312,10 +359,14 @@ def worker(args: argparse.Namespace) -> None:
         return
     out: dict[str, Any] = {"pipeline": args.worker, "pesq": {}, "kbps": {}, "runs": args.runs}
     for name in args.scenarios:
-        runs = [asyncio.run(pesq_run(args.worker, args.speech, SCENARIOS[name], seed=run + 1))
+        runs = [asyncio.run(pesq_run(args.worker, args.speech, SCENARIOS[name], seed=run + 1,
+                                     trace=args.trace))
                 for run in range(args.runs)]
         out["pesq"][name] = statistics.mean(r["pesq"] for r in runs)
         out["kbps"][name] = statistics.mean(r["kbps"] for r in runs)
+    if args.only:
+        print(json.dumps(out))
+        return
     out["delay"] = asyncio.run(delay_run(args.worker, None))
     out["burst"] = asyncio.run(delay_run(args.worker, 3.0))
     out["cpu"] = asyncio.run(cpu_run(args.worker, args.speech, args.cpu_seconds))
@@ -364,6 +415,13 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=20.0, help=argparse.SUPPRESS)
     parser.add_argument("--curve", nargs="*", type=lambda x: None if x == "auto" else int(x),
                         default=CURVE, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=list(SCENARIOS), action="append", metavar="ROW",
+                        help="only these PESQ rows (repeatable; no delay, CPU or curve): "
+                             + ", ".join(repr(s) for s in SCENARIOS))
+    parser.add_argument("--pipeline", choices=PIPELINES, action="append",
+                        help="(with --only) only this pipeline (repeatable)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each call's adaptation decisions and playout counts")
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -372,24 +430,36 @@ def main() -> None:
         import pesq  # noqa: F401
     except ImportError:
         sys.exit("the pesq package is missing: pip install pesq")
-    scenarios = QUICK if args.quick else list(SCENARIOS)
+    scenarios = args.only or (QUICK if args.quick else list(SCENARIOS))
     runs = 1 if args.quick else args.runs
+    pipelines = tuple(args.pipeline or PIPELINES) if args.only else PIPELINES
     cpu_seconds = 8.0 if args.quick else 20.0
     curve = QUICK_CURVE if args.quick else CURVE
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         speech = make_speech(tmp)
         results = {}
-        for pipeline in PIPELINES:
+        for pipeline in pipelines:
             print(f"measuring {pipeline}'s pipeline...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--worker", pipeline, "--speech", speech,
                    "--runs", str(runs), "--cpu-seconds", str(cpu_seconds),
                    "--scenarios", *scenarios,
-                   "--curve", *("auto" if c is None else str(c) for c in curve)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                   "--curve", *("auto" if c is None else str(c) for c in curve),
+                   *(["--only", *scenarios[:1]] if args.only else []),
+                   *(["--trace"] if args.trace else [])]
+            done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if args.trace
+                                  else subprocess.PIPE, text=True, check=False)
             if done.returncode != 0:
-                sys.exit(f"{pipeline} worker failed:\n{done.stderr[-3000:]}")
+                sys.exit(f"{pipeline} worker failed:\n{(done.stderr or '')[-3000:]}")
             results[pipeline] = json.loads(done.stdout.strip().splitlines()[-1])
+    if args.only:
+        print(f"# audio quality, {runs} run(s) per row; load average {load_before:.2f} "
+              f"before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cores)")
+        for name in scenarios:
+            print(f"{'PESQ-WB, ' + name:<42} " + " ".join(
+                f"{p} {r['pesq'][name]:.2f} ({r['kbps'][name]:.0f} kbit/s)"
+                for p, r in results.items()))
+        return
     stock, ours = results["aiortc"], results["softphone"]
     print(f"# audio quality, {runs} run(s) per scenario; load average {load_before:.2f} "
           f"before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} cores)")

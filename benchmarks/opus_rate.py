@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -211,12 +212,93 @@ PLAYOUT_ROWS = [
      (1, 1, True, 5, 64_000, 1)),
     ("bursty + jitter, level 1 spread 6", {"burst_rate": 0.01, "burst_length": 6, **JITTER},
      (1, 1, True, 5, 64_000, 6)),
+    ("clean, adapting", {}, None),
+    ("jitter only, adapting", JITTER, None),
+    ("5 % loss + jitter, adapting", {"loss": 0.05, **JITTER}, None),
+    ("10 % loss + jitter, adapting", {"loss": 0.10, **JITTER}, None),
+    ("bursty + jitter, adapting", {"burst_rate": 0.01, "burst_length": 6, **JITTER}, None),
 ]
+#: (adapting rows) The receiver's reports reach the sender this long after they are
+#: made (the hub on 127.0.0.1), and a receiver report with its XR goes out this often.
+FEEDBACK_DELAY = 0.002
+REPORT_EVERY = 1.0
+
+
+def closed_loop(padded: np.ndarray, impairment: object, playout: object,
+                now: list[float], phase: float) -> tuple[list[np.ndarray], list[bytes]]:
+    """(adapting rows) Send as a call does: the adaptation (``SendControl``) follows
+    the receiver's XR reports (at once on a loss after a clean second, and every
+    ``REPORT_EVERY``), delivered ``FEEDBACK_DELAY`` later; the player pulls ``phase``
+    seconds after each frame is sent (in a call: anywhere in the 20 ms). Returns
+    what was pulled and the packets sent."""
+    import heapq
+
+    from softphone.media import red
+    from softphone.media.netsim import Impairment
+    from softphone.media.opus import EncoderSettings, OpusEncoder
+    from softphone.media.playout import StretchPlayout
+    from softphone.media.sending import SendControl
+
+    assert isinstance(impairment, Impairment) and isinstance(playout, StretchPlayout)
+    control = SendControl(EncoderSettings(), clock=lambda: now[0])
+    control.start(red_agreed=True)
+    encoder = OpusEncoder(EncoderSettings())
+    packer = red.RedPacker(111, 0, FRAME_SAMPLES, history=17)
+    applied = None
+    pcm = list(frames(padded))
+    events: list[tuple[float, int, int, bytes]] = []  # (when, kind, index, data)
+    for i in range(len(pcm)):
+        heapq.heappush(events, (i * 0.02, 0, i, b""))  # send
+    for k in range(len(pcm) + 10):
+        heapq.heappush(events, (k * 0.02 + phase, 2, k, b""))  # pull
+    k = 1
+    while k * REPORT_EVERY < len(pcm) * 0.02:
+        heapq.heappush(events, (k * REPORT_EVERY, 3, 0, b""))  # a periodic report
+        k += 1
+
+    def report() -> None:
+        data = playout.xr_report(2)
+        if data:
+            heapq.heappush(events, (now[0] + FEEDBACK_DELAY, 4, 0, data))
+
+    playout.on_loss = report
+    packets: list[bytes] = []
+    out: list[np.ndarray] = []
+    while events:
+        when, kind, i, data = heapq.heappop(events)
+        now[0] = when
+        if kind == 0:
+            decision = control.decision
+            if decision is not applied:
+                encoder.apply(decision)
+                packer.depth, packer.spacing = decision.red_depth, decision.distance
+                applied = decision
+            packet = packer.wrap(i * FRAME_SAMPLES, encoder.encode(np.ascontiguousarray(pcm[i])))
+            packets.append(packet)
+            late = impairment.decide()
+            if late is not None:
+                heapq.heappush(events, (when + 0.001 + late, 1, i, packet))
+        elif kind == 1:
+            playout.push(1, i, i * FRAME_SAMPLES, data, True)
+        elif kind == 2:
+            out.append(playout.pull())
+        elif kind == 3:
+            report()
+        else:
+            control.on_xr(data, 1)
+    return out, packets
 
 
 def playout_run(speech: np.ndarray, scenario: dict[str, float],
-                decision: tuple[int, int, bool, int, int, int], seed: int) -> dict[str, float]:
-    """One offline call through our playout (module docstring): PESQ-WB and what it did."""
+                decision: tuple[int, int, bool, int, int, int] | None, seed: int,
+                lead: int = 50) -> dict[str, float]:
+    """One offline call through our playout (module docstring): PESQ-WB and what it did.
+
+    ``lead``: frames of silence sent before the speech (50: the call's start is
+    not what is measured; 0: the speech starts with the call, as in
+    ``audio_quality.py``, where the buffer's delay grows while it is spoken).
+    ``decision`` None: the adaptation chooses, from the receiver's reports
+    (:func:`closed_loop`)."""
     from pesq import pesq
 
     from softphone.core.adapt import Decision
@@ -225,32 +307,36 @@ def playout_run(speech: np.ndarray, scenario: dict[str, float],
     from softphone.media.opus import EncoderSettings, OpusEncoder
     from softphone.media.playout import StretchPlayout
 
-    level, depth, fec, loss, bitrate, spacing = decision
-    encoder = OpusEncoder(EncoderSettings())
-    encoder.apply(Decision(level, depth, fec, loss, bitrate, 0, spacing))
-    packer = red.RedPacker(111, depth, FRAME_SAMPLES, spacing=spacing, history=17)
-    lead = 50  # a second of silence first: the call's start is not what is measured
     padded = np.concatenate((np.zeros(lead * FRAME_SAMPLES, np.int16), speech,
                              np.zeros(50 * FRAME_SAMPLES, np.int16)))
-    packets = [packer.wrap(i * FRAME_SAMPLES, encoder.encode(np.ascontiguousarray(pcm)))
-               for i, pcm in enumerate(frames(padded))]
     impairment = Impairment(seed=seed, **scenario)
-    events = []
-    for i in range(len(packets)):
-        late = impairment.decide()
-        if late is not None:
-            events.append((i * 0.02 + 0.001 + late, 0, i))
-    events += [(k * 0.02 + 0.0055, 1, k) for k in range(len(packets) + 10)]
     now = [0.0]
     playout = StretchPlayout(clock=lambda: now[0])
-    out = []
-    for when, kind, i in sorted(events):
-        now[0] = when
-        if kind == 0:
-            playout.push(1, i, i * FRAME_SAMPLES, packets[i], True)
-        else:
-            out.append(playout.pull())
-    played = np.concatenate(out)[(lead - 5) * FRAME_SAMPLES:]
+    if decision is None:
+        # The pull clock's phase against the sender's: the seed's, as in a call.
+        phase = 0.001 + random.Random(seed).uniform(0.0, 0.019)
+        out, packets = closed_loop(padded, impairment, playout, now, phase)
+    else:
+        level, depth, fec, loss, bitrate, spacing = decision
+        encoder = OpusEncoder(EncoderSettings())
+        encoder.apply(Decision(level, depth, fec, loss, bitrate, 0, spacing))
+        packer = red.RedPacker(111, depth, FRAME_SAMPLES, spacing=spacing, history=17)
+        packets = [packer.wrap(i * FRAME_SAMPLES, encoder.encode(np.ascontiguousarray(pcm)))
+                   for i, pcm in enumerate(frames(padded))]
+        events = []
+        for i in range(len(packets)):
+            late = impairment.decide()
+            if late is not None:
+                events.append((i * 0.02 + 0.001 + late, 0, i))
+        events += [(k * 0.02 + 0.0055, 1, k) for k in range(len(packets) + 10)]
+        out = []
+        for when, kind, i in sorted(events):
+            now[0] = when
+            if kind == 0:
+                playout.push(1, i, i * FRAME_SAMPLES, packets[i], True)
+            else:
+                out.append(playout.pull())
+    played = np.concatenate(out)[max(0, lead - 5) * FRAME_SAMPLES:]
     score = float(pesq(16000, resample16(speech).astype(np.float32),
                        resample16(played).astype(np.float32), "wb"))
     stats = playout.buffer.stats
@@ -259,11 +345,15 @@ def playout_run(speech: np.ndarray, scenario: dict[str, float],
             "kbps": sum(len(p) for p in packets) * 8 / (len(packets) * 0.02) / 1000}
 
 
-def playout_table(speech: np.ndarray, seeds: int) -> None:
+def playout_table(speech: np.ndarray, seeds: int, lead: int = 50,
+                  rows: list[str] | None = None) -> None:
     print(f"{'scenario, what is sent':<36} {'sent':>7} {'PESQ-WB by seed':>22} {'mean':>5} "
           f"{'repaired/FEC/stretched':>23}")
     for name, scenario, decision in PLAYOUT_ROWS:
-        runs = [playout_run(speech, scenario, decision, seed) for seed in range(1, seeds + 1)]
+        if rows and not any(r in name for r in rows):
+            continue
+        runs = [playout_run(speech, scenario, decision, seed, lead)
+                for seed in range(1, seeds + 1)]
         scores = " ".join(f"{r['pesq']:.2f}" for r in runs)
         mean = sum(r["pesq"] for r in runs) / len(runs)
         last = runs[-1]
@@ -287,12 +377,17 @@ def main() -> None:
     parser.add_argument("--playout", action="store_true",
                         help="the adaptation's levels through our playout, offline")
     parser.add_argument("--seeds", type=int, default=3, help="--playout: loss patterns")
+    parser.add_argument("--lead", type=float, default=1.0,
+                        help="--playout: seconds of silence before the speech (0: it "
+                             "starts with the call, as in a real call)")
+    parser.add_argument("--rows", nargs="+", metavar="TEXT",
+                        help="--playout: only the rows whose name holds one of these")
     args = parser.parse_args()
     knobs = Knobs(args.fec, args.complexity, args.application, args.vbr)
     with tempfile.TemporaryDirectory() as folder:
         speech = make_speech(folder)
     if args.playout:
-        playout_table(speech, args.seeds)
+        playout_table(speech, args.seeds, round(args.lead * 50), args.rows)
         return
     print(f"speech sample: {speech.size / SAMPLE_RATE:.1f} s; libopus versions: "
           f"Debian (opuslib-next) and PyAV {av.__version__}'s bundled one")

@@ -272,15 +272,41 @@ def test_a_redundant_copy_fills_the_hole_of_a_lost_packet() -> None:
 
 
 def test_redundant_copies_say_nothing_of_jitter() -> None:
-    """A copy arrives a packet late by design: it must not grow the target."""
+    """A copy arrives a packet late by design: it is not jitter. While copies come the
+    target is one frame (the next packet kept in hand for a first loss), no more."""
     jb = JitterBuffer()
     for i in range(200):
         jb.push(i * F, payload(i), i * T + 0.001)
         if i:
             jb.push_redundant((i - 1) * F, payload(i - 1), i * T + 0.001)
         jb.pull(i * T + 0.005)
-    assert jb.target < 0.002
+    assert abs(jb.target - T) < 0.002
     assert jb.stats.repaired == 0
+    # When the copies stop (the sender found the path clean), so does that frame.
+    for i in range(200, 300):
+        jb.push(i * F, payload(i), i * T + 0.001)
+        jb.pull(i * T + 0.005)
+    assert jb.target < 0.002
+    # After a loss the usual rules hold: the copies that keep coming after one lost
+    # packet (the sender holds its level) keep no frame once the loss is forgotten,
+    # so the delay comes back to what it was before.
+    after, _ = red_sim({50}, frames=200, spacing=1)
+    assert after.stats.repaired == 1 and after.target < 0.002
+
+
+def test_a_red_stream_starts_with_a_frame_in_hand_and_rebuilds_the_first_loss() -> None:
+    """A call starts with copies (the sender probes the path): the first packet waits a
+    frame before it is played, so the first loss, early in the first words, is
+    rebuilt from the next packet's copy, not concealed and played a frame late."""
+    jb, decisions = red_sim({10}, frames=100, spacing=1,
+                            jb=JitterBuffer(stretch=True, copies_expected=True))
+    assert isinstance(decisions[0], Silence)  # the first packet waited 4 ms of 20
+    assert not any(isinstance(d, Conceal) for d in decisions)
+    assert jb.stats.repaired == 1
+    # Without the frame in hand (a plain stream), the same loss is concealed first.
+    _, decisions = red_sim({10}, frames=100, spacing=1, jb=JitterBuffer(stretch=True))
+    assert isinstance(decisions[0], Play)
+    assert any(isinstance(d, Conceal) for d in decisions)
 
 
 def test_a_packet_arriving_after_its_copy_is_late_not_a_duplicate() -> None:
@@ -355,9 +381,10 @@ def test_stretch_mode_asks_to_play_a_surplus_faster_and_skips_nothing() -> None:
 
 
 def red_sim(lost: set[int], frames: int = 400, spacing: int = 6,
-            jb: JitterBuffer | None = None) -> tuple[JitterBuffer, list[object]]:
+            jb: JitterBuffer | None = None, copies_from: int = 0,
+            ) -> tuple[JitterBuffer, list[object]]:
     """Packets every 20 ms with a copy of the frame ``spacing`` back (RED spread against
-    bursts), +-1 ms of jitter; pulls every 20 ms."""
+    bursts) from packet ``copies_from`` on, +-1 ms of jitter; pulls every 20 ms."""
     jb = jb or JitterBuffer()
     events: list[tuple[float, int, int]] = []
     for i in range(frames):
@@ -368,7 +395,7 @@ def red_sim(lost: set[int], frames: int = 400, spacing: int = 6,
     for when, kind, i in sorted(events):
         if kind == 0:
             jb.push(i * F, payload(i), when)
-            if i >= spacing:
+            if i >= max(spacing, copies_from):
                 jb.push_redundant((i - spacing) * F, payload(i - spacing), when)
         else:
             decisions.append(jb.pull(when))
@@ -393,3 +420,63 @@ def test_copies_further_back_rebuild_bursts_once_the_buffer_waits_for_them() -> 
     plain = Sim()
     plain.run(400, arrival={i: None for b in bursts for i in b})
     assert plain.jb.target < 2 * T
+
+
+def test_the_reserve_for_bursts_is_grown_at_the_next_burst_not_by_stretching() -> None:
+    """The first burst came before any copy (a clean call's sender sends none); then
+    the sender spreads copies 6 back. The six frames they need are not grown by
+    stretching speech frame after frame (heard, and dearer than the burst): the
+    buffer waits at the next burst, while its frames would be concealed anyway, and
+    from then on every frame of a burst comes back exact."""
+    bursts = [range(50, 56), range(150, 156), range(250, 256)]
+    jb, decisions = red_sim({i for b in bursts for i in b}, copies_from=60,
+                            jb=JitterBuffer(stretch=True))
+    assert 6 * T <= jb.target < 0.2
+    assert not any(isinstance(d, Play) and d.expand for d in decisions)
+    played = [int.from_bytes(d.payload, "big", signed=True)
+              for d in decisions if isinstance(d, Play)]
+    assert all(i in played for b in bursts[1:] for i in b)
+    concealed = [k for k, d in enumerate(decisions) if isinstance(d, Conceal)]
+    assert all(50 <= k < 60 or 150 <= k < 160 for k in concealed), concealed
+    assert not any(250 <= k < 260 for k in concealed)
+
+
+def test_a_copy_that_rode_in_a_lost_packet_is_not_waited_for() -> None:
+    """Two bursts of 6, five packets apart, copies 6 back: the copy of the first
+    burst's last frame rode in the second burst. Once that packet is overdue the
+    buffer stops waiting for it (it conceals that one frame and goes on) instead of
+    waiting until the second burst's copies come, a frame of delay per pull."""
+    bursts = [range(50, 56), range(150, 156), range(161, 167), range(250, 256)]
+    jb, decisions = red_sim({i for b in bursts for i in b}, jb=JitterBuffer(stretch=True))
+    waits = [k for k, d in enumerate(decisions) if isinstance(d, Conceal) and 150 <= k < 175]
+    assert len(waits) <= 3, waits
+    played = [int.from_bytes(d.payload, "big", signed=True)
+              for d in decisions if isinstance(d, Play)]
+    assert all(i in played for i in (*range(150, 155), *range(161, 167), *bursts[3]))
+    assert jb.level < 9 * T  # no pile of delay from the wait
+
+
+def test_the_frame_kept_at_the_start_goes_in_a_pause_once_the_copies_stop() -> None:
+    """A clean call: the sender probes with copies for half a second, then sends none.
+    The frame kept in hand for them is cut in a pause afterwards (the player takes
+    all of a quiet frame but 2.5 ms), even where the packets wait a little less than
+    a whole frame more than the target, so the delay comes back down."""
+    jb = JitterBuffer(stretch=True, copies_expected=True)
+    events = sorted([(i * T + 0.001 + 0.0005 * ((i * 7) % 3 - 1), 0, i) for i in range(150)]
+                    + [(k * T + 0.0215, 1, k) for k in range(150)])
+    flagged = []
+    cut = 0.0  # what the player took out: each frame after starts that much sooner
+    for when, kind, i in events:
+        if kind == 0:
+            jb.push(i * F, payload(i), when)
+            if 0 < i < 25:  # the probe
+                jb.push_redundant((i - 1) * F, payload(i - 1), when)
+            continue
+        d = jb.pull(when - cut)  # the first packet has waited 20.5 ms: played at once
+        assert isinstance(d, Play)
+        if d.accelerate:
+            flagged.append(i)
+            jb.stretched(-840)
+            cut += 840 / 48_000
+    assert flagged and flagged[0] > 25, flagged  # not while the copies came
+    assert len(flagged) == 1  # then the packets wait less than a frame: no more
