@@ -417,7 +417,7 @@ def main() -> None:
                         default=CURVE, help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=list(SCENARIOS), action="append", metavar="ROW",
                         help="only these PESQ rows (repeatable; no delay, CPU or curve): "
-                             + ", ".join(repr(s) for s in SCENARIOS))
+                             + ", ".join(repr(s) for s in SCENARIOS).replace("%", "%%"))
     parser.add_argument("--pipeline", choices=PIPELINES, action="append",
                         help="(with --only) only this pipeline (repeatable)")
     parser.add_argument("--trace", action="store_true",
