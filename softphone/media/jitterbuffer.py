@@ -17,10 +17,8 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
   jitter has left the window. While packets are being lost it is one
   frame more (two after a pair was lost), so the next packet is there in
   time to rebuild a lost one from its copy (RED) or its in-band FEC.
-- It starts playing with the first packet (a RED stream, ``copies_expected``:
-  once it has waited a frame, the reserve a call's first loss needs while the
-  sender probes with copies; cut in a pause once they stop). A packet that
-  is not there when its turn comes is concealed *without* moving on (it may just be late):
+- It starts playing with the first packet. A packet that is not there when
+  its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
 - When later packets show the missing one is lost, frames already covered
   by concealment are skipped, so a loss burst leaves no backlog behind.
@@ -85,14 +83,6 @@ class JitterBuffer:
     stretch: bool = False
     #: (``stretch``) Seconds a surplus waits for a pause before voiced frames are cut.
     voiced_after: float = 2.0
-    #: The stream is RED (the player says so): copies of earlier frames may come.
-    copies_expected: bool = False
-    #: (``copies_expected``) Seconds the first packet waits before it is played.
-    #: Our sender starts a call with copies (it probes the path): a frame lost
-    #: before any reserve is there is concealed and played late, in speech; with
-    #: one frame in hand the next packet's copy is there in time. On a clean
-    #: path that frame goes in a pause once the copies have stopped.
-    start_wait: float = 0.02
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -112,7 +102,6 @@ class JitterBuffer:
     _undo: tuple[int, bytes, float] | None = None  # what keep_skipped() puts back
     _newest: int | None = None  # newest timestamp pushed
     _newest_at: float = 0.0  # when it arrived
-    _lost_once: bool = False  # a loss was seen (or a frame repaired) in this stream
     _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
     _offsets: dict[int, float] = field(default_factory=dict)  # copy offset (frames) -> seen
     _surplus_since: float | None = None  # (stretch) a surplus waiting for a cut since
@@ -189,7 +178,6 @@ class JitterBuffer:
         return True
 
     def _note_loss(self, now: float) -> None:
-        self._lost_once = True
         # A burst is one event, whether it is seen as a hole or as a repaired frame.
         if not self._losses or now - self._losses[-1] > 2 * self.frame_samples / self.clock_rate:
             self._losses.append(now)
@@ -215,7 +203,6 @@ class JitterBuffer:
         self._ref = None
         self._newest = None
         self._offsets.clear()
-        self._lost_once = False
         self._transit.clear()
         self._sorted_transit.clear()
         self._underruns = 0
@@ -235,7 +222,6 @@ class JitterBuffer:
         at most ``max_reserve`` frames of reserve for losses (the rest, for bursts that
         copies further back rebuild, is grown at the next burst)."""
         floor = self.min_target
-        seconds = self.frame_samples / self.clock_rate
         losses = self._losses
         while losses and self._now - losses[0] > self.loss_window:
             losses.popleft()
@@ -247,13 +233,6 @@ class JitterBuffer:
             # longest recent run of missing packets, up to max_reserve (a longer
             # burst is beyond repair whatever is kept, so it does not count).
             reserve = self._reserve() * self.frame_samples / self.clock_rate
-        elif not self._lost_once and any(self._now - seen < 5 * seconds
-                                         for seen in self._offsets.values()):
-            # Copies are coming before any loss (the sender probes the path at the
-            # call's start): one frame for the next packet, so that a first loss is
-            # rebuilt from it in time, not concealed and played late in speech.
-            # (Copies come in every packet: 100 ms without one, they have stopped.)
-            reserve = seconds
         # Bursts that copies further back rebuild (RED spread against bursts) are
         # remembered longer: they come every few seconds, and a reserve dropped
         # between two of them is a burst lost and a time warp each way.
@@ -346,9 +325,6 @@ class JitterBuffer:
         if self._next is None:
             if not self._keys:
                 return Silence()
-            arrived = self._arrivals.get(self._keys[0], now)
-            if self.copies_expected and now - arrived < self.start_wait - 1e-6:
-                return Silence()
             self._next = self._keys[0]
         nxt = self._next
         if nxt in self._packets:
@@ -440,13 +416,6 @@ class JitterBuffer:
             # three frames over the target is kept rather than cut and grown again
             # (not after one burst: its delay goes as soon as it is surplus).
             accelerate = surplus >= (3 if len(self._losses) >= 2 else 1) and ahead
-            # Without losses, less than a frame of surplus goes too when a pause can
-            # take it (all of a quiet frame but its 2.5 ms crossfade): the frame kept
-            # in hand at the start of a call (start_wait) once the copies stopped.
-            if not accelerate and not self._losses and ahead \
-                    and self._waits >= self.surplus_pulls \
-                    and self._min_wait - target >= seconds * 7 / 8:
-                accelerate = True
             if accelerate:
                 if self._surplus_since is None:
                     self._surplus_since = now

@@ -119,8 +119,6 @@ class StretchPlayout(Playout):
             if lost:
                 self._loss_told = now
             self.on_loss()
-        if is_red:
-            self.buffer.copies_expected = True
         super().push(ssrc, seq, timestamp, payload, is_red, *args, **kwargs)
 
     def xr_report(self, rtcp_ssrc: int) -> bytes:
