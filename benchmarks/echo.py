@@ -395,6 +395,11 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: apt-get install espeak-ng sox pulseaudio "
                      "pulseaudio-utils")
+    if args.stats:  # a path that cannot be written: said now, not after the calls
+        try:
+            Path(args.stats).write_text("")
+        except OSError as exc:
+            sys.exit(f"cannot write {args.stats}: {exc.strerror or exc}")
     if args.check_lab:
         check_lab(args.check_lab)
         return

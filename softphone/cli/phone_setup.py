@@ -161,7 +161,7 @@ def make_output(media: MediaOptions, noticed: set[str], *, echo: bool = False) -
 
 
 def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 1, *,
-               echo: bool = False, thread: Any = None) -> list[Any]:
+               echo: bool = False, thread: RecordingThread | None = None) -> list[Any]:
     """Where what we hear goes besides the speaker: the --record file (written on
     ``thread``, a :class:`~softphone.media.recording.RecordingThread`, if given)."""
     from softphone.media.tracks import RecorderSink

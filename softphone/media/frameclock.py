@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 log = logging.getLogger(__name__)
 
 #: One frame, in seconds.
-FRAME_SECONDS = 0.02
+FRAME_SECONDS: Final = 0.02
 #: Later than this, the loop was stalled: skip ahead rather than catch up in a burst.
-STALL_SECONDS = 0.2
+STALL_SECONDS: Final = 0.2
 
 
 class Ticking(Protocol):

@@ -23,6 +23,7 @@ from typing import Any, Final
 import aiortc
 
 from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.teardown import parts_of
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,10 @@ def release_closed(pc: Any) -> int:
     cycles; this one frees the C state even while something holds the connection).
     """
     released = 0
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.receiver.transport
+    for part in parts_of(pc):
+        if not isinstance(part, aiortc.RTCDtlsTransport):
+            continue
+        dtls: Any = part  # (its private attributes)
         if dtls.state in ("closed", "failed") and (
                 dtls._ssl is not None or dtls._rx_srtp is not None):
             dtls._ssl = dtls._rx_srtp = dtls._tx_srtp = None
