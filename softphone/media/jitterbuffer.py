@@ -17,7 +17,10 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
   jitter has left the window. While packets are being lost it is one
   frame more (two after a pair was lost), so the next packet is there in
   time to rebuild a lost one from its copy (RED) or its in-band FEC.
-- It starts playing with the first packet. A packet that is not there when
+- It starts playing with the first packet; a RED stream (``copies_expected``)
+  a frame later, the reserve a call's first loss needs while the sender
+  probes the path with copies (dropped with a quiet frame once they stop
+  with nothing lost). A packet that is not there when
   its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
 - When later packets show the missing one is lost, frames already covered
@@ -48,6 +51,7 @@ from typing import Final
 
 # The decisions and counts live beside: re-exported, this is where callers look.
 from softphone.media.jb_decisions import Conceal, Decision, JitterStats, Play, Recover, Silence
+from softphone.media.jb_estimates import TransitWindow, frames_to_hold
 
 __all__ = ["Conceal", "Decision", "JitterBuffer", "JitterStats", "Play", "Recover", "Silence"]
 
@@ -83,14 +87,21 @@ class JitterBuffer:
     stretch: bool = False
     #: (``stretch``) Seconds a surplus waits for a pause before voiced frames are cut.
     voiced_after: float = 2.0
+    #: The stream is RED (the player says so): copies of earlier frames may come.
+    copies_expected: bool = False
+    #: (``copies_expected``) Seconds the first packet waits before it is played. Our
+    #: sender starts a call with copies (it probes the path): a frame lost before any
+    #: reserve is there is concealed in the first words; with one frame in hand the
+    #: next packet's copy is there in time. On a clean path it is dropped, whole,
+    #: with a quiet frame once the copies have stopped.
+    start_wait: float = 0.02
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
     _keys: list[int] = field(default_factory=list)  # sorted unwrapped timestamps
     _ref: int | None = None  # last unwrapped timestamp, for unwrapping
     _next: int | None = None  # unwrapped timestamp to play next
-    _transit: deque[tuple[float, float]] = field(default_factory=deque)  # (now, transit)
-    _sorted_transit: list[float] = field(default_factory=list)
+    _transit: TransitWindow = field(default_factory=TransitWindow)
     _arrivals: dict[int, float] = field(default_factory=dict)
     _repaired: set[int] = field(default_factory=set)  # frames filled from a RED copy
     _underruns: int = 0
@@ -105,6 +116,12 @@ class JitterBuffer:
     _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
     _offsets: dict[int, float] = field(default_factory=dict)  # copy offset (frames) -> seen
     _surplus_since: float | None = None  # (stretch) a surplus waiting for a cut since
+    _lost_once: bool = False  # a loss was seen (or a frame repaired) in this stream
+    _start_hand: bool = False  # the frame start_wait put in hand is still held
+    _undo_start: bool = False  # the skip keep_skipped() takes back dropped that frame
+
+    def __post_init__(self) -> None:
+        self._transit.window = self.window
 
     # -- input ---------------------------------------------------------------
 
@@ -178,18 +195,14 @@ class JitterBuffer:
         return True
 
     def _note_loss(self, now: float) -> None:
+        self._lost_once = True
+        self._start_hand = False  # the frame in hand is the loss reserve now
         # A burst is one event, whether it is seen as a hole or as a repaired frame.
         if not self._losses or now - self._losses[-1] > 2 * self.frame_samples / self.clock_rate:
             self._losses.append(now)
 
     def _note_transit(self, ts: int, now: float) -> None:
-        transit = now - ts / self.clock_rate
-        self._transit.append((now, transit))
-        bisect.insort(self._sorted_transit, transit)
-        horizon = now - self.window
-        while self._transit and self._transit[0][0] < horizon:
-            _, old = self._transit.popleft()
-            del self._sorted_transit[bisect.bisect_left(self._sorted_transit, old)]
+        self._transit.add(now - ts / self.clock_rate, now)
 
     def _drop_oldest(self) -> None:
         self._take(self._keys[0])
@@ -203,8 +216,8 @@ class JitterBuffer:
         self._ref = None
         self._newest = None
         self._offsets.clear()
+        self._lost_once = self._start_hand = False
         self._transit.clear()
-        self._sorted_transit.clear()
         self._underruns = 0
         self._min_wait = math.inf
         self._waits = 0
@@ -233,6 +246,10 @@ class JitterBuffer:
             # longest recent run of missing packets, up to max_reserve (a longer
             # burst is beyond repair whatever is kept, so it does not count).
             reserve = self._reserve() * self.frame_samples / self.clock_rate
+        elif self._start_hand and self._copies_now():
+            # Copies before any loss (the sender probes the path at the call's start):
+            # one frame for the next packet, so that a first loss is rebuilt in time.
+            reserve = self.frame_samples / self.clock_rate
         # Bursts that copies further back rebuild (RED spread against bursts) are
         # remembered longer: they come every few seconds, and a reserve dropped
         # between two of them is a burst lost and a time warp each way.
@@ -259,12 +276,14 @@ class JitterBuffer:
                    and self._now <= self._newest_at + (nxt + d * frame - newest) / rate + late
                    for d in self._recent_offsets())
 
+    def _copies_now(self) -> bool:
+        """Copies came in the last 100 ms (they come with every packet while sent)."""
+        horizon = 5 * self.frame_samples / self.clock_rate
+        return any(self._now - seen < horizon for seen in self._offsets.values())
+
     def _spread(self) -> float:
         """The jitter's spread: how much later than the fastest recent packet most come."""
-        values = self._sorted_transit
-        if len(values) < 2:
-            return 0.0
-        return values[min(len(values) - 1, int(self.quantile * len(values)))] - values[0]
+        return self._transit.spread(self.quantile)
 
     def _recent_offsets(self) -> list[int]:
         """How far back (frames) the copies that came lately reach."""
@@ -279,24 +298,7 @@ class JitterBuffer:
             gaps.popleft()
         window = self.loss_window if window is None else window
         runs = [g for t, g in gaps if now - t <= window and g >= shortest]
-        offsets = self._recent_offsets()
-        if shortest > 1:  # only what copies now coming rebuild
-            if not offsets or not runs:
-                return 0
-        elif not offsets:
-            return max(1, max((g for g in runs if g <= self.max_reserve), default=1))
-        # A run of r lost frames n..n+r-1: frame n comes back exact from a copy d >= r
-        # frames back (d frames later), or from FEC in frame n+1's data, which the
-        # primary (d = 0) or a copy d >= r-1 brings (1 + d frames later).
-        reachable = [0, *offsets]
-        needs = [1 if shortest == 1 else 0]
-        for run in runs:
-            exact = min((d for d in offsets if d >= run), default=None)
-            fec = min((d for d in reachable if d >= run - 1), default=None)
-            options = [w for w in (exact, None if fec is None else fec + 1) if w is not None]
-            if options:
-                needs.append(min(options))
-        return max(needs)
+        return frames_to_hold(runs, self._recent_offsets(), shortest, self.max_reserve)
 
     @property
     def level(self) -> float:
@@ -325,6 +327,11 @@ class JitterBuffer:
         if self._next is None:
             if not self._keys:
                 return Silence()
+            if self.copies_expected and not self._lost_once:
+                arrived = self._arrivals.get(self._keys[0], now)
+                if now - arrived < self.start_wait - 1e-6:
+                    return Silence()
+                self._start_hand = True
             self._next = self._keys[0]
         nxt = self._next
         if nxt in self._packets:
@@ -368,7 +375,8 @@ class JitterBuffer:
             # unless it would play `later` far behind the target: then skip.
             seconds = frame / self.clock_rate
             sent = later / self.clock_rate
-            base = self._sorted_transit[0] if self._sorted_transit else now - sent
+            fastest = self._transit.fastest
+            base = now - sent if fastest is None else fastest
             target = self.target
             if now + missing * seconds - sent - base > target + 2 * seconds:
                 keep = min(missing, max(0, math.ceil((target + base + sent - now) / seconds)))
@@ -404,9 +412,22 @@ class JitterBuffer:
             surplus = math.floor((self._min_wait - target) / seconds + 1e-6)
         backlog = math.floor((self.level - seconds - target) / seconds + 1e-6)
         ahead = self._next + frame in self._packets  # something to play after a skip
-        accelerate = expand = voiced = False
+        accelerate = expand = voiced = start_cut = False
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
-        if self.stretch and backlog < cut_at_once:
+        if self._start_hand and ahead and not self._copies_now() \
+                and self._waits >= self.surplus_pulls \
+                and self._min_wait - target >= seconds - 0.001:
+            # The frame held for the probe's copies, which stopped with nothing lost,
+            # and the packets still wait it: dropped whole with a quiet one, which
+            # takes back exactly what it added (the player plays the frame instead
+            # if it is not quiet after all; then it goes with a later one).
+            self._start_hand = False
+            start_cut = True
+            cut_from = self._next
+            skipped.append(self._take(self._next))
+            self._next += frame
+            self.stats.skipped += 1
+        elif self.stretch and backlog < cut_at_once:
             # No whole-frame cut: the player takes a pause out of this frame (or,
             # when the surplus has found no pause for a while, a pitch period).
             # Every time warp costs (PESQ-WB hears even one a second), so only a
@@ -424,8 +445,8 @@ class JitterBuffer:
                 self._surplus_since = None
             # How far behind its fastest recent arrival this frame plays: under the
             # jitter's spread (less half a frame), the next ones will come late.
-            transit = self._sorted_transit
-            margin = now - self._next / self.clock_rate - transit[0] if transit else 0.0
+            fastest = self._transit.fastest
+            margin = 0.0 if fastest is None else now - self._next / self.clock_rate - fastest
             # (While losses recur, only a whole frame short: the reserve that lets
             # copies and FEC repair a loss, grown before the loss that needs it.)
             short = seconds if self._losses else seconds / 2
@@ -435,7 +456,7 @@ class JitterBuffer:
             # of pause at a time costs too). It is grown at the next burst, by
             # waiting for its copies (_copy_coming) while the lost frames would be
             # concealed anyway: then nothing is stretched and every frame is played.
-            if not accelerate and len(transit) >= 2:
+            if not accelerate and len(self._transit) >= 2:
                 expand = margin < self._targets()[1] - short
         elif backlog >= cut_at_once or (surplus >= 1 and self._quiet and ahead):
             # Cut the delay: one frame in a pause, or down to the target at once
@@ -461,6 +482,7 @@ class JitterBuffer:
         self.stats.played += 1
         optional = backlog < cut_at_once and len(skipped) == 1 and ts == cut_from + frame
         self._undo = (ts, payload, arrived if arrived is not None else now) if optional else None
+        self._undo_start = start_cut and optional
         return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional, accelerate, voiced,
                     expand)
 
@@ -480,6 +502,9 @@ class JitterBuffer:
             return
         ts, payload, arrived = self._undo
         self._undo = None
+        if self._undo_start:
+            self._start_hand = True
+            self._undo_start = False
         self._packets[ts] = payload
         self._arrivals[ts] = arrived
         bisect.insort(self._keys, ts)

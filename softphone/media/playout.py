@@ -119,6 +119,8 @@ class StretchPlayout(Playout):
             if lost:
                 self._loss_told = now
             self.on_loss()
+        if is_red:
+            self.buffer.copies_expected = True
         super().push(ssrc, seq, timestamp, payload, is_red, *args, **kwargs)
 
     def xr_report(self, rtcp_ssrc: int) -> bytes:
@@ -167,11 +169,20 @@ class StretchPlayout(Playout):
         stats.frames += 1
         try:
             if isinstance(decision, jb.Play):
+                kept = None
                 for skipped in decision.skipped:  # keep the decoder's state, play nothing
-                    self.decoder.decode(skipped, copy=False)
-                pcm = self.decoder.decode(decision.payload, copy=False)
+                    pcm = self.decoder.decode(skipped, copy=False)
+                    if decision.optional_skip and not _is_quiet(pcm):
+                        # Not a pause after all: play it, keep the cut for later.
+                        self.buffer.keep_skipped()
+                        kept = pcm
+                if kept is None:
+                    pcm = self.decoder.decode(decision.payload, copy=False)
+                    played = decision.timestamp
+                else:
+                    pcm, played = kept, (decision.timestamp - FRAME_SAMPLES) & 0xFFFFFFFF
                 if self.on_played is not None:
-                    self.on_played(decision.timestamp, now)
+                    self.on_played(played, now)
                 stats.decoded += 1
                 pcm = self._resumed(pcm)
                 if decision.expand or (decision.accelerate and (

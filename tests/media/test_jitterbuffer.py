@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
 from softphone.media.jitterbuffer import Conceal, JitterBuffer, Play, Recover, Silence
 
 F = 960  # samples per 20 ms frame
@@ -288,6 +290,21 @@ def test_redundant_copies_say_nothing_of_jitter() -> None:
     assert after.stats.repaired == 1 and after.target < 0.002
 
 
+def test_a_red_stream_starts_with_a_frame_in_hand_and_rebuilds_the_first_loss() -> None:
+    """A call starts with copies (the sender probes the path): the first packet waits a
+    frame before it is played, so the first loss, early in the first words, is
+    rebuilt from the next packet's copy, not concealed and played a frame late."""
+    jb, decisions = red_sim({10}, frames=100, spacing=1,
+                            jb=JitterBuffer(stretch=True, copies_expected=True))
+    assert isinstance(decisions[0], Silence)  # the first packet waited 4 ms of 20
+    assert not any(isinstance(d, Conceal) for d in decisions)
+    assert jb.stats.repaired == 1
+    # Without the frame in hand (a plain stream), the same loss is concealed first.
+    _, decisions = red_sim({10}, frames=100, spacing=1, jb=JitterBuffer(stretch=True))
+    assert isinstance(decisions[0], Play)
+    assert any(isinstance(d, Conceal) for d in decisions)
+
+
 def test_a_packet_arriving_after_its_copy_is_late_not_a_duplicate() -> None:
     jb = JitterBuffer()
     jb.push(0, payload(0), 0.0)
@@ -433,3 +450,60 @@ def test_a_copy_that_rode_in_a_lost_packet_is_not_waited_for() -> None:
               for d in decisions if isinstance(d, Play)]
     assert all(i in played for i in (*range(150, 155), *range(161, 167), *bursts[3]))
     assert jb.level < 9 * T  # no pile of delay from the wait
+
+
+@pytest.mark.parametrize("phase", [0.0015, 0.0105, 0.0195, 0.0215])
+def test_the_frame_kept_at_the_start_is_dropped_once_in_a_pause_after_the_copies(
+        phase: float) -> None:
+    """A clean call: the sender probes with copies for half a second, then sends none.
+    The frame held for them is dropped once, whole, in a pause after that (an
+    optional skip: the player keeps it if it is not quiet), which takes back exactly
+    what it added: whatever the pull clock's phase, the packets then wait what the
+    phase alone gives (not less: a cut of that wait is the cycle of cuts and
+    underruns a sub-frame cut fell into in a real-time call). 30 s: nothing else is
+    cut, stretched or concealed."""
+    jb = JitterBuffer(stretch=True, copies_expected=True)
+    frames = 1500
+    events = sorted([(i * T + 0.001 + 0.0002 * ((i * 7) % 3 - 1), 0, i) for i in range(frames)]
+                    + [(k * T + phase, 1, k) for k in range(frames - 3)])
+    cuts = []
+    waits: list[float] = []
+    for when, kind, i in events:
+        if kind == 0:
+            jb.push(i * F, payload(i), when)
+            if 0 < i < 25:  # the probe
+                jb.push_redundant((i - 1) * F, payload(i - 1), when)
+            continue
+        d = jb.pull(when)
+        if i == 0:
+            assert isinstance(d, Silence) == (phase - 0.001 < T)  # it waits a frame
+            continue
+        assert isinstance(d, Play) and not d.accelerate and not d.expand, d
+        waits.append(when - (d.timestamp // F * T + 0.001))
+        if d.skipped:
+            assert d.optional_skip
+            cuts.append(i)
+    assert len(cuts) == 1 and cuts[0] > 25, cuts  # not while the copies came
+    natural = (phase - 0.001) % T  # the wait without a frame in hand
+    assert abs(waits[-1] - natural) < 0.0005, (waits[-1], natural)
+    assert jb.stats.concealed == 0
+
+
+def test_the_frame_kept_at_the_start_stays_while_the_jitter_needs_it() -> None:
+    """On a path with jitter the frame the start put in hand may be what the jitter
+    needs: it is dropped only when the packets wait a whole frame more than the
+    target, so no late packet is concealed after the copies stop."""
+    rng = random.Random(3)
+    jb = JitterBuffer(stretch=True, copies_expected=True)
+    frames = 500
+    events = sorted([(i * T + 0.001 + rng.uniform(0, 0.019), 0, i) for i in range(frames)]
+                    + [(k * T + 0.005, 1, k) for k in range(frames - 3)])
+    for when, kind, i in events:
+        if kind == 0:
+            jb.push(i * F, payload(i), when)
+            if 0 < i < 25:
+                jb.push_redundant((i - 1) * F, payload(i - 1), when)
+        else:
+            jb.pull(when)
+    assert jb.stats.skipped == 0
+    assert jb.stats.concealed == 0

@@ -175,3 +175,36 @@ def test_losses_are_counted_in_runs_and_told_at_once_after_a_clean_stretch() -> 
     summary2 = rtcp_xr.parse_xr(playout.xr_report(rtcp_ssrc=1234))[0]
     assert isinstance(summary2, rtcp_xr.LossSummary)
     assert (summary2.begin, summary2.end, summary2.lost) == (120, 121, 0)
+
+
+def test_a_red_stream_rebuilds_a_loss_in_its_first_words_without_a_glitch() -> None:
+    """A call starts with RED copies (the sender probes the path). The playout starts
+    with the next packet in hand, so a packet lost in the first 200 ms comes back
+    exact from its copy: nothing concealed, no frame played late, a pure tone.
+    A plain stream (no copies to expect) starts at once and conceals it."""
+    from softphone.media import red
+
+    packets = tone_packets(100)
+    packer = red.RedPacker(111, depth=1)
+    red_packets = [packer.wrap(i * N, p) for i, p in enumerate(packets)]
+
+    def run(stream: list[bytes], is_red: bool) -> tuple[list[Int16Array], StretchPlayout]:
+        now = [0.0]
+        playout = StretchPlayout(clock=lambda: now[0])
+        events = sorted([(i * T + 0.001, 0, i) for i in range(len(stream)) if i != 10]
+                        + [(k * T + 0.0051, 1, k) for k in range(len(stream))])
+        out: list[Int16Array] = []
+        for when, kind, i in events:
+            now[0] = when
+            if kind == 0:
+                playout.push(1, i, i * N, stream[i], is_red)
+            else:
+                out.append(playout.pull())
+        return out, playout
+
+    out, playout = run(red_packets, True)
+    assert playout.buffer.stats.concealed == 0 and playout.buffer.stats.repaired == 1
+    assert not out[0].any()  # the first packet waited a frame
+    assert worst_click(np.concatenate(out), 2 * N) < CLICK_DB
+    out, playout = run(packets, False)
+    assert playout.buffer.stats.concealed >= 1 and out[0].any()
