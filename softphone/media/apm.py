@@ -51,7 +51,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,10 @@ SUPPORTED_RATES = (16_000, 32_000, 48_000)
 INSTALL = "pip install pywebrtc-audio"
 NOTICE = ("no echo cancellation, noise suppression or gain control: the pywebrtc-audio "
           f"package is missing ({INSTALL}); the call goes on without them")
+
+#: The echo canceller is "converged" from this ERLE (dB) or this echo level (dB) on.
+CONVERGED_ERLE: Final = 12.0
+CONVERGED_ECHO: Final = -45.0
 
 State = Literal["off", "unavailable", "waiting", "converging", "converged"]
 
@@ -202,6 +206,24 @@ def open_voice_processor(settings: VoiceSettings | None = None) -> VoiceProcesso
     return WebRtcVoiceProcessor(settings, binding)
 
 
+def echo_state(aec: bool, active_frames: int, erle: float | None, echo: float | None,
+               was_converged: bool) -> State:
+    """The canceller's state from the meter's figures: ``active_frames`` of the far end
+    alone so far, its ERLE and the echo left (dB). Converged from 12 dB of ERLE or
+    -45 dB of echo; once converged, it takes 6 dB less ERLE and 10 dB more echo to
+    say otherwise (the estimate wavers at the end of double talk; the state should
+    not flap)."""
+    if not aec:
+        return "off"
+    if active_frames < 50:
+        return "waiting" if active_frames == 0 else "converging"
+    erle_floor = CONVERGED_ERLE - (6.0 if was_converged else 0.0)
+    echo_ceiling = CONVERGED_ECHO + (10.0 if was_converged else 0.0)
+    if (erle is not None and erle >= erle_floor) or (echo is not None and echo <= echo_ceiling):
+        return "converged"
+    return "converging"
+
+
 class PassThroughProcessor:
     """No processing: the microphone goes out as it came (mono)."""
 
@@ -262,6 +284,7 @@ class WebRtcVoiceProcessor:
         self._frames = 0
         self._cpu_ns = 0
         self._cpu_samples = 0
+        self._converged = False
         self._stats = self._snapshot()
         self._set_hint(int(self._latency_ms))
 
@@ -354,15 +377,8 @@ class WebRtcVoiceProcessor:
         meter = self._meter
         erle = meter.erle_db()
         echo = meter.echo_db()
-        state: State
-        if not s.aec:
-            state = "off"
-        elif meter.active_frames < 50:
-            state = "waiting" if meter.active_frames == 0 else "converging"
-        elif (erle is not None and erle >= 12.0) or (echo is not None and echo <= -45.0):
-            state = "converged"
-        else:
-            state = "converging"
+        state = echo_state(s.aec, meter.active_frames, erle, echo, self._converged)
+        self._converged = state == "converged"
         lag_ms = self._ref.lag * 1000.0 / s.sample_rate
         cpu = (self._cpu_ns / 1e6 * (s.sample_rate * 0.02) / self._cpu_samples
                if self._cpu_samples else 0.0)

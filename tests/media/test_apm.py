@@ -31,6 +31,7 @@ from softphone.media.apm import (
     VoiceProcessor,
     VoiceSettings,
     WebRtcVoiceProcessor,
+    echo_state,
     open_voice_processor,
 )
 from softphone.media.apm_signals import EchoMeter, GainStage, ReferenceQueue
@@ -436,3 +437,17 @@ def test_missing_package_passes_through_with_a_notice(monkeypatch: pytest.Monkey
         assert np.array_equal(vp.capture(mic[s]), mic[s])
     st = vp.stats()
     assert st.state == "unavailable" and not st.converged and st.frames == 10
+
+
+def test_the_echo_state_enters_converged_at_12_db_and_leaves_it_only_well_below() -> None:
+    """Converged from ERLE 12 dB (or echo -45 dB) after 50 frames of the far end alone;
+    once there, a dip of the estimate (the end of double talk) does not flap it back:
+    it takes ERLE under 6 dB and echo over -35 dB."""
+    assert echo_state(False, 500, 40.0, -80.0, False) == "off"
+    assert echo_state(True, 0, None, None, False) == "waiting"
+    assert echo_state(True, 49, 40.0, -80.0, False) == "converging"
+    assert echo_state(True, 50, 12.0, -20.0, False) == "converged"
+    assert echo_state(True, 50, 3.0, -45.0, False) == "converged"
+    assert echo_state(True, 50, 9.0, -40.0, False) == "converging"  # not yet
+    assert echo_state(True, 500, 9.0, -40.0, True) == "converged"  # a dip
+    assert echo_state(True, 500, 3.0, -20.0, True) == "converging"  # really lost

@@ -169,7 +169,9 @@ async def test_echo_is_removed_and_the_near_voice_comes_through_double_talk(
     # echo would. benchmarks/echo.py measures it against the voice alone.)
     voice = t.last_voice
     assert voice["aec"] and voice["ns"] and voice["agc"], voice
-    assert voice["state"] == "converged" and voice["converged"], voice
+    history = [(v["state"], v["erle_db"], v["echo_db"], v["frames"]) for v in
+               (s["voice_processing"] for s in t.stats if s.get("voice_processing"))]
+    assert voice["state"] == "converged" and voice["converged"], history
     assert voice["echo_delay_ms"] is not None, voice
     # Its own estimate of the echo left, while B talked alone (2 s stats events).
     alone = [s["voice_processing"] for s in t.stats
