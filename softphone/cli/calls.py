@@ -212,7 +212,11 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
             out.say(f"recorded to {sinks[0].writer.path} ({sinks[0].writer.seconds:.1f} s)")
         return result.exit_code
 
-    sys.exit(asyncio.run(run()))
+    try:
+        code = asyncio.run(run())
+    finally:
+        setup.close()
+    sys.exit(code)
 
 
 # ----------------------------------------------------------------- listen ---
@@ -336,7 +340,11 @@ def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaO
         finally:
             await phone.close()
 
-    sys.exit(asyncio.run(run()))
+    try:
+        code = asyncio.run(run())
+    finally:
+        setup.close()
+    sys.exit(code)
 
 
 def said_refusal(phone: Phone, out: Output) -> bool:

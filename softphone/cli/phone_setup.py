@@ -227,6 +227,12 @@ class PhoneSetup:
         return make_sinks(self.media, self._noticed, peer, n, echo=self.echo,
                           thread=self._recordings)
 
+    def close(self) -> None:
+        """At the command's end: the recording thread writes what it was handed and ends
+        (each file was complete when its call ended: this only ends the thread)."""
+        if self._recordings is not None:
+            self._recordings.close()
+
     def output(self) -> Any:
         """The speaker of a call (its output), or None."""
         return make_output(self.media, self._noticed, echo=self.echo)
