@@ -507,3 +507,31 @@ def test_the_frame_kept_at_the_start_stays_while_the_jitter_needs_it() -> None:
             jb.pull(when)
     assert jb.stats.skipped == 0
     assert jb.stats.concealed == 0
+
+
+def test_the_frame_kept_at_the_start_waits_for_a_real_pause() -> None:
+    """The player finds the frame the start cut would drop is not quiet and keeps it
+    (keep_skipped): the frame stays held and the cut is tried again later."""
+    jb = JitterBuffer(stretch=True, copies_expected=True)
+    frames = 300
+    events = sorted([(i * T + 0.001, 0, i) for i in range(frames)]
+                    + [(k * T + 0.005, 1, k) for k in range(frames - 3)])
+    tries = []
+    wait = 0.0
+    for when, kind, i in events:
+        if kind == 0:
+            jb.push(i * F, payload(i), when)
+            if 0 < i < 25:
+                jb.push_redundant((i - 1) * F, payload(i - 1), when)
+            continue
+        d = jb.pull(when)
+        if isinstance(d, Play):
+            wait = when - (d.timestamp // F * T + 0.001)
+        if isinstance(d, Play) and d.skipped:
+            assert d.optional_skip
+            tries.append(i)
+            if len(tries) == 1:
+                jb.keep_skipped()  # not a pause: played instead
+    assert len(tries) == 2 and tries[1] - tries[0] >= jb.surplus_pulls, tries
+    assert jb.stats.skipped == 1 and jb.stats.concealed == 0
+    assert abs(wait - 0.004) < 0.0005  # the second try took it: the phase's own wait
