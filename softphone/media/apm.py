@@ -74,6 +74,9 @@ NOTICE = ("no echo cancellation, noise suppression or gain control: the pywebrtc
 #: The echo canceller is "converged" from this ERLE (dB) or this echo level (dB) on.
 CONVERGED_ERLE: Final = 12.0
 CONVERGED_ECHO: Final = -45.0
+#: Once converged, it says otherwise only this much lower in ERLE and higher in echo (dB).
+LEAVE_ERLE_BY: Final = 6.0
+LEAVE_ECHO_BY: Final = 10.0
 
 State = Literal["off", "unavailable", "waiting", "converging", "converged"]
 
@@ -217,8 +220,8 @@ def echo_state(aec: bool, active_frames: int, erle: float | None, echo: float | 
         return "off"
     if active_frames < 50:
         return "waiting" if active_frames == 0 else "converging"
-    erle_floor = CONVERGED_ERLE - (6.0 if was_converged else 0.0)
-    echo_ceiling = CONVERGED_ECHO + (10.0 if was_converged else 0.0)
+    erle_floor = CONVERGED_ERLE - (LEAVE_ERLE_BY if was_converged else 0.0)
+    echo_ceiling = CONVERGED_ECHO + (LEAVE_ECHO_BY if was_converged else 0.0)
     if (erle is not None and erle >= erle_floor) or (echo is not None and echo <= echo_ceiling):
         return "converged"
     return "converging"

@@ -11,16 +11,15 @@ from dataclasses import dataclass, field
 @dataclass
 class TransitWindow:
     """Transit times (arrival time minus send time, on any common offset) of the
-    packets that arrived in the last ``window`` seconds, kept sorted."""
+    packets that arrived in the last ``window`` seconds (given with each), kept sorted."""
 
-    window: float = 3.0
     _recent: deque[tuple[float, float]] = field(default_factory=deque)  # (now, transit)
     _sorted: list[float] = field(default_factory=list)
 
-    def add(self, transit: float, now: float) -> None:
+    def add(self, transit: float, now: float, window: float) -> None:
         self._recent.append((now, transit))
         bisect.insort(self._sorted, transit)
-        horizon = now - self.window
+        horizon = now - window
         recent = self._recent
         while recent and recent[0][0] < horizon:
             _, old = recent.popleft()

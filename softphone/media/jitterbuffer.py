@@ -19,8 +19,10 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
   time to rebuild a lost one from its copy (RED) or its in-band FEC.
 - It starts playing with the first packet; a RED stream (``copies_expected``)
   a frame later, the reserve a call's first loss needs while the sender
-  probes the path with copies (dropped with a quiet frame once they stop
-  with nothing lost). A packet that is not there when
+  probes the path with copies. Once they stop with nothing lost (or after
+  ``start_hold`` seconds without a loss, for a peer that always sends
+  copies), that frame is dropped in a pause if the packets wait it, else left
+  to the rules below. A packet that is not there when
   its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
 - When later packets show the missing one is lost, frames already covered
@@ -46,7 +48,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 # The decisions and counts live beside: re-exported, this is where callers look.
@@ -56,6 +58,9 @@ from softphone.media.jb_estimates import TransitWindow, frames_to_hold
 __all__ = ["Conceal", "Decision", "JitterBuffer", "JitterStats", "Play", "Recover", "Silence"]
 
 _WRAP: Final = 1 << 32
+#: The frame held at the start is dropped only if every packet waits it and this much
+#: more (seconds): a frame cut from a wait just under it would make the next one late.
+START_SPARE: Final = 0.0005
 _HALF: Final = 1 << 31
 
 
@@ -93,8 +98,10 @@ class JitterBuffer:
     #: sender starts a call with copies (it probes the path): a frame lost before any
     #: reserve is there is concealed in the first words; with one frame in hand the
     #: next packet's copy is there in time. On a clean path it is dropped, whole,
-    #: with a quiet frame once the copies have stopped.
+    #: with a quiet frame once the copies have stopped...
     start_wait: float = 0.02
+    #: ...or after this many seconds without a loss while they keep coming.
+    start_hold: float = 10.0
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -118,10 +125,15 @@ class JitterBuffer:
     _surplus_since: float | None = None  # (stretch) a surplus waiting for a cut since
     _lost_once: bool = False  # a loss was seen (or a frame repaired) in this stream
     _start_hand: bool = False  # the frame start_wait put in hand is still held
+    _start_at: float = 0.0  # when the first packet was played
+    _start_trim: bool = False  # most of that frame is to go once in a pause
     _undo_start: bool = False  # the skip keep_skipped() takes back dropped that frame
 
-    def __post_init__(self) -> None:
-        self._transit.window = self.window
+    def renewed(self) -> JitterBuffer:
+        """An empty buffer with this one's settings and counts (a new stream)."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self)
+                    if f.init and not f.name.startswith("_") and f.name != "stats"}
+        return JitterBuffer(**settings, stats=self.stats)
 
     # -- input ---------------------------------------------------------------
 
@@ -196,13 +208,13 @@ class JitterBuffer:
 
     def _note_loss(self, now: float) -> None:
         self._lost_once = True
-        self._start_hand = False  # the frame in hand is the loss reserve now
+        self._start_hand = self._start_trim = False  # the frame in hand: the loss reserve
         # A burst is one event, whether it is seen as a hole or as a repaired frame.
         if not self._losses or now - self._losses[-1] > 2 * self.frame_samples / self.clock_rate:
             self._losses.append(now)
 
     def _note_transit(self, ts: int, now: float) -> None:
-        self._transit.add(now - ts / self.clock_rate, now)
+        self._transit.add(now - ts / self.clock_rate, now, self.window)
 
     def _drop_oldest(self) -> None:
         self._take(self._keys[0])
@@ -216,7 +228,8 @@ class JitterBuffer:
         self._ref = None
         self._newest = None
         self._offsets.clear()
-        self._lost_once = self._start_hand = False
+        self._lost_once = self._start_hand = self._start_trim = self._undo_start = False
+        self._undo = None
         self._transit.clear()
         self._underruns = 0
         self._min_wait = math.inf
@@ -246,7 +259,7 @@ class JitterBuffer:
             # longest recent run of missing packets, up to max_reserve (a longer
             # burst is beyond repair whatever is kept, so it does not count).
             reserve = self._reserve() * self.frame_samples / self.clock_rate
-        elif self._start_hand and self._copies_now():
+        elif self._start_hand and self._start_copies():
             # Copies before any loss (the sender probes the path at the call's start):
             # one frame for the next packet, so that a first loss is rebuilt in time.
             reserve = self.frame_samples / self.clock_rate
@@ -276,10 +289,12 @@ class JitterBuffer:
                    and self._now <= self._newest_at + (nxt + d * frame - newest) / rate + late
                    for d in self._recent_offsets())
 
-    def _copies_now(self) -> bool:
-        """Copies came in the last 100 ms (they come with every packet while sent)."""
+    def _start_copies(self) -> bool:
+        """The copies the frame in hand is for are still coming: some came in the last
+        100 ms (they come with every packet while sent), within ``start_hold``."""
         horizon = 5 * self.frame_samples / self.clock_rate
-        return any(self._now - seen < horizon for seen in self._offsets.values())
+        return self._now - self._start_at < self.start_hold and any(
+            self._now - seen < horizon for seen in self._offsets.values())
 
     def _spread(self) -> float:
         """The jitter's spread: how much later than the fastest recent packet most come."""
@@ -332,6 +347,7 @@ class JitterBuffer:
                 if now - arrived < self.start_wait - 1e-6:
                     return Silence()
                 self._start_hand = True
+                self._start_at = now
             self._next = self._keys[0]
         nxt = self._next
         if nxt in self._packets:
@@ -414,13 +430,21 @@ class JitterBuffer:
         ahead = self._next + frame in self._packets  # something to play after a skip
         accelerate = expand = voiced = start_cut = False
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
-        if self._start_hand and ahead and not self._copies_now() \
-                and self._waits >= self.surplus_pulls \
-                and self._min_wait - target >= seconds - 0.001:
+        if self._start_hand and self._waits >= self.surplus_pulls \
+                and self._min_wait - target < seconds + START_SPARE \
+                and not self._start_copies():
+            # Not every packet waits that frame (the jitter or the pull phase took some
+            # of it): it is part of the delay now, under the rules below; if they wait
+            # most of it, that is taken out once in a pause (the player takes all of a
+            # quiet frame but its 2.5 ms crossfade), as a surplus.
+            self._start_hand = False
+            self._start_trim = self._min_wait - target >= seconds * 7 / 8 + 0.001
+        if self._start_hand and ahead and self._quiet and backlog < cut_at_once \
+                and self._waits >= self.surplus_pulls and not self._start_copies():
             # The frame held for the probe's copies, which stopped with nothing lost,
-            # and the packets still wait it: dropped whole with a quiet one, which
-            # takes back exactly what it added (the player plays the frame instead
-            # if it is not quiet after all; then it goes with a later one).
+            # and every packet still waits it: dropped whole in a pause, which takes
+            # back exactly what it added (the player plays the frame instead if it is
+            # not quiet after all; then it goes at a later pause).
             self._start_hand = False
             start_cut = True
             cut_from = self._next
@@ -436,7 +460,9 @@ class JitterBuffer:
             # While losses recur the delay moves at every burst: a cushion of up to
             # three frames over the target is kept rather than cut and grown again
             # (not after one burst: its delay goes as soon as it is surplus).
-            accelerate = surplus >= (3 if len(self._losses) >= 2 else 1) and ahead
+            # (Not the frame held at the start: that one goes whole, above.)
+            accelerate = (surplus >= (3 if len(self._losses) >= 2 else 1) or self._start_trim) \
+                and ahead and not self._start_hand
             if accelerate:
                 if self._surplus_since is None:
                     self._surplus_since = now
@@ -490,6 +516,8 @@ class JitterBuffer:
         """(``stretch`` mode) The player played the last frame ``samples`` longer (or
         shorter, < 0): the surplus is measured again from here."""
         if samples:
+            if samples < 0:
+                self._start_trim = False
             self._min_wait = math.inf
             self._waits = 0
 

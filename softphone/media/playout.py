@@ -180,7 +180,8 @@ class StretchPlayout(Playout):
                     pcm = self.decoder.decode(decision.payload, copy=False)
                     played = decision.timestamp
                 else:
-                    pcm, played = kept, (decision.timestamp - FRAME_SAMPLES) & 0xFFFFFFFF
+                    pcm = kept
+                    played = (decision.timestamp - self.buffer.frame_samples) & 0xFFFFFFFF
                 if self.on_played is not None:
                     self.on_played(played, now)
                 stats.decoded += 1

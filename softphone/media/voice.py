@@ -140,7 +140,7 @@ class Playout:
             if self._ssrc is not None and ssrc != self._ssrc:
                 log.info("new audio stream (ssrc %d): restarting the jitter buffer", ssrc)
                 old = self.buffer
-                self.buffer = jb.JitterBuffer(old.clock_rate, old.frame_samples, stats=old.stats)
+                self.buffer = old.renewed()
                 self.decoder = OpusDecoder()
             self._ssrc = ssrc
             if not is_red:

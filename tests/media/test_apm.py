@@ -450,4 +450,7 @@ def test_the_echo_state_enters_converged_at_12_db_and_leaves_it_only_well_below(
     assert echo_state(True, 50, 3.0, -45.0, False) == "converged"
     assert echo_state(True, 50, 9.0, -40.0, False) == "converging"  # not yet
     assert echo_state(True, 500, 9.0, -40.0, True) == "converged"  # a dip
-    assert echo_state(True, 500, 3.0, -20.0, True) == "converging"  # really lost
+    assert echo_state(True, 500, 6.0, -20.0, True) == "converged"  # the edges
+    assert echo_state(True, 500, 3.0, -35.0, True) == "converged"
+    assert echo_state(True, 500, 5.9, -34.9, True) == "converging"  # really lost
+    assert echo_state(True, 500, None, None, True) == "converging"

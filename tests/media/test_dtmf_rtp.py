@@ -259,5 +259,7 @@ async def test_dtmf_both_ways_in_a_real_call(hub: Hub) -> None:
     frames = heard[: heard.size // 960 * 960].reshape(-1, 960)
     silent = np.flatnonzero(np.abs(frames).max(axis=1) < 50)
     runs = np.split(silent, np.flatnonzero(np.diff(silent) != 1) + 1)
-    tones = [r for r in runs if 4 <= r.size <= 7]
-    assert len(tones) == 4, [r.size for r in runs]
+    # (The first pause also takes the frame the playout held while the sender probed
+    # the path with copies: one of the four may be a frame shorter.)
+    tones = [r for r in runs if r[0] > 0 and 3 <= r.size <= 7]
+    assert len(tones) == 4 and sum(r.size == 3 for r in tones) <= 1, [r.size for r in runs]

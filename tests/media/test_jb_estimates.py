@@ -8,14 +8,14 @@ from softphone.media.jb_estimates import TransitWindow, frames_to_hold
 
 
 def test_the_transit_window_forgets_what_left_it_and_measures_the_spread() -> None:
-    w = TransitWindow(window=3.0)
+    w = TransitWindow()
     assert w.fastest is None and w.spread(0.95) == 0.0 and len(w) == 0
     for i in range(100):  # 20 ms of jitter in the first second, none after
-        w.add(0.050 + (0.020 if i % 10 == 0 else 0.0), now=i * 0.01)
+        w.add(0.050 + (0.020 if i % 10 == 0 else 0.0), now=i * 0.01, window=3.0)
     assert w.fastest == pytest.approx(0.050)
     assert w.spread(0.95) == pytest.approx(0.020)
     for i in range(100, 500):
-        w.add(0.050, now=i * 0.01)
+        w.add(0.050, now=i * 0.01, window=3.0)
     assert 300 <= len(w) <= 301  # the last 3 s
     assert w.spread(0.95) == 0.0
     w.clear()

@@ -208,3 +208,65 @@ def test_a_red_stream_rebuilds_a_loss_in_its_first_words_without_a_glitch() -> N
     assert worst_click(np.concatenate(out), 2 * N) < CLICK_DB
     out, playout = run(packets, False)
     assert playout.buffer.stats.concealed >= 1 and out[0].any()
+
+
+def probed_red_call(pcm_frames: list[Int16Array], ssrc_from: dict[int, int] | None = None,
+                    ) -> tuple[Int16Array, StretchPlayout, list[int]]:
+    """Real Opus of ``pcm_frames`` as our sender sends a clean call: RED with a copy of
+    the frame before for the first PROBE_PACKETS packets (the probe), then RED with
+    none; arrivals 1 ms after sending, pulls 5.1 ms after. ``ssrc_from``: packet
+    index -> SSRC from there on. Returns what was played, the playout, and the RTP
+    timestamps it said it played (``on_played``)."""
+    from softphone.media import red
+
+    encoder = OpusEncoder(EncoderSettings(adapt=False, bitrate=88_000, fec=False,
+                                          expected_loss=0))
+    packer = red.RedPacker(111, depth=1)
+    stream = []
+    for i, pcm in enumerate(pcm_frames):
+        packer.depth = 1 if i < PROBE_PACKETS else 0
+        stream.append(packer.wrap(i * N, encoder.encode(pcm)))
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    played: list[int] = []
+    playout.on_played = lambda ts, _: played.append(ts)
+    events = sorted([(i * T + 0.001, 0, i) for i in range(len(stream))]
+                    + [(k * T + 0.0051, 1, k) for k in range(len(stream) - 2)])
+    out: list[Int16Array] = []
+    ssrc = 1
+    for when, kind, i in events:
+        now[0] = when
+        if kind == 0:
+            ssrc = (ssrc_from or {}).get(i, ssrc)
+            playout.push(ssrc, i, i * N, stream[i], True)
+        else:
+            out.append(playout.pull())
+    return np.concatenate(out), playout, played
+
+
+def test_the_frame_held_at_the_start_goes_with_a_pause_not_from_a_tone() -> None:
+    """After the probe the frame held for its copies is dropped whole, and only where
+    the audio pauses: through a steady tone every frame is played in order (the player
+    keeps each frame the buffer offers to drop, as it is not quiet) without a click;
+    with 0.4 s of silence in the tone, exactly one frame goes, one of the silent ones."""
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    frames = [tone.next(N) for _ in range(150)]
+    out, playout, played = probed_red_call(frames)
+    assert played == [i * N for i in range(len(played))]  # every frame, in order
+    assert playout.buffer.stats.skipped == 0 and playout.buffer.stats.concealed == 0
+    assert worst_click(out, 2 * N) < CLICK_DB
+    silent = set(range(60, 80))
+    frames = [np.zeros(N, np.int16) if i in silent else f for i, f in enumerate(frames)]
+    out, playout, played = probed_red_call(frames)
+    gone = sorted(set(range(played[-1] // N)) - {ts // N for ts in played})
+    assert len(gone) == 1 and gone[0] in silent, gone
+    assert playout.buffer.stats.skipped == 1 and playout.buffer.stats.concealed == 0
+
+
+def test_a_new_stream_keeps_the_playout_s_buffer_settings() -> None:
+    """A new SSRC (the peer's sender restarted) starts a new, empty jitter buffer with
+    the same settings: still time stretching, still expecting copies."""
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    _, playout, played = probed_red_call([tone.next(N) for _ in range(100)], {50: 2})
+    assert playout.buffer.stretch and playout.buffer.copies_expected
+    assert playout.buffer.stats.resets == 0 and played  # the counts carried on
