@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 
-from softphone.media.jitterbuffer import Conceal, JitterBuffer, Play, Recover, Silence
+from softphone.media.jitterbuffer import (
+    Conceal,
+    Decision,
+    JitterBuffer,
+    Play,
+    Recover,
+    Silence,
+)
 
 F = 960  # samples per 20 ms frame
 T = 0.020  # seconds per frame
@@ -452,6 +460,34 @@ def test_a_copy_that_rode_in_a_lost_packet_is_not_waited_for() -> None:
     assert jb.level < 9 * T  # no pile of delay from the wait
 
 
+def probed(jb: JitterBuffer, frames: int, phase: float,
+           arrival: Callable[[int], float] | None = None,
+           player: Callable[[int, float, Decision], float] | None = None) -> None:
+    """Our sender's clean call into ``jb``: packet i sent at i*T arrives ``arrival(i)``
+    later (default: 1 ms +-0.2), with a copy of the frame before in the first 25 (the
+    probe); pulls every T at ``phase``. ``player(i, when, decision)`` returns how much
+    sooner (seconds) the pulls come from then on (what it took out by stretching)."""
+    late = arrival or (lambda i: 0.001 + 0.0002 * ((i * 7) % 3 - 1))
+    events = sorted([(i * T + late(i), 0, i) for i in range(frames)]
+                    + [(k * T + phase, 1, k) for k in range(frames - 3)])
+    sooner = 0.0
+    for when, kind, i in events:
+        if kind == 0:
+            jb.push(i * F, payload(i), when)
+            if 0 < i < 25:  # the probe
+                jb.push_redundant((i - 1) * F, payload(i - 1), when)
+            continue
+        d = jb.pull(when - sooner)
+        if player is not None:
+            sooner += player(i, when - sooner, d)
+
+
+def waited(when: float, d: Decision) -> float:
+    """How long the packet ``d`` plays waited since it arrived (1 ms after sending)."""
+    assert isinstance(d, Play)
+    return when - (d.timestamp // F * T + 0.001)
+
+
 @pytest.mark.parametrize("phase", [0.0035, 0.0105, 0.0195, 0.0235])
 def test_the_frame_kept_at_the_start_is_dropped_once_in_a_pause_after_the_copies(
         phase: float) -> None:
@@ -463,26 +499,21 @@ def test_the_frame_kept_at_the_start_is_dropped_once_in_a_pause_after_the_copies
     underruns a sub-frame cut fell into in a real-time call). 30 s: nothing else is
     cut, stretched or concealed."""
     jb = JitterBuffer(stretch=True, copies_expected=True)
-    frames = 1500
-    events = sorted([(i * T + 0.001 + 0.0002 * ((i * 7) % 3 - 1), 0, i) for i in range(frames)]
-                    + [(k * T + phase, 1, k) for k in range(frames - 3)])
     cuts = []
     waits: list[float] = []
-    for when, kind, i in events:
-        if kind == 0:
-            jb.push(i * F, payload(i), when)
-            if 0 < i < 25:  # the probe
-                jb.push_redundant((i - 1) * F, payload(i - 1), when)
-            continue
-        d = jb.pull(when)
+
+    def player(i: int, when: float, d: Decision) -> float:
         if i == 0:
             assert isinstance(d, Silence) == (phase - 0.001 < T)  # it waits a frame
-            continue
+            return 0.0
         assert isinstance(d, Play) and not d.accelerate and not d.expand, d
-        waits.append(when - (d.timestamp // F * T + 0.001))
+        waits.append(waited(when, d))
         if d.skipped:
             assert d.optional_skip
             cuts.append(i)
+        return 0.0
+
+    probed(jb, 1500, phase, player=player)
     assert len(cuts) == 1 and cuts[0] > 25, cuts  # not while the copies came
     natural = (phase - 0.001) % T  # the wait without a frame in hand
     assert abs(waits[-1] - natural) < 0.0005, (waits[-1], natural)
@@ -494,17 +525,9 @@ def test_the_frame_kept_at_the_start_stays_while_the_jitter_needs_it() -> None:
     needs: it is dropped only when every packet waits a whole frame more than the
     target, which here they do not (so it is not dropped)."""
     rng = random.Random(3)
+    jitter = [rng.uniform(0, 0.019) for _ in range(500)]
     jb = JitterBuffer(stretch=True, copies_expected=True)
-    frames = 500
-    events = sorted([(i * T + 0.001 + rng.uniform(0, 0.019), 0, i) for i in range(frames)]
-                    + [(k * T + 0.005, 1, k) for k in range(frames - 3)])
-    for when, kind, i in events:
-        if kind == 0:
-            jb.push(i * F, payload(i), when)
-            if 0 < i < 25:
-                jb.push_redundant((i - 1) * F, payload(i - 1), when)
-        else:
-            jb.pull(when)
+    probed(jb, 500, 0.005, arrival=lambda i: 0.001 + jitter[i])
     assert jb.stats.skipped == 0
     assert jb.stats.concealed == 0
 
@@ -515,23 +538,17 @@ def test_a_frame_the_packets_barely_wait_is_not_cut_whole() -> None:
     The frame is left to the usual surplus rule instead (the player takes a pause but
     its 2.5 ms crossfade), once: nothing is concealed in 30 s."""
     jb = JitterBuffer(stretch=True, copies_expected=True)
-    frames = 1500
-    events = sorted([(i * T + 0.001 + 0.0002 * ((i * 7) % 3 - 1), 0, i) for i in range(frames)]
-                    + [(k * T + 0.0011, 1, k) for k in range(frames - 3)])
-    cut = 0.0
     flagged = []
-    for when, kind, i in events:
-        if kind == 0:
-            jb.push(i * F, payload(i), when)
-            if 0 < i < 25:
-                jb.push_redundant((i - 1) * F, payload(i - 1), when)
-            continue
-        d = jb.pull(when - cut)
+
+    def player(i: int, when: float, d: Decision) -> float:
         assert not isinstance(d, (Conceal, Recover)), (i, d)
         if isinstance(d, Play) and d.accelerate:
             flagged.append(i)
-            jb.stretched(-840)
-            cut += 840 / 48_000
+            jb.stretched(-840)  # all of a quiet frame but its 2.5 ms crossfade
+            return 840 / 48_000
+        return 0.0
+
+    probed(jb, 1500, 0.0011, player=player)
     assert jb.stats.skipped == 0 and len(flagged) == 1 and flagged[0] > 25, flagged
 
 
@@ -539,25 +556,20 @@ def test_the_frame_kept_at_the_start_waits_for_a_real_pause() -> None:
     """The player finds the frame the start cut would drop is not quiet and keeps it
     (keep_skipped): the frame stays held and the cut is tried again later."""
     jb = JitterBuffer(stretch=True, copies_expected=True)
-    frames = 300
-    events = sorted([(i * T + 0.001, 0, i) for i in range(frames)]
-                    + [(k * T + 0.005, 1, k) for k in range(frames - 3)])
     tries = []
-    wait = 0.0
-    for when, kind, i in events:
-        if kind == 0:
-            jb.push(i * F, payload(i), when)
-            if 0 < i < 25:
-                jb.push_redundant((i - 1) * F, payload(i - 1), when)
-            continue
-        d = jb.pull(when)
+    waits: list[float] = []
+
+    def player(i: int, when: float, d: Decision) -> float:
         if isinstance(d, Play):
-            wait = when - (d.timestamp // F * T + 0.001)
-        if isinstance(d, Play) and d.skipped:
-            assert d.optional_skip
-            tries.append(i)
-            if len(tries) == 1:
-                jb.keep_skipped()  # not a pause: played instead
+            waits.append(waited(when, d))
+            if d.skipped:
+                assert d.optional_skip
+                tries.append(i)
+                if len(tries) == 1:
+                    jb.keep_skipped()  # not a pause: played instead
+        return 0.0
+
+    probed(jb, 300, 0.005, arrival=lambda i: 0.001, player=player)
     assert len(tries) == 2 and tries[1] - tries[0] >= jb.surplus_pulls, tries
     assert jb.stats.skipped == 1 and jb.stats.concealed == 0
-    assert abs(wait - 0.004) < 0.0005  # the second try took it: the phase's own wait
+    assert abs(waits[-1] - 0.004) < 0.0005  # the second try took it: the phase's own wait
