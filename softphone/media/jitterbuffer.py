@@ -21,8 +21,8 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
   a frame later, the reserve a call's first loss needs while the sender
   probes the path with copies. Once they stop with nothing lost (or after
   ``start_hold`` seconds without a loss, for a peer that always sends
-  copies), that frame is dropped in a pause if the packets wait it, else left
-  to the rules below. A packet that is not there when
+  copies), that frame is dropped with a quiet one if the packets wait it, else
+  left to the rules below. A packet that is not there when
   its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
 - When later packets show the missing one is lost, frames already covered
@@ -59,8 +59,8 @@ __all__ = ["Conceal", "Decision", "JitterBuffer", "JitterStats", "Play", "Recove
 
 _WRAP: Final = 1 << 32
 #: The frame held at the start is dropped only if every packet waits it and this much
-#: more (seconds): a frame cut from a wait just under it would make the next one late.
-START_SPARE: Final = 0.0005
+#: more (seconds): cut from a wait just over a frame, the next packets come late.
+START_SPARE: Final = 0.002
 _HALF: Final = 1 << 31
 
 
@@ -126,7 +126,6 @@ class JitterBuffer:
     _lost_once: bool = False  # a loss was seen (or a frame repaired) in this stream
     _start_hand: bool = False  # the frame start_wait put in hand is still held
     _start_at: float = 0.0  # when the first packet was played
-    _start_trim: bool = False  # most of that frame is to go once in a pause
     _undo_start: bool = False  # the skip keep_skipped() takes back dropped that frame
 
     def renewed(self) -> JitterBuffer:
@@ -208,7 +207,7 @@ class JitterBuffer:
 
     def _note_loss(self, now: float) -> None:
         self._lost_once = True
-        self._start_hand = self._start_trim = False  # the frame in hand: the loss reserve
+        self._start_hand = False  # the frame in hand is the loss reserve now
         # A burst is one event, whether it is seen as a hole or as a repaired frame.
         if not self._losses or now - self._losses[-1] > 2 * self.frame_samples / self.clock_rate:
             self._losses.append(now)
@@ -228,7 +227,7 @@ class JitterBuffer:
         self._ref = None
         self._newest = None
         self._offsets.clear()
-        self._lost_once = self._start_hand = self._start_trim = self._undo_start = False
+        self._lost_once = self._start_hand = self._undo_start = False
         self._undo = None
         self._transit.clear()
         self._underruns = 0
@@ -430,21 +429,16 @@ class JitterBuffer:
         ahead = self._next + frame in self._packets  # something to play after a skip
         accelerate = expand = voiced = start_cut = False
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
-        if self._start_hand and self._waits >= self.surplus_pulls \
-                and self._min_wait - target < seconds + START_SPARE \
+        if self._start_hand and ahead and backlog < cut_at_once \
+                and self._waits >= self.surplus_pulls \
+                and self._min_wait - target >= seconds + START_SPARE \
                 and not self._start_copies():
-            # Not every packet waits that frame (the jitter or the pull phase took some
-            # of it): it is part of the delay now, under the rules below; if they wait
-            # most of it, that is taken out once in a pause (the player takes all of a
-            # quiet frame but its 2.5 ms crossfade), as a surplus.
-            self._start_hand = False
-            self._start_trim = self._min_wait - target >= seconds * 7 / 8 + 0.001
-        if self._start_hand and ahead and self._quiet and backlog < cut_at_once \
-                and self._waits >= self.surplus_pulls and not self._start_copies():
             # The frame held for the probe's copies, which stopped with nothing lost,
-            # and every packet still waits it: dropped whole in a pause, which takes
-            # back exactly what it added (the player plays the frame instead if it is
-            # not quiet after all; then it goes at a later pause).
+            # and every packet still waits it and a little more: dropped whole with a
+            # quiet frame, which takes back exactly what it added (the player plays
+            # it instead if it is not quiet after all; then it goes with a later one).
+            # If the packets wait less, the surplus rule below takes what they do
+            # wait over a frame (all of a quiet frame but 2.5 ms), or nothing.
             self._start_hand = False
             start_cut = True
             cut_from = self._next
@@ -460,9 +454,7 @@ class JitterBuffer:
             # While losses recur the delay moves at every burst: a cushion of up to
             # three frames over the target is kept rather than cut and grown again
             # (not after one burst: its delay goes as soon as it is surplus).
-            # (Not the frame held at the start: that one goes whole, above.)
-            accelerate = (surplus >= (3 if len(self._losses) >= 2 else 1) or self._start_trim) \
-                and ahead and not self._start_hand
+            accelerate = surplus >= (3 if len(self._losses) >= 2 else 1) and ahead
             if accelerate:
                 if self._surplus_since is None:
                     self._surplus_since = now
@@ -517,7 +509,7 @@ class JitterBuffer:
         shorter, < 0): the surplus is measured again from here."""
         if samples:
             if samples < 0:
-                self._start_trim = False
+                self._start_hand = False  # the delay came down: no frame held for that
             self._min_wait = math.inf
             self._waits = 0
 
