@@ -7,9 +7,10 @@ All re-exported by :mod:`softphone.client.call`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from softphone.core.callstate import ExitCode, Outcome, Role
 from softphone.core.protocol import IceCandidate
@@ -18,6 +19,18 @@ from softphone.media.rtc import CandidatePair, MediaStats
 
 #: A :meth:`Call.on_event <softphone.client.call.Call.on_event>` listener.
 EventCallback = Callable[[dict[str, Any]], None]
+
+_T = TypeVar("_T")
+
+
+def held_call(ref: weakref.ref[_T], holder: str) -> _T:
+    """The call a helper (``holder``: "hold link"...) holds weakly, so that the call,
+    which holds the helper, is freed with its last reference and not left in a cycle
+    for the garbage collector (issue 15). ReferenceError once the call is gone."""
+    call = ref()
+    if call is None:
+        raise ReferenceError(f"the call of this {holder} is gone")
+    return call
 
 
 class MediaLink(Protocol):

@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from softphone.client.calltypes import held_call
 from softphone.core import callstate as cs
 from softphone.core import hold as h
 from softphone.core.line import Routed
@@ -71,10 +72,7 @@ class HoldLink:
 
     @property
     def call(self) -> Call:
-        call = self._call()
-        if call is None:  # (only a timer outlives its call: see _due)
-            raise ReferenceError("the call of this hold link is gone")
-        return call
+        return held_call(self._call, "hold link")
 
     @property
     def local_held(self) -> bool:

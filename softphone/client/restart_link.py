@@ -37,6 +37,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from softphone._tasks import spawn
+from softphone.client.calltypes import held_call
 from softphone.client.restart_conn import RestartConn, verification_code
 from softphone.core import callstate as cs
 from softphone.core import restart as r
@@ -99,10 +100,7 @@ class RestartLink:
 
     @property
     def call(self) -> Call:
-        call = self._call()
-        if call is None:
-            raise ReferenceError("the call of this restart link is gone")
-        return call
+        return held_call(self._call, "restart link")
 
     # -- what the phone and the call feed ------------------------------------------
 

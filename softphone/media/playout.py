@@ -47,7 +47,7 @@ from softphone.media import jitterbuffer as jb
 from softphone.media import rtcp_xr, stretch
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
 from softphone.media.pcm import SampleFifo
-from softphone.media.voice import Playout
+from softphone.media.voice import Playout, is_quiet
 
 log = logging.getLogger(__name__)
 
@@ -169,25 +169,13 @@ class StretchPlayout(Playout):
         stats.frames += 1
         try:
             if isinstance(decision, jb.Play):
-                kept = None
-                for skipped in decision.skipped:  # keep the decoder's state, play nothing
-                    pcm = self.decoder.decode(skipped, copy=False)
-                    if decision.optional_skip and not _is_quiet(pcm):
-                        # Not a pause after all: play it, keep the cut for later.
-                        self.buffer.keep_skipped()
-                        kept = pcm
-                if kept is None:
-                    pcm = self.decoder.decode(decision.payload, copy=False)
-                    played = decision.timestamp
-                else:
-                    pcm = kept
-                    played = (decision.timestamp - self.buffer.frame_samples) & 0xFFFFFFFF
+                pcm, played = self._decode_play(decision, copy=False)
                 if self.on_played is not None:
                     self.on_played(played, now)
                 stats.decoded += 1
                 pcm = self._resumed(pcm)
                 if decision.expand or (decision.accelerate and (
-                        decision.voiced or _is_quiet(pcm))):
+                        decision.voiced or is_quiet(pcm))):
                     pcm = self._stretch(pcm, decision.accelerate)
             elif isinstance(decision, jb.Recover):
                 pcm = self._resumed(self.decoder.recover(decision.next_payload, copy=False))
@@ -205,7 +193,7 @@ class StretchPlayout(Playout):
             pcm = self._silence()
         if pcm.size == 0:
             pcm = self._silence()
-        self._quiet = _is_quiet(pcm)
+        self._quiet = is_quiet(pcm)
         self._queue(pcm)
 
     def _silence(self) -> Int16Array:
@@ -308,9 +296,3 @@ def _to_int16(x: npt.NDArray[np.float32]) -> Int16Array:
     out: Int16Array = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
     return out
 
-
-_QUIET_PEAK: Final = int(32768 * 10 ** (-45 / 20))
-
-
-def _is_quiet(pcm: Int16Array) -> bool:
-    return pcm.size == 0 or max(int(pcm.max()), -int(pcm.min())) < _QUIET_PEAK

@@ -36,8 +36,9 @@ _SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _QUIET_PEAK = int(32768 * 10 ** (-45 / 20))
 
 
-def _is_quiet(pcm: Int16Array) -> bool:
-    return pcm.size == 0 or int(np.abs(pcm).max()) < _QUIET_PEAK
+def is_quiet(pcm: Int16Array) -> bool:
+    """A pause in speech: no sample above -45 dBFS (no array made: 50 times a second)."""
+    return pcm.size == 0 or max(int(pcm.max()), -int(pcm.min())) < _QUIET_PEAK
 
 
 class VoiceEncoder:
@@ -156,6 +157,19 @@ class Playout:
                     self.buffer.push_redundant((timestamp - block.offset) & 0xFFFFFFFF,
                                                block.data, now)
 
+    def _decode_play(self, decision: jb.Play, copy: bool = True) -> tuple[Int16Array, int]:
+        """A :class:`~.jitterbuffer.Play` decoded: the frames it skips (for the
+        decoder's state, not played), then its own; the samples and the RTP timestamp
+        played. A skip that only cut surplus in a pause (``optional_skip``) whose frame
+        is not quiet after all is taken back: that frame is played, the cut kept for
+        later."""
+        for skipped in decision.skipped:
+            pcm = self.decoder.decode(skipped, copy=copy)
+            if decision.optional_skip and not is_quiet(pcm):
+                self.buffer.keep_skipped()
+                return pcm, (decision.timestamp - self.buffer.frame_samples) & 0xFFFFFFFF
+        return self.decoder.decode(decision.payload, copy=copy), decision.timestamp
+
     def pull(self) -> Int16Array:
         """The next 20 ms to play (always exactly 960 samples)."""
         now = self.clock()
@@ -165,20 +179,9 @@ class Playout:
             stats.frames += 1
             try:
                 if isinstance(decision, jb.Play):
-                    out = None
-                    for skipped in decision.skipped:
-                        pcm = self.decoder.decode(skipped)
-                        if decision.optional_skip and not _is_quiet(pcm):
-                            # Not a pause after all: play it, keep the cut for later.
-                            self.buffer.keep_skipped()
-                            out = pcm
-                            if self.on_played is not None:
-                                self.on_played((decision.timestamp - self.buffer.frame_samples)
-                                               & 0xFFFFFFFF, now)
-                    if out is None:
-                        out = self.decoder.decode(decision.payload)
-                        if self.on_played is not None:
-                            self.on_played(decision.timestamp, now)
+                    out, played = self._decode_play(decision)
+                    if self.on_played is not None:
+                        self.on_played(played, now)
                     stats.decoded += 1
                 elif isinstance(decision, jb.Recover):
                     out = self.decoder.recover(decision.next_payload)
@@ -192,7 +195,7 @@ class Playout:
                 log.debug("decode failed: %s", exc)
                 return _SILENCE.copy()
         # A pause in speech (below -45 dBFS peak) is where the buffer may skip a frame.
-        self._quiet = _is_quiet(out)
+        self._quiet = is_quiet(out)
         if out.size != FRAME_SAMPLES:  # packets of another duration: fit to 20 ms
             fitted = np.zeros(FRAME_SAMPLES, dtype=np.int16)
             n = min(FRAME_SAMPLES, out.size)
