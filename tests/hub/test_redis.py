@@ -238,14 +238,21 @@ def redis_server() -> Iterator[Any]:
 
 
 class Nodes:
-    """In-process hub nodes sharing one Redis, with fast heartbeats."""
+    """In-process hub nodes sharing one Redis, with fast heartbeats.
+
+    Presence lives ``ttl`` = 3 s (15 heartbeats): with 0.8 s, a test process
+    stalled for 0.6 s on a loaded machine (CI, with a network-lab call beside it)
+    let an id expire between two refreshes, and a message for it came back
+    ``offline`` (test_cross_node_offline timed out waiting for it). Expiry itself
+    is tested with nodes as processes, killed.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.hubs: list[Hub] = []
 
     async def add(self, node_id: str, **config: Any) -> Hub:
-        registry = RedisRegistry(self.url, node_id, heartbeat=0.2, ttl=0.8)
+        registry = RedisRegistry(self.url, node_id, heartbeat=0.2, ttl=3.0)
         await registry.start()
         hub = Hub(HubConfig(ice_servers=[], **config), registry)
         await hub.start("127.0.0.1", 0)
