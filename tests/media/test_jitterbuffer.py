@@ -489,22 +489,22 @@ def waited(when: float, d: Decision) -> float:
 
 
 @pytest.mark.parametrize("phase", [0.0045, 0.0105, 0.0195, 0.0245])
-def test_the_frame_kept_at_the_start_is_dropped_once_in_a_pause_after_the_copies(
+def test_the_frames_kept_at_the_start_are_dropped_in_one_pause_after_the_copies(
         phase: float) -> None:
     """A clean call: the sender probes with copies for half a second, then sends none.
-    The frame held for them is dropped once, whole, in a pause after that (an
-    optional skip: the player keeps it if it is not quiet), which takes back exactly
-    what it added: whatever the pull clock's phase, the packets then wait what the
-    phase alone gives (not less: a cut of that wait is the cycle of cuts and
-    underruns a sub-frame cut fell into in a real-time call). 30 s: nothing else is
-    cut, stretched or concealed."""
+    The two frames held for them are dropped, whole, in one pause after that (optional
+    skips at two pulls in a row: the player keeps a frame if it is not quiet), which
+    takes back exactly what they added: whatever the pull clock's phase, the packets
+    then wait what the phase alone gives (not less: a cut of that wait is the cycle
+    of cuts and underruns a sub-frame cut fell into in a real-time call). 30 s:
+    nothing else is cut, stretched or concealed."""
     jb = JitterBuffer(stretch=True, copies_expected=True)
     cuts = []
     waits: list[float] = []
 
     def player(i: int, when: float, d: Decision) -> float:
-        if i == 0:
-            assert isinstance(d, Silence) == (phase - 0.001 < T)  # it waits a frame
+        if i * T + phase - 0.001 < 2 * T:  # the first packet waits two frames
+            assert isinstance(d, Silence), (i, d)
             return 0.0
         assert isinstance(d, Play) and not d.accelerate and not d.expand, d
         waits.append(waited(when, d))
@@ -514,30 +514,31 @@ def test_the_frame_kept_at_the_start_is_dropped_once_in_a_pause_after_the_copies
         return 0.0
 
     probed(jb, 1500, phase, player=player)
-    assert len(cuts) == 1 and cuts[0] > 25, cuts  # not while the copies came
+    assert len(cuts) == 2 and cuts[0] > 25 and cuts[1] == cuts[0] + 1, cuts  # (after the copies)
     natural = (phase - 0.001) % T  # the wait without a frame in hand
     assert abs(waits[-1] - natural) < 0.0005, (waits[-1], natural)
     assert jb.stats.concealed == 0
 
 
 def test_the_frame_kept_at_the_start_stays_while_the_jitter_needs_it() -> None:
-    """On a path with jitter the frame the start put in hand may be what the jitter
-    needs: it is dropped only when every packet waits a whole frame more than the
-    target, which here they do not (so it is not dropped)."""
+    """On a path with jitter the frames the start put in hand may be what the jitter
+    needs: one is dropped only when every packet waits a whole frame more than the
+    target (and 2 ms), which here they do for one frame, not for the other."""
     rng = random.Random(3)
     jitter = [rng.uniform(0, 0.019) for _ in range(500)]
     jb = JitterBuffer(stretch=True, copies_expected=True)
     probed(jb, 500, 0.005, arrival=lambda i: 0.001 + jitter[i])
-    assert jb.stats.skipped == 0
+    assert jb.stats.skipped == 1
     assert jb.stats.concealed == 0
 
 
 @pytest.mark.parametrize(("phase", "accelerated"), [(0.0025, 1), (0.0011, 0)])
 def test_a_frame_the_packets_barely_wait_is_not_cut_whole(
         phase: float, accelerated: int) -> None:
-    """The pull phase puts the first packet just over a frame (19.9-21.7 ms) from its
-    arrival: a whole frame cut would leave the next packets late, one after another.
-    The frame is left to the usual surplus rule instead: where every packet waits a
+    """The pull phase puts the first packet just over two frames (39.9-41.7 ms) from
+    its arrival: the first held frame is dropped, but a second whole frame cut would
+    leave the next packets late, one after another. That frame is left to the usual
+    surplus rule instead: where every packet waits a
     frame or more over the target, the player takes a pause but its 2.5 ms crossfade,
     once; where not quite, nothing. Nothing is concealed in 30 s."""
     jb = JitterBuffer(stretch=True, copies_expected=True)
@@ -552,13 +553,14 @@ def test_a_frame_the_packets_barely_wait_is_not_cut_whole(
         return 0.0
 
     probed(jb, 1500, phase, player=player)
-    assert jb.stats.skipped == 0 and len(flagged) == accelerated, flagged
+    assert jb.stats.skipped == 1 and len(flagged) == accelerated, flagged
     assert all(i > 25 for i in flagged), flagged
 
 
 def test_the_frame_kept_at_the_start_waits_for_a_real_pause() -> None:
     """The player finds the frame the start cut would drop is not quiet and keeps it
-    (keep_skipped): the frame stays held and the cut is tried again later."""
+    (keep_skipped): the frames stay held and the cut is tried again later, when both
+    go, one pull after the other."""
     jb = JitterBuffer(stretch=True, copies_expected=True)
     tries = []
     waits: list[float] = []
@@ -574,6 +576,7 @@ def test_the_frame_kept_at_the_start_waits_for_a_real_pause() -> None:
         return 0.0
 
     probed(jb, 300, 0.005, arrival=lambda i: 0.001, player=player)
-    assert len(tries) == 2 and tries[1] - tries[0] >= jb.surplus_pulls, tries
-    assert jb.stats.skipped == 1 and jb.stats.concealed == 0
+    assert len(tries) == 3 and tries[1] - tries[0] >= jb.surplus_pulls, tries
+    assert tries[2] == tries[1] + 1
+    assert jb.stats.skipped == 2 and jb.stats.concealed == 0
     assert abs(waits[-1] - 0.004) < 0.0005  # the second try took it: the phase's own wait
