@@ -12,9 +12,12 @@ retransmission would come far later).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from softphone.media import aiortc_seams
 from softphone.media.aiortc_seams import STOCK_SETUP, FastSetup, SeamMismatch, fast_setup
+from softphone.media.aiortc_seams.dtls import DtlsFlights
 from softphone.media.audiopath import MediaConfig
 from softphone.media.tracks import SilenceSource
 
@@ -459,6 +463,51 @@ async def test_dtls_flights_step_aside_once_media_flows() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+
+def test_a_flight_left_unsent_when_the_loop_closes_leaves_no_coroutine_behind() -> None:
+    """(Adapter test, fake transports.) A flight sent again from a timer just as the
+    loop stops (a call torn down at a program's end) never runs: that must not leave
+    a never-awaited coroutine for the garbage collector to warn about in whatever
+    runs next (it failed an unrelated test in CI)."""
+
+    class Ice:
+        async def _send(self, data: bytes) -> None:
+            raise AssertionError("never sent: the loop stops first")
+
+        async def _recv(self) -> bytes:
+            return b""
+
+    class Dtls:
+        encrypted = False
+        state = "connecting"
+
+        def __init__(self) -> None:
+            self.transport = Ice()
+
+    loop = asyncio.new_event_loop()
+    try:
+        flights = DtlsFlights(Dtls(), 0.05)
+        flights.flight = [b"\x16\xfe\xfd"]
+        loop.call_soon(flights.resend, "a test")  # makes the task; its first step...
+        loop.call_soon(loop.stop)  # ...would come after the loop stops
+        loop.run_forever()
+        assert len(flights.tasks) == 1
+    finally:
+        loop.close()
+    caught: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = caught.append
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            del flights, loop  # (the closed loop still holds the task's first step)
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert not caught, [u.exc_value for u in caught]
+    assert not [w for w in warned if "never awaited" in str(w.message)], warned
 
 
 # -- gathering ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import inspect
 import logging
 import math
 import re
+import weakref
 from typing import Any, Final
 
 import aiortc
@@ -196,6 +197,10 @@ class DtlsFlights:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        # A send spawned from a timer just as the loop stops never starts: closed
+        # with its task, it is not a never-awaited coroutine for the collector to warn
+        # of in whatever runs next.
+        weakref.finalize(task, coro.close)
 
     def resend(self, why: str) -> None:
         log.debug("DTLS: sending our last flight again (%s)", why)
