@@ -436,8 +436,10 @@ class JitterBuffer:
         ahead = self._next + frame in self._packets  # something to play after a skip
         accelerate = expand = voiced = start_cut = False
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
-        spare = self._start_spare if self._start_spare else \
-            self._min_wait - target if self._waits >= self.surplus_pulls else 0.0
+        spare = 0.0  # how long the packets wait over the target, for a held frame's drop
+        if self._start_held:
+            spare = self._start_spare or (
+                self._min_wait - target if self._waits >= self.surplus_pulls else 0.0)
         self._start_spare = 0.0
         if self._start_held and ahead and backlog < cut_at_once \
                 and spare >= seconds + START_SPARE \

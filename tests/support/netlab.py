@@ -832,7 +832,6 @@ class TimedEvent:
     at: float
     name: str
     action: Callable[[], object]  # (what it returns is not used)
-    done_at: float | None = None  # when it was done, seconds after media connected
 
 
 def run_call_with_events(the_lab: NetLab, name: str, events: Sequence[TimedEvent], *,
@@ -842,8 +841,7 @@ def run_call_with_events(the_lab: NetLab, name: str, events: Sequence[TimedEvent
     """As :func:`run_call`, doing ``events`` while the call is up (in this thread).
 
     Times are counted from the caller's ``media`` event (ICE and DTLS connected):
-    about where its recording starts. Each event's ``done_at`` is set when its
-    action returned.
+    about where its recording starts.
     """
     within = duration + setup_timeout + 40.0 if within is None else within
     rec_a = the_lab.workdir / f"{name}-heard-by-a.wav"
@@ -867,7 +865,6 @@ def run_call_with_events(the_lab: NetLab, name: str, events: Sequence[TimedEvent
                 time.sleep(wait)
             log.info("%s: %s at %.2f s", name, event.name, time.monotonic() - media_at)
             event.action()
-            event.done_at = time.monotonic() - media_at
         try:
             caller.popen.wait(max(1.0, started + within - time.monotonic()))
         except subprocess.TimeoutExpired:

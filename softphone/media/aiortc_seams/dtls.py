@@ -18,11 +18,11 @@ import inspect
 import logging
 import math
 import re
-import weakref
 from typing import Any, Final
 
 import aiortc
 
+from softphone._tasks import spawn_kept
 from softphone.media.aiortc_seams.pinned import SeamMismatch
 from softphone.media.aiortc_seams.teardown import parts_of
 
@@ -191,21 +191,12 @@ class DtlsFlights:
 
     def _copy(self, data: bytes) -> None:
         if self.ice._send == self.send:  # (not once we stepped aside)
-            self._spawn(self._send_all([data]))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        # A send spawned from a timer just as the loop stops never starts: closed
-        # with its task, it is not a never-awaited coroutine for the collector to warn
-        # of in whatever runs next.
-        weakref.finalize(task, coro.close)
+            spawn_kept(self.tasks, self._send_all([data]))
 
     def resend(self, why: str) -> None:
         log.debug("DTLS: sending our last flight again (%s)", why)
         self.resent_at = asyncio.get_running_loop().time()
-        self._spawn(self._send_all(list(self.flight)))
+        spawn_kept(self.tasks, self._send_all(list(self.flight)))
 
     async def _send_all(self, flight: list[bytes]) -> None:
         for data in flight:

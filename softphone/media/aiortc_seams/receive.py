@@ -19,6 +19,7 @@ from typing import Any
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
+from softphone._tasks import spawn_kept
 from softphone.media.aiortc_seams.pinned import SeamMismatch
 from softphone.media.netsim import Impairment
 
@@ -90,9 +91,7 @@ def impair_receiver(receiver: RTCRtpReceiver, impairment: Impairment) -> None:
         loop = asyncio.get_running_loop()
 
         def deliver() -> None:
-            task = loop.create_task(original(packet, arrival_time_ms + int(delay * 1000)))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            spawn_kept(pending, original(packet, arrival_time_ms + int(delay * 1000)))
 
         loop.call_later(delay, deliver)
 

@@ -26,6 +26,7 @@ import aiortc
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from softphone._tasks import spawn_kept
 from softphone.media.aiortc_seams.pinned import SeamMismatch
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,7 @@ def report_with(receiver: RTCRtpReceiver, extra: Callable[[int], bytes]) -> Call
     def send_now() -> None:
         data = more()
         if data:
-            task = asyncio.get_running_loop().create_task(send(data))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            spawn_kept(tasks, send(data))
 
     receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
     return send_now
