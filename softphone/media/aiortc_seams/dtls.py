@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -191,12 +192,12 @@ class DtlsFlights:
 
     def _copy(self, data: bytes) -> None:
         if self.ice._send == self.send:  # (not once we stepped aside)
-            spawn_kept(self.tasks, self._send_all([data]))
+            spawn_kept(self.tasks, functools.partial(self._send_all, [data]))
 
     def resend(self, why: str) -> None:
         log.debug("DTLS: sending our last flight again (%s)", why)
         self.resent_at = asyncio.get_running_loop().time()
-        spawn_kept(self.tasks, self._send_all(list(self.flight)))
+        spawn_kept(self.tasks, functools.partial(self._send_all, list(self.flight)))
 
     async def _send_all(self, flight: list[bytes]) -> None:
         for data in flight:

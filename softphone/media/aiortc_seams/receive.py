@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -91,7 +92,8 @@ def impair_receiver(receiver: RTCRtpReceiver, impairment: Impairment) -> None:
         loop = asyncio.get_running_loop()
 
         def deliver() -> None:
-            spawn_kept(pending, original(packet, arrival_time_ms + int(delay * 1000)))
+            spawn_kept(pending, functools.partial(
+                original, packet, arrival_time_ms + int(delay * 1000)))
 
         loop.call_later(delay, deliver)
 

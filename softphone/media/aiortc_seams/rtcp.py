@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import weakref
@@ -152,7 +153,7 @@ def report_with(receiver: RTCRtpReceiver, extra: Callable[[int], bytes]) -> Call
     def send_now() -> None:
         data = more()
         if data:
-            spawn_kept(tasks, send(data))
+            spawn_kept(tasks, functools.partial(send, data))
 
     receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
     return send_now
