@@ -131,6 +131,10 @@ class HubClient:
         push = asyncio.ensure_future(self._pushed_event.wait())
         try:
             await asyncio.wait({fetch, push}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # (cancelled: a phone that could not connect drops it)
+            fetch.cancel()
+            fetch.add_done_callback(_retrieved)  # its error is no one's: not logged at exit
+            raise
         finally:
             push.cancel()
         pushed = self._fresh_push()
@@ -263,6 +267,11 @@ class HubClient:
             await self._ws.close()
         if self._session is not None:
             await self._session.close()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _describe(exc: BaseException) -> str:
