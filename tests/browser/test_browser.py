@@ -38,9 +38,9 @@ from ..support.browser import (
     wait_outcome,
 )
 from ..support.helpers import Proc, assert_tone, assert_wav_tone, read_wav
-from .conftest import PAGE_TONE, Launch
+from .conftest import PAGE_TONE, SESSION_LOOP, Launch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
 OTHER_TONE = 660.0
 
@@ -111,7 +111,7 @@ async def test_page_calls_cli_audio_both_ways(hub: Hub, chromium: Launch,
     await wait_call_state(page, "connected")
     assert await page.get_attribute("#phone", "data-call-state") == "connected"
     await assert_page_hears(page, OTHER_TONE)
-    await page.wait_for_timeout(1500)
+    await page.wait_for_timeout(2000)  # the CLI's recording: 0.5 s skipped, 1 s checked
     await page.click("#hangup")  # the caller (page) hangs up
     state = await wait_outcome(page, "completed")
     assert state["call"]["endedBy"] == "local"

@@ -16,9 +16,9 @@ from softphone.hub.server import Hub
 
 from ..conftest import Proc, hub_url
 from ..support.browser import connect_as, dial, snapshot, wait_call_state, wait_js
-from .conftest import Launch
+from .conftest import SESSION_LOOP, Launch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
 
 def dtmf_events(proc: Proc) -> list[dict[str, Any]]:
@@ -45,9 +45,11 @@ async def test_page_keypad_to_a_cli_phone(hub: Hub, chromium: Launch, procs: lis
     await dial(page, "bob")
     await wait_call_state(page, "connected")
     await page.wait_for_timeout(500)
+    sent = ""
     for key in ("5", "0", "#"):  # the keypad's buttons
         await page.click(f"#keypad button[data-key='{key}']")
-        await page.wait_for_timeout(400)
+        sent += key  # the key's tone has started (the next is played after it)
+        await wait_js(page, f"window.phone.keysSent === {json.dumps(sent)}")
     heard = await wait_digits(bob, 3)
     assert [e["digit"] for e in heard] == ["5", "0", "#"], bob.stdout
     assert all(80 <= e["duration_ms"] <= 160 for e in heard), heard
@@ -69,13 +71,15 @@ async def test_cli_calls_the_page_and_the_page_presses_keys(hub: Hub, chromium: 
     page = await browser.open(hub_url(hub) + "/?id=page&autoaccept=1")
     await wait_js(page, "window.phone.hub === 'connected'")
     alice = Proc("call", "page", "--as", "alice", "--server", hub_url(hub), "--tone", "440",
-                 "--json", "--no-audio", "--duration", "5")
+                 "--json", "--no-audio")
     procs.append(alice)
     await wait_call_state(page, "connected")
     await page.wait_for_timeout(500)
     await page.keyboard.press("7")  # the keyboard works too, outside the id fields
-    await page.wait_for_timeout(400)
+    await wait_js(page, "window.phone.keysSent === '7'")  # its tone has started
     await page.keyboard.press("*")
     heard = await wait_digits(alice, 2)
     assert [e["digit"] for e in heard] == ["7", "*"], alice.stdout
+    await wait_js(page, "window.phone.keysSent === '7*'")
+    await page.click("#hangup")
     assert await alice.wait(20) == 0, alice.stderr

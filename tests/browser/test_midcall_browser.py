@@ -40,17 +40,24 @@ from ..support.browser_midcall import (
     wait_restarts,
 )
 from ..support.helpers import assert_tone
-from .conftest import PAGE_TONE, Launch
+from .conftest import PAGE_TONE, SESSION_LOOP, Launch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
 OTHER_TONE = 660.0
 
 
-async def two_pages(hub: Hub, chromium: Launch) -> tuple[Any, Any]:
-    """alice (440 Hz) calls bob (660 Hz); both connected and hearing each other."""
+async def two_pages(hub: Hub, chromium: Launch,
+                    alice_restart: dict[str, float] | None = None) -> tuple[Any, Any]:
+    """alice (440 Hz) calls bob (660 Hz); both connected and hearing each other.
+
+    ``alice_restart``: alice's restart settings for the call (restart.js DEFAULT_SETTINGS).
+    """
     alice = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=alice")
     bob = await (await chromium(OTHER_TONE)).open(hub_url(hub) + "/?id=bob")
+    if alice_restart is not None:  # (a call's settings: the next call has them)
+        await alice.evaluate("(s) => window.__softphoneTest.setRestartSettings(s)",
+                             alice_restart)
     await wait_hub(alice, "connected")
     await wait_hub(bob, "connected")
     await answer_call(alice, bob, "bob")
@@ -80,8 +87,9 @@ async def test_hold_and_resume_between_pages(hub: Hub, chromium: Launch) -> None
     await alice.wait_for_timeout(500)  # what was under way has arrived
     await assert_page_silent(bob)
     await assert_page_silent(alice)
-    # No RTP is expected while held: no restart after more than the 2 s of silence.
-    await alice.wait_for_timeout(2500)
+    # No RTP is expected while held: no restart after more than the 2 s of silence
+    # (silent for 2.5 s by now, the waits above: then 3.5 s, 1.5 s more than the timer).
+    await alice.wait_for_timeout(1000)
     for page in (alice, bob):
         m = await media(page)
         assert m["status"] == "ok" and m["restarts"] == [] and m["generation"] == 0, m
@@ -126,13 +134,13 @@ async def test_restart_ice_between_pages(hub: Hub, chromium: Launch) -> None:
     assert await log_has(alice, "media lost (rtp-silence), restarting")
     assert "media back" in (await alice.text_content("#media-status") or "")
     assert await alice.get_attribute("#phone", "data-media") == "ok"
-    await assert_page_hears(alice, OTHER_TONE)
-    await assert_page_hears(bob, PAGE_TONE)
+    await assert_page_hears(alice, OTHER_TONE, fresh=True)
+    await assert_page_hears(bob, PAGE_TONE, fresh=True)
     # A second restart, from the callee: generation 2.
     await bob.evaluate("window.__softphoneTest.restartMedia()")
     assert (await wait_restarts(bob, 2))["generation"] == 2
     assert (await wait_restarts(alice, 2))["generation"] == 2
-    await assert_page_hears(alice, OTHER_TONE)
+    await assert_page_hears(alice, OTHER_TONE, fresh=True)
     await bob.click("#hangup")
     await wait_outcome(alice, "completed")
     await wait_outcome(bob, "completed")
@@ -153,20 +161,20 @@ async def test_restart_glare_between_pages(hub: Hub, chromium: Launch) -> None:
     assert a["generation"] == 1 and b["generation"] == 1, (a, b)
     assert await log_has(alice, "ignored restart offer 1: glare: our offer wins")
     assert not await log_has(bob, "glare: our offer wins")
-    await assert_page_hears(alice, OTHER_TONE)
-    await assert_page_hears(bob, PAGE_TONE)
+    await assert_page_hears(alice, OTHER_TONE, fresh=True)
+    await assert_page_hears(bob, PAGE_TONE, fresh=True)
     assert (await snapshot(alice))["call"]["state"] == "connected"
 
 
 async def test_silence_from_the_peer_restarts_then_media_comes_back(hub: Hub,
                                                                     chromium: Launch) -> None:
-    """bob stops sending for 4 s: alice notices (no RTP for 2 s), restarts, hears bob again."""
+    """bob stops sending for over 3 s: alice notices (no RTP for 2 s), restarts, hears bob again."""
     alice, bob = await two_pages(hub, chromium)
     await bob.evaluate("window.__softphoneTest.silence(true)")
     await wait_js(alice, "window.phone.session.status === 'restarting'", within=10)
     assert "media lost (rtp-silence), restarting" in (await alice.text_content("#media-status")
                                                       or "")
-    await bob.wait_for_timeout(2000)
+    await bob.wait_for_timeout(1300)  # the gap: 2 s (alice's silence timer) + this, or more
     await bob.evaluate("window.__softphoneTest.silence(false)")
     a = await wait_restarts(alice, 1)
     assert a["restarts"][0]["reason"] == "rtp-silence" and a["status"] == "ok", a
@@ -177,13 +185,7 @@ async def test_silence_from_the_peer_restarts_then_media_comes_back(hub: Hub,
 
 async def test_media_that_never_comes_back_ends_the_call_media_lost(hub: Hub,
                                                                    chromium: Launch) -> None:
-    alice, bob = await two_pages(hub, chromium)
-    await alice.evaluate("window.__softphoneTest.setRestartSettings({giveUp: 5})")
-    # The settings are a call's: the next call has them.
-    await alice.click("#hangup")
-    await wait_outcome(bob, "completed")
-    await answer_call(alice, bob, "bob")
-    await assert_page_hears(alice, OTHER_TONE)
+    alice, bob = await two_pages(hub, chromium, alice_restart={"giveUp": 3})
     await bob.evaluate("window.__softphoneTest.silence(true)")  # and never again
     state = await wait_outcome(alice, "media-lost", within=30)
     assert state["call"]["reason"] == "rtp-silence", state["call"]

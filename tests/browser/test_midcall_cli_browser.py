@@ -41,9 +41,9 @@ from ..support.browser_midcall import (
     wait_restarts,
 )
 from ..support.helpers import Proc, assert_tone, read_wav
-from .conftest import PAGE_TONE, Launch
+from .conftest import PAGE_TONE, SESSION_LOOP, Launch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
 CLI_TONE = 660.0
 RATE = 48000
@@ -87,7 +87,7 @@ async def test_page_restarts_media_with_a_cli_peer(hub: Hub, chromium: Launch,
     assert await page.evaluate("window.phone.session.first.pc.connectionState") == "closed"
     assert await log_has(page, "media lost (rtp-silence), restarting")
     assert "media back" in (await page.text_content("#media-status") or "")
-    await assert_page_hears(page, CLI_TONE)
+    await assert_page_hears(page, CLI_TONE, fresh=True)
     await bob.wait_for_output('"event":"media-restart"', within=15)
     await page.wait_for_timeout(2000)
     await page.click("#hangup")
@@ -122,7 +122,7 @@ async def test_cli_restarts_media_with_the_page(hub: Hub, chromium: Launch) -> N
         m = await wait_restarts(page, 1)
         assert m["restarts"][0]["reason"] == "peer" and m["generation"] == 1, m
         assert m["connections"] == 1 and m["features"]["iceRestart"] is False, m
-        await assert_page_hears(page, CLI_TONE)
+        await assert_page_hears(page, CLI_TONE, fresh=True)
         await asyncio.sleep(1.5)
         assert [e for e in events if e["event"] == "media-restart"], events
         assert_tone(heard.samples()[-int(1.2 * RATE):], PAGE_TONE, skip=0.0, min_seconds=1.0,
@@ -138,7 +138,7 @@ async def test_page_holds_a_cli_peer(hub: Hub, chromium: Launch, procs: list[Pro
                                      tmp_path: Path) -> None:
     record = tmp_path / "bob.wav"
     page, bob = await page_calls_listen(hub, chromium, procs, record)
-    await page.wait_for_timeout(1000)
+    await page.wait_for_timeout(1500)  # the CLI's recording: tone for a while before the hold
     await page.click("#hold")
     await wait_hold(page, "local")
     assert await page.text_content("#hold-status") == "on hold (you)"
@@ -149,7 +149,7 @@ async def test_page_holds_a_cli_peer(hub: Hub, chromium: Launch, procs: list[Pro
     await page.click("#hold")  # Resume
     await wait_hold(page, "")
     await bob.wait_for_output('"event":"resume","by":"remote"', within=10)
-    await assert_page_hears(page, CLI_TONE)
+    await assert_page_hears(page, CLI_TONE, fresh=True)
     await page.wait_for_timeout(1500)
     await page.click("#hangup")
     await wait_outcome(page, "completed")
@@ -190,7 +190,7 @@ async def test_cli_holds_the_page(hub: Hub, chromium: Launch) -> None:
         assert rms_dbfs(held) < -60, f"the Python phone heard {rms_dbfs(held):.1f} dBFS on hold"
         await call.resume()
         await wait_hold(page, "")
-        await assert_page_hears(page, CLI_TONE)
+        await assert_page_hears(page, CLI_TONE, fresh=True)
         await asyncio.sleep(1.5)
         assert_tone(heard.samples()[-int(1.2 * RATE):], PAGE_TONE, skip=0.0, min_seconds=1.0,
                     what="the Python phone after the resume")

@@ -31,9 +31,9 @@ from ..support.browser import (
     wait_js,
     wait_outcome,
 )
-from .conftest import Launch
+from .conftest import SESSION_LOOP, Launch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
 WEB = Path(__file__).resolve().parents[2] / "softphone" / "hub" / "web"
 IMPORT = re.compile(r'^import\b[^;]*?from\s+"\./([\w.-]+)";', re.MULTILINE | re.DOTALL)

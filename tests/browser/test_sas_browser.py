@@ -32,9 +32,9 @@ from softphone.hub.server import Hub
 
 from ..conftest import Proc, hub_url
 from ..support.browser import connect_as, dial, snapshot, wait_call_state, wait_js
-from .conftest import Launch
+from .conftest import SESSION_LOOP, Launch
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
 
 async def sas_module(page: Any, script: str, arg: Any) -> Any:

@@ -2,15 +2,19 @@
 
 Each :class:`ChromiumPhone` is one browser process whose fake microphone plays
 a WAV file with a known tone (Chromium's fake audio device is per process, so
-two sides with different tones need two browsers). Playwright's own browser
-download is never used: ``executable_path`` points at Debian's Chromium.
+two sides with different tones need two browsers), and a browser context of its
+own in it; tests/browser/conftest.py keeps the processes between tests.
+Playwright's own browser download is never used: ``executable_path`` points at
+Debian's Chromium.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -63,18 +67,24 @@ def chromium_args(mic_wav: Path | None) -> list[str]:
 
 
 class ChromiumPhone:
-    """One headless Chromium process with a fake microphone (or none)."""
+    """One headless Chromium process with a fake microphone (or none), and a browser
+    context of its own in it (pages, storage, permissions: nothing shared).
 
-    def __init__(self, playwright: Any, mic_wav: Path | None) -> None:
+    ``browser``: a Chromium already running with ``mic_wav`` (and nothing open in it),
+    to make the context in instead of launching one.
+    """
+
+    def __init__(self, playwright: Any, mic_wav: Path | None, browser: Any = None) -> None:
         self._pw = playwright
         self.mic_wav = mic_wav
-        self.browser: Any = None
+        self.browser: Any = browser
         self.context: Any = None
         self.console: list[str] = []
 
     async def start(self, *, ignore_https_errors: bool = False) -> ChromiumPhone:
-        self.browser = await self._pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=chromium_args(self.mic_wav))
+        if self.browser is None:
+            self.browser = await self._pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=chromium_args(self.mic_wav))
         self.context = await self.browser.new_context(
             ignore_https_errors=ignore_https_errors, viewport={"width": 560, "height": 640})
         return self
@@ -101,9 +111,14 @@ class ChromiumPhone:
             await page.wait_for_function(PHONE_READY)
         return page
 
+    async def close_context(self) -> None:
+        """Close the context (its pages and calls); the browser stays."""
+        context, self.context = self.context, None
+        if context is not None:
+            await context.close()
+
     async def close(self) -> None:
-        if self.context is not None:
-            await self.context.close()
+        await self.close_context()
         if self.browser is not None:
             await self.browser.close()
 
@@ -153,27 +168,61 @@ async def dial(page: Any, peer: str) -> None:
     await page.click("#call")
 
 
+#: What the page's analyser holds: its last ``fftSize`` (32768) samples at 48 kHz
+#: (media.js ``Speaker``), about 0.68 s.
+ANALYSER_SECONDS = 32768 / RATE
+
+#: ``window.phone.receivedAudio()``, its samples sent as the bytes of a Float32Array in
+#: base64: the same numbers as the page's array of them, without the half a second that
+#: Playwright takes to pass 32768 numbers one by one.
+_RECEIVED_AUDIO = """() => {
+    const got = window.phone.receivedAudio();
+    if (got === null) return null;
+    const bytes = new Uint8Array(Float32Array.from(got.samples).buffer);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 8192) {
+        text += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+    }
+    return {rate: got.rate, samples: btoa(text)};
+}"""
+
+
 async def received_audio(page: Any) -> tuple[np.ndarray, int]:
     """The last ~0.7 s the page's WebAudio analyser heard, as int16 samples."""
-    got = await page.evaluate("window.phone.receivedAudio()")
+    got = await page.evaluate(_RECEIVED_AUDIO)
     assert got is not None, "the page has no remote audio"
-    samples = np.clip(np.asarray(got["samples"], dtype=np.float64), -1.0, 1.0)
+    floats = np.frombuffer(base64.b64decode(got["samples"]), dtype="<f4").astype(np.float64)
+    samples = np.clip(floats, -1.0, 1.0)
     return (samples * 32767).astype(np.int16), int(got["rate"])
 
 
-async def assert_page_hears(page: Any, expected: float, *, tolerance: float = 8.0) -> float:
-    """The page's analyser hears ``expected`` Hz, and getStats() counts inbound audio energy."""
+async def assert_page_hears(page: Any, expected: float, *, tolerance: float = 8.0,
+                            fresh: bool = False, within: float = 10.0) -> float:
+    """The page's analyser hears ``expected`` Hz, and getStats() counts inbound audio energy.
+
+    Both are looked at until they hold (for up to ``within`` s): the analyser's last
+    ~0.7 s must carry the tone. With ``fresh``, only what the page played after this
+    call counts (the analyser's window is waited out first): for a check right after a
+    change that need not have stopped the audio, such as a media restart.
+    """
     await wait_js(page, "window.phone.analyser !== null")
-    await page.wait_for_timeout(1200)  # let the analyser's 0.7 s window fill with audio
-    samples, rate = await received_audio(page)
-    found = dominant_frequency(samples, rate)
-    purity = tone_purity(samples, expected, rate)
-    assert abs(found - expected) <= tolerance and purity > 0.5, \
-        f"page heard {found:.1f} Hz ({100 * purity:.0f}% near {expected} Hz)"
-    stats = await page.evaluate("window.phone.inboundAudio()")
-    assert stats is not None and stats["packetsReceived"] > 0, stats
-    assert stats["totalAudioEnergy"] > 0, stats
-    return found
+    if fresh:
+        await page.wait_for_timeout(round((ANALYSER_SECONDS + 0.1) * 1000))
+    deadline = time.monotonic() + within
+    while True:
+        samples, rate = await received_audio(page)
+        found = dominant_frequency(samples, rate)
+        purity = tone_purity(samples, expected, rate)
+        heard = abs(found - expected) <= tolerance and purity > 0.5
+        stats = await page.evaluate("window.phone.inboundAudio()")
+        counted = (stats is not None and stats["packetsReceived"] > 0
+                   and stats["totalAudioEnergy"] > 0)
+        if heard and counted:
+            return found
+        assert time.monotonic() < deadline, (
+            f"for {within} s: page heard {found:.1f} Hz ({100 * purity:.0f}% near {expected} Hz);"
+            f" its inbound audio stats: {stats}")
+        await page.wait_for_timeout(100)
 
 
 async def inbound_energy(page: Any) -> float:
