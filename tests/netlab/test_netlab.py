@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +42,24 @@ from ..support.netlab import (
     RouterConfig,
     missing_requirements,
     run_call,
+    shared_lab,
     softphone_argv,
-    started_lab,
     turn_rest_credentials,
 )
 
 
+@pytest.fixture(scope="module")
+def lab_of_this_module(tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[Callable[[], NetLab]]:
+    with shared_lab(tmp_path_factory.mktemp("netlab")) as get:
+        yield get
+
+
 @pytest.fixture
-def netlab(tmp_path: Path) -> Iterator[NetLab]:
-    with started_lab(tmp_path / "lab") as the_lab:
-        yield the_lab
+def netlab(lab_of_this_module: Callable[[], NetLab]) -> NetLab:
+    """The module's lab, as built (:meth:`NetLab.reset`): each test configures its
+    routers and starts its hub (the one running is kept when it is the same)."""
+    return lab_of_this_module()
 
 
 def assert_heard(party: Party, expected: float, min_seconds: float = 1.5) -> None:
@@ -67,14 +75,19 @@ def assert_completed(run: CallRun) -> None:
     assert_heard(run.callee, CALLER_TONE)
 
 
-def pair(party: Party) -> tuple[str, str]:
-    """(local type, remote type) of the candidate pair ``party`` reported."""
-    got = party.candidate_pair
-    assert got is not None, f"{party.role} reported no candidate pair:\n{party.stdout}"
-    # The same pair is in the "media" event, the "ended" event and the status line.
-    assert party.ended.get("candidate_pair") == got
-    assert f"via {got['local']['type']}/" in party.stderr
-    return got["local"]["type"], got["remote"]["type"]
+def pairs(party: Party) -> list[tuple[str, str]]:
+    """(local type, remote type) of every candidate pair ``party``'s call used: the first
+    connection's, then that of each media restart (under load a call may restart its
+    media, and the new connection has a pair of its own)."""
+    used = party.candidate_pairs
+    assert used, f"{party.role} reported no candidate pair:\n{party.stdout}"
+    # The first pair is in the "media" event and the status line; the one in force at
+    # the end (the last "media" or "media-restart" event's) in the "ended" event.
+    first = next((e for e in party.events if e.get("event") == "media"), {})
+    assert first.get("candidate_pair") == used[0], party.stdout
+    assert f"via {used[0]['local']['type']}/" in party.stderr
+    assert party.ended.get("candidate_pair") == used[-1] == party.candidate_pair, party.stdout
+    return [(p["local"]["type"], p["remote"]["type"]) for p in used]
 
 
 @pytest.mark.netlab
@@ -82,10 +95,11 @@ def test_eim_nat_with_stun_connects_via_srflx(netlab: NetLab) -> None:
     netlab.start_hub(turn=())  # /ice-servers: STUN only
     run = run_call(netlab, "eim-stun")
     assert_completed(run)
-    assert pair(run.caller) == ("srflx", "srflx")
-    assert pair(run.callee) == ("srflx", "srflx")
-    local = run.caller.candidate_pair["local"]  # type: ignore[index]
-    assert local["address"] == "203.0.113.11" and local["protocol"] == "udp"
+    assert set(pairs(run.caller)) == {("srflx", "srflx")}, run.describe()
+    assert set(pairs(run.callee)) == {("srflx", "srflx")}, run.describe()
+    for used in run.caller.candidate_pairs:
+        local = used["local"]
+        assert local["address"] == "203.0.113.11" and local["protocol"] == "udp", used
 
 
 @pytest.mark.netlab
@@ -96,7 +110,7 @@ def test_symmetric_nat_with_stun_only_fails_cleanly_and_quickly(netlab: NetLab) 
     for party in (run.caller, run.callee):
         assert party.exit_code == 8, run.describe()
         assert party.ended.get("outcome") == "media-failed"
-        assert party.candidate_pair is None
+        assert party.candidate_pair is None and party.candidate_pairs == []
         assert "media failed" in party.stderr
         assert "Traceback" not in party.stderr
     # Gave up at the setup timeout, not after aioice's minute of retries.
@@ -110,7 +124,21 @@ def test_symmetric_nat_with_turn_from_the_hub_connects_via_relay(netlab: NetLab)
     run = run_call(netlab, "sym-turn")
     assert_completed(run)
     for party in (run.caller, run.callee):
-        assert "relay" in pair(party), run.describe()
+        for used in pairs(party):
+            assert "relay" in used, run.describe()
+
+
+@pytest.mark.netlab
+def test_relay_only_policy(netlab: NetLab) -> None:
+    netlab.start_hub()  # STUN + TURN: the caller could go direct, but says --relay
+    run = run_call(netlab, "relay-only", caller_args=["--relay"])
+    assert_completed(run)
+    # Every pair the call used (a media restart connects again, through a new one).
+    assert {local for local, _ in pairs(run.caller)} == {"relay"}, run.describe()
+    assert {remote for _, remote in pairs(run.callee)} == {"relay"}, run.describe()
+    # The relayed address is coturn's, on the public segment.
+    for used in run.caller.candidate_pairs:
+        assert used["local"]["address"] == "203.0.113.1", run.describe()
 
 
 @pytest.mark.netlab
@@ -120,19 +148,11 @@ def test_turn_over_tcp_when_routers_block_all_udp(netlab: NetLab) -> None:
     run = run_call(netlab, "tcp-only", setup_timeout=15.0)
     assert_completed(run)
     for party in (run.caller, run.callee):
-        local = party.candidate_pair["local"]  # type: ignore[index]
-        assert (local["type"], local.get("relay_protocol")) == ("relay", "tcp"), run.describe()
-
-
-@pytest.mark.netlab
-def test_relay_only_policy(netlab: NetLab) -> None:
-    netlab.start_hub()  # STUN + TURN: the caller could go direct, but says --relay
-    run = run_call(netlab, "relay-only", caller_args=["--relay"])
-    assert_completed(run)
-    assert pair(run.caller)[0] == "relay"
-    assert pair(run.callee)[1] == "relay"
-    # The relayed address is coturn's, on the public segment.
-    assert run.caller.candidate_pair["local"]["address"] == "203.0.113.1"  # type: ignore[index]
+        assert party.candidate_pairs, run.describe()
+        for used in party.candidate_pairs:
+            local = used["local"]
+            assert (local["type"], local.get("relay_protocol")) == ("relay", "tcp"), \
+                run.describe()
 
 
 @pytest.mark.netlab
@@ -145,7 +165,7 @@ def test_five_percent_loss_and_50ms_jitter_each_way(netlab: NetLab) -> None:
     netlab.start_hub(turn=())
     run = run_call(netlab, "lossy", duration=5.0, setup_timeout=15.0)
     assert_completed(run)
-    assert pair(run.caller) == ("srflx", "srflx")
+    assert set(pairs(run.caller)) == {("srflx", "srflx")}, run.describe()
     for party in (run.caller, run.callee):
         samples, rate = read_wav(party.recording)
         body = samples[rate // 2:]
@@ -236,6 +256,20 @@ def test_party_reads_the_json_events(tmp_path: Path) -> None:
                   tmp_path / "x.wav")
     assert party.ended["outcome"] == "completed"
     assert party.pair_text() == "relay/udp (TURN/tcp) <-> srflx/udp"
+    assert party.candidate_pairs == [cp] and party.candidate_pair == cp
+    # A media restart connects through a new pair: the one in force at the end is the
+    # last one, and every pair used is listed.
+    again = {"local": {**cp["local"], "port": 7}, "remote": {**cp["remote"], "port": 8}}
+    restarted = [events[0], {"event": "media-lost", "reason": "path-dead"},
+                 {"event": "media-restart", "candidate_pair": again},
+                 {"event": "stats"}, {**events[1], "candidate_pair": again}]
+    party = Party("caller", 0, restarted, "", "", tmp_path / "x.wav")
+    assert party.candidate_pairs == [cp, again] and party.candidate_pair == again
+    assert party.pair_text(cp) == party.pair_text()
+    # Never connected: no pair at all.
+    failed = Party("caller", 8, [{"event": "ended", "candidate_pair": None}], "", "",
+                   tmp_path / "x.wav")
+    assert failed.candidate_pairs == [] and failed.candidate_pair is None
 
 
 # -- what the lab tests rely on, checked without a lab ------------------------------------
@@ -342,7 +376,7 @@ def test_cone_nat_with_stun_sets_up_and_says_when(netlab: NetLab) -> None:
     netlab.start_hub(turn=())
     run = run_call(netlab, "setup", duration=2.0)
     assert_completed(run)
-    assert pair(run.caller) == ("srflx", "srflx")
+    assert set(pairs(run.caller)) == {("srflx", "srflx")}, run.describe()
     for party in (run.caller, run.callee):
         setup, heard = party.ended.get("setup_seconds"), party.ended.get("first_audio_seconds")
         assert isinstance(setup, float) and setup > 0, run.describe()

@@ -53,6 +53,9 @@ from ..support.netlab import (
 #: The issue's target: far tone back within this of the event (or of the restore).
 BACK_WITHIN = 1.5
 EVENT_AT = 3.0  # seconds after media connected
+#: Talk time after the event (after the restore, for the outage): the tone must be back
+#: within BACK_WITHIN and then last 2 s to the end; this leaves 2.5 s to spare.
+AFTER = 6.0
 WINDOW = 0.1  # seconds per analysis window
 #: Continuous tone that counts as "back".
 STEADY = 1.0
@@ -131,7 +134,7 @@ def test_network_switch_mid_call(netlab: NetLab) -> None:
             raise LabError(f"after the switch, a is seen at {seen}")
 
     event = TimedEvent(EVENT_AT, "network switch", switch)
-    run = run_call_with_events(netlab, "switch", [event], duration=EVENT_AT + 8.0)
+    run = run_call_with_events(netlab, "switch", [event], duration=EVENT_AT + AFTER)
     assert_survived(run, EVENT_AT, BACK_WITHIN, "the network switch")
 
 
@@ -148,7 +151,7 @@ def test_nat_rebinding_mid_call(netlab: NetLab) -> None:
             raise LabError(f"b had no UDP flow to a's public address: {forgotten}")
 
     event = TimedEvent(EVENT_AT, "NAT rebinding", rebind)
-    run = run_call_with_events(netlab, "rebind", [event], duration=EVENT_AT + 8.0)
+    run = run_call_with_events(netlab, "rebind", [event], duration=EVENT_AT + AFTER)
     # The lab did it: the flows it forgot left, later, from new external ports.
     old = {(m.host_port, m.remote, m.remote_port): m.public_port for m in forgotten}
     lo, hi = REBIND_PORTS
@@ -183,7 +186,7 @@ def test_30_s_outage_mid_call(netlab: NetLab) -> None:
 
     events = [TimedEvent(EVENT_AT, "outage starts", cut),
               TimedEvent(EVENT_AT + OUTAGE, "outage ends", restore)]
-    run = run_call_with_events(netlab, "outage", events, duration=EVENT_AT + OUTAGE + 8.0)
+    run = run_call_with_events(netlab, "outage", events, duration=EVENT_AT + OUTAGE + AFTER)
     if not netlab.hub_reachable("b"):
         raise LabError("after the outage b cannot reach the hub")
     actual = times["restored"] - times["cut"]

@@ -31,7 +31,13 @@ Nothing is touched outside the lab's namespaces: links are created inside
 them, every rule lives in them, and traffic cannot leave them. The
 namespaces are named ``splab<pid>-<node>``; :meth:`NetLab.close` kills every
 process in them and deletes them, and :func:`remove_stale_labs` removes
-those of labs whose process is gone (a killed test run).
+those of labs whose process is gone (a killed test run). The one file outside
+is each namespace's ``/etc/netns/<namespace>/resolv.conf`` (which ``ip netns
+exec`` mounts over ``/etc/resolv.conf``), deleted with the namespace: the lab
+has no DNS, and a name lookup in it fails at once rather than after the
+resolver's timeouts against the host's nameserver, which the lab cannot reach
+(aioice resolves the hub's default STUN server in a thread that the phone's
+exit waits for: 7 s more per call on a host with an unreachable nameserver).
 """
 
 from __future__ import annotations
@@ -211,6 +217,20 @@ def _lab_namespaces() -> list[str]:
             if line.split() and line.split()[0].startswith(PREFIX)]
 
 
+#: Per-namespace files that ``ip netns exec`` mounts over those in /etc (ip-netns(8)).
+NETNS_ETC = Path("/etc/netns")
+#: No DNS in the lab: nothing answers on port 53 of the namespace's own loopback.
+_RESOLV_CONF = "# the network lab (tests/support/netlab.py): no DNS here\n" \
+    "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+
+
+def _add_namespace(ns: str) -> None:
+    _run("ip", "netns", "add", ns)
+    etc = NETNS_ETC / ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(_RESOLV_CONF)
+
+
 def _kill_namespace_processes(ns: str) -> None:
     """SIGTERM, then SIGKILL, every process inside the lab namespace ``ns``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -228,6 +248,7 @@ def _kill_namespace_processes(ns: str) -> None:
 def _delete_namespace(ns: str) -> None:
     _kill_namespace_processes(ns)
     _run("ip", "netns", "delete", ns, check=False)
+    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
 
 
 def remove_stale_labs() -> list[str]:
@@ -238,6 +259,11 @@ def remove_stale_labs() -> list[str]:
         if match and not _pid_alive(int(match.group(1))):
             _delete_namespace(ns)
             removed.append(ns)
+    with contextlib.suppress(OSError):  # a namespace's files left without it
+        for etc in NETNS_ETC.glob(f"{PREFIX}*-*"):
+            match = re.match(rf"{PREFIX}(\d+)-", etc.name)
+            if match and not _pid_alive(int(match.group(1))):
+                shutil.rmtree(etc, ignore_errors=True)
     if removed:
         log.warning("removed stale lab namespaces: %s", ", ".join(removed))
     return removed
@@ -289,6 +315,7 @@ class NetLab:
     _namespaces: list[str] = field(default_factory=list)
     _second: set[str] = field(default_factory=set)  # sides with a second home built
     _moved: set[str] = field(default_factory=set)  # sides that switched to it
+    _hubs_started: int = 0
 
     # -- names --------------------------------------------------------------
 
@@ -327,7 +354,7 @@ class NetLab:
             # Drop a leftover of our own pid (a previous lab in this process).
             if self.ns(node) in _lab_namespaces():
                 _delete_namespace(self.ns(node))
-            _run("ip", "netns", "add", self.ns(node))
+            _add_namespace(self.ns(node))
             self._namespaces.append(self.ns(node))
             self._ip(node, "link", "set", "lo", "up")
             self._sysctl(node, "net.ipv6.conf.all.disable_ipv6=1",
@@ -482,26 +509,61 @@ class NetLab:
             argv += ["--ice-username", username, "--ice-credential", credential]
         if not stun and not turn:
             argv += ["--ice-server", "none"]
-        proc = self.spawn("pub", f"hub-{len(self.processes)}", argv)
-        self._wait_listening(proc, HUB_PORT)
-        return proc
+        return self._hub(argv)
 
     def start_hub_with(self, *options: str) -> LabProcess:
         """``softphone serve`` on the public address with exactly ``options`` (a hub
         :meth:`start_hub` does not make: another TURN secret, static credentials ...)."""
-        argv = [*softphone_argv("serve"), "--host", PUBLIC_IP, "--port", str(HUB_PORT),
-                *options]
-        proc = self.spawn("pub", f"hub-{len(self.processes)}", argv)
+        return self._hub([*softphone_argv("serve"), "--host", PUBLIC_IP, "--port",
+                          str(HUB_PORT), *options])
+
+    def _hub(self, argv: list[str]) -> LabProcess:
+        """The hub ``argv`` runs: the one running already if it was started so (a lab that
+        tests share, :meth:`reset`), else a new one, in place of any other."""
+        for proc in self.processes:
+            if (proc.name.startswith("hub-") and proc.popen.poll() is None
+                    and proc.popen.args == self.exec_argv("pub", argv)):
+                return proc
+        self.stop_hubs()
+        self._hubs_started += 1
+        proc = self.spawn("pub", f"hub-{self._hubs_started}", argv)
         self._wait_listening(proc, HUB_PORT)
         return proc
 
     def stop_hubs(self) -> None:
-        for proc in self.processes:
-            if proc.name.startswith("hub-"):
-                proc.stop()
+        running = [p for p in self.processes
+                   if p.name.startswith("hub-") and p.popen.poll() is None]
+        for proc in running:
+            proc.stop()
         deadline = time.monotonic() + 5.0
-        while self._listening("pub", HUB_PORT) and time.monotonic() < deadline:
+        while running and self._listening("pub", HUB_PORT) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def reset(self) -> None:
+        """Back to as built, for the next of the tests that share this lab: both routers
+        plain endpoint-independent NAT, unimpaired (:meth:`configure` replaces every rule,
+        so no outage or rebinding is left either), the routers' connection tracking
+        flushed (no NAT mapping of an earlier call is left), and every process stopped
+        but coturn and the hub. A host that switched networks cannot go back: a
+        :class:`LabError`."""
+        if self._moved or self._second:
+            raise LabError(f"{sorted(self._second)} have a second network: build a new lab")
+        kept = []
+        for proc in self.processes:
+            if proc.popen.poll() is not None:
+                continue
+            if proc.name == "coturn" or proc.name.startswith("hub-"):
+                kept.append(proc)
+            else:
+                proc.stop()
+        self.processes[:] = kept
+        if not any(p.name == "coturn" for p in kept):
+            raise LabError("coturn is not running")
+        self.configure_both(RouterConfig())
+        if shutil.which("conntrack"):
+            for side in ("a", "b"):
+                _run("ip", "netns", "exec", self.ns(self.router_of(side)), "conntrack", "-F",
+                     check=False)
 
     def exec_argv(self, node: str, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside ``node``'s namespace (for callers that spawn it themselves)."""
@@ -548,7 +610,7 @@ class NetLab:
         router = f"r{side}2"
         if self.ns(router) in _lab_namespaces():
             _delete_namespace(self.ns(router))
-        _run("ip", "netns", "add", self.ns(router))
+        _add_namespace(self.ns(router))
         self._namespaces.append(self.ns(router))
         self._ip(router, "link", "set", "lo", "up")
         self._sysctl(router, "net.ipv6.conf.all.disable_ipv6=1",
@@ -708,6 +770,30 @@ def started_lab(workdir: Path, *, hub: bool = False) -> Iterator[NetLab]:
         yield the_lab
 
 
+@contextlib.contextmanager
+def shared_lab(workdir: Path, *, hub: bool = False) -> Iterator[Callable[[], NetLab]]:
+    """One lab for several tests (a module-scoped fixture): yields a function that gives
+    each test the lab :meth:`NetLab.reset` (as :func:`started_lab` makes it; the first
+    call builds it), or a new one where a reset cannot undo what a test did."""
+    with contextlib.ExitStack() as stack:
+        current: list[NetLab] = []
+
+        def get() -> NetLab:
+            if current:
+                try:
+                    current[0].reset()
+                    return current[0]
+                except LabError as exc:
+                    log.warning("building the shared lab again: %s", exc)
+                    current.clear()
+                    stack.close()
+            built = len(list(workdir.glob("lab*")))
+            current.append(stack.enter_context(started_lab(workdir / f"lab{built}", hub=hub)))
+            return current[0]
+
+        yield get
+
+
 def _is_main_thread() -> bool:
     import threading
 
@@ -755,13 +841,29 @@ class Party:
         return next((e for e in reversed(self.events) if e.get("event") == "ended"), {})
 
     @property
+    def candidate_pairs(self) -> list[dict[str, Any]]:
+        """Every candidate pair the call's media used, in order: the first connection's
+        (the ``media`` event), then each new connection's (``media-restart`` events: a
+        media restart may connect through another pair)."""
+        pairs = [e.get("candidate_pair") for e in self.events
+                 if e.get("event") in ("media", "media-restart")]
+        return [p for p in pairs if isinstance(p, dict)]
+
+    @property
     def candidate_pair(self) -> dict[str, Any] | None:
-        media = next((e for e in self.events if e.get("event") == "media"), None)
-        pair = media.get("candidate_pair") if media else self.ended.get("candidate_pair")
+        """The pair in force at the end: the last of :attr:`candidate_pairs` (the
+        ``ended`` event's when the media never connected)."""
+        pairs = self.candidate_pairs
+        if pairs:
+            return pairs[-1]
+        if any(e.get("event") == "media" for e in self.events):
+            return None  # (connected, yet said no pair)
+        pair = self.ended.get("candidate_pair")
         return pair if isinstance(pair, dict) else None
 
-    def pair_text(self) -> str:
-        pair = self.candidate_pair
+    def pair_text(self, pair: dict[str, Any] | None = None) -> str:
+        """``pair`` (default: the one in force at the end) as the status line says it."""
+        pair = self.candidate_pair if pair is None else pair
         if pair is None:
             return "-"
 
@@ -793,9 +895,12 @@ def _events(text: str) -> list[dict[str, object]]:
 
 
 def run_call(the_lab: NetLab, name: str, *, caller_args: Sequence[str] = (),
-             callee_args: Sequence[str] = (), duration: float = 3.0,
+             callee_args: Sequence[str] = (), duration: float = 2.0,
              setup_timeout: float = 10.0, within: float = 60.0) -> CallRun:
-    """``a`` calls ``b`` through the lab's hub; both send tones, record, and print JSON."""
+    """``a`` calls ``b`` through the lab's hub; both send tones, record, and print JSON.
+
+    ``duration``: talk time; the default, 2 s, leaves each recording twice the second
+    of tone after its first half second that the tests check."""
     rec_a = the_lab.workdir / f"{name}-heard-by-a.wav"
     rec_b = the_lab.workdir / f"{name}-heard-by-b.wav"
     common = ["--server", the_lab.hub_url, "--json", "--setup-timeout", str(setup_timeout)]
