@@ -7,6 +7,7 @@ from here too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -111,8 +112,8 @@ def no_user_settings(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
 
 
-@pytest.fixture
-async def hub() -> AsyncIterator[Hub]:
+@contextlib.asynccontextmanager
+async def running_hub() -> AsyncIterator[Hub]:
     """Our hub, in-process, on 127.0.0.1 and a free port; no STUN handed out."""
     h = Hub(HubConfig(ice_servers=[]))
     await h.start("127.0.0.1", 0)
@@ -120,6 +121,13 @@ async def hub() -> AsyncIterator[Hub]:
         yield h
     finally:
         await h.stop()
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[Hub]:
+    """Our hub, in-process, on 127.0.0.1 and a free port; no STUN handed out."""
+    async with running_hub() as h:
+        yield h
 
 
 def hub_url(h: Hub) -> str:

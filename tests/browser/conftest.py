@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from softphone.hub.server import Hub, HubConfig
+from softphone.hub.server import Hub
 
+from ..conftest import running_hub
 from ..support.browser import ChromiumPhone, need_browser, write_tone_wav
 
 PAGE_TONE = 440.0  # what a page's fake microphone plays, unless told otherwise
@@ -116,12 +117,8 @@ async def chromium(browsers: Browsers) -> AsyncIterator[Launch]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def hub() -> AsyncIterator[Hub]:
     """tests/conftest.py's ``hub``, in the session's event loop (:data:`SESSION_LOOP`)."""
-    h = Hub(HubConfig(ice_servers=[]))
-    await h.start("127.0.0.1", 0)
-    try:
+    async with running_hub() as h:
         yield h
-    finally:
-        await h.stop()
 
 
 def _playwrights(task: asyncio.Task[Any]) -> bool:
