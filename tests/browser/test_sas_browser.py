@@ -158,3 +158,77 @@ async def test_a_page_shows_the_code_the_cli_phone_prints(hub: Hub, chromium: La
     await page.click("#hangup")
     assert await bob.wait(15) == 0, bob.stderr
     assert (await snapshot(page))["errors"] == []
+
+
+# The page's verify() against connections that cannot give a code: `media` stands in for
+# the phone's current CallMedia (window.phone.media), `scenario` does something while the
+# phone verifies; the result is what the phone showed (errors, code) and how long it took.
+VERIFY_SCENARIO = """async ([scenario, sdp512]) => {
+  const phone = window.phone;
+  const call = {peer: "bob"};
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("audio");
+  if (scenario === "sha-512 only") {
+    // Chromium keeps one of a peer's fingerprints: here only a sha-512 one.
+    const other = new RTCPeerConnection();
+    other.addTransceiver("audio");
+    await other.setLocalDescription(await other.createOffer());
+    const sdp = other.localDescription.sdp.replace(/^a=fingerprint:.*$/gm, sdp512);
+    other.close();
+    await pc.setRemoteDescription({type: "offer", sdp});
+    await pc.setLocalDescription(await pc.createAnswer());
+  } else {
+    await pc.setLocalDescription(await pc.createOffer());
+  }
+  let media = {call, pc, closed: false};
+  Object.defineProperty(phone, "media", {get: () => media, configurable: true});
+  phone.errors.length = 0;
+  phone.sas = null;
+  if (scenario === "closed") { media.closed = true; pc.close(); }
+  const started = performance.now();
+  const verified = phone.verify(call);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  if (scenario === "closed while waiting") { media.closed = true; pc.close(); }
+  if (scenario === "changed while waiting") {
+    media = {call, pc: new RTCPeerConnection(), closed: false};
+  }
+  await verified;
+  const ms = performance.now() - started;
+  pc.close();
+  if (media.pc !== pc) media.pc.close();
+  delete phone.media; // (the class's getter again)
+  return {errors: phone.errors.map((e) => [e.code, e.message]), sas: phone.sas, ms};
+}"""
+
+
+async def test_the_page_verifies_only_a_live_connection(hub: Hub, chromium: Launch) -> None:
+    """A code asked for as the call ends, or before the certificate stats exist, is no
+    error: the page waits for the certificates (getStats has them a moment after
+    "connected") and drops the result of a connection closed or replaced meanwhile. Only a
+    connection that stays open without them, whose SDP has no sha-256 fingerprint
+    (Chromium's remote description can keep only the sha-512 one), is an error."""
+    browser = await chromium(tone=None)
+    page = await browser.open(hub_url(hub) + "/")
+    await wait_js(page, "window.phone !== undefined")
+    sdp512 = "a=fingerprint:sha-512 " + hexed(random.Random(5).randbytes(64))
+
+    async def verify(scenario: str) -> dict[str, Any]:
+        result: dict[str, Any] = await page.evaluate(VERIFY_SCENARIO, [scenario, sdp512])
+        return result
+
+    # A connection closed (the call ended) before verify() asked: nothing to say.
+    closed = await verify("closed")
+    assert closed["errors"] == [] and closed["sas"] is None, closed
+    # Closed, or replaced by another (a media restart), while verify() waited for the
+    # certificate stats of an unconnected connection: dropped, before the ~2 s of retries.
+    for scenario in ("closed while waiting", "changed while waiting"):
+        dropped = await verify(scenario)
+        assert dropped["errors"] == [] and dropped["sas"] is None, (scenario, dropped)
+        assert dropped["ms"] < 1500, (scenario, dropped)
+    # Open, but no certificates in its stats after the retries, and only a sha-512
+    # fingerprint from the peer: an error (the code is defined on sha-256 fingerprints).
+    stuck = await verify("sha-512 only")
+    assert stuck["sas"] is None
+    assert [code for code, _ in stuck["errors"]] == ["no-verification-code"], stuck
+    assert "no sha-256 fingerprint (only sha-512)" in stuck["errors"][0][1], stuck
+    assert stuck["ms"] >= 1500, stuck  # (after the retries, not at once)

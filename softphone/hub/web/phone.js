@@ -16,11 +16,15 @@ import {Line} from "./line.js";
 import {IceServers, Microphone, Speaker} from "./media.js";
 import {restartSettings} from "./restart.js";
 import {MediaSession} from "./session.js";
-import {sasOfConnection} from "./sas.js";
+import {connectionClosed, sasOfConnection} from "./sas.js";
 import {ERROR_OUTCOMES, outcomeText} from "./ui.js";
 
 /** What the hub accepts as an id (softphone/core/protocol.py ID_PATTERN). */
 export const ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** verify(): how many times getStats is asked for the certificates, how far apart (about 2 s). */
+export const VERIFY_ATTEMPTS = 10;
+export const VERIFY_RETRY_MS = 200;
 
 export class Phone {
   constructor(ui, table, pageUrl) {
@@ -329,20 +333,30 @@ export class Phone {
     }, FEATURES, this.restartSettings);
   }
 
-  /** The verification code of `call`, from its two DTLS certificates (sas.js). */
+  /**
+   * The verification code of `call`, from its two DTLS certificates (sas.js).
+   * Dropped, silently, if the call's connection changed, closed or ended before
+   * the code was derived: a code of a connection being torn down is nobody's,
+   * and its missing certificates are no error.
+   */
   async verify(call) {
     const media = this.media;
     if (!media || media.call !== call || !media.pc) return;
+    const pc = media.pc;
+    const gone = () => this.media !== media || media.closed || media.pc !== pc || connectionClosed(pc);
+    let sas;
     try {
-      const sas = await sasOfConnection(media.pc);
-      if (this.media !== media) return;
-      if (this.sas && this.sas !== sas.text) this.note(`the verification code changed: ${this.sas} -> ${sas.text}`);
-      this.sas = sas.text;
-      this.sasSource = sas.source; // "dtls": from the certificates the handshake used
-      this.note(`verification code: ${sas.text}`);
+      sas = await sasOfConnection(pc, {attempts: VERIFY_ATTEMPTS, delayMs: VERIFY_RETRY_MS, gone});
     } catch (err) {
+      if (gone()) return;
       this.error("no-verification-code", `no verification code for this call: ${err.message}`);
+      return;
     }
+    if (!sas || gone()) return;
+    if (this.sas && this.sas !== sas.text) this.note(`the verification code changed: ${this.sas} -> ${sas.text}`);
+    this.sas = sas.text;
+    this.sasSource = sas.source; // "dtls": from the certificates the handshake used
+    this.note(`verification code: ${sas.text}`);
     this.render();
   }
 

@@ -156,6 +156,11 @@ export async function dtlsFingerprints(pc) {
     remote: await certificateFingerprint(der(remote.base64Certificate))};
 }
 
+/** Whether `pc` was closed (RTCPeerConnection.close(): both states say "closed"). */
+export function connectionClosed(pc) {
+  return pc.signalingState === "closed" || pc.connectionState === "closed";
+}
+
 /**
  * The code of a connected RTCPeerConnection, plus `source`: "dtls" when derived
  * from the certificates the handshake really used (getStats), "sdp" when from
@@ -163,9 +168,34 @@ export async function dtlsFingerprints(pc) {
  * keeps (and checks) only one of the remote's a=fingerprint lines, and its
  * remoteDescription shows only that one (sha-512 from aiortc), so the sha-256
  * line the peer sent is not what this browser checked.
+ *
+ * Just after the connection reports "connected", getStats may not have the
+ * certificate stats yet (Chromium, busy): they are asked for `attempts` times,
+ * `delayMs` apart, before the SDP is used. The SDP cannot stand in for the
+ * certificates with another algorithm: the code is defined on the sha-256
+ * fingerprints (softphone/core/sas.py), which a sha-512 one does not give.
+ *
+ * `gone()`, checked after each wait: true when nobody wants the code any more
+ * (the call or its connection changed or ended); then the result is null, and
+ * so it is when `pc` is closed: a closed connection's stats and descriptions
+ * are no evidence of anything, and no error either.
  */
-export async function sasOfConnection(pc, iterations = SAS_ITERATIONS) {
-  const used = await dtlsFingerprints(pc);
+export async function sasOfConnection(pc, {iterations = SAS_ITERATIONS, attempts = 1, delayMs = 200,
+  gone = () => false} = {}) {
+  const over = () => gone() || connectionClosed(pc);
+  let used = null;
+  for (let attempt = 1; ; attempt++) {
+    if (over()) return null;
+    try {
+      used = await dtlsFingerprints(pc);
+    } catch (err) {
+      if (over()) return null; // (getStats of a connection closed meanwhile)
+      throw err;
+    }
+    if (over()) return null;
+    if (used || attempt >= attempts) break;
+    await new Promise((resolve) => setTimeout(resolve, delayMs));
+  }
   if (used) return {...await deriveSas(used.local, used.remote, iterations), source: "dtls"};
   const local = pc.localDescription, remote = pc.remoteDescription;
   const sas = await sasFromSdp(local && local.sdp, remote && remote.sdp, iterations);
