@@ -24,8 +24,9 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from softphone._tasks import spawn
 from softphone.client.calltypes import CallEnded as CallEnded
 from softphone.client.calltypes import CallResult as CallResult
 from softphone.client.calltypes import EventCallback as EventCallback
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from softphone.client.restart_link import RestartLink
 
 log = logging.getLogger(__name__)
+
+#: Seconds the end of a call waits for its events still being announced (their
+#: verification code being derived, :meth:`Call._announce`); then they go without it.
+ANNOUNCE_WAIT: Final = 2.0
 
 
 class Call:
@@ -75,7 +80,8 @@ class Call:
         #: media is connected; None before, or if an SDP had no usable fingerprint.
         self.sas: str | None = None
         self._sas: asyncio.Task[str | None] | None = None
-        self._announcing: asyncio.Task[None] | None = None
+        #: Events being announced (:meth:`_announce`): the end waits for them.
+        self._announcing: set[asyncio.Task[None]] = set()
         self._hold: HoldLink | None = None
         #: Media restart (:mod:`softphone.client.restart_link`), made with the first
         #: connection; feed it :meth:`RestartLink.hold_changed` etc.
@@ -384,12 +390,53 @@ class Call:
         """Media connected: the ``media`` event, with the code, once it is derived."""
         self._derive_sas()
 
-        async def announce() -> None:
+        async def code() -> dict[str, Any]:
             if self._sas is not None:
                 await asyncio.shield(self._sas)
-            self._emit({**event, "sas": self.sas})
+            return {"sas": self.sas}
 
-        self._announcing = asyncio.create_task(announce(), name="call-media-event")
+        self._announce({**event, "sas": None}, code, name="call-media-event")
+
+    def _announce(self, event: dict[str, Any],
+                  details: Callable[[], Coroutine[Any, Any, dict[str, Any]]], *,
+                  name: str) -> None:
+        """Emit ``event``, with what ``details()`` adds to it (the verification code,
+        derived in a thread), once it has: an event of the call now, told a little later.
+
+        The call's ``ended`` event waits for it (:data:`ANNOUNCE_WAIT` at most; then it
+        goes without its details), so it comes before the end and is never lost. An
+        event of a call that has already ended is not announced at all (nothing of the
+        call comes after its end).
+        """
+        if self.machine.is_ended:
+            log.debug("%s of the call with %s after its end: not announced",
+                      event.get("event"), self.peer)
+            return
+
+        async def announce() -> None:
+            extra: dict[str, Any] = {}
+            try:
+                extra = await details()
+            finally:  # (also when the end cancelled it, tired of waiting: without them)
+                self._emit({**event, **extra})
+
+        task = spawn(announce(), name=name)
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announced(self) -> None:
+        """Wait for the events being announced: given :data:`ANNOUNCE_WAIT`, those still
+        waiting for their details are emitted without them."""
+        pending = set(self._announcing)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=ANNOUNCE_WAIT)
+        for task in late:
+            log.info("%s of the call with %s: not waiting for its details any more",
+                     task.get_name(), self.peer)
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
 
     def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("peer", self.peer)
@@ -452,9 +499,7 @@ class Call:
             candidate_pair=self.candidate_pair,
             held=held,
         )
-        if self._announcing is not None:  # the media event comes before the end
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._announcing), 2.0)
+        await self._announced()  # the media and media-restart events come before the end
         self._emit({"event": "ended", **result.to_json()})
         # The last event: the listeners go (a listener that holds the call, as most
         # do, would keep it and all it reaches for the garbage collector: issue 15).

@@ -91,6 +91,10 @@ class MediaFactory(Protocol):
 _REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
 #: Seconds the ICE servers fetched as the phone connected serve a call it dials.
 ICE_SERVERS_FRESH: Final = 60.0
+#: Seconds :meth:`Phone.close` waits for its calls to finish (media closed), and then
+#: for what is queued for the hub to go out.
+CLOSE_CALLS_WAIT: Final = 3.0
+CLOSE_FLUSH_WAIT: Final = 1.0
 IceServers = list[dict[str, Any]]
 
 
@@ -141,6 +145,8 @@ class Phone:
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()
         self._outbox: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        #: The task that sends the outbox to the hub (one of ``_tasks``), once connected.
+        self._sending: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         #: Calls not yet finished (media closed, result out), by id() of their machine.
         self._calls: dict[int, Call] = {}
@@ -184,22 +190,32 @@ class Phone:
         self.hub_connected.set()
         self.hub_check.changed(True)
         self.addresses.start()
+        self._sending = asyncio.create_task(self._sender(), name="phone-sender")
         self._tasks = [
             asyncio.create_task(self._reader(), name="phone-reader"),
-            asyncio.create_task(self._sender(), name="phone-sender"),
+            self._sending,
             asyncio.create_task(self._timer(), name="phone-timer"),
         ]
 
     async def close(self) -> None:
-        """Hang up every call, then disconnect."""
-        calls = self.calls
-        if calls:
-            for call in calls:
-                await call.hangup("closing")
+        """Hang up every call, then disconnect.
+
+        What is queued for the hub goes out first, whether or not a call was still in
+        progress: the ``hangup`` of a call that ended just before (hung up, then closed
+        at once) reaches the peer, which otherwise saw us vanish (``peer-disconnected``,
+        or ``media-lost`` as its media died first). Bounded: a dead hub does not keep
+        :meth:`close` waiting (:data:`CLOSE_CALLS_WAIT`, :data:`CLOSE_FLUSH_WAIT`).
+        """
+        for call in self.calls:
+            await call.hangup("closing")
+        # Every call not finished yet (those just hung up, and those that ended just
+        # before and are closing their media): their results out before we go.
+        finishing = list(self._calls.values())
+        if finishing:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(c.ended() for c in calls)), 3.0)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), 1.0)
+                await asyncio.wait_for(asyncio.gather(*(c.ended() for c in finishing)),
+                                       CLOSE_CALLS_WAIT)
+        await self._flush()
         self._closing = True
         if self._ice_ahead is not None:
             _forget(self._ice_ahead[1])
@@ -211,6 +227,18 @@ class Phone:
                 await task
         self.addresses.stop()
         await self.hub.close()
+
+    async def _flush(self) -> None:
+        """Wait until the sender has sent (or failed to send) what the outbox holds
+        (:data:`CLOSE_FLUSH_WAIT` at most)."""
+        sender = self._sending
+        if sender is None or sender.done():
+            return  # never connected, or nothing sends any more
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), CLOSE_FLUSH_WAIT)
+        if not self._outbox.empty():
+            log.warning("closing with %d message(s) to the hub not sent",
+                        self._outbox.qsize())
 
     async def check_hub(self) -> bool:
         """Check the hub connection now (a call's media is lost: it may have died

@@ -468,15 +468,19 @@ class RestartLink:
         pair = conn.session.candidate_pair
         if pair is not None:
             event["candidate_pair"] = pair.to_json()
-        spawn(self._announce(conn, event), name="restart-event")
+        session = conn.session
 
-    async def _announce(self, conn: RestartConn, event: dict[str, Any]) -> None:
-        """The ``media-restart`` event, with the new connection's verification code (the
-        call's first DTLS certificate is kept, so it is the code the users compared)."""
-        code = await verification_code(conn.session)
-        if code is not None:
-            if self.call.sas is not None and code != self.call.sas:
+        async def code() -> dict[str, Any]:
+            """The new connection's verification code (the call's first DTLS certificate
+            is kept, so it is the code the users compared)."""
+            found = await verification_code(session)
+            if found is None:
+                return {}
+            if call.sas is not None and found != call.sas:
                 log.warning("the verification code of the call with %s changed: %s -> %s",
-                            self.call.peer, self.call.sas, code)
-            event["sas"] = self.call.sas = code
-        self.call._emit(event)
+                            call.peer, call.sas, found)
+            call.sas = found
+            return {"sas": found}
+
+        # (Before the call's end event, with the code once derived; not after the end.)
+        call._announce(event, code, name="restart-event")

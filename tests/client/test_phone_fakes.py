@@ -15,13 +15,20 @@ from typing import Any
 
 import pytest
 
+from softphone.client import call as call_module
+from softphone.client import phone as phone_module
+from softphone.client import restart_link as restart_link_module
 from softphone.client.call import Call, CallResult
 from softphone.client.phone import Phone
+from softphone.client.restart_conn import RestartConn
+from softphone.client.restart_link import RestartLink
 from softphone.core.callstate import CallState, CallTimeouts, Outcome
+from softphone.core.protocol import Message
+from softphone.core.restart_events import RestartDone, RestartReason
 from softphone.media.audiopath import MediaConfig
 from softphone.media.opus import EncoderSettings
 
-from .fakes import FakeHub, FakeMediaFactory, FakeMic, FakeOutput, FakeSink
+from .fakes import FakeHub, FakeHubConnection, FakeMediaFactory, FakeMic, FakeOutput, FakeSink
 
 TIMEOUTS = CallTimeouts(ring=2.0, setup=2.0)
 
@@ -275,3 +282,128 @@ async def test_many_calls_at_once(lab: Lab) -> None:
     assert [(r.outcome, r.ended_by) for r in results[:2]] == [(Outcome.COMPLETED, "remote")] * 2
     assert results[2].outcome is not Outcome.COMPLETED and ringing.is_ended
     assert all(c.is_ended for c in answered) and bot.calls == []
+
+
+async def test_a_hangup_then_close_at_once_reaches_the_peer(lab: Lab) -> None:
+    """Fakes: the hangup queued by the end of the last call goes out before the phone
+    closes, though no call is left for close() to hang up (tests/client/test_close_call.py
+    has it through the real hub)."""
+    a, _b = await lab.phone("a"), await lab.phone("b")
+    call_a = await a.dial("b")
+    call_b = await lab.incoming("b")
+    await call_b.accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    await call_a.hangup()
+    assert a.calls == []
+    await a.close()
+    assert lab.hub.types()[-1] == "hangup"
+    result_b = await asyncio.wait_for(call_b.ended(), 2)
+    assert (result_b.outcome, result_b.ended_by, result_b.reason) == \
+        (Outcome.COMPLETED, "remote", "hangup")
+
+
+class StuckConnection(FakeHubConnection):
+    """A hub connection that stops taking messages (its peer stopped reading)."""
+
+    stuck = False
+
+    async def send(self, message: Message) -> None:
+        if self.stuck:
+            await asyncio.Event().wait()  # never
+        await super().send(message)
+
+
+async def test_close_does_not_wait_long_for_a_hub_that_takes_nothing(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fakes: what is queued for the hub is waited for, but only a little."""
+    monkeypatch.setattr(phone_module, "CLOSE_FLUSH_WAIT", 0.3)
+    await lab.phone("b")
+    connection = StuckConnection(lab.hub, "a")
+    a = lab.phones["a"] = Phone("a", timeouts=TIMEOUTS, reconnect=False, hub=connection,
+                                media_factory=FakeMediaFactory())
+    await a.connect()
+    call_a = await a.dial("b")
+    call_b = await lab.incoming("b")
+    await call_b.accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    connection.stuck = True
+    await call_a.hangup()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await a.close()
+    assert loop.time() - started < 1.5
+    assert (await ended(call_a)).outcome is Outcome.COMPLETED
+
+
+async def restarted_call(lab: Lab, monkeypatch: pytest.MonkeyPatch
+                         ) -> tuple[Call, RestartLink, asyncio.Event]:
+    """A connected call from ``a`` whose media restart is about to be done on a second
+    (fake) connection; the ``media-restart`` event's code is derived once the returned
+    event is set."""
+    derived = asyncio.Event()
+
+    async def slow_code(session: Any) -> str:
+        await derived.wait()
+        return "absurd baboon cobra dragon"
+
+    monkeypatch.setattr(restart_link_module, "verification_code", slow_code)
+    a, _b = await lab.phone("a"), await lab.phone("b")
+    call_a = await a.dial("b", on_event=lab.log("a"))
+    await (await lab.incoming("b")).accept()
+    await asyncio.wait_for(call_a.connected(), 2)
+    link = call_a.restart_link
+    assert link is not None and call_a.audio is not None
+    second = lab.media["a"]([], call_a.audio, relay_only=False, on_connected=lambda: None,
+                            on_failed=lambda why: None)
+    link._conns[1] = RestartConn(1, second)  # (as RestartLink._open makes it)
+    return call_a, link, derived
+
+
+RESTART_DONE = RestartDone(1, 300, RestartReason.ICE_FAILED, 1)
+
+
+async def test_a_media_restart_done_as_the_call_ends_is_announced_before_the_end(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fakes: media came back (a new connection), then the call ended while the
+    ``media-restart`` event waited for its verification code: the event is not lost,
+    it comes before the end."""
+    call_a, link, derived = await restarted_call(lab, monkeypatch)
+    link._do([RESTART_DONE])
+    await call_a.hangup()  # while the code is being derived
+    await asyncio.sleep(0.2)  # the call has finished all but its events
+    derived.set()
+    result = await ended(call_a)
+    assert result.outcome is Outcome.COMPLETED
+    kinds = lab.kinds("a")  # (after the state "ended", before the end event, "result")
+    assert kinds.count("media-restart") == 1 and kinds[-2:] == ["media-restart", "result"], \
+        kinds
+    restart = next(e for e in lab.events["a"] if e["event"] == "media-restart")
+    assert (restart["generation"], restart["gap_ms"], restart["reason"], restart["sas"]) == \
+        (1, 300, "ice-failed", "absurd baboon cobra dragon")
+
+
+async def test_a_media_restart_event_not_announced_in_time_goes_before_the_end_without_code(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fakes: a code that takes too long is not waited for forever: the event goes
+    without it, still before the end."""
+    monkeypatch.setattr(call_module, "ANNOUNCE_WAIT", 0.2)
+    call_a, link, _never = await restarted_call(lab, monkeypatch)
+    link._do([RESTART_DONE])
+    await call_a.hangup()
+    await ended(call_a)
+    assert lab.kinds("a")[-2:] == ["media-restart", "result"], lab.kinds("a")
+    restart = next(e for e in lab.events["a"] if e["event"] == "media-restart")
+    assert "sas" not in restart and restart["generation"] == 1
+
+
+async def test_a_media_restart_done_after_the_end_is_not_announced(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fakes: a restart the link finishes after the call ended (before the link is
+    closed) is not an event of the call: nothing after the end."""
+    call_a, link, derived = await restarted_call(lab, monkeypatch)
+    derived.set()
+    await call_a.hangup()
+    link._do([RESTART_DONE])
+    await ended(call_a)
+    await asyncio.sleep(0.1)
+    assert "media-restart" not in lab.kinds("a"), lab.kinds("a")
