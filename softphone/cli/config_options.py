@@ -223,8 +223,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
          "Require tokens signed with this secret.", env="SOFTPHONE_SECRET", secret=True,
          check=_hub_secret),
     _opt("serve.ice_servers", "--ice-server", Kind.LIST, (), SERVE,
-         "STUN/TURN URLs /ice-servers hands out (default: Google's STUN; ['none']: "
-         "nothing).", check=_ice_urls),
+         "STUN/TURN URLs /ice-servers hands out (default: Google's STUN, unless "
+         "turn_urls are set; ['none']: nothing).", check=_ice_urls),
     _opt("serve.ice_username", "--ice-username", Kind.STR, None, SERVE,
          "TURN username handed out with the turn: URLs of serve.ice_servers."),
     _opt("serve.ice_credential", "--ice-credential", Kind.STR, None, SERVE,

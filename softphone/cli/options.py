@@ -238,7 +238,10 @@ phone_ice_options = option_group("ice", _ice, [
 hub_ice_options = option_group("ice", _ice, [
     click.option("--ice-server", "ice_servers", multiple=True, metavar="URL",
                  help="STUN/TURN URL that /ice-servers hands out (repeatable; 'none' for "
-                      "an empty list). Default: the original system's Google STUN entry."),
+                      "an empty list). Default: the original system's Google STUN entry, "
+                      "but only without --turn: with --turn the list holds just what is "
+                      "given. A TURN server answers STUN too: add --ice-server "
+                      "stun:HOST:3478 to hand it out as the STUN server."),
     *_ICE_CREDENTIALS,
     _ice_credential_file("SOFTPHONE_SERVE_ICE_CREDENTIAL_FILE"),
 ])

@@ -302,7 +302,7 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
     Every option may be set in the config file's [serve] table (--config FILE
     or SOFTPHONE_CONFIG; softphone config --help lists the keys).
     """
-    from softphone.hub.server import DEFAULT_ICE_SERVERS, Hub, HubConfig, serve_forever
+    from softphone.hub.server import Hub, HubConfig, serve_forever
 
     registry: Any = None
     if redis_url is not None:
@@ -313,8 +313,8 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
             raise click.BadParameter(str(exc), param_hint="--redis/--node-id") from None
     elif node_id is not None:
         raise click.UsageError("--node-id goes with --redis")
-    servers = DEFAULT_ICE_SERVERS if ice.servers is None else ice.servers
-    hub = Hub(HubConfig(ice_servers=servers, **security.hub_config_fields()), registry)
+    # None (no --ice-server): the default Google STUN only if there is no --turn either.
+    hub = Hub(HubConfig(ice_servers=ice.servers, **security.hub_config_fields()), registry)
 
     ssl_context, tls_notes = server_tls(host, tls)
 

@@ -12,15 +12,33 @@ from aiohttp import web
 from softphone.hub.auth import DEFAULT_TURN_TTL
 from softphone.hub.dispatch import HEAD_TIMEOUT
 
-#: The original hub's ``/ice-servers``: one public Google STUN entry.
+#: The original hub's ``/ice-servers``: one public Google STUN entry. Handed out
+#: only by a hub configured with no ICE servers at all (:func:`static_ice_servers`).
 DEFAULT_ICE_SERVERS: Final[tuple[dict[str, Any], ...]] = (
     {"urls": "stun:stun.l.google.com:19302"},
 )
 
 
+def static_ice_servers(ice_servers: Sequence[dict[str, Any]] | None,
+                       turn_urls: Sequence[str]) -> list[dict[str, Any]]:
+    """The entries ``/ice-servers`` hands out before the ``turn_urls`` (which come
+    with REST credentials): ``ice_servers`` as configured (``[]``: none). Not
+    configured (None): :data:`DEFAULT_ICE_SERVERS`, the original's Google STUN, but
+    only when no TURN URL is configured either. An operator who gives only
+    ``--turn`` gets exactly that: no third party's STUN server the clients would
+    resolve and query (nor a STUN entry derived from the TURN URL; a TURN server
+    answers STUN too, so ``--ice-server stun:HOST:3478`` hands it out as one)."""
+    if ice_servers is not None:
+        return list(ice_servers)
+    return [] if turn_urls else list(DEFAULT_ICE_SERVERS)
+
+
 @dataclass
 class HubConfig:
-    ice_servers: Sequence[dict[str, Any]] = DEFAULT_ICE_SERVERS
+    #: STUN/TURN entries handed out as they are. None (not configured): the
+    #: original's Google STUN entry, unless :attr:`turn_urls` are given
+    #: (:func:`static_ice_servers`); ``[]``: none.
+    ice_servers: Sequence[dict[str, Any]] | None = None
     #: Frames above this many bytes are answered with ``too-large``.
     max_message_bytes: int = 64 * 1024
     #: Bytes unread by a client that does not read; past it, it is dropped.

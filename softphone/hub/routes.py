@@ -20,6 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from softphone.core.protocol import ErrorCode, is_valid_id
 from softphone.core.version import __version__
 from softphone.hub.auth import AuthError, turn_credentials, verify_token
+from softphone.hub.config import static_ice_servers
 from softphone.hub.limits import CallPairs
 from softphone.hub.metrics import CONTENT_TYPE_LATEST, HubMetrics
 from softphone.hub.registry import Registry
@@ -61,7 +62,9 @@ class IceSettings(Protocol):
     """What ``/ice-servers`` hands out (:class:`~softphone.hub.server.HubConfig` is one)."""
 
     @property
-    def ice_servers(self) -> Sequence[dict[str, Any]]: ...
+    def ice_servers(self) -> Sequence[dict[str, Any]] | None:
+        """Handed out as they are (None: not configured, see :func:`static_ice_servers`)."""
+        ...
 
     @property
     def secret(self) -> str | None:
@@ -84,7 +87,7 @@ def ice_servers_for(ice: IceSettings, client_id: str, now: float) -> list[dict[s
     """What ``/ice-servers`` (and the WebSocket's first frame, ``?ice=1``) hands
     ``client_id`` (already authenticated on a hub with a secret): the STUN/TURN
     servers, each TURN URL with REST credentials for the id."""
-    servers = list(ice.ice_servers)
+    servers = static_ice_servers(ice.ice_servers, ice.turn_urls)
     if ice.turn_secret and ice.turn_urls:
         if not is_valid_id(client_id):
             client_id = "anonymous"

@@ -80,6 +80,69 @@ def test_serve_says_its_version_when_it_starts() -> None:
     assert proc.returncode == 0 and "hub stopped" in out
 
 
+def served_ice_urls(serve_args: tuple[str, ...], *, config: Path | None = None,
+                    env: dict[str, str] | None = None) -> list[str]:
+    """``softphone serve --port 0 SERVE_ARGS`` in a process of its own (with
+    ``--config CONFIG``): the URLs its /ice-servers hands out."""
+    import json
+    import os
+    import urllib.request
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SOFTPHONE_")}
+    before = ("--config", str(config)) if config is not None else ()
+    proc = subprocess.Popen([sys.executable, "-m", "softphone", *before, "serve", "--port",
+                             "0", *serve_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**environ, **(env or {})})
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+) ", line)
+        if not found:
+            proc.kill()
+            raise AssertionError(line + proc.communicate(timeout=20)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/ice-servers?id=a",
+                                    timeout=10) as resp:
+            body = json.load(resp)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=20)
+    return [entry["urls"] for entry in body["iceServers"]]
+
+
+GOOGLE_STUN = "stun:stun.l.google.com:19302"
+TURN_SECRET_ENV = {"SOFTPHONE_TURN_SECRET": "coturn-secret"}
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((), [GOOGLE_STUN]),  # nothing configured: the original's default
+    (("--ice-server", "stun:192.0.2.1:3478"), ["stun:192.0.2.1:3478"]),
+    (("--turn", "turn:192.0.2.1:3478"), ["turn:192.0.2.1:3478"]),  # no Google STUN
+    (("--ice-server", "stun:192.0.2.1:3478", "--turn", "turn:192.0.2.1:3478"),
+     ["stun:192.0.2.1:3478", "turn:192.0.2.1:3478"]),
+], ids=["neither", "stun-only", "turn-only", "both"])
+def test_serve_hands_out_exactly_the_ice_servers_given(args: tuple[str, ...],
+                                                       expected: list[str]) -> None:
+    """The hub process: Google's STUN only when no ICE server is configured at all."""
+    assert served_ice_urls(args, env=TURN_SECRET_ENV if "--turn" in args else None) \
+        == expected
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ('turn_urls = ["turn:192.0.2.1:3478"]\n', ["turn:192.0.2.1:3478"]),
+    ('ice_servers = ["stun:192.0.2.1:3478"]\nturn_urls = ["turn:192.0.2.1:3478"]\n',
+     ["stun:192.0.2.1:3478", "turn:192.0.2.1:3478"]),
+    ('ice_servers = ["none"]\n', []),
+], ids=["turn-only", "both", "none"])
+def test_serve_ice_servers_from_the_config_file(tmp_path: Path, table: str,
+                                                expected: list[str]) -> None:
+    """The [serve] table's turn_urls / ice_servers act like --turn / --ice-server."""
+    config = tmp_path / "hub.toml"
+    config.write_text('[serve]\nhost = "127.0.0.1"\n' + table)
+    assert served_ice_urls((), config=config, env=TURN_SECRET_ENV if "turn" in table
+                           else None) == expected
+
+
 def test_python_dash_m() -> None:
     out = subprocess.run([sys.executable, "-m", "softphone", "--version"],
                          capture_output=True, text=True, check=True)

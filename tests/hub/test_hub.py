@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 import softphone
+from softphone.hub.config import static_ice_servers
 from softphone.hub.server import DEFAULT_ICE_SERVERS, Hub, HubConfig
 
 from ..conftest import hub_url
@@ -197,6 +198,50 @@ async def test_ice_servers_configured(session: aiohttp.ClientSession) -> None:
     try:
         body = await (await session.get(f"{hub_url(hub)}/ice-servers")).json()
         assert body == {"iceServers": servers}
+    finally:
+        await hub.stop()
+
+
+STUN = {"urls": "stun:192.0.2.10:3478"}
+TURN = "turn:192.0.2.10:3478"
+
+
+def test_static_ice_servers_default_only_when_nothing_is_configured() -> None:
+    """Google's STUN only for a hub given no ICE servers at all: not next to TURN."""
+    assert static_ice_servers(None, ()) == list(DEFAULT_ICE_SERVERS)
+    assert static_ice_servers(None, [TURN]) == []
+    assert static_ice_servers([STUN], ()) == [STUN]
+    assert static_ice_servers([STUN], [TURN]) == [STUN]
+    assert static_ice_servers([], ()) == []  # --ice-server none
+    assert static_ice_servers([], [TURN]) == []
+    configured = [STUN]
+    served = static_ice_servers(configured, ())
+    served.append({"urls": "stun:elsewhere"})
+    assert configured == [STUN]  # a copy: the config is never changed
+
+
+@pytest.mark.parametrize(("stun", "turn", "expected"), [
+    (None, False, ["stun:stun.l.google.com:19302"]),  # neither: the original's default
+    ([STUN], False, ["stun:192.0.2.10:3478"]),
+    (None, True, [TURN]),  # TURN only: no Google STUN next to it
+    ([STUN], True, ["stun:192.0.2.10:3478", TURN]),
+], ids=["neither", "stun-only", "turn-only", "both"])
+async def test_ice_servers_served_as_configured(session: aiohttp.ClientSession,
+                                                stun: list[dict[str, Any]] | None,
+                                                turn: bool, expected: list[str]) -> None:
+    """/ice-servers and the WebSocket's first frame (?ice=1) hand out the same list."""
+    turn_config: dict[str, Any] = {"turn_urls": [TURN], "turn_secret": "s"} if turn else {}
+    hub = Hub(HubConfig(ice_servers=stun, **turn_config))
+    await hub.start()
+    try:
+        body = await (await session.get(f"{hub_url(hub)}/ice-servers?id=a")).json()
+        assert [s["urls"] for s in body["iceServers"]] == expected
+        assert [("username" in s) for s in body["iceServers"]] == \
+            [url.startswith("turn:") for url in expected]
+        ws = await session.ws_connect(f"{hub_url(hub)}/ws?id=a&ice=1")
+        first = await receive(ws)
+        assert [s["urls"] for s in first["data"]["iceServers"]] == expected
+        await ws.close()
     finally:
         await hub.stop()
 
