@@ -385,16 +385,17 @@ def test_stretch_mode_asks_to_play_a_surplus_faster_and_skips_nothing() -> None:
 
 
 def red_sim(lost: set[int], frames: int = 400, spacing: int = 6,
-            jb: JitterBuffer | None = None, copies_from: int = 0,
-            ) -> tuple[JitterBuffer, list[object]]:
+            jb: JitterBuffer | None = None, copies_from: int = 0, phase: float = 0.005,
+            quiet: bool = True) -> tuple[JitterBuffer, list[object]]:
     """Packets every 20 ms with a copy of the frame ``spacing`` back (RED spread against
-    bursts) from packet ``copies_from`` on, +-1 ms of jitter; pulls every 20 ms."""
+    bursts) from packet ``copies_from`` on, +-1 ms of jitter; pulls every 20 ms,
+    ``phase`` after each packet is sent, of audio that is ``quiet`` (a pause) or not."""
     jb = jb or JitterBuffer()
     events: list[tuple[float, int, int]] = []
     for i in range(frames):
         if i not in lost:
             events.append((i * T + 0.001 + 0.001 * ((i * 7) % 3 - 1), 0, i))
-        events.append((i * T + 0.005, 1, i))
+        events.append((i * T + phase, 1, i))
     decisions: list[object] = []
     for when, kind, i in sorted(events):
         if kind == 0:
@@ -402,7 +403,7 @@ def red_sim(lost: set[int], frames: int = 400, spacing: int = 6,
             if i >= max(spacing, copies_from):
                 jb.push_redundant((i - spacing) * F, payload(i - spacing), when)
         else:
-            decisions.append(jb.pull(when))
+            decisions.append(jb.pull(when, quiet))
     return jb, decisions
 
 
@@ -434,7 +435,7 @@ def test_the_reserve_for_bursts_is_grown_at_the_next_burst_not_by_stretching() -
     from then on every frame of a burst comes back exact."""
     bursts = [range(50, 56), range(150, 156), range(250, 256)]
     jb, decisions = red_sim({i for b in bursts for i in b}, copies_from=60,
-                            jb=JitterBuffer(stretch=True))
+                            jb=JitterBuffer(stretch=True), quiet=False)
     assert 6 * T <= jb.target < 0.2
     assert not any(isinstance(d, Play) and d.expand for d in decisions)
     played = [int.from_bytes(d.payload, "big", signed=True)
@@ -443,6 +444,29 @@ def test_the_reserve_for_bursts_is_grown_at_the_next_burst_not_by_stretching() -
     concealed = [k for k, d in enumerate(decisions) if isinstance(d, Conceal)]
     assert all(50 <= k < 60 or 150 <= k < 160 for k in concealed), concealed
     assert not any(250 <= k < 260 for k in concealed)
+
+
+def test_with_copies_coming_two_frames_are_grown_after_a_loss_in_pauses_only() -> None:
+    """One packet lost, copies 1 back: the buffer asks for two frames in reserve (the
+    next loss may be a pair, whose first frame only the FEC in the second's copy
+    rebuilds). Played 33 ms after sending, it is short by less than a frame: a pause
+    is stretched to grow it, speech is not (a period added to a word is heard)."""
+    expanded = {}
+    for quiet in (True, False):
+        jb, decisions = red_sim({50}, frames=90, spacing=1, phase=0.033,
+                                jb=JitterBuffer(stretch=True), quiet=quiet)
+        assert 2 * T <= jb.target < 3 * T
+        assert not any(isinstance(d, Conceal) for d in decisions)
+        expanded[quiet] = [k for k, d in enumerate(decisions)
+                           if isinstance(d, Play) and d.expand]
+    assert expanded[True] and all(k >= 50 for k in expanded[True]), expanded  # after it
+    assert expanded[False] == []
+    # Without copies a pair is not rebuilt whatever is kept: one frame, nothing grown.
+    plain = JitterBuffer(stretch=True)
+    _, decisions = red_sim({50}, frames=90, spacing=1, phase=0.033, jb=plain,
+                           copies_from=1000)
+    assert T <= plain.target < 2 * T
+    assert not any(isinstance(d, Play) and d.expand for d in decisions)
 
 
 def test_a_copy_that_rode_in_a_lost_packet_is_not_waited_for() -> None:
