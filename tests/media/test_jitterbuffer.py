@@ -446,6 +446,41 @@ def test_the_reserve_for_bursts_is_grown_at_the_next_burst_not_by_stretching() -
     assert not any(250 <= k < 260 for k in concealed)
 
 
+def test_in_a_pause_the_reserve_for_bursts_is_grown_before_the_next_burst() -> None:
+    """As above, but the audio is a pause (the player says so) when the copies 6 back
+    start: the buffer asks to expand (a player adds a whole frame of the pause each
+    time, played out 20 ms later) until it holds the six frames, and the next
+    bursts come back exact, from their copies, with nothing concealed."""
+    bursts = [range(50, 56), range(150, 156), range(250, 256)]
+    lost = {i for b in bursts for i in b}
+    jb = JitterBuffer(stretch=True)
+    arrivals = sorted((i * T + 0.001 + 0.001 * ((i * 7) % 3 - 1), i)
+                      for i in range(400) if i not in lost)
+    decisions: list[tuple[float, object]] = []
+    now, k = 0.005, 0
+    while now < 400 * T:
+        while k < len(arrivals) and arrivals[k][0] <= now:
+            when, i = arrivals[k]
+            jb.push(i * F, payload(i), when)
+            if i >= 60:
+                jb.push_redundant((i - 6) * F, payload(i - 6), when)
+            k += 1
+        d = jb.pull(now, True)
+        decisions.append((now, d))
+        if isinstance(d, Play) and d.expand:
+            jb.stretched(F)  # a whole frame of the pause added: the next pull 20 ms later
+            now += T
+        now += T
+    assert 6 * T <= jb.target < 0.2
+    grown = [t for t, d in decisions if isinstance(d, Play) and d.expand]
+    assert len(grown) >= 5 and all(60 * T < t < 150 * T for t in grown), grown
+    concealed = [t for t, d in decisions if isinstance(d, Conceal)]
+    assert all(t < 60 * T for t in concealed), concealed  # only the first burst
+    played = [int.from_bytes(d.payload, "big", signed=True)
+              for _, d in decisions if isinstance(d, Play)]
+    assert all(i in played for b in bursts[1:] for i in b)
+
+
 def test_with_copies_coming_two_frames_are_grown_after_a_loss_in_pauses_only() -> None:
     """One packet lost, copies 1 back: the buffer asks for two frames in reserve (the
     next loss may be a pair, whose first frame only the FEC in the second's copy
