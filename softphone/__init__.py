@@ -30,8 +30,8 @@ from softphone.core.version import __version__
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.client.call import Call, CallEnded, CallResult
+    from softphone.client.hubaddress import HubUnreachable
     from softphone.client.phone import Phone
-    from softphone.client.signaling import HubUnreachable
     from softphone.hub.server import Hub, HubConfig
     from softphone.media.audiopath import CallAudio, MediaConfig
     from softphone.media.devices import MicSource, SpeakerDriver
@@ -52,7 +52,7 @@ _LAZY = {
     "Hub": "hub.server", "HubConfig": "hub.server",
     "Call": "client.call", "CallEnded": "client.call", "CallResult": "client.call",
     "Phone": "client.phone",
-    "HubUnreachable": "client.signaling",
+    "HubUnreachable": "client.hubaddress",
     "CallAudio": "media.audiopath", "MediaConfig": "media.audiopath",
     "EncoderSettings": "media.opus",
     "MicSource": "media.devices", "SpeakerDriver": "media.devices",

@@ -9,6 +9,9 @@
   of aiortc, PyAV, numpy or libopus, and imported none of those Python modules.
   The same check on a process that did import them must find them: the
   control that shows the check can fail on this machine.
+- Commands that neither call nor serve (help, config, completion, devices)
+  import neither the media stack nor aiohttp: each would cost every such
+  process a tenth of a second or more.
 """
 
 from __future__ import annotations
@@ -49,6 +52,18 @@ for name in sys.argv[3:]:
 from softphone.cli.main import main
 try:
     main(["serve", "--port", sys.argv[2]])
+finally:
+    with open(sys.argv[1], "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+"""
+
+
+#: `softphone ARGS` in-process (argv[2:]), then the names in sys.modules to argv[1].
+COMMAND = """
+import sys
+from softphone.cli.main import main
+try:
+    main(sys.argv[2:])
 finally:
     with open(sys.argv[1], "w") as out:
         out.write("\\n".join(sorted(sys.modules)))
@@ -144,3 +159,30 @@ async def test_serve_imports_no_media_module(preload: tuple[str, ...],
     assert {name.split(".")[0] for name in imported} == set(MEDIA_MODULES)
     for sign in ("/numpy", "/av", "libopus"):
         assert any(sign in path for path in loaded), (sign, sorted(loaded))
+
+
+#: `softphone doctor` checks the hub (aiohttp) and libopus: the control, which the
+#: check below must catch.
+DOCTOR = ["doctor", "--server", "http://127.0.0.1:9"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["call", "--help"], ["serve", "--help"], ["config", "path"],
+    ["completion", "bash"], ["devices"], DOCTOR,
+], ids=" ".join)
+def test_light_commands_import_no_media_stack_nor_aiohttp(args: list[str],
+                                                          tmp_path: Path) -> None:
+    dump = tmp_path / "modules.txt"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    done = subprocess.run([sys.executable, "-c", COMMAND, str(dump), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert dump.exists(), done.stdout + done.stderr
+    names = dump.read_text().split()
+    heavy = {name for name in names if name.split(".")[0] in (*MEDIA_MODULES, "aiohttp")}
+    if args == DOCTOR:
+        assert {"aiohttp", "opuslib_next"} <= {name.split(".")[0] for name in heavy}
+        return
+    # (devices: 1 where PortAudio sees no device; it still lists them, or says so.)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    assert not heavy, f"softphone {' '.join(args)} imported: {sorted(heavy)}"

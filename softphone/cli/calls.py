@@ -30,9 +30,8 @@ from softphone.cli.options import (
 )
 from softphone.cli.phone_setup import PhoneSetup
 from softphone.cli.runtime import Interrupts, Output, exit_codes_help, first_done
-from softphone.client.signaling import HubUnreachable
+from softphone.client.hubaddress import HubUnreachable
 from softphone.core.callstate import CallState, CallTimeouts, ExitCode, Outcome
-from softphone.core.dtmf import check_tones
 
 if TYPE_CHECKING:
     from softphone.client.phone import Call, CallResult, Phone
@@ -152,6 +151,8 @@ async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output,
 def check_dtmf(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
+    from softphone.core.dtmf import check_tones
+
     try:
         return check_tones(value)
     except ValueError as exc:

@@ -30,13 +30,13 @@ from softphone.core.callstate import ExitCode
 if TYPE_CHECKING:
     from softphone.cli.config_resolve import Settings
     from softphone.cli.demo import DemoReport
-    from softphone.media.devices import DeviceInfo
+    from softphone.media.sounddev import DeviceInfo
 
 
 def _chosen(spec: str | None, kind: str) -> DeviceInfo | None:
     """The device a call would take for ``spec`` (None: none, or it cannot be found)."""
     from softphone.core.errors import MissingDependency
-    from softphone.media.devices import DeviceError, find_device
+    from softphone.media.sounddev import DeviceError, find_device
 
     try:
         return find_device(spec, kind)  # type: ignore[arg-type]
@@ -64,7 +64,7 @@ def devices(picked: tuple[str | None, str | None]) -> None:
     --input/--output, SOFTPHONE_INPUT/OUTPUT or audio.input/output in the
     config file; else the defaults).
     """
-    from softphone.media.devices import DeviceError, list_devices
+    from softphone.media.sounddev import DeviceError, list_devices
 
     try:
         found = list_devices()

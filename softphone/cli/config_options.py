@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from softphone.client.hubaddress import HubAddress
 from softphone.core.protocol import is_valid_id
 
 
@@ -74,8 +75,6 @@ class Option:
 
 
 def _server(value: str) -> None:
-    from softphone.client.signaling import HubAddress  # (aiohttp: only when checked)
-
     HubAddress.parse(value)
 
 

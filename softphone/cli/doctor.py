@@ -146,7 +146,7 @@ def check_libopus() -> Result:
 def check_portaudio() -> Result:
     """The PortAudio library that microphone and speaker go through."""
     from softphone.core.errors import MissingDependency
-    from softphone.media.devices import load_sounddevice
+    from softphone.media.sounddev import load_sounddevice
 
     try:
         sd = load_sounddevice()
@@ -165,8 +165,8 @@ def check_device(kind: Literal["input", "output"], spec: str | None,
     Opened for ``seconds`` and closed: nothing is kept or played.
     """
     from softphone.core.errors import MissingDependency
-    from softphone.media.audio import SAMPLE_RATE
-    from softphone.media.devices import DeviceError, find_device, load_sounddevice
+    from softphone.media.audioformat import SAMPLE_RATE
+    from softphone.media.sounddev import DeviceError, find_device, load_sounddevice
 
     name = "microphone" if kind == "input" else "speaker"
     setting = f"audio.{kind}"

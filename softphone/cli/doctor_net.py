@@ -424,7 +424,7 @@ def token_by_ice_servers(results: list[Result], listed: Result, target: DoctorTa
 async def network_checks(target: DoctorTarget, now: float) -> list[Result]:
     """Every network check, in order; later ones are skipped when the hub is not there."""
     from softphone.cli.doctor_ice import ice_checks
-    from softphone.client.signaling import HubAddress
+    from softphone.client.hubaddress import HubAddress
     from softphone.hub.tls import TLSConfigError, client_context
 
     try:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import click
 
-from softphone.client.signaling import DEFAULT_SERVER, HubAddress
+from softphone.client.hubaddress import DEFAULT_SERVER, HubAddress
 from softphone.core.protocol import is_valid_id
 
 T = TypeVar("T")

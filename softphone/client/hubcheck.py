@@ -29,7 +29,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, runtime_checkable
 
-from softphone.client.signaling import HubUnreachable
+from softphone.client.hubaddress import HubUnreachable
 from softphone.media.pathcheck import address_present
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,16 @@ import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import aiohttp
 
+# (Re-exported: the hub's address and unreachable hub are part of this module's
+# interface; they live apart so that the command line parses --server without aiohttp.)
+from softphone.client.hubaddress import DEFAULT_SERVER as DEFAULT_SERVER
+from softphone.client.hubaddress import HubAddress as HubAddress
+from softphone.client.hubaddress import HubUnreachable as HubUnreachable
 from softphone.core.protocol import (
     ICE_SERVERS_TYPE,
     HubError,
@@ -28,43 +32,6 @@ from softphone.core.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-
-
-class HubUnreachable(ConnectionError):
-    """The hub could not be reached, or refused us."""
-
-
-@dataclass(frozen=True)
-class HubAddress:
-    """A hub's base URL in both of its forms."""
-
-    http: str  # http(s)://host:port
-    ws: str  # ws(s)://host:port
-
-    @classmethod
-    def parse(cls, url: str) -> HubAddress:
-        """Accept ``http(s)://`` or ``ws(s)://`` base URLs (a trailing /ws is fine)."""
-        if "://" not in url:
-            url = "http://" + url
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        pairs = {"http": ("http", "ws"), "ws": ("http", "ws"),
-                 "https": ("https", "wss"), "wss": ("https", "wss")}
-        if scheme not in pairs or not parts.hostname:
-            raise ValueError(f"invalid hub URL {url!r}: use http://host:port or ws://host:port")
-        try:
-            parts.port  # noqa: B018 - validates the port
-        except ValueError as exc:
-            raise ValueError(f"invalid port in hub URL {url!r}") from exc
-        path = parts.path.rstrip("/")
-        if path.endswith("/ws"):
-            path = path[: -len("/ws")]
-        http_scheme, ws_scheme = pairs[scheme]
-        return cls(urlunsplit((http_scheme, parts.netloc, path, "", "")),
-                   urlunsplit((ws_scheme, parts.netloc, path, "", "")))
-
 
 #: Seconds the ICE servers the hub sent on connecting are used for a call; later
 #: (TURN credentials expire) a call asks ``/ice-servers`` again.

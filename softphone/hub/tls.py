@@ -19,12 +19,12 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ifaddr
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,14 @@ def default_names(extra: Iterable[str] = ()) -> list[str]:
 
 
 def _fingerprint(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import hashes
+
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 def _covers(cert: x509.Certificate, names: Iterable[str]) -> bool:
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -104,6 +108,12 @@ def self_signed(directory: str | Path, names: Iterable[str]) -> SelfSigned:
     made otherwise: an ECDSA P-256 key, a self-signed certificate with the
     names as subject alternative names, valid for :data:`VALID_DAYS` days.
     """
+    # (cryptography: only here, not for the clients' context or the hub's --cert/--key.)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = folder / CERT_NAME, folder / KEY_NAME

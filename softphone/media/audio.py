@@ -6,14 +6,15 @@ for the 50-frames-a-second path; no I/O, no event loop.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-SAMPLE_RATE: Final = 48_000
-FRAME_MS: Final = 20
-FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000  # 960
+# (Re-exported: the format is part of this module's interface.)
+from softphone.media.audioformat import FRAME_MS as FRAME_MS
+from softphone.media.audioformat import FRAME_SAMPLES as FRAME_SAMPLES
+from softphone.media.audioformat import SAMPLE_RATE as SAMPLE_RATE
 
 Int16Array = npt.NDArray[np.int16]
 FloatArray = npt.NDArray[np.float64]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from softphone.core.dtmf import (
     check_tones,
 )
 from softphone.media.aiortc_seams import PacketHandler
+from softphone.media.aiortc_seams.pinned import getsource
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,12 @@ def is_telephone_event(codec: Any) -> bool:
 
 def check() -> None:
     """Raise :class:`SeamMismatch` unless aiortc negotiates and receives as this module expects."""
-    peer = inspect.getsource(aiortc.rtcpeerconnection.RTCPeerConnection)
+    peer = getsource(aiortc.rtcpeerconnection.RTCPeerConnection)
     for name in ("find_common_codecs", "filter_preferred_codecs"):
         function = getattr(aiortc.rtcpeerconnection, name, None)
         if function is None or name + "(" not in peer:
             raise SeamMismatch(f"aiortc no longer negotiates codecs with {name}")
-    receiver = inspect.getsource(RTCRtpReceiver)
+    receiver = getsource(RTCRtpReceiver)
     if "self.__jitter_buffer.add(packet)" not in receiver or \
             "self.__codecs: dict[int, RTCRtpCodecParameters] = {}" not in receiver:
         raise SeamMismatch("aiortc's RTCRtpReceiver receive path changed")

@@ -38,7 +38,7 @@ from softphone.media.sending import SendStats
 
 aiortc_seams.install()
 dtmf_rtp.install()  # telephone events (DTMF) beside the audio codecs
-rtpsend.check()  # now (~50 ms of inspect.getsource), not in the first call's setup
+rtpsend.check()  # now (it reads aiortc's source), not in the first call's setup
 
 log = logging.getLogger(__name__)
 

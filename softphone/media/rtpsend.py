@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import struct
 import time
@@ -55,6 +54,7 @@ from aiortc.rtp import HeaderExtensions
 from aiortc.utils import random32
 from av.frame import Frame
 
+from softphone.media.aiortc_seams.pinned import getsource
 from softphone.media.dtmf_rtp import DtmfChannel
 from softphone.media.encoded import EncodedFrame, EncodedSource, UnsupportedCodec, level_dbov
 from softphone.media.tracks import AudioSource
@@ -81,9 +81,9 @@ def check() -> None:
 
     (Once a process: the answer does not change while it runs.)
     """
-    send = inspect.getsource(RTCRtpSender.send)
-    run = inspect.getsource(RTCRtpSender._run_rtp)
-    whole = inspect.getsource(RTCRtpSender)
+    send = getsource(RTCRtpSender.send)
+    run = getsource(RTCRtpSender._run_rtp)
+    whole = getsource(RTCRtpSender)
     if "self._run_rtp(parameters.codecs[0])" not in send:
         raise SeamMismatch("aiortc's RTCRtpSender.send no longer starts _run_rtp(codec)")
     for name in _FIELDS:
@@ -96,14 +96,14 @@ def check() -> None:
                    "await self.transport._send_rtp(packet_bytes)"):
         if needle not in run:
             raise SeamMismatch(f"aiortc's RTCRtpSender._run_rtp changed ({needle!r})")
-    dtls = inspect.getsource(RTCDtlsTransport._send_rtp)
+    dtls = getsource(RTCDtlsTransport._send_rtp)
     for needle in ("self._state != State.CONNECTED", "self._tx_srtp.protect(data)",
                    "await self.transport._send(data)", "self.__tx_bytes += len(data)",
                    "self.__tx_packets += 1"):
         if needle not in dtls:
             raise SeamMismatch(f"aiortc's RTCDtlsTransport._send_rtp changed ({needle!r})")
-    sendto = inspect.getsource(aioice.ice.Connection.sendto)
-    data = inspect.getsource(aioice.ice.StunProtocol.send_data)
+    sendto = getsource(aioice.ice.Connection.sendto)
+    data = getsource(aioice.ice.StunProtocol.send_data)
     if "self._nominated.get(component)" not in sendto or \
             "active_pair.protocol.send_data(data, active_pair.remote_addr)" not in sendto or \
             "self.transport.sendto(data, addr)" not in data:

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from softphone.core.errors import MissingDependency
-from softphone.media.audio import SAMPLE_RATE
+from softphone.media.audioformat import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

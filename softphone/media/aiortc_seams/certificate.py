@@ -12,12 +12,11 @@ made: aiortc 1.16 keeps it in the private ``__certificates`` list and hands
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import aiortc
 
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 
 #: The name-mangled list of the connection's certificates.
 _CERTIFICATES = "_RTCPeerConnection__certificates"
@@ -26,9 +25,9 @@ _CERTIFICATES = "_RTCPeerConnection__certificates"
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if aiortc no longer keeps one certificate per
     connection in ``__certificates`` and hands it to each DTLS transport it makes."""
-    init = inspect.getsource(aiortc.RTCPeerConnection.__init__)
-    whole = inspect.getsource(aiortc.RTCPeerConnection)
-    dtls = inspect.getsource(aiortc.RTCDtlsTransport.__init__)
+    init = getsource(aiortc.RTCPeerConnection.__init__)
+    whole = getsource(aiortc.RTCPeerConnection)
+    dtls = getsource(aiortc.RTCDtlsTransport.__init__)
     if "self.__certificates = [RTCCertificate.generateCertificate()]" not in init or \
             "RTCDtlsTransport(iceTransport, self.__certificates)" not in whole or \
             "certificate = certificates[0]" not in dtls:

@@ -35,7 +35,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from softphone.media.aiortc_seams.gathering import install_gathering
-from softphone.media.aiortc_seams.pinned import SeamMismatch, check_versions
+from softphone.media.aiortc_seams.pinned import SeamMismatch, check_versions, getsource
 
 #: The payload type we offer RED with (Chrome's choice too).
 RED_PAYLOAD_TYPE: Final = 63
@@ -54,8 +54,8 @@ _red_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar("softphone_r
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if aiortc no longer makes encoders or
     negotiates codecs as these seams expect."""
-    send = inspect.getsource(RTCRtpSender.send)
-    next_frame = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    send = getsource(RTCRtpSender.send)
+    next_frame = getsource(RTCRtpSender._next_encoded_frame)
     if "self._run_rtp(parameters.codecs[0])" not in send or \
             "if self.__encoder is None:" not in next_frame or \
             "self.__encoder.encode" not in next_frame:
@@ -68,7 +68,7 @@ def check_internals() -> None:
     if common is None or list(inspect.signature(common).parameters) != \
             ["local_codecs", "remote_codecs"] or \
             "find_common_codecs(CODECS[media.kind], media.rtp.codecs)" not in \
-            inspect.getsource(aiortc.rtcpeerconnection.RTCPeerConnection):
+            getsource(aiortc.rtcpeerconnection.RTCPeerConnection):
         raise SeamMismatch("aiortc no longer negotiates codecs with find_common_codecs")
 
 

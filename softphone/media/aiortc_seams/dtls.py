@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import math
 import re
@@ -24,7 +23,7 @@ from typing import Any, Final
 import aiortc
 
 from softphone._tasks import spawn_kept
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 from softphone.media.aiortc_seams.teardown import parts_of
 
 log = logging.getLogger(__name__)
@@ -35,13 +34,13 @@ DTLS_TIMER_MAX: Final = 0.8
 
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if aiortc's DTLS role or transport changed."""
-    answer = inspect.getsource(aiortc.RTCPeerConnection.createAnswer)
+    answer = getsource(aiortc.RTCPeerConnection.createAnswer)
     if 'if dtlsTransport._role == "auto":' not in answer or \
             "media.dtls.role = dtlsTransport._role" not in answer or \
-            "def _set_role(self, role: str)" not in inspect.getsource(aiortc.RTCDtlsTransport):
+            "def _set_role(self, role: str)" not in getsource(aiortc.RTCDtlsTransport):
         raise SeamMismatch("aiortc no longer answers with its DTLS transport's role")
-    ice = inspect.getsource(aiortc.RTCIceTransport.__init__)
-    dtls = inspect.getsource(aiortc.RTCDtlsTransport)
+    ice = getsource(aiortc.RTCIceTransport.__init__)
+    dtls = getsource(aiortc.RTCDtlsTransport)
     if "self._recv = self._connection.recv" not in ice or \
             "self._send = self._connection.send" not in ice or \
             "await self.transport._send(data)" not in dtls or \

@@ -47,7 +47,7 @@ from softphone.media.aiortc_seams.gathering import (
     install_gathering,
     stock_get_component_candidates,
 )
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ def _stun_timing(rto: float | None, copies: float | None = None) -> Iterator[Non
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if aioice's checks, STUN transactions or gathering,
     or aiortc's DTLS role or transport (:mod:`.dtls`), changed."""
-    connect = inspect.getsource(aioice.ice.Connection.connect)
-    connection = inspect.getsource(aioice.ice.Connection)
-    transaction = inspect.getsource(_original_transaction_init or
+    connect = getsource(aioice.ice.Connection.connect)
+    connection = getsource(aioice.ice.Connection)
+    transaction = getsource(_original_transaction_init or
                                     aioice.stun.Transaction.__init__)
     if "if not self._check_periodic():" not in connect or \
             "await asyncio.sleep(0.02)" not in connect or \
@@ -149,7 +149,7 @@ def check_internals() -> None:
             list(inspect.signature(aioice.ice.Connection._find_pair).parameters) != \
             ["self", "protocol", "remote_candidate"] or \
             "self.transactions: dict[bytes, stun.Transaction] = {}" not in \
-            inspect.getsource(aioice.ice.StunProtocol.__init__):
+            getsource(aioice.ice.StunProtocol.__init__):
         raise SeamMismatch("aioice's connectivity checks changed")
     if list(inspect.signature(aioice.stun.Transaction.__init__).parameters)[:5] != \
             ["self", "request", "addr", "protocol", "retransmissions"] or \
@@ -160,10 +160,10 @@ def check_internals() -> None:
                 "self.__future: asyncio.Future")):
         raise SeamMismatch("aioice's STUN transactions changed")
     if "self.__protocol.send_stun(self.__request, self.__addr)" not in \
-            inspect.getsource(aioice.stun.Transaction):
+            getsource(aioice.stun.Transaction):
         raise SeamMismatch("aioice's STUN transactions no longer send with send_stun")
     srflx = _original_srflx_candidate or aioice.ice.server_reflexive_candidate
-    gather = inspect.getsource(stock_get_component_candidates())
+    gather = getsource(stock_get_component_candidates())
     if list(inspect.signature(srflx).parameters) != ["protocol", "stun_server"] or \
             "server_reflexive_candidate(protocol, self.stun_server)" not in gather or \
             "relayed_candidate(" not in gather or \

@@ -8,13 +8,12 @@ also how the other seams reach a peer connection's aioice ``Connection``).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import aioice.ice
 import aiortc
 
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 
 
 def check_internals() -> None:
@@ -24,7 +23,7 @@ def check_internals() -> None:
             not hasattr(probe, "turn_transport"):
         raise SeamMismatch("aioice Connection no longer has _nominated / turn_transport")
     if "self._connection = gatherer._connection" not in \
-            inspect.getsource(aiortc.RTCIceTransport.__init__):
+            getsource(aiortc.RTCIceTransport.__init__):
         raise SeamMismatch("aiortc RTCIceTransport no longer keeps its aioice _connection")
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from softphone._tasks import spawn_kept
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 from softphone.media.netsim import Impairment
 
 #: (ssrc, seq, timestamp, payload, is_red)
@@ -30,7 +29,7 @@ PacketHandler = Callable[[int, int, int, bytes, bool], None]
 
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if aiortc's receiver no longer receives as expected."""
-    source = inspect.getsource(RTCRtpReceiver)
+    source = getsource(RTCRtpReceiver)
     if "self.__jitter_buffer.add(packet)" not in source or \
             "async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int)" \
             not in source or \

@@ -28,7 +28,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 
 from softphone._tasks import spawn_kept
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ _RTCP_XR: Final = 207
 
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if aiortc no longer handles RTCP as these seams expect."""
-    handle = inspect.getsource(RTCRtpSender._handle_rtcp_packet)
-    dtls = inspect.getsource(aiortc.RTCDtlsTransport)
-    receiver = inspect.getsource(RTCRtpReceiver)
+    handle = getsource(RTCRtpSender._handle_rtcp_packet)
+    dtls = getsource(aiortc.RTCDtlsTransport)
+    receiver = getsource(RTCRtpReceiver)
     if "isinstance(packet, (RtcpRrPacket, RtcpSrPacket))" not in handle or \
             "x.ssrc == self._ssrc, packet.reports" not in handle or \
             "await recipient._handle_rtcp_packet(packet)" not in dtls or \

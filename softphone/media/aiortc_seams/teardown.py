@@ -21,7 +21,7 @@ import aioice
 import aiortc
 import pyee
 
-from softphone.media.aiortc_seams.pinned import SeamMismatch
+from softphone.media.aiortc_seams.pinned import SeamMismatch, getsource
 
 #: What :func:`unlink_closed` relies on in aioice: the check list, which its
 #: ``close()`` leaves as it was (it clears the nominated pairs and protocols).
@@ -34,11 +34,11 @@ _ICE_NEEDLES: Final = (
 
 def check_internals() -> None:
     """Raise :class:`SeamMismatch` if the internals :func:`unlink_closed` cuts changed."""
-    ice = inspect.getsource(aioice.Connection)
+    ice = getsource(aioice.Connection)
     if any(needle not in ice for needle in _ICE_NEEDLES):
         raise SeamMismatch("aioice's Connection no longer keeps its check list as "
                            "unlink_closed expects")
-    if "self._connection = Connection(" not in inspect.getsource(aiortc.RTCIceGatherer) or \
+    if "self._connection = Connection(" not in getsource(aiortc.RTCIceGatherer) or \
             not issubclass(aiortc.RTCDtlsTransport, pyee.EventEmitter) or \
             not issubclass(aiortc.RTCIceTransport, pyee.EventEmitter):
         raise SeamMismatch("aiortc's transports are no longer event emitters over an "
