@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
@@ -33,9 +32,10 @@ async def test_call_presses_keys_and_listen_hears_each_once(hub: Hub, procs: lis
     assert [e["digit"] for e in events(alice.stdout, "dtmf-sent")] == ["1", "2", "#"]
     assert "sent DTMF 12# to bob" in alice.stderr
     assert "DTMF # from alice (100 ms)" in bob.stderr
-    # The digits came while the call was up, in order, about 170 ms apart.
-    times = [e["time"] for e in heard]
-    assert all(0.12 < b - a < 0.4 for a, b in itertools.pairwise(times)), times
+    # Three separate digits, in order, each its full 100 ms: the gap between tones
+    # kept them distinct. (How far apart they are on the wire is checked in media
+    # time, on the RTP timestamps: tests/media/test_dtmf_rtp.py; not here, by the
+    # wall clock, which a loaded machine stretches.)
 
 
 async def test_bad_keys_are_a_one_line_usage_error(hub: Hub) -> None:

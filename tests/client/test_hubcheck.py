@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -102,99 +102,148 @@ async def phone(relay: Relay) -> AsyncIterator[Phone]:
         await the_phone.close()
 
 
-async def _until(check: object, within: float, what: str) -> float:
+async def _until(check: object, within: float, what: str) -> None:
+    """Wait until ``check()``; ``within`` is a hang guard (far above what it takes)."""
     deadline = time.monotonic() + within
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.02)
-    return time.monotonic()
 
 
-async def test_a_live_connection_answers_at_once(phone: Phone) -> None:
-    started = time.monotonic()
+class Waits:
+    """What hubcheck's ``asyncio.wait_for`` calls were given and how each ended
+    ("timeout": its timeout ran out; "done" or "error": what it waited for ended
+    first, or failed); the rest of asyncio as it is. The pacing is checked on
+    these, not on a wall clock that a loaded machine stretches."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float | None, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def wait_for(self, aw: Any, timeout: float | None) -> Any:  # noqa: ASYNC109
+        try:
+            result = await asyncio.wait_for(aw, timeout)
+        except TimeoutError:
+            self.calls.append((timeout, "timeout"))
+            raise
+        except Exception:
+            self.calls.append((timeout, "error"))  # what it waited for failed
+            raise
+        self.calls.append((timeout, "done"))
+        return result
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> Waits:
+    seen = Waits()
+    monkeypatch.setattr(hubcheck, "asyncio", seen)
+    return seen
+
+
+def ping_waits(phone: Phone, monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, bool]]:
+    """From now on, each ping of ``phone``'s hub connection: how long it waited for
+    the pong, and whether one came."""
+    pings: list[tuple[float, bool]] = []
+    hub = phone.hub_check.hub
+    ping = hub.ping
+
+    async def noted(wait: float) -> bool:
+        answered = bool(await ping(wait))
+        pings.append((wait, answered))
+        return answered
+
+    monkeypatch.setattr(hub, "ping", noted)
+    return pings
+
+
+async def test_a_live_connection_answers_at_once(phone: Phone,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pings = ping_waits(phone, monkeypatch)
     assert await phone.check_hub()
-    assert time.monotonic() - started < 0.5
+    assert pings == [(hubcheck.PONG_WAIT, True)]  # a pong came, within the pong wait
     assert phone.hub_connected.is_set()
     assert await asyncio.gather(phone.check_hub(), phone.check_hub()) == [True, True]
+    assert len(pings) == 2  # the two at once shared one ping
 
 
-async def test_a_dark_connection_is_given_up_and_made_again(phone: Phone, relay: Relay) -> None:
+async def test_a_dark_connection_is_given_up_and_made_again(
+        phone: Phone, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bool] = []
     phone.hub_check.subscribe(seen.append)
     phone.hub_check.episode("call-1", True)
     relay.dark = True
-    started = time.monotonic()
+    pings = ping_waits(phone, monkeypatch)
     assert not await phone.check_hub()
-    took = time.monotonic() - started
-    assert hubcheck.PONG_WAIT <= took < hubcheck.PONG_WAIT + 1.0, took
-    await _until(lambda: not phone.hub_connected.is_set(), 2.0, "the connection was kept")
+    assert pings == [(hubcheck.PONG_WAIT, False)]  # waited the pong wait, none came
+    await _until(lambda: not phone.hub_connected.is_set(), 30, "the connection was kept")
     assert seen == [False]
     await asyncio.sleep(2.5)  # attempts go into the dark meanwhile
     relay.dark = False
-    back_from = time.monotonic()
-    await asyncio.wait_for(phone.hub_connected.wait(), EPISODE_RETRY + EPISODE_CONNECT_TIMEOUT + 1)
-    assert time.monotonic() - back_from <= EPISODE_RETRY + EPISODE_CONNECT_TIMEOUT + 0.5
+    # (A hang guard: the episode's attempts, 1 s apart, get through within seconds.)
+    await asyncio.wait_for(phone.hub_connected.wait(), 30)
     assert seen == [False, True]
     assert await phone.check_hub()
 
 
 async def test_a_connection_whose_address_is_gone_goes_at_once(
         phone: Phone, relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+    pings = ping_waits(phone, monkeypatch)
     monkeypatch.setattr(hubcheck, "address_present", lambda address: False)
     accepted = relay.accepted
-    started = time.monotonic()
     assert not await phone.check_hub()
-    assert time.monotonic() - started < 0.3  # no ping waited for
+    assert pings == []  # no ping waited for
     phone.hub_check.episode("call-1", True)  # reconnects at once
-    monkeypatch.undo()
-    await _until(lambda: relay.accepted > accepted and phone.hub_connected.is_set(), 3.0,
+    monkeypatch.setattr(hubcheck, "address_present", lambda address: True)
+    await _until(lambda: relay.accepted > accepted and phone.hub_connected.is_set(), 30,
                  "no new connection")
     assert await phone.check_hub()
 
 
-async def test_reconnect_pacing_during_an_episode(hub: Hub, relay: Relay) -> None:
-    """Hurried: attempts about 1 s apart, each cut at 2 s; calm: the usual backoff."""
+async def test_reconnect_pacing_during_an_episode(hub: Hub, relay: Relay, waits: Waits) -> None:
+    """Hurried: attempts 1 s apart, each cut at 2 s; calm: the usual backoff.
+
+    The check's clock is ours (``now``): the pacing is what it computes from it."""
     client = HubClient(relay.url, "bob")
+    now = [100.0]
     attempts: list[float] = []
 
     async def connect() -> None:
-        attempts.append(time.monotonic())
+        attempts.append(now[0])
         await client.connect()
 
-    check = HubCheck(client, connect)
+    check = HubCheck(client, connect, clock=lambda: now[0])
     relay.dark = True
     try:
         check.episode("call", True)
-        started = time.monotonic()
-        failures = []
-        while time.monotonic() - started < 5.5:
+        # Each attempt into the dark is cut at 2 s (its wait ran out); the next one
+        # starts right then (the last one started more than 1 s before).
+        for _ in range(2):
             await check.pause(0.5)
-            try:
+            with pytest.raises(HubUnreachable, match="within 2 s"):
                 await check.connect()
-            except HubUnreachable as exc:
-                failures.append(str(exc))
-        assert len(attempts) >= 3, attempts
-        gaps = [b - a for a, b in itertools.pairwise(attempts)]
-        # Each attempt is cut at 2 s; the next one starts right then (more than 1 s later).
-        assert all(EPISODE_CONNECT_TIMEOUT - 0.1 <= g <= EPISODE_CONNECT_TIMEOUT + 0.6
-                   for g in gaps), gaps
-        assert all("within 2 s" in f for f in failures), failures
-        # A refused connection fails at once: then the attempts are 1 s apart.
+            now[0] += EPISODE_CONNECT_TIMEOUT  # (what the attempt took)
+        assert waits.calls == [(EPISODE_CONNECT_TIMEOUT, "timeout")] * 2, waits.calls
+        # A refused connection fails at once: then the next attempt waits out the
+        # rest of the second since the last one started.
         await relay.stop()
-        attempts.clear()
-        started = time.monotonic()
-        while time.monotonic() - started < 3.2:
+        waits.calls.clear()
+        for _ in range(2):
             await check.pause(0.5)
             with contextlib.suppress(HubUnreachable):
                 await check.connect()
-        gaps = [b - a for a, b in itertools.pairwise(attempts)]
-        assert len(gaps) >= 2 and all(EPISODE_RETRY - 0.05 <= g <= EPISODE_RETRY + 0.4
-                                      for g in gaps), gaps
+            now[0] += 0.25  # (what the refusal took)
+        await check.pause(0.5)
+        assert waits.calls == [(EPISODE_CONNECT_TIMEOUT, "error"),
+                               (EPISODE_RETRY - 0.25, "timeout")] * 2, waits.calls
+        assert len(attempts) == 4
         # The episode over: the backoff is back (jittered 0.5 to 1.5 times).
         check.episode("call", False)
-        waited = time.monotonic()
+        waits.calls.clear()
         await check.pause(2.0)
-        assert time.monotonic() - waited >= 1.0
+        [(waited, how)] = waits.calls
+        assert 1.0 <= (waited or 0) <= 3.0 and how == "timeout", waits.calls
         assert check.next_backoff(8.0) == hubcheck.MAX_BACKOFF
         check.episode("call", True)  # no growing backoff behind an episode
         assert check.next_backoff(8.0) == hubcheck.FIRST_BACKOFF
@@ -202,15 +251,17 @@ async def test_reconnect_pacing_during_an_episode(hub: Hub, relay: Relay) -> Non
         await client.close()
 
 
-async def test_an_episode_cuts_a_long_backoff_short(hub: Hub) -> None:
+async def test_an_episode_cuts_a_long_backoff_short(hub: Hub, waits: Waits) -> None:
     check = HubCheck(HubClient(f"http://127.0.0.1:{hub.port}", "carol"))
     waiting = asyncio.create_task(check.pause(10.0))
     await asyncio.sleep(0.2)
     assert not waiting.done()
-    started = time.monotonic()
     check.episode("call", True)
-    await asyncio.wait_for(waiting, 1.0)
-    assert time.monotonic() - started < 0.2
+    await asyncio.wait_for(waiting, 30)  # (a hang guard)
+    # Its backoff wait ended by the episode's kick, not by running out; no other wait.
+    [(backoff, how)] = waits.calls
+    assert 5.0 <= (backoff or 0) <= 15.0 and how == "done", waits.calls
+
 
 
 async def test_a_hub_without_checks_is_taken_as_fine() -> None:

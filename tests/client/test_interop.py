@@ -135,13 +135,13 @@ async def test_our_cli_through_original_hub(original_hub: OriginalHub, procs: li
 async def test_call_nobody_through_original_hub(original_hub: OriginalHub,
                                                 procs: list[Proc]) -> None:
     """The original hub drops messages to unknown ids: no `offline`, so no answer."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
     call = start(procs, "call", "nobody", "--as", "a", "--ring-timeout", "1",
                  "--server", original_hub.url)
-    assert await call.wait(10) == NO_ANSWER, call.describe()
-    took = loop.time() - began
-    assert took < 8, f"took {took:.1f} s"
+    # A hang guard, not a speed check: 1 s of ringing and a process start take a few
+    # seconds; the default ring timeout (30 s) would not be done by then.
+    assert await call.wait(25) == NO_ANSWER, call.describe()
+    # The ring timeout ended it (no-answer is its outcome only), and the caller
+    # withdrew its call-request with a hangup.
     assert "no answer from nobody" in call.stdout, call.describe()
     sent = [json.loads(raw)["type"] for sender, raw in original_hub.frames if sender == "a"]
-    assert sent[0] == "call-request"
+    assert sent[0] == "call-request" and "hangup" in sent[1:], sent

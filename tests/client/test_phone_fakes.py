@@ -307,15 +307,21 @@ class StuckConnection(FakeHubConnection):
 
     stuck = False
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.held: list[Message] = []  # taken, never sent
+
     async def send(self, message: Message) -> None:
         if self.stuck:
+            self.held.append(message)
             await asyncio.Event().wait()  # never
         await super().send(message)
 
 
 async def test_close_does_not_wait_long_for_a_hub_that_takes_nothing(
         lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fakes: what is queued for the hub is waited for, but only a little."""
+    """Fakes: what is queued for the hub is waited for, but only a little: close
+    gives up on it (its timeout path) rather than waiting for the hub."""
     monkeypatch.setattr(phone_module, "CLOSE_FLUSH_WAIT", 0.3)
     await lab.phone("b")
     connection = StuckConnection(lab.hub, "a")
@@ -328,10 +334,9 @@ async def test_close_does_not_wait_long_for_a_hub_that_takes_nothing(
     await asyncio.wait_for(call_a.connected(), 2)
     connection.stuck = True
     await call_a.hangup()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await a.close()
-    assert loop.time() - started < 1.5
+    # A hang guard, not a speed check: close waiting for this hub would wait forever.
+    await asyncio.wait_for(a.close(), 30)
+    assert connection.held  # close returned with what it waited for still not sent
     assert (await ended(call_a)).outcome is Outcome.COMPLETED
 
 

@@ -93,14 +93,27 @@ async def in_call(session: aiohttp.ClientSession, hub: Hub
     return a, b
 
 
-async def dropped(hub: Hub, client_id: str, within: float = 3.0) -> float:
-    """Wait until the hub no longer holds ``client_id``; when that was seen."""
+async def dropped(hub: Hub, client_id: str, within: float = 10.0) -> None:
+    """Wait until the hub no longer holds ``client_id``. ``within`` is a hang guard
+    (the heartbeat drops a silent client within half a second)."""
     deadline = time.monotonic() + within
     while hub.registry.local_count() and any(
             c.client_id == client_id for c in hub._connections):
         assert time.monotonic() < deadline, f"the hub still holds {client_id}"
         await asyncio.sleep(0.02)
-    return time.monotonic()
+
+
+def graces_given(hub: Hub) -> list[tuple[str, float | None]]:
+    """From now on, each peer that leaves a call and the grace the hub gives it."""
+    graces: list[tuple[str, float | None]] = []
+    disconnected = hub.pairs.disconnected
+
+    def noted(client_id: str, now: float, grace: float | None = None) -> float | None:
+        graces.append((client_id, grace))
+        return disconnected(client_id, now, grace)
+
+    hub.pairs.disconnected = noted  # type: ignore[method-assign]
+    return graces
 
 
 HANGUP = {"type": "hangup", "to": "a", "from": "b", "data": {"reason": "peer-disconnected"}}
@@ -109,11 +122,11 @@ HANGUP = {"type": "hangup", "to": "a", "from": "b", "data": {"reason": "peer-dis
 async def test_closed_connection_gets_the_short_grace(hub: Hub,
                                                       session: aiohttp.ClientSession) -> None:
     a, b = await in_call(session, hub)
+    graces = graces_given(hub)
     await b.close()  # a phone that quit (or a killed process: the kernel closes it)
-    closed_at = time.monotonic()
-    at, got = await a.next(within=AWAY_GRACE)  # well before the away grace
+    _, got = await a.next(within=30)  # (a hang guard)
     assert got == HANGUP
-    assert GRACE - 0.05 <= at - closed_at < AWAY_GRACE, at - closed_at
+    assert graces == [("b", GRACE)], graces  # the short grace, not the away grace
     assert len(hub.pairs) == 0
     await a.close()
 
@@ -123,12 +136,14 @@ async def test_heartbeat_dropped_connection_waits_the_away_grace(
     a, b = await in_call(session, hub)
     # b's network "goes away": it sends nothing more, not even pongs (its socket
     # stays open, as one does whose path is gone).
-    gone_at = await dropped(hub, "b")
+    graces = graces_given(hub)
+    await dropped(hub, "b")
+    assert graces == [("b", AWAY_GRACE)], graces  # the away grace, not the short one
+    # (A timer never fires early: however slow the machine, nothing comes sooner.)
     await a.nothing_for(AWAY_GRACE - 0.4)  # the short grace passed long ago
     assert len(hub.pairs) == 1
-    at, got = await a.next(within=2.0)
+    _, got = await a.next(within=30)  # (a hang guard)
     assert got == HANGUP
-    assert at - gone_at >= AWAY_GRACE - 0.1, at - gone_at
     assert len(hub.pairs) == 0
     await b.close()
     await a.close()
@@ -137,9 +152,10 @@ async def test_heartbeat_dropped_connection_waits_the_away_grace(
 async def test_away_client_back_in_time_keeps_the_call(
         hub: Hub, session: aiohttp.ClientSession) -> None:
     a, b = await in_call(session, hub)
+    graces = graces_given(hub)
     await dropped(hub, "b")
-    await asyncio.sleep(AWAY_GRACE / 2)
     b2 = Client(await ws(session, hub, "b"))  # back, from wherever it is now
+    assert graces == [("b", AWAY_GRACE)], graces
     await a.nothing_for(AWAY_GRACE)  # past the away grace: no hangup
     assert len(hub.pairs) == 1
     # The call goes on through the hub: restart messages reach the peer.

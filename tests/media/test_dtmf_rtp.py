@@ -10,6 +10,7 @@ packets only, on the 8000 Hz payload type) and a digit whose end was lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from typing import Any
 
@@ -244,6 +245,12 @@ async def test_dtmf_both_ways_in_a_real_call(hub: Hub) -> None:
     for seq, ts, marker, payload in wire:
         by_ts.setdefault(ts, []).append((seq, marker, decode(payload)))
     assert len(by_ts) == 4
+    # The spacing, in media time (RTP timestamps, 48 units a millisecond), not wall
+    # time: each digit starts at least its 100 ms tone and the 70 ms gap after the
+    # one before, so the receiver hears four digits, not one long one.
+    starts = list(by_ts)  # in the order they came
+    steps = [(b - a) & 0xFFFFFFFF for a, b in itertools.pairwise(starts)]
+    assert all(steps) and all((100 + 70) * 48 <= step < 1 << 31 for step in steps), steps
     for packets in by_ts.values():
         assert [p[2].duration for p in packets] == [960, 1920, 2880, 3840, 4800, 4800, 4800]
         assert [p[2].end for p in packets] == [False] * 4 + [True] * 3

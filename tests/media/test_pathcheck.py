@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aioice.stun
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -76,11 +76,40 @@ async def test_probe_is_answered_while_the_path_is_up(
 async def test_probe_is_not_answered_when_a_side_is_cut_off(
         peers: tuple[RTCPeerConnection, RTCPeerConnection], deaf: str) -> None:
     a, b = peers
-    protocol = _deaf(b if deaf == "answerer" else a)
-    started = time.monotonic()
-    assert not await probe_path(Session(a))
-    assert time.monotonic() - started < 2.0  # one RTO, not aioice's retransmissions
-    del protocol.datagram_received  # the network is back
+    # What b's socket gets: the transaction ids of the STUN requests (a's probe and
+    # any consent checks), whether or not b then takes the packet.
+    received: list[bytes] = []
+    at_b = selected_pair(pathcheck.ice_connection(b)).protocol
+    take = at_b.datagram_received
+
+    def noted(data: bytes, addr: Any) -> None:
+        if data and data[0] < 4:  # STUN (RFC 7983)
+            received.append(aioice.stun.parse_message(data).transaction_id)
+        if deaf == "asker":
+            take(data, addr)
+
+    at_b.datagram_received = noted
+    deaf_a = _deaf(a) if deaf == "asker" else None
+    sent: list[bytes] = []
+    asker = selected_pair(pathcheck.ice_connection(a)).protocol
+    request = asker.request
+
+    async def noted_request(message: Any, *args: Any, **kw: Any) -> Any:
+        sent.append(message.transaction_id)
+        return await request(message, *args, **kw)
+
+    asker.request = noted_request
+    try:
+        assert not await probe_path(Session(a))
+        await asyncio.sleep(1.0)  # past aioice's first retransmission time (0.5 s)
+    finally:
+        del asker.request
+    # One request, sent once: not retransmitted (aioice's retransmissions would
+    # have kept the probe going for seconds).
+    assert len(sent) == 1 and received.count(sent[0]) == 1, (sent, received)
+    del at_b.datagram_received  # the network is back
+    if deaf_a is not None:
+        del deaf_a.datagram_received
     assert await probe_path(Session(a))
 
 

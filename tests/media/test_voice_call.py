@@ -70,10 +70,12 @@ async def talk(hub: Hub, seconds: float, impairment: Impairment,
                 readings.append(Reading(impairment.count, playout.delay, playout.target))
         stats = await call_b.stats()
         receiver = audio.receiver
-        assert receiver.first_frame_at is not None
-        elapsed = asyncio.get_running_loop().time() - receiver.first_frame_at
-        # Played in real time: a frame every 20 ms, whatever the network did.
-        assert receiver.frames >= 0.9 * elapsed / 0.020, (receiver.frames, elapsed)
+        assert receiver.first_frame_at is not None and receiver.frames
+        # (Played a frame every 20 ms, whatever the network did: the frame clock's
+        # pace is tests/media/test_frameclock.py's, on the loop's clock; that no
+        # frame went missing, the callers check on what b heard (no silent gap
+        # longer than a frame). Not frames against the wall clock here: a loaded
+        # machine's stalls skip frames, by design.)
         await call_a.hangup()
         await call_b.ended()
     finally:
