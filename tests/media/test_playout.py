@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from softphone.core.adapt import PROBE_PACKETS
+from softphone.media import jitterbuffer as jb
 from softphone.media import rtcp_xr
 from softphone.media.audio import (
     FRAME_SAMPLES,
@@ -26,7 +27,7 @@ from softphone.media.audio import (
     rms_dbfs,
 )
 from softphone.media.opus import EncoderSettings, OpusEncoder
-from softphone.media.playout import FADE_FROM, MUTE_FROM, StretchPlayout
+from softphone.media.playout import FADE_FROM, MIN_TARGET, MUTE_FROM, StretchPlayout
 
 N = FRAME_SAMPLES
 T = N / SAMPLE_RATE
@@ -211,12 +212,15 @@ def test_a_red_stream_rebuilds_a_loss_in_its_first_words_without_a_glitch() -> N
 
 
 def probed_red_call(pcm_frames: list[Int16Array], ssrc_from: dict[int, int] | None = None,
+                    phase: float = MIN_TARGET + 0.0051, late: dict[int, float] | None = None,
+                    buffer: jb.JitterBuffer | None = None,
                     ) -> tuple[Int16Array, StretchPlayout, list[int]]:
     """Real Opus of ``pcm_frames`` as our sender sends a clean call: RED with a copy of
     the frame before for the first PROBE_PACKETS packets (the probe), then RED with
-    none; arrivals 1 ms after sending, pulls 5.1 ms after. ``ssrc_from``: packet
-    index -> SSRC from there on. Returns what was played, the playout, and the RTP
-    timestamps it said it played (``on_played``)."""
+    none; arrivals 1 ms after sending (``late``: index -> seconds more), pulls
+    ``phase`` after (by default the packets wait the buffer's floor and 4.1 ms).
+    ``ssrc_from``: packet index -> SSRC from there on. Returns what was played, the
+    playout, and the RTP timestamps it said it played (``on_played``)."""
     from softphone.media import red
 
     encoder = OpusEncoder(EncoderSettings(adapt=False, bitrate=88_000, fec=False,
@@ -227,11 +231,12 @@ def probed_red_call(pcm_frames: list[Int16Array], ssrc_from: dict[int, int] | No
         packer.depth = 1 if i < PROBE_PACKETS else 0
         stream.append(packer.wrap(i * N, encoder.encode(pcm)))
     now = [0.0]
-    playout = StretchPlayout(clock=lambda: now[0])
+    playout = StretchPlayout(clock=lambda: now[0], buffer=buffer)
     played: list[int] = []
     playout.on_played = lambda ts, _: played.append(ts)
-    events = sorted([(i * T + 0.001, 0, i) for i in range(len(stream))]
-                    + [(k * T + 0.0051, 1, k) for k in range(len(stream) - 2)])
+    late = late or {}
+    events = sorted([(i * T + 0.001 + late.get(i, 0.0), 0, i) for i in range(len(stream))]
+                    + [(k * T + phase, 1, k) for k in range(len(stream) - 2)])
     out: list[Int16Array] = []
     ssrc = 1
     for when, kind, i in events:
@@ -262,6 +267,41 @@ def test_the_frame_held_at_the_start_goes_with_a_pause_not_from_a_tone() -> None
     gone = sorted(set(range(played[-1] // N)) - {ts // N for ts in played})
     assert len(gone) == 2 and set(gone) <= silent, gone
     assert playout.buffer.stats.skipped == 2 and playout.buffer.stats.concealed == 0
+
+
+def test_the_frames_held_at_the_start_go_only_down_to_the_floor() -> None:
+    """Played 5.1 ms after they come, the packets would wait 5.1 ms once both frames
+    held at the start are dropped; the floor keeps one of them (25.1 ms), so a packet
+    that comes 7 ms late once (a sender's scheduling hiccup) is still played in time:
+    nothing concealed, every frame played in order."""
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    frames = [np.zeros(N, np.int16) if 60 <= i < 80 else tone.next(N) for i in range(150)]
+    _, playout, played = probed_red_call(frames, phase=0.0051, late={120: 0.007})
+    assert playout.buffer.stats.skipped == 1 and playout.buffer.stats.concealed == 0
+    assert playout.buffer.target >= MIN_TARGET
+    assert played == sorted(played) and 120 * N in played
+    # Without the floor both go, and the late packet is concealed (then played late).
+    floorless = jb.JitterBuffer(stretch=True)
+    _, playout, _ = probed_red_call(frames, phase=0.0051, late={120: 0.007},
+                                    buffer=floorless)
+    assert playout.buffer.stats.skipped == 2 and playout.buffer.stats.concealed >= 1
+
+
+def test_a_surplus_is_cut_in_a_real_pause_not_between_two_words() -> None:
+    """A surplus (the packets wait a whole frame more than the target) is not cut in
+    a single quiet frame between two voiced ones (still part of the utterance), only
+    once ``pause_pulls`` quiet frames came in a row, or after ``voiced_after``."""
+    for pattern, cut in (([True, False], False), ([True] * 3 + [False] * 3, True)):
+        buffer = jb.JitterBuffer(stretch=True, voiced_after=100.0)
+        asked = []
+        for i in range(120):
+            buffer.push(i * N, bytes([i % 256]), i * T + 0.001)
+            if i >= 2:  # two frames more than the target in hand: a surplus
+                d = buffer.pull(i * T + 0.046, pattern[i % len(pattern)])
+                if isinstance(d, jb.Play) and d.accelerate:
+                    asked.append(i)
+                    buffer.stretched(-200)
+        assert bool(asked) == cut, (pattern, asked)
 
 
 def test_a_new_stream_keeps_the_playout_s_buffer_settings() -> None:
