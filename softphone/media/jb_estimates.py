@@ -1,5 +1,6 @@
-"""What the jitter buffer estimates (see :mod:`.jitterbuffer`): the network's jitter, and
-the frames to hold so that the recent losses could be rebuilt; sans I/O."""
+"""What the jitter buffer estimates (see :mod:`.jitterbuffer`): the network's jitter, what
+it remembers of losses, and the frames to hold so that the recent losses could be
+rebuilt; sans I/O (times passed in)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,57 @@ def frames_to_hold(runs: list[int], offsets: list[int], shortest: int, max_reser
         if options:
             needs.append(min(options))
     return max(needs)
+
+
+@dataclass
+class LossMemory:
+    """What a jitter buffer remembers of losses: loss events, the runs of packets
+    missing, and how far back (frames) the RED copies that came reach."""
+
+    #: Times of loss events (a burst is one), oldest first; see :meth:`recent`.
+    events: deque[float] = field(default_factory=deque)
+    _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
+    _offsets: dict[int, float] = field(default_factory=dict)  # copy offset (frames) -> seen
+
+    def loss(self, now: float, merge: float) -> None:
+        """A loss at ``now``: part of the last event if within ``merge`` seconds of its
+        start (a burst is one event, whether seen as a hole or as a repaired frame)."""
+        if not self.events or now - self.events[-1] > merge:
+            self.events.append(now)
+
+    def gap(self, now: float, missing: int) -> None:
+        """``missing`` packets were skipped by the newest one, which came at ``now``."""
+        self._gaps.append((now, missing))
+
+    def copy(self, offset: int, now: float) -> None:
+        """A copy of the frame ``offset`` frames before the newest came at ``now``."""
+        self._offsets[offset] = now
+
+    def forget_copies(self) -> None:
+        self._offsets.clear()
+
+    def recent(self, now: float, window: float) -> deque[float]:
+        """The loss events of the last ``window`` seconds (older ones are forgotten)."""
+        events = self.events
+        while events and now - events[0] > window:
+            events.popleft()
+        return events
+
+    def copies_since(self, since: float) -> bool:
+        """A copy came after ``since``."""
+        return any(seen > since for seen in self._offsets.values())
+
+    def offsets(self, now: float, window: float) -> list[int]:
+        """How far back (frames) the copies of the last ``window`` seconds reach."""
+        return [d for d, seen in self._offsets.items() if now - seen <= window]
+
+    def frames_to_hold(self, now: float, window: float, keep: float, offset_window: float,
+                       shortest: int, max_reserve: int) -> int:
+        """:func:`frames_to_hold` for the runs of the last ``window`` seconds, ``shortest``
+        long or longer, and the copies of the last ``offset_window``; runs are kept
+        ``keep`` seconds."""
+        gaps = self._gaps
+        while gaps and now - gaps[0][0] > keep:
+            gaps.popleft()
+        runs = [g for t, g in gaps if now - t <= window and g >= shortest]
+        return frames_to_hold(runs, self.offsets(now, offset_window), shortest, max_reserve)

@@ -49,13 +49,12 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Final
 
 # The decisions and counts live beside: re-exported, this is where callers look.
 from softphone.media.jb_decisions import Conceal, Decision, JitterStats, Play, Recover, Silence
-from softphone.media.jb_estimates import TransitWindow, frames_to_hold
+from softphone.media.jb_estimates import LossMemory, TransitWindow
 
 __all__ = ["Conceal", "Decision", "JitterBuffer", "JitterStats", "Play", "Recover", "Silence"]
 
@@ -132,13 +131,11 @@ class JitterBuffer:
     _waits: int = 0
     _quiet: bool = True
     _quiet_run: int = 0  # pulls in a row with quiet audio
-    _losses: deque[float] = field(default_factory=deque)  # times of loss events
+    _losses: LossMemory = field(default_factory=LossMemory)
     _now: float = 0.0
     _undo: tuple[int, bytes, float] | None = None  # what keep_skipped() puts back
     _newest: int | None = None  # newest timestamp pushed
     _newest_at: float = 0.0  # when it arrived
-    _gaps: deque[tuple[float, int]] = field(default_factory=deque)  # (now, packets missing)
-    _offsets: dict[int, float] = field(default_factory=dict)  # copy offset (frames) -> seen
     _surplus_since: float | None = None  # (stretch) a surplus waiting for a cut since
     _lost_once: bool = False  # a loss was seen (or a frame repaired) in this stream
     _start_held: int = 0  # frames start_wait put in hand that are still held
@@ -175,7 +172,7 @@ class JitterBuffer:
         newest = self._newest
         if newest is None or ts > newest:
             if newest is not None and ts > newest + frame:
-                self._gaps.append((now, (ts - newest) // frame - 1))
+                self._losses.gap(now, (ts - newest) // frame - 1)
             self._newest = ts
             self._newest_at = now
         if self._next is not None and ts < self._next:
@@ -209,7 +206,7 @@ class JitterBuffer:
             return False
         ts = self._unwrap(timestamp & 0xFFFFFFFF)
         if self._newest is not None and ts < self._newest:  # how far back copies reach
-            self._offsets[(self._newest - ts) // self.frame_samples] = now
+            self._losses.copy((self._newest - ts) // self.frame_samples, now)
         if ts in self._packets or (self._next is not None and ts < self._next) or \
                 (self._keys and ts < self._keys[0] and self._next is None):
             return False
@@ -226,9 +223,7 @@ class JitterBuffer:
     def _note_loss(self, now: float) -> None:
         self._lost_once = True
         self._start_held = 0  # the frames in hand are the loss reserve now
-        # A burst is one event, whether it is seen as a hole or as a repaired frame.
-        if not self._losses or now - self._losses[-1] > 2 * self.frame_samples / self.clock_rate:
-            self._losses.append(now)
+        self._losses.loss(now, 2 * self.frame_samples / self.clock_rate)
 
     def _note_transit(self, ts: int, now: float) -> None:
         self._transit.add(now - ts / self.clock_rate, now, self.window)
@@ -244,7 +239,7 @@ class JitterBuffer:
         self._next = None
         self._ref = None
         self._newest = None
-        self._offsets.clear()
+        self._losses.forget_copies()
         self._lost_once = self._undo_start = False
         self._start_spare = 0.0
         self._start_held = 0
@@ -267,9 +262,7 @@ class JitterBuffer:
         at most ``max_reserve`` frames of reserve for losses (the rest, for bursts that
         copies further back rebuild, is grown in a pause or at the next burst)."""
         floor = self.min_target
-        losses = self._losses
-        while losses and self._now - losses[0] > self.loss_window:
-            losses.popleft()
+        losses = self._losses.recent(self._now, self.loss_window)
         reserve = 0.0
         if losses and (len(losses) >= 2 or self._now - losses[-1] < self.loss_memory):
             # The next packet (its FEC, or its RED copy) must arrive before the
@@ -316,8 +309,8 @@ class JitterBuffer:
         """The copies the frames in hand are for are still coming: some came in the last
         100 ms (they come with every packet while sent), within ``start_hold``."""
         horizon = 5 * self.frame_samples / self.clock_rate
-        return self._now - self._start_at < self.start_hold and any(
-            self._now - seen < horizon for seen in self._offsets.values())
+        return self._now - self._start_at < self.start_hold and \
+            self._losses.copies_since(self._now - horizon)
 
     def _spread(self) -> float:
         """The jitter's spread: how much later than the fastest recent packet most come."""
@@ -325,18 +318,15 @@ class JitterBuffer:
 
     def _recent_offsets(self) -> list[int]:
         """How far back (frames) the copies that came lately reach."""
-        return [d for d, seen in self._offsets.items() if self._now - seen <= self.loss_window]
+        return self._losses.offsets(self._now, self.loss_window)
 
     def _reserve(self, window: float | None = None, shortest: int = 1) -> int:
         """Frames to keep so that the runs of lost packets of the last ``window`` s
         (``loss_window``), ``shortest`` long or longer, can be rebuilt (0: none such)."""
-        now = self._now
-        gaps = self._gaps
-        while gaps and now - gaps[0][0] > max(self.loss_window, self.burst_memory):
-            gaps.popleft()
-        window = self.loss_window if window is None else window
-        runs = [g for t, g in gaps if now - t <= window and g >= shortest]
-        return frames_to_hold(runs, self._recent_offsets(), shortest, self.max_reserve)
+        return self._losses.frames_to_hold(
+            self._now, self.loss_window if window is None else window,
+            max(self.loss_window, self.burst_memory), self.loss_window, shortest,
+            self.max_reserve)
 
     @property
     def level(self) -> float:
@@ -488,7 +478,7 @@ class JitterBuffer:
             # While losses recur the delay moves at every burst: a cushion of up to
             # three frames over the target is kept rather than cut and grown again
             # (not after one burst: its delay goes as soon as it is surplus).
-            accelerate = surplus >= (3 if len(self._losses) >= 2 else 1) and ahead
+            accelerate = surplus >= (3 if len(self._losses.events) >= 2 else 1) and ahead
             if accelerate:
                 if self._surplus_since is None:
                     self._surplus_since = now
@@ -506,7 +496,7 @@ class JitterBuffer:
             # (While losses recur: in a pause as soon as it is short at all, in speech
             # only a whole frame short: the reserve that lets copies and FEC repair a
             # loss, grown before the loss that needs it, where a period is not heard.)
-            short = (0.0 if self._quiet else seconds) if self._losses else seconds / 2
+            short = (0.0 if self._quiet else seconds) if self._losses.events else seconds / 2
             # The reserve for bursts that copies further back rebuild (6 back: 120 ms)
             # is not grown by stretching speech: a period added to frame after frame
             # is heard (and costs PESQ-WB more than the burst it is for). It is grown

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from softphone.media.jb_estimates import TransitWindow, frames_to_hold
+from softphone.media.jb_estimates import LossMemory, TransitWindow, frames_to_hold
 
 
 def test_the_transit_window_forgets_what_left_it_and_measures_the_spread() -> None:
@@ -36,3 +36,29 @@ def test_the_transit_window_forgets_what_left_it_and_measures_the_spread() -> No
 def test_frames_to_hold_for_the_runs_the_copies_can_rebuild(
         runs: list[int], offsets: list[int], shortest: int, frames: int) -> None:
     assert frames_to_hold(runs, offsets, shortest, max_reserve=2) == frames
+
+
+def test_loss_memory_merges_a_burst_and_forgets_old_events() -> None:
+    m = LossMemory()
+    for now in (1.00, 1.02, 1.03):  # one burst, seen frame by frame
+        m.loss(now, merge=0.04)
+    m.loss(1.05, merge=0.04)  # more than `merge` after the event began: another
+    m.loss(2.0, merge=0.04)
+    assert list(m.events) == [1.00, 1.05, 2.0]
+    assert list(m.recent(6.02, window=5.0)) == [1.05, 2.0]  # the first is forgotten
+    assert list(m.events) == [1.05, 2.0]
+
+
+def test_loss_memory_holds_for_recent_runs_and_copies_only() -> None:
+    m = LossMemory()
+    m.gap(1.0, 6)  # a burst of 6
+    m.copy(6, 1.5)  # copies 6 frames back come
+    assert m.offsets(2.0, window=5.0) == [6]
+    assert m.copies_since(1.4) and not m.copies_since(1.5)
+    # Runs of 3 or more within 20 s, rebuilt by the copies 6 back: wait for 6.
+    assert m.frames_to_hold(2.0, 20.0, 20.0, 5.0, shortest=3, max_reserve=2) == 6
+    # The copies not seen for longer than their window: nothing rebuilds the runs.
+    assert m.frames_to_hold(7.0, 20.0, 20.0, 5.0, shortest=3, max_reserve=2) == 0
+    # Runs older than what is kept are gone for good, even with copies coming.
+    m.copy(6, 25.0)
+    assert m.frames_to_hold(25.5, 20.0, 20.0, 5.0, shortest=3, max_reserve=2) == 0
