@@ -114,8 +114,12 @@ def test_symmetric_nat_with_stun_only_fails_cleanly_and_quickly(netlab: NetLab) 
         assert "media failed" in party.stderr
         assert "Traceback" not in party.stderr
     # Gave up at the setup timeout (its reason), not after aioice's minute of retries
-    # (``within``, 30 s, is a hang guard: the caller is stopped then).
-    assert run.caller.ended.get("reason") == "setup-timeout", run.describe()
+    # (``within``, 30 s, is a hang guard: the caller is stopped then). Both sides time
+    # out at about the same moment: the one that tells the other first ends with
+    # "setup-timeout", the other may end with the "media-failed" it was told.
+    reasons = {run.caller.ended.get("reason"), run.callee.ended.get("reason")}
+    assert "setup-timeout" in reasons, run.describe()
+    assert reasons <= {"setup-timeout", "media-failed"}, run.describe()
 
 
 @pytest.mark.netlab
