@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -33,6 +33,19 @@ def static_ice_servers(ice_servers: Sequence[dict[str, Any]] | None,
     return [] if turn_urls else list(DEFAULT_ICE_SERVERS)
 
 
+class Clock(Protocol):
+    """The time the rate limit reads and waits on. An asyncio event loop is one
+    (the hub's default); a test passes one it advances itself."""
+
+    def time(self) -> float:
+        """Seconds, monotonic."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> object:
+        """Call ``callback`` (in the event loop) once ``delay`` seconds have passed."""
+        ...
+
+
 @dataclass
 class HubConfig:
     #: STUN/TURN entries handed out as they are. None (not configured): the
@@ -53,6 +66,9 @@ class HubConfig:
     #: Messages per second per connection (0: unlimited), and the burst allowed.
     rate: float = 100.0
     burst: float = 200.0
+    #: The rate limit's clock: when tokens come back, when a held sender is read
+    #: again, one ``rate-limited`` notice a second (None: the running event loop).
+    clock: Clock | None = None
     #: Connections in total / from one address (0: unlimited).
     max_connections: int = 20_000
     max_per_address: int = 100

@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 
 from softphone.core.protocol import MessageType
 
+#: A token short by less than this is a whole one: rounding must not refuse the message
+#: that comes exactly :meth:`TokenBucket.delay` after a refusal (the hub reads it then).
+_ROUNDING: Final = 1e-9
+
 
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved up; one token per message.
@@ -42,8 +46,8 @@ class TokenBucket:
         if elapsed > 0:
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
             self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _ROUNDING:
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False
 
@@ -52,7 +56,7 @@ class TokenBucket:
         if self.rate <= 0:
             return 0.0
         tokens = min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+        return 0.0 if tokens >= 1.0 - _ROUNDING else (1.0 - tokens) / self.rate
 
 
 class Refusal(enum.StrEnum):

@@ -66,7 +66,7 @@ from softphone.hub.admission import (
     admit,
 )
 from softphone.hub.auth import check_secret
-from softphone.hub.config import DEFAULT_ICE_SERVERS, HubConfig, is_loopback
+from softphone.hub.config import DEFAULT_ICE_SERVERS, Clock, HubConfig, is_loopback
 from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused
 from softphone.hub.dispatch import HEAD_TIMEOUT, WS_LOG, Dispatch, handshake, refuse
 from softphone.hub.fdlimit import raise_for_connections
@@ -129,7 +129,8 @@ class Hub:
         self._server: asyncio.AbstractServer | None = None
         self._tls = False
         self._heartbeat: Heartbeat[ClientConnection] | None = None
-        self._loop_time: Callable[[], float] = time.monotonic
+        #: The rate limit's clock (HubConfig.clock, or the loop's once started).
+        self._clock: Clock | None = self.config.clock
         #: Frames above this are refused by websockets (close 1009); up to it, too large
         #: messages are answered with ``too-large`` and the connection is kept.
         self.max_frame = self.config.max_message_bytes * 4
@@ -157,7 +158,7 @@ class Hub:
         assert http is not None
         self.http = http
         loop = asyncio.get_running_loop()
-        self._loop_time = loop.time
+        self._clock = self.config.clock or loop
         head_timeout = self.config.head_timeout
 
         def dispatch() -> asyncio.Protocol:
@@ -264,8 +265,9 @@ class Hub:
 
     def _accept(self, ws: ServerProtocol, transport: asyncio.Transport, response: WSResponse,
                 client_id: str, remote: str, early: bytes, wants_ice: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        bucket = TokenBucket(self.config.rate, self.config.burst, loop.time()) \
+        clock = self._clock
+        assert clock is not None  # (started)
+        bucket = TokenBucket(self.config.rate, self.config.burst, clock.time()) \
             if self.config.rate > 0 else None
         ws.send_response(response)
         out = ws.data_to_send()
@@ -340,13 +342,15 @@ class Hub:
         """Handle one message; False if ``conn`` must not be read for now (it is held)."""
         bucket = conn.bucket
         if bucket is not None:
-            now = self._loop_time()
+            clock = self._clock
+            assert clock is not None  # (started)
+            now = clock.time()
             if not bucket.allow(now):
                 # Dropped. Not reading for a while is the backpressure: a flood fills
                 # TCP's buffers instead of the hub's CPU.
                 self._rate_limited(conn, now)
                 conn.hold()
-                asyncio.get_running_loop().call_later(bucket.delay(now), conn.resume)
+                clock.call_later(bucket.delay(now), conn.resume)
                 return False
         limit = self.config.max_message_bytes
         size = len(text)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import heapq
+import itertools
 import json
 import logging
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -159,6 +160,38 @@ def test_token_bucket() -> None:
     assert empty.delay(0.05) == pytest.approx(0.05)
     assert empty.delay(0.2) == 0.0
     assert TokenBucket(0, 1, 0).delay(0.0) == 0.0
+
+
+def test_token_bucket_exact_times() -> None:
+    """Times that are exact in binary (1/rate = 0.25 s): the burst, then refusals, one
+    token back exactly 1/rate after the last was taken, never more than the burst."""
+    bucket = TokenBucket(rate=4, burst=3, now=10.0)
+    assert [bucket.allow(10.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.delay(10.0) == 0.25
+    assert not bucket.allow(10.125)  # half a token
+    assert bucket.delay(10.125) == 0.125
+    assert bucket.allow(10.25) and not bucket.allow(10.25)  # exactly one more
+    assert not bucket.allow(10.0)  # time going back gives nothing back
+    assert bucket.allow(10.5) and not bucket.allow(10.5)
+    # An hour idle refills the burst, not 14,400 tokens.
+    assert [bucket.allow(3610.5) for _ in range(4)] == [True, True, True, False]
+    assert [bucket.allow(3611.25) for _ in range(4)] == [True, True, True, False]
+    assert [bucket.allow(3611.5) for _ in range(2)] == [True, False]
+
+
+def test_token_bucket_is_ready_when_delay_says() -> None:
+    """Asked again exactly ``delay`` after a refusal (as the hub does, holding the
+    sender until then), the bucket has the token: rounding does not refuse it."""
+    for rate in (0.3, 3.0, 7.0, 10.0, 100.0):
+        for i in range(1, 200):
+            bucket = TokenBucket(rate=rate, burst=1, now=0.0)
+            assert bucket.allow(0.0)
+            now = i / 200 / rate
+            assert not bucket.allow(now)
+            wait = bucket.delay(now)
+            assert wait > 0
+            assert bucket.delay(now + wait) == 0.0 and bucket.allow(now + wait)
+            assert not bucket.allow(now + wait)
 
 
 def test_connection_limiter() -> None:
@@ -329,38 +362,83 @@ async def test_open_hub_warns_beyond_loopback(caplog: pytest.LogCaptureFixture) 
 # ----------------------------------------------------------------- limits ---
 
 
+class ManualClock:
+    """A clock the test moves (HubConfig.clock): the hub's rate limit reads the time
+    from it, and a sender it holds is read again only when :meth:`advance` gets there."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> None:
+        heapq.heappush(self._timers, (self.now + delay, next(self._order), callback))
+
+    def advance(self, seconds: float) -> None:
+        """Move on; what is due runs in the event loop, as a loop's timer would."""
+        self.now += seconds
+        loop = asyncio.get_running_loop()
+        while self._timers and self._timers[0][0] <= self.now:
+            loop.call_soon(heapq.heappop(self._timers)[2])
+
+
 async def test_rate_limit_answers_and_keeps_the_connection(
         session: aiohttp.ClientSession) -> None:
     """Past the burst, messages are dropped with one notice a second, and the hub stops
-    reading the sender for a while (backpressure); the connection is kept."""
-    hub = await started(rate=5, burst=5)
+    reading the sender until a token is back (backpressure); the connection is kept.
+
+    The hub's rate limit runs on a clock the test moves (exact in binary: a token every
+    0.25 s), so what passes, what is dropped and how many notices are sent are exact
+    however fast the machine is."""
+    clock = ManualClock(1000.0)
+    hub = await started(rate=4, burst=4, clock=clock)
+
+    def dropped() -> float | None:
+        return hub.metrics.registry.get_sample_value("softphone_hub_rate_limited_total")
+
+    async def passed() -> int:
+        n = (await receive(b))["data"]["n"]
+        assert isinstance(n, int)
+        return n
+
     try:
         a, b = await connect(session, hub, "id=a"), await connect(session, hub, "id=b")
         for i in range(20):
             await a.send_json({"type": "candidate", "to": "b", "data": {"n": i}})
-        got = [await receive(b) for _ in range(5)]
-        assert [m["data"]["n"] for m in got] == [0, 1, 2, 3, 4]  # the burst
-        notice = await receive(a)
-        assert notice["data"]["code"] == "rate-limited"
-        assert "messages a second" in notice["data"]["message"]
-        later: list[int] = []
-        with contextlib.suppress(TimeoutError):
-            while True:
-                later.append((await receive(b, within=1.0))["data"]["n"])
-        assert later == sorted(later) and len(later) < 15  # some were dropped
-        assert later and all(n >= 5 for n in later)
-        notices = 1
-        with contextlib.suppress(TimeoutError):
-            while True:
-                assert (await receive(a, within=0.1))["data"]["code"] == "rate-limited"
-                notices += 1
-        assert notices <= 4  # about one a second, not one per dropped message
-        await asyncio.sleep(1.0)  # tokens come back: the connection was kept
+        assert [await passed() for _ in range(4)] == [0, 1, 2, 3]  # the burst
+        await eventually(lambda: dropped() == 1)  # 4, and the hub holds a
+        await nothing(b, 0.5)  # the clock stands still: nothing more, however long
+        # A token every 0.25 s: one message passes, the next is dropped.
+        for step in range(1, 9):
+            clock.advance(0.25)
+            assert await passed() == 3 + 2 * step  # 5, 7, ... 19
+            if step < 8:
+                await eventually(lambda step=step: dropped() == 1 + step)  # 6, 8, ... 18
+        assert dropped() == 8
+        # Idle for 10 s: the burst is back, and no more than it.
+        clock.advance(10.0)
+        for i in range(20, 25):
+            await a.send_json({"type": "candidate", "to": "b", "data": {"n": i}})
+        assert [await passed() for _ in range(4)] == [20, 21, 22, 23]
+        await eventually(lambda: dropped() == 9)  # 24
+        clock.advance(0.25)  # one token: a is read again, and answered in order
+        await a.send_json({"type": "hangup", "to": "nobody"})
+        # The notices: at 1000.0, at 1001.0 (message 12), at 1012.0 (message 24);
+        # none for the 6 dropped less than a second after one. Then the answer.
+        for _ in range(3):
+            notice = await receive(a)
+            assert notice["data"]["code"] == "rate-limited", notice
+            assert "more than 4 messages a second" in notice["data"]["message"]
+        assert (await receive(a))["data"]["code"] == "offline"
+        clock.advance(0.25)
         await a.send_json({"type": "hangup", "to": "b"})
-        assert (await receive(b))["type"] == "hangup"
+        assert (await receive(b))["type"] == "hangup"  # b got nothing else in between
+        assert not a.closed and not b.closed
         metrics = await (await session.get(f"{hub_url(hub)}/metrics")).text()
-        dropped = 20 - 5 - len(later)
-        assert f"softphone_hub_rate_limited_total {float(dropped)}" in metrics
+        assert "softphone_hub_rate_limited_total 9.0" in metrics
     finally:
         await hub.stop()
 
