@@ -452,6 +452,11 @@ class RestartLink:
         call = self.call
         if conn is None:
             return
+        if call.machine.is_ended:
+            # Came up as the call ended: not the call's media (it closes with the rest).
+            log.debug("media with %s back on connection %d after the call's end: dropped",
+                      call.peer, action.generation)
+            return
         if conn.share is not None:
             self.audio.handover.send_from(conn.share)
             self.audio.handover.play_from(conn.share)

@@ -23,8 +23,9 @@ How it keeps the delay low, in the manner of WebRTC's NetEQ:
   probes the path with copies and the jitter is not measured yet. Once they
   stop with nothing lost (or after ``start_hold`` seconds without a loss, for
   a peer that always sends copies), those frames are dropped, each with a
-  quiet frame (both in one pause if the packets wait both), if the packets
-  wait them, else left to the rules below. A packet that is not there when
+  quiet frame in a real pause (``pause_pulls`` quiet frames in a row; both
+  in one pause if the packets wait both), if the packets wait them over the
+  target, else left to the rules below. A packet that is not there when
   its turn comes is concealed *without* moving on (it may just be late):
   the delay grows by one frame, which is how the buffer grows on jitter.
 - When later packets show the missing one is lost, frames already covered
@@ -113,7 +114,7 @@ class JitterBuffer:
     #: frames in hand the next packet's copy is there in time while the jitter
     #: estimate grows (with one, the first loss in 2 of 8 calls at 5 % loss and
     #: jitter came before the buffer had grown to its target). On a clean path they
-    #: are dropped, whole, each with a quiet frame, once the copies have stopped...
+    #: are dropped, whole, each with a quiet frame in a pause, once the copies stop...
     start_wait: float = 0.04
     #: ...or after this many seconds without a loss while they keep coming.
     start_hold: float = 10.0
@@ -493,9 +494,12 @@ class JitterBuffer:
             # jitter's spread (less half a frame), the next ones will come late.
             fastest = self._transit.fastest
             margin = 0.0 if fastest is None else now - self._next / self.clock_rate - fastest
-            # (While losses recur: in a pause as soon as it is short at all, in speech
-            # only a whole frame short: the reserve that lets copies and FEC repair a
-            # loss, grown before the loss that needs it, where a period is not heard.)
+            # (While losses recur: in a quiet frame as soon as it is short at all, in
+            # speech only a whole frame short: the reserve that lets copies and FEC
+            # repair a loss, grown before the loss that needs it. Unlike a cut, this
+            # does not wait for a real pause: the loss it is for may come first; over
+            # 16 offline seeds, waiting for 3 quiet pulls: 5 % 4.219 -> 4.209, 10 %
+            # 4.117 -> 4.097.)
             short = (0.0 if self._quiet else seconds) if self._losses.events else seconds / 2
             # The reserve for bursts that copies further back rebuild (6 back: 120 ms)
             # is not grown by stretching speech: a period added to frame after frame
