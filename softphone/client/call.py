@@ -80,8 +80,10 @@ class Call:
         #: media is connected; None before, or if an SDP had no usable fingerprint.
         self.sas: str | None = None
         self._sas: asyncio.Task[str | None] | None = None
-        #: Events being announced (:meth:`_announce`): the end waits for them.
+        #: Events being announced (:meth:`_announce`): the end waits for them, at most
+        #: ``announce_wait`` seconds.
         self._announcing: set[asyncio.Task[None]] = set()
+        self.announce_wait: float = ANNOUNCE_WAIT
         self._hold: HoldLink | None = None
         #: Media restart (:mod:`softphone.client.restart_link`), made with the first
         #: connection; feed it :meth:`RestartLink.hold_changed` etc.
@@ -403,7 +405,7 @@ class Call:
         """Emit ``event``, with what ``details()`` adds to it (the verification code,
         derived in a thread), once it has: an event of the call now, told a little later.
 
-        The call's ``ended`` event waits for it (:data:`ANNOUNCE_WAIT` at most; then it
+        The call's ``ended`` event waits for it (:attr:`announce_wait` at most; then it
         goes without its details), so it comes before the end and is never lost. An
         event of a call that has already ended is not announced at all (nothing of the
         call comes after its end).
@@ -425,12 +427,12 @@ class Call:
         task.add_done_callback(self._announcing.discard)
 
     async def _announced(self) -> None:
-        """Wait for the events being announced: given :data:`ANNOUNCE_WAIT`, those still
+        """Wait for the events being announced: given :attr:`announce_wait`, those still
         waiting for their details are emitted without them."""
         pending = set(self._announcing)
         if not pending:
             return
-        _, late = await asyncio.wait(pending, timeout=ANNOUNCE_WAIT)
+        _, late = await asyncio.wait(pending, timeout=self.announce_wait)
         for task in late:
             log.info("%s of the call with %s: not waiting for its details any more",
                      task.get_name(), self.peer)

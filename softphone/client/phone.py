@@ -92,7 +92,8 @@ _REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
 #: Seconds the ICE servers fetched as the phone connected serve a call it dials.
 ICE_SERVERS_FRESH: Final = 60.0
 #: Seconds :meth:`Phone.close` waits for its calls to finish (media closed), and then
-#: for what is queued for the hub to go out.
+#: for what is queued for the hub to go out (the defaults of each phone's
+#: ``close_wait`` and ``flush_wait``).
 CLOSE_CALLS_WAIT: Final = 3.0
 CLOSE_FLUSH_WAIT: Final = 1.0
 IceServers = list[dict[str, Any]]
@@ -127,6 +128,9 @@ class Phone:
                  media_factory: MediaFactory | None = None) -> None:
         self.client_id = check_id(client_id, "client id")
         self.media_config = media or MediaConfig()
+        #: Seconds :meth:`close` waits for its calls to finish, then for the outbox.
+        self.close_wait: float = CLOSE_CALLS_WAIT
+        self.flush_wait: float = CLOSE_FLUSH_WAIT
         if self.media_config.pipeline == "softphone":
             require_libopus()  # fail now, with the fix, not in the middle of a call
         self.hub: HubConnection = hub if hub is not None else \
@@ -204,7 +208,7 @@ class Phone:
         progress: the ``hangup`` of a call that ended just before (hung up, then closed
         at once) reaches the peer, which otherwise saw us vanish (``peer-disconnected``,
         or ``media-lost`` as its media died first). Bounded: a dead hub does not keep
-        :meth:`close` waiting (:data:`CLOSE_CALLS_WAIT`, :data:`CLOSE_FLUSH_WAIT`).
+        :meth:`close` waiting (:attr:`close_wait`, :attr:`flush_wait`).
         """
         for call in self.calls:
             await call.hangup("closing")
@@ -214,7 +218,7 @@ class Phone:
         if finishing:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(c.ended() for c in finishing)),
-                                       CLOSE_CALLS_WAIT)
+                                       self.close_wait)
         await self._flush()
         self._closing = True
         if self._ice_ahead is not None:
@@ -230,12 +234,12 @@ class Phone:
 
     async def _flush(self) -> None:
         """Wait until the sender has sent (or failed to send) what the outbox holds
-        (:data:`CLOSE_FLUSH_WAIT` at most)."""
+        (:attr:`flush_wait` at most)."""
         sender = self._sending
         if sender is None or sender.done():
             return  # never connected, or nothing sends any more
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._outbox.join(), CLOSE_FLUSH_WAIT)
+            await asyncio.wait_for(self._outbox.join(), self.flush_wait)
         if not self._outbox.empty():
             log.warning("closing with %d message(s) to the hub not sent",
                         self._outbox.qsize())

@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 
-from softphone.client import call as call_module
-from softphone.client import phone as phone_module
 from softphone.client import restart_link as restart_link_module
 from softphone.client.call import Call, CallResult
 from softphone.client.phone import Phone
@@ -318,15 +316,14 @@ class StuckConnection(FakeHubConnection):
         await super().send(message)
 
 
-async def test_close_does_not_wait_long_for_a_hub_that_takes_nothing(
-        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_close_does_not_wait_long_for_a_hub_that_takes_nothing(lab: Lab) -> None:
     """Fakes: what is queued for the hub is waited for, but only a little: close
     gives up on it (its timeout path) rather than waiting for the hub."""
-    monkeypatch.setattr(phone_module, "CLOSE_FLUSH_WAIT", 0.3)
     await lab.phone("b")
     connection = StuckConnection(lab.hub, "a")
     a = lab.phones["a"] = Phone("a", timeouts=TIMEOUTS, reconnect=False, hub=connection,
                                 media_factory=FakeMediaFactory())
+    a.flush_wait = 0.3
     await a.connect()
     call_a = await a.dial("b")
     call_b = await lab.incoming("b")
@@ -391,8 +388,8 @@ async def test_a_media_restart_event_not_announced_in_time_goes_before_the_end_w
         lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fakes: a code that takes too long is not waited for forever: the event goes
     without it, still before the end."""
-    monkeypatch.setattr(call_module, "ANNOUNCE_WAIT", 0.2)
     call_a, link, _never = await restarted_call(lab, monkeypatch)
+    call_a.announce_wait = 0.2
     link._do([RESTART_DONE])
     await call_a.hangup()
     await ended(call_a)
