@@ -143,5 +143,7 @@ async def test_call_nobody_through_original_hub(original_hub: OriginalHub,
     # The ring timeout ended it (no-answer is its outcome only), and the caller
     # withdrew its call-request with a hangup.
     assert "no answer from nobody" in call.stdout, call.describe()
+    # The hub has read all a sent once it has seen a's connection close (a hang guard).
+    await asyncio.wait_for(original_hub.wait_until(lambda clients: "a" not in clients), 10)
     sent = [json.loads(raw)["type"] for sender, raw in original_hub.frames if sender == "a"]
     assert sent[0] == "call-request" and "hangup" in sent[1:], sent

@@ -145,36 +145,52 @@ async def test_pings_are_spread_over_the_interval() -> None:
     """Many quiet clients are pinged over the whole half heartbeat, a slice per
     tick, not all in one event-loop turn.
 
-    Checked on the wheel's turns (which slot each visit looked at, how many it
-    pinged), not on when the pings arrived: a loaded machine delays and bunches
-    arrivals, not the slices."""
+    Checked on the heartbeat's turns (which turn of the event loop's timer each
+    visit ran in, which slot it looked at, how many it pinged), not on when the
+    pings arrived: a loaded machine delays and bunches arrivals, not the slices."""
     heartbeat = 2.0
     hub = await started(heartbeat)
-    assert hub._heartbeat is not None
-    wheel = hub._heartbeat.wheel
-    visits: list[tuple[int, int]] = []  # (slot, connections it pinged)
-    visit = wheel.visit
+    heart = hub._heartbeat
+    assert heart is not None
+    wheel = heart.wheel
+    visits: list[tuple[int, int, int]] = []  # (turn, slot, connections it pinged)
+    turns = 0
+    visit, turn = wheel.visit, heart._turn
 
     def counted(index: int, timed_out: Callable[[Any], None]) -> None:
         slot = wheel._slots[index]
         due = sum(1 for conn in slot if conn.quiet == 1 and not conn.dropped)  # pinged now
         visit(index, timed_out)
-        visits.append((index, due))
+        visits.append((turns, index, due))
+
+    def counted_turn() -> None:
+        nonlocal turns
+        turns += 1
+        turn()
 
     wheel.visit = counted  # type: ignore[method-assign]
+    # (each turn schedules the next with the attribute looked up again: this one)
+    heart._turn = counted_turn  # type: ignore[method-assign]
     clients = [RawClient(answer=True) for _ in range(200)]
     try:
         assert hub.port is not None
         for i, client in enumerate(clients):
             await client.open(hub.port, f"c{i}")
         await until(lambda: all(c.pings for c in clients), "a quiet client was not pinged")
-        per_visit = [n for _, n in visits if n]
-        slots = len(wheel)
-        # Each visit pinged one slot's share of the clients, never all of them at once;
-        # the pings came from (about) every slot, one after the other.
-        assert max(per_visit) <= -(-len(clients) // slots), visits
+        per_visit = [n for _, _, n in visits if n]
+        per_turn: dict[int, int] = {}
+        for at, _, n in visits:
+            if n:
+                per_turn[at] = per_turn.get(at, 0) + n
+        slots, share = len(wheel), -(-len(clients) // len(wheel))
+        # Each visit, and each turn of the loop, pinged one slot's share of the clients,
+        # never all of them at once; the pings came from (about) every slot, one after
+        # the other, in turns of their own.
+        assert max(per_visit) <= share, visits
+        assert max(per_turn.values()) <= share, per_turn
+        assert len(per_turn) >= min(10, slots), f"pings in only {len(per_turn)} turns"
         assert len(per_visit) >= min(10, slots), f"pings in only {len(per_visit)} visits"
-        assert len({i for i, n in visits if n}) >= min(10, slots), visits
+        assert len({i for _, i, n in visits if n}) >= min(10, slots), visits
         assert all(c.gone is None for c in clients)  # they answer: none dropped
     finally:
         for client in clients:

@@ -63,6 +63,11 @@ AFTER = 6.0
 WINDOW = 0.1  # seconds per analysis window
 #: Continuous tone that counts as "back".
 STEADY = 1.0
+#: How much of the recording, at least, follows the tone's return and is checked to
+#: have it "steadily to the end" (what the recording's last 0.3 s leaves out not
+#: counted): a tone back only in the last moments says nothing about it lasting. A
+#: length, not a bound on how soon it is back: that has the rest of AFTER.
+LASTS = 1.0
 
 
 class Precondition(Exception):
@@ -102,6 +107,10 @@ def assert_tone_back(party: Party, expected: float, event_at: float, limit: floa
     print(f"{party.role}: the tone came back {gap:.1f} s after it stopped at {what} "
           f"(target {limit:g} s)")
     rest = heard[back:max(back + 1, heard.size - int(0.3 / WINDOW))]
+    assert rest.size >= round(LASTS / WINDOW), (
+        f"{party.role}: the tone came back at {back * WINDOW:.1f} s, only "
+        f"{rest.size * WINDOW:.1f} s before the end of the recording at {end:.1f} s "
+        f"(less than {LASTS:g} s to check it stayed)")
     assert rest.mean() >= 0.9, (
         f"{party.role}: after it came back at {back * WINDOW:.1f} s the tone was there "
         f"{rest.mean():.0%} of the time until {end:.1f} s")
