@@ -438,7 +438,8 @@ class JitterBuffer:
         seconds = frame / self.clock_rate
         assert self._next is not None
         self._underruns = 0
-        target = self.target
+        targets = self._targets()  # (nothing _play changes before it reads them again)
+        target = targets[0]
         skipped: list[bytes] = []
         cut_from = -1  # the first frame a cut skipped
         # How long the packets played lately waited here: if even the shortest
@@ -518,7 +519,6 @@ class JitterBuffer:
             # next burst, by waiting for its copies (_copy_coming) while the lost
             # frames would be concealed anyway.
             if not accelerate and len(self._transit) >= 2:
-                targets = self._targets()
                 grow_to = targets[0 if self._quiet_run >= self.pause_pulls else 1]
                 expand = margin < grow_to - short
                 if margin >= targets[0] - seconds:
