@@ -93,7 +93,8 @@ def assert_tone_back(party: Party, expected: float, event_at: float, limit: floa
         raise Precondition(f"{party.role} did not hear a steady {expected:g} Hz before "
                            f"{what} ({end:.1f} s recorded)")
     start = int((event_at - 0.5) / WINDOW)
-    silent = np.flatnonzero(~heard[start:])
+    tail = int(0.3 / WINDOW)  # the call's end: the tone stops as it hangs up
+    silent = np.flatnonzero(~heard[start:heard.size - tail])
     if silent.size == 0:
         return 0.0  # not even a dropout
     lost = start + int(silent[0])
@@ -106,7 +107,7 @@ def assert_tone_back(party: Party, expected: float, event_at: float, limit: floa
     gap = (back - lost) * WINDOW
     print(f"{party.role}: the tone came back {gap:.1f} s after it stopped at {what} "
           f"(target {limit:g} s)")
-    rest = heard[back:max(back + 1, heard.size - int(0.3 / WINDOW))]
+    rest = heard[back:max(back + 1, heard.size - tail)]
     assert rest.size >= round(LASTS / WINDOW), (
         f"{party.role}: the tone came back at {back * WINDOW:.1f} s, only "
         f"{rest.size * WINDOW:.1f} s before the end of the recording at {end:.1f} s "
