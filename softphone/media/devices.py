@@ -9,7 +9,8 @@
   seconds ever wait, so the call never lags behind the microphone.
 - :class:`SpeakerDriver`: plays received audio, as a call's output
   (``call.accept(source, sinks, output=SpeakerDriver())``). Its output
-  callback *pulls* the next 20 ms from the call's playout buffer
+  callback *pulls* the next stretch (a frame, or a pause played shorter)
+  from the call's playout buffer when it has played the last one
   (:meth:`softphone.media.tracks.AudioReceiver.play`): the speaker is the
   clock and the playout is the only buffer before the device. Each frame
   it pulls is the echo canceller's reference. Its device buffer starts at

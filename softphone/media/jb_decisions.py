@@ -22,6 +22,9 @@ class Play:
     #: (``stretch`` mode) This frame plays earlier than the jitter's spread after
     #: its fastest arrival, and nothing was lost lately: play it longer.
     expand: bool = False
+    #: (``trim`` mode) Every packet lately waited this many samples (less than a
+    #: frame) over the target: play this frame that much shorter if it is a pause.
+    trim: int = 0
 
 
 @dataclass(frozen=True, slots=True)

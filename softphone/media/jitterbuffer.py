@@ -63,6 +63,12 @@ _WRAP: Final = 1 << 32
 #: The frame held at the start is dropped only if every packet waits it and this much
 #: more (seconds): cut from a wait just over a frame, the next packets come late.
 START_SPARE: Final = 0.002
+#: (``trim``) Seconds of a packet's wait over the target left uncut: the player pulls in
+#: device blocks (2.5 ms through PulseAudio's ALSA plugin), so a cut moves the next
+#: frame's pull by up to one block more than the cut itself.
+TRIM_MARGIN: Final = 0.0025
+#: (``trim``) The smallest cut worth making (seconds).
+TRIM_SMALLEST: Final = 0.002
 _HALF: Final = 1 << 31
 
 
@@ -118,6 +124,12 @@ class JitterBuffer:
     start_wait: float = 0.04
     #: ...or after this many seconds without a loss while they keep coming.
     start_hold: float = 10.0
+    #: (``stretch``) The player pulls in blocks smaller than a frame (a sound card's) and
+    #: can play a frame any shorter: what every packet waits over the target, less than
+    #: a frame, is cut in a real pause (``Play.trim``), so the delay does not depend on
+    #: where the sender's frames fall between the device's pulls (0-20 ms otherwise).
+    #: Only on a path without losses for ``loss_window``.
+    trim: bool = False
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -453,7 +465,8 @@ class JitterBuffer:
             surplus = math.floor((self._min_wait - target) / seconds + 1e-6)
         backlog = math.floor((self.level - seconds - target) / seconds + 1e-6)
         ahead = self._next + frame in self._packets  # something to play after a skip
-        accelerate = expand = voiced = start_cut = False
+        accelerate = expand = voiced = start_cut = keep_window = False
+        trim = 0
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
         spare = 0.0  # how long the packets wait over the target, for a held frame's drop
         if self._start_held:
@@ -525,6 +538,16 @@ class JitterBuffer:
                     self._short_since = None
                 elif self._short_since is None:
                     self._short_since = now
+            if self.trim and not (accelerate or expand or self._losses.events
+                                  or (self._start_held and self._start_copies())) \
+                    and self._waits >= self.surplus_pulls and surplus == 0:
+                # Less than a frame over the target (the frame phase): kept until a
+                # real pause, where the player cuts it to the sample.
+                spare = self._min_wait - target - TRIM_MARGIN
+                if spare >= TRIM_SMALLEST:
+                    keep_window = True
+                    if self._quiet_run >= self.pause_pulls:
+                        trim = min(int(spare * self.clock_rate + 1e-6), frame - frame // 8)
         elif backlog >= cut_at_once or (surplus >= 1 and self._quiet and ahead):
             # Cut the delay: one frame in a pause, or down to the target at once
             # when far too much is buffered.
@@ -539,7 +562,8 @@ class JitterBuffer:
                 self._next += frame
                 self.stats.skipped += 1
         if backlog >= cut_at_once or surplus >= 1 or self._waits >= self.surplus_pulls:
-            if surplus < 1 or skipped:  # start a new window (keep it open for a pause)
+            if (surplus < 1 and not keep_window) or skipped:
+                # Start a new window (keep it open for a pause, for a cut).
                 self._min_wait = math.inf
                 self._waits = 0
         ts = self._next
@@ -551,7 +575,7 @@ class JitterBuffer:
         self._undo = (ts, payload, arrived if arrived is not None else now) if optional else None
         self._undo_start = start_cut and optional
         return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional, accelerate, voiced,
-                    expand)
+                    expand, trim)
 
     def stretched(self, samples: int) -> None:
         """(``stretch`` mode) The player played the last frame ``samples`` longer (or

@@ -92,6 +92,7 @@ class StretchStats:
     refused: int = 0  # frames asked for, not periodic or quiet enough
     faded: int = 0  # concealed frames turned down (or muted)
     capped: int = 0  # frames after a long gap held to the level before it
+    trimmed: int = 0  # pauses played shorter by less than a frame (the frame phase)
 
 
 class StretchPlayout(Playout):
@@ -159,12 +160,32 @@ class StretchPlayout(Playout):
         """The next 20 ms to play (always exactly 960 samples)."""
         now = self.clock()
         with self._lock:
+            self.buffer.trim = False  # (a frame played shorter would leave a hole here)
             out = self._out
             while out.size < FRAME_SAMPLES:
                 self._produce(now)
             frame = out.take(FRAME_SAMPLES)
         assert frame is not None
         return frame
+
+    def pull_chunk(self) -> Int16Array:
+        """The next stretch to play, whatever its length (a frame, usually): for a
+        device that plays blocks of its own size and pulls again when it runs out.
+
+        A frame may then be played any shorter, so the jitter buffer cuts what
+        every packet waits over its target to the sample, in a pause
+        (``JitterBuffer.trim``): the frame phase (where the sender's frames
+        fall between the device's pulls, 0-20 ms) no longer adds to the delay.
+        """
+        now = self.clock()
+        with self._lock:
+            self.buffer.trim = True
+            out = self._out
+            if out.size == 0:
+                self._produce(now)
+            chunk = out.take(out.size)
+        assert chunk is not None
+        return chunk
 
     @property
     def delay(self) -> float:
@@ -188,6 +209,8 @@ class StretchPlayout(Playout):
                 if decision.expand or (decision.accelerate and (
                         decision.voiced or is_quiet(pcm))):
                     pcm = self._stretch(pcm, decision.accelerate)
+                elif decision.trim and pcm.size > decision.trim and is_quiet(pcm):
+                    pcm = self._trim(pcm, decision.trim)
             elif isinstance(decision, jb.Recover):
                 pcm = self._resumed(self.decoder.recover(decision.next_payload, copy=False))
             elif isinstance(decision, jb.Conceal):
@@ -234,6 +257,16 @@ class StretchPlayout(Playout):
             s.added += done.change
         else:
             s.refused += 1
+        return done.samples
+
+    def _trim(self, pcm: Int16Array, samples: int) -> Int16Array:
+        if pcm.size < 2 * stretch.MIN_LAG:
+            return pcm
+        done = stretch.shorten(pcm, self._tail, samples)
+        self.buffer.stretched(done.change)
+        if done.change:
+            self.stretch_stats.trimmed += 1
+            self.stretch_stats.removed -= done.change
         return done.samples
 
     # -- the fade over long gaps --------------------------------------------------------

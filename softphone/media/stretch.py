@@ -102,6 +102,23 @@ def accelerate(frame: Int16Array, history: Int16Array, *, threshold: float = THR
     return _splice_accelerate(x, best, min(best, n - best), "periodic")
 
 
+def shorten(frame: Int16Array, history: Int16Array, samples: int, *,
+            quiet_dbfs: float = QUIET_DBFS) -> Stretch:
+    """A quiet ``frame`` (a pause) ``samples`` shorter, at most all but 2.5 ms of it,
+    spliced with a 2.5 ms crossfade; refused if it is not quiet.
+
+    For a cut smaller than :func:`accelerate`'s in a pause: the delay a player
+    that pulls in device blocks takes back to the sample (the frame phase).
+    """
+    x, _ = _check(frame, history)
+    if not _quiet(frame, quiet_dbfs):
+        return _refused(frame, "not quiet")
+    lag = min(samples, x.size - MIN_OVERLAP)
+    if lag <= 0:
+        return _refused(frame, "nothing to cut")
+    return _splice_accelerate(x, lag, MIN_OVERLAP, "quiet")
+
+
 def expand(frame: Int16Array, history: Int16Array, *, threshold: float = THRESHOLD,
            quiet_dbfs: float = QUIET_DBFS) -> Stretch:
     """``frame`` longer by one pitch period taken from the history (a whole frame when

@@ -313,7 +313,11 @@ class CaptureSink:
 
 
 class PullSource(Protocol):
-    """Anything that hands out the next 20 ms of audio on demand (see voice.Playout)."""
+    """Anything that hands out the next 20 ms of audio on demand (see voice.Playout).
+
+    One that also has ``pull_chunk()`` (:class:`~softphone.media.playout.StretchPlayout`)
+    is pulled with it by a device: the next stretch to play, of any length.
+    """
 
     def pull(self) -> Int16Array: ...
 
@@ -322,8 +326,10 @@ class AudioOutput(Protocol):
     """A device that plays a call's received audio and is its clock (``devices.SpeakerDriver``).
 
     :meth:`drive` is called on the event loop; the device then calls ``pull()``
-    from its own thread for every 20 ms it plays, and ``lost(message)`` (on
-    the loop, once) if it stops. :meth:`stop` closes it (idempotent).
+    from its own thread whenever it has played what the last one gave (20 ms,
+    or any other length: a playout may play a frame shorter or longer), and
+    ``lost(message)`` (on the loop, once) if it stops. :meth:`stop` closes it
+    (idempotent).
     """
 
     def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None: ...
@@ -391,7 +397,7 @@ class AudioReceiver:
         self.output = output
         self.on_output_lost = on_output_lost
         self.clock = clock
-        self.frames = 0
+        self._samples = 0  # played
         self.first_frame_at: float | None = None
         self.first_audio_at: float | None = None
         self._last: Int16Array | None = None  # the last frame played (its level, on demand)
@@ -400,6 +406,11 @@ class AudioReceiver:
         self.silenced = False
         self._pulling: _ClockPull | None = None
         self.track_playout: TrackPlayout | None = None
+
+    @property
+    def frames(self) -> int:
+        """20 ms frames played (a device may pull stretches of other lengths)."""
+        return self._samples // FRAME_SAMPLES
 
     @property
     def level_dbfs(self) -> float:
@@ -423,11 +434,13 @@ class AudioReceiver:
             return
         loop = asyncio.get_running_loop()
         feed = self.feed
+        # A device pulls again when it runs out: the next stretch, of any length.
+        take = getattr(playout, "pull_chunk", playout.pull)
 
         def pull() -> Int16Array:  # on the device's thread
-            samples = playout.pull()
+            samples: Int16Array = take()
             if self.silenced:
-                samples = _SILENT
+                samples = _SILENT if samples.size == _SILENT.size else np.zeros_like(samples)
             with contextlib.suppress(RuntimeError):  # loop closed: the call is over
                 loop.call_soon_threadsafe(feed, samples)
             return samples
@@ -449,7 +462,7 @@ class AudioReceiver:
 
     def feed(self, samples: Int16Array) -> None:
         now = self.clock()
-        self.frames += 1
+        self._samples += samples.size
         if self.first_frame_at is None:
             self.first_frame_at = now
         self._last = samples

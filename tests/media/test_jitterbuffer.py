@@ -262,6 +262,57 @@ def test_a_surplus_frame_is_skipped_only_in_a_pause() -> None:
     assert run(quiet=True).stats.skipped >= 1
 
 
+def trims(buffer: JitterBuffer, quiet: Callable[[int], bool], lost: int | None = None,
+          wait: float = 0.017, frames: int = 150) -> list[tuple[int, int]]:
+    """Packets come 1 ms after sending and wait ``wait`` before their turn, until a
+    frame is played shorter (by what ``Play.trim`` asks): then the pulls come that much
+    earlier. Returns (frame, samples) of each trim asked for (and made)."""
+    shift = 0.0
+    asked = []
+    for i in range(frames):
+        if i != lost:
+            buffer.push(i * F, payload(i), i * T + 0.001)
+        d = buffer.pull(i * T + 0.001 + wait - shift, quiet(i))
+        if isinstance(d, Play) and d.trim:
+            asked.append((i, d.trim))
+            shift += d.trim / 48_000
+            buffer.stretched(-d.trim)
+    return asked
+
+
+def test_what_packets_wait_over_the_target_is_cut_in_a_pause_to_the_sample() -> None:
+    """A player that pulls in device blocks (``trim``): every packet waits 17 ms, the
+    target is the 5 ms floor: in the first real pause (3 quiet frames in a row) the
+    frame is played 9.5 ms shorter (the wait over the target, less the 2.5 ms margin
+    for the device's block), once; then nothing more is over."""
+    def pause_at_60(i: int) -> bool:
+        return 60 <= i < 70
+
+    asked = trims(JitterBuffer(stretch=True, trim=True, min_target=0.005), pause_at_60)
+    assert asked == [(62, round((0.017 - 0.005 - 0.0025) * 48_000))]
+    # Not in speech, not between two words, not for a player of whole frames.
+    assert trims(JitterBuffer(stretch=True, trim=True, min_target=0.005),
+                 lambda i: False) == []
+    assert trims(JitterBuffer(stretch=True, trim=True, min_target=0.005),
+                 lambda i: i % 3 == 0) == []
+    assert trims(JitterBuffer(stretch=True, min_target=0.005), pause_at_60) == []
+    # Under the margin: nothing to cut.
+    assert trims(JitterBuffer(stretch=True, trim=True, min_target=0.005), pause_at_60,
+                 wait=0.009) == []
+
+
+def test_no_trim_while_losses_are_recent() -> None:
+    """A packet lost 1 s before the pause: the phase is left alone (for the loss
+    window, 5 s): the wait is the reserve a loss may need."""
+    def pause_at_100(i: int) -> bool:
+        return 100 <= i < 110
+
+    buffer = JitterBuffer(stretch=True, trim=True, min_target=0.005)
+    assert trims(buffer, pause_at_100, lost=50, frames=200) == []
+    assert trims(JitterBuffer(stretch=True, trim=True, min_target=0.005), pause_at_100,
+                 frames=200) != []
+
+
 # -- redundant copies (RED), taking a skip back, the reserve after a lost pair ---------
 
 

@@ -10,6 +10,7 @@ below the energy in it (the check itself fails on a naive 5 ms cut).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import numpy as np
@@ -304,6 +305,66 @@ def test_a_surplus_is_cut_in_a_real_pause_not_between_two_words() -> None:
         assert bool(asked) == cut, (pattern, asked)
 
 
+BLOCK = 120  # a sound card's block through PulseAudio's ALSA plugin (2.5 ms)
+
+
+def device_call(pcm_frames: list[Int16Array], start: float, chunks: bool = True,
+                ) -> tuple[Int16Array, StretchPlayout, list[tuple[int, float]]]:
+    """Plain Opus of ``pcm_frames``, each packet in 1 ms after it is sent, played by a
+    sound card that opens ``start`` s into the call and plays 2.5 ms blocks, pulling
+    again whenever what it has runs out (as ``SpeakerDriver`` does): the stretches
+    ``pull_chunk`` gives, or whole frames (``chunks=False``). Returns what was played,
+    the playout, and (frame, how long its packet waited) for every frame played."""
+    encoder = OpusEncoder(EncoderSettings(adapt=False, bitrate=88_000, fec=False,
+                                          expected_loss=0))
+    packets = [encoder.encode(pcm) for pcm in pcm_frames]
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    waits: list[tuple[int, float]] = []
+    playout.on_played = lambda ts, at: waits.append((ts // N, at - (ts // N * T + 0.001)))
+    blocks = int((len(packets) * T - start) * SAMPLE_RATE / BLOCK) - 8
+    events = sorted([(i * T + 0.001, 0, i) for i in range(len(packets))]
+                    + [(start + k * BLOCK / SAMPLE_RATE, 1, k) for k in range(blocks)])
+    waiting = np.zeros(0, dtype=np.int16)
+    out: list[Int16Array] = []
+    for when, kind, i in events:
+        now[0] = when
+        if kind == 0:
+            playout.push(1, i, i * N, packets[i])
+            continue
+        while waiting.size < BLOCK:
+            waiting = np.concatenate((waiting, playout.pull_chunk() if chunks
+                                      else playout.pull()))
+        out.append(waiting[:BLOCK])
+        waiting = waiting[BLOCK:]
+    return np.concatenate(out), playout, waits
+
+
+def test_a_device_s_frame_phase_is_cut_in_the_first_pause() -> None:
+    """The speaker opens so that every packet waits 17 ms for its turn, 12 over the
+    5 ms floor: where the tone pauses the playout plays a silent frame shorter by all
+    but the 2.5 ms margin, and from then on packets wait at most the floor, the margin
+    and a device block; nothing concealed or skipped, every frame in order, the tone
+    after the pause without a click. Pulled in whole frames it would stay at 17 ms."""
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    frames = [np.zeros(N, np.int16) if 60 <= i < 80 else tone.next(N) for i in range(200)]
+    out, playout, waits = device_call(frames, start=0.018)
+    assert [i for i, _ in waits] == list(range(len(waits)))
+    before = [w for i, w in waits if i < 60]
+    after = [w for i, w in waits if i >= 80]
+    assert min(before) > 0.0165
+    assert max(after) <= MIN_TARGET + 0.0025 + BLOCK / SAMPLE_RATE + 1e-6, max(after)
+    assert min(after) >= MIN_TARGET
+    assert playout.stretch_stats.trimmed >= 1
+    assert playout.stretch_stats.accelerated == playout.stretch_stats.expanded == 0
+    assert playout.buffer.stats.concealed == 0 and playout.buffer.stats.skipped == 0
+    assert worst_click(out, 82 * N) < CLICK_DB
+    assert dominant_frequency(out[-SAMPLE_RATE // 2:]) == pytest.approx(440, abs=2)
+    _, whole, waits = device_call(frames, start=0.018, chunks=False)
+    assert min(w for i, w in waits if i >= 80) > 0.0165
+    assert whole.stretch_stats.trimmed == 0 and whole.buffer.stats.concealed == 0
+
+
 def test_a_new_stream_keeps_the_playout_s_buffer_settings() -> None:
     """A new SSRC (the peer's sender restarted) starts a new, empty jitter buffer with
     the same settings: still time stretching, still expecting copies."""
@@ -311,3 +372,39 @@ def test_a_new_stream_keeps_the_playout_s_buffer_settings() -> None:
     _, playout, played = probed_red_call([tone.next(N) for _ in range(100)], {50: 2})
     assert playout.buffer.stretch and playout.buffer.copies_expected
     assert playout.buffer.stats.resets == 0 and played  # the counts carried on
+
+
+async def test_a_receiver_hands_a_device_the_playout_s_stretches_as_they_are() -> None:
+    """Adapter check with a stand-in device (it only calls ``pull``): a playout that
+    gives stretches (``pull_chunk``) is pulled with it, any length reaches the device
+    and the sinks whole, frames are counted as 20 ms of audio played, and on hold the
+    device gets silence of the same length."""
+    from softphone.media.tracks import AudioReceiver, CaptureSink
+
+    class Stretches:
+        def pull(self) -> Int16Array:
+            raise AssertionError("a device pulls stretches")
+
+        def pull_chunk(self) -> Int16Array:
+            return np.full(500, 1000, dtype=np.int16)
+
+    class Device:
+        pull: Callable[[], Int16Array]
+
+        def drive(self, pull: Callable[[], Int16Array], lost: Callable[[str], None]) -> None:
+            self.pull = pull
+
+        def stop(self) -> None:
+            pass
+
+    device, sink = Device(), CaptureSink(1.0)
+    receiver = AudioReceiver([sink], output=device)
+    receiver.play(Stretches())
+    got = [device.pull() for _ in range(4)]
+    receiver.silenced = True
+    held = device.pull()
+    await asyncio.sleep(0)
+    assert [g.size for g in got] == [500] * 4 and (got[0] == 1000).all()
+    assert held.size == 500 and not held.any()
+    assert receiver.frames == 2500 // N
+    assert sink.samples().size == 2500

@@ -21,7 +21,15 @@ from softphone.media.audio import (
     dominant_frequency,
     rms_dbfs,
 )
-from softphone.media.stretch import MAX_LAG, MIN_LAG, MIN_OVERLAP, Stretch, accelerate, expand
+from softphone.media.stretch import (
+    MAX_LAG,
+    MIN_LAG,
+    MIN_OVERLAP,
+    Stretch,
+    accelerate,
+    expand,
+    shorten,
+)
 
 N = FRAME_SAMPLES
 WINDOW = 2048
@@ -165,6 +173,21 @@ def test_quiet_input_is_stretched_by_nearly_a_frame() -> None:
     silence = np.zeros(N, dtype=np.int16)
     assert accelerate(silence, silence).samples.size == MIN_OVERLAP
     assert not accelerate(silence, silence).samples.any()
+
+
+def test_a_pause_is_shortened_by_exactly_what_is_asked_and_speech_is_not() -> None:
+    signal = tone(dbfs=-60.0)
+    at = SAMPLE_RATE // 4
+    frame, history = signal[at:at + N], signal[:at]
+    for asked in (97, 480, 840):
+        out = shorten(frame, history, asked)
+        assert out.reason == "quiet" and out.change == -asked and out.samples.size == N - asked
+        assert np.array_equal(out.samples[MIN_OVERLAP:], frame[asked + MIN_OVERLAP:])
+    assert shorten(frame, history, 5000).samples.size == MIN_OVERLAP  # all but the fade
+    assert shorten(frame, history, 0).change == 0
+    loud = tone()
+    refused = shorten(loud[at:at + N], loud[:at], 480)
+    assert refused.change == 0 and refused.samples.size == N and refused.reason == "not quiet"
 
 
 def test_noise_is_refused_and_comes_back_unchanged() -> None:
