@@ -301,7 +301,7 @@ class MicSource(AudioSource, _Watched):
 
 
 class SpeakerDriver(_Watched):
-    """The speaker, pulling each 20 ms it plays from the call's playout.
+    """The speaker, pulling what it plays from the call's playout as it needs it.
 
     Give it to a call as its output (``call.accept(source, sinks,
     output=SpeakerDriver())``); :class:`~softphone.media.tracks.AudioReceiver`
@@ -346,6 +346,9 @@ class SpeakerDriver(_Watched):
         #: often the device buffer was made larger because of them.
         self.underflows = 0
         self.grown = 0
+        #: The longest block PortAudio asked for (seconds): the playout leaves that much
+        #: of a packet's wait uncut (:meth:`StretchPlayout.pull_chunk`).
+        self.block = 0.0
         self.stream = self._open_stream()
 
     def _open_stream(self) -> Any:
@@ -382,7 +385,8 @@ class SpeakerDriver(_Watched):
                 "speaker_underruns": self.underflows, "speaker_grown": self.grown}
 
     def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None:
-        """From now on, play what ``pull()`` returns (20 ms each); ``lost(message)`` if we stop.
+        """From now on, play what ``pull()`` returns (20 ms or any other length, each
+        pulled when the last has been played); ``lost(message)`` if we stop.
 
         Called on the event loop; ``pull`` is then called on PortAudio's thread.
         """
@@ -404,6 +408,8 @@ class SpeakerDriver(_Watched):
         if pull is None or frames > waiting.capacity // 2:
             outdata.fill(0)
             return
+        if frames > self.block * self.rate:
+            self.block = frames / self.rate
         while waiting.size < frames:
             samples = pull()
             voice = self._voice

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Final
 
@@ -63,9 +64,10 @@ _WRAP: Final = 1 << 32
 #: The frame held at the start is dropped only if every packet waits it and this much
 #: more (seconds): cut from a wait just over a frame, the next packets come late.
 START_SPARE: Final = 0.002
-#: (``trim``) Seconds of a packet's wait over the target left uncut: the player pulls in
-#: device blocks (2.5 ms through PulseAudio's ALSA plugin), so a cut moves the next
-#: frame's pull by up to one block more than the cut itself.
+#: (``trim``) Seconds of a packet's wait over the target left uncut, at least: the player
+#: pulls in device blocks (2.5 ms through PulseAudio's ALSA plugin), so a cut moves the
+#: next frame's pull by up to one block more than the cut itself (``trim_margin``: the
+#: device's block, if longer).
 TRIM_MARGIN: Final = 0.0025
 #: (``trim``) The smallest cut worth making (seconds).
 TRIM_SMALLEST: Final = 0.002
@@ -130,6 +132,8 @@ class JitterBuffer:
     #: where the sender's frames fall between the device's pulls (0-20 ms otherwise).
     #: Only on a path without losses for ``loss_window``.
     trim: bool = False
+    #: (``trim``) Seconds of the wait over the target left uncut (the device's block).
+    trim_margin: float = TRIM_MARGIN
 
     stats: JitterStats = field(default_factory=JitterStats)
     _packets: dict[int, bytes] = field(default_factory=dict)
@@ -142,6 +146,8 @@ class JitterBuffer:
     _underruns: int = 0
     _min_wait: float = math.inf
     _waits: int = 0
+    #: (``trim``) How long the last second's packets waited, since the last time warp.
+    _recent_waits: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     _quiet: bool = True
     _quiet_run: int = 0  # pulls in a row with quiet audio
     _short_since: float | None = None  # (stretch) short of the reserve for bursts since
@@ -263,6 +269,7 @@ class JitterBuffer:
         self._underruns = 0
         self._min_wait = math.inf
         self._waits = 0
+        self._recent_waits.clear()
         self.stats.resets += 1
 
     # -- figures -------------------------------------------------------------
@@ -393,6 +400,7 @@ class JitterBuffer:
         if later is None:
             # Nothing after the hole: the packet may be late. Conceal, keep our place.
             self._min_wait, self._waits = math.inf, 0  # an underrun: no surplus
+            self._recent_waits.clear()
             self._underruns += 1
             if self._underruns > self.max_conceal:
                 return Silence()
@@ -459,13 +467,14 @@ class JitterBuffer:
         arrived = self._arrivals.get(self._next)
         if arrived is not None:
             self._min_wait = min(self._min_wait, now - arrived)
+            self._recent_waits.append(now - arrived)
         self._waits += 1
         surplus = 0
         if self._waits >= self.surplus_pulls:
             surplus = math.floor((self._min_wait - target) / seconds + 1e-6)
         backlog = math.floor((self.level - seconds - target) / seconds + 1e-6)
         ahead = self._next + frame in self._packets  # something to play after a skip
-        accelerate = expand = voiced = start_cut = keep_window = False
+        accelerate = expand = voiced = start_cut = False
         trim = 0
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
         spare = 0.0  # how long the packets wait over the target, for a held frame's drop
@@ -538,16 +547,17 @@ class JitterBuffer:
                     self._short_since = None
                 elif self._short_since is None:
                     self._short_since = now
-            if self.trim and not (accelerate or expand or self._losses.events
-                                  or (self._start_held and self._start_copies())) \
-                    and self._waits >= self.surplus_pulls and surplus == 0:
-                # Less than a frame over the target (the frame phase): kept until a
-                # real pause, where the player cuts it to the sample.
-                spare = self._min_wait - target - TRIM_MARGIN
+            recent = self._recent_waits
+            if self.trim and self._quiet_run >= self.pause_pulls and surplus < 1 \
+                    and len(recent) >= self.surplus_pulls and not (
+                        accelerate or expand or self._losses.events
+                        or (self._start_held and self._start_copies())):
+                # Less than a frame over the target (the frame phase): cut to the
+                # sample in a real pause. (The last second's waits, apart from the
+                # surplus window: that one is reset when it finds no whole frame.)
+                spare = min(recent) - target - max(TRIM_MARGIN, self.trim_margin)
                 if spare >= TRIM_SMALLEST:
-                    keep_window = True
-                    if self._quiet_run >= self.pause_pulls:
-                        trim = min(int(spare * self.clock_rate + 1e-6), frame - frame // 8)
+                    trim = min(int(spare * self.clock_rate + 1e-6), frame - frame // 8)
         elif backlog >= cut_at_once or (surplus >= 1 and self._quiet and ahead):
             # Cut the delay: one frame in a pause, or down to the target at once
             # when far too much is buffered.
@@ -562,8 +572,7 @@ class JitterBuffer:
                 self._next += frame
                 self.stats.skipped += 1
         if backlog >= cut_at_once or surplus >= 1 or self._waits >= self.surplus_pulls:
-            if (surplus < 1 and not keep_window) or skipped:
-                # Start a new window (keep it open for a pause, for a cut).
+            if surplus < 1 or skipped:  # start a new window (keep it open for a pause)
                 self._min_wait = math.inf
                 self._waits = 0
         ts = self._next
@@ -585,6 +594,7 @@ class JitterBuffer:
                 self._start_held = max(0, self._start_held - 1)  # the delay came down
             self._min_wait = math.inf
             self._waits = 0
+            self._recent_waits.clear()
 
     def keep_skipped(self) -> None:
         """The frame the last :class:`Play` skipped is being played instead: take the skip back.

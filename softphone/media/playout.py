@@ -157,7 +157,8 @@ class StretchPlayout(Playout):
     # -- 20 ms out --------------------------------------------------------------------
 
     def pull(self) -> Int16Array:
-        """The next 20 ms to play (always exactly 960 samples)."""
+        """The next 20 ms to play (always exactly 960 samples), for a 20 ms clock;
+        a device pulls :meth:`pull_chunk` instead."""
         now = self.clock()
         with self._lock:
             self.buffer.trim = False  # (a frame played shorter would leave a hole here)
@@ -168,7 +169,7 @@ class StretchPlayout(Playout):
         assert frame is not None
         return frame
 
-    def pull_chunk(self) -> Int16Array:
+    def pull_chunk(self, block: float = 0.0) -> Int16Array:
         """The next stretch to play, whatever its length (a frame, usually): for a
         device that plays blocks of its own size and pulls again when it runs out.
 
@@ -176,10 +177,14 @@ class StretchPlayout(Playout):
         every packet waits over its target to the sample, in a pause
         (``JitterBuffer.trim``): the frame phase (where the sender's frames
         fall between the device's pulls, 0-20 ms) no longer adds to the delay.
+        ``block``: the device's longest block (seconds), left uncut with the wait
+        (a cut moves the device's next pull by up to a block more than itself).
         """
         now = self.clock()
         with self._lock:
-            self.buffer.trim = True
+            buffer = self.buffer
+            buffer.trim = True
+            buffer.trim_margin = block
             out = self._out
             if out.size == 0:
                 self._produce(now)

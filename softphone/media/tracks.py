@@ -8,10 +8,10 @@ backlog): :class:`ToneSource`, :class:`FileSource`, :class:`SilenceSource`,
 :class:`EchoSource`; :class:`softphone.media.devices.MicSource` is paced by
 its device.
 
-Sinks (:class:`Sink`) get every 20 ms played: :class:`RecorderSink`,
+Sinks (:class:`Sink`) get everything played: :class:`RecorderSink`,
 :class:`CaptureSink`. :class:`AudioReceiver` plays a call's received audio:
 an output device (:class:`AudioOutput`, e.g. the speaker) pulls it and is
-the clock, or a 20 ms clock does; each frame played goes to the sinks.
+the clock, or a 20 ms clock does; what is played goes to the sinks.
 :class:`softphone.media.audiopath.CallAudio` puts these together for a call.
 """
 
@@ -219,7 +219,8 @@ class FileSource(PacedSource):
 
 @runtime_checkable
 class Sink(Protocol):
-    """Where each 20 ms a call plays goes (on the event loop); closed when the call ends."""
+    """Where what a call plays goes, as it is played (on the event loop; 20 ms at a time,
+    or a device's stretches of any length); closed when the call ends."""
 
     def write(self, samples: Int16Array) -> None: ...
 
@@ -381,7 +382,7 @@ class TrackPlayout:
 class AudioReceiver:
     """Plays received audio and hands every frame played to the sinks, counting.
 
-    With an ``output`` (the speaker), the device pulls each 20 ms and is the
+    With an ``output`` (the speaker), the device pulls what it plays and is the
     clock; without one, or once it is lost (``on_output_lost`` is told), a
     20 ms clock on the event loop pulls instead.
     """
@@ -434,11 +435,13 @@ class AudioReceiver:
             return
         loop = asyncio.get_running_loop()
         feed = self.feed
-        # A device pulls again when it runs out: the next stretch, of any length.
-        take = getattr(playout, "pull_chunk", playout.pull)
+        # A device pulls again when it runs out: the next stretch, of any length
+        # (its longest block, if it says, is left uncut with the wait).
+        chunk = getattr(playout, "pull_chunk", None)
 
         def pull() -> Int16Array:  # on the device's thread
-            samples: Int16Array = take()
+            samples: Int16Array = playout.pull() if chunk is None \
+                else chunk(getattr(output, "block", 0.0))
             if self.silenced:
                 samples = _SILENT if samples.size == _SILENT.size else np.zeros_like(samples)
             with contextlib.suppress(RuntimeError):  # loop closed: the call is over

@@ -269,10 +269,14 @@ def trims(buffer: JitterBuffer, quiet: Callable[[int], bool], lost: int | None =
     earlier. Returns (frame, samples) of each trim asked for (and made)."""
     shift = 0.0
     asked = []
+    sent = 0
     for i in range(frames):
-        if i != lost:
-            buffer.push(i * F, payload(i), i * T + 0.001)
-        d = buffer.pull(i * T + 0.001 + wait - shift, quiet(i))
+        now = i * T + 0.001 + wait - shift
+        while sent * T + 0.001 <= now:  # what has come by now
+            if sent != lost:
+                buffer.push(sent * F, payload(sent), sent * T + 0.001)
+            sent += 1
+        d = buffer.pull(now, quiet(i))
         if isinstance(d, Play) and d.trim:
             asked.append((i, d.trim))
             shift += d.trim / 48_000
@@ -302,15 +306,44 @@ def test_what_packets_wait_over_the_target_is_cut_in_a_pause_to_the_sample() -> 
 
 
 def test_no_trim_while_losses_are_recent() -> None:
-    """A packet lost 1 s before the pause: the phase is left alone (for the loss
-    window, 5 s): the wait is the reserve a loss may need."""
-    def pause_at_100(i: int) -> bool:
-        return 100 <= i < 110
+    """A packet lost 1.4 s before the pause (rebuilt from the next one's FEC: the
+    waits stay as they were, 24.5 ms, under a whole frame over the floor): the phase
+    is left alone for the loss window (5 s), as the wait is the reserve a loss may
+    need; without the loss, the same pause takes it."""
+    def pause_at_120(i: int) -> bool:
+        return 120 <= i < 130
 
-    buffer = JitterBuffer(stretch=True, trim=True, min_target=0.005)
-    assert trims(buffer, pause_at_100, lost=50, frames=200) == []
-    assert trims(JitterBuffer(stretch=True, trim=True, min_target=0.005), pause_at_100,
-                 frames=200) != []
+    def buffer() -> JitterBuffer:
+        return JitterBuffer(stretch=True, trim=True, min_target=0.005)
+
+    assert trims(buffer(), pause_at_120, lost=50, wait=0.0245, frames=200) == []
+    assert trims(buffer(), pause_at_120, wait=0.0245, frames=200) == [
+        (122, round((0.0245 - 0.005 - 0.0025) * 48_000))]
+
+
+def test_a_surplus_growing_without_pauses_is_cut_as_without_trim() -> None:
+    """The sender's clock runs 300 ppm fast and the audio never pauses (hold music):
+    the waits grow until a whole frame is surplus, cut as a voiced frame after
+    ``voiced_after``, exactly when a player of whole frames would (the trim looks at
+    the last second's waits apart from the surplus window)."""
+    def first_cut(trim: bool) -> tuple[int | None, float]:
+        buffer = JitterBuffer(stretch=True, trim=trim, min_target=0.005)
+        longest, sent = 0.0, 0
+        for i in range(6000):
+            now = i * T + 0.012
+            while sent * T * (1 - 300e-6) + 0.001 <= now:  # what has come by now
+                buffer.push(sent * F, payload(sent), sent * T * (1 - 300e-6) + 0.001)
+                sent += 1
+            d = buffer.pull(now, quiet=False)
+            assert isinstance(d, Play)
+            longest = max(longest, now - (i * T * (1 - 300e-6) + 0.001))
+            if d.accelerate:
+                return i, longest
+        return None, longest
+
+    cut, longest = first_cut(trim=True)
+    assert cut is not None and (cut, longest) == first_cut(trim=False)
+    assert longest < 0.005 + 2 * T
 
 
 # -- redundant copies (RED), taking a skip back, the reserve after a lost pair ---------

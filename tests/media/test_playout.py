@@ -309,9 +309,11 @@ BLOCK = 120  # a sound card's block through PulseAudio's ALSA plugin (2.5 ms)
 
 
 def device_call(pcm_frames: list[Int16Array], start: float, chunks: bool = True,
+                block: int = BLOCK,
                 ) -> tuple[Int16Array, StretchPlayout, list[tuple[int, float]]]:
     """Plain Opus of ``pcm_frames``, each packet in 1 ms after it is sent, played by a
-    sound card that opens ``start`` s into the call and plays 2.5 ms blocks, pulling
+    sound card that opens ``start`` s into the call and plays ``block`` samples at a
+    time (2.5 ms), pulling
     again whenever what it has runs out (as ``SpeakerDriver`` does): the stretches
     ``pull_chunk`` gives, or whole frames (``chunks=False``). Returns what was played,
     the playout, and (frame, how long its packet waited) for every frame played."""
@@ -322,9 +324,9 @@ def device_call(pcm_frames: list[Int16Array], start: float, chunks: bool = True,
     playout = StretchPlayout(clock=lambda: now[0])
     waits: list[tuple[int, float]] = []
     playout.on_played = lambda ts, at: waits.append((ts // N, at - (ts // N * T + 0.001)))
-    blocks = int((len(packets) * T - start) * SAMPLE_RATE / BLOCK) - 8
+    blocks = int((len(packets) * T - start) * SAMPLE_RATE / block) - 8
     events = sorted([(i * T + 0.001, 0, i) for i in range(len(packets))]
-                    + [(start + k * BLOCK / SAMPLE_RATE, 1, k) for k in range(blocks)])
+                    + [(start + k * block / SAMPLE_RATE, 1, k) for k in range(blocks)])
     waiting = np.zeros(0, dtype=np.int16)
     out: list[Int16Array] = []
     for when, kind, i in events:
@@ -332,11 +334,11 @@ def device_call(pcm_frames: list[Int16Array], start: float, chunks: bool = True,
         if kind == 0:
             playout.push(1, i, i * N, packets[i])
             continue
-        while waiting.size < BLOCK:
-            waiting = np.concatenate((waiting, playout.pull_chunk() if chunks
-                                      else playout.pull()))
-        out.append(waiting[:BLOCK])
-        waiting = waiting[BLOCK:]
+        while waiting.size < block:
+            waiting = np.concatenate((waiting, playout.pull_chunk(block / SAMPLE_RATE)
+                                      if chunks else playout.pull()))
+        out.append(waiting[:block])
+        waiting = waiting[block:]
     return np.concatenate(out), playout, waits
 
 
@@ -365,6 +367,20 @@ def test_a_device_s_frame_phase_is_cut_in_the_first_pause() -> None:
     assert whole.stretch_stats.trimmed == 0 and whole.buffer.stats.concealed == 0
 
 
+def test_a_device_with_long_blocks_keeps_a_block_of_the_wait() -> None:
+    """Blocks of 10 ms (480 samples, a host that chooses them): a cut moves the next
+    pull by up to a block more than itself, so a block of the wait is left: the
+    packets then wait the floor or more, never less (nothing concealed)."""
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    frames = [np.zeros(N, np.int16) if 60 <= i < 80 else tone.next(N) for i in range(200)]
+    for start in (0.018, 0.0195, 0.014):
+        _, playout, waits = device_call(frames, start=start, block=480)
+        after = [w for i, w in waits if i >= 80]
+        assert min(after) >= MIN_TARGET - 1e-6, (start, min(after))
+        assert max(after) <= MIN_TARGET + 2 * 0.010 + 1e-6, (start, max(after))
+        assert playout.buffer.stats.concealed == 0 and playout.buffer.stats.skipped == 0
+
+
 def test_a_new_stream_keeps_the_playout_s_buffer_settings() -> None:
     """A new SSRC (the peer's sender restarted) starts a new, empty jitter buffer with
     the same settings: still time stretching, still expecting copies."""
@@ -385,11 +401,13 @@ async def test_a_receiver_hands_a_device_the_playout_s_stretches_as_they_are() -
         def pull(self) -> Int16Array:
             raise AssertionError("a device pulls stretches")
 
-        def pull_chunk(self) -> Int16Array:
+        def pull_chunk(self, block: float) -> Int16Array:
+            blocks.append(block)
             return np.full(500, 1000, dtype=np.int16)
 
     class Device:
         pull: Callable[[], Int16Array]
+        block = 0.0025
 
         def drive(self, pull: Callable[[], Int16Array], lost: Callable[[str], None]) -> None:
             self.pull = pull
@@ -397,6 +415,7 @@ async def test_a_receiver_hands_a_device_the_playout_s_stretches_as_they_are() -
         def stop(self) -> None:
             pass
 
+    blocks: list[float] = []
     device, sink = Device(), CaptureSink(1.0)
     receiver = AudioReceiver([sink], output=device)
     receiver.play(Stretches())
@@ -405,6 +424,7 @@ async def test_a_receiver_hands_a_device_the_playout_s_stretches_as_they_are() -
     held = device.pull()
     await asyncio.sleep(0)
     assert [g.size for g in got] == [500] * 4 and (got[0] == 1000).all()
+    assert blocks == [0.0025] * 5  # the device's block goes with each pull
     assert held.size == 500 and not held.any()
     assert receiver.frames == 2500 // N
     assert sink.samples().size == 2500
