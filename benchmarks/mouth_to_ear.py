@@ -3,8 +3,9 @@
 Two softphone processes call each other through a hub, each on its own
 PulseAudio virtual devices (tests/support/pulse.py: a private server, null
 sinks, sounddevice -> PortAudio -> ALSA pulse plugin, the real device path).
-A burst (60 ms of a 140 Hz voiced sound, like the start of a vowel) is
-played into A's microphone feed (a pacat stream fed in real time) and
+A burst (60 ms of a voiced sound whose pitch glides from 110 to 190 Hz,
+like the start of a vowel said as a question) is played into A's
+microphone feed (a pacat stream fed in real time) and
 found, by cross-correlation with the burst, twice: where A's microphone
 takes it (the feed sink's monitor, which A's microphone is remapped from)
 and on B's speaker (its monitor). Both are parec streams with the same
@@ -17,7 +18,14 @@ left is microphone capture to speaker output: device buffers, voice
 processing, Opus framing, network, jitter buffer, and B's speaker sink.
 Matching the waveform, not a level threshold, measures the same delay
 whatever the voice processing does to the level (its noise suppressor
-takes most of a short tone burst; its gain control raises a voice).
+takes most of a short tone burst; its gain control raises a voice). The
+pitch glides so that there is one best match: with a steady pitch the
+waveform matches itself one period later too, and once the noise
+suppressor (in the feed's digital silence) has learned to weaken a
+burst's onset, the best match slid one or two periods (7.1 ms each at
+140 Hz) later after the first few bursts of a call, while the processing's
+delay stayed the same (offline, the real processor: 16.0 ms, then 23.1;
+with the glide 16.0 throughout).
 
 Each run is a new call (its own jitter buffer and device phases); the
 phones run with their defaults (voice processing on) unless flags are
@@ -61,12 +69,13 @@ MIN_MATCH = 0.5
 SEARCH = 0.5
 
 
-def voiced_burst(seconds: float = 0.06, f0: float = 140.0, peak: float = 12000.0
-                 ) -> np.ndarray:
-    """A short voiced sound: harmonics of ``f0`` falling 6 dB an octave, Hann-shaped."""
+def voiced_burst(seconds: float = 0.06, f0: tuple[float, float] = (110.0, 190.0),
+                 peak: float = 12000.0) -> np.ndarray:
+    """A short voiced sound: harmonics of a pitch gliding from ``f0[0]`` to ``f0[1]`` Hz,
+    falling 6 dB an octave, Hann-shaped (one best match: see the module docstring)."""
     n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    x = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 25)) * np.hanning(n)
+    phase = 2 * np.pi * np.cumsum(np.linspace(f0[0], f0[1], n)) / SAMPLE_RATE
+    x = sum(np.sin(k * phase) / k for k in range(1, 25)) * np.hanning(n)
     out: np.ndarray = x / np.max(np.abs(x)) * peak
     return out
 
