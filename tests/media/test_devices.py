@@ -249,3 +249,71 @@ def test_speaker_buffer_grows_a_step_after_underruns(pulse: PulseLab) -> None:
     assert report["speaker_underruns"] >= 2 and report["speaker_grown"] == 1, report
     assert report["now"] == pytest.approx(0.020, abs=0.004), report
     assert report["told"][-1] == report["now"], report
+
+
+# A speaker playing a tone with pauses (0.4 s on, 0.2 s off) from our playout, its
+# packets pushed in real time, each (from the second on) 18 ms before the device pulls
+# it (counted from when it pulled the first): a frame phase of 18 ms, 13 over the floor.
+PHASED_SPEAKER = """
+import asyncio, json, time
+import numpy as np
+from softphone.media.audio import FRAME_SAMPLES as N, ToneGenerator
+from softphone.media.devices import SpeakerDriver
+from softphone.media.opus import EncoderSettings, OpusEncoder
+from softphone.media.playout import StretchPlayout
+from softphone.media.tracks import AudioReceiver
+
+async def main():
+    encoder = OpusEncoder(EncoderSettings(adapt=False, bitrate=64_000, fec=False,
+                                          expected_loss=0))
+    tone = ToneGenerator(440.0, amplitude=0.3)
+    packets = [encoder.encode(tone.next(N) if i % 30 < 20 else np.zeros(N, np.int16))
+               for i in range(200)]
+    playout = StretchPlayout()
+    arrived, waits = {}, []
+    playout.on_played = lambda ts, at: waits.append((ts // N, at - arrived[ts // N]))
+    speaker = SpeakerDriver()
+    receiver = AudioReceiver(output=speaker)
+    receiver.play(playout)
+    await asyncio.sleep(0.3)  # past the stream's start (its first callbacks fill it at once)
+    arrived[0] = time.monotonic()
+    playout.push(1, 0, 0, packets[0])
+    while not waits:  # frame 0 is played: the device's pulls are every 20 ms from then
+        await asyncio.sleep(0.001)
+    first = arrived[0] + waits[0][1]
+    for i, packet in enumerate(packets[1:], 1):
+        await asyncio.sleep(max(0.0, first + i * 0.02 - 0.018 - time.monotonic()))
+        arrived[i] = time.monotonic()
+        playout.push(1, i, i * N, packet)
+    await asyncio.sleep(0.3)
+    await receiver.stop()
+    print(json.dumps({"waits": waits, "trimmed": playout.stretch_stats.trimmed,
+                      "block": speaker.block, "target": playout.buffer.target}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_speaker_s_frame_phase_is_cut_in_the_first_pause(pulse: PulseLab) -> None:
+    """On a real (virtual) speaker: the packets wait about 18 ms for their turn until
+    a pause comes after the first second (the first frame, pulled at once, waited
+    almost nothing: the cut looks at the last second's waits); from the third pause
+    on they wait at least 4 ms less, and no more than the target, the device's block
+    and the margin (2.5 ms each here) and some scheduling; the tone comes out of the
+    speaker."""
+    heard = pulse.record_speaker("a")
+    out = subprocess.run([sys.executable, "-c", PHASED_SPEAKER], env={**os.environ,
+                         **pulse.env_for("a")}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    waits = report["waits"]
+    assert report["block"] == pytest.approx(0.0025), report["block"]
+    before = [w for i, w in waits if 2 <= i < 20]
+    after = [w for i, w in waits if i >= 80]
+    assert report["trimmed"] >= 1 and len(after) > 50, report["trimmed"]
+    # (A packet pushed late by the event loop waits less: the cut leaves that much too.)
+    assert float(np.median(before)) > 0.015, before
+    assert float(np.median(after)) <= min(float(np.median(before)) - 0.004,
+                                          report["target"] + 0.0025 + 0.0025 + 0.005), after
+    assert_tone(loud_part(read_all(heard)), 440, skip=0.2, until=-0.2, min_purity=0.8,
+                what="a's speaker")
