@@ -214,8 +214,8 @@ class StretchPlayout(Playout):
                 if decision.expand or (decision.accelerate and (
                         decision.voiced or is_quiet(pcm))):
                     pcm = self._stretch(pcm, decision.accelerate)
-                elif decision.trim and pcm.size > decision.trim and is_quiet(pcm):
-                    pcm = self._trim(pcm, decision.trim)
+                elif decision.trim and pcm.size > decision.trim:
+                    pcm = self._stretch(pcm, True, decision.trim)  # (a pause only)
             elif isinstance(decision, jb.Recover):
                 pcm = self._resumed(self.decoder.recover(decision.next_payload, copy=False))
             elif isinstance(decision, jb.Conceal):
@@ -248,30 +248,28 @@ class StretchPlayout(Playout):
 
     # -- stretching -------------------------------------------------------------------
 
-    def _stretch(self, pcm: Int16Array, faster: bool) -> Int16Array:
+    def _stretch(self, pcm: Int16Array, faster: bool, trim: int = 0) -> Int16Array:
+        """``pcm`` accelerated or expanded, or (``trim``) a pause that many samples
+        shorter (:func:`stretch.shorten`: speech comes back as it is, not counted)."""
         if pcm.size < 2 * stretch.MIN_LAG:
             return pcm
-        done = (stretch.accelerate if faster else stretch.expand)(pcm, self._tail)
+        if trim:
+            done = stretch.shorten(pcm, self._tail, trim)
+        else:
+            done = (stretch.accelerate if faster else stretch.expand)(pcm, self._tail)
         s = self.stretch_stats
         self.buffer.stretched(done.change)
         if done.change < 0:
-            s.accelerated += 1
+            if trim:
+                s.trimmed += 1
+            else:
+                s.accelerated += 1
             s.removed -= done.change
         elif done.change > 0:
             s.expanded += 1
             s.added += done.change
-        else:
+        elif not trim:
             s.refused += 1
-        return done.samples
-
-    def _trim(self, pcm: Int16Array, samples: int) -> Int16Array:
-        if pcm.size < 2 * stretch.MIN_LAG:
-            return pcm
-        done = stretch.shorten(pcm, self._tail, samples)
-        self.buffer.stretched(done.change)
-        if done.change:
-            self.stretch_stats.trimmed += 1
-            self.stretch_stats.removed -= done.change
         return done.samples
 
     # -- the fade over long gaps --------------------------------------------------------

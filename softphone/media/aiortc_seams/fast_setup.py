@@ -139,7 +139,7 @@ def check_internals() -> None:
     connect = getsource(aioice.ice.Connection.connect)
     connection = getsource(aioice.ice.Connection)
     transaction = getsource(_original_transaction_init or
-                                    aioice.stun.Transaction.__init__)
+                            aioice.stun.Transaction.__init__)
     if "if not self._check_periodic():" not in connect or \
             "await asyncio.sleep(0.02)" not in connect or \
             "res = await self._check_list_state.get()" not in connect or \
