@@ -228,7 +228,7 @@ async def main():
         return np.zeros(960, np.int16)
 
     speaker.drive(pull, print)
-    for _ in range(60):
+    for _ in range(150):  # (under load the underruns come later: up to 15 s)
         await asyncio.sleep(0.1)
         if speaker.grown:
             break
