@@ -48,7 +48,6 @@ It never waits on a hole: every pull returns a decision at once.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields
@@ -57,92 +56,24 @@ from typing import Final
 # The decisions and counts live beside: re-exported, this is where callers look.
 from softphone.media.jb_decisions import Conceal, Decision, JitterStats, Play, Recover, Silence
 from softphone.media.jb_estimates import LossMemory, TransitWindow
+from softphone.media.jb_settings import TRIM_MARGIN, JitterSettings
+from softphone.media.jb_store import PacketStore
 
 __all__ = ["Conceal", "Decision", "JitterBuffer", "JitterStats", "Play", "Recover", "Silence"]
 
-_WRAP: Final = 1 << 32
 #: The frame held at the start is dropped only if every packet waits it and this much
 #: more (seconds): cut from a wait just over a frame, the next packets come late.
 START_SPARE: Final = 0.002
-#: (``trim``) Seconds of a packet's wait over the target left uncut, at least: the player
-#: pulls in device blocks (2.5 ms through PulseAudio's ALSA plugin), so a cut moves the
-#: next frame's pull by up to one block more than the cut itself (``trim_margin``: the
-#: device's block, if longer).
-TRIM_MARGIN: Final = 0.0025
 #: (``trim``) The smallest cut worth making (seconds).
 TRIM_SMALLEST: Final = 0.002
-_HALF: Final = 1 << 31
 
 
 @dataclass
-class JitterBuffer:
-    clock_rate: int = 48_000
-    frame_samples: int = 960
-    #: Seconds of arrival history the jitter estimate looks at.
-    window: float = 3.0
-    quantile: float = 0.95
-    min_target: float = 0.0
-    max_target: float = 0.4
-    #: Consecutive concealed frames before falling silent.
-    max_conceal: int = 25
-    #: Pulls with a whole surplus frame before one frame is skipped.
-    surplus_pulls: int = 15
-    #: A timestamp this far (seconds) from the expected one restarts the buffer.
-    max_jump: float = 2.0
-    #: After a loss, keep one frame more in reserve (for RED/FEC) for this many seconds;
-    #: while losses recur (two or more within ``loss_window``), for as long as they do.
-    loss_memory: float = 1.0
-    loss_window: float = 5.0
-    #: Most frames kept in reserve for losses without RED copies (two: a pair of
-    #: lost packets, the first rebuilt from FEC in the second's copy).
-    max_reserve: int = 2
-    #: While losses recur and RED copies come, at least this many frames in reserve
-    #: (up to ``max_reserve``): the next loss may be a pair, and its first frame comes
-    #: back only from the FEC in the copy of the second, one frame after that copy
-    #: (offline closed loop, 16 seeds, with the pause rule in :meth:`_play`: 10 % loss
-    #: 4.06 -> 4.10, 5 % 4.21 -> 4.22, bursty 3.73 -> 3.74).
-    pair_reserve: int = 2
-    #: (``stretch``) Quiet pulls in a row that make a real pause, where a surplus is cut
-    #: (before ``voiced_after``) and the reserve for bursts is grown (offline closed
-    #: loop, 16 seeds: bursty 3.74 -> 3.78, 10 % loss 4.10 -> 4.12, jitter only 4.43 ->
-    #: 4.48; 2 to 5 give the same).
-    pause_pulls: int = 3
-    #: Seconds a burst of 3 or more lost packets that RED copies rebuild keeps its reserve.
-    burst_memory: float = 20.0
-    #: The player stretches (accelerate, expand) instead of skipping whole frames.
-    stretch: bool = False
-    #: (``stretch``) Seconds a surplus waits for a pause before voiced frames are cut.
-    voiced_after: float = 2.0
-    #: The stream is RED (the player says so): copies of earlier frames may come.
-    copies_expected: bool = False
-    #: (``copies_expected``) Seconds the first packet waits before it is played. Our
-    #: sender starts a call with copies (it probes the path): a frame lost before any
-    #: reserve is there is concealed in the first words, or played late (a concealed
-    #: frame, then the frame itself: 20 ms put into a word, PESQ-WB -0.25). With two
-    #: frames in hand the next packet's copy is there in time while the jitter
-    #: estimate grows (with one, the first loss in 2 of 8 calls at 5 % loss and
-    #: jitter came before the buffer had grown to its target). On a clean path they
-    #: are dropped, whole, each with a quiet frame in a pause, once the copies stop...
-    start_wait: float = 0.04
-    #: ...or after this many seconds without a loss while they keep coming.
-    start_hold: float = 10.0
-    #: (``stretch``) The player pulls in blocks smaller than a frame (a sound card's) and
-    #: can play a frame any shorter: what every packet waits over the target, less than
-    #: a frame, is cut in a real pause (``Play.trim``), so the delay does not depend on
-    #: where the sender's frames fall between the device's pulls (0-20 ms otherwise).
-    #: Only on a path without losses for ``loss_window``.
-    trim: bool = False
-    #: (``trim``) Seconds of the wait over the target left uncut (the device's block).
-    trim_margin: float = TRIM_MARGIN
-
+class JitterBuffer(JitterSettings):
     stats: JitterStats = field(default_factory=JitterStats)
-    _packets: dict[int, bytes] = field(default_factory=dict)
-    _keys: list[int] = field(default_factory=list)  # sorted unwrapped timestamps
-    _ref: int | None = None  # last unwrapped timestamp, for unwrapping
+    _store: PacketStore = field(default_factory=PacketStore)
     _next: int | None = None  # unwrapped timestamp to play next
     _transit: TransitWindow = field(default_factory=TransitWindow)
-    _arrivals: dict[int, float] = field(default_factory=dict)
-    _repaired: set[int] = field(default_factory=set)  # frames filled from a RED copy
     _underruns: int = 0
     _min_wait: float = math.inf
     _waits: int = 0
@@ -171,23 +102,14 @@ class JitterBuffer:
 
     # -- input ---------------------------------------------------------------
 
-    def _unwrap(self, timestamp: int) -> int:
-        if self._ref is None:
-            self._ref = timestamp
-            return timestamp
-        diff = (timestamp - self._ref) % _WRAP
-        if diff >= _HALF:
-            diff -= _WRAP
-        self._ref += diff
-        return self._ref
-
     def push(self, timestamp: int, payload: bytes, now: float) -> bool:
         """Add a packet that arrived at ``now``. False if it came too late or twice."""
-        ts = self._unwrap(timestamp & 0xFFFFFFFF)
+        store = self._store
+        ts = store.unwrap(timestamp & 0xFFFFFFFF)
         frame = self.frame_samples
         if self._next is not None and abs(ts - self._next) > self.max_jump * self.clock_rate:
             self._restart()
-            self._ref = ts
+            store.ref = ts
         self.stats.received += 1
         newest = self._newest
         if newest is None or ts > newest:
@@ -199,19 +121,16 @@ class JitterBuffer:
             self.stats.late += 1
             self._note_transit(ts, now)
             return False
-        if ts in self._packets:
-            if ts in self._repaired:  # its copy came first: it was late, not lost
-                self._repaired.discard(ts)
+        if ts in store:
+            if store.original_came(ts):  # its copy came first: it was late, not lost
                 self._note_transit(ts, now)
             else:
                 self.stats.duplicates += 1
             return False
-        self._packets[ts] = payload
-        self._arrivals[ts] = now
-        bisect.insort(self._keys, ts)
+        store.add(ts, payload, now)
         self._note_transit(ts, now)
-        if len(self._keys) > 4 * self.max_target * self.clock_rate / frame + 50:
-            self._drop_oldest()
+        if len(store) > 4 * self.max_target * self.clock_rate / frame + 50:
+            store.drop_oldest()
         return True
 
     def push_redundant(self, timestamp: int, payload: bytes, now: float) -> bool:
@@ -222,20 +141,18 @@ class JitterBuffer:
         design), and a hole it fills counts as a loss, so the buffer keeps
         the reserve that lets the next loss be filled in time.
         """
-        if self._ref is None:
+        store = self._store
+        if store.ref is None:
             return False
-        ts = self._unwrap(timestamp & 0xFFFFFFFF)
+        ts = store.unwrap(timestamp & 0xFFFFFFFF)
         if self._newest is not None and ts < self._newest:  # how far back copies reach
             self._losses.copy((self._newest - ts) // self.frame_samples, now)
-        if ts in self._packets or (self._next is not None and ts < self._next) or \
-                (self._keys and ts < self._keys[0] and self._next is None):
+        if ts in store or (self._next is not None and ts < self._next) or \
+                (store and ts < store.oldest and self._next is None):
             return False
         if self._newest is None or ts >= self._newest:
             return False  # nothing newer has come: not a hole
-        self._packets[ts] = payload
-        self._arrivals[ts] = now
-        bisect.insort(self._keys, ts)
-        self._repaired.add(ts)
+        store.add(ts, payload, now, repaired=True)
         self._note_loss(now)
         self.stats.repaired += 1
         return True
@@ -248,16 +165,9 @@ class JitterBuffer:
     def _note_transit(self, ts: int, now: float) -> None:
         self._transit.add(now - ts / self.clock_rate, now, self.window)
 
-    def _drop_oldest(self) -> None:
-        self._take(self._keys[0])
-
     def _restart(self) -> None:
-        self._packets.clear()
-        self._arrivals.clear()
-        self._repaired.clear()
-        self._keys.clear()
+        self._store.clear()
         self._next = None
-        self._ref = None
         self._newest = None
         self._losses.forget_copies()
         self._lost_once = self._undo_start = False
@@ -360,17 +270,11 @@ class JitterBuffer:
     @property
     def level(self) -> float:
         """Seconds of audio buffered from the next frame to play up to the newest packet."""
-        if not self._keys or self._next is None:
+        if self._next is None:
             return 0.0
-        return max(0, self._keys[-1] + self.frame_samples - self._next) / self.clock_rate
+        return self._store.reach(self._next, self.frame_samples) / self.clock_rate
 
     # -- output --------------------------------------------------------------
-
-    def _take(self, ts: int) -> bytes:
-        self._keys.remove(ts)
-        self._arrivals.pop(ts, None)
-        self._repaired.discard(ts)
-        return self._packets.pop(ts)
 
     def pull(self, now: float, quiet: bool = True) -> Decision:
         """What to play for the next frame. Call every ``frame_samples`` of playout.
@@ -382,21 +286,21 @@ class JitterBuffer:
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         self._now = now
         frame = self.frame_samples
+        store = self._store
         if self._next is None:
-            if not self._keys:
+            if not store:
                 return Silence()
             if self.copies_expected and not self._lost_once:
-                arrived = self._arrivals.get(self._keys[0], now)
-                if now - arrived < self.start_wait - 1e-6:
+                arrived = store.arrival(store.oldest)
+                if now - (now if arrived is None else arrived) < self.start_wait - 1e-6:
                     return Silence()
                 self._start_held = max(1, round(self.start_wait * self.clock_rate / frame))
                 self._start_at = now
-            self._next = self._keys[0]
+            self._next = store.oldest
         nxt = self._next
-        if nxt in self._packets:
+        if nxt in store:
             return self._play(now)
-        later = self._keys[bisect.bisect_right(self._keys, nxt)] \
-            if self._keys and self._keys[-1] > nxt else None
+        later = store.after(nxt)
         if later is None:
             # Nothing after the hole: the packet may be late. Conceal, keep our place.
             self._min_wait, self._waits = math.inf, 0  # an underrun: no surplus
@@ -423,7 +327,7 @@ class JitterBuffer:
             # keep enough of it for the target (after a loss: one frame, so the
             # next loss can be rebuilt from FEC instead of concealed).
             seconds = frame / self.clock_rate
-            spare = (self._keys[-1] + frame - nxt) / self.clock_rate - seconds
+            spare = store.reach(nxt, frame) / self.clock_rate - seconds
             keep = min(covered, max(0, math.floor((spare - self.target) / seconds + 1e-9)))
             # Growing the delay here means concealing once more right after the wait's
             # concealment: only if a real frame (played or rebuilt from FEC) comes next.
@@ -449,13 +353,14 @@ class JitterBuffer:
         self._next = nxt + frame
         if missing == 1:
             self.stats.recovered += 1
-            return Recover(self._packets[later], nxt & 0xFFFFFFFF)
+            return Recover(store.payload(later), nxt & 0xFFFFFFFF)
         self.stats.concealed += 1
         return Conceal(nxt & 0xFFFFFFFF)
 
     def _play(self, now: float) -> Play:
         frame = self.frame_samples
         seconds = frame / self.clock_rate
+        store = self._store
         assert self._next is not None
         self._underruns = 0
         targets = self._targets()  # (nothing _play changes before it reads them again)
@@ -464,7 +369,7 @@ class JitterBuffer:
         cut_from = -1  # the first frame a cut skipped
         # How long the packets played lately waited here: if even the shortest
         # wait exceeded the target by a whole frame, that frame is surplus delay.
-        arrived = self._arrivals.get(self._next)
+        arrived = store.arrival(self._next)
         if arrived is not None:
             self._min_wait = min(self._min_wait, now - arrived)
             self._recent_waits.append(now - arrived)
@@ -473,7 +378,7 @@ class JitterBuffer:
         if self._waits >= self.surplus_pulls:
             surplus = math.floor((self._min_wait - target) / seconds + 1e-6)
         backlog = math.floor((self.level - seconds - target) / seconds + 1e-6)
-        ahead = self._next + frame in self._packets  # something to play after a skip
+        ahead = self._next + frame in store  # something to play after a skip
         accelerate = expand = voiced = start_cut = False
         trim = 0
         cut_at_once = 10 if self.stretch else 5  # frames of backlog
@@ -499,7 +404,7 @@ class JitterBuffer:
             self._start_spare = spare - seconds if self._start_held else 0.0
             start_cut = True
             cut_from = self._next
-            skipped.append(self._take(self._next))
+            skipped.append(store.take(self._next))
             self._next += frame
             self.stats.skipped += 1
         elif self.stretch and backlog < cut_at_once:
@@ -564,11 +469,11 @@ class JitterBuffer:
             cut = backlog if backlog >= cut_at_once else 1
             cut_from = self._next
             for _ in range(cut):
-                if self._next in self._packets:
-                    skipped.append(self._take(self._next))
+                if self._next in store:
+                    skipped.append(store.take(self._next))
                 self._next += frame
                 self.stats.skipped += 1
-            while self._next not in self._packets and self._next <= self._keys[-1]:
+            while self._next not in store and self._next <= store.newest:
                 self._next += frame
                 self.stats.skipped += 1
         if backlog >= cut_at_once or surplus >= 1 or self._waits >= self.surplus_pulls:
@@ -576,8 +481,8 @@ class JitterBuffer:
                 self._min_wait = math.inf
                 self._waits = 0
         ts = self._next
-        arrived = self._arrivals.get(ts)
-        payload = self._take(ts)
+        arrived = store.arrival(ts)
+        payload = store.take(ts)
         self._next = ts + frame
         self.stats.played += 1
         optional = backlog < cut_at_once and len(skipped) == 1 and ts == cut_from + frame
@@ -609,8 +514,6 @@ class JitterBuffer:
             self._start_held += 1
             self._start_spare = 0.0
             self._undo_start = False
-        self._packets[ts] = payload
-        self._arrivals[ts] = arrived
-        bisect.insort(self._keys, ts)
+        self._store.add(ts, payload, arrived)
         self._next = ts
         self.stats.skipped -= 1
