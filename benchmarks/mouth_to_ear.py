@@ -27,6 +27,11 @@ burst's onset, the best match slid one or two periods (7.1 ms each at
 delay stayed the same (offline, the real processor: 16.0 ms, then 23.1;
 with the glide 16.0 throughout).
 
+Beside each run it prints what the phones say the delay is made of (their
+``--json`` stats, ``delay``: :mod:`softphone.media.delay`): A's sending
+(microphone, voice processing, frame, Opus's look-ahead), the network, and
+B's receiving (jitter buffer wait, speaker), each the median over the call.
+
 Each run is a new call (its own jitter buffer and device phases); the
 phones run with their defaults (voice processing on) unless flags are
 given after ``--``, e.g. ``-- --no-aec --no-ns --no-agc``. B's periodic
@@ -288,7 +293,30 @@ def describe(run: Run) -> str:
     return (f"median {statistics.median(d):.1f} ms (min {min(d):.1f}, max {max(d):.1f}, "
             f"{len(d)}/{len(run.found_ms)} bursts); B's jitter buffer "
             f"{'/'.join(f'{b:.0f}' for b in buffers) or '?'} ms, target "
-            f"{media.get('target_ms', '?')} ms; {xruns}")
+            f"{media.get('target_ms', '?')} ms; {xruns}\n  {budget(run)}")
+
+
+def part(run: Run, end: str, name: str) -> float | None:
+    """The median over a call of one of an end's delay parts (its ``--json`` stats)."""
+    values = [s["delay"][name] for s in run.stats[end]
+              if s.get("delay") and s["delay"].get(name) is not None]
+    return statistics.median(values) if values else None
+
+
+def budget(run: Run) -> str:
+    """What the phones say the delay is made of: A's sending, the network, B's receiving."""
+    def ms(x: float | None) -> str:
+        return "?" if x is None else f"{x:.1f}"
+
+    send = [("mic", part(run, "a", "mic_ms")), ("processing", part(run, "a", "processing_ms")),
+            ("frame", part(run, "a", "frame_ms")), ("codec", part(run, "a", "codec_ms"))]
+    receive = [("jitter buffer", part(run, "b", "jitter_buffer_ms")),
+               ("speaker", part(run, "b", "speaker_ms"))]
+    network = part(run, "b", "network_ms")
+    known = [v for _, v in (*send, *receive, ("network", network)) if v is not None]
+    return (f"the phones' parts: A sends {' + '.join(f'{n} {ms(v)}' for n, v in send)}; "
+            f"network {ms(network)}; B receives "
+            f"{' + '.join(f'{n} {ms(v)}' for n, v in receive)}: {sum(known):.1f} ms")
 
 
 def main() -> None:

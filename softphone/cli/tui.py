@@ -34,6 +34,7 @@ from softphone.core.errors import MissingDependency
 if TYPE_CHECKING:
     from softphone.client.call import Call
     from softphone.media.apm import VoiceStats
+    from softphone.media.delay import DelayParts
     from softphone.media.devices import MicSource, SpeakerDriver
     from softphone.media.rtc import MediaStats
 
@@ -281,6 +282,7 @@ class CallScreen:
         self._stats: MediaStats | None = None
         self._voice: VoiceStats | None = None
         self._devices: dict[str, Any] = {}
+        self._delay: DelayParts | None = None
         self._codec = "?"
         self.heard = ""  # DTMF keys the peer pressed
         self.pressed = ""  # DTMF keys we pressed
@@ -383,14 +385,17 @@ class CallScreen:
         if audio is not None:
             self._voice = audio.voice_stats()
             self._devices = audio.device_stats()
+            self._delay = audio.delay_parts(None if self._stats is None else self._stats.rtt_ms)
 
     def _json_stats(self) -> None:
-        """The periodic ``stats`` event (--json): media, voice processing, devices."""
+        """The periodic ``stats`` event (--json): media, voice processing, devices, and
+        this end's parts of the delay."""
         self.out.event({"event": "stats", "peer": self.call.peer,
                         "media": None if self._stats is None else self._stats.to_json(),
                         "voice_processing": None if self._voice is None
                         else self._voice.as_dict(),
-                        "devices": self._devices})
+                        "devices": self._devices,
+                        "delay": None if self._delay is None else self._delay.to_json()})
 
     def _redraw(self) -> None:
         if self.line is not None:

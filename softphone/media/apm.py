@@ -22,7 +22,7 @@ capture thread swaps in. The processing itself runs inside ``capture`` on
 the caller's thread, with the GIL released: 0.3 ms of CPU per 20 ms frame
 for the echo canceller alone, 0.45 ms with all three. It delays the
 microphone by about 9 ms (AEC3's band split at 48 kHz) plus 7 ms (the noise
-suppressor): that much more mouth to ear.
+suppressor): that much more mouth to ear (:attr:`VoiceProcessor.delay`).
 
 The binding is ``pywebrtc-audio`` (WebRTC's AEC3, noise suppressor and
 AGC2, numpy only). Its ``AudioProcessor`` runs the noise suppressor at
@@ -70,6 +70,11 @@ SUPPORTED_RATES = (16_000, 32_000, 48_000)
 INSTALL = "pip install pywebrtc-audio"
 NOTICE = ("no echo cancellation, noise suppression or gain control: the pywebrtc-audio "
           f"package is missing ({INSTALL}); the call goes on without them")
+
+#: Samples by which the binding's echo canceller and noise suppressor delay the
+#: microphone, at each rate (its band split, its blocks and the suppressor's overlap;
+#: measured, and checked against the binding by tests/media/test_apm.py).
+STAGE_DELAY: Final = {16_000: (128, 96), 32_000: (260, 196), 48_000: (430, 334)}
 
 #: The echo canceller is "converged" from this ERLE (dB) or this echo level (dB) on.
 CONVERGED_ERLE: Final = 12.0
@@ -138,6 +143,8 @@ class VoiceStats:
     reference_dropped_ms: float = 0.0
     #: CPU time of the processing per 20 ms of audio (ms, mean since the last snapshot).
     cpu_ms_per_20ms: float = 0.0
+    #: How much later the microphone's sound goes out for the processing (ms).
+    delay_ms: float = 0.0
 
     @property
     def converged(self) -> bool:
@@ -167,6 +174,10 @@ class VoiceProcessor(Protocol):
 
     def set_device_latency(self, output_s: float, input_s: float) -> None:
         """PortAudio's output and input latencies (seconds), for the delay hint."""
+
+    @property
+    def delay(self) -> float:
+        """Seconds by which the processing delays the microphone (mouth to ear)."""
 
     def stats(self) -> VoiceStats: ...
 
@@ -254,6 +265,10 @@ class PassThroughProcessor:
     def set_device_latency(self, output_s: float, input_s: float) -> None:
         pass
 
+    @property
+    def delay(self) -> float:
+        return 0.0
+
     def stats(self) -> VoiceStats:
         return VoiceStats("unavailable" if self._notice else "off", False, False, False,
                           frames=self._frames)
@@ -298,6 +313,15 @@ class WebRtcVoiceProcessor:
     @property
     def notice(self) -> MissingDependency | None:
         return None
+
+    @property
+    def delay(self) -> float:
+        """The stages' delay (:data:`STAGE_DELAY`), and what ``capture`` holds back
+        while it is given frames that are not whole 10 ms."""
+        s = self._settings
+        aec, ns = STAGE_DELAY[s.sample_rate]
+        held = self._out.size + self._rem.size
+        return (aec * s.aec + ns * s.ns + held) / s.sample_rate
 
     # speaker thread ------------------------------------------------------------
 
@@ -396,4 +420,4 @@ class WebRtcVoiceProcessor:
             gain_db=None if self._gain is None else round(self._gain, 1),
             frames=self._frames, reference_underruns=self._ref.underruns,
             reference_dropped_ms=round(self._ref.dropped * 1000.0 / s.sample_rate, 1),
-            cpu_ms_per_20ms=round(cpu, 3))
+            cpu_ms_per_20ms=round(cpu, 3), delay_ms=round(self.delay * 1000.0, 1))

@@ -31,7 +31,9 @@ from softphone.core.restart_events import RestartSettings
 from softphone.media import voice
 from softphone.media.aiortc_seams import DEFAULT_GATHER_TIMEOUT, FastSetup, PacketHandler
 from softphone.media.apm import VoiceProcessor, VoiceSettings, VoiceStats
-from softphone.media.devices import attach_voice_processor, device_stats
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from softphone.media.delay import DelayParts
+from softphone.media.devices import MicSource, SpeakerDriver, attach_voice_processor, device_stats
 from softphone.media.encoded import PacketEcho
 from softphone.media.frameclock import FrameClock
 from softphone.media.handover import Handover
@@ -246,6 +248,24 @@ class CallAudio:
         """Rates, latencies, underruns and overflows of the sound devices (if any)."""
         return device_stats(self.source, self.output)
 
+    def delay_parts(self, rtt_ms: float | None = None) -> DelayParts:
+        """This end's parts of the mouth-to-ear delay (:mod:`softphone.media.delay`);
+        ``rtt_ms``: the round trip, if measured."""
+        source, output, playout = self.source, self.output, self.playout
+        mic = (_measured(source.delay.value, source.latency)
+               if isinstance(source, MicSource) else None)
+        codec = None if self.sending is None else self.sending.codec_delay
+        wait = playout.wait if isinstance(playout, StretchPlayout) else None
+        return DelayParts(
+            mic_ms=None if mic is None else mic * 1000,
+            processing_ms=None if mic is None else (self.voice.delay if self.voice else 0.0) * 1000,
+            frame_ms=FRAME_SAMPLES * 1000 / SAMPLE_RATE,
+            codec_ms=None if codec is None else codec * 1000,
+            network_ms=None if rtt_ms is None else rtt_ms / 2,
+            jitter_buffer_ms=None if wait is None else wait * 1000,
+            speaker_ms=_measured(output.delay.value, output.latency) * 1000
+            if isinstance(output, SpeakerDriver) else None)
+
     @property
     def playout_delay(self) -> float | None:
         """Seconds of audio waiting in our jitter buffer (None with aiortc's pipeline)."""
@@ -276,3 +296,8 @@ class CallAudio:
                 sink.close()
             except Exception:
                 log.exception("closing %r failed", sink)
+
+
+def _measured(delay: float | None, latency: float) -> float:
+    """A device's delay as measured, else as PortAudio gave its buffer."""
+    return latency if delay is None else delay

@@ -48,6 +48,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from softphone.media.apm import VoiceProcessor, VoiceSettings, open_voice_processor
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
+from softphone.media.delay import Smoothed
 from softphone.media.pcm import Resampler as Resampler
 from softphone.media.pcm import SampleFifo
 
@@ -77,6 +78,8 @@ DEFAULT_LATENCY = 0.02
 SPEAKER_LATENCIES: tuple[float, ...] = (0.01, 0.02, 0.04)
 UNDERRUNS_TO_GROW = 2
 UNDERRUN_WINDOW = 10.0
+#: The devices' delays are means over about this many frames.
+FRAMES_MEAN = 50
 
 
 class _Watched:
@@ -155,6 +158,9 @@ class MicSource(AudioSource, _Watched):
         #: Blocks PortAudio delivered, and those it said it had lost (we were late).
         self.callbacks = 0
         self.overflows = 0
+        #: Seconds from the sound to the callback that completes its frame (PortAudio's
+        #: timestamps; :mod:`softphone.media.delay`).
+        self.delay = Smoothed(FRAMES_MEAN)
         self.stream = open_stream(sd, "InputStream", info, samplerate=self.rate,
                                   latency=latency, blocksize=blocksize, channels=self.channels,
                                   callback=self._callback, finished_callback=self._finished)
@@ -197,10 +203,11 @@ class MicSource(AudioSource, _Watched):
             samples = self._resample(samples)
         forming = self._forming
         forming.push(samples)
-        ready = False
+        ready = formed = False
         while forming.size >= FRAME_SAMPLES:
             frame = forming.take(FRAME_SAMPLES)
             assert frame is not None
+            formed = True
             if voice is not None:  # even before sending, and muted: it keeps adapting
                 frame = voice.capture(frame)
             if self._sending:
@@ -208,6 +215,10 @@ class MicSource(AudioSource, _Watched):
                     self.dropped += FRAME_SAMPLES
                 self._frames.append(frame)
                 ready = True
+        if formed and time_info.currentTime:
+            # How long ago the frame's last sample was captured (the rest waited in it).
+            self.delay.add(max(0.0, time_info.currentTime - time_info.inputBufferAdcTime
+                               - (samples.size - 1 - forming.size) / SAMPLE_RATE))
         loop = self._send_loop
         if ready and loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
@@ -349,6 +360,8 @@ class SpeakerDriver(_Watched):
         #: The longest block PortAudio asked for (seconds): the playout leaves that much
         #: of a packet's wait uncut (:meth:`StretchPlayout.pull_chunk`).
         self.block = 0.0
+        #: Seconds from a pull to its sound (PortAudio's timestamps).
+        self.delay = Smoothed(FRAMES_MEAN)
         self.stream = self._open_stream()
 
     def _open_stream(self) -> Any:
@@ -410,6 +423,10 @@ class SpeakerDriver(_Watched):
             return
         if frames > self.block * self.rate:
             self.block = frames / self.rate
+        if waiting.size < frames and time_info.currentTime:
+            # What is pulled now plays after this block's start and what still waits.
+            self.delay.add(time_info.outputBufferDacTime - time_info.currentTime
+                           + waiting.size / self.rate)
         while waiting.size < frames:
             samples = pull()
             voice = self._voice

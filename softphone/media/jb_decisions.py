@@ -25,6 +25,8 @@ class Play:
     #: (``trim`` mode) Every packet lately waited this many samples (less than a
     #: frame) over the target: play this frame that much shorter if it is a pause.
     trim: int = 0
+    #: Seconds the packet waited in the buffer, from its arrival to this pull.
+    waited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

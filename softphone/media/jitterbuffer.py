@@ -489,7 +489,7 @@ class JitterBuffer(JitterSettings):
         self._undo = (ts, payload, arrived if arrived is not None else now) if optional else None
         self._undo_start = start_cut and optional
         return Play(payload, ts & 0xFFFFFFFF, tuple(skipped[-1:]), optional, accelerate, voiced,
-                    expand, trim)
+                    expand, trim, 0.0 if arrived is None else now - arrived)
 
     def stretched(self, samples: int) -> None:
         """(``stretch`` mode) The player played the last frame ``samples`` longer (or

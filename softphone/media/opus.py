@@ -18,7 +18,7 @@ from typing import Final
 from softphone.core.adapt import LIBOPUS_13, LIBOPUS_16, AdaptConfig, Decision, EncoderProfile
 from softphone.core.errors import MissingDependency
 from softphone.media import libopus
-from softphone.media.audio import FRAME_SAMPLES, Int16Array
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
 
 
 def require_libopus() -> None:
@@ -129,6 +129,12 @@ class OpusEncoder:
     @property
     def bitrate(self) -> int:
         return self._bitrate
+
+    @property
+    def delay(self) -> float:
+        """Seconds by which the decoded sound lags what was encoded: the encoder's
+        look-ahead (6.5 ms at 48 kHz for voice), on top of the frame itself."""
+        return self._encoder.get(libopus.GET_LOOKAHEAD) / SAMPLE_RATE
 
     @property
     def inband_fec(self) -> bool:

@@ -46,6 +46,7 @@ from softphone.core.adapt import PROBE_PACKETS
 from softphone.media import jitterbuffer as jb
 from softphone.media import rtcp_xr, stretch
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
+from softphone.media.delay import Smoothed
 from softphone.media.pcm import SampleFifo
 from softphone.media.voice import Playout, is_quiet
 
@@ -79,6 +80,8 @@ FADE_IN: Final = SAMPLE_RATE * 5 // 1000  # 5 ms
 _HISTORY: Final = 2 * FRAME_SAMPLES
 #: A gain change is a linear ramp over this many samples (2.5 ms), then held.
 RAMP: Final = SAMPLE_RATE * 25 // 10_000
+#: The mean wait (:attr:`StretchPlayout.wait`) is over about this many frames (a second).
+WAIT_MEAN: Final = 50
 
 
 @dataclass
@@ -115,6 +118,7 @@ class StretchPlayout(Playout):
         #: Called (on the event loop) to send an XR at once: a loss after a clean stretch.
         self.on_loss: Callable[[], None] | None = None
         self._loss_told = -math.inf  # when the sender last heard of a loss
+        self._wait = Smoothed(WAIT_MEAN)  # how long packets wait here
 
     # -- packets in -----------------------------------------------------------------
 
@@ -193,6 +197,12 @@ class StretchPlayout(Playout):
         return chunk
 
     @property
+    def wait(self) -> float | None:
+        """How long the packets played lately waited for their turn (seconds, a mean
+        over about a second; None before the first)."""
+        return self._wait.value
+
+    @property
     def delay(self) -> float:
         """Seconds of audio waiting: in the jitter buffer and decoded, not yet played."""
         return self.buffer.level + self._out.size / SAMPLE_RATE
@@ -206,6 +216,7 @@ class StretchPlayout(Playout):
         stats.frames += 1
         try:
             if isinstance(decision, jb.Play):
+                self._wait.add(decision.waited)
                 pcm, played = self._decode_play(decision, copy=False)
                 if self.on_played is not None:
                     self.on_played(played, now)

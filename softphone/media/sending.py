@@ -85,6 +85,8 @@ class SendControl:
         self.adaptation: Adaptation | None = None
         self.decision: Decision = self.settings.fixed()
         self.max_red_depth = self.settings.redundancy
+        #: The encoder's look-ahead (seconds), once an encoder was made.
+        self.codec_delay: float | None = None
 
     def start(self, red_agreed: bool) -> Decision:
         """The codec is agreed: RED (copies possible) or plain Opus. The first decision."""
@@ -183,6 +185,7 @@ class AdaptiveEncoder:
     def __init__(self, control: SendControl, red_payload_type: int | None) -> None:
         self.control = control
         self.opus = OpusEncoder(control.settings, control.lib)
+        control.codec_delay = self.opus.delay
         self.red = None if red_payload_type is None else \
             red.RedPacker(red_payload_type, 0, FRAME_SAMPLES, history=RED_HISTORY)
         self._applied: Decision | None = None

@@ -454,3 +454,31 @@ def test_the_echo_state_enters_converged_at_12_db_and_leaves_it_only_well_below(
     assert echo_state(True, 500, 3.0, -35.0, True) == "converged"
     assert echo_state(True, 500, 5.9, -34.9, True) == "converging"  # really lost
     assert echo_state(True, 500, None, None, True) == "converging"
+
+
+@pytest.mark.parametrize("rate", [16_000, 32_000, 48_000])
+def test_the_delay_it_reports_is_the_delay_it_adds(rate: int) -> None:
+    """Through the real binding, stage by stage: the microphone's sound comes out of
+    the processing as late as ``delay`` says (the lag of the best match of output and
+    input, to the sample), in whole 10 ms frames and in 7 ms ones (held back too)."""
+    _binding()
+    rng = np.random.default_rng(3)
+    mic = rng.standard_normal(rate * 3) * 3000.0
+    ten, seven = rate // 100, rate * 7 // 1000
+    for aec, ns, agc, chunk in ((True, False, False, ten), (False, True, False, ten),
+                                (True, True, True, ten), (True, True, True, seven)):
+        vp = open_voice_processor(VoiceSettings(aec=aec, ns=ns, agc=agc, sample_rate=rate))
+        outs, delays = [], []
+        for i in range(0, mic.size - chunk + 1, chunk):
+            vp.render(np.zeros(chunk, np.int16))
+            outs.append(vp.capture(i16(mic[i:i + chunk])))
+            delays.append(round(vp.delay * rate))
+        out = np.concatenate(outs).astype(np.float64)
+        seg = mic[rate:2 * rate]
+        lag = max(range(rate // 40), key=lambda d: float(np.dot(out[rate + d:2 * rate + d], seg)))
+        expected = delays[-1]
+        assert abs(lag - expected) <= 1, (aec, ns, chunk, lag, expected)
+        if chunk == ten:  # (uneven frames: it grows to its most, then stays)
+            assert set(delays) == {expected}
+            assert vp.stats().delay_ms == pytest.approx(expected / rate * 1000, abs=0.06)
+    assert open_voice_processor(VoiceSettings(aec=False, ns=False, agc=False)).delay == 0.0

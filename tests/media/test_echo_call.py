@@ -181,6 +181,20 @@ async def test_echo_is_removed_and_the_near_voice_comes_through_double_talk(
     devices = t.stats[-1]["devices"]
     assert devices["mic_rate"] == SAMPLE_RATE and devices["speaker_channels"] == 1, devices
     assert "speaker_underruns" in devices and "mic_overflows" in devices, devices
+    # Where A's share of the delay goes: its devices' delays from PortAudio's timestamps
+    # (the microphone's is a block or two through PulseAudio, the speaker's its buffer
+    # and a block), the processing's 16 ms (430 + 334 samples), the frame, Opus's
+    # look-ahead; the packets' wait in its jitter buffer; half the round trip.
+    delay = t.stats[-1]["delay"]
+    assert 0.0 <= delay["mic_ms"] <= 15.0, (delay, devices)
+    assert devices["speaker_latency_ms"] - 5 <= delay["speaker_ms"] <= \
+        devices["speaker_latency_ms"] + 15, (delay, devices)
+    assert (delay["processing_ms"], delay["frame_ms"], delay["codec_ms"]) == (15.9, 20.0, 6.5)
+    assert 0.0 <= delay["jitter_buffer_ms"] <= 100.0, delay
+    assert delay["network_ms"] is not None and 0.0 <= delay["network_ms"] < 20.0, delay
+    assert delay["send_ms"] == pytest.approx(delay["mic_ms"] + 42.4, abs=0.15), delay
+    assert delay["receive_ms"] == pytest.approx(
+        delay["jitter_buffer_ms"] + delay["speaker_ms"], abs=0.15), delay
 
 
 async def test_no_aec_really_turns_the_echo_canceller_off(
@@ -193,6 +207,7 @@ async def test_no_aec_really_turns_the_echo_canceller_off(
     voice = t.last_voice
     assert voice["state"] == "off" and not voice["aec"] and voice["ns"], voice
     assert "aec off" in t.a.stderr, t.a.stderr[-2000:]
+    assert t.stats[-1]["delay"]["processing_ms"] == 7.0, t.stats[-1]["delay"]  # (334 samples)
 
 
 # A's side through the Python API: a microphone at 44.1 kHz stereo and a speaker at

@@ -1,0 +1,67 @@
+"""One end's parts of the mouth-to-ear delay (softphone.media.delay), and the parts
+the media measures: Opus's look-ahead, through real libopus; the jitter buffer's
+wait, through our playout on a simulated clock (the processing's delay is checked
+against the real binding in test_apm.py, and the whole in a call in test_echo_call.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
+from softphone.media.delay import DelayParts
+from softphone.media.opus import EncoderSettings, OpusDecoder, OpusEncoder
+from softphone.media.playout import StretchPlayout
+
+N = FRAME_SAMPLES
+T = N / SAMPLE_RATE
+
+
+def test_parts_add_up_by_direction_and_unknown_parts_stay_unknown() -> None:
+    parts = DelayParts(mic_ms=10.04, processing_ms=15.9, frame_ms=20.0, codec_ms=6.5,
+                       network_ms=0.25, jitter_buffer_ms=5.2, speaker_ms=12.1)
+    assert parts.send_ms is not None and abs(parts.send_ms - 52.44) < 1e-9
+    assert parts.receive_ms is not None and abs(parts.receive_ms - 17.3) < 1e-9
+    doc = parts.to_json()
+    assert doc["mic_ms"] == 10.0 and doc["send_ms"] == 52.4 and doc["receive_ms"] == 17.3
+    tone = DelayParts(frame_ms=20.0, codec_ms=6.5)  # a tone sent, nothing played
+    assert tone.send_ms == 26.5 and tone.receive_ms is None
+    assert tone.to_json()["mic_ms"] is None and tone.to_json()["receive_ms"] is None
+
+
+def test_the_codec_delay_is_how_late_the_decoded_sound_comes() -> None:
+    """Noise through real libopus (as a call sends it): the decoded stream matches
+    the input best ``OpusEncoder.delay`` later, to the sample."""
+    encoder = OpusEncoder(EncoderSettings(adapt=False, bitrate=64_000, fec=False,
+                                          expected_loss=0))
+    decoder = OpusDecoder()
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(SAMPLE_RATE) * 4000).astype(np.int16)
+    y = np.concatenate([decoder.decode(encoder.encode(x[i:i + N]))
+                        for i in range(0, x.size, N)]).astype(np.float64)
+    seg = x[N * 10:N * 30].astype(np.float64)
+    lag = max(range(N // 2),
+              key=lambda d: float(np.dot(y[N * 10 + d:N * 30 + d], seg)))
+    assert encoder.delay * SAMPLE_RATE == lag == 312  # 6.5 ms
+
+
+def test_the_wait_is_the_mean_of_what_packets_waited_lately() -> None:
+    """Packets pulled 15 ms after they arrive wait 15 ms; when they come 10 ms later,
+    5 ms, and the mean follows within a few seconds."""
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    assert playout.wait is None
+    encoder = OpusEncoder(EncoderSettings(adapt=False, fec=False, expected_loss=0))
+    pcm = (np.sin(np.arange(N) * 2 * np.pi * 440 / SAMPLE_RATE) * 8000).astype(np.int16)
+    packet = encoder.encode(pcm)
+    for i in range(300):
+        now[0] = i * T + (0.001 if i < 100 else 0.011)
+        playout.push(1, i, i * N, packet)
+        now[0] = i * T + 0.016
+        playout.pull()
+        if i == 99:
+            assert playout.wait is not None and abs(playout.wait - 0.015) < 0.0005
+        if i == 150:
+            assert playout.wait is not None and 0.007 < playout.wait < 0.010
+    assert playout.wait is not None and abs(playout.wait - 0.005) < 0.0005
+    assert playout.buffer.stats.concealed == 0
