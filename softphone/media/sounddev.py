@@ -6,15 +6,17 @@
   by a piece of the name;
 - :func:`device_format`: the rate and channel count to open a device with
   (48 kHz mono if it takes them);
-- :func:`open_stream` / :func:`close_stream`.
+- :func:`open_stream` / :func:`close_stream`;
+- :class:`WatchedDevice`: an open device's name, and its loss told once.
 
-Used by :mod:`softphone.media.devices` (microphone and speaker), ``softphone
-devices`` and ``softphone doctor``.
+Used by :mod:`softphone.media.devices` (the microphone),
+:mod:`softphone.media.speaker`, ``softphone devices`` and ``softphone doctor``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -167,3 +169,30 @@ def close_stream(stream: Any) -> None:
         stream.close(ignore_errors=True)
     except Exception as exc:  # a device already gone
         log.debug("closing %s: %s", stream, exc)
+
+
+class WatchedDevice:
+    """Shared by mic and speaker: the device's name and its loss (told once)."""
+
+    direction: Kind
+
+    def __init__(self, device: DeviceInfo, stall_timeout: float) -> None:
+        self.device = device
+        self.stall_timeout = stall_timeout
+        self.lost: str | None = None
+        self.last_callback = time.monotonic()
+
+    def _tell_lost(self, message: str) -> None:
+        raise NotImplementedError
+
+    def _declare_lost(self, why: str) -> None:
+        """On the event loop: mark the device lost and tell whoever listens, once."""
+        if self.lost is not None:
+            return
+        role = "microphone" if self.direction == "input" else "speaker"
+        effect = "sending silence" if self.direction == "input" \
+            else "no longer playing what you hear"
+        self.lost = (f"{role} lost: {self.device.name} {why}; the call goes on, {effect} "
+                     f"(check the device, or use {ALTERNATIVES})")
+        log.warning("%s", self.lost)
+        self._tell_lost(self.lost)
