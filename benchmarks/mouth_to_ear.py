@@ -313,10 +313,12 @@ def budget(run: Run) -> str:
     receive = [("jitter buffer", part(run, "b", "jitter_buffer_ms")),
                ("speaker", part(run, "b", "speaker_ms"))]
     network = part(run, "b", "network_ms")
-    known = [v for _, v in (*send, *receive, ("network", network)) if v is not None]
+    parts = [v for _, v in (*send, *receive, ("network", network))]
+    known = [v for v in parts if v is not None]
     return (f"the phones' parts: A sends {' + '.join(f'{n} {ms(v)}' for n, v in send)}; "
             f"network {ms(network)}; B receives "
-            f"{' + '.join(f'{n} {ms(v)}' for n, v in receive)}: {sum(known):.1f} ms")
+            f"{' + '.join(f'{n} {ms(v)}' for n, v in receive)}: {sum(known):.1f} ms"
+            f"{'' if len(known) == len(parts) else ' (the known parts only)'}")
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import numpy as np
@@ -74,7 +74,8 @@ NOTICE = ("no echo cancellation, noise suppression or gain control: the pywebrtc
 #: Samples by which the binding's echo canceller and noise suppressor delay the
 #: microphone, at each rate (its band split, its blocks and the suppressor's overlap;
 #: measured, and checked against the binding by tests/media/test_apm.py).
-STAGE_DELAY: Final = {16_000: (128, 96), 32_000: (260, 196), 48_000: (430, 334)}
+STAGE_DELAY: Final = MappingProxyType({16_000: (128, 96), 32_000: (260, 196),
+                                       48_000: (430, 334)})
 
 #: The echo canceller is "converged" from this ERLE (dB) or this echo level (dB) on.
 CONVERGED_ERLE: Final = 12.0

@@ -252,7 +252,7 @@ class CallAudio:
         """This end's parts of the mouth-to-ear delay (:mod:`softphone.media.delay`);
         ``rtt_ms``: the round trip, if measured."""
         source, output, playout = self.source, self.output, self.playout
-        mic = (_measured(source.delay.value, source.latency)
+        mic = (_measured(source.delay.value, source.latency) + (source.queued.value or 0.0)
                if isinstance(source, MicSource) else None)
         codec = None if self.sending is None else self.sending.codec_delay
         wait = playout.wait if isinstance(playout, StretchPlayout) else None

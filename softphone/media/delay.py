@@ -16,6 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+#: A device's delay from PortAudio's timestamps is believed from a little under zero
+#: (their own jitter) up to this (seconds); anything else is a host API's nonsense.
+MAX_DEVICE_DELAY = 1.0
+
+
+def sane_delay(seconds: float) -> float | None:
+    """``seconds`` worked out from PortAudio's timestamps, if believable (else None)."""
+    return max(0.0, seconds) if -0.005 <= seconds < MAX_DEVICE_DELAY else None
+
 
 class Smoothed:
     """The mean of a figure over about its last ``n`` values (exponential): cheap enough
@@ -28,7 +37,10 @@ class Smoothed:
         self.value: float | None = None
         self._k = 1.0 / n
 
-    def add(self, x: float) -> None:
+    def add(self, x: float | None) -> None:
+        """One more value (None: none this time)."""
+        if x is None:
+            return
         v = self.value
         self.value = x if v is None else v + (x - v) * self._k
 
@@ -40,10 +52,12 @@ def _sum(*parts: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class DelayParts:
-    """One end's parts of the delay (ms; None: not here, e.g. no microphone, no speaker,
-    aiortc's own pipeline, no round trip measured yet)."""
+    """One end's parts of the delay (ms; None: not here, e.g. no microphone or no
+    speaker, the codec and the jitter buffer with aiortc's own pipeline, no round trip
+    measured yet)."""
 
-    #: From the microphone to its callback (PortAudio's timestamps; else its input latency).
+    #: From the microphone until the call takes the frame (PortAudio's timestamps, and
+    #: the wait for the event loop; else PortAudio's input latency).
     mic_ms: float | None = None
     #: Echo cancellation and noise suppression (0 when off).
     processing_ms: float | None = None

@@ -24,7 +24,8 @@ mid-call (PortAudio's callbacks just stop when the audio server dies): the
 call's audio path is told with a one-line message on the event loop (and
 ``on_lost``, if given), the microphone then sends silence and the receiver
 goes back to its own clock; the call goes on. Neither callback takes a
-lock: frames cross threads through ``deque`` (atomic append and popleft).
+lock of its own (the speaker's pull takes the playout's, briefly): frames
+cross threads through ``deque`` (atomic append and popleft).
 
 What PortAudio sees (:func:`list_devices`, :func:`find_device`, imported
 lazily: :func:`load_sounddevice`) is :mod:`softphone.media.sounddev`'s,
@@ -48,7 +49,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from softphone.media.apm import VoiceProcessor, VoiceSettings, open_voice_processor
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
-from softphone.media.delay import Smoothed
+from softphone.media.delay import Smoothed, sane_delay
 from softphone.media.pcm import Resampler as Resampler
 from softphone.media.pcm import SampleFifo
 
@@ -113,7 +114,7 @@ class MicSource(AudioSource, WatchedDevice):
         #: 48 kHz mono not yet a whole frame (PortAudio's thread only).
         self._forming = SampleFifo(SAMPLE_RATE)
         #: Finished frames, PortAudio's thread -> the event loop (append/popleft: atomic).
-        self._frames: deque[Int16Array] = deque(maxlen=50)
+        self._frames: deque[tuple[Int16Array, float]] = deque(maxlen=50)  # (, when done)
         self._max_waiting = max(1, round(max_backlog * SAMPLE_RATE / FRAME_SAMPLES))
         self._window_min = 1 << 30
         self._window_frames = 0
@@ -127,8 +128,10 @@ class MicSource(AudioSource, WatchedDevice):
         self.callbacks = 0
         self.overflows = 0
         #: Seconds from the sound to the callback that completes its frame (PortAudio's
-        #: timestamps; :mod:`softphone.media.delay`).
+        #: timestamps; :mod:`softphone.media.delay`), then until the call takes it.
         self.delay = Smoothed()
+        self.queued = Smoothed()
+        self._taken = self._made = 0  # device samples in, 48 kHz samples out (PortAudio's)
         self.stream = open_stream(sd, "InputStream", info, samplerate=self.rate,
                                   latency=latency, blocksize=blocksize, channels=self.channels,
                                   callback=self._callback, finished_callback=self._finished)
@@ -153,6 +156,7 @@ class MicSource(AudioSource, WatchedDevice):
         """The microphone's figures (status line, ``--json``)."""
         return {"mic_rate": self.rate, "mic_channels": self.channels,
                 "mic_latency_ms": round(self.latency * 1000, 1),
+                "mic_delay_ms": _ms(self.delay.value),
                 "mic_overflows": self.overflows,
                 "mic_dropped_ms": round(self.dropped * 1000 / SAMPLE_RATE, 1)}
 
@@ -169,24 +173,29 @@ class MicSource(AudioSource, WatchedDevice):
         samples = indata[:, 0] if self.channels == 1 else to_mono_int16(indata, self.channels)
         if self._resample is not None:
             samples = self._resample(samples)
+        # (The block's first sample, on the clock of the samples pushed so far.)
+        block_at = self._taken / self.rate
+        self._taken += frames
+        self._made += samples.size
         forming = self._forming
         forming.push(samples)
-        ready = formed = False
+        ready = False
+        now = time_info.currentTime
         while forming.size >= FRAME_SAMPLES:
+            if now:  # how long ago the frame's last sample was captured (a resampler
+                # holds some back: counted on both sides' clocks, not from this block)
+                last_at = (self._made - forming.size + FRAME_SAMPLES - 1) / SAMPLE_RATE
+                self.delay.add(sane_delay(now - time_info.inputBufferAdcTime
+                                          - (last_at - block_at)))
             frame = forming.take(FRAME_SAMPLES)
             assert frame is not None
-            formed = True
             if voice is not None:  # even before sending, and muted: it keeps adapting
                 frame = voice.capture(frame)
             if self._sending:
                 if len(self._frames) == self._frames.maxlen:
                     self.dropped += FRAME_SAMPLES
-                self._frames.append(frame)
+                self._frames.append((frame, self.last_callback))
                 ready = True
-        if formed and time_info.currentTime:
-            # How long ago the frame's last sample was captured (the rest waited in it).
-            self.delay.add(max(0.0, time_info.currentTime - time_info.inputBufferAdcTime
-                               - (samples.size - 1 - forming.size) / SAMPLE_RATE))
         loop = self._send_loop
         if ready and loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the call is over
@@ -209,9 +218,10 @@ class MicSource(AudioSource, WatchedDevice):
             frames.popleft()
             self.dropped += FRAME_SAMPLES
         try:
-            frame = frames.popleft()
+            frame, done = frames.popleft()
         except IndexError:
             return None
+        self.queued.add(time.monotonic() - done)
         self._trim_standing_backlog()
         return frame
 
@@ -308,3 +318,7 @@ def device_stats(source: object, output: object) -> dict[str, Any]:
         if isinstance(device, MicSource | SpeakerDriver):
             out.update(device.device_stats())
     return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)

@@ -22,7 +22,7 @@ import numpy as np
 
 from softphone.media.apm import VoiceProcessor
 from softphone.media.audio import SAMPLE_RATE, Int16Array
-from softphone.media.delay import Smoothed
+from softphone.media.delay import Smoothed, sane_delay
 from softphone.media.pcm import Resampler, SampleFifo
 from softphone.media.sounddev import (
     DeviceError,
@@ -98,6 +98,7 @@ class SpeakerDriver(WatchedDevice):
         self.block = 0.0
         #: Seconds from a pull to its sound (PortAudio's timestamps).
         self.delay = Smoothed()
+        self._pulled = self._produced = 0  # 48 kHz samples pulled, device samples made
         self.stream = self._open_stream()
 
     def _open_stream(self) -> Any:
@@ -131,6 +132,8 @@ class SpeakerDriver(WatchedDevice):
         """The speaker's figures (status line, ``--json``)."""
         return {"speaker_rate": self.rate, "speaker_channels": self.channels,
                 "speaker_latency_ms": round(self.latency * 1000, 1),
+                "speaker_delay_ms": None if self.delay.value is None
+                else round(self.delay.value * 1000, 1),
                 "speaker_underruns": self.underflows, "speaker_grown": self.grown}
 
     def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None:
@@ -160,15 +163,20 @@ class SpeakerDriver(WatchedDevice):
         if frames > self.block * self.rate:
             self.block = frames / self.rate
         if waiting.size < frames and time_info.currentTime:
-            # What is pulled now plays after this block's start and what still waits.
-            self.delay.add(time_info.outputBufferDacTime - time_info.currentTime
-                           + waiting.size / self.rate)
+            # What is pulled now plays after this block's start, what still waits, and
+            # what a resampler holds back (48 kHz in, less device samples out).
+            held = self._pulled / SAMPLE_RATE - self._produced / self.rate
+            self.delay.add(sane_delay(time_info.outputBufferDacTime - time_info.currentTime
+                                      + waiting.size / self.rate + held))
         while waiting.size < frames:
             samples = pull()
             voice = self._voice
             if voice is not None:
                 voice.render(samples)
-            waiting.push(samples if self._resample is None else self._resample(samples))
+            out = samples if self._resample is None else self._resample(samples)
+            self._pulled += samples.size
+            self._produced += out.size
+            waiting.push(out)
         if self.channels == 1:
             waiting.take_into(outdata[:, 0])
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
-from softphone.media.delay import DelayParts
+from softphone.media.delay import DelayParts, Smoothed, sane_delay
 from softphone.media.opus import EncoderSettings, OpusDecoder, OpusEncoder
 from softphone.media.playout import StretchPlayout
 
@@ -27,6 +27,17 @@ def test_parts_add_up_by_direction_and_unknown_parts_stay_unknown() -> None:
     tone = DelayParts(frame_ms=20.0, codec_ms=6.5)  # a tone sent, nothing played
     assert tone.send_ms == 26.5 and tone.receive_ms is None
     assert tone.to_json()["mic_ms"] is None and tone.to_json()["receive_ms"] is None
+
+
+def test_device_timestamps_are_believed_only_in_a_sane_range() -> None:
+    """A host API's nonsense (a DAC time of 0, a clock from elsewhere) is not averaged
+    in; PortAudio's own jitter just under zero counts as zero."""
+    assert sane_delay(0.0123) == 0.0123 and sane_delay(-0.002) == 0.0
+    assert sane_delay(-0.5) is None and sane_delay(5000.0) is None
+    mean = Smoothed(n=4)
+    for x in (0.010, None, sane_delay(-1234.5), 0.014):
+        mean.add(x)
+    assert mean.value is not None and abs(mean.value - 0.011) < 1e-12
 
 
 def test_the_codec_delay_is_how_late_the_decoded_sound_comes() -> None:

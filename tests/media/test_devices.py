@@ -288,7 +288,8 @@ async def main():
     await asyncio.sleep(0.3)
     await receiver.stop()
     print(json.dumps({"waits": waits, "trimmed": playout.stretch_stats.trimmed,
-                      "block": speaker.block, "target": playout.buffer.target}))
+                      "block": speaker.block, "target": playout.buffer.target,
+                      "delay": speaker.delay.value, "latency": speaker.latency}))
 
 asyncio.run(main())
 """
@@ -308,6 +309,9 @@ def test_a_speaker_s_frame_phase_is_cut_in_the_first_pause(pulse: PulseLab) -> N
     report = json.loads(out.stdout.strip().splitlines()[-1])
     waits = report["waits"]
     assert report["block"] == pytest.approx(0.0025), report["block"]
+    # From a pull to its sound, from PortAudio's timestamps: about the device buffer.
+    assert report["delay"] is not None, report
+    assert report["latency"] - 0.005 <= report["delay"] <= report["latency"] + 0.01, report
     before = [w for i, w in waits if 2 <= i < 20]
     after = [w for i, w in waits if i >= 80]
     assert report["trimmed"] >= 1 and len(after) > 50, report["trimmed"]

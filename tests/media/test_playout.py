@@ -359,6 +359,10 @@ def test_a_device_s_frame_phase_is_cut_in_the_first_pause() -> None:
     assert min(after) >= MIN_TARGET
     assert playout.stretch_stats.trimmed >= 1
     assert playout.stretch_stats.accelerated == playout.stretch_stats.expanded == 0
+    # The mean wait the call reports follows these waits (pulled by a device: from
+    # when each frame starts playing, after what was queued before it).
+    assert playout.wait == pytest.approx(float(np.mean([w for _, w in waits[-20:]])),
+                                         abs=0.001), playout.wait
     assert playout.buffer.stats.concealed == 0 and playout.buffer.stats.skipped == 0
     assert worst_click(out, 82 * N) < CLICK_DB
     assert dominant_frequency(out[-SAMPLE_RATE // 2:]) == pytest.approx(440, abs=2)
