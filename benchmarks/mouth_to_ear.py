@@ -30,7 +30,8 @@ with the glide 16.0 throughout).
 Beside each run it prints what the phones say the delay is made of (their
 ``--json`` stats, ``delay``: :mod:`softphone.media.delay`): A's sending
 (microphone, voice processing, frame, Opus's look-ahead), the network, and
-B's receiving (jitter buffer wait, speaker), each the median over the call.
+B's receiving (jitter buffer wait, speaker), each the median over the call,
+and A's own estimate of it (B tells A its receiving part in RTCP XR).
 
 Each run is a new call (its own jitter buffer and device phases); the
 phones run with their defaults (voice processing on) unless flags are
@@ -318,7 +319,9 @@ def budget(run: Run) -> str:
     return (f"the phones' parts: A sends {' + '.join(f'{n} {ms(v)}' for n, v in send)}; "
             f"network {ms(network)}; B receives "
             f"{' + '.join(f'{n} {ms(v)}' for n, v in receive)}: {sum(known):.1f} ms"
-            f"{'' if len(known) == len(parts) else ' (the known parts only)'}")
+            f"{'' if len(known) == len(parts) else ' (the known parts only)'}; "
+            f"A's own estimate (B's part from its RTCP XR): "
+            f"{ms(part(run, 'a', 'mouth_to_ear_ms'))} ms")
 
 
 def main() -> None:

@@ -142,14 +142,15 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
                 speaker_dbfs: float, muted: bool, keys: bool, heard: str = "",
                 pressed: str = "", voice: VoiceStats | None = None,
                 devices: dict[str, Any] | None = None, sas: str | None = None,
-                held: str = "", on_hold: bool = False) -> str:
+                held: str = "", on_hold: bool = False, delay: DelayParts | None = None) -> str:
     """The status line (pure: figures in, text out).
 
     ``held``: who holds the call ("local", "remote", "local, remote"; "" for
     nobody); ``on_hold``: we hold it (the key then resumes);
     ``heard``/``pressed``: the last DTMF keys the peer pressed / we pressed;
     ``sas``: the call's verification code (last: the "connected to" line above the
-    status line has it in full, so a narrow terminal may cut it here).
+    status line has it in full, so a narrow terminal may cut it here); ``delay``: our
+    voice's way to the peer's ear, once the peer has said its part.
     """
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
@@ -170,6 +171,9 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
         parts.append("m:" + ("unmute" if muted else "mute") + " h:hangup"
                      + (" p:resume" if on_hold else " p:hold")
                      + ("" if heard or pressed else " 0-9*#:keys"))
+    mouth_to_ear = None if delay is None else delay.mouth_to_ear_ms
+    if mouth_to_ear is not None:  # (after the keys too)
+        parts.append(f"delay {ms(mouth_to_ear)}")
     parts += voice_status(voice, devices or {})  # (after the keys: cut first when narrow)
     if sas:
         parts.append(f"code: {sas}")
@@ -377,7 +381,8 @@ class CallScreen:
                            speaker_dbfs=call.speaker_dbfs, muted=call.muted,
                            keys=self.line is not None, heard=self.heard,
                            pressed=self.pressed, voice=self._voice, devices=self._devices,
-                           sas=call.sas, held=held_by(call), on_hold=call.on_hold)
+                           sas=call.sas, held=held_by(call), on_hold=call.on_hold,
+                           delay=self._delay)
 
     def _read_audio(self) -> None:
         """The voice processor's and the devices' figures (no await: they are snapshots)."""

@@ -190,7 +190,10 @@ class CallAudio:
     def xr_report(self, rtcp_ssrc: int) -> bytes:
         """RTCP XR on the packets we lost, sent with our receiver reports."""
         playout = self.playout
-        return playout.xr_report(rtcp_ssrc) if isinstance(playout, StretchPlayout) else b""
+        if not isinstance(playout, StretchPlayout):
+            return b""
+        receive = self.delay_parts().receive_ms  # (the peer's sender learns our part)
+        return playout.xr_report(rtcp_ssrc, None if receive is None else receive / 1000)
 
     def report_early(self, send_now: Callable[[], None]) -> None:
         """How to send :meth:`xr_report` at once (a loss after a clean stretch)."""
@@ -264,7 +267,9 @@ class CallAudio:
             network_ms=None if rtt_ms is None else rtt_ms / 2,
             jitter_buffer_ms=None if wait is None else wait * 1000,
             speaker_ms=_measured(output.delay.value, output.latency) * 1000
-            if isinstance(output, SpeakerDriver) else None)
+            if isinstance(output, SpeakerDriver) else None,
+            peer_receive_ms=None if self.sending is None or self.sending.peer_receive_delay is None
+            else self.sending.peer_receive_delay * 1000)
 
     @property
     def playout_delay(self) -> float | None:

@@ -8,7 +8,9 @@ speaker's device buffer). Each end knows its own parts: :class:`DelayParts`
 holds them, the network's as half the round trip. The talker's
 ``send_ms``, the network and the listener's ``receive_ms`` add up to that
 direction's mouth to ear (``benchmarks/mouth_to_ear.py`` sets them beside
-the delay it measures).
+the delay it measures). Our receiver tells the sender its ``receive_ms`` in
+the RTCP XR it sends anyway (the VoIP metrics block's end system delay), so
+the talker can add it all up: :attr:`DelayParts.mouth_to_ear_ms`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class DelayParts:
     jitter_buffer_ms: float | None = None
     #: From the pull to the speaker (PortAudio's timestamps; else its output latency).
     speaker_ms: float | None = None
+    #: The peer's receiving part, as it reports it (RTCP XR; our phones send it).
+    peer_receive_ms: float | None = None
 
     @property
     def send_ms(self) -> float | None:
@@ -82,7 +86,16 @@ class DelayParts:
         """From the network to this end's speaker."""
         return _sum(self.jitter_buffer_ms, self.speaker_ms)
 
+    @property
+    def mouth_to_ear_ms(self) -> float | None:
+        """Our voice to the peer's ear: our sending, the network and the peer's
+        receiving (None until all three are known)."""
+        send, network, peer = self.send_ms, self.network_ms, self.peer_receive_ms
+        return None if send is None or network is None or peer is None \
+            else send + network + peer
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         out["send_ms"], out["receive_ms"] = self.send_ms, self.receive_ms
+        out["mouth_to_ear_ms"] = self.mouth_to_ear_ms
         return {k: None if v is None else round(v, 1) for k, v in out.items()}

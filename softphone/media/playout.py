@@ -139,9 +139,10 @@ class StretchPlayout(Playout):
             self.buffer.copies_expected = True
         super().push(ssrc, seq, timestamp, payload, is_red, *args, **kwargs)
 
-    def xr_report(self, rtcp_ssrc: int) -> bytes:
+    def xr_report(self, rtcp_ssrc: int, receive_delay: float | None = None) -> bytes:
         """An RTCP XR packet: the losses since the previous one, and their runs
-        (b"" before any packet)."""
+        (b"" before any packet); ``receive_delay``: what this end adds to the peer's
+        voice on its way to the ear (seconds; else what is buffered here)."""
         now = self.clock()
         with self._lock:
             metrics = self.losses.metrics(now)
@@ -152,7 +153,8 @@ class StretchPlayout(Playout):
                 self._loss_told = now
             metrics = rtcp_xr.VoipMetrics(
                 metrics.ssrc, metrics.loss_rate, metrics.burst_duration_ms,
-                metrics.gap_duration_ms, end_system_delay_ms=round(1000 * self.delay),
+                metrics.gap_duration_ms, end_system_delay_ms=round(
+                    1000 * (self.delay if receive_delay is None else receive_delay)),
                 jb_nominal_ms=round(1000 * self.buffer.target),
                 jb_maximum_ms=round(1000 * self.buffer.max_target))
         blocks = (metrics,) if summary is None else (summary, metrics)

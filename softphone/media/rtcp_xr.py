@@ -71,7 +71,9 @@ class VoipMetrics:
     burst_duration_ms: int  # mean run of lost packets (Gmin 1), milliseconds
     gap_duration_ms: int  # mean run of packets received between them
     gmin: int = 1
-    end_system_delay_ms: int = 0  # jitter buffer and playout (0: unknown)
+    #: What the reporting end adds on the way to its ear: jitter buffer and speaker (the
+    #: receiving part of RFC 3611's end system delay; 0: unknown).
+    end_system_delay_ms: int = 0
     jb_nominal_ms: int = 0
     jb_maximum_ms: int = 0
 

@@ -87,6 +87,8 @@ class SendControl:
         self.max_red_depth = self.settings.redundancy
         #: The encoder's look-ahead (seconds), once an encoder was made.
         self.codec_delay: float | None = None
+        #: What the peer says it adds on the way to its ear (seconds; its RTCP XR).
+        self.peer_receive_delay: float | None = None
 
     def start(self, red_agreed: bool) -> Decision:
         """The codec is agreed: RED (copies possible) or plain Opus. The first decision."""
@@ -139,8 +141,11 @@ class SendControl:
                 if block.expected:
                     self.handle(LossFeedback(self.clock(), min(block.lost, block.expected),
                                              block.expected))
-            elif block.gmin == 1:
-                self.on_burst(block.burst_duration_ms / FRAME_MS)
+            else:
+                if block.end_system_delay_ms:  # what the peer adds on the way to its ear
+                    self.peer_receive_delay = block.end_system_delay_ms / 1000
+                if block.gmin == 1:
+                    self.on_burst(block.burst_duration_ms / FRAME_MS)
 
     def on_bandwidth(self, bitrate: float | None) -> None:
         """What the path takes (a REMB), or None."""

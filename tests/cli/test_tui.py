@@ -71,7 +71,7 @@ async def test_status_line_and_mute_key(hub: Hub, pulse: PulseLab, procs: list[P
     procs.append(bob)
     await bob.wait_for_output("listening as b")
     alice = terminal(terminals, "call", "b", "--as", "a", "--server", hub_url(hub),
-                     env=pulse.env_for("a"))
+                     env=pulse.env_for("a"), columns=200)
     await expect(alice, "connected to b")
     # The live line: state, duration, codec (two softphones agree on Opus with RED),
     # figures, both meters, the keys.
@@ -80,6 +80,9 @@ async def test_status_line_and_mute_key(hub: Hub, pulse: PulseLab, procs: list[P
                                r"mic \[#+-*\]  spk \[[#-]+\]  "
                                r"m:mute h:hangup")
     assert "MUTED" not in line
+    # Our voice's way to b's ear, once b's XR has said its part (b plays to no device:
+    # its jitter buffer only), within a few seconds; after the keys (cut first).
+    await expect(alice, r"m:mute h:hangup p:hold 0-9\*#:keys  delay [0-9.]+ms")
     alice.send("m")
     await expect(alice, r"mic \[-+\] MUTED  spk")
     await asyncio.sleep(2.5)

@@ -76,3 +76,41 @@ def test_the_wait_is_the_mean_of_what_packets_waited_lately() -> None:
             assert playout.wait is not None and 0.007 < playout.wait < 0.010
     assert playout.wait is not None and abs(playout.wait - 0.005) < 0.0005
     assert playout.buffer.stats.concealed == 0
+
+
+def test_the_listener_tells_the_talker_its_part_and_the_talker_adds_it_all_up() -> None:
+    """Our receiver's XR carries its receiving part (RTCP XR's end system delay, what
+    the playout buffers when no better figure is given); our sender keeps what the
+    peer says (nothing for a report of 0: unknown), and the talker's mouth to ear is
+    its sending, the network and that."""
+    from softphone.media import rtcp_xr
+    from softphone.media.sending import SendControl
+
+    now = [0.0]
+    playout = StretchPlayout(clock=lambda: now[0])
+    encoder = OpusEncoder(EncoderSettings(adapt=False, fec=False, expected_loss=0))
+    packet = encoder.encode(np.zeros(N, np.int16))
+    for i in range(10):
+        now[0] = i * T
+        playout.push(7, i, i * N, packet)
+    playout.pull()  # (nine frames still buffered)
+    report = playout.xr_report(99, receive_delay=0.0173)
+    metrics = [b for b in rtcp_xr.parse_xr(report) if isinstance(b, rtcp_xr.VoipMetrics)]
+    assert metrics[0].end_system_delay_ms == 17
+    buffered = [b for b in rtcp_xr.parse_xr(playout.xr_report(99))
+                if isinstance(b, rtcp_xr.VoipMetrics)]
+    assert buffered[0].end_system_delay_ms == round(playout.delay * 1000) > 0
+    control = SendControl()
+    assert control.peer_receive_delay is None
+    control.on_xr(report, ssrc=8)  # about another stream: not ours
+    assert control.peer_receive_delay is None
+    control.on_xr(report, ssrc=7)
+    assert control.peer_receive_delay == 0.017
+    unknown = rtcp_xr.pack_xr(99, rtcp_xr.VoipMetrics(7, 0.0, 0, 0, end_system_delay_ms=0))
+    control.on_xr(unknown, ssrc=7)
+    assert control.peer_receive_delay == 0.017
+    parts = DelayParts(mic_ms=2.0, processing_ms=15.9, frame_ms=20.0, codec_ms=6.5,
+                       network_ms=1.0, peer_receive_ms=17.0)
+    assert parts.mouth_to_ear_ms is not None and abs(parts.mouth_to_ear_ms - 62.4) < 1e-9
+    assert parts.to_json()["mouth_to_ear_ms"] == 62.4
+    assert DelayParts(frame_ms=20.0, network_ms=1.0).mouth_to_ear_ms is None
