@@ -350,6 +350,13 @@ async def test_cross_node_offline(nodes: Nodes) -> None:
             "code": "offline", "message": "nobody is not connected", "ref": "call-request",
             "to": "nobody"}}
         bob = await s.ws_connect(ws_url(n2, "bob"))
+        # (His handshake is answered before n2 has claimed his id in Redis, which
+        # follows at once: a request in between finds him offline. Under CI's load
+        # that took long enough once.)
+        async def claimed() -> bool:
+            return any(c.client_id == "bob" and c.registered for c in n2._connections)
+
+        await eventually(claimed, within=5, what="bob's id claimed in Redis")
         await alice.send_json({"type": "call-request", "to": "bob"})
         assert (await recv(bob))["from"] == "alice"
         await bob.close()
