@@ -3,7 +3,8 @@
 On a terminal (stdin and the human output both ttys), a call shows one
 status line redrawn in place (state, duration, codec, RTT, jitter, loss,
 playout buffer, microphone and speaker meters, the last keys pressed each
-way, the verification code, "on hold (local)"/"on hold (remote)") and reads keys:
+way, our voice's delay to the peer's ear when the peer says its part, the
+verification code, "on hold (local)"/"on hold (remote)") and reads keys:
 ``m`` mutes/unmutes, ``p`` puts the call on hold and takes it off, ``h`` (or Ctrl-C)
 hangs up, ``0``-``9``, ``*`` and ``#`` press that key on the call (DTMF); incoming
 calls are answered with ``a``/``y`` or rejected with ``r``/``n``. Elsewhere (pipes, files,

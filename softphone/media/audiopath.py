@@ -192,7 +192,11 @@ class CallAudio:
         playout = self.playout
         if not isinstance(playout, StretchPlayout):
             return b""
-        receive = self.delay_parts().receive_ms  # (the peer's sender learns our part)
+        try:  # (the peer's sender learns our part; a figure must not cost the loss report)
+            receive = self.delay_parts().receive_ms
+        except Exception as exc:
+            log.debug("no receiving delay for the XR: %s", exc)
+            receive = None
         return playout.xr_report(rtcp_ssrc, None if receive is None else receive / 1000)
 
     def report_early(self, send_now: Callable[[], None]) -> None:

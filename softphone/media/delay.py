@@ -89,7 +89,8 @@ class DelayParts:
     @property
     def mouth_to_ear_ms(self) -> float | None:
         """Our voice to the peer's ear: our sending, the network and the peer's
-        receiving (None until all three are known)."""
+        receiving (None until the peer has said its part and a round trip was
+        measured; sending a file or a tone, from the file: no microphone part)."""
         send, network, peer = self.send_ms, self.network_ms, self.peer_receive_ms
         return None if send is None or network is None or peer is None \
             else send + network + peer

@@ -1,4 +1,4 @@
-"""What our receiver tells the sender about loss: RTCP XR (RFC 3611), sans I/O.
+"""What our receiver tells the sender about loss and delay: RTCP XR (RFC 3611), sans I/O.
 
 An RTCP receiver report comes every 0.5-1.5 s (aiortc's timer) and says
 how many packets were lost, not whether they went one at a time or six in a
@@ -23,7 +23,14 @@ So the receiver counts its stream's losses from RTP sequence numbers
   is, over the packets lost in the last ``window`` seconds (10), the mean
   length of the run each was lost in (sum of squared runs over sum of
   runs), so a path that turns from random loss to bursts shows within
-  seconds. Fields we do not measure carry the RFC's "unavailable" values.
+  seconds. A second departure: its end system delay is only what the
+  reporting end adds on the way to its ear (jitter buffer and speaker:
+  :mod:`softphone.media.delay`), not the RFC's whole endpoint (its sending
+  too), so that our sender can add it to its own sending and the network
+  (a monitor reading it as the RFC's reads our delay low by our sending
+  part; a non-softphone peer that sends the RFC's makes our sum read high
+  by its sending part). Fields we do not measure carry the RFC's
+  "unavailable" values.
 
 Peers that do not know XR ignore it (aiortc skips unknown RTCP types,
 browsers unknown XR blocks).

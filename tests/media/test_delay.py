@@ -7,6 +7,7 @@ against the real binding in test_apm.py, and the whole in a call in test_echo_ca
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE
 from softphone.media.delay import DelayParts, Smoothed, sane_delay
@@ -114,3 +115,40 @@ def test_the_listener_tells_the_talker_its_part_and_the_talker_adds_it_all_up() 
     assert parts.mouth_to_ear_ms is not None and abs(parts.mouth_to_ear_ms - 62.4) < 1e-9
     assert parts.to_json()["mouth_to_ear_ms"] == 62.4
     assert DelayParts(frame_ms=20.0, network_ms=1.0).mouth_to_ear_ms is None
+
+
+async def test_a_call_s_audio_path_reports_its_receiving_part_and_sums_the_peer_s() -> None:
+    """A call's audio path (its own 20 ms clock playing what arrives, no device):
+    the XR it sends carries its receiving part (the packets' mean wait), and what
+    the peer's XR says comes back as ``peer_receive_ms`` in its mouth to ear."""
+    import asyncio
+
+    from softphone.media import rtcp_xr
+    from softphone.media.audiopath import CallAudio
+
+    audio = CallAudio()
+    try:
+        push = audio.packet_handler()
+        encoder = OpusEncoder(EncoderSettings(adapt=False, fec=False, expected_loss=0))
+        packet = encoder.encode(np.zeros(N, np.int16))
+        for i in range(40):
+            push(7, i, i * N, packet, False)
+            await asyncio.sleep(T)
+        receive = audio.delay_parts().receive_ms
+        assert receive is not None and 0.0 < receive < 200.0, receive
+        await asyncio.sleep(0.2)  # played out: no more waits come in
+        playout = audio.playout
+        assert isinstance(playout, StretchPlayout)
+        playout._wait.value = 0.0371  # (a mean no real wait here would give)
+        assert audio.delay_parts().receive_ms == pytest.approx(37.1)
+        report = audio.xr_report(99)
+        sent = [b for b in rtcp_xr.parse_xr(report) if isinstance(b, rtcp_xr.VoipMetrics)]
+        assert sent[0].end_system_delay_ms == 37, sent
+        assert audio.sending is not None and audio.delay_parts().peer_receive_ms is None
+        peer = rtcp_xr.pack_xr(5, rtcp_xr.VoipMetrics(7, 0.0, 0, 0, end_system_delay_ms=23))
+        audio.sending.on_xr(peer, ssrc=7)
+        parts = audio.delay_parts(rtt_ms=2.0)
+        assert parts.peer_receive_ms == 23.0 and parts.send_ms is not None
+        assert parts.mouth_to_ear_ms == parts.send_ms + 1.0 + 23.0
+    finally:
+        await audio.close()
