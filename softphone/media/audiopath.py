@@ -259,7 +259,7 @@ class CallAudio:
         """This end's parts of the mouth-to-ear delay (:mod:`softphone.media.delay`);
         ``rtt_ms``: the round trip, if measured."""
         source, output, playout = self.source, self.output, self.playout
-        mic = (_measured(source.delay.value, source.latency) + (source.queued.value or 0.0)
+        mic = (source.measured_delay + (source.queued.value or 0.0)
                if isinstance(source, MicSource) else None)
         codec = None if self.sending is None else self.sending.codec_delay
         wait = playout.wait if isinstance(playout, StretchPlayout) else None
@@ -270,8 +270,8 @@ class CallAudio:
             codec_ms=None if codec is None else codec * 1000,
             network_ms=None if rtt_ms is None else rtt_ms / 2,
             jitter_buffer_ms=None if wait is None else wait * 1000,
-            speaker_ms=_measured(output.delay.value, output.latency) * 1000
-            if isinstance(output, SpeakerDriver) else None,
+            speaker_ms=output.measured_delay * 1000 if isinstance(output, SpeakerDriver)
+            else None,
             peer_receive_ms=None if self.sending is None or self.sending.peer_receive_delay is None
             else self.sending.peer_receive_delay * 1000)
 
@@ -305,8 +305,3 @@ class CallAudio:
                 sink.close()
             except Exception:
                 log.exception("closing %r failed", sink)
-
-
-def _measured(delay: float | None, latency: float) -> float:
-    """A device's delay as measured, else as PortAudio gave its buffer."""
-    return latency if delay is None else delay

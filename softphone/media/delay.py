@@ -28,6 +28,11 @@ def sane_delay(seconds: float) -> float | None:
     return max(0.0, seconds) if -0.005 <= seconds < MAX_DEVICE_DELAY else None
 
 
+def as_ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds to 0.1 (None stays None), for the figures shown."""
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
 class Smoothed:
     """The mean of a figure over about its last ``n`` values (exponential): cheap enough
     for an audio thread, and a float read whole from another."""

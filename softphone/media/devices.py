@@ -49,7 +49,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from softphone.media.apm import VoiceProcessor, VoiceSettings, open_voice_processor
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array, to_mono_int16
-from softphone.media.delay import Smoothed, sane_delay
+from softphone.media.delay import Smoothed, as_ms, sane_delay
 from softphone.media.pcm import Resampler as Resampler
 from softphone.media.pcm import SampleFifo
 
@@ -127,9 +127,8 @@ class MicSource(AudioSource, WatchedDevice):
         #: Blocks PortAudio delivered, and those it said it had lost (we were late).
         self.callbacks = 0
         self.overflows = 0
-        #: Seconds from the sound to the callback that completes its frame (PortAudio's
-        #: timestamps; :mod:`softphone.media.delay`), then until the call takes it.
-        self.delay = Smoothed()
+        #: (``delay``: seconds from the sound to the callback that completes its frame.)
+        #: Then seconds until the call takes the frame.
         self.queued = Smoothed()
         self._taken = self._made = 0  # device samples in, 48 kHz samples out (PortAudio's)
         self.stream = open_stream(sd, "InputStream", info, samplerate=self.rate,
@@ -147,16 +146,11 @@ class MicSource(AudioSource, WatchedDevice):
     def voice_processor(self) -> VoiceProcessor | None:
         return self._voice
 
-    @property
-    def latency(self) -> float:
-        """PortAudio's input latency (seconds; kept: a closed stream has none)."""
-        return self._latency
-
     def device_stats(self) -> dict[str, Any]:
         """The microphone's figures (status line, ``--json``)."""
         return {"mic_rate": self.rate, "mic_channels": self.channels,
                 "mic_latency_ms": round(self.latency * 1000, 1),
-                "mic_delay_ms": _ms(self.delay.value),
+                "mic_delay_ms": as_ms(self.delay.value),
                 "mic_overflows": self.overflows,
                 "mic_dropped_ms": round(self.dropped * 1000 / SAMPLE_RATE, 1)}
 
@@ -318,7 +312,3 @@ def device_stats(source: object, output: object) -> dict[str, Any]:
         if isinstance(device, MicSource | SpeakerDriver):
             out.update(device.device_stats())
     return out
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from softphone.core.errors import MissingDependency
 from softphone.media.audioformat import SAMPLE_RATE
+from softphone.media.delay import Smoothed
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ def close_stream(stream: Any) -> None:
 
 
 class WatchedDevice:
-    """Shared by mic and speaker: the device's name and its loss (told once)."""
+    """Shared by mic and speaker: the device's name, its loss (told once), and its delay:
+    PortAudio's latency for the stream, and the delay measured from its timestamps."""
 
     direction: Kind
 
@@ -181,6 +183,22 @@ class WatchedDevice:
         self.stall_timeout = stall_timeout
         self.lost: str | None = None
         self.last_callback = time.monotonic()
+        #: PortAudio's latency of the open stream (seconds; set when it opens).
+        self._latency = 0.0
+        #: Seconds measured from PortAudio's timestamps (:mod:`softphone.media.delay`).
+        self.delay = Smoothed()
+
+    @property
+    def latency(self) -> float:
+        """PortAudio's latency of the stream (input or output; seconds; kept: a closed
+        stream has none)."""
+        return self._latency
+
+    @property
+    def measured_delay(self) -> float:
+        """The delay as measured, else as PortAudio gave its buffer (seconds)."""
+        value = self.delay.value
+        return self._latency if value is None else value
 
     def _tell_lost(self, message: str) -> None:
         raise NotImplementedError

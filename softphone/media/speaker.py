@@ -22,7 +22,7 @@ import numpy as np
 
 from softphone.media.apm import VoiceProcessor
 from softphone.media.audio import SAMPLE_RATE, Int16Array
-from softphone.media.delay import Smoothed, sane_delay
+from softphone.media.delay import as_ms, sane_delay
 from softphone.media.pcm import Resampler, SampleFifo
 from softphone.media.sounddev import (
     DeviceError,
@@ -96,8 +96,7 @@ class SpeakerDriver(WatchedDevice):
         #: The longest block PortAudio asked for (seconds): the playout leaves that much
         #: of a packet's wait uncut (:meth:`StretchPlayout.pull_chunk`).
         self.block = 0.0
-        #: Seconds from a pull to its sound (PortAudio's timestamps).
-        self.delay = Smoothed()
+        #: (``delay``: seconds from a pull to its sound.)
         self._pulled = self._produced = 0  # 48 kHz samples pulled, device samples made
         self.stream = self._open_stream()
 
@@ -123,17 +122,11 @@ class SpeakerDriver(WatchedDevice):
         if processor is not None:
             processor.set_device_latency(self.latency, mic_latency)
 
-    @property
-    def latency(self) -> float:
-        """PortAudio's output latency (seconds; kept: a closed stream has none)."""
-        return self._latency
-
     def device_stats(self) -> dict[str, Any]:
         """The speaker's figures (status line, ``--json``)."""
         return {"speaker_rate": self.rate, "speaker_channels": self.channels,
                 "speaker_latency_ms": round(self.latency * 1000, 1),
-                "speaker_delay_ms": None if self.delay.value is None
-                else round(self.delay.value * 1000, 1),
+                "speaker_delay_ms": as_ms(self.delay.value),
                 "speaker_underruns": self.underflows, "speaker_grown": self.grown}
 
     def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None:
