@@ -55,6 +55,55 @@ class ConnectionOwner(Protocol):
         ...
 
 
+class Unanswered(asyncio.Transport):
+    """A connection's transport until the hub answers its handshake.
+
+    The answer (``101`` and what goes with it) waits until the client's id is
+    registered, hub-wide: a client told it is connected can at once be called
+    from any node. Whatever the hub writes meanwhile (pongs, messages for it,
+    a close frame) waits behind the answer, in order.
+    """
+
+    __slots__ = ("_out", "transport")
+
+    def __init__(self, transport: asyncio.Transport, answer: bytes) -> None:
+        super().__init__()
+        self.transport = transport
+        self._out = [answer]
+
+    def answered(self) -> asyncio.Transport:
+        """Write the answer and what waited behind it; the transport, from now on."""
+        transport = self.transport
+        if not transport.is_closing():
+            transport.write(b"".join(self._out))
+        self._out.clear()
+        return transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._out.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() + sum(map(len, self._out))
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:  # (what was written first goes first, then FIN)
+        self.answered().close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+
 class WebSocket(asyncio.Protocol):
     """A WebSocket on its transport, once the hub has answered its handshake.
 
@@ -267,6 +316,11 @@ class ClientConnection(WebSocket):
 
     def stop(self) -> None:
         self.dropped = True
+
+    def answer(self) -> None:
+        """Send the handshake's answer, and what waited behind it (see :class:`Unanswered`)."""
+        if isinstance(self._transport, Unanswered):
+            self._transport = self._transport.answered()
 
     # -- frames in ------------------------------------------------------------
 

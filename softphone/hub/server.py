@@ -67,7 +67,7 @@ from softphone.hub.admission import (
 )
 from softphone.hub.auth import check_secret
 from softphone.hub.config import DEFAULT_ICE_SERVERS, Clock, HubConfig, is_loopback
-from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused
+from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused, Unanswered
 from softphone.hub.dispatch import HEAD_TIMEOUT, WS_LOG, Dispatch, handshake, refuse
 from softphone.hub.fdlimit import raise_for_connections
 from softphone.hub.frames import text_frame
@@ -275,11 +275,11 @@ class Hub:
             servers = ice_servers_for(self.config, client_id, time.time())
             out.append(text_frame(Message(ICE_SERVERS_TYPE, client_id, {"iceServers": servers},
                                           has_data=True).encode()))
-        transport.write(b"".join(out))
         # A new protocol object for the open connection: the handshake's parser would
         # keep the request (headers and all, 2 KB) as long as the connection lives.
         ws = ServerProtocol(state=WSState.OPEN, max_size=self.max_frame, logger=WS_LOG)
-        conn = ClientConnection(self, client_id, ws, transport,
+        # (answered once its id is registered: see Unanswered)
+        conn = ClientConnection(self, client_id, ws, Unanswered(transport, b"".join(out)),
                                 self.config.send_queue_bytes, bucket, remote)
         transport.set_protocol(conn)
         conn.hold()  # until it is registered
@@ -304,6 +304,7 @@ class Hub:
         if conn.dropped:  # gone while it was being registered
             await self._unregister(conn)
         else:
+            conn.answer()
             conn.resume()
 
     def connection_closed(self, conn: ClientConnection) -> None:
