@@ -1,8 +1,10 @@
 """The echo canceller's and noise suppressor's own delay on the microphone path.
 
 Bursts of noise go through pywebrtc-audio's ``EchoCanceller`` (no far end) and
-``NoiseSuppressor`` in 10 ms frames, as :mod:`softphone.media.apm` feeds them;
-the delay is the lag at which the output best matches the input. It is the
+``NoiseSuppressor`` in 10 ms frames, as :mod:`softphone.media.apm` feeds them,
+and through the binding's combined ``AudioProcessor`` (one band split for
+both, not used: see the module's docstring); the delay is the lag at which the
+output best matches the input. It is the
 processing's share of mouth to ear (``benchmarks/mouth_to_ear.py``), at each
 rate the binding takes. Deterministic; needs ``pip install pywebrtc-audio``.
 
@@ -53,7 +55,8 @@ def main() -> None:
     except ImportError:
         sys.exit("pywebrtc-audio is missing: pip install pywebrtc-audio")
     silence = {rate: np.zeros(rate // 100, np.int16) for rate in RATES}
-    print(f"{'rate':>6} {'echo canceller':>15} {'noise suppressor':>17} {'both':>6}")
+    print(f"{'rate':>6} {'echo canceller':>15} {'noise suppressor':>17} {'both':>6}"
+          f" {'AudioProcessor':>15}")
     for rate in RATES:
         aec = wa.EchoCanceller(sample_rate=rate)
         ns = wa.NoiseSuppressor(sample_rate=rate, level=1)
@@ -64,7 +67,11 @@ def main() -> None:
         d_ns = delay_ms(ns.process, rate)
         d_both = delay_ms(lambda near, a=aec2, n=ns2, f=far: n.process(a.process(near, f)),
                           rate)
-        print(f"{rate:>6} {d_aec:>12.1f} ms {d_ns:>14.1f} ms {d_both:>3.1f} ms")
+        combined = wa.AudioProcessor(sample_rate=rate, echo_cancellation=True,
+                                     noise_suppression=True, auto_gain_control=True)
+        d_combined = delay_ms(lambda near, c=combined, f=far: c.process(near, f), rate)
+        print(f"{rate:>6} {d_aec:>12.1f} ms {d_ns:>14.1f} ms {d_both:>3.1f} ms"
+              f" {d_combined:>12.1f} ms")
 
 
 if __name__ == "__main__":
