@@ -36,12 +36,11 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.media.audiopath import CallAudio, MediaConfig
     from softphone.media.devices import MicSource, SpeakerDriver
     from softphone.media.opus import EncoderSettings
+    from softphone.media.sinks import CaptureSink, RecorderSink
     from softphone.media.tracks import (
         AudioReceiver,
-        CaptureSink,
         EchoSource,
         FileSource,
-        RecorderSink,
         SilenceSource,
         ToneSource,
     )
@@ -56,9 +55,9 @@ _LAZY = {
     "CallAudio": "media.audiopath", "MediaConfig": "media.audiopath",
     "EncoderSettings": "media.opus",
     "MicSource": "media.devices", "SpeakerDriver": "media.devices",
-    "AudioReceiver": "media.tracks", "CaptureSink": "media.tracks",
+    "AudioReceiver": "media.tracks", "CaptureSink": "media.sinks",
     "EchoSource": "media.tracks", "FileSource": "media.tracks",
-    "RecorderSink": "media.tracks", "SilenceSource": "media.tracks",
+    "RecorderSink": "media.sinks", "SilenceSource": "media.tracks",
     "ToneSource": "media.tracks",
 }
 

@@ -16,7 +16,8 @@ from softphone.client.phone import Call, CallResult, Phone
 from softphone.hub.server import Hub, HubConfig
 from softphone.media.audio import dominant_frequency, tone_purity
 from softphone.media.rtc import MediaStats
-from softphone.media.tracks import CaptureSink, ToneSource
+from softphone.media.sinks import CaptureSink
+from softphone.media.tracks import ToneSource
 
 #: Received frequency must be within this many Hz of the tone sent.
 FREQUENCY_TOLERANCE = 5.0

@@ -164,7 +164,7 @@ def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 
                echo: bool = False, thread: RecordingThread | None = None) -> list[Any]:
     """Where what we hear goes besides the speaker: the --record file (written on
     ``thread``, a :class:`~softphone.media.recording.RecordingThread`, if given)."""
-    from softphone.media.tracks import RecorderSink
+    from softphone.media.sinks import RecorderSink
 
     record = media.record
     if not record:

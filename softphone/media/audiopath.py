@@ -42,14 +42,13 @@ from softphone.media.opus import EncoderSettings
 from softphone.media.playout import StretchPlayout
 from softphone.media.rtpsend import SendGate
 from softphone.media.sending import AdaptiveEncoder, SendControl
+from softphone.media.sinks import HeldNoting, Sink
 from softphone.media.tracks import (
     AudioOutput,
     AudioReceiver,
     AudioSource,
-    HeldNoting,
     LostCallback,
     SilenceSource,
-    Sink,
 )
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,11 @@ backlog): :class:`ToneSource`, :class:`FileSource`, :class:`SilenceSource`,
 :class:`EchoSource`; :class:`softphone.media.devices.MicSource` is paced by
 its device.
 
-Sinks (:class:`Sink`) get everything played: :class:`RecorderSink`,
-:class:`CaptureSink`. :class:`AudioReceiver` plays a call's received audio:
-an output device (:class:`AudioOutput`, e.g. the speaker) pulls it and is
-the clock, or a 20 ms clock does; what is played goes to the sinks.
+Sinks (:class:`~softphone.media.sinks.Sink`, in :mod:`softphone.media.sinks`,
+re-exported here) get everything played: ``RecorderSink``, ``CaptureSink``.
+:class:`AudioReceiver` plays a call's received audio: an output device
+(:class:`AudioOutput`, e.g. the speaker) pulls it and is the clock, or a 20 ms
+clock does; what is played goes to the sinks.
 :class:`softphone.media.audiopath.CallAudio` puts these together for a call.
 """
 
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol
 
 import av
 import numpy as np
@@ -40,7 +41,10 @@ from softphone.media.audio import (
 )
 from softphone.media.frameclock import FrameClock
 from softphone.media.pcm import MonoConverter, SampleFifo
-from softphone.media.recording import RecordingThread, WavWriter
+from softphone.media.sinks import CaptureSink as CaptureSink
+from softphone.media.sinks import HeldNoting as HeldNoting
+from softphone.media.sinks import RecorderSink as RecorderSink
+from softphone.media.sinks import Sink as Sink
 
 log = logging.getLogger(__name__)
 
@@ -214,24 +218,7 @@ class FileSource(PacedSource):
         return out
 
 
-# ------------------------------------------------------------------ sinks ---
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """Where what a call plays goes, as it is played (on the event loop; 20 ms at a time,
-    or a device's stretches of any length); closed when the call ends."""
-
-    def write(self, samples: Int16Array) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class HeldNoting(Protocol):
-    """A sink that notes when the call goes on hold and comes back (a recording)."""
-
-    def note_held(self, held: bool) -> None: ...
+# ---------------------------------------------------- a source that is a sink ---
 
 
 class EchoSource(PacedSource):
@@ -254,60 +241,6 @@ class EchoSource(PacedSource):
 
     def next_samples(self, count: int) -> Int16Array:
         return self._heard.take_padded(count)
-
-
-class RecorderSink:
-    """Writes received audio to a WAV file (see :class:`WavWriter`), and the spans
-    the call was on hold beside it (:meth:`WavWriter.note_held`). ``thread``: write
-    on this :class:`RecordingThread`, shared with other recordings (a bot's calls),
-    not on a thread of its own."""
-
-    def __init__(self, path: str | Path, *, thread: RecordingThread | None = None) -> None:
-        self.writer = WavWriter(path, thread=thread)
-
-    def write(self, samples: Int16Array) -> None:
-        self.writer.write(samples.tobytes())
-
-    def note_held(self, held: bool) -> None:
-        self.writer.note_held(held)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class CaptureSink:
-    """Keeps the most recent ``seconds`` of received audio in memory (for analysis)."""
-
-    def __init__(self, seconds: float = 10.0) -> None:
-        self._buffer = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.int16)
-        self._pos = 0  # next write index
-        self._filled = 0
-
-    def write(self, samples: Int16Array) -> None:
-        buf = self._buffer
-        if samples.size >= buf.size:
-            buf[:] = samples[-buf.size:]
-            self._pos, self._filled = 0, buf.size
-            return
-        end = self._pos + samples.size
-        if end <= buf.size:
-            buf[self._pos:end] = samples
-        else:
-            split = buf.size - self._pos
-            buf[self._pos:] = samples[:split]
-            buf[: end - buf.size] = samples[split:]
-        self._pos = end % buf.size
-        self._filled = min(buf.size, self._filled + samples.size)
-
-    def close(self) -> None:
-        """Nothing to close: what was kept stays readable (:meth:`samples`)."""
-
-    def samples(self) -> Int16Array:
-        """What was kept, oldest first."""
-        buf = self._buffer
-        if self._filled < buf.size:
-            return buf[: self._filled].copy()
-        return np.concatenate((buf[self._pos:], buf[: self._pos]))
 
 
 # ---------------------------------------------------------------- playing ---
