@@ -10,11 +10,11 @@ wait; and what a terminal phone or a bot shows: times
 :class:`~softphone.media.audiopath.CallAudio` (:attr:`Call.audio`); its
 events (``state``, ``media``, ``dtmf``, ``dtmf-sent``, ``device-lost``,
 ``hold``, ``resume``, ``media-lost``, ``media-restart``, ``ended``) go to
-:meth:`Call.on_event` listeners;
+:meth:`Call.on_event` listeners (:mod:`~softphone.client.call_events`);
 :meth:`Call.hold` and :meth:`Call.resume` (:mod:`~softphone.client.hold_link`). Keys (DTMF, RFC
 4733): :meth:`Call.send_dtmf` sends them, :meth:`Call.next_digit` waits for
-the next one the peer pressed. :class:`CallResult` says how it went
-(:mod:`softphone.client.calltypes`, re-exported here).
+the next one the peer pressed (:mod:`~softphone.client.dtmf_link`). :class:`CallResult`
+says how it went (:mod:`softphone.client.calltypes`, re-exported here).
 """
 
 from __future__ import annotations
@@ -22,22 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from softphone._tasks import spawn
+from softphone.client.call_events import ANNOUNCE_WAIT as ANNOUNCE_WAIT
+from softphone.client.call_events import CallEvents
 from softphone.client.calltypes import CallEnded as CallEnded
 from softphone.client.calltypes import CallResult as CallResult
 from softphone.client.calltypes import EventCallback as EventCallback
 from softphone.client.calltypes import MediaLink as MediaLink
+from softphone.client.dtmf_link import DtmfLink
 from softphone.client.hold_link import HoldLink, hold_agreed
 from softphone.core import callstate as cs
-from softphone.core.dtmf import DtmfEvent, check_tones
+from softphone.core.dtmf import DtmfEvent
 from softphone.core.midcall import announced
 from softphone.core.sas import FingerprintError, sas_from_sdp
 from softphone.media.audiopath import CallAudio, MediaConfig
-from softphone.media.dtmf_rtp import DtmfUnavailable
+from softphone.media.dtmf_rtp import DtmfUnavailable as DtmfUnavailable
 from softphone.media.rtc import CandidatePair, MediaStats
 from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
@@ -46,10 +47,6 @@ if TYPE_CHECKING:
     from softphone.client.restart_link import RestartLink
 
 log = logging.getLogger(__name__)
-
-#: Seconds the end of a call waits for its events still being announced (their
-#: verification code being derived, :meth:`Call._announce`); then they go without it.
-ANNOUNCE_WAIT: Final = 2.0
 
 
 class Call:
@@ -71,19 +68,15 @@ class Call:
         self._media_task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._ended: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
-        self._listeners: list[EventCallback] = []
+        #: Its listeners, and its events being announced (:meth:`_announce`).
+        self._events = CallEvents(machine)
         self._final_stats = MediaStats()
-        #: Digits the peer pressed, not yet taken by :meth:`next_digit` (the latest 64).
-        self._digits: deque[DtmfEvent] = deque(maxlen=64)
-        self._digit_arrived = asyncio.Event()
+        #: Its keys: the tones it sends, the digits the peer pressed.
+        self._keys = DtmfLink(self)
         #: The verification code (four PGP words, :mod:`softphone.core.sas`), set once
         #: media is connected; None before, or if an SDP had no usable fingerprint.
         self.sas: str | None = None
         self._sas: asyncio.Task[str | None] | None = None
-        #: Events being announced (:meth:`_announce`): the end waits for them, at most
-        #: ``announce_wait`` seconds.
-        self._announcing: set[asyncio.Task[None]] = set()
-        self.announce_wait: float = ANNOUNCE_WAIT
         self._hold: HoldLink | None = None
         #: Media restart (:mod:`softphone.client.restart_link`), made with the first
         #: connection; feed it :meth:`RestartLink.hold_changed` etc.
@@ -111,7 +104,7 @@ class Call:
         Media that does not come back within ``--give-up`` ends the call with the
         outcome ``media-lost`` (never ``completed``).
         """
-        self._listeners.append(callback)
+        self._events.listen(callback)
 
     async def accept(self, source: AudioSource | None = None, sinks: Sequence[Sink] = (), *,
                      output: AudioOutput | None = None, media: MediaConfig | None = None
@@ -144,20 +137,7 @@ class Call:
         :class:`~softphone.media.dtmf_rtp.DtmfUnavailable` if the peer did
         not agree to telephone events; :class:`CallEnded` if the call ends first.
         """
-        check_tones(tones)
-        await self.connected()
-        if self.media is None:
-            raise DtmfUnavailable("the call has no media")
-        sending = asyncio.ensure_future(self.media.dtmf.send(tones, duration_ms, gap_ms))
-        ended: asyncio.Future[Any] = self._ended
-        done, _ = await asyncio.wait({sending, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if sending in done:
-            sending.result()  # DtmfUnavailable, if so
-            if not self.machine.is_ended:
-                return
-        else:
-            sending.cancel()
-        raise CallEnded(self._ended.result())
+        await self._keys.send(tones, duration_ms, gap_ms)
 
     async def next_digit(self) -> DtmfEvent:
         """The next key the peer pressed (each digit once, when it ended).
@@ -165,15 +145,7 @@ class Call:
         Digits that came before this was called are given first, oldest first.
         Raises :class:`CallEnded` once the call is over and no digit is left.
         """
-        while not self._digits:
-            if self._ended.done():
-                raise CallEnded(self._ended.result())
-            self._digit_arrived.clear()
-            waiter = asyncio.ensure_future(self._digit_arrived.wait())
-            ended: asyncio.Future[Any] = self._ended
-            await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-        return self._digits.popleft()
+        return await self._keys.next_digit()
 
     async def hold(self) -> None:
         """Put the call on hold: no audio either way until :meth:`resume` (and the peer's,
@@ -271,6 +243,16 @@ class Call:
         return self._ended.result() if self._ended.done() else None
 
     @property
+    def announce_wait(self) -> float:
+        """Seconds the end waits for events still being announced (their verification
+        code being derived); then they go without it (default :data:`ANNOUNCE_WAIT`)."""
+        return self._events.announce_wait
+
+    @announce_wait.setter
+    def announce_wait(self, seconds: float) -> None:
+        self._events.announce_wait = seconds
+
+    @property
     def started_at(self) -> float:
         """When the call-request was sent or received."""
         return self.machine.started_at
@@ -350,8 +332,7 @@ class Call:
     def _attach(self, media: MediaLink) -> None:
         """``media`` is this call's peer connection: its DTMF become our events."""
         self.media = media
-        media.dtmf.on_event = self._dtmf_received
-        media.dtmf.on_tone = self._dtmf_sent
+        self._keys.attach(media.dtmf)
 
     def _let_go(self) -> None:
         """The call's media is closed: its DTMF no longer tells the call (the audio
@@ -360,15 +341,6 @@ class Call:
         if self.media is not None:
             self.media.dtmf.on_event = None
             self.media.dtmf.on_tone = None
-
-    def _dtmf_received(self, event: DtmfEvent) -> None:
-        self._digits.append(event)
-        self._digit_arrived.set()
-        self._emit({"event": "dtmf", "digit": event.digit, "duration_ms": event.duration_ms})
-
-    def _dtmf_sent(self, tone: str) -> None:
-        if tone != ",":
-            self._emit({"event": "dtmf-sent", "digit": tone})
 
     def _derive_sas(self) -> None:
         """Start deriving :attr:`sas` once both descriptions are set (once per call).
@@ -402,51 +374,12 @@ class Call:
     def _announce(self, event: dict[str, Any],
                   details: Callable[[], Coroutine[Any, Any, dict[str, Any]]], *,
                   name: str) -> None:
-        """Emit ``event``, with what ``details()`` adds to it (the verification code,
-        derived in a thread), once it has: an event of the call now, told a little later.
-
-        The call's ``ended`` event waits for it (:attr:`announce_wait` at most; then it
-        goes without its details), so it comes before the end and is never lost. An
-        event of a call that has already ended is not announced at all (nothing of the
-        call comes after its end).
-        """
-        if self.machine.is_ended:
-            log.debug("%s of the call with %s after its end: not announced",
-                      event.get("event"), self.peer)
-            return
-
-        async def announce() -> None:
-            extra: dict[str, Any] = {}
-            try:
-                extra = await details()
-            finally:  # (also when the end cancelled it, tired of waiting: without them)
-                self._emit({**event, **extra})
-
-        task = spawn(announce(), name=name)
-        self._announcing.add(task)
-        task.add_done_callback(self._announcing.discard)
-
-    async def _announced(self) -> None:
-        """Wait for the events being announced: given :attr:`announce_wait`, those still
-        waiting for their details are emitted without them."""
-        pending = set(self._announcing)
-        if not pending:
-            return
-        _, late = await asyncio.wait(pending, timeout=self.announce_wait)
-        for task in late:
-            log.info("%s of the call with %s: not waiting for its details any more",
-                     task.get_name(), self.peer)
-            task.cancel()
-        if late:
-            await asyncio.wait(late, timeout=1.0)
+        """Emit ``event`` with what ``details()`` adds, once it has, before the end
+        (:meth:`CallEvents.announce <softphone.client.call_events.CallEvents.announce>`)."""
+        self._events.announce(event, details, name=name)
 
     def _emit(self, event: dict[str, Any]) -> None:
-        event.setdefault("peer", self.peer)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("call event listener failed")
+        self._events.emit(event)
 
     def _media_op(self, op: Callable[[], Coroutine[Any, Any, None]]) -> None:
         if self._media_task is None:
@@ -501,10 +434,8 @@ class Call:
             candidate_pair=self.candidate_pair,
             held=held,
         )
-        await self._announced()  # the media and media-restart events come before the end
+        await self._events.announced()  # the media and media-restart events come first
         self._emit({"event": "ended", **result.to_json()})
-        # The last event: the listeners go (a listener that holds the call, as most
-        # do, would keep it and all it reaches for the garbage collector: issue 15).
-        self._listeners.clear()
+        self._events.close()  # the last event: the listeners go (issue 15)
         if not self._ended.done():
             self._ended.set_result(result)

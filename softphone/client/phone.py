@@ -9,10 +9,12 @@ told ``busy``), or up to ``max_calls`` at once, each with its own media and
 settings (a bot serving many callers).
 
 The hub connection and the media session are given to it as two small
-interfaces (:class:`HubConnection`, :class:`MediaFactory`): a
+interfaces (:class:`HubConnection`, and
+:class:`~softphone.client.media_setup.MediaFactory`, re-exported here): a
 :class:`~softphone.client.signaling.HubClient` and
 :class:`~softphone.media.rtc.MediaSession` by default, fakes in the
-adapter tests.
+adapter tests. Each call's first peer connection, and the ICE servers it is
+made with, are :mod:`softphone.client.media_setup`'s.
 
 Example::
 
@@ -37,9 +39,12 @@ from softphone.client.call import Call as Call
 from softphone.client.call import CallEnded as CallEnded
 from softphone.client.call import CallResult as CallResult
 from softphone.client.call import EventCallback as EventCallback
-from softphone.client.call import MediaLink
+from softphone.client.call import MediaLink as MediaLink
 from softphone.client.hubcheck import HubCheck
-from softphone.client.restart_link import RestartLink
+from softphone.client.media_setup import ICE_SERVERS_FRESH as ICE_SERVERS_FRESH
+from softphone.client.media_setup import IceServers as IceServers
+from softphone.client.media_setup import MediaFactory as MediaFactory
+from softphone.client.media_setup import MediaSetup
 from softphone.client.signaling import DEFAULT_SERVER, HubAddress, HubClient, HubUnreachable
 from softphone.core import callstate as cs
 from softphone.core.line import HubProblem, IncomingCall, Line, Routed
@@ -49,7 +54,7 @@ from softphone.media.audiopath import CallAudio, MediaConfig
 from softphone.media.frameclock import FrameClock
 from softphone.media.opus import require_libopus
 from softphone.media.pathcheck import LocalAddresses
-from softphone.media.rtc import MediaSession, RTCCertificate
+from softphone.media.rtc import MediaSession
 from softphone.media.tracks import AudioOutput, AudioSource, Sink
 
 log = logging.getLogger(__name__)
@@ -74,35 +79,13 @@ class HubConnection(Protocol):
     async def close(self) -> None: ...
 
 
-class MediaFactory(Protocol):
-    """Makes a call's peer connection (:class:`~softphone.media.rtc.MediaSession`).
-
-    ``certificate``: the DTLS certificate to use (a media restart's connection is given
-    the call's first, so the verification code stays); None: its own.
-    """
-
-    def __call__(self, ice_servers: Sequence[dict[str, Any]], audio: CallAudio, *,
-                 relay_only: bool, on_connected: Callable[[], None],
-                 on_failed: Callable[[str], None],
-                 certificate: RTCCertificate | None = None) -> MediaLink: ...
-
-
 #: Hub errors that come with closing the connection for good (close code 1008).
 _REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
-#: Seconds the ICE servers fetched as the phone connected serve a call it dials.
-ICE_SERVERS_FRESH: Final = 60.0
 #: Seconds :meth:`Phone.close` waits for its calls to finish (media closed), and then
 #: for what is queued for the hub to go out (the defaults of each phone's
 #: ``close_wait`` and ``flush_wait``).
 CLOSE_CALLS_WAIT: Final = 3.0
 CLOSE_FLUSH_WAIT: Final = 1.0
-IceServers = list[dict[str, Any]]
-
-
-def _forget(fetch: asyncio.Future[IceServers]) -> None:
-    """An ICE server fetch no call will use: stopped, its error (if any) taken."""
-    fetch.cancel()
-    fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class Phone:
@@ -140,12 +123,8 @@ class Phone:
                          features=announced(restart=self.media_config.restart_enabled))
         self.relay_only = relay_only
         self.reconnect = reconnect
-        self._ice_servers = None if ice_servers is None else list(ice_servers)
-        #: The hub's ICE servers, fetched for an incoming call while it rings (by id of
-        #: its machine): its answer need not wait for them.
-        self._ice_fetches: dict[int, asyncio.Future[IceServers]] = {}
-        #: ... and fetched as the phone connected, for a call dialed soon after (when).
-        self._ice_ahead: tuple[float, asyncio.Future[IceServers]] | None = None
+        #: Each call's first peer connection, and the ICE servers it is made with.
+        self._media_setup = MediaSetup(self, ice_servers)
         self._incoming: asyncio.Queue[Call] = asyncio.Queue()
         self._outbox: asyncio.Queue[Message] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -179,18 +158,11 @@ class Phone:
 
     async def connect(self) -> None:
         """Connect to the hub and start the phone. Raises :class:`HubUnreachable`."""
-        ahead = None
-        if self._ice_servers is None:  # asked alongside: a call dialed at once needs them
-            ahead = asyncio.ensure_future(self.hub.ice_servers())
-        try:
-            await self.hub.connect()
+        try:  # (the hub's ICE servers asked alongside: a call dialed at once needs them)
+            await self._media_setup.connecting(self.hub.connect())
         except BaseException:
-            if ahead is not None:
-                _forget(ahead)
             await self.hub.close()  # no HTTP session left open behind the error
             raise
-        if ahead is not None:
-            self._ice_ahead = (self.loop_time, ahead)
         self.hub_connected.set()
         self.hub_check.changed(True)
         self.addresses.start()
@@ -221,9 +193,7 @@ class Phone:
                                        self.close_wait)
         await self._flush()
         self._closing = True
-        if self._ice_ahead is not None:
-            _forget(self._ice_ahead[1])
-            self._ice_ahead = None
+        self._media_setup.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -301,11 +271,8 @@ class Phone:
         call._adopt(audio)
         call._emit({"event": "state", "state": str(call.state), "t": 0.0})
         self._run([Routed(machine, a) for a in actions])
-        call._media_op(lambda: self._prepare_gathering(call))  # gather while it rings
+        call._media_op(lambda: self._media_setup.gather(call))  # gather while it rings
         return call
-
-    async def _prepare_gathering(self, call: Call) -> None:
-        await self._prepare_media(call)
 
     async def next_call(self) -> Call:
         """Wait for the next incoming call (ringing; accept or reject it)."""
@@ -331,9 +298,7 @@ class Phone:
                 self._outbox.put_nowait(action.message)
             elif isinstance(action, IncomingCall):
                 new = self._track(Call(self, action.call))
-                if self._ice_servers is None:
-                    self._ice_fetches[id(new.machine)] = \
-                        asyncio.ensure_future(self.hub.ice_servers())
+                self._media_setup.ringing(new)
                 new._emit({"event": "incoming", "state": str(new.state), "t": 0.0})
                 self._incoming.put_nowait(new)
             elif isinstance(action, HubProblem):
@@ -347,14 +312,15 @@ class Phone:
         self._wake.set()
 
     def _run_call_action(self, call: Call, action: cs.Action) -> None:
+        setup = self._media_setup
         if isinstance(action, cs.StartMedia):
-            call._media_op(lambda: self._start_media(call, action.offerer))
+            call._media_op(lambda: setup.start(call, action.offerer))
         elif isinstance(action, cs.ApplyOffer):
-            call._media_op(lambda: self._apply_offer(call, action.sdp))
+            call._media_op(lambda: setup.apply_offer(call, action.sdp))
         elif isinstance(action, cs.ApplyAnswer):
-            call._media_op(lambda: self._apply_answer(call, action.sdp))
+            call._media_op(lambda: setup.apply_answer(call, action.sdp))
         elif isinstance(action, cs.AddCandidate):
-            call._media_op(lambda: self._add_candidate(call, action))
+            call._media_op(lambda: setup.add_candidate(call, action))
         elif isinstance(action, cs.StopMedia):
             pass  # done by Call._finish once the call has ended
         elif isinstance(action, cs.MidCall) and isinstance(action.message, HoldMessage):
@@ -375,80 +341,7 @@ class Phone:
             await call._finish(ended)
         finally:
             self._calls.pop(id(call.machine), None)
-            fetch = self._ice_fetches.pop(id(call.machine), None)
-            if fetch is not None:  # never used: the call was not answered
-                _forget(fetch)
-
-    async def _prepare_media(self, call: Call) -> MediaLink:
-        """Create the call's peer connection (once) and start gathering candidates."""
-        if call.media is None:
-            servers = self._ice_servers
-            if servers is None:
-                servers = await self._hub_ice_servers(call)
-            assert call.audio is not None
-            media = self._media_factory(
-                servers, call.audio, relay_only=self.relay_only,
-                on_connected=lambda: self._media_connected(call),
-                on_failed=lambda reason: self._media_failed(call, reason),
-            )
-            call._attach(media)
-            # Media restart (client/restart_link.py): started once this connection is up.
-            call.restart_link = RestartLink(self, call, servers, media)
-            media.pregather()
-        assert call.media is not None
-        return call.media
-
-    async def _hub_ice_servers(self, call: Call) -> IceServers:
-        """The hub's ICE servers for ``call``: those fetched while it rang (incoming), or
-        as the phone connected (if fresh), else fetched now."""
-        fetch = self._ice_fetches.pop(id(call.machine), None)
-        ahead, self._ice_ahead = self._ice_ahead, None
-        if ahead is not None:
-            if fetch is None and self.loop_time - ahead[0] <= ICE_SERVERS_FRESH:
-                fetch = ahead[1]
-            else:
-                _forget(ahead[1])
-        if fetch is not None:
-            with contextlib.suppress(HubUnreachable):  # asked again below
-                return await fetch
-        return await self.hub.ice_servers()
-
-    async def _start_media(self, call: Call, offerer: bool) -> None:
-        await self._prepare_media(call)
-        assert call.media is not None
-        if offerer:
-            sdp = await call.media.create_offer()
-            self._feed(call, cs.LocalDescription(sdp))
-
-    def _media_connected(self, call: Call) -> None:
-        call._derive_sas()  # (before connected() waiters wake: they wait for the code)
-        self._feed(call, cs.MediaConnected())
-        if call.restart_link is not None and call.state is cs.CallState.CONNECTED:
-            call.restart_link.start()
-        pair = call.candidate_pair
-        if pair is not None and call.state is cs.CallState.CONNECTED:
-            call._media_up({"event": "media", "candidate_pair": pair.to_json(),
-                            "codec": call.codec})
-
-    def _media_failed(self, call: Call, reason: str) -> None:
-        """The call's first connection failed: in a call, media restart's; else the end."""
-        if call.restart_link is None or not call.restart_link.first_failed(reason):
-            self._feed(call, cs.MediaFailed(reason))
-
-    async def _apply_offer(self, call: Call, sdp: str) -> None:
-        assert call.media is not None
-        answer = await call.media.accept_offer(sdp)
-        call._derive_sas()  # both descriptions are set: the code, while ICE connects
-        self._feed(call, cs.LocalDescription(answer))
-
-    async def _apply_answer(self, call: Call, sdp: str) -> None:
-        assert call.media is not None
-        await call.media.apply_answer(sdp)
-        call._derive_sas()  # both descriptions are set: the code, while ICE connects
-
-    async def _add_candidate(self, call: Call, action: cs.AddCandidate) -> None:
-        if call.media is not None:
-            call.media.add_candidate(action.candidate)
+            self._media_setup.finished(call)
 
     def _hub_problem(self, error: HubError) -> None:
         if error.code == ErrorCode.OFFLINE and error.ref == "offer":  # a restart offer's

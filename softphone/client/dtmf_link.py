@@ -1,0 +1,86 @@
+"""One call's keys (DTMF, RFC 4733): the tones it sends and the digits the peer pressed.
+
+:class:`DtmfLink` is the call's side of the
+:class:`~softphone.media.dtmf_rtp.DtmfChannel` of its peer connection (each
+connection's, as media restarts: :meth:`DtmfLink.attach`). It sends tones once
+media is up, and stops when the call ends
+(:meth:`Call.send_dtmf <softphone.client.call.Call.send_dtmf>`); it keeps the
+digits the peer pressed (the latest 64) until
+:meth:`Call.next_digit <softphone.client.call.Call.next_digit>` takes them; both
+ways become the call's events (``dtmf``, ``dtmf-sent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from softphone.client.calltypes import CallEnded, held_call
+from softphone.core.dtmf import DtmfEvent, check_tones
+from softphone.media.dtmf_rtp import DtmfChannel, DtmfUnavailable
+
+if TYPE_CHECKING:
+    from softphone.client.call import Call
+
+
+class DtmfLink:
+    """The keys of one call (module docstring)."""
+
+    def __init__(self, call: Call) -> None:
+        # Weak: the call holds its link, and a cycle would leave the ended call's
+        # objects to the garbage collector (issue 15).
+        self._call = weakref.ref(call)
+        #: Digits the peer pressed, not yet taken by :meth:`next_digit` (the latest 64).
+        self._digits: deque[DtmfEvent] = deque(maxlen=64)
+        self._digit_arrived = asyncio.Event()
+
+    @property
+    def call(self) -> Call:
+        return held_call(self._call, "DTMF link")
+
+    def attach(self, channel: DtmfChannel) -> None:
+        """``channel`` is the call's (its connection's): its keys become our events."""
+        channel.on_event = self._received
+        channel.on_tone = self._sent
+
+    async def send(self, tones: str, duration_ms: float, gap_ms: float) -> None:
+        """:meth:`Call.send_dtmf <softphone.client.call.Call.send_dtmf>`."""
+        check_tones(tones)
+        call = self.call
+        await call.connected()
+        if call.media is None:
+            raise DtmfUnavailable("the call has no media")
+        sending = asyncio.ensure_future(call.media.dtmf.send(tones, duration_ms, gap_ms))
+        ended: asyncio.Future[Any] = call._ended
+        done, _ = await asyncio.wait({sending, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if sending in done:
+            sending.result()  # DtmfUnavailable, if so
+            if not call.machine.is_ended:
+                return
+        else:
+            sending.cancel()
+        raise CallEnded(call._ended.result())
+
+    async def next_digit(self) -> DtmfEvent:
+        """:meth:`Call.next_digit <softphone.client.call.Call.next_digit>`."""
+        ended: asyncio.Future[Any] = self.call._ended
+        while not self._digits:
+            if ended.done():
+                raise CallEnded(ended.result())
+            self._digit_arrived.clear()
+            waiter = asyncio.ensure_future(self._digit_arrived.wait())
+            await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        return self._digits.popleft()
+
+    def _received(self, event: DtmfEvent) -> None:
+        self._digits.append(event)
+        self._digit_arrived.set()
+        self.call._emit({"event": "dtmf", "digit": event.digit,
+                         "duration_ms": event.duration_ms})
+
+    def _sent(self, tone: str) -> None:
+        if tone != ",":
+            self.call._emit({"event": "dtmf-sent", "digit": tone})
