@@ -47,12 +47,14 @@ figures depend on the machine's load: the script prints it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,10 +95,14 @@ class Mouth:
     """pacat streams fed in real time with silence; :meth:`say` sends the burst now."""
 
     def __init__(self, lab: PulseLab, sinks: list[str]) -> None:
-        self.procs = [lab._popen(["pacat", "--playback", "-d", sink, "--format=s16le",
-                                  f"--rate={SAMPLE_RATE}", "--channels=1", "--raw",
-                                  "--latency-msec=10"], stdin=subprocess.PIPE)
-                      for sink in sinks]
+        self.errors = [tempfile.TemporaryFile() for _ in sinks]  # (pacat's stderr)
+        self.procs = [subprocess.Popen(["pacat", "--playback", "-d", sink, "--format=s16le",
+                                        f"--rate={SAMPLE_RATE}", "--channels=1", "--raw",
+                                        "--latency-msec=10"], stdin=subprocess.PIPE,
+                                       stderr=err, env={**os.environ, **lab.env})
+                      for sink, err in zip(sinks, self.errors, strict=True)]
+        #: Why the feed stopped early (pacat exited), else None.
+        self.failed: str | None = None
         self._go = threading.Event()
         self.said_at: list[float] = []
         self._stop = False
@@ -118,15 +124,29 @@ class Mouth:
                 self.said_at.append(time.monotonic())
                 queue = list(blocks)
             block = queue.pop(0) if queue else silence
-            for pipe in pipes:
-                pipe.write(block)
-                pipe.flush()
+            try:
+                for pipe in pipes:
+                    pipe.write(block)
+                    pipe.flush()
+            except OSError as exc:  # pacat exited: say why, once the run is reported
+                self.failed = f"the mouth's pacat stopped ({exc.strerror}): {self._why()}"
+                return
             n += 1
             wait = start + n * BLOCK / SAMPLE_RATE - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             elif wait < -0.02:  # late: never catch up, or pacat's buffer (and delay) grows
                 start -= wait
+
+    def _why(self) -> str:
+        parts = []
+        for proc, err in zip(self.procs, self.errors, strict=True):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
+            err.seek(0)
+            text = err.read().decode(errors="replace").strip().replace("\n", " | ")
+            parts.append(f"exit {proc.returncode}, {text or 'nothing on stderr'}")
+        return "; ".join(parts)
 
     def say(self) -> None:
         self._go.set()
@@ -197,6 +217,10 @@ class Ear:
         return out
 
 
+class LabFailed(RuntimeError):
+    """The lab itself failed (not the phones): the run measured nothing."""
+
+
 def run_bursts(lab: PulseLab, sink: str, source: str, bursts: int) -> list[float | None]:
     """Bursts into ``sink``: ms from its monitor to ``source``, per burst (None: not found)."""
     ears = [Ear(lab, source), Ear(lab, f"{sink}.monitor")]
@@ -209,6 +233,8 @@ def run_bursts(lab: PulseLab, sink: str, source: str, bursts: int) -> list[float
     mouth.stop()
     for ear in ears:
         ear.rec.stop()
+    if mouth.failed:
+        raise LabFailed(mouth.failed)
     heard, said = (ear.found(mouth.said_at) for ear in ears)
     return [None if h is None or s is None else (h - s) * 1000
             for h, s in zip(heard, said, strict=True)]
@@ -347,7 +373,10 @@ def main() -> None:
     try:
         time.sleep(1.5)
         for k in range(args.runs):
-            run = one_run(lab, url, flags, args.bursts)
+            try:
+                run = one_run(lab, url, flags, args.bursts)
+            except LabFailed as exc:
+                sys.exit(f"run {k + 1}: the lab failed, nothing measured: {exc}")
             if not run.delays:
                 sys.exit(f"run {k + 1}: no burst came through the call")
             runs.append(run)
