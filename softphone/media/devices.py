@@ -64,8 +64,6 @@ from softphone.media.sounddev import find_device as find_device
 from softphone.media.sounddev import list_devices as list_devices
 from softphone.media.sounddev import load_sounddevice as load_sounddevice
 from softphone.media.speaker import SPEAKER_LATENCIES as SPEAKER_LATENCIES
-from softphone.media.speaker import UNDERRUN_WINDOW as UNDERRUN_WINDOW
-from softphone.media.speaker import UNDERRUNS_TO_GROW as UNDERRUNS_TO_GROW
 from softphone.media.speaker import SpeakerDriver as SpeakerDriver
 from softphone.media.tracks import AudioSource, LostCallback
 

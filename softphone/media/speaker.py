@@ -6,7 +6,8 @@ shorter) from the call's playout when it has played the last one
 (:meth:`softphone.media.tracks.AudioReceiver.play`): the speaker is the
 clock and the playout is the only buffer before the device. Each frame it
 pulls is the echo canceller's reference. Its device buffer starts at
-10 ms and grows only if the device underruns.
+10 ms, grows only if the device underruns and shrinks back once it has been
+calm (:class:`~softphone.media.devicebuffer.DeviceBuffer` decides).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +23,8 @@ import numpy as np
 from softphone.media.apm import VoiceProcessor
 from softphone.media.audio import SAMPLE_RATE, Int16Array
 from softphone.media.delay import as_ms, sane_delay
+from softphone.media.devicebuffer import SPEAKER_LATENCIES as SPEAKER_LATENCIES
+from softphone.media.devicebuffer import BufferSteps, DeviceBuffer
 from softphone.media.pcm import Resampler, SampleFifo
 from softphone.media.sounddev import (
     DeviceError,
@@ -38,14 +40,6 @@ from softphone.media.tracks import LostCallback, tell_lost
 
 log = logging.getLogger(__name__)
 
-#: The speaker's device buffer, first to last: each costs its size in mouth to ear
-#: (10 ms instead of 20 ms saved about 15 ms through the ALSA pulse plugin), so it
-#: starts small and grows a step only when the device underruns
-#: (:data:`UNDERRUNS_TO_GROW` within :data:`UNDERRUN_WINDOW` seconds).
-SPEAKER_LATENCIES: tuple[float, ...] = (0.01, 0.02, 0.04)
-UNDERRUNS_TO_GROW = 2
-UNDERRUN_WINDOW = 10.0
-
 
 class SpeakerDriver(WatchedDevice):
     """The speaker, pulling what it plays from the call's playout as it needs it.
@@ -58,17 +52,20 @@ class SpeakerDriver(WatchedDevice):
     reference: exactly what the speaker plays, at 48 kHz mono, before it is
     resampled or copied to the device's channels.
 
-    The device buffer starts as small as :data:`SPEAKER_LATENCIES` allows
-    and grows a step (the stream reopened, once per step) when PortAudio
-    reports :data:`UNDERRUNS_TO_GROW` underruns within
-    :data:`UNDERRUN_WINDOW` seconds; a ``latency`` given stays as it is.
+    The device buffer starts as small as ``buffer_steps`` allows
+    (:data:`~softphone.media.devicebuffer.SPEAKER_LATENCIES` by default),
+    grows a step (the stream reopened) when PortAudio reports repeated
+    underruns and shrinks back a step after a calm spell
+    (:class:`~softphone.media.devicebuffer.DeviceBuffer`); a ``latency``
+    given stays as it is.
     """
 
     direction: Kind = "output"
 
     def __init__(self, device: str | int | None = None, *, latency: str | float | None = None,
                  blocksize: int = 0, samplerate: int | None = None, channels: int | None = None,
-                 stall_timeout: float = 1.0, on_lost: LostCallback | None = None) -> None:
+                 stall_timeout: float = 1.0, on_lost: LostCallback | None = None,
+                 buffer_steps: BufferSteps | None = None) -> None:
         self._sd = sd = load_sounddevice()
         info = find_device(device, "output")
         super().__init__(info, stall_timeout)
@@ -84,15 +81,16 @@ class SpeakerDriver(WatchedDevice):
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self._blocksize = blocksize
-        self._steps: tuple[str | float, ...] = SPEAKER_LATENCIES if latency is None \
-            else (latency,)
-        self._step = 0
-        self._recent: deque[float] = deque()  # when underruns were seen (event loop)
-        self._counted = 0
-        #: Output buffers PortAudio reported as underflowed (we were late), and how
-        #: often the device buffer was made larger because of them.
+        #: What decides the device buffer (None: the ``latency`` given, for good).
+        self.buffer: DeviceBuffer | None = None
+        self._asked: str | float
+        if latency is None:
+            self.buffer = DeviceBuffer(buffer_steps or BufferSteps())
+            self._asked = self.buffer.latency
+        else:
+            self._asked = latency
+        #: Output buffers PortAudio reported as underflowed (we were late).
         self.underflows = 0
-        self.grown = 0
         #: The longest block PortAudio asked for (seconds): the playout leaves that much
         #: of a packet's wait uncut (:meth:`StretchPlayout.pull_chunk`).
         self.block = 0.0
@@ -102,7 +100,7 @@ class SpeakerDriver(WatchedDevice):
 
     def _open_stream(self) -> Any:
         stream = open_stream(self._sd, "OutputStream", self.device, samplerate=self.rate,
-                       latency=self._steps[self._step], blocksize=self._blocksize,
+                       latency=self._asked, blocksize=self._blocksize,
                        channels=self.channels, callback=self._callback)
         self._latency = float(stream.latency)
         log.info("speaker %s at %d Hz, %d channel(s), output latency %.1f ms", self.device,
@@ -127,7 +125,13 @@ class SpeakerDriver(WatchedDevice):
         return {"speaker_rate": self.rate, "speaker_channels": self.channels,
                 "speaker_latency_ms": round(self.latency * 1000, 1),
                 "speaker_delay_ms": as_ms(self.delay.value),
-                "speaker_underruns": self.underflows, "speaker_grown": self.grown}
+                "speaker_underruns": self.underflows, "speaker_grown": self.grown,
+                "speaker_shrunk": 0 if self.buffer is None else self.buffer.shrunk}
+
+    @property
+    def grown(self) -> int:
+        """How often the device buffer was made larger after underruns."""
+        return 0 if self.buffer is None else self.buffer.grown
 
     def drive(self, pull: Callable[[], Int16Array], lost: LostCallback) -> None:
         """From now on, play what ``pull()`` returns (20 ms or any other length, each
@@ -185,22 +189,21 @@ class SpeakerDriver(WatchedDevice):
                 self._pull = None
                 self._declare_lost(f"stopped playing ({silent_for:.1f} s without a callback)")
                 return
-            self._grow_on_underruns()
+            self._resize()
 
-    def _grow_on_underruns(self) -> None:
-        """On the event loop: a larger device buffer after repeated underruns."""
-        now = time.monotonic()
-        new = self.underflows - self._counted
-        self._counted = self.underflows
-        self._recent.extend([now] * new)
-        while self._recent and now - self._recent[0] > UNDERRUN_WINDOW:
-            self._recent.popleft()
-        if len(self._recent) < UNDERRUNS_TO_GROW or self._step + 1 >= len(self._steps):
+    def _resize(self) -> None:
+        """On the event loop: the device buffer :attr:`buffer` says, if another."""
+        buffer = self.buffer
+        if buffer is None:
+            return
+        step = buffer.step
+        latency = buffer.update(self.underflows, time.monotonic())
+        if latency is None:
             return
         old = self.stream
-        self._step += 1
-        self._recent.clear()
+        self._asked = latency
         close_stream(old)  # (its callback has returned once this does)
+        self.block = 0.0  # (the new stream's blocks: measured again)
         try:
             self.stream = self._open_stream()
         except DeviceError as exc:
@@ -208,9 +211,8 @@ class SpeakerDriver(WatchedDevice):
             self._pull = None
             self._declare_lost(f"could not be reopened ({exc})")
             return
-        self.grown += 1
-        log.info("speaker: %d underruns in %g s; device buffer now %.0f ms", UNDERRUNS_TO_GROW,
-                 UNDERRUN_WINDOW, self.latency * 1000)
+        log.info("speaker: %s; device buffer now %.0f ms", "repeated underruns"
+                 if buffer.step > step else "calm since the last change", self.latency * 1000)
         if self._voice is not None:
             self._voice.set_device_latency(self.latency, self._mic_latency)
 

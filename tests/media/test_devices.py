@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -200,17 +201,22 @@ def test_device_format_falls_back_to_the_devices_own_rate_and_channels() -> None
     assert "\n" not in str(err.value) and "USB headset" in str(err.value)
 
 
-# A speaker whose callback is made late (pull() sleeps past the 10 ms device buffer):
-# PortAudio reports real underruns, and the device buffer grows a step.
+# A speaker whose callback is made late (pull() sleeps past the 10 ms device buffer)
+# until its device buffer has grown: PortAudio reports real underruns, and the buffer
+# grows a step. Then (CALM seconds of calm given) it is on time again and waits for the
+# buffer to shrink back, and plays on for a second.
 LATE_SPEAKER = """
-import asyncio, json, time
+import asyncio, json, sys, time
 import numpy as np
+from softphone.media.devicebuffer import BufferSteps
 from softphone.media.devices import SpeakerDriver
 
+CALM = float(sys.argv[1]) if len(sys.argv) > 1 else None
+
 async def main():
-    speaker = SpeakerDriver()
+    speaker = SpeakerDriver(buffer_steps=BufferSteps(calm=CALM) if CALM else None)
     first = speaker.latency
-    told = []
+    told, seen = [], []
 
     class Told:  # what the voice processor is told
         def set_device_latency(self, output_s, input_s):
@@ -228,27 +234,48 @@ async def main():
         return np.zeros(960, np.int16)
 
     speaker.drive(pull, print)
-    for _ in range(150):  # (under load the underruns come later: up to 15 s)
+    for _ in range(250):  # (under load the underruns come later: up to 15 s)
         await asyncio.sleep(0.1)
-        if speaker.grown:
+        seen.append(speaker.latency)
+        if speaker.buffer.shrunk if CALM else speaker.grown:
             break
+    before = calls[0]
+    if CALM:
+        await asyncio.sleep(1.0)  # (and it keeps playing on the small buffer: 50 frames)
     print(json.dumps({"first": first, "now": speaker.latency, "told": told,
-                      **speaker.device_stats()}))
+                      "most": max(seen), "pulled": calls[0] - before,
+                      "active": speaker.stream.active, **speaker.device_stats()}))
     speaker.stop()
 
 asyncio.run(main())
 """
 
 
-def test_speaker_buffer_grows_a_step_after_underruns(pulse: PulseLab) -> None:
-    out = subprocess.run([sys.executable, "-c", LATE_SPEAKER], env={**os.environ,
-                         **pulse.env_for("a")}, capture_output=True, text=True, timeout=60)
+def late_speaker(pulse: PulseLab, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", LATE_SPEAKER, *args], env={
+        **os.environ, **pulse.env_for("a")}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_speaker_buffer_grows_a_step_after_underruns(pulse: PulseLab) -> None:
+    report = late_speaker(pulse)
     assert report["first"] == pytest.approx(0.010, abs=0.002), report
     assert report["speaker_underruns"] >= 2 and report["speaker_grown"] == 1, report
     assert report["now"] == pytest.approx(0.020, abs=0.004), report
     assert report["told"][-1] == report["now"], report
+
+
+def test_speaker_buffer_shrinks_back_after_a_calm_spell(pulse: PulseLab) -> None:
+    """A moment of lateness grew it; a second of calm (30 s by default) takes it back,
+    the voice processor is told, and it plays on at its first size."""
+    report = late_speaker(pulse, "1.0")
+    assert report["speaker_grown"] >= 1 and report["speaker_shrunk"] >= 1, report
+    assert report["most"] == pytest.approx(0.020, abs=0.004), report
+    assert report["now"] == pytest.approx(report["first"], abs=0.002), report
+    assert report["told"][-1] == report["now"], report
+    assert report["active"] and 40 <= report["pulled"] <= 60, report
 
 
 # A speaker playing a tone with pauses (0.4 s on, 0.2 s off) from our playout, its
