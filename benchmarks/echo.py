@@ -425,8 +425,13 @@ def main() -> None:
                 url = f"http://127.0.0.1:{port}"
                 use = flags if flags_ok else []
                 results[name] = one_call(lab, url, m, use, Path(tmp))
-                for _ in range(args.m2e_runs):
-                    run = mouth_to_ear.one_run(lab, url, use, 10)
+                for k in range(args.m2e_runs):
+                    try:
+                        run = mouth_to_ear.one_run(lab, url, use, 10)
+                    except mouth_to_ear.LabFailed as exc:
+                        print(f"{name}: mouth to ear run {k + 1}: the lab failed, nothing "
+                              f"measured: {exc}", file=sys.stderr)
+                        continue
                     if run.delays:
                         results[name].mouth_to_ear.append(float(np.median(run.delays)))
             finally:

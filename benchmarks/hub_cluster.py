@@ -2,6 +2,7 @@
 
     python benchmarks/hub_cluster.py              # 8 s per run
     python benchmarks/hub_cluster.py --quick      # 3 s per run
+    python benchmarks/hub_cluster.py --connects   # only: how long a handshake takes
 
 Three set-ups, each measured with benchmarks/hub.py's relay and steady
 scenarios (same clients, same delivery checks: no loss, no duplicate, no
@@ -20,6 +21,10 @@ server processes together per relayed message; "(CPU redis x%, node1 y%, ...)"
 how it split between them. The machine has two cores:
 this measures what a message costs through Redis and its latency, not how far
 more machines would scale.
+
+``--connects``: how long a WebSocket handshake takes on each set-up (a node
+answers it once the id is claimed in Redis): 500 clients one after the other,
+then 500 at once; median and 99th percentile from the request to the ``101``.
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ import importlib.util
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -132,6 +140,39 @@ class InMemory(bench.Ours):
     name = "in-memory"
 
 
+async def connects(server: bench.Server, count: int) -> str:
+    """Handshake times: ``count`` clients one by one, then ``count`` at once."""
+    async def one(session: aiohttp.ClientSession, client_id: str,
+                  out: list[float]) -> aiohttp.ClientWebSocketResponse:
+        t0 = time.perf_counter()
+        ws = await session.ws_connect(server.ws_url(client_id), compress=0)
+        out.append(time.perf_counter() - t0)
+        return ws
+
+    def ms(xs: list[float], q: float) -> float:
+        return 1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
+
+    parts = []
+    pool = bench.sessions(10)
+    try:
+        for how in ("one by one", "at once"):
+            took: list[float] = []
+            t0 = time.perf_counter()
+            if how == "one by one":
+                sockets = [await one(pool[i % 10], f"s{i}a", took) for i in range(count)]
+            else:
+                sockets = await asyncio.gather(*(one(pool[i % 10], f"c{i}b", took)
+                                                 for i in range(count)))
+            total = time.perf_counter() - t0
+            parts.append(f"{how}: p50 {ms(took, 0.5):5.2f} ms p99 {ms(took, 0.99):6.2f} ms "
+                         f"({total:4.2f} s)")
+            await asyncio.gather(*(ws.close() for ws in sockets))
+    finally:
+        for session in pool:
+            await session.close()
+    return f"connects {count} {server.name:<10} " + "; ".join(parts)
+
+
 async def main(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {bench.LOAD_CPU})
     bench.raise_fd_limit()
@@ -144,6 +185,12 @@ async def main(args: argparse.Namespace) -> None:
         ("1 node", lambda relay_rate: Nodes(1, relay_rate)),
         ("2 nodes", lambda relay_rate: Nodes(2, relay_rate)),
     ]
+    if args.connects:
+        for _, make in makers:
+            print(await bench.run_server(lambda m=make: m(False),
+                                         lambda s: connects(s, 500)), flush=True)
+        return
+
     async def split(server: bench.Server, result: Any) -> Any:
         result = await result
         if isinstance(server, Nodes):
@@ -170,6 +217,8 @@ if __name__ == "__main__":
                         help="steady scenario: messages/s in total (default 2,000: what two "
                              "nodes and Redis sustain on one shared core here)")
     parser.add_argument("--quick", action="store_true", help="3 s runs")
+    parser.add_argument("--connects", action="store_true",
+                        help="only the handshake times (500 one by one, 500 at once)")
     ns = parser.parse_args()
     if ns.quick:
         ns.seconds = 3.0

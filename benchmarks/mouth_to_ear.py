@@ -156,6 +156,9 @@ class Mouth:
         self._thread.join(2)
         for proc in self.procs:
             proc.kill()
+            proc.wait(5)
+        for err in self.errors:
+            err.close()
 
 
 class Ear:
@@ -370,15 +373,18 @@ def main() -> None:
     hub = subprocess.Popen([*SOFTPHONE, "serve", "--port", str(port), "--ice-server", "none"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs: list[Run] = []
+    failed = None
     try:
         time.sleep(1.5)
         for k in range(args.runs):
             try:
                 run = one_run(lab, url, flags, args.bursts)
             except LabFailed as exc:
-                sys.exit(f"run {k + 1}: the lab failed, nothing measured: {exc}")
+                failed = f"run {k + 1}: the lab failed, nothing measured: {exc}"
+                break
             if not run.delays:
-                sys.exit(f"run {k + 1}: no burst came through the call")
+                failed = f"run {k + 1}: no burst came through the call"
+                break
             runs.append(run)
             print(f"run {k + 1}: {describe(run)}", flush=True)
             if args.each:
@@ -388,12 +394,16 @@ def main() -> None:
         hub.wait(10)
         lab.stop()
     medians = [statistics.median(r.delays) for r in runs]
-    worst = max(medians)
-    print(f"mouth to ear ({' '.join(flags) or 'defaults'}): "
-          f"medians {' / '.join(f'{m:.1f}' for m in medians)} ms; worst {worst:.1f} ms "
-          f"({'within' if worst <= args.limit else 'OVER'} {args.limit:g} ms)")
+    if medians:
+        worst = max(medians)
+        print(f"mouth to ear ({' '.join(flags) or 'defaults'}): "
+              f"medians {' / '.join(f'{m:.1f}' for m in medians)} ms; worst {worst:.1f} ms "
+              f"({'within' if worst <= args.limit else 'OVER'} {args.limit:g} ms)"
+              f"{f' ({len(runs)} of {args.runs} runs)' if failed else ''}")
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
           f"({os.cpu_count()} cores)")
+    if failed:
+        sys.exit(failed)
 
 
 if __name__ == "__main__":

@@ -75,12 +75,17 @@ class DtmfLink:
             waiter.cancel()
         return self._digits.popleft()
 
+    # (A channel of an earlier connection may outlive the call: then nobody is told.)
+
     def _received(self, event: DtmfEvent) -> None:
+        call = self._call()
+        if call is None:
+            return
         self._digits.append(event)
         self._digit_arrived.set()
-        self.call._emit({"event": "dtmf", "digit": event.digit,
-                         "duration_ms": event.duration_ms})
+        call._emit({"event": "dtmf", "digit": event.digit, "duration_ms": event.duration_ms})
 
     def _sent(self, tone: str) -> None:
-        if tone != ",":
-            self.call._emit({"event": "dtmf-sent", "digit": tone})
+        call = self._call()
+        if call is not None and tone != ",":
+            call._emit({"event": "dtmf-sent", "digit": tone})

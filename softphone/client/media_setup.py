@@ -71,14 +71,14 @@ class MediaSetup:
 
     # -- the ICE servers -------------------------------------------------------
 
-    async def connecting(self, connect: Awaitable[None]) -> None:
-        """Await ``connect`` (the phone's hub connection), asking the hub's ICE servers
+    async def connecting(self, connect: Callable[[], Awaitable[None]]) -> None:
+        """Await ``connect()`` (the phone's hub connection), asking the hub's ICE servers
         alongside (when the phone has none of its own): a call dialed at once needs them."""
         ahead = None
         if self.ice_servers is None:
             ahead = asyncio.ensure_future(self.phone.hub.ice_servers())
         try:
-            await connect
+            await connect()
         except BaseException:
             if ahead is not None:
                 _forget(ahead)

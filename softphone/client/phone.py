@@ -159,7 +159,7 @@ class Phone:
     async def connect(self) -> None:
         """Connect to the hub and start the phone. Raises :class:`HubUnreachable`."""
         try:  # (the hub's ICE servers asked alongside: a call dialed at once needs them)
-            await self._media_setup.connecting(self.hub.connect())
+            await self._media_setup.connecting(self.hub.connect)
         except BaseException:
             await self.hub.close()  # no HTTP session left open behind the error
             raise

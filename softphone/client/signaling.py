@@ -33,6 +33,11 @@ from softphone.core.protocol import (
 
 log = logging.getLogger(__name__)
 
+#: A hub that took the connection but has not answered its handshake after this many
+#: connect timeouts is unreachable (ours answers once it has registered the id: at
+#: once, or a Redis round trip later).
+HANDSHAKE_TIMEOUTS: Final = 3
+
 #: Seconds the ICE servers the hub sent on connecting are used for a call; later
 #: (TURN credentials expire) a call asks ``/ice-servers`` again.
 PUSHED_FRESH: Final = 60.0
@@ -78,8 +83,9 @@ class HubClient:
             url += f"&token={quote(self.token, safe='')}"
         try:
             # Pings answered by messages() itself, which so sees the pongs (ping()).
-            self._ws = await session.ws_connect(url, ssl=self._ssl, heartbeat=20.0,
-                                                autoping=False)
+            self._ws = await asyncio.wait_for(
+                session.ws_connect(url, ssl=self._ssl, heartbeat=20.0, autoping=False),
+                HANDSHAKE_TIMEOUTS * self._connect_timeout)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise HubUnreachable(f"cannot reach the hub at {self.address.http}: "
                                  f"{_describe(exc)}") from exc
@@ -242,5 +248,7 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer in time"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]

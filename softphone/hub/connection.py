@@ -60,8 +60,10 @@ class Unanswered(asyncio.Transport):
 
     The answer (``101`` and what goes with it) waits until the client's id is
     registered, hub-wide: a client told it is connected can at once be called
-    from any node. Whatever the hub writes meanwhile (pongs, messages for it,
-    a close frame) waits behind the answer, in order.
+    from any node. Whatever the hub writes meanwhile (pongs, messages for it)
+    waits behind the answer, in order. A connection closed before then (the
+    client sent a close frame at once; the hub replaced it or is stopping) is
+    answered first, so that its closing handshake is one the client can read.
     """
 
     __slots__ = ("_out", "transport")
@@ -69,26 +71,32 @@ class Unanswered(asyncio.Transport):
     def __init__(self, transport: asyncio.Transport, answer: bytes) -> None:
         super().__init__()
         self.transport = transport
-        self._out = [answer]
+        #: The answer and what waits behind it (None: answered, written through).
+        self._out: list[bytes] | None = [answer]
 
     def answered(self) -> asyncio.Transport:
         """Write the answer and what waited behind it; the transport, from now on."""
-        transport = self.transport
-        if not transport.is_closing():
-            transport.write(b"".join(self._out))
-        self._out.clear()
+        transport, out = self.transport, self._out
+        if out is not None:
+            self._out = None
+            if not transport.is_closing():
+                transport.write(b"".join(out))
         return transport
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._out.append(bytes(data))
+        if self._out is None:
+            self.transport.write(data)
+        else:
+            self._out.append(bytes(data))
 
     def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() + sum(map(len, self._out))
+        waiting = 0 if self._out is None else sum(map(len, self._out))
+        return self.transport.get_write_buffer_size() + waiting
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
 
-    def close(self) -> None:  # (what was written first goes first, then FIN)
+    def close(self) -> None:  # (answered: see the class docstring; then FIN)
         self.answered().close()
 
     def abort(self) -> None:
@@ -317,10 +325,14 @@ class ClientConnection(WebSocket):
     def stop(self) -> None:
         self.dropped = True
 
-    def answer(self) -> None:
+    def answer_handshake(self) -> None:
         """Send the handshake's answer, and what waited behind it (see :class:`Unanswered`)."""
         if isinstance(self._transport, Unanswered):
             self._transport = self._transport.answered()
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: bytes = b"") -> None:
+        self.answer_handshake()  # (the close frame is for a client that was answered)
+        WebSocket.close(self, code, reason)
 
     # -- frames in ------------------------------------------------------------
 

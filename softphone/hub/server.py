@@ -29,6 +29,7 @@ with whom in :mod:`softphone.hub.limits`. This module applies them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -294,7 +295,14 @@ class Hub:
 
     async def _register(self, conn: ClientConnection) -> None:
         client_id = conn.client_id
-        replaced = await self.registry.register(conn)
+        try:
+            replaced = await self.registry.register(conn)
+        except Exception:  # (a registry fault: not answered, so cut, not left waiting)
+            log.exception("register id=%s failed: connection cut", client_id)
+            with contextlib.suppress(Exception):
+                await self.registry.unregister(conn)
+            conn.abort()
+            return
         conn.registered = True
         self.pairs.connected(client_id)
         if replaced is not None:
@@ -304,7 +312,7 @@ class Hub:
         if conn.dropped:  # gone while it was being registered
             await self._unregister(conn)
         else:
-            conn.answer()
+            conn.answer_handshake()
             conn.resume()
 
     def connection_closed(self, conn: ClientConnection) -> None:

@@ -13,13 +13,15 @@ take it back a step: a moment of load on a laptop (a browser opening, a
 build) does not cost the rest of the call its delay. A device that underruns
 again soon after shrinking (within ``calm``) was at its real limit: the calm
 it needs before the next try doubles, up to ``max_calm``, so it does not
-see-saw.
+see-saw; a shrink that holds for that long brings it back to ``calm``. Each
+change reopens the device: a short gap in what is played.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Final
 
 #: The speaker's device buffer steps (seconds), first to last: 10 ms instead of 20 ms
@@ -42,11 +44,16 @@ class BufferSteps:
     max_calm: float = 480.0
 
     def __post_init__(self) -> None:
-        if not self.steps or any(s <= 0 for s in self.steps) \
-                or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"buffer steps must be positive and rising, not {self.steps!r}")
-        if self.underruns_to_grow < 1 or self.window <= 0 or not 0 < self.calm <= self.max_calm:
-            raise ValueError("underruns_to_grow >= 1, window > 0 and 0 < calm <= max_calm")
+        steps = self.steps
+        if not steps or steps[0] <= 0 or any(b <= a for a, b in pairwise(steps)):
+            raise ValueError(f"buffer steps must be positive and rising, not {steps!r}")
+        if self.underruns_to_grow < 1:
+            raise ValueError(f"underruns_to_grow must be at least 1, not {self.underruns_to_grow}")
+        if self.window <= 0:
+            raise ValueError(f"window must be positive, not {self.window}")
+        if not 0 < self.calm <= self.max_calm:
+            raise ValueError(f"calm must be positive and at most max_calm ({self.max_calm}), "
+                             f"not {self.calm}")
 
 
 @dataclass
@@ -55,18 +62,19 @@ class DeviceBuffer:
 
     settings: BufferSteps = field(default_factory=BufferSteps)
     #: The step in use (an index into ``settings.steps``).
-    step: int = 0
+    step: int = field(default=0, init=False)
     #: How often it grew, and shrank back.
-    grown: int = 0
-    shrunk: int = 0
+    grown: int = field(default=0, init=False)
+    shrunk: int = field(default=0, init=False)
     #: The calm needed now before a step smaller (seconds).
-    calm: float = 0.0
-    _counted: int = 0
-    _recent: deque[float] = field(default_factory=deque)
-    #: When it last changed (or was first asked), and when it last shrank.
-    _changed_at: float | None = None
-    _shrunk_at: float | None = None
-    _last_underrun: float = float("-inf")
+    calm: float = field(default=0.0, init=False)
+    _counted: int = field(default=0, init=False)
+    _recent: deque[float] = field(default_factory=deque, init=False)
+    #: When it last changed (or was first asked), when it last shrank (while that
+    #: shrink has not yet held for ``calm``), and the last underrun.
+    _changed_at: float | None = field(default=None, init=False)
+    _shrunk_at: float | None = field(default=None, init=False)
+    _last_underrun: float = field(default=float("-inf"), init=False)
 
     def __post_init__(self) -> None:
         self.calm = self.settings.calm
@@ -95,7 +103,11 @@ class DeviceBuffer:
                 self.calm = min(2 * self.calm, s.max_calm)  # (back at its limit)
             self.step += 1
             self.grown += 1
+            self._shrunk_at = None
             return self._changed(now)
+        if self._shrunk_at is not None and now - self._shrunk_at >= self.calm:
+            self.calm = s.calm  # (the last shrink held: the device was fine at that size)
+            self._shrunk_at = None
         if self.step > 0 and now - max(self._changed_at, self._last_underrun) >= self.calm:
             self.step -= 1
             self.shrunk += 1

@@ -15,7 +15,8 @@
   (:meth:`softphone.media.tracks.AudioReceiver.play`): the speaker is the
   clock and the playout is the only buffer before the device. Each frame
   it pulls is the echo canceller's reference. Its device buffer starts at
-  10 ms and grows only if the device underruns.
+  10 ms, grows only if the device underruns and shrinks back after a calm
+  spell (:mod:`softphone.media.devicebuffer`).
 - :func:`attach_voice_processor`: a call's processor, given to both.
 
 Both resample when the device does not take 48 kHz, mix down or copy to

@@ -40,6 +40,9 @@ from softphone.media.tracks import LostCallback, tell_lost
 
 log = logging.getLogger(__name__)
 
+#: Times a resized stream is tried before the speaker is given up as lost.
+REOPEN_TRIES = 3
+
 
 class SpeakerDriver(WatchedDevice):
     """The speaker, pulling what it plays from the call's playout as it needs it.
@@ -99,6 +102,7 @@ class SpeakerDriver(WatchedDevice):
         self.stream = self._open_stream()
 
     def _open_stream(self) -> Any:
+        self._starting = True  # (a new stream's first callback may say it underran)
         stream = open_stream(self._sd, "OutputStream", self.device, samplerate=self.rate,
                        latency=self._asked, blocksize=self._blocksize,
                        channels=self.channels, callback=self._callback)
@@ -151,8 +155,9 @@ class SpeakerDriver(WatchedDevice):
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         self.last_callback = time.monotonic()
         pull = self._pull
-        if status.output_underflow and pull is not None:  # (not the stream's start)
-            self.underflows += 1
+        if status.output_underflow and pull is not None and not self._starting:
+            self.underflows += 1  # (not a stream's start: the first drive, a reopen)
+        self._starting = False
         waiting = self._waiting
         if pull is None or frames > waiting.capacity // 2:
             outdata.fill(0)
@@ -189,10 +194,12 @@ class SpeakerDriver(WatchedDevice):
                 self._pull = None
                 self._declare_lost(f"stopped playing ({silent_for:.1f} s without a callback)")
                 return
-            self._resize()
+            await self._resize()
 
-    def _resize(self) -> None:
-        """On the event loop: the device buffer :attr:`buffer` says, if another."""
+    async def _resize(self) -> None:
+        """The device buffer :attr:`buffer` says, if another: the stream reopened on
+        a worker thread (PortAudio's close and open block for a few ms, more when
+        they have to be tried again)."""
         buffer = self.buffer
         if buffer is None:
             return
@@ -202,19 +209,37 @@ class SpeakerDriver(WatchedDevice):
             return
         old = self.stream
         self._asked = latency
-        close_stream(old)  # (its callback has returned once this does)
-        self.block = 0.0  # (the new stream's blocks: measured again)
+        began = time.monotonic()
         try:
-            self.stream = self._open_stream()
+            new = await asyncio.to_thread(self._reopen, old)
         except DeviceError as exc:
-            self.stream = old
             self._pull = None
             self._declare_lost(f"could not be reopened ({exc})")
             return
-        log.info("speaker: %s; device buffer now %.0f ms", "repeated underruns"
-                 if buffer.step > step else "calm since the last change", self.latency * 1000)
+        if self._closed:  # stopped meanwhile
+            close_stream(new)
+            return
+        self.stream = new
+        log.info("speaker: %s; device buffer now %.0f ms (reopened in %.1f ms)",
+                 "repeated underruns" if buffer.step > step else "calm since the last change",
+                 self.latency * 1000, (time.monotonic() - began) * 1000)
         if self._voice is not None:
             self._voice.set_device_latency(self.latency, self._mic_latency)
+
+    def _reopen(self, old: Any) -> Any:
+        """(On a worker thread.) ``old`` closed, a stream at the new size open: tried
+        :data:`REOPEN_TRIES` times (PulseAudio's ALSA plugin now and then refuses one)."""
+        close_stream(old)  # (its callback has returned once this does)
+        self.block = 0.0  # (the new stream's blocks: measured again)
+        for attempt in range(1, REOPEN_TRIES + 1):
+            try:
+                return self._open_stream()
+            except DeviceError as exc:
+                if attempt == REOPEN_TRIES:
+                    raise
+                log.info("speaker: reopening failed (%s); trying again", exc)
+                time.sleep(0.02 * attempt)
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """Stop playing and close the device (idempotent)."""

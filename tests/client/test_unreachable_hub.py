@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from softphone import HubUnreachable, Phone
+from softphone.client.signaling import HubClient
 
 
 def _closed_port() -> int:
@@ -40,3 +41,32 @@ async def test_connect_to_an_unreachable_hub_raises_once_and_leaves_no_error_beh
     finally:
         loop.set_exception_handler(previous)
     assert not reported, [c.get("message") for c in reported]
+
+
+async def test_a_hub_that_never_answers_the_handshake_is_unreachable() -> None:
+    """It takes the connection and reads the request, then says nothing: after three
+    connect timeouts the phone is told, in one line, not left waiting for good."""
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = HubClient(f"http://127.0.0.1:{port}", "a", connect_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await client.connect()
+    except HubUnreachable as exc:
+        assert "\n" not in str(exc) and str(exc).endswith(": no answer in time"), exc
+    else:
+        raise AssertionError("connected to a hub that never answered")
+    finally:
+        await client.close()
+        done.set()
+        server.close()
+        await server.wait_closed()
+    assert loop.time() - started < 5

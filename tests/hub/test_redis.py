@@ -307,18 +307,24 @@ async def eventually(check: Any, within: float = 10.0, what: str = "condition") 
 # -- cross-node messages -----------------------------------------------------------------
 
 
-class SlowClaim(RedisRegistry):
-    """A real RedisRegistry whose claims wait until the test lets them go."""
+def hold_claims(registry: RedisRegistry) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make ``registry``'s Redis claim (its Lua script) wait until the test lets it go:
+    (entered, go)."""
+    entered, go = asyncio.Event(), asyncio.Event()
+    claim = registry._scripts["claim"]
 
-    def __init__(self, url: str, node_id: str) -> None:
-        super().__init__(url, node_id, heartbeat=0.2, ttl=3.0)
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await go.wait()
+        return await claim(*args, **kwargs)
 
-    async def register(self, peer: Any) -> Any:
-        self.entered.set()
-        await self.go.wait()
-        return await super().register(peer)
+    registry._scripts["claim"] = held
+    return entered, go
+
+
+UPGRADE = (b"GET /ws?id=bob HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
 async def read_frame(reader: asyncio.StreamReader) -> str:
@@ -331,38 +337,76 @@ async def read_frame(reader: asyncio.StreamReader) -> str:
     return (await reader.readexactly(size)).decode()
 
 
-async def test_handshake_answered_after_the_claim(nodes: Nodes,
-                                                  redis_server: Any) -> None:
-    """A client is told it is connected only once its id is claimed hub-wide, so a
+async def test_handshake_answered_after_the_claim(nodes: Nodes) -> None:
+    """A client is told it is connected only once its id is claimed in Redis, so a
     call from another node at once finds it (it used to find it ``offline`` in
-    between); what the hub writes meanwhile waits behind the answer."""
-    n1 = await nodes.add("n1")
-    registry = SlowClaim(redis_server.url, "n2")
-    await registry.start()
-    n2 = Hub(HubConfig(ice_servers=[]), registry)
-    await n2.start("127.0.0.1", 0)
-    nodes.hubs.append(n2)
+    between); what the hub writes meanwhile (a pong) waits behind the answer."""
+    n1, n2 = await nodes.add("n1"), await nodes.add("n2")
+    entered, go = hold_claims(n2.registry)  # type: ignore[arg-type]
     reader, writer = await asyncio.open_connection("127.0.0.1", n2.port)
-    try:
-        writer.write(b"GET /ws?id=bob HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     b"Sec-WebSocket-Version: 13\r\n\r\n"
-                     b"\x89\x80abcd")  # and a ping right behind it (masked, empty)
-        await asyncio.wait_for(registry.entered.wait(), 5)
-        with pytest.raises(TimeoutError):  # (an answer written before it would be here)
-            await asyncio.wait_for(reader.read(1), 0.3)
-        registry.go.set()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\x8a\x00"  # the pong
-        async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice:
-            await alice.send_json({"type": "call-request", "to": "bob"})
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "alice")) as alice:
+        try:
+            writer.write(UPGRADE + b"\x89\x80abcd")  # and a ping right behind it
+            await asyncio.wait_for(entered.wait(), 5)
+            with pytest.raises(TimeoutError):  # (an answer written before it would be here)
+                await asyncio.wait_for(reader.read(1), 0.3)
+            go.set()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            await alice.send_json({"type": "call-request", "to": "bob"})  # at once
+            assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\x8a\x00"  # pong
             got = json.loads(await asyncio.wait_for(read_frame(reader), 5))
             assert (got["type"], got["from"]) == ("call-request", "alice")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_a_hub_stopping_answers_before_it_closes(nodes: Nodes) -> None:
+    """A client still being registered when the hub stops is answered, then told
+    ``going away`` (1001): a close it can read, not a handshake cut short."""
+    n2 = await nodes.add("n2")
+    entered, _ = hold_claims(n2.registry)  # type: ignore[arg-type]
+    reader, writer = await asyncio.open_connection("127.0.0.1", n2.port)
+    try:
+        writer.write(UPGRADE)
+        await asyncio.wait_for(entered.wait(), 5)
+        stopping = asyncio.ensure_future(n2.stop())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        close = await asyncio.wait_for(reader.readexactly(4), 5)
+        assert close[0] == 0x88 and int.from_bytes(close[2:4], "big") == 1001, close
+        await asyncio.wait_for(stopping, 10)
     finally:
         writer.close()
 
 
+async def test_a_registry_fault_cuts_the_connection(nodes: Nodes) -> None:
+    """A client whose registration fails is cut at once (it would wait for an answer
+    that never comes); the hub goes on."""
+    n1 = await nodes.add("n1")
+    registry = n1.registry
+    assert isinstance(registry, RedisRegistry)
+    register = registry.register
+    calls = [0]
+
+    async def failing(peer: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("registry fault")
+        return await register(peer)
+
+    registry.register = failing  # type: ignore[method-assign]
+    reader, writer = await asyncio.open_connection("127.0.0.1", n1.port)
+    try:
+        writer.write(UPGRADE)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # cut, nothing answered
+    finally:
+        writer.close()
+    async with aiohttp.ClientSession() as s, s.ws_connect(ws_url(n1, "bob")) as bob:
+        assert (await health(s, n1))["clients"] == 1
+        await bob.send_json({"type": "call-request", "to": "nobody"})
+        assert (await recv(bob))["data"]["code"] == "offline"
 
 
 async def test_cross_node_routing_sets_from(nodes: Nodes) -> None:

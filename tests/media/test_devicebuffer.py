@@ -8,12 +8,12 @@ from softphone.media.devicebuffer import SPEAKER_LATENCIES, BufferSteps, DeviceB
 
 
 def run(buffer: DeviceBuffer, underruns_at: list[float], until: float,
-        step: float = 0.25) -> list[tuple[float, float]]:
-    """Ask ``buffer`` every ``step`` s (as the speaker does) with underruns at those
-    times; the changes it asked for, as (when, buffer)."""
+        step: float = 0.25, start: float = 0.0) -> list[tuple[float, float]]:
+    """Ask ``buffer`` every ``step`` s from ``start`` (as the speaker does) with underruns
+    at those times; the changes it asked for, as (when, buffer)."""
     changes = []
-    count = 0
-    t = 0.0
+    count = buffer._counted
+    t = start
     pending = sorted(underruns_at)
     while t <= until:
         while pending and pending[0] <= t:
@@ -70,10 +70,14 @@ def test_underrunning_again_soon_after_shrinking_doubles_the_calm_it_needs() -> 
                  35.0, 35.1,        # soon after: grow at 35.25, calm 60
                  96.0, 96.1,        # shrink at 95.25, underruns: grow at 96.25, calm 100
                  ]
-    changes = run(buffer, underruns, 400.0)
+    changes = run(buffer, underruns, 250.0)
     assert changes == [(1.25, 0.02), (31.25, 0.01), (35.25, 0.02), (95.25, 0.01),
                        (96.25, 0.02), (196.25, 0.01)]
     assert buffer.calm == 100.0  # (at most max_calm)
+    # That last shrink holds for 100 s: the device is fine at 10 ms again, and the
+    # next moment of load is followed by the first calm again.
+    assert run(buffer, [], 296.0, start=250.25) == [] and buffer.calm == 100.0
+    assert buffer.update(6, 296.25) is None and buffer.calm == 30.0
 
 
 def test_underruns_long_after_a_shrink_do_not_lengthen_the_calm() -> None:
@@ -90,9 +94,10 @@ def test_one_step_never_changes() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"steps": ()}, {"steps": (0.02, 0.01)}, {"steps": (0.0, 0.01)},
+    {"steps": ()}, {"steps": (0.02, 0.01)}, {"steps": (0.0, 0.01)}, {"steps": (0.01, 0.01)},
     {"underruns_to_grow": 0}, {"window": 0.0}, {"calm": 0.0}, {"calm": 10.0, "max_calm": 5.0},
 ])
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as err:
         BufferSteps(**kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value) and "not" in str(err.value)

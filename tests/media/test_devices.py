@@ -204,14 +204,26 @@ def test_device_format_falls_back_to_the_devices_own_rate_and_channels() -> None
 # A speaker whose callback is made late (pull() sleeps past the 10 ms device buffer)
 # until its device buffer has grown: PortAudio reports real underruns, and the buffer
 # grows a step. Then (CALM seconds of calm given) it is on time again and waits for the
-# buffer to shrink back, and plays on for a second.
+# buffer to shrink back, and plays on for a second. ("refuse": the first reopen is
+# refused, as PulseAudio's ALSA plugin now and then does: a fault injected.)
 LATE_SPEAKER = """
 import asyncio, json, sys, time
 import numpy as np
+import softphone.media.speaker as speaker_module
 from softphone.media.devicebuffer import BufferSteps
 from softphone.media.devices import SpeakerDriver
+from softphone.media.sounddev import DeviceError
 
-CALM = float(sys.argv[1]) if len(sys.argv) > 1 else None
+CALM = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "0" else None
+opened = [0]
+if "refuse" in sys.argv:
+    real_open = speaker_module.open_stream
+    def open_stream(*args, **kwargs):
+        opened[0] += 1
+        if opened[0] == 2:
+            raise DeviceError("cannot open default: Illegal combination of I/O devices")
+        return real_open(*args, **kwargs)
+    speaker_module.open_stream = open_stream
 
 async def main():
     speaker = SpeakerDriver(buffer_steps=BufferSteps(calm=CALM) if CALM else None)
@@ -244,7 +256,8 @@ async def main():
         await asyncio.sleep(1.0)  # (and it keeps playing on the small buffer: 50 frames)
     print(json.dumps({"first": first, "now": speaker.latency, "told": told,
                       "most": max(seen), "pulled": calls[0] - before,
-                      "active": speaker.stream.active, **speaker.device_stats()}))
+                      "active": speaker.stream.active, "lost": speaker.lost,
+                      "opened": opened[0], **speaker.device_stats()}))
     speaker.stop()
 
 asyncio.run(main())
@@ -265,6 +278,13 @@ def test_speaker_buffer_grows_a_step_after_underruns(pulse: PulseLab) -> None:
     assert report["speaker_underruns"] >= 2 and report["speaker_grown"] == 1, report
     assert report["now"] == pytest.approx(0.020, abs=0.004), report
     assert report["told"][-1] == report["now"], report
+
+
+def test_a_refused_reopen_is_tried_again(pulse: PulseLab) -> None:
+    report = late_speaker(pulse, "0", "refuse")
+    assert report["lost"] is None and report["active"], report
+    assert report["speaker_grown"] == 1 and report["opened"] == 3, report
+    assert report["now"] == pytest.approx(0.020, abs=0.004), report
 
 
 def test_speaker_buffer_shrinks_back_after_a_calm_spell(pulse: PulseLab) -> None:
