@@ -14,7 +14,8 @@ build) does not cost the rest of the call its delay. A device that underruns
 again soon after shrinking (within ``calm``) was at its real limit: the calm
 it needs before the next try doubles, up to ``max_calm``, so it does not
 see-saw; a shrink that holds for that long brings it back to ``calm``. Each
-change reopens the device: a short gap in what is played.
+change reopens the device: a short gap in what is played, so a step back
+waits for a pause.
 """
 
 from __future__ import annotations
@@ -84,9 +85,16 @@ class DeviceBuffer:
         """The buffer to ask the device for (seconds)."""
         return self.settings.steps[self.step]
 
-    def update(self, underruns: int, now: float) -> float | None:
-        """``underruns``: the device's count so far; ``now``: seconds, any origin.
-        Returns the buffer to reopen the device with, or None: keep it."""
+    @property
+    def may_shrink(self) -> bool:
+        """Whether it could take a step back (then the device says if it is quiet)."""
+        return self.step > 0
+
+    def update(self, underruns: int, now: float, quiet: bool = True) -> float | None:
+        """``underruns``: the device's count so far; ``now``: seconds, any origin;
+        ``quiet``: what it plays is a pause (a step back waits for one: the reopen
+        is a gap, and a gap in a pause is not heard). Returns the buffer to reopen
+        the device with, or None: keep it."""
         s = self.settings
         if self._changed_at is None:
             self._changed_at = now
@@ -108,7 +116,8 @@ class DeviceBuffer:
         if self._shrunk_at is not None and now - self._shrunk_at >= self.calm:
             self.calm = s.calm  # (the last shrink held: the device was fine at that size)
             self._shrunk_at = None
-        if self.step > 0 and now - max(self._changed_at, self._last_underrun) >= self.calm:
+        if self.step > 0 and quiet \
+                and now - max(self._changed_at, self._last_underrun) >= self.calm:
             self.step -= 1
             self.shrunk += 1
             self._shrunk_at = now

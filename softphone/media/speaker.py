@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Times a resized stream is tried before the speaker is given up as lost.
 REOPEN_TRIES = 3
+#: A step back waits until this many stretches in a row played quiet (peak under
+#: -40 dBFS): a pause, where the reopen's gap is not heard.
+QUIET_PEAK = 328
+QUIET_PULLS = 3
 
 
 class SpeakerDriver(WatchedDevice):
@@ -94,6 +98,9 @@ class SpeakerDriver(WatchedDevice):
             self._asked = latency
         #: Output buffers PortAudio reported as underflowed (we were late).
         self.underflows = 0
+        #: (While the buffer may step back) stretches in a row that played quiet.
+        self._quiet_pulls = 0
+        self._watch_quiet = False
         #: The longest block PortAudio asked for (seconds): the playout leaves that much
         #: of a packet's wait uncut (:meth:`StretchPlayout.pull_chunk`).
         self.block = 0.0
@@ -172,6 +179,10 @@ class SpeakerDriver(WatchedDevice):
                                       + waiting.size / self.rate + held))
         while waiting.size < frames:
             samples = pull()
+            if self._watch_quiet:  # (only while a step back is possible: rare)
+                loud = samples.size and (int(samples.max()) >= QUIET_PEAK
+                                         or int(samples.min()) <= -QUIET_PEAK)
+                self._quiet_pulls = 0 if loud else self._quiet_pulls + 1
             voice = self._voice
             if voice is not None:
                 voice.render(samples)
@@ -204,7 +215,9 @@ class SpeakerDriver(WatchedDevice):
         if buffer is None:
             return
         step = buffer.step
-        latency = buffer.update(self.underflows, time.monotonic())
+        latency = buffer.update(self.underflows, time.monotonic(),
+                                quiet=self._quiet_pulls >= QUIET_PULLS)
+        self._watch_quiet = buffer.may_shrink
         if latency is None:
             return
         old = self.stream

@@ -87,6 +87,15 @@ def test_underruns_long_after_a_shrink_do_not_lengthen_the_calm() -> None:
     assert buffer.calm == 30.0
 
 
+def test_a_step_back_waits_for_a_pause() -> None:
+    buffer = DeviceBuffer(BufferSteps(calm=30.0))
+    assert not buffer.may_shrink
+    assert buffer.update(2, 1.0) == 0.02 and buffer.may_shrink
+    assert buffer.update(2, 40.0, quiet=False) is None  # calm, but someone talks
+    assert buffer.update(2, 40.25, quiet=False) is None
+    assert buffer.update(2, 40.5, quiet=True) == 0.01 and not buffer.may_shrink
+
+
 def test_one_step_never_changes() -> None:
     buffer = DeviceBuffer(BufferSteps(steps=(0.03,)))
     assert run(buffer, [float(t) for t in range(50)], 100.0) == []

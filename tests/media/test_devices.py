@@ -205,7 +205,8 @@ def test_device_format_falls_back_to_the_devices_own_rate_and_channels() -> None
 # until its device buffer has grown: PortAudio reports real underruns, and the buffer
 # grows a step. Then (CALM seconds of calm given) it is on time again and waits for the
 # buffer to shrink back, and plays on for a second. ("refuse": the first reopen is
-# refused, as PulseAudio's ALSA plugin now and then does: a fault injected.)
+# refused, as PulseAudio's ALSA plugin now and then does: a fault injected. "talk":
+# once grown, it plays a tone for 2.5 s, then silence again.)
 LATE_SPEAKER = """
 import asyncio, json, sys, time
 import numpy as np
@@ -238,11 +239,18 @@ async def main():
 
     speaker.use_voice_processor(Told(), 0.02)
     calls = [0]
+    talk = [None]  # (when the talk ends)
+    tone = (8000 * np.sin(np.arange(960) * 2 * np.pi * 500 / 48000)).astype(np.int16)
 
     def pull():
         calls[0] += 1
         if calls[0] % 25 == 0 and speaker.grown == 0:
             time.sleep(0.05)  # late: the device runs dry
+        if "talk" in sys.argv and speaker.grown:
+            if talk[0] is None:
+                talk[0] = time.monotonic() + 2.5
+            if time.monotonic() < talk[0]:
+                return tone
         return np.zeros(960, np.int16)
 
     speaker.drive(pull, print)
@@ -252,12 +260,14 @@ async def main():
         if speaker.buffer.shrunk if CALM else speaker.grown:
             break
     before = calls[0]
+    shrunk_at = time.monotonic()
     if CALM:
         await asyncio.sleep(1.0)  # (and it keeps playing on the small buffer: 50 frames)
     print(json.dumps({"first": first, "now": speaker.latency, "told": told,
                       "most": max(seen), "pulled": calls[0] - before,
                       "active": speaker.stream.active, "lost": speaker.lost,
-                      "opened": opened[0], **speaker.device_stats()}))
+                      "opened": opened[0], "after_talk": talk[0] and shrunk_at - talk[0],
+                      **speaker.device_stats()}))
     speaker.stop()
 
 asyncio.run(main())
@@ -285,6 +295,14 @@ def test_a_refused_reopen_is_tried_again(pulse: PulseLab) -> None:
     assert report["lost"] is None and report["active"], report
     assert report["speaker_grown"] == 1 and report["opened"] == 3, report
     assert report["now"] == pytest.approx(0.020, abs=0.004), report
+
+
+def test_speaker_buffer_steps_back_only_in_a_pause(pulse: PulseLab) -> None:
+    """A second of calm would do, but someone talks for 2.5 s: the step back (a gap)
+    waits for the pause after it."""
+    report = late_speaker(pulse, "1.0", "talk")
+    assert report["speaker_shrunk"] == 1 and report["lost"] is None, report
+    assert 0 <= report["after_talk"] < 1.5, report
 
 
 def test_speaker_buffer_shrinks_back_after_a_calm_spell(pulse: PulseLab) -> None:
