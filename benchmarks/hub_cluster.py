@@ -24,7 +24,8 @@ more machines would scale.
 
 ``--connects``: how long a WebSocket handshake takes on each set-up (a node
 answers it once the id is claimed in Redis): 500 clients one after the other,
-then 500 at once; median and 99th percentile from the request to the ``101``.
+then 500 at once; median and 99th percentile from opening the TCP connection
+to the ``101``.
 """
 
 from __future__ import annotations

@@ -418,8 +418,8 @@ class ClientConnection(WebSocket):
         if self.dropped or self._transport.is_closing():
             return
         self._transport.resume_reading()
-        if held:
-            self._frames(held)
+        if held and self._ws.state is WSState.OPEN:  # (closed by the hub meanwhile:
+            self._frames(held)                       # what it sent then is not relayed)
 
     def _frames(self, events: list[Any]) -> None:
         if self.dropped:

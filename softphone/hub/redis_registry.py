@@ -223,10 +223,17 @@ class RedisRegistry(Registry):
             except Exception as exc:  # any Redis failure: degraded
                 self._failed(exc)
             else:
-                if old:
-                    node, old_token = parse_holder(old)
-                    if node != self.node_id:
-                        await self._publish(node, Replace(client_id, old_token))
+                try:
+                    if old:
+                        node, old_token = parse_holder(old)
+                        if node != self.node_id:
+                            await self._publish(node, Replace(client_id, old_token))
+                except BaseException:  # (the caller cuts this one: the one before stays)
+                    if old_local is None:
+                        self._local.pop(client_id, None)
+                    else:
+                        self._local[client_id] = old_local
+                    raise
         if old_local is not None and old_local[0] is not peer:
             return old_local[0]
         return None

@@ -297,8 +297,10 @@ class Hub:
         client_id = conn.client_id
         try:
             replaced = await self.registry.register(conn)
-        except Exception:  # (a registry fault: not answered, so cut, not left waiting)
-            log.exception("register id=%s failed: connection cut", client_id)
+        except Exception as exc:  # (a registry fault: not answered, so cut, not left waiting)
+            log.error("register id=%s failed (%s): connection cut", client_id,
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.debug("register id=%s failed", client_id, exc_info=True)
             with contextlib.suppress(Exception):
                 await self.registry.unregister(conn)
             conn.abort()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +102,11 @@ class SpeakerDriver(WatchedDevice):
         #: (While the buffer may step back) stretches in a row that played quiet.
         self._quiet_pulls = 0
         self._watch_quiet = False
+        #: A resize is under way (:meth:`_resize`); the worker thread reopening the
+        #: stream owns it meanwhile (``_reopening``, under ``_owner``: see :meth:`stop`).
+        self.resizing = False
+        self._reopening = False
+        self._owner = threading.Lock()
         #: The longest block PortAudio asked for (seconds): the playout leaves that much
         #: of a packet's wait uncut (:meth:`StretchPlayout.pull_chunk`).
         self.block = 0.0
@@ -220,46 +226,62 @@ class SpeakerDriver(WatchedDevice):
         self._watch_quiet = buffer.may_shrink
         if latency is None:
             return
-        old = self.stream
         self._asked = latency
+        self._quiet_pulls = 0
         began = time.monotonic()
+        self.resizing = True
         try:
-            new = await asyncio.to_thread(self._reopen, old)
+            with self._owner:  # (the worker owns the streams until it is done: stop())
+                self._reopening = True
+            await asyncio.to_thread(self._reopen, self.stream)
         except DeviceError as exc:
             self._pull = None
             self._declare_lost(f"could not be reopened ({exc})")
             return
-        if self._closed:  # stopped meanwhile
-            close_stream(new)
-            return
-        self.stream = new
+        finally:
+            self.resizing = False
         log.info("speaker: %s; device buffer now %.0f ms (reopened in %.1f ms)",
                  "repeated underruns" if buffer.step > step else "calm since the last change",
                  self.latency * 1000, (time.monotonic() - began) * 1000)
         if self._voice is not None:
             self._voice.set_device_latency(self.latency, self._mic_latency)
 
-    def _reopen(self, old: Any) -> Any:
-        """(On a worker thread.) ``old`` closed, a stream at the new size open: tried
-        :data:`REOPEN_TRIES` times (PulseAudio's ALSA plugin now and then refuses one)."""
-        close_stream(old)  # (its callback has returned once this does)
-        self.block = 0.0  # (the new stream's blocks: measured again)
-        for attempt in range(1, REOPEN_TRIES + 1):
-            try:
-                return self._open_stream()
-            except DeviceError as exc:
-                if attempt == REOPEN_TRIES:
-                    raise
-                log.info("speaker: reopening failed (%s); trying again", exc)
-                time.sleep(0.02 * attempt)
-        raise AssertionError("unreachable")
+    def _reopen(self, old: Any) -> None:
+        """(On a worker thread.) ``old`` closed and a stream at the new size open, tried
+        :data:`REOPEN_TRIES` times (PulseAudio's ALSA plugin now and then refuses one).
+        If the speaker was stopped meanwhile, the new stream is closed here: until
+        this returns, the streams are this thread's, not :meth:`stop`'s."""
+        new = None
+        try:
+            close_stream(old)  # (its callback has returned once this does)
+            self.block = 0.0  # (the new stream's blocks: measured again)
+            for attempt in range(1, REOPEN_TRIES + 1):
+                try:
+                    new = self._open_stream()
+                    break
+                except DeviceError as exc:
+                    if attempt == REOPEN_TRIES:
+                        raise
+                    log.info("speaker: reopening failed (%s); trying again", exc)
+                    time.sleep(0.02 * attempt)
+        finally:
+            with self._owner:
+                self._reopening = False
+                stopped = self._closed
+                if new is not None and not stopped:
+                    self.stream = new
+            if new is not None and stopped:
+                close_stream(new)
 
     def stop(self) -> None:
         """Stop playing and close the device (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._owner:
+            if self._closed:
+                return
+            self._closed = True
+            mine = not self._reopening  # (else the reopening thread closes what it has)
         self._pull = None
         if self._watchdog is not None:
             self._watchdog.cancel()
-        close_stream(self.stream)
+        if mine:
+            close_stream(self.stream)

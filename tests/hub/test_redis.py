@@ -366,7 +366,7 @@ async def test_a_hub_stopping_answers_before_it_closes(nodes: Nodes) -> None:
     """A client still being registered when the hub stops is answered, then told
     ``going away`` (1001): a close it can read, not a handshake cut short."""
     n2 = await nodes.add("n2")
-    entered, _ = hold_claims(n2.registry)  # type: ignore[arg-type]
+    entered, go = hold_claims(n2.registry)  # type: ignore[arg-type]
     reader, writer = await asyncio.open_connection("127.0.0.1", n2.port)
     try:
         writer.write(UPGRADE)
@@ -378,6 +378,8 @@ async def test_a_hub_stopping_answers_before_it_closes(nodes: Nodes) -> None:
         assert close[0] == 0x88 and int.from_bytes(close[2:4], "big") == 1001, close
         await asyncio.wait_for(stopping, 10)
     finally:
+        go.set()  # (the registration ends after the stop: nothing to answer, no error)
+        await asyncio.sleep(0.2)
         writer.close()
 
 

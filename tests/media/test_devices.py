@@ -206,9 +206,10 @@ def test_device_format_falls_back_to_the_devices_own_rate_and_channels() -> None
 # grows a step. Then (CALM seconds of calm given) it is on time again and waits for the
 # buffer to shrink back, and plays on for a second. ("refuse": the first reopen is
 # refused, as PulseAudio's ALSA plugin now and then does: a fault injected. "talk":
-# once grown, it plays a tone for 2.5 s, then silence again.)
+# once grown, it plays a tone for 2.5 s, then silence again. "stop": the speaker is
+# stopped while the reopen is held in its open; every stream opened is closed once.)
 LATE_SPEAKER = """
-import asyncio, json, sys, time
+import asyncio, json, sys, threading, time
 import numpy as np
 import softphone.media.speaker as speaker_module
 from softphone.media.devicebuffer import BufferSteps
@@ -216,15 +217,22 @@ from softphone.media.devices import SpeakerDriver
 from softphone.media.sounddev import DeviceError
 
 CALM = float(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] != "0" else None
-opened = [0]
-if "refuse" in sys.argv:
-    real_open = speaker_module.open_stream
-    def open_stream(*args, **kwargs):
-        opened[0] += 1
-        if opened[0] == 2:
-            raise DeviceError("cannot open default: Illegal combination of I/O devices")
-        return real_open(*args, **kwargs)
-    speaker_module.open_stream = open_stream
+opened, streams, closes, held, release = [0], [], {}, threading.Event(), threading.Event()
+real_open, real_close = speaker_module.open_stream, speaker_module.close_stream
+def open_stream(*args, **kwargs):
+    opened[0] += 1
+    if opened[0] == 2 and "refuse" in sys.argv:
+        raise DeviceError("cannot open default: Illegal combination of I/O devices")
+    if opened[0] == 2 and "stop" in sys.argv:
+        held.set()
+        release.wait(10)
+    stream = real_open(*args, **kwargs)
+    streams.append(stream)
+    return stream
+def close_stream(stream):
+    closes[id(stream)] = closes.get(id(stream), 0) + 1
+    real_close(stream)
+speaker_module.open_stream, speaker_module.close_stream = open_stream, close_stream
 
 async def main():
     speaker = SpeakerDriver(buffer_steps=BufferSteps(calm=CALM) if CALM else None)
@@ -259,6 +267,16 @@ async def main():
         seen.append(speaker.latency)
         if speaker.buffer.shrunk if CALM else speaker.grown:
             break
+    if "stop" in sys.argv:  # stopped while the reopen is held, then it goes on
+        await asyncio.to_thread(held.wait, 10)
+        speaker.stop()
+        release.set()
+        await asyncio.sleep(0.5)
+        print(json.dumps({"opened": len(streams), "closes": [closes.get(id(s), 0)
+                                                              for s in streams]}))
+        return
+    while speaker.resizing:  # (the reopen it decided on: done)
+        await asyncio.sleep(0.01)
     before = calls[0]
     shrunk_at = time.monotonic()
     if CALM:
@@ -295,6 +313,13 @@ def test_a_refused_reopen_is_tried_again(pulse: PulseLab) -> None:
     assert report["lost"] is None and report["active"], report
     assert report["speaker_grown"] == 1 and report["opened"] == 3, report
     assert report["now"] == pytest.approx(0.020, abs=0.004), report
+
+
+def test_a_speaker_stopped_while_reopening_closes_every_stream_once(pulse: PulseLab) -> None:
+    """Neither the new stream left open (playing for the rest of the process) nor the
+    old one closed twice at once (PortAudio handed a freed stream)."""
+    report = late_speaker(pulse, "0", "stop")
+    assert report == {"opened": 2, "closes": [1, 1]}, report
 
 
 def test_speaker_buffer_steps_back_only_in_a_pause(pulse: PulseLab) -> None:
