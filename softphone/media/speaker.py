@@ -41,8 +41,10 @@ from softphone.media.tracks import LostCallback, tell_lost
 
 log = logging.getLogger(__name__)
 
-#: Times a resized stream is tried before the speaker is given up as lost.
-REOPEN_TRIES = 3
+#: Times a resized stream is tried before the speaker is given up as lost, waiting
+#: 20 ms, then twice as long each time, between tries (0.6 s at most in all):
+#: PulseAudio's ALSA plugin refuses one now and then, a few in a row under load.
+REOPEN_TRIES = 6
 #: A step back waits until this many stretches in a row played quiet (peak under
 #: -40 dBFS): a pause, where the reopen's gap is not heard.
 QUIET_PEAK = 328
@@ -263,7 +265,7 @@ class SpeakerDriver(WatchedDevice):
                     if attempt == REOPEN_TRIES:
                         raise
                     log.info("speaker: reopening failed (%s); trying again", exc)
-                    time.sleep(0.02 * attempt)
+                    time.sleep(0.02 * 2 ** (attempt - 1))
         finally:
             with self._owner:
                 self._reopening = False
