@@ -138,7 +138,8 @@ async def test_a_page_shows_the_code_the_cli_phone_prints(hub: Hub, chromium: La
     assert page_code == cli_code, (page_code, cli_code)
     assert await page.is_visible("#sas-line")
     assert await page.text_content("#sas") == cli_code
-    assert f"verification code: {cli_code}" in bob.stderr
+    # (said once connected() returns: a loop turn or more after the media event)
+    await bob.wait_for_output(f"verification code: {cli_code}", within=10, stderr=True)
     # The page took it from the certificates its DTLS handshake used: their sha-256
     # fingerprints are its own SDP's and the one the CLI sent in its answer.
     assert (await snapshot(page))["sasSource"] == "dtls"

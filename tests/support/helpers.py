@@ -123,15 +123,18 @@ class Proc:
         self._close()
         return code
 
-    async def wait_for_output(self, text: str, within: float = 15.0) -> None:
-        """Wait until ``text`` appears on stdout after what earlier waits matched;
-        fail if the process exits first."""
+    async def wait_for_output(self, text: str, within: float = 15.0, *,
+                              stderr: bool = False) -> None:
+        """Wait until ``text`` appears on stdout after what earlier waits matched (or
+        anywhere on stderr); fail if the process exits first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while True:
             exited = self.popen.poll() is not None  # before reading: all output is in
-            found = self.stdout.find(text, self._seen)
-            if found >= 0:
+            if stderr:
+                if text in self.stderr:
+                    return
+            elif (found := self.stdout.find(text, self._seen)) >= 0:
                 self._seen = found + len(text)
                 return
             if exited:
