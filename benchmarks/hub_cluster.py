@@ -150,9 +150,6 @@ async def connects(server: bench.Server, count: int) -> str:
         out.append(time.perf_counter() - t0)
         return ws
 
-    def ms(xs: list[float], q: float) -> float:
-        return 1000 * sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
-
     parts = []
     pool = bench.sessions(10)
     try:
@@ -165,7 +162,8 @@ async def connects(server: bench.Server, count: int) -> str:
                 sockets = await asyncio.gather(*(one(pool[i % 10], f"c{i}b", took)
                                                  for i in range(count)))
             total = time.perf_counter() - t0
-            parts.append(f"{how}: p50 {ms(took, 0.5):5.2f} ms p99 {ms(took, 0.99):6.2f} ms "
+            p50, p99 = (1000 * bench.percentile(took, q) for q in (0.5, 0.99))
+            parts.append(f"{how}: p50 {p50:5.2f} ms p99 {p99:6.2f} ms "
                          f"({total:4.2f} s)")
             await asyncio.gather(*(ws.close() for ws in sockets))
     finally:

@@ -96,10 +96,9 @@ class Mouth:
 
     def __init__(self, lab: PulseLab, sinks: list[str]) -> None:
         self.errors = [tempfile.TemporaryFile() for _ in sinks]  # (pacat's stderr)
-        self.procs = [subprocess.Popen(["pacat", "--playback", "-d", sink, "--format=s16le",
-                                        f"--rate={SAMPLE_RATE}", "--channels=1", "--raw",
-                                        "--latency-msec=10"], stdin=subprocess.PIPE,
-                                       stderr=err, env={**os.environ, **lab.env})
+        self.procs = [lab._popen(["pacat", "--playback", "-d", sink, "--format=s16le",
+                                  f"--rate={SAMPLE_RATE}", "--channels=1", "--raw",
+                                  "--latency-msec=10"], stdin=subprocess.PIPE, stderr=err)
                       for sink, err in zip(sinks, self.errors, strict=True)]
         #: Why the feed stopped early (pacat exited), else None.
         self.failed: str | None = None

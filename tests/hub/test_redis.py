@@ -46,6 +46,7 @@ from softphone.hub.server import Hub, HubConfig
 
 from ..conftest import need, need_command
 from ..support.helpers import Proc, assert_wav_tone
+from .test_hub import UPGRADE as HAND_WRITTEN_UPGRADE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -322,9 +323,7 @@ def hold_claims(registry: RedisRegistry) -> tuple[asyncio.Event, asyncio.Event]:
     return entered, go
 
 
-UPGRADE = (b"GET /ws?id=bob HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"Sec-WebSocket-Version: 13\r\n\r\n")
+UPGRADE = HAND_WRITTEN_UPGRADE.format(id="bob").encode()
 
 
 async def read_frame(reader: asyncio.StreamReader) -> str:

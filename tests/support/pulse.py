@@ -148,8 +148,9 @@ class PulseLab:
             self._daemon_pid = None
 
     def _popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        kw.setdefault("stderr", subprocess.DEVNULL)
         proc: subprocess.Popen[bytes] = subprocess.Popen(
-            argv, env={**os.environ, **self.env}, stderr=subprocess.DEVNULL, **kw)
+            argv, env={**os.environ, **self.env}, **kw)
         return proc
 
     # audio ------------------------------------------------------------------
