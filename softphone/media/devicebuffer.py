@@ -15,7 +15,8 @@ again soon after shrinking (within ``calm``) was at its real limit: the calm
 it needs before the next try doubles, up to ``max_calm``, so it does not
 see-saw; a shrink that holds for that long brings it back to ``calm``. Each
 change reopens the device: a short gap in what is played, so a step back
-waits for a pause.
+waits for a pause (:class:`PauseWatch`: told the peak of each stretch the
+device plays).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class BufferSteps:
     calm: float = 30.0
     #: The longest that calm grows to (doubling each time a smaller step underran soon).
     max_calm: float = 480.0
+    #: A pause, for a step back: this many stretches in a row with their peak under
+    #: ``quiet_peak`` (-40 dBFS of int16)...
+    quiet_peak: int = 328
+    quiet_stretches: int = 3
+    #: ... or, once the wait for one has lasted this long (seconds), within 3 dB of
+    #: the quietest stretch lately: a far end whose pauses carry noise has no pause
+    #: under -40 dBFS, and it would keep the larger buffer for the rest of the call.
+    pause_patience: float = 10.0
 
     def __post_init__(self) -> None:
         steps = self.steps
@@ -55,6 +64,11 @@ class BufferSteps:
         if not 0 < self.calm <= self.max_calm:
             raise ValueError(f"calm must be positive and at most max_calm ({self.max_calm}), "
                              f"not {self.calm}")
+        if not 0 < self.quiet_peak <= 32768 or self.quiet_stretches < 1:
+            raise ValueError(f"quiet_peak must be 1..32768 and quiet_stretches at least 1, "
+                             f"not {self.quiet_peak}, {self.quiet_stretches}")
+        if self.pause_patience < 0:
+            raise ValueError(f"pause_patience must not be negative, not {self.pause_patience}")
 
 
 @dataclass
@@ -128,3 +142,65 @@ class DeviceBuffer:
         self._recent.clear()
         self._changed_at = now
         return self.latency
+
+
+#: How fast the quietest peak a :class:`PauseWatch` remembers rises again, per stretch
+#: (1 dB a second at 50 stretches a second): it follows a noise floor that rises.
+_FLOOR_RISE: Final = 10 ** (1 / 20 / 50)
+#: Within this of the quietest peak (3 dB): as quiet as the far end gets.
+_NEAR_FLOOR: Final = 10 ** (3 / 20)
+
+
+@dataclass
+class PauseWatch:
+    """Whether what a speaker plays now is a pause, for a :class:`DeviceBuffer`'s step
+    back (whose reopen is a short gap: in a pause it is not heard).
+
+    Told each stretch's peak as it is played (:meth:`feed`, on the audio thread:
+    a few comparisons) from :meth:`start` on. A pause is ``quiet_stretches`` in a
+    row under ``quiet_peak``; once it has watched for ``pause_patience`` seconds,
+    stretches within 3 dB of the quietest lately count too (the quietest remembered
+    rises 1 dB a second, so it follows a noise that grows). A steady tone or a word
+    does not pass for a pause before then; a far end whose pauses carry noise, or
+    who plays on without any, gets its step back at its quietest. (The speaker
+    watches from each change on, and the default calm is longer than the
+    patience: by the time a step back is due, the quietest is known.)
+    """
+
+    settings: BufferSteps = field(default_factory=BufferSteps)
+    #: Stretches in a row that were quiet.
+    run: int = field(default=0, init=False)
+    _since: float | None = field(default=None, init=False)
+    _floor: float = field(default=float("inf"), init=False)
+
+    def start(self, now: float) -> None:
+        """The wait begins (again: nothing fed before counts)."""
+        self._since = now
+        self.run = 0
+        self._floor = float("inf")
+
+    def stop(self) -> None:
+        """No step back is possible: stop watching (:meth:`feed` does nothing)."""
+        self._since = None
+        self.run = 0
+
+    @property
+    def watching(self) -> bool:
+        return self._since is not None
+
+    @property
+    def quiet(self) -> bool:
+        return self.run >= self.settings.quiet_stretches
+
+    def feed(self, peak: int, now: float) -> None:
+        """One stretch played, its peak (absolute, int16 units) at ``now`` (seconds)."""
+        since = self._since
+        if since is None:
+            return
+        s = self.settings
+        # (never under quiet_peak: one silent stretch must not make a later noise loud)
+        floor = min(self._floor * _FLOOR_RISE, max(peak, s.quiet_peak))
+        self._floor = floor
+        quiet = peak < s.quiet_peak or (now - since >= s.pause_patience
+                                        and peak <= floor * _NEAR_FLOOR)
+        self.run = self.run + 1 if quiet else 0

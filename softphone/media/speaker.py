@@ -25,7 +25,7 @@ from softphone.media.apm import VoiceProcessor
 from softphone.media.audio import SAMPLE_RATE, Int16Array
 from softphone.media.delay import as_ms, sane_delay
 from softphone.media.devicebuffer import SPEAKER_LATENCIES as SPEAKER_LATENCIES
-from softphone.media.devicebuffer import BufferSteps, DeviceBuffer
+from softphone.media.devicebuffer import BufferSteps, DeviceBuffer, PauseWatch
 from softphone.media.pcm import Resampler, SampleFifo
 from softphone.media.sounddev import (
     DeviceError,
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 #: 20 ms, then twice as long each time, between tries (0.6 s at most in all):
 #: PulseAudio's ALSA plugin refuses one now and then, a few in a row under load.
 REOPEN_TRIES = 6
-#: A step back waits until this many stretches in a row played quiet (peak under
-#: -40 dBFS): a pause, where the reopen's gap is not heard.
-QUIET_PEAK = 328
-QUIET_PULLS = 3
 
 
 class SpeakerDriver(WatchedDevice):
@@ -101,9 +97,8 @@ class SpeakerDriver(WatchedDevice):
             self._asked = latency
         #: Output buffers PortAudio reported as underflowed (we were late).
         self.underflows = 0
-        #: (While the buffer may step back) stretches in a row that played quiet.
-        self._quiet_pulls = 0
-        self._watch_quiet = False
+        #: (While the buffer may step back) whether it plays a pause now.
+        self.pause = PauseWatch(self.buffer.settings if self.buffer else BufferSteps())
         #: A resize is under way (:meth:`_resize`); the worker thread reopening the
         #: stream owns it meanwhile (``_reopening``, under ``_owner``: see :meth:`stop`).
         self.resizing = False
@@ -168,7 +163,7 @@ class SpeakerDriver(WatchedDevice):
         tell_lost(self._lost_listeners, message)
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-        self.last_callback = time.monotonic()
+        self.last_callback = now = time.monotonic()
         pull = self._pull
         if status.output_underflow and pull is not None and not self._starting:
             self.underflows += 1  # (not a stream's start: the first drive, a reopen)
@@ -187,10 +182,9 @@ class SpeakerDriver(WatchedDevice):
                                       + waiting.size / self.rate + held))
         while waiting.size < frames:
             samples = pull()
-            if self._watch_quiet:  # (only while a step back is possible: rare)
-                loud = samples.size and (int(samples.max()) >= QUIET_PEAK
-                                         or int(samples.min()) <= -QUIET_PEAK)
-                self._quiet_pulls = 0 if loud else self._quiet_pulls + 1
+            pause = self.pause
+            if pause.watching and samples.size:  # (only while a step back is possible)
+                pause.feed(max(int(samples.max()), -int(samples.min())), now)
             voice = self._voice
             if voice is not None:
                 voice.render(samples)
@@ -222,14 +216,17 @@ class SpeakerDriver(WatchedDevice):
         buffer = self.buffer
         if buffer is None:
             return
-        step = buffer.step
-        latency = buffer.update(self.underflows, time.monotonic(),
-                                quiet=self._quiet_pulls >= QUIET_PULLS)
-        self._watch_quiet = buffer.may_shrink
+        step, pause, now = buffer.step, self.pause, time.monotonic()
+        latency = buffer.update(self.underflows, now, quiet=pause.quiet)
         if latency is None:
+            if buffer.may_shrink and not pause.watching:
+                pause.start(now)
             return
+        if buffer.may_shrink:  # (a change: what was a pause before it counts no more)
+            pause.start(now)
+        else:
+            pause.stop()
         self._asked = latency
-        self._quiet_pulls = 0
         began = time.monotonic()
         self.resizing = True
         try:

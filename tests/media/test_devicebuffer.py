@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from softphone.media.devicebuffer import SPEAKER_LATENCIES, BufferSteps, DeviceBuffer
+from softphone.media.devicebuffer import SPEAKER_LATENCIES, BufferSteps, DeviceBuffer, PauseWatch
 
 
 def run(buffer: DeviceBuffer, underruns_at: list[float], until: float,
@@ -105,8 +106,96 @@ def test_one_step_never_changes() -> None:
 @pytest.mark.parametrize("kwargs", [
     {"steps": ()}, {"steps": (0.02, 0.01)}, {"steps": (0.0, 0.01)}, {"steps": (0.01, 0.01)},
     {"underruns_to_grow": 0}, {"window": 0.0}, {"calm": 0.0}, {"calm": 10.0, "max_calm": 5.0},
+    {"quiet_peak": 0}, {"quiet_peak": 40000}, {"quiet_stretches": 0}, {"pause_patience": -1.0},
 ])
 def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError) as err:
         BufferSteps(**kwargs)  # type: ignore[arg-type]
     assert "\n" not in str(err.value) and "not" in str(err.value)
+
+
+# The pause a step back waits for (PauseWatch): each stretch's peak, 50 a second.
+
+def watch(peaks: list[int], patience: float = 10.0, start: float = 0.0) -> list[bool]:
+    """Whether the watch says "a pause" after each of ``peaks`` (20 ms apart)."""
+    pause = PauseWatch(BufferSteps(pause_patience=patience))
+    pause.start(start)
+    said = []
+    for i, peak in enumerate(peaks):
+        pause.feed(peak, start + i * 0.02)
+        said.append(pause.quiet)
+    return said
+
+
+def noise(seconds: float, peak: int, seed: int = 1) -> list[int]:
+    """Peaks of a steady noise: within 2 dB under ``peak``, at random."""
+    rng = np.random.default_rng(seed)
+    return [int(peak * 10 ** (-2 * rng.random() / 20)) for _ in range(int(seconds * 50))]
+
+
+def test_a_pause_is_three_quiet_stretches_in_a_row() -> None:
+    said = watch([0, 100, 327, 0, 5000, 0, 0, 0])
+    assert said == [False, False, True, True, False, False, False, True]
+
+
+def test_nothing_is_a_pause_while_not_watching() -> None:
+    pause = PauseWatch()
+    for i in range(10):
+        pause.feed(0, i * 0.02)
+    assert not pause.watching and not pause.quiet
+    pause.start(1.0)
+    for i in range(3):
+        pause.feed(0, 1.0 + i * 0.02)
+    assert pause.quiet
+    pause.stop()
+    assert not pause.watching and not pause.quiet
+
+
+def test_a_word_or_a_tone_is_no_pause_before_the_patience() -> None:
+    """A steady tone (-12 dBFS) for 2.5 s: its own quietest, but not a pause yet; the
+    silence after it is."""
+    said = watch([8000] * 125 + [0] * 5)
+    assert not any(said[:125]) and said[-1]
+
+
+def test_a_far_end_that_is_never_under_40_dbfs_gets_a_pause_after_the_patience() -> None:
+    """Steady noise at -30 dBFS: the old rule (under -40 dBFS) never saw a pause. After
+    10 s of it, its quietest stretches are as quiet as this far end gets."""
+    said = watch(noise(20.0, 1000))
+    assert not any(said[:500])  # (the first 10 s)
+    assert sum(said[500:]) > 100
+
+
+def test_speech_with_noisy_pauses_gets_its_step_back_in_the_pauses_only() -> None:
+    """Words (-12 dBFS, 0.6 s) between pauses carrying noise (-30 dBFS, 0.4 s): after
+    the patience, the pauses are pauses and the words never are."""
+    peaks: list[int] = []
+    for i in range(20):
+        peaks += noise(0.6, 8000, seed=i) + noise(0.4, 1000, seed=100 + i)
+    said = watch(peaks)
+    words = [i for i in range(len(peaks)) if i % 50 < 30]
+    pauses_after = [i for i in range(500, len(peaks)) if i % 50 >= 33]
+    assert not any(said[i] for i in words)
+    assert sum(said[i] for i in pauses_after) > len(pauses_after) // 2
+
+
+def test_the_quietest_follows_a_noise_that_grows() -> None:
+    """Silence, then a noise 10 dB over -40 dBFS for good: the quietest remembered (never
+    under -40 dBFS) rises 1 dB a second, so the noise (its peaks 0-2 dB under that)
+    counts after 5-10 s."""
+    said = watch([0] * 600 + noise(15.0, 1037))
+    assert said.index(True) == 2  # (the silence: a pause at once)
+    noisy = said[600:]
+    assert True in noisy and 5 * 50 <= noisy.index(True) <= 10 * 50, noisy.index(True)
+
+
+def test_a_new_start_forgets_what_was_fed() -> None:
+    pause = PauseWatch(BufferSteps(pause_patience=1.0))
+    pause.start(0.0)
+    for i in range(100):
+        pause.feed(1000, i * 0.02)  # (2 s of steady noise: a pause by now)
+    assert pause.quiet
+    pause.start(2.0)
+    assert not pause.quiet
+    pause.feed(1000, 2.02)
+    assert not pause.quiet  # (the patience starts again)

@@ -206,7 +206,8 @@ def test_device_format_falls_back_to_the_devices_own_rate_and_channels() -> None
 # grows a step. Then (CALM seconds of calm given) it is on time again and waits for the
 # buffer to shrink back, and plays on for a second. ("refuse": the first reopen is
 # refused, as PulseAudio's ALSA plugin now and then does: a fault injected. "talk":
-# once grown, it plays a tone for 2.5 s, then silence again. "stop": the speaker is
+# once grown, it plays a tone for 2.5 s, then silence again. "noise": once grown, it
+# plays a noise at -30 dBFS for good (a pause's patience of 2 s). "stop": the speaker is
 # stopped while the reopen is held in its open; every stream opened is closed once.)
 LATE_SPEAKER = """
 import asyncio, json, sys, threading, time
@@ -235,7 +236,9 @@ def close_stream(stream):
 speaker_module.open_stream, speaker_module.close_stream = open_stream, close_stream
 
 async def main():
-    speaker = SpeakerDriver(buffer_steps=BufferSteps(calm=CALM) if CALM else None)
+    patience = {"pause_patience": 2.0} if "noise" in sys.argv else {}  # (talk: 10 s)
+    steps = BufferSteps(calm=CALM, **patience) if CALM else None
+    speaker = SpeakerDriver(buffer_steps=steps)
     first = speaker.latency
     told, seen = [], []
 
@@ -249,6 +252,8 @@ async def main():
     calls = [0]
     talk = [None]  # (when the talk ends)
     tone = (8000 * np.sin(np.arange(960) * 2 * np.pi * 500 / 48000)).astype(np.int16)
+    hiss = np.random.default_rng(1).integers(-1000, 1001, (10, 960)).astype(np.int16)
+    noisy = [None]  # (when the noise began)
 
     def pull():
         calls[0] += 1
@@ -259,6 +264,10 @@ async def main():
                 talk[0] = time.monotonic() + 2.5
             if time.monotonic() < talk[0]:
                 return tone
+        if "noise" in sys.argv and speaker.grown:  # (-30 dBFS for good: never a pause
+            if noisy[0] is None:                   # under -40 dBFS)
+                noisy[0] = time.monotonic()
+            return hiss[calls[0] % 10]
         return np.zeros(960, np.int16)
 
     speaker.drive(pull, print)
@@ -285,6 +294,7 @@ async def main():
                       "most": max(seen), "pulled": calls[0] - before,
                       "active": speaker.stream.active, "lost": speaker.lost,
                       "opened": opened[0], "after_talk": talk[0] and shrunk_at - talk[0],
+                      "after_noise": noisy[0] and shrunk_at - noisy[0],
                       **speaker.device_stats()}))
     speaker.stop()
 
@@ -329,6 +339,17 @@ def test_speaker_buffer_steps_back_only_in_a_pause(pulse: PulseLab) -> None:
     assert report["speaker_shrunk"] >= 1 and report["lost"] is None, report
     # (after the talk, not during it; soon after unless a loaded machine underruns)
     assert 0 <= report["after_talk"] < 10, report
+
+
+def test_speaker_buffer_steps_back_in_a_far_end_noise_that_never_pauses(
+        pulse: PulseLab) -> None:
+    """After growing, the far end plays a steady noise at -30 dBFS: no stretch is ever
+    under -40 dBFS (the step back waited for that, for the rest of the call). After
+    the pause's patience (2 s here, 10 by default) its quietest stretches do."""
+    report = late_speaker(pulse, "1.0", "noise")
+    assert report["speaker_shrunk"] >= 1 and report["lost"] is None, report
+    assert report["now"] == pytest.approx(report["first"], abs=0.002), report
+    assert 1.5 <= report["after_noise"] < 15, report
 
 
 def test_speaker_buffer_shrinks_back_after_a_calm_spell(pulse: PulseLab) -> None:
