@@ -45,6 +45,10 @@ def setup_logging(verbose: int) -> None:
         # aiortc/aioice log expected network noise (failed pairs, mDNS) at WARNING.
         for name in ("aiortc", "aioice"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    # ALSA writes its own lines ("underrun occurred") to the terminal: to the log (-vv).
+    from softphone.media.sounddev import alsa_messages_to_log
+
+    alsa_messages_to_log()
 
 
 class SoftphoneGroup(click.Group):

@@ -394,7 +394,8 @@ class Call:
             try:
                 await op()
             except Exception as exc:
-                log.warning("media operation failed: %s", exc, exc_info=log.isEnabledFor(10))
+                # (info: the call ends with it, and its outcome says so)
+                log.info("media operation failed: %s", exc, exc_info=log.isEnabledFor(10))
                 self.phone._feed(self, cs.MediaFailed(f"media-error: {exc}"[:120]))
 
     async def _finish(self, ended: cs.Ended) -> None:

@@ -202,8 +202,8 @@ class MicSource(AudioSource, WatchedDevice):
 
     # the event loop ----------------------------------------------------------
 
-    def _tell_lost(self, message: str) -> None:
-        AudioSource._tell_lost(self, message)
+    def _tell_lost(self, message: str) -> bool:
+        return AudioSource._tell_lost(self, message)
 
     def _take_frame(self) -> Int16Array | None:
         frames = self._frames

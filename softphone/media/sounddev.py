@@ -15,11 +15,13 @@ Used by :mod:`softphone.media.devices` (the microphone),
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from softphone.core.errors import MissingDependency
 from softphone.media.audioformat import SAMPLE_RATE
@@ -36,6 +38,40 @@ INSTALL_PORTAUDIO = "apt-get install libportaudio2"
 
 class DeviceError(ValueError):
     """A device that does not exist or cannot be opened (one-line message)."""
+
+
+def _alsa_said(file: bytes | None, line: int, function: bytes | None, err: int,
+               fmt: bytes | None) -> None:
+    log.debug("ALSA %s:%d %s (%d): %s", (file or b"").decode(errors="replace"), line,
+              (function or b"").decode(errors="replace"), err,
+              (fmt or b"").decode(errors="replace"))
+
+
+#: ALSA's error handler type (variadic in C: the arguments after ``fmt`` are not read).
+_ALSA_HANDLER: Final = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                                        ctypes.c_int, ctypes.c_char_p)
+#: Kept for the life of the process: ALSA holds a pointer to it once installed.
+_ALSA_TO_LOG: Final = _ALSA_HANDLER(_alsa_said)
+
+
+def alsa_messages_to_log() -> bool:
+    """Send ALSA's own messages (``ALSA lib pcm.c:...: underrun occurred``, written to
+    the terminal mid-call by the library PortAudio uses on Linux) to this module's
+    log at debug level. Process-wide (ALSA has one handler): for a program that owns
+    its terminal, such as the CLI. Whether ALSA was found."""
+    try:
+        try:
+            alsa = ctypes.CDLL("libasound.so.2")
+        except OSError:
+            name = ctypes.util.find_library("asound")  # (slower: runs ldconfig)
+            if name is None:
+                return False
+            alsa = ctypes.CDLL(name)
+        alsa.snd_lib_error_set_handler(_ALSA_TO_LOG)
+    except (OSError, AttributeError) as exc:
+        log.debug("ALSA's messages stay on the terminal: %s", exc)
+        return False
+    return True
 
 
 def load_sounddevice() -> ModuleType:
@@ -200,7 +236,8 @@ class WatchedDevice:
         value = self.delay.value
         return self._latency if value is None else value
 
-    def _tell_lost(self, message: str) -> None:
+    def _tell_lost(self, message: str) -> bool:
+        """Tell the listeners; whether there were any."""
         raise NotImplementedError
 
     def _declare_lost(self, why: str) -> None:
@@ -212,5 +249,6 @@ class WatchedDevice:
             else "no longer playing what you hear"
         self.lost = (f"{role} lost: {self.device.name} {why}; the call goes on, {effect} "
                      f"(check the device, or use {ALTERNATIVES})")
-        log.warning("%s", self.lost)
-        self._tell_lost(self.lost)
+        # (a warning only if nobody is told: a listener, such as the CLI, says it itself)
+        told = self._tell_lost(self.lost)
+        log.log(logging.INFO if told else logging.WARNING, "%s", self.lost)

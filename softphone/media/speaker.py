@@ -159,8 +159,8 @@ class SpeakerDriver(WatchedDevice):
         self._watchdog = asyncio.get_running_loop().create_task(self._watch(),
                                                                 name="speaker-watchdog")
 
-    def _tell_lost(self, message: str) -> None:
-        tell_lost(self._lost_listeners, message)
+    def _tell_lost(self, message: str) -> bool:
+        return tell_lost(self._lost_listeners, message)
 
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         self.last_callback = now = time.monotonic()

@@ -61,13 +61,15 @@ _SILENT: Final[Int16Array] = _MUTED
 LostCallback = Callable[[str], None]
 
 
-def tell_lost(listeners: Sequence[LostCallback], message: str) -> None:
-    """Tell each listener that a device stopped; one that fails does not stop the others."""
+def tell_lost(listeners: Sequence[LostCallback], message: str) -> bool:
+    """Tell each listener that a device stopped; one that fails does not stop the others.
+    Whether there was anyone to tell."""
     for callback in listeners:
         try:
             callback(message)
         except Exception:
             log.exception("device-lost listener failed")
+    return bool(listeners)
 
 
 class AudioSource(MediaStreamTrack):
@@ -100,8 +102,8 @@ class AudioSource(MediaStreamTrack):
         with contextlib.suppress(ValueError):
             self._lost_listeners.remove(callback)
 
-    def _tell_lost(self, message: str) -> None:
-        tell_lost(self._lost_listeners, message)
+    def _tell_lost(self, message: str) -> bool:
+        return tell_lost(self._lost_listeners, message)
 
     def package(self, samples: Int16Array) -> av.AudioFrame:
         """20 ms of samples -> the next frame (silent if muted); keeps the level."""

@@ -133,7 +133,9 @@ async def test_device_lost_mid_call_is_reported_and_the_call_goes_on(
     pulse.kill_server()  # the audio server (and with it A's microphone and speaker) vanishes
     assert await alice.wait(40) == 0, alice.stdout + alice.stderr
     assert await bob.wait(20) == 0, bob.stdout + bob.stderr
-    assert "microphone lost" in alice.stderr and "speaker lost" in alice.stderr, alice.stderr
+    # (each said once: by the CLI, not also as the library's warning)
+    assert alice.stderr.count("microphone lost") == 1, alice.stderr
+    assert alice.stderr.count("speaker lost") == 1, alice.stderr
     assert '"event":"device-lost"' in alice.stdout
     assert "Traceback" not in alice.stderr
     assert "call completed" in alice.stderr
