@@ -52,6 +52,8 @@ OUTCOME_TEXT: dict[Outcome, str] = {
 
 def describe(result: CallResult) -> str:
     """How the call ended, in one line for a person."""
+    if result.outcome is Outcome.REJECTED and result.ended_by == "local":
+        return f"declined the call from {result.peer}"  # our answer, not theirs
     text = OUTCOME_TEXT[result.outcome].format(peer=result.peer)
     if result.outcome is Outcome.COMPLETED:
         who = "we" if result.ended_by == "local" else "they"
@@ -134,11 +136,20 @@ async def talk_until_end(call: Call, out: Output, interrupts: Interrupts,
 
 
 async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output,
-                  max_calls: int = 1) -> Phone | HubUnreachable:
-    """The phone, connected to the hub; or why the hub cannot be reached (said)."""
+                  interrupts: Interrupts, max_calls: int = 1) -> Phone | HubUnreachable | None:
+    """The phone, connected to the hub; or why the hub cannot be reached (said);
+    or None on Ctrl-C while connecting (a hub that never answers is left at once)."""
     phone = setup.phone(timeouts, max_calls)
+    connecting = asyncio.ensure_future(phone.connect())
+    await first_done(connecting, interrupts.event.wait())
+    if interrupts.event.is_set():
+        # (cancelled by first_done unless it was done: it closes what it opened)
+        with contextlib.suppress(asyncio.CancelledError, HubUnreachable):
+            await connecting
+            await phone.close()  # it connected just as Ctrl-C came
+        return None
     try:
-        await phone.connect()
+        connecting.result()
     except HubUnreachable as exc:
         out.say(str(exc))
         return exc
@@ -189,15 +200,20 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
     async def run() -> int:
         interrupts = Interrupts()
         interrupts.install()
-        phone = await connect(setup, timeouts, out)
-        if isinstance(phone, HubUnreachable):
-            out.event({"event": "ended", "outcome": str(Outcome.HUB_UNREACHABLE),
-                       "exit_code": int(ExitCode.HUB_UNREACHABLE), "reason": str(phone)})
+        phone = await connect(setup, timeouts, out, interrupts)
+        if phone is None or isinstance(phone, HubUnreachable):
+            # Ctrl-C before the hub answered: cancelled, as Ctrl-C while ringing is.
+            outcome = Outcome.CANCELLED if phone is None else Outcome.HUB_UNREACHABLE
+            code = ExitCode.for_outcome(outcome)
+            if phone is None:
+                out.say(OUTCOME_TEXT[outcome])
+            out.event({"event": "ended", "outcome": str(outcome), "exit_code": int(code),
+                       "reason": "interrupted" if phone is None else str(phone)})
             for sink in sinks:
                 sink.close()
             if output is not None:
                 output.stop()
-            return ExitCode.HUB_UNREACHABLE
+            return code
         try:
             out.say(f"calling {callee} as {client_id} via {phone.hub.address.http}")
             the_call = await phone.dial(callee, source, sinks, on_event=out.event,
@@ -224,7 +240,8 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
 
 
 class LineReader:
-    """Lines from stdin without blocking the event loop."""
+    """Lines from stdin without blocking the event loop; None in :attr:`queue`
+    (and :attr:`eof` set) once stdin is closed."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -232,7 +249,10 @@ class LineReader:
         self._fd = -1  # no stdin, or one that is not a file (click's CliRunner)
         with contextlib.suppress(AttributeError, OSError, ValueError):
             self._fd = sys.stdin.fileno()
+        self._tty = self._fd >= 0 and os.isatty(self._fd)
         self.active = False
+        #: stdin is closed: what it held is in :attr:`queue`, nothing more will come.
+        self.eof = False
 
     def start(self) -> None:
         if self._fd < 0:
@@ -240,27 +260,40 @@ class LineReader:
         try:
             asyncio.get_running_loop().add_reader(self._fd, self._readable)
             self.active = True
+        except PermissionError:  # a file or /dev/null (no epoll): read it now, it never blocks
+            while not self.eof:
+                self._read()
         except (OSError, ValueError, NotImplementedError):
             self.active = False
 
     def _readable(self) -> None:
+        self._read()
+        if self.eof:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self.active = False
+
+    def _read(self) -> None:
         try:
             chunk = os.read(self._fd, 4096)
         except OSError:
             chunk = b""
-        if not chunk:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            self.active = False
-            self.queue.put_nowait(None)
-            return
-        self._buffer += chunk
+        self._buffer += chunk if chunk or not self._buffer else b"\n"  # (a last unended line)
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
             self.queue.put_nowait(line.decode(errors="replace").strip())
+        if not chunk:
+            self.eof = True
+            self.queue.put_nowait(None)
 
     def drain(self) -> None:
+        """Forget what was typed on a terminal before the call rang (stray keys);
+        piped lines are answers given ahead and are kept, as is the end of input."""
+        if not self._tty:
+            return
         while not self.queue.empty():
             self.queue.get_nowait()
+        if self.eof:
+            self.queue.put_nowait(None)
 
 
 async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
@@ -268,6 +301,10 @@ async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
     reader.drain()
     out.say(f"incoming call from {call.peer}: accept? [y/n]")
     while True:
+        if reader.eof and reader.queue.empty():  # every answer piped in is used up
+            out.say("stdin closed: cannot ask; use --auto-accept to answer calls")
+            await call.ended()  # left to ring: the caller hears no answer
+            return None
         getter = asyncio.ensure_future(reader.queue.get())
         ended = asyncio.ensure_future(call.ended())
         await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -277,9 +314,7 @@ async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
         ended.cancel()
         answer = getter.result()
         if answer is None:
-            out.say("stdin closed: cannot ask; use --auto-accept to answer calls")
-            await call.ended()
-            return None
+            continue  # (eof: said above)
         if answer.lower() in ("y", "yes", "a", "accept"):
             return True
         if answer.lower() in ("n", "no", "r", "reject"):
@@ -304,7 +339,9 @@ def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaO
 
     A caller beyond --max-calls (default 1) gets 'busy'. Each call has its
     own media: --tone/--play to each caller, --echo each caller hears
-    itself, --record 'calls/{peer}-{n}.wav' one file per call. Keys the
+    itself, --record 'calls/{peer}-{n}.wav' one file per call (a file an
+    earlier call recorded to is not replaced: call N gets FILE-N, e.g.
+    calls.wav, calls-2.wav). Keys the
     callers press are said (and --json events). Ctrl-C hangs up every call
     and exits.
     """
@@ -328,7 +365,9 @@ def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaO
     async def run() -> int:
         interrupts = Interrupts()
         interrupts.install()
-        phone = await connect(setup, timeouts, out, max_calls)
+        phone = await connect(setup, timeouts, out, interrupts, max_calls)
+        if phone is None:  # Ctrl-C before the hub answered: as Ctrl-C while waiting
+            return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
         if isinstance(phone, HubUnreachable):
             return ExitCode.HUB_UNREACHABLE
         out.say(f"listening as {client_id} on {phone.hub.address.http} (Ctrl-C to stop)")
@@ -390,18 +429,22 @@ async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
             accept: bool | None = True
             out.say(f"incoming call from {incoming.peer}: accepting")
         else:
-            asking = asyncio.ensure_future(ask_key(incoming, out) if keys
-                                           else ask(incoming, out, reader))
+            asking = asyncio.ensure_future(ask_key(incoming, out, interrupts.interrupt)
+                                           if keys else ask(incoming, out, reader))
             await first_done(asking, interrupts.event.wait())
             accept = asking.result() if asking.done() and not asking.cancelled() \
                 else False
+        # Ctrl-C at the prompt declines the call, then exits as Ctrl-C while waiting.
+        asked_away = not accept and interrupts.event.is_set()
         if accept:
             source, sinks, output = setup.call_media(incoming.peer, n)
             await incoming.accept(source, sinks, output=output)
         elif accept is False and incoming.state is CallState.RINGING:
-            await incoming.reject()
+            await incoming.reject("interrupted" if asked_away else "declined")
         result = await talk_until_end(incoming, out, interrupts, talk.duration)
         out.say(describe(result))
+        if asked_away:
+            return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
         if once or interrupts.event.is_set():
             return result.exit_code
 

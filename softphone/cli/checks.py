@@ -62,7 +62,8 @@ def devices(picked: tuple[str | None, str | None]) -> None:
 
     '*' marks the system's defaults, '>' the ones a call would use (with
     --input/--output, SOFTPHONE_INPUT/OUTPUT or audio.input/output in the
-    config file; else the defaults).
+    config file; else the defaults). Exit 2 when --input or --output names
+    no single device (a call would refuse it too).
     """
     from softphone.media.sounddev import DeviceError, list_devices
 
@@ -73,6 +74,7 @@ def devices(picked: tuple[str | None, str | None]) -> None:
     if not any(d.inputs or d.outputs for d in found):
         fail("no audio devices (no sound card, or no audio server; with PulseAudio check "
              "PULSE_SERVER); use --tone/--play, --record or --no-audio")
+    unmatched: list[str] = []
     for kind, label, spec in (("input", "microphones (--input)", picked[0]),
                               ("output", "speakers (--output)", picked[1])):
         click.echo(f"{label}:")
@@ -86,7 +88,11 @@ def devices(picked: tuple[str | None, str | None]) -> None:
                            f"({d.hostapi}, {channels} ch, {d.default_rate:.0f} Hz)")
         if spec and chosen is None:
             click.echo(f"  (no single {kind} device matches {spec!r}: a call would fail)")
+            unmatched.append(f"--{kind} {spec!r}")
     click.echo("* default   > what a call would use")
+    if unmatched:  # as call and listen refuse it: a bad option value
+        fail(f"{' and '.join(unmatched)}: no single device matches (call and listen "
+             "would refuse it)", ExitCode.USAGE)
 
 
 @click.command()
@@ -115,6 +121,18 @@ def demo(seconds: float) -> None:
     for line in report.lines():
         click.echo(line)
     sys.exit(ExitCode.COMPLETED if report.ok else ExitCode.ERROR)
+
+
+def unreadable_results(settings: Settings) -> list[Any]:
+    """A FAIL line for each secret whose file cannot be read (a call would exit 1)."""
+    from softphone.cli.doctor import Result
+
+    return [Result(option.file_key, False,
+                   f"{got.error} ({got.source.value}: {got.origin.rsplit(' (', 1)[0]})",
+                   f"make the file readable by you, or point {option.file_key} / "
+                   f"{option.file_flag} at the right one",
+                   data={"key": option.file_key, "error": got.error})
+            for option, got in settings.unreadable()]
 
 
 _DOCTOR_EXIT = (
@@ -172,6 +190,7 @@ def doctor(client_id: str | None, hub: HubClientOptions, ice: IceOptions,
     results = asyncio.run(run())
     if results is None:
         fail("interrupted", ExitCode.INTERRUPTED)
+    results = [*unreadable_results(settings), *results]
     if json_mode:
         click.echo(json.dumps(report_json(results), indent=2))
     else:

@@ -57,6 +57,7 @@ __all__ = [
     "Loaded",
     "Located",
     "Option",
+    "SecretFileError",
     "by_key",
     "check_value",
     "find_option",
@@ -72,6 +73,11 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A bad config file, environment variable or value: one line naming where and which."""
+
+
+class SecretFileError(ConfigError):
+    """A secret's file (``token_file``, ``--secret-file`` ...) that cannot be read: not
+    a bad value but a file, so exit 1 (README's exit codes), as any file an option names."""
 
 
 def by_key(options: Iterable[Option] = OPTIONS) -> dict[str, Option]:
@@ -117,10 +123,13 @@ def check_value(option: Option, value: Any) -> Any:
         ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
         if ok:
             value = tuple(value)
+    elif option.index and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, str(value)  # a device index: as --input 3 gives it
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ValueError(f"expected {kind.describe()}, got {_type_name(value)}")
+        what = "a string or an integer (an index)" if option.index else kind.describe()
+        raise ValueError(f"expected {what}, got {_type_name(value)}")
     if option.check is not None:
         option.check(value)
     return value
@@ -394,9 +403,9 @@ def read_secret_file(path: str) -> tuple[str, str | None]:
         text = file.read_text(encoding="utf-8").strip()
         mode = file.stat().st_mode
     except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not UTF-8 text") from None
+        raise SecretFileError(f"{file}: not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
+        raise SecretFileError(f"cannot read {file}: {exc.strerror or exc}") from None
     if not text:
-        raise ConfigError(f"{file} is empty")
+        raise SecretFileError(f"{file} is empty")
     return text, permission_warning(file, mode, "a secret")

@@ -12,12 +12,15 @@ they had one (``SOFTPHONE_SERVER``, ``SOFTPHONE_INPUT``, ``SOFTPHONE_SECRET``,
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from softphone.client.hubaddress import HubAddress
+from softphone.core.adapt_config import OPUS_MAX_BITRATE
+from softphone.core.iceurl import check_ice_url
 from softphone.core.protocol import is_valid_id
 
 
@@ -52,6 +55,8 @@ class Option:
     check: Callable[[Any], None] | None = None
     #: How to show a value that is partly secret (a password in a URL).
     mask: Callable[[Any], str] | None = None
+    #: A string that may also be written as an integer (a device index): made a string.
+    index: bool = False
 
     @property
     def name(self) -> str:
@@ -74,8 +79,20 @@ class Option:
 # ------------------------------------------------------------- checks ---
 
 
-def _server(value: str) -> None:
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9._~-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+
+
+def check_server_url(value: str) -> None:
+    """A hub URL (``http(s)://host:port``, ``ws(s)://host:port``, or ``host:port``):
+    ValueError (one line, naming the form) for anything else."""
     HubAddress.parse(value)
+    host = urlsplit(value if "://" in value else "http://" + value).hostname or ""
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(f"{value!r} is not a hub URL: use http(s)://host:port or "
+                         "ws(s)://host:port")
+
+
+_server: Final = check_server_url
 
 
 def _id(value: str) -> None:
@@ -88,14 +105,12 @@ def _ice_urls(value: tuple[str, ...]) -> None:
     if value == ("none",):
         return
     for url in value:
-        if url.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
-            raise ValueError(f"{url!r} is not a stun: or turn: URL (or the list ['none'])")
+        check_ice_url(url)
 
 
 def _turn_urls(value: tuple[str, ...]) -> None:
     for url in value:
-        if url.split(":", 1)[0] not in ("turn", "turns"):
-            raise ValueError(f"{url!r} is not a turn: or turns: URL")
+        check_ice_url(url, turn_only=True)
 
 
 def _origins(value: tuple[str, ...]) -> None:
@@ -142,6 +157,12 @@ def mask_url_password(value: str) -> str:
 
 # ------------------------------------------------------------ options ---
 
+#: ``--bitrate``'s default: no ceiling on the adaptation below Opus's maximum.
+MAX_BITRATE_KBPS: Final = OPUS_MAX_BITRATE // 1000
+#: ``--redundancy``'s default: ``softphone.media.opus.EncoderSettings.redundancy``
+#: (not imported: it loads numpy; tests/cli/test_option_checks.py keeps them equal).
+DEFAULT_REDUNDANCY: Final = 2
+
 PHONE: Final = ("call", "listen", "doctor")
 CALLS: Final = ("call", "listen")
 SERVE: Final = ("serve",)
@@ -178,15 +199,16 @@ OPTIONS: Final[tuple[Option, ...]] = (
     # [audio]
     _opt("audio.input", "--input", Kind.STR, None, (*PHONE, "devices"),
          "Microphone: index or part of the name (softphone devices).",
-         env="SOFTPHONE_INPUT"),
+         env="SOFTPHONE_INPUT", index=True),
     _opt("audio.output", "--output", Kind.STR, None, (*PHONE, "devices"),
-         "Speaker: index or part of the name.", env="SOFTPHONE_OUTPUT"),
+         "Speaker: index or part of the name.", env="SOFTPHONE_OUTPUT", index=True),
     _opt("audio.no_audio", "--no-audio", Kind.BOOL, False, PHONE,
          "Use neither microphone nor speaker."),
-    _opt("audio.bitrate", "--bitrate", Kind.INT, 128, CALLS,
-         "Opus bitrate we send, kbit/s.", check=_range(6, 510)),
-    _opt("audio.redundancy", "--redundancy", Kind.INT, 1, CALLS,
-         "Earlier frames repeated in each packet (RED); 0: Opus alone.",
+    _opt("audio.bitrate", "--bitrate", Kind.INT, MAX_BITRATE_KBPS, CALLS,
+         "Most Opus bitrate we send, kbit/s (the adaptation picks below it).",
+         check=_range(6, MAX_BITRATE_KBPS)),
+    _opt("audio.redundancy", "--redundancy", Kind.INT, DEFAULT_REDUNDANCY, CALLS,
+         "Most earlier frames repeated in each packet (RED); 0: Opus alone.",
          check=_range(0, 3)),
     _opt("audio.aec", "--aec", Kind.BOOL, True, CALLS,
          "Echo cancellation on the microphone."),
@@ -262,6 +284,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
          check=_NOT_NEGATIVE),
     _opt("serve.heartbeat", "--heartbeat", Kind.FLOAT, 15.0, SERVE,
          "Ping interval, seconds.", check=_POSITIVE),
+    _opt("serve.head_timeout", "--head-timeout", Kind.FLOAT, 30.0, SERVE,
+         "Seconds a new connection has to send its request head.", check=_POSITIVE),
     _opt("serve.cert", "--cert", Kind.PATH, None, SERVE,
          "Serve https/wss with this certificate chain (PEM); needs key."),
     _opt("serve.key", "--key", Kind.PATH, None, SERVE, "TLS private key (PEM)."),

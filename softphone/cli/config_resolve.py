@@ -19,6 +19,7 @@ from typing import Any, Final
 from softphone.cli.config import (
     ConfigError,
     ConfigFile,
+    SecretFileError,
     check_value,
     parse_text_value,
     read_secret_file,
@@ -53,6 +54,9 @@ class Resolved:
     source: Source
     #: The flag, variable or file:line it came from ("" for a default).
     origin: str = ""
+    #: Why its secret's file could not be read (``resolve(unreadable_ok=True)``;
+    #: the value is then None).
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,33 @@ class Settings:
     def value(self, key: str) -> Any:
         return self.resolved[key].value
 
+    def unreadable(self) -> list[tuple[Option, Resolved]]:
+        """The secrets whose file could not be read (only with ``unreadable_ok``)."""
+        return [(o, self.resolved[o.key]) for o in self.options
+                if self.resolved[o.key].error]
+
 
 SecretReader = Callable[[str], tuple[str, str | None]]
 
 
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config: ConfigFile | None,
             options: Iterable[Option] = OPTIONS,
-            read_secret: SecretReader = read_secret_file) -> Settings:
+            read_secret: SecretReader = read_secret_file, *,
+            unreadable_ok: bool = False) -> Settings:
     """Each option's value: flag > environment > file > default, the same for all.
 
     ``flags``: only the options given on the command line, by option key (a
     secret's file as ``<key>_file``, e.g. ``"serve.secret_file"``), already
     typed as the option's kind (lists as sequences of strings). ``env``: the
     environment (``os.environ``). A secret named by a file is read with
-    ``read_secret``. Raises :class:`ConfigError` for a bad environment value.
+    ``read_secret``. Raises :class:`ConfigError` for a bad environment value,
+    :class:`SecretFileError` for a secret's file that cannot be read, unless
+    ``unreadable_ok`` (for the commands that inspect a setup: ``config``,
+    ``doctor``): that setting is then None with its :attr:`Resolved.error`.
     """
     options = tuple(options)
+    if unreadable_ok:
+        read_secret = _tolerant(read_secret)
     warnings: list[str] = []
     out: dict[str, Resolved] = {}
     for option in options:
@@ -96,13 +111,30 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config: ConfigFile
     return Settings(out, options, config, tuple(warnings))
 
 
+class _Unreadable(str):
+    """What a tolerant reader returns instead of a secret: why its file cannot be read."""
+
+
+def _tolerant(read_secret: SecretReader) -> SecretReader:
+    def read(path: str) -> tuple[str, str | None]:
+        try:
+            return read_secret(path)
+        except SecretFileError as exc:
+            return _Unreadable(str(exc)), None
+    return read
+
+
 def _secret_from(path: str, origin: str, source: Source, read_secret: SecretReader,
                  warnings: list[str]) -> Resolved:
     try:
         value, warning = read_secret(path)
+    except SecretFileError as exc:
+        raise SecretFileError(f"{origin}: {exc}") from None
     except ConfigError as exc:
         error = FlagError if source is Source.FLAG else ConfigError
         raise error(f"{origin}: {exc}") from None
+    if isinstance(value, _Unreadable):
+        return Resolved(None, source, f"{origin} ({path})", error=str(value))
     if warning:
         warnings.append(warning)
     return Resolved(value, source, f"{origin} ({path})")
@@ -200,7 +232,8 @@ def describe(settings: Settings, command: str | None = None) -> list[str]:
             continue
         got = settings[option.key]
         where = got.source.value + (f": {got.origin}" if got.origin else "")
-        rows.append((option.key, shown(option, got.value), where))
+        value = "(unreadable)" if got.error else shown(option, got.value)
+        rows.append((option.key, value, where + (f"; {got.error}" if got.error else "")))
     key_width = max((len(r[0]) for r in rows), default=0)
     value_width = min(max((len(r[1]) for r in rows), default=0), 40)
     return [f"{k:<{key_width}} = {v:<{value_width}}  ({w})" for k, v, w in rows]
@@ -219,4 +252,6 @@ def as_json(settings: Settings) -> dict[str, Any]:
         elif isinstance(value, tuple):
             value = list(value)
         out[option.key] = {"value": value, "source": got.source.value, "origin": got.origin}
+        if got.error:
+            out[option.key]["error"] = got.error
     return out

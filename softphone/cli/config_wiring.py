@@ -43,6 +43,7 @@ from softphone.cli.config import (
     Kind,
     Loaded,
     Option,
+    SecretFileError,
     find_option,
     load,
     locate,
@@ -178,29 +179,32 @@ def current_settings(state: CliState, env: Mapping[str, str] | None = None,
                      options: Iterable[Option] = OPTIONS) -> tuple[Loaded, Settings]:
     """The config file and every setting from the environment and the file (no flags).
 
-    Raises :class:`ConfigError` (one line) for a bad file or variable.
+    Raises :class:`ConfigError` (one line) for a bad file or variable; a secret
+    whose file cannot be read is kept, marked (:attr:`Resolved.error`), to be shown.
     """
     env = os.environ if env is None else env
     loaded = _load(state, env)
-    settings = resolve({}, env, loaded.file, tuple(options))
+    settings = resolve({}, env, loaded.file, tuple(options), unreadable_ok=True)
     warn(settings.warnings)
     return loaded, settings
 
 
 def configure(ctx: click.Context, command: click.Command,
-              params: MutableMapping[str, Any]) -> Settings:
+              params: MutableMapping[str, Any], *, unreadable_ok: bool = False) -> Settings:
     """Fill ``params`` (the command's, as click parsed them) from the environment and
     the config file, in place; the settings they came from.
 
-    Raises :class:`ConfigError` for a bad file, variable or secret file, and
-    click's MissingParameter for a needed option that nothing supplied.
+    Raises :class:`ConfigError` for a bad file, variable or secret file
+    (:class:`SecretFileError` for one that cannot be read, unless
+    ``unreadable_ok``: that setting is then unset and marked), and click's
+    MissingParameter for a needed option that nothing supplied.
     """
     name = ctx.info_name or command.name or ""
     state = ctx.find_object(CliState) or CliState()
     bound = bindings(command, name)
     loaded = _load(state, os.environ)
     settings = resolve(_flags(ctx, bound, params), os.environ, loaded.file,
-                       tuple(b.option for b in bound))
+                       tuple(b.option for b in bound), unreadable_ok=unreadable_ok)
     warn(settings.warnings)
     for b in bound:
         got = settings[b.option.key]
@@ -242,10 +246,13 @@ def _with_negative_flag(param: click.Parameter, name: str) -> click.Parameter:
     return negative
 
 
-def configured(command: click.Command, *, pass_settings: bool = False) -> click.Command:
+def configured(command: click.Command, *, pass_settings: bool = False,
+               unreadable_ok: bool = False) -> click.Command:
     """A copy of ``command`` that takes what was not typed from the environment and
     the config file (:func:`configure`); with ``pass_settings`` its callback also
-    gets the resolved :class:`Settings` as ``settings``."""
+    gets the resolved :class:`Settings` as ``settings``. A secret's file that
+    cannot be read is exit 1 (as any file an option names), or with
+    ``unreadable_ok`` left to the command (``doctor``: ``Settings.unreadable``)."""
     name = command.name
     inner = command.callback
     assert name is not None and inner is not None
@@ -256,7 +263,9 @@ def configured(command: click.Command, *, pass_settings: bool = False) -> click.
     def callback(**params: Any) -> Any:
         ctx = click.get_current_context()
         try:
-            settings = configure(ctx, wrapped, params)
+            settings = configure(ctx, wrapped, params, unreadable_ok=unreadable_ok)
+        except SecretFileError as exc:
+            fail(str(exc), ExitCode.ERROR)
         except FlagError as exc:
             raise click.UsageError(str(exc), ctx) from None
         except ConfigError as exc:

@@ -128,19 +128,22 @@ def turn_expiry(username: str) -> float | None:
 
 
 def check_libopus() -> Result:
-    """libopus loads (through opuslib-next), as the encoder of every call needs."""
+    """The libopus calls encode and decode with loads (PyAV's copy, else the system's:
+    :func:`softphone.media.libopus.load`), and which one it is."""
     from softphone.core.errors import MissingDependency
+    from softphone.media import libopus
     from softphone.media.opus import require_libopus
 
     try:
         require_libopus()
-        from opuslib_next.api import info
-
-        version = info.get_version_string()
-        text = version.decode() if isinstance(version, bytes) else str(version)
+        lib = libopus.load()
     except MissingDependency as exc:
         return Result("libopus", False, str(exc), "apt-get install libopus0")
-    return Result("libopus", True, f"{text} loads", data={"version": text})
+    except Exception as exc:  # a library that is there but does not load: a line, no trace
+        return Result("libopus", False, f"does not load: {exc}", "apt-get install libopus0")
+    which = "PyAV's copy" if lib.bundled else "the system's"
+    return Result("libopus", True, f"{lib.version} loads ({which})",
+                  data={"version": lib.version, "path": lib.path, "bundled": lib.bundled})
 
 
 def check_portaudio() -> Result:

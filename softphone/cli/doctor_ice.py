@@ -19,54 +19,13 @@ import socket
 import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from softphone.cli.doctor import Result, span, turn_expiry, when
 from softphone.cli.doctor_verdict import Outcome, Transport, explain, verdict
+from softphone.core.iceurl import IceUrl, check_ice_url, parse_ice_url
 
 __all__ = ["IceUrl", "ice_checks", "parse_ice_url", "stun_binding", "turn_allocation"]
-
-
-@dataclass(frozen=True)
-class IceUrl:
-    """A ``stun:``/``stuns:``/``turn:``/``turns:`` URL taken apart."""
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-    #: The transport a call uses with it (``?transport=``; ``turns:`` is TLS over TCP).
-    transport: Transport
-
-    @property
-    def is_turn(self) -> bool:
-        return self.scheme in ("turn", "turns")
-
-
-def parse_ice_url(url: str) -> IceUrl:
-    """``turn:host:3478?transport=tcp`` -> its parts (ValueError if it is not one)."""
-    scheme, _, rest = url.partition(":")
-    if scheme not in ("stun", "stuns", "turn", "turns") or not rest:
-        raise ValueError(f"{url!r} is not a stun: or turn: URL")
-    rest, _, query = rest.partition("?")
-    params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-    if rest.startswith("["):  # [IPv6]:port
-        host, _, tail = rest[1:].partition("]")
-        port_text = tail.removeprefix(":")
-    else:
-        host, _, port_text = rest.partition(":")
-    default = 5349 if scheme in ("stuns", "turns") else 3478
-    try:
-        port = int(port_text) if port_text else default
-    except ValueError:
-        raise ValueError(f"{url!r}: bad port {port_text!r}") from None
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"{url!r}: no host, or a bad port")
-    transport = params.get("transport", "tcp" if scheme == "turns" else "udp")
-    if transport not in ("udp", "tcp"):
-        raise ValueError(f"{url!r}: transport must be udp or tcp")
-    return IceUrl(url, scheme, host, port, transport)  # type: ignore[arg-type]
 
 
 def _reason(exc: BaseException) -> str:
@@ -312,14 +271,15 @@ async def _check_turn(ice: IceUrl, username: str | None, credential: str | None,
 
 
 def _urls(servers: Sequence[dict[str, Any]]) -> list[tuple[IceUrl | str, dict[str, Any]]]:
-    """Each URL of ``servers`` parsed (or the text of the error), with its entry."""
+    """Each URL of ``servers`` parsed (or the text of the error: one a call cannot use),
+    with its entry."""
     out: list[tuple[IceUrl | str, dict[str, Any]]] = []
     for entry in servers:
         urls = entry.get("urls")
         for url in urls if isinstance(urls, list) else [urls]:
             if isinstance(url, str):
                 try:
-                    out.append((parse_ice_url(url), entry))
+                    out.append((check_ice_url(url), entry))
                 except ValueError as exc:
                     out.append((str(exc), entry))
     return out
@@ -336,8 +296,9 @@ async def ice_checks(servers: Sequence[dict[str, Any]], relay_only: bool, wait: 
     """
     now = time.time() if now is None else now
     parsed = _urls(servers)
+    # aiortc refuses a whole list with one malformed URL in it: no call can be made.
     results = [Result("ice-servers", False, bad, "fix the URL (ice.servers, or the hub's "
-                      "list)", needed=False) for bad, _ in parsed if isinstance(bad, str)]
+                      "list)") for bad, _ in parsed if isinstance(bad, str)]
     good = [(ice, entry) for ice, entry in parsed if isinstance(ice, IceUrl)]
     first_stun = next((ice for ice, _ in good if not ice.is_turn), None)
     first_turn = next((ice for ice, _ in good if ice.is_turn), None)

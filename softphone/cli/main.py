@@ -103,7 +103,7 @@ def main(ctx: click.Context, verbose: int, config_file: str | None,
 
 for _command in (serve, token, call, listen, devices):
     main.add_command(configured(_command))
-main.add_command(configured(doctor, pass_settings=True))
+main.add_command(configured(doctor, pass_settings=True, unreadable_ok=True))
 for _command in (demo, config, completion):
     main.add_command(_command)
 

@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 
 import click
 
-from softphone.client.hubaddress import DEFAULT_SERVER, HubAddress
+from softphone.cli.config_options import DEFAULT_REDUNDANCY, MAX_BITRATE_KBPS, check_server_url
+from softphone.client.hubaddress import DEFAULT_SERVER
+from softphone.core.iceurl import check_ice_url
 from softphone.core.protocol import is_valid_id
 
 T = TypeVar("T")
@@ -97,7 +99,7 @@ def check_id(ctx: click.Context, param: click.Parameter, value: str | None) -> s
 
 def check_server(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
-        HubAddress.parse(value)
+        check_server_url(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     return value
@@ -193,12 +195,12 @@ def ice_list(values: tuple[str, ...], username: str | None = None,
         return []
     out: list[dict[str, Any]] = []
     for url in values:
-        scheme = url.split(":", 1)[0]
-        if scheme not in ("stun", "stuns", "turn", "turns"):
-            raise click.BadParameter(f"{url!r} is not a stun: or turn: URL",
-                                     param_hint="--ice-server")
+        try:
+            ice = check_ice_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ice-server") from None
         entry: dict[str, Any] = {"urls": url}
-        if scheme in ("turn", "turns"):
+        if ice.is_turn:
             if username is None or credential is None:
                 raise click.UsageError(f"{url} needs --ice-username and --ice-credential")
             entry.update(username=username, credential=credential)
@@ -351,12 +353,15 @@ media_options = option_group("media", _media, [
     click.option("--record", type=click.Path(dir_okay=False), metavar="FILE",
                  help="Record what the other side sends to a WAV file. In listen, "
                       "{peer}, {n} and {time} are replaced."),
-    click.option("--bitrate", type=click.IntRange(6, 510), metavar="KBPS",
-                 help="Opus bitrate we send, kbit/s (default 128)."),
+    click.option("--bitrate", type=click.IntRange(6, MAX_BITRATE_KBPS), metavar="KBPS",
+                 help="Most Opus bitrate we send, kbit/s: the call adapts its bitrate to "
+                      f"the network below it (default {MAX_BITRATE_KBPS}, Opus's "
+                      "maximum)."),
     click.option("--redundancy", type=click.IntRange(0, 3), metavar="N",
-                 help="Earlier frames repeated in each packet (RED) when the peer "
-                      "accepts it: a lost packet is rebuilt exactly from the next "
-                      "one, for N+1 times the bitrate. 0: Opus alone (default 1)."),
+                 help="Most earlier frames repeated in each packet (RED) when the peer "
+                      "accepts it, as loss appears: a lost packet is rebuilt exactly "
+                      "from the next one, for up to N+1 times the bitrate. 0: Opus "
+                      f"alone (default {DEFAULT_REDUNDANCY})."),
     click.option("--simulate-loss", type=click.FloatRange(0, 100), metavar="PCT",
                  help="Drop this share of received audio packets (testing)."),
     _INPUT,

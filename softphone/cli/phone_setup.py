@@ -11,7 +11,6 @@ The media-wiring functions (:func:`media_config`, :func:`audio_device`,
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from softphone.cli.options import (
     TlsClientOptions,
     VoiceOptions,
 )
+from softphone.cli.recordings import check_record, record_path
 from softphone.cli.runtime import fail
 from softphone.core.callstate import CallTimeouts
 
@@ -45,8 +45,8 @@ def client_tls(tls: TlsClientOptions) -> ssl.SSLContext | None:
 
     try:
         return client_context(tls.ca_file, tls.insecure)
-    except TLSConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--ca-file") from exc
+    except TLSConfigError as exc:  # a file an option names: exit 1 (README's exit codes)
+        fail(f"--ca-file: {exc}")
 
 
 def media_config(voice: VoiceOptions, processing: ProcessingOptions | None = None,
@@ -123,8 +123,8 @@ def make_prompt(media: MediaOptions, config: MediaConfig) -> SharedPrompt | None
     if media.play:
         try:
             return SharedPrompt.from_file(media.play, config.encoder)
-        except AudioFileError as exc:
-            raise click.BadParameter(str(exc), param_hint="--play") from exc
+        except AudioFileError as exc:  # a file an option names: exit 1 (README's exit codes)
+            fail(f"--play: {exc}")
     if media.tone is not None:
         if not 0 < media.tone < 24_000:
             raise click.BadParameter(f"{media.tone} Hz: use 0 < HZ < 24000", param_hint="--tone")
@@ -160,19 +160,17 @@ def make_output(media: MediaOptions, noticed: set[str], *, echo: bool = False) -
     return audio_device("output", media.audio, noticed)
 
 
-def make_sinks(media: MediaOptions, noticed: set[str], peer: str = "", n: int = 1, *,
-               echo: bool = False, thread: RecordingThread | None = None) -> list[Any]:
-    """Where what we hear goes besides the speaker: the --record file (written on
-    ``thread``, a :class:`~softphone.media.recording.RecordingThread`, if given)."""
+def make_sinks(path: str | None, *, new_folder: bool = False,
+               thread: RecordingThread | None = None) -> list[Any]:
+    """Where what we hear goes besides the speaker: the --record file ``path`` (its
+    folder made if ``new_folder``: a template's, one per call; written on ``thread``,
+    a :class:`~softphone.media.recording.RecordingThread`, if given)."""
     from softphone.media.sinks import RecorderSink
 
-    record = media.record
-    if not record:
+    if not path:
         return []
-    path = record.format(peer=peer, n=n, time=datetime.now().strftime("%Y%m%d-%H%M%S")) \
-        if "{" in record else record
     try:
-        if "{" in record:  # one file per call: its folder may be new
+        if new_folder:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return [RecorderSink(path, thread=thread)]
     except OSError as exc:
@@ -190,6 +188,9 @@ class PhoneSetup:
         self.ice = ice
         self.media = media
         self.echo = echo
+        check_record(media.record)  # (now, not at the first call)
+        #: The --record files of this command's calls so far: none replaced.
+        self._recorded: set[str] = set()
         self.ssl_context = client_tls(hub.tls)
         self.media_config = media_config(media.voice, media.processing, media.restart)
         #: Device notices already said ("input", "output"): once per command.
@@ -220,12 +221,16 @@ class PhoneSetup:
 
     def sinks(self, peer: str, n: int = 1) -> list[Any]:
         """The sinks of call ``n`` with ``peer``; exits (1) if --record cannot be written."""
-        if self._recordings is None and self.media.record:
+        record = self.media.record
+        if not record:
+            return []
+        if self._recordings is None:
             from softphone.media.recording import RecordingThread
 
             self._recordings = RecordingThread()
-        return make_sinks(self.media, self._noticed, peer, n, echo=self.echo,
-                          thread=self._recordings)
+        path = record_path(record, peer, n, self._recorded)
+        self._recorded.add(path)
+        return make_sinks(path, new_folder="{" in record, thread=self._recordings)
 
     def close(self) -> None:
         """At the command's end: the recording thread writes what it was handed and ends

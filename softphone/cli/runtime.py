@@ -75,6 +75,10 @@ class Interrupts:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._fire)
 
+    def interrupt(self) -> None:
+        """A Ctrl-C that came as a key (a terminal in raw mode sends no SIGINT)."""
+        self._fire()
+
     def _fire(self) -> None:
         self.count += 1
         if self.count > 1:

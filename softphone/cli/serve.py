@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from softphone.cli.options import (
 )
 from softphone.cli.runtime import Interrupts, exit_codes_help, fail, first_done
 from softphone.core.callstate import ExitCode
+from softphone.core.iceurl import check_ice_url
 
 if TYPE_CHECKING:
     import ssl
@@ -166,8 +168,10 @@ def check_secret(value: str) -> str:
 def _turn_url(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
               ) -> tuple[str, ...]:
     for url in value:
-        if url.split(":", 1)[0] not in ("turn", "turns"):
-            raise click.BadParameter(f"{url!r} is not a turn: or turns: URL")
+        try:
+            check_ice_url(url, turn_only=True)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
     return value
 
 
@@ -244,7 +248,10 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
         seconds = float(number) * (unit or 1.0)
     except ValueError:
         raise click.BadParameter(f"{value!r}: use seconds or 30m, 12h, 7d") from None
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+    if not math.isfinite(seconds):
+        raise click.BadParameter(f"{value!r}: must be a finite number of seconds "
+                                 "(or 30m, 12h, 7d)")
+    if not seconds > 0:
         raise click.BadParameter("must be greater than 0")
     return seconds
 
@@ -271,7 +278,8 @@ def token(client_id: str, secret: str, ttl: float) -> None:
     [ExitCode.ERROR, ExitCode.USAGE, ExitCode.REDIS_UNAVAILABLE]))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 for every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port to listen on (0: any free port, printed when the hub is up).")
 @hub_ice_options
 @click.option("--redis", "redis_url", envvar="SOFTPHONE_REDIS", metavar="URL",
               help="Run as one node of several sharing this Redis (redis://host:6379/0; "

@@ -429,8 +429,13 @@ class CallScreen:
             await asyncio.sleep(REDRAW_EVERY)
 
 
-async def ask_key(call: Call, out: Sayer) -> bool | None:
-    """Ask accept/reject with one key; None if the caller gave up first."""
+async def ask_key(call: Call, out: Sayer,
+                  interrupt: Callable[[], None] | None = None) -> bool | None:
+    """Ask accept/reject with one key; None if the caller gave up first.
+
+    Ctrl-C (a key here: the terminal is in raw mode) rejects the call and calls
+    ``interrupt``, so that it is the Ctrl-C it is everywhere else.
+    """
     answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     def on_key(key: str) -> None:
@@ -440,6 +445,8 @@ async def ask_key(call: Call, out: Sayer) -> bool | None:
             answer.set_result(True)
         elif key in ("r", "R", "n", "N", "c-c"):
             answer.set_result(False)
+            if key == "c-c" and interrupt is not None:
+                interrupt()
 
     out.say(f"incoming call from {call.peer}: [a]ccept or [r]eject?")
     keys = Keys(on_key)

@@ -81,6 +81,10 @@ class HubConnection(Protocol):
 
 #: Hub errors that come with closing the connection for good (close code 1008).
 _REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
+#: A hub that is full closes with 1013 ("try again later"): a refusal when it turns
+#: away the phone's first connection (nothing ever worked: say why, do not retry);
+#: later, while reconnecting, the phone keeps trying.
+_FULL, _FULL_CLOSE = ErrorCode.TOO_MANY_CONNECTIONS, 1013
 #: Seconds :meth:`Phone.close` waits for its calls to finish (media closed), and then
 #: for what is queued for the hub to go out (the defaults of each phone's
 #: ``close_wait`` and ``flush_wait``).
@@ -138,7 +142,8 @@ class Phone:
         self._closing = False
         self.hub_connected = asyncio.Event()
         self.hub_errors: list[HubError] = []
-        #: Set when the hub refused us for good (bad token, replaced): no reconnecting.
+        #: Set when the hub refused us for good (bad token, replaced, or too many
+        #: connections from our address when we first connect): no reconnecting.
         self.refused = asyncio.Event()
         self.refusal: HubError | None = None
         self.on_hub_error: Callable[[HubError], None] | None = None
@@ -349,7 +354,9 @@ class Phone:
                 if call.peer == error.to and call.restart_link is not None:
                     call.restart_link.peer_unreachable()
         self.hub_errors.append(error)
-        log.warning("hub error %s: %s", error.code, error.message)
+        # (info: each reaches the application, in hub_errors and on_hub_error, and the
+        # call it concerns ends with it as its outcome; the CLI says it once)
+        log.info("hub error %s: %s", error.code, error.message)
         if self.on_hub_error is not None:
             self.on_hub_error(error)
 
@@ -357,25 +364,32 @@ class Phone:
 
     async def _reader(self) -> None:
         delay = 0.5
+        first = True  # the phone's first connection (none before it worked)
         while True:
             last_refusal: HubError | None = None
             async for item in self.hub.messages():
                 delay = 0.5
                 if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
                     self._hub_problem(item)
-                if isinstance(item, HubError) and item.code in _REFUSALS:
+                if isinstance(item, HubError) and (item.code in _REFUSALS or
+                                                   (first and item.code == _FULL)):
                     last_refusal = item
                 self._run(self.line.route(item, self.loop_time))
             self.hub_connected.clear()
             self.hub_check.changed(False)
             if self._closing:
                 return
-            if last_refusal is not None and self.hub.close_code == 1008:
+            code = self.hub.close_code
+            if last_refusal is not None and (
+                    code == 1008 or (last_refusal.code == _FULL and code == _FULL_CLOSE)):
                 self.refusal = last_refusal
                 self.refused.set()
-            log.warning("lost the hub connection (code %s)", self.hub.close_code)
+            first = False
+            # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
+            log.log(logging.INFO if self.refused.is_set() else logging.WARNING,
+                    "lost the hub connection (code %s)", code)
             self._run(self.line.hub_lost(self.loop_time))
-            if not self.reconnect or self.hub.close_code == 1008:
+            if not self.reconnect or code == 1008 or self.refused.is_set():
                 return
             while not self._closing:
                 await self.hub_check.pause(delay)  # (at most 1 s while media restarts)

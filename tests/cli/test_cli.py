@@ -158,19 +158,16 @@ def test_python_dash_m() -> None:
     (["call", "a", "--as", "a"], "cannot call yourself"),
     (["call", "b", "--as", "a", "--server", "ftp://x"], "invalid hub URL"),
     (["call", "b", "--as", "a", "--server", "http://h:99999"], "invalid port"),
-    (["call", "b", "--as", "a", "--play", "/nonexistent.wav"], "no such file"),
     (["call", "b", "--as", "a", "--tone", "30000"], "use 0 < HZ < 24000"),
     (["call", "b", "--as", "a", "--tone", "440", "--play", "x.wav"], "either --play or --tone"),
     (["call", "b", "--as", "a", "--duration", "0"], "greater than 0"),
     (["call", "b", "--as", "a", "--ring-timeout", "-1"], "greater than 0"),
     (["call", "b", "--as", "a", "--ice-server", "http://x"], "not a stun: or turn: URL"),
     (["listen"], "Missing option '--as'"),
-    (["listen", "--as", "b", "--play", "/nonexistent.wav"], "no such file"),
     (["serve", "--port", "70000"], "70000"),
     # options that go together, or exclude each other (checked by the option groups)
     (["call", "b", "--as", "a", "--ca-file", "x.pem", "--insecure"],
      "either --ca-file or --insecure"),
-    (["call", "b", "--as", "a", "--ca-file", "/nonexistent.pem"], "no such file"),
     (["call", "b", "--as", "a", "--input", "x", "--no-audio"], "either --input or --no-audio"),
     (["call", "b", "--as", "a", "--output", "x", "--no-audio"],
      "either --output or --no-audio"),
@@ -185,10 +182,6 @@ def test_python_dash_m() -> None:
     # the config layer's checks of what was typed: usage errors too
     (["token", "--as", "a", "--secret", "x" * 40, "--secret-file", "/f"],
      "serve.secret: use either --secret or --secret-file, not both"),
-    (["call", "b", "--as", "a", "--token-file", "/nonexistent/tok"],
-     "--token-file: cannot read /nonexistent/tok: No such file or directory"),
-    (["serve", "--turn-secret-file", "/nonexistent/t", "--turn", "turn:h"],
-     "--turn-secret-file: cannot read /nonexistent/t"),
 ])
 def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
     code, out = run(*args)
@@ -199,11 +192,32 @@ def test_bad_input_is_a_usage_error(args: list[str], message: str) -> None:
     assert "Traceback" not in out
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["call", "b", "--as", "a", "--play", "/nonexistent.wav"],
+     "--play: /nonexistent.wav: no such file"),
+    (["listen", "--as", "b", "--play", "/nonexistent.wav"],
+     "--play: /nonexistent.wav: no such file"),
+    (["call", "b", "--as", "a", "--ca-file", "/nonexistent.pem"],
+     "--ca-file: cannot read /nonexistent.pem: no such file"),
+    (["call", "b", "--as", "a", "--token-file", "/nonexistent/tok"],
+     "--token-file: cannot read /nonexistent/tok: No such file or directory"),
+    (["serve", "--turn-secret-file", "/nonexistent/t", "--turn", "turn:h"],
+     "--turn-secret-file: cannot read /nonexistent/t"),
+])
+def test_a_file_that_cannot_be_read_is_an_error(args: list[str], message: str) -> None:
+    """README's exit codes: 1 for a file that cannot be read (2: a malformed value)."""
+    code, out = run(*args)
+    assert code == ExitCode.ERROR, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("softphone: "), out
+    assert message in lines[0] and "Traceback" not in out
+
+
 def test_play_a_file_that_is_not_audio(tmp_path: Path) -> None:
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     code, out = run("call", "b", "--as", "a", "--play", str(bad))
-    assert code == 2
+    assert code == ExitCode.ERROR  # (a file that cannot be read as audio)
     assert "cannot decode audio" in out or "no audio" in out
 
 

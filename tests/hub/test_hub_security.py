@@ -736,6 +736,8 @@ async def test_cli_with_tokens(procs: list[Proc]) -> None:
         assert await bad.wait(20) == 11
         assert "the hub refused us: unauthorized: token is for another id" in bad.stdout
         assert "Traceback" not in bad.stderr
+        # (said once, by the CLI: not also as the library's warnings)
+        assert "WARNING" not in bad.stderr and "hub error" not in bad.stderr, bad.stderr
         callee = Proc("listen", "--as", "b", "--server", url, "--auto-accept", "--once",
                       "--token", mint_token(SECRET, "b", time.time()))
         procs.append(callee)

@@ -1,0 +1,65 @@
+"""The --record file of each call of ``call`` and ``listen``: its template checked
+at start (not at the first call), its path filled in so that a peer's id cannot
+take it out of its folder, and a file an earlier call of the command recorded
+to never replaced (call N gets ``FILE-N``)."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Final
+
+import click
+
+from softphone.cli.runtime import fail
+
+#: The fields of a --record template, with values to try it with at start.
+RECORD_SAMPLE: Final = {"peer": "peer", "n": 1, "time": "20240101-000000"}
+
+
+def check_record(record: str | None) -> None:
+    """At start, not at the first call: a --record template that cannot be filled
+    in is a usage error (exit 2), a folder that cannot be written an error (exit 1)."""
+    if not record:
+        return
+    if "{" in record:
+        try:
+            record.format(**RECORD_SAMPLE)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+            why = f"no field {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+            raise click.BadParameter(f"{record!r}: {why}; the fields are {{peer}}, {{n}} "
+                                     "and {time} ({{ and }} for a brace)",
+                                     param_hint="--record") from exc
+    folder = Path(record).parent
+    if "{" in record:  # its folders are made at each call: writable if the first that is
+        while "{" in str(folder) or not folder.exists():
+            if folder == folder.parent:
+                break
+            folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        fail(f"cannot record to {record}: cannot write in {str(folder) or '.'} "
+             f"({exc.strerror or exc})")
+
+
+def file_safe(peer: str) -> str:
+    """``peer`` as part of a path: ids are ``A-Z a-z 0-9 . _ -``, so only ``.`` and
+    ``..`` (all dots) would name another folder; their dots are written ``%2E``."""
+    return peer.replace(".", "%2E") if not peer.strip(".") else peer
+
+
+def record_path(record: str, peer: str, n: int, used: set[str]) -> str:
+    """Call ``n``'s --record file: the template filled in (``peer`` kept in its
+    folder), with ``-N`` (N: the call's number, or the next unused) before the
+    extension when an earlier call of this command recorded to that file."""
+    path = record.format(peer=file_safe(peer), n=n,
+                         time=datetime.now().strftime("%Y%m%d-%H%M%S")) \
+        if "{" in record else record
+    base, k = Path(path), n
+    while path in used:
+        path = str(base.with_name(f"{base.stem}-{k}{base.suffix}"))
+        k += 1
+    return path
