@@ -112,7 +112,7 @@ def config(ctx: click.Context, json_mode: bool) -> None:
         click.echo(line)
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})  # (a value -3)
 @click.argument("key", shell_complete=_complete_key)
 @click.argument("values", nargs=-1, required=True)
 @click.pass_context

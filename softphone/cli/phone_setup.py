@@ -188,7 +188,7 @@ class PhoneSetup:
         self.ice = ice
         self.media = media
         self.echo = echo
-        check_record(media.record)  # (now, not at the first call)
+        check_record(media.record, media.play)  # (now, not at the first call)
         #: The --record files of this command's calls so far: none replaced.
         self._recorded: set[str] = set()
         self.ssl_context = client_tls(hub.tls)

@@ -18,11 +18,15 @@ from softphone.cli.runtime import fail
 RECORD_SAMPLE: Final = {"peer": "peer", "n": 1, "time": "20240101-000000"}
 
 
-def check_record(record: str | None) -> None:
+def check_record(record: str | None, play: str | None = None) -> None:
     """At start, not at the first call: a --record template that cannot be filled
-    in is a usage error (exit 2), a folder that cannot be written an error (exit 1)."""
+    in, or a file that is the --play file, is a usage error (exit 2), a folder that
+    cannot be written an error (exit 1)."""
     if not record:
         return
+    if play and "{" not in record and Path(record).resolve() == Path(play).resolve():
+        raise click.BadParameter(f"{record!r} is the --play file: recording would "
+                                 "overwrite what is sent", param_hint="--record")
     if "{" in record:
         try:
             record.format(**RECORD_SAMPLE)

@@ -156,6 +156,8 @@ def test_python_dash_m() -> None:
     (["call", "b", "--as", "bad id"], "use 1 to 64 characters"),
     (["call", "b c", "--as", "a"], "use 1 to 64 characters"),
     (["call", "a", "--as", "a"], "cannot call yourself"),
+    (["call", "b", "--as", "a", "--play", "/tmp/sp-same.wav", "--record", "/tmp/sp-same.wav"],
+     "is the --play file"),
     (["call", "b", "--as", "a", "--server", "ftp://x"], "invalid hub URL"),
     (["call", "b", "--as", "a", "--server", "http://h:99999"], "invalid port"),
     (["call", "b", "--as", "a", "--tone", "30000"], "use 0 < HZ < 24000"),

@@ -313,7 +313,9 @@ def test_config_set_unset_and_path(tmp_path: Path) -> None:
     for args, message in ((["set", "audio.bitrate", "fast"], "'fast' is not an integer"),
                           (["set", "nope", "1"], "unknown setting 'nope'"),
                           (["unset", "nope"], "unknown setting 'nope'"),
-                          (["set", "id", "a", "b"], "give one value")):
+                          (["set", "id", "a", "b"], "give one value"),
+                          # (a negative value is a value, not an unknown option)
+                          (["set", "call.ring_timeout", "-3"], "-3.0 must be greater than 0")):
         bad = run("config", *args, env=env)
         assert bad.exit_code == ExitCode.USAGE and message in bad.stderr, bad.output
         assert len(bad.stderr.splitlines()) == 1
