@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -87,8 +88,11 @@ class HubClient:
                 session.ws_connect(url, ssl=self._ssl, heartbeat=20.0, autoping=False),
                 HANDSHAKE_TIMEOUTS * self._connect_timeout)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            hint = " (is it an https:// hub?)" if isinstance(
+                exc, aiohttp.ServerDisconnectedError) and self.address.http.startswith(
+                "http:") else ""
             raise HubUnreachable(f"cannot reach the hub at {self.address.http}: "
-                                 f"{_describe(exc)}") from exc
+                                 f"{_describe(exc)}{hint}") from exc
         log.info("connected to %s as %s", self.address.ws, self.client_id)
 
     async def ice_servers(self) -> list[dict[str, Any]]:
@@ -250,5 +254,12 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "no answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError) \
+            and not isinstance(exc, aiohttp.ClientSSLError):  # (its text: aiohttp's internals)
+        err = exc.os_error
+        if isinstance(err, socket.gaierror):
+            return f"no such host ({err.strerror})"
+        if err.errno and err.errno > 0:
+            return os.strerror(err.errno).lower()  # "connection refused"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]

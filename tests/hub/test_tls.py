@@ -69,6 +69,12 @@ async def test_hub_over_https_and_wss(tmp_path: Path) -> None:
                 await untrusting.connect()
         finally:
             await untrusting.close()
+        plain = Phone("dave", f"http://127.0.0.1:{port}", reconnect=False)  # (http://)
+        try:
+            with pytest.raises(HubUnreachable, match=r"\(is it an https:// hub\?\)"):
+                await plain.connect()
+        finally:
+            await plain.close()
     finally:
         await hub.stop()
 
