@@ -164,6 +164,12 @@ def find_device(spec: str | int | None, kind: Kind) -> DeviceInfo:
     raise DeviceError(f"{text!r} matches several {what} devices ({names}): use an index")
 
 
+#: PortAudio's code for an ALSA device that would not open, whatever ALSA said
+#: (pa_linux_alsa.c, AlsaOpen): "Illegal combination of I/O devices". Through the
+#: ALSA pulse plugin: the sound server refused the connection (here: it had died).
+_ALSA_OPEN_REFUSED: Final = -9993
+
+
 def device_format(sd: ModuleType, device: DeviceInfo, kind: Kind, rate: int | None,
                    channels: int | None) -> tuple[int, int]:
     """The rate and channel count to open ``device`` with.
@@ -187,7 +193,9 @@ def device_format(sd: ModuleType, device: DeviceInfo, kind: Kind, rate: int | No
                 continue
             return r, c
     asked = f"{rates[0]} Hz, {counts[0]} channel(s)" if rate or channels else "16-bit audio"
-    raise DeviceError(f"{device.name}: cannot use it for {asked}: {error}")
+    hint = " (or the sound system refused it: is the sound server running?)" \
+        if _refused(sd, error) else ""
+    raise DeviceError(f"{device.name}: cannot use it for {asked}: {error}{hint}")
 
 
 def open_stream(sd: ModuleType, cls_name: str, device: DeviceInfo, **kw: Any) -> Any:
@@ -195,8 +203,15 @@ def open_stream(sd: ModuleType, cls_name: str, device: DeviceInfo, **kw: Any) ->
         stream = getattr(sd, cls_name)(device=device.index, dtype="int16", **kw)
         stream.start()
     except (sd.PortAudioError, ValueError) as exc:
-        raise DeviceError(f"cannot open {device.name}: {exc}") from exc
+        why = f"the sound system refused it (is the sound server running?) [{exc}]" \
+            if _refused(sd, exc) else str(exc)
+        raise DeviceError(f"cannot open {device.name}: {why}") from exc
     return stream
+
+
+def _refused(sd: ModuleType, exc: Exception | None) -> bool:
+    return isinstance(exc, sd.PortAudioError) and len(exc.args) > 1 \
+        and exc.args[1] == _ALSA_OPEN_REFUSED
 
 
 def close_stream(stream: Any) -> None:

@@ -435,3 +435,64 @@ def test_a_speaker_s_frame_phase_is_cut_in_the_first_pause(pulse: PulseLab) -> N
                                           report["target"] + 0.0025 + 0.0025 + 0.005), after
     assert_tone(loud_part(read_all(heard)), 440, skip=0.2, until=-0.2, min_purity=0.8,
                 what="a's speaker")
+
+
+SHM_PROBE = """
+import asyncio
+import numpy as np
+from softphone.media.devices import SpeakerDriver
+
+async def main():
+    speaker = SpeakerDriver()
+    speaker.drive(lambda: np.zeros(960, np.int16), print)
+    await asyncio.sleep(0.3)
+    print("memfd:pulseaudio" in open("/proc/self/maps").read())
+    speaker.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_the_labs_clients_send_audio_without_shared_memory(pulse: PulseLab) -> None:
+    """The tests' lab turns client shared memory off (PulseLab(client_shm=False): PulseAudio
+    16 aborts now and then when such a connection closes under load); a phone's speaker
+    in it maps no PulseAudio memfd (with it on, every one did)."""
+    out = subprocess.run([sys.executable, "-c", SHM_PROBE], env={**os.environ,
+                         **pulse.env_for("a")}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+
+
+REOPEN_AFTER_SERVER_DIED = """
+import asyncio, sys
+from softphone.media.devices import SpeakerDriver
+from softphone.media.sounddev import DeviceError
+
+SpeakerDriver().stop()  # (the server is there)
+print("opened", flush=True)
+sys.stdin.readline()  # (the server is killed meanwhile)
+try:
+    SpeakerDriver()
+except DeviceError as exc:
+    print(exc)
+"""
+
+
+def test_a_speaker_opened_after_the_sound_server_died_says_so(pulse: PulseLab) -> None:
+    """PortAudio says 'Illegal combination of I/O devices' for any ALSA open that fails;
+    through PulseAudio's plugin that is a server that refused (or is gone): said so."""
+    child = subprocess.Popen([sys.executable, "-c", REOPEN_AFTER_SERVER_DIED],
+                             env={**os.environ, **pulse.env_for("a")}, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stdin is not None
+    try:
+        assert child.stdout.readline().strip() == "opened"
+        pulse.kill_server()
+        out, err = child.communicate("go\n", timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    said = out.strip().splitlines()[-1]  # (refused already when its format is checked)
+    assert "is the sound server running?" in said, said
+    assert "Illegal combination of I/O devices" in said, said  # (PortAudio's words kept)

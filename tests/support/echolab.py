@@ -139,8 +139,8 @@ class EchoLab(PulseLab):
     """:class:`PulseLab` plus an echo path from each ``echo`` phone's speaker to its mic."""
 
     def __init__(self, phones: Iterable[str] = ("a", "b"), *, echo: Iterable[str] = ("a",),
-                 delay_ms: int = 40, gain_db: float = -6.0) -> None:
-        super().__init__(phones)
+                 delay_ms: int = 40, gain_db: float = -6.0, client_shm: bool = True) -> None:
+        super().__init__(phones, client_shm=client_shm)
         self.echo_phones = list(echo)
         self.delay_ms = delay_ms
         self.gain_db = gain_db
