@@ -144,8 +144,8 @@ async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output,
     await first_done(connecting, interrupts.event.wait())
     if interrupts.event.is_set():
         # (cancelled by first_done unless it was done: it closes what it opened)
-        with contextlib.suppress(asyncio.CancelledError, HubUnreachable):
-            await connecting
+        await asyncio.wait({connecting})  # (its end: a cancel of ours still comes through)
+        if not connecting.cancelled() and connecting.exception() is None:
             await phone.close()  # it connected just as Ctrl-C came
         return None
     try:

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from softphone.cli.doctor import Result, span, turn_expiry, when
-from softphone.cli.doctor_verdict import Outcome, Transport, explain, verdict
-from softphone.core.iceurl import IceUrl, check_ice_url, parse_ice_url
+from softphone.cli.doctor_verdict import Outcome, explain, verdict
+from softphone.core.iceurl import IceUrl, Transport, check_ice_url, parse_ice_url
 
 __all__ = ["IceUrl", "ice_checks", "parse_ice_url", "stun_binding", "turn_allocation"]
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from softphone.cli.doctor import Result
+from softphone.core.iceurl import Transport
 
 __all__ = ["Outcome", "explain", "verdict"]
-
-Transport = Literal["udp", "tcp"]
 
 
 @dataclass(frozen=True)

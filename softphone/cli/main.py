@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -37,7 +37,11 @@ from softphone.cli.serve import event_loop_factory, serve, token
 __all__ = ["event_loop_factory", "ice_list", "main"]
 
 
-def setup_logging(verbose: int) -> None:
+#: The commands that open sound devices (their ALSA messages go to the log).
+DEVICE_COMMANDS: Final = frozenset({"call", "listen", "devices", "doctor", "demo"})
+
+
+def setup_logging(verbose: int, command: str | None = None) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -45,10 +49,11 @@ def setup_logging(verbose: int) -> None:
         # aiortc/aioice log expected network noise (failed pairs, mDNS) at WARNING.
         for name in ("aiortc", "aioice"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    # ALSA writes its own lines ("underrun occurred") to the terminal: to the log (-vv).
-    from softphone.media.sounddev import alsa_messages_to_log
+    if command in DEVICE_COMMANDS:
+        # ALSA writes its own lines ("underrun occurred") to the terminal: to the log.
+        from softphone.media.sounddev import alsa_messages_to_log
 
-    alsa_messages_to_log()
+        alsa_messages_to_log()
 
 
 class SoftphoneGroup(click.Group):
@@ -93,7 +98,7 @@ def main(ctx: click.Context, verbose: int, config_file: str | None,
     Check:    softphone doctor
     Hub:      softphone serve --port 8080
     """
-    setup_logging(verbose)
+    setup_logging(verbose, ctx.invoked_subcommand)
     if show_settings is not None and ctx.invoked_subcommand in UNCONFIGURED:
         raise click.UsageError(f"--show-settings: {ctx.invoked_subcommand} takes no "
                                "settings")

@@ -81,10 +81,14 @@ class HubConnection(Protocol):
 
 #: Hub errors that come with closing the connection for good (close code 1008).
 _REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
-#: A hub that is full closes with 1013 ("try again later"): a refusal when it turns
-#: away the phone's first connection (nothing ever worked: say why, do not retry);
-#: later, while reconnecting, the phone keeps trying.
+#: A hub with too many connections from our address closes with 1013 ("try again
+#: later"): a refusal when it turns away the phone's first connection (nothing ever
+#: worked: say why, do not retry); later, while reconnecting, the phone keeps trying.
+#: A hub full in total (the same code, "the hub is full") is tried again always.
 _FULL, _FULL_CLOSE = ErrorCode.TOO_MANY_CONNECTIONS, 1013
+_FULL_FOR_US: Final = "too many connections from this address"  # (the hub's words)
+#: Hub errors said otherwise (a refusal, an outcome): logged at info, not warning.
+_SAID_ELSEWHERE = frozenset({*_REFUSALS, ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.OFFLINE})
 #: Seconds :meth:`Phone.close` waits for its calls to finish (media closed), and then
 #: for what is queued for the hub to go out (the defaults of each phone's
 #: ``close_wait`` and ``flush_wait``).
@@ -354,9 +358,11 @@ class Phone:
                 if call.peer == error.to and call.restart_link is not None:
                     call.restart_link.peer_unreachable()
         self.hub_errors.append(error)
-        # (info: each reaches the application, in hub_errors and on_hub_error, and the
-        # call it concerns ends with it as its outcome; the CLI says it once)
-        log.info("hub error %s: %s", error.code, error.message)
+        # (a refusal is said by whoever waits on ``refused``, the CLI; an offline
+        # peer is a call's outcome or a message to one who left: info. Others, such
+        # as rate-limited or too-large, only here: a warning)
+        log.log(logging.INFO if error.code in _SAID_ELSEWHERE else logging.WARNING,
+                "hub error %s: %s", error.code, error.message)
         if self.on_hub_error is not None:
             self.on_hub_error(error)
 
@@ -371,8 +377,9 @@ class Phone:
                 delay = 0.5
                 if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
                     self._hub_problem(item)
-                if isinstance(item, HubError) and (item.code in _REFUSALS or
-                                                   (first and item.code == _FULL)):
+                if isinstance(item, HubError) and (
+                        item.code in _REFUSALS or (first and item.code == _FULL
+                                                   and item.message == _FULL_FOR_US)):
                     last_refusal = item
                 self._run(self.line.route(item, self.loop_time))
             self.hub_connected.clear()

@@ -258,7 +258,9 @@ def _describe(exc: BaseException) -> str:
             and not isinstance(exc, aiohttp.ClientSSLError):  # (its text: aiohttp's internals)
         err = exc.os_error
         if isinstance(err, socket.gaierror):
-            return f"no such host ({err.strerror})"
+            known = err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+            return f"{'no such host' if known else 'cannot look up the host'} " \
+                   f"({err.strerror})"  # (else e.g. no DNS at all: EAI_AGAIN)
         if err.errno and err.errno > 0:
             return os.strerror(err.errno).lower()  # "connection refused"
     text = str(exc) or type(exc).__name__

@@ -68,7 +68,7 @@ _EXIT_MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.MISSED: "(callee) the caller hung up before we answered",
     ExitCode.CANCELLED: "hung up before audio connected",
     ExitCode.REFUSED: "bad --token, replaced by a newer connection, or too many "
-                      "connections from this address",
+                      "connections from this address (when first connecting)",
     ExitCode.REDIS_UNAVAILABLE: "serve --redis: Redis not reachable at start",
     ExitCode.DOCTOR_FAILED: "doctor: a check a call needs failed (no call possible)",
     ExitCode.MEDIA_LOST: "audio died mid-call and did not come back within --give-up",

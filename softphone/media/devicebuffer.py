@@ -172,15 +172,20 @@ class PauseWatch:
     run: int = field(default=0, init=False)
     _since: float | None = field(default=None, init=False)
     _floor: float = field(default=float("inf"), init=False)
+    #: Bumped by start() and stop() (the event loop's thread) so that a feed() under
+    #: way meanwhile (the audio thread's) does not write back what came before.
+    _generation: int = field(default=0, init=False)
 
     def start(self, now: float) -> None:
         """The wait begins (again: nothing fed before counts)."""
+        self._generation += 1
         self._since = now
         self.run = 0
         self._floor = float("inf")
 
     def stop(self) -> None:
         """No step back is possible: stop watching (:meth:`feed` does nothing)."""
+        self._generation += 1
         self._since = None
         self.run = 0
 
@@ -194,13 +199,14 @@ class PauseWatch:
 
     def feed(self, peak: int, now: float) -> None:
         """One stretch played, its peak (absolute, int16 units) at ``now`` (seconds)."""
-        since = self._since
+        generation, since = self._generation, self._since
         if since is None:
             return
         s = self.settings
         # (never under quiet_peak: one silent stretch must not make a later noise loud)
         floor = min(self._floor * _FLOOR_RISE, max(peak, s.quiet_peak))
-        self._floor = floor
         quiet = peak < s.quiet_peak or (now - since >= s.pause_patience
                                         and peak <= floor * _NEAR_FLOOR)
-        self.run = self.run + 1 if quiet else 0
+        run = self.run + 1 if quiet else 0
+        if generation == self._generation:  # (else started or stopped meanwhile)
+            self._floor, self.run = floor, run

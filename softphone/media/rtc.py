@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
+from softphone.core.iceurl import check_ice_url
 from softphone.core.protocol import IceCandidate
 from softphone.media import aiortc_seams, dtmf_rtp, rtpsend
 from softphone.media.audiopath import CallAudio
@@ -52,8 +53,7 @@ def ice_servers_from_json(servers: Sequence[dict[str, Any]]) -> list[RTCIceServe
             urls = [urls]
         if not isinstance(urls, list):
             continue
-        urls = [u for u in urls if isinstance(u, str) and u.split(":", 1)[0] in
-                ("stun", "stuns", "turn", "turns")]
+        urls = [u for u in urls if isinstance(u, str) and _usable(u)]
         if not urls:
             continue
         username = entry.get("username")
@@ -62,6 +62,17 @@ def ice_servers_from_json(servers: Sequence[dict[str, Any]]) -> list[RTCIceServe
                                 username=username if isinstance(username, str) else None,
                                 credential=credential if isinstance(credential, str) else None))
     return out
+
+
+def _usable(url: str) -> bool:
+    """A STUN/TURN URL aiortc can take (one it cannot fails the whole call): else
+    left out, with a warning (a hub handing it out is misconfigured)."""
+    try:
+        check_ice_url(url)
+    except ValueError as exc:
+        log.warning("ignoring an ICE server: %s", exc)
+        return False
+    return True
 
 
 @dataclass(frozen=True)

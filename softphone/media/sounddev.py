@@ -16,7 +16,6 @@ Used by :mod:`softphone.media.devices` (the microphone),
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import time
 from dataclasses import dataclass
@@ -58,16 +57,10 @@ def alsa_messages_to_log() -> bool:
     """Send ALSA's own messages (``ALSA lib pcm.c:...: underrun occurred``, written to
     the terminal mid-call by the library PortAudio uses on Linux) to this module's
     log at debug level. Process-wide (ALSA has one handler): for a program that owns
-    its terminal, such as the CLI. Whether ALSA was found."""
+    its terminal, such as the CLI. Whether ALSA was found. (The log has ALSA's
+    format string, not its arguments: C's variadic arguments are not read.)"""
     try:
-        try:
-            alsa = ctypes.CDLL("libasound.so.2")
-        except OSError:
-            name = ctypes.util.find_library("asound")  # (slower: runs ldconfig)
-            if name is None:
-                return False
-            alsa = ctypes.CDLL(name)
-        alsa.snd_lib_error_set_handler(_ALSA_TO_LOG)
+        ctypes.CDLL("libasound.so.2").snd_lib_error_set_handler(_ALSA_TO_LOG)
     except (OSError, AttributeError) as exc:
         log.debug("ALSA's messages stay on the terminal: %s", exc)
         return False
@@ -193,7 +186,8 @@ def device_format(sd: ModuleType, device: DeviceInfo, kind: Kind, rate: int | No
                 continue
             return r, c
     asked = f"{rates[0]} Hz, {counts[0]} channel(s)" if rate or channels else "16-bit audio"
-    hint = " (or the sound system refused it: is the sound server running?)" \
+    hint = " (or the sound system refused it; through PulseAudio or PipeWire: is the " \
+           "sound server running?)" \
         if _refused(sd, error) else ""
     raise DeviceError(f"{device.name}: cannot use it for {asked}: {error}{hint}")
 
@@ -203,7 +197,8 @@ def open_stream(sd: ModuleType, cls_name: str, device: DeviceInfo, **kw: Any) ->
         stream = getattr(sd, cls_name)(device=device.index, dtype="int16", **kw)
         stream.start()
     except (sd.PortAudioError, ValueError) as exc:
-        why = f"the sound system refused it (is the sound server running?) [{exc}]" \
+        why = f"the sound system refused it (through PulseAudio or PipeWire: is the " \
+              f"sound server running?) [{exc}]" \
             if _refused(sd, exc) else str(exc)
         raise DeviceError(f"cannot open {device.name}: {why}") from exc
     return stream

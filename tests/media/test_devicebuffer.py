@@ -199,3 +199,22 @@ def test_a_new_start_forgets_what_was_fed() -> None:
     assert not pause.quiet
     pause.feed(1000, 2.02)
     assert not pause.quiet  # (the patience starts again)
+
+
+def test_a_feed_under_way_when_the_watch_starts_again_writes_nothing_back() -> None:
+    """feed() runs on the audio thread, start() on the event loop: a stretch fed across
+    a start() (here: the start made while it is computing) leaves the new wait clean."""
+    pause = PauseWatch(BufferSteps(pause_patience=0.0))
+    pause.start(0.0)
+    for i in range(5):
+        pause.feed(0, i * 0.02)
+    assert pause.quiet
+
+    class Restarting(float):  # (the audio thread is between its read and its write)
+        def __mul__(self, other: object) -> float:
+            pause.start(1.0)
+            return float(self) * float(other)  # type: ignore[arg-type]
+
+    pause._floor = Restarting(328.0)
+    pause.feed(0, 0.2)
+    assert pause.run == 0 and pause._floor == float("inf") and not pause.quiet

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -487,12 +488,14 @@ def test_a_speaker_opened_after_the_sound_server_died_says_so(pulse: PulseLab) -
                              stderr=subprocess.PIPE)
     assert child.stdout is not None and child.stdin is not None
     try:
+        ready, _, _ = select.select([child.stdout], [], [], 30)
+        assert ready, "the speaker did not open in 30 s"
         assert child.stdout.readline().strip() == "opened"
         pulse.kill_server()
         out, err = child.communicate("go\n", timeout=30)
     finally:
         child.kill()
     assert child.returncode == 0, err
-    said = out.strip().splitlines()[-1]  # (refused already when its format is checked)
+    said = (out.strip().splitlines() or [""])[-1]  # (refused already at the format check)
     assert "is the sound server running?" in said, said
     assert "Illegal combination of I/O devices" in said, said  # (PortAudio's words kept)
