@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -240,6 +240,10 @@ hub_security_options = option_group("security", _hub_security, [
 _TTL_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+#: The longest token lifetime taken: ten years (1e300 s was an expiry no one meant).
+_TTL_MOST: Final = 3650 * 86400.0
+
+
 def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
     text = value.strip().lower()
     unit = _TTL_UNITS.get(text[-1:], None)
@@ -253,6 +257,8 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
                                  "(or 30m, 12h, 7d)")
     if not seconds > 0:
         raise click.BadParameter("must be greater than 0")
+    if seconds > _TTL_MOST:
+        raise click.BadParameter(f"{value!r}: at most 3650d (ten years)")
     return seconds
 
 

@@ -222,6 +222,16 @@ def test_token_ttl_zero() -> None:
         run("token", "--as", "a", "--secret", "s" * 40, "--ttl", "0"))
 
 
+@pytest.mark.parametrize(("ttl", "ok"), [("1e300", False), ("3651d", False),
+                                         ("3650d", True), ("7d", True)])
+def test_token_ttl_is_at_most_ten_years(ttl: str, ok: bool) -> None:
+    result = run("token", "--as", "a", "--secret", "s" * 40, "--ttl", ttl)
+    if ok:
+        assert result.exit_code == 0, result.output
+    else:
+        assert "at most 3650d (ten years)" in usage_error(result)
+
+
 # ----------------------------------------------------------- server ---
 
 
