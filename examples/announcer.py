@@ -11,11 +11,23 @@ import argparse
 import asyncio
 import sys
 
-from softphone import CallEnded, FileSource, Phone
+from softphone import AudioFileError, CallEnded, ExitCode, FileSource, HubUnreachable, Phone
 
 
 async def main(callee: str, path: str, client_id: str, server: str) -> int:
-    source = FileSource.from_file(path)
+    try:
+        source = FileSource.from_file(path)
+    except AudioFileError as exc:
+        print(f"announcer: {exc}", file=sys.stderr)
+        return ExitCode.ERROR
+    try:
+        return await announce(callee, source, client_id, server)
+    except HubUnreachable as exc:
+        print(f"announcer: {exc}", file=sys.stderr)
+        return ExitCode.HUB_UNREACHABLE
+
+
+async def announce(callee: str, source: FileSource, client_id: str, server: str) -> int:
     async with Phone(client_id, server) as phone:
         call = await phone.dial(callee, source=source)
         try:

@@ -12,12 +12,21 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from pathlib import Path
 
-from softphone import FileSource, Phone, RecorderSink
-from softphone.media.audio import ToneGenerator
-from softphone.media.tracks import load_audio_file
+from softphone import (
+    AudioFileError,
+    FileSource,
+    HubUnreachable,
+    Phone,
+    RecorderSink,
+    ToneGenerator,
+    load_audio_file,
+)
+
+log = logging.getLogger("answering_machine")
 
 
 async def main(client_id: str, server: str, greeting: str | None, folder: Path,
@@ -26,7 +35,7 @@ async def main(client_id: str, server: str, greeting: str | None, folder: Path,
     greeting_samples = (load_audio_file(greeting) if greeting
                         else ToneGenerator(1000).next(24_000))
     async with Phone(client_id, server) as phone:
-        logging.info("answering machine %s ready; messages go to %s", client_id, folder)
+        log.info("answering machine %s ready; messages go to %s", client_id, folder)
         while True:
             call = await phone.next_call()
             path = folder / f"{call.peer}-{time.strftime('%Y%m%d-%H%M%S')}.wav"
@@ -35,7 +44,7 @@ async def main(client_id: str, server: str, greeting: str | None, folder: Path,
                 await asyncio.wait_for(call.ended(), max_seconds)
             await call.hangup()
             result = await call.ended()
-            logging.info("message from %s: %s (%.1f s) -> %s", call.peer, result.outcome,
+            log.info("message from %s: %s (%.1f s) -> %s", call.peer, result.outcome,
                          result.talk_seconds, path)
 
 
@@ -47,8 +56,14 @@ if __name__ == "__main__":
     parser.add_argument("--dir", default="messages", type=Path)
     parser.add_argument("--max-seconds", type=float, default=60.0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # (our own lines at INFO; the library and aiortc at WARNING, quiet)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
     args.dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(main(args.client_id, args.server, args.greeting, args.dir,
                          args.max_seconds))
+    except KeyboardInterrupt:
+        pass
+    except (AudioFileError, HubUnreachable) as exc:  # (one line, not a traceback)
+        sys.exit(f"answering_machine: {exc}")

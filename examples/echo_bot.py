@@ -12,16 +12,18 @@ import logging
 
 from softphone import EchoSource, Phone
 
+log = logging.getLogger("echo_bot")
+
 
 async def main(client_id: str, server: str) -> None:
     async with Phone(client_id, server) as phone:
-        logging.info("echo bot %s ready on %s", client_id, server)
+        log.info("echo bot %s ready on %s", client_id, server)
         while True:
             call = await phone.next_call()
             echo = EchoSource()
             await call.accept(source=echo, sinks=[echo])  # what we hear goes back out
             result = await call.ended()
-            logging.info("call from %s: %s", call.peer, result.outcome)
+            log.info("call from %s: %s", call.peer, result.outcome)
 
 
 if __name__ == "__main__":
@@ -29,7 +31,9 @@ if __name__ == "__main__":
     parser.add_argument("--as", dest="client_id", default="echo")
     parser.add_argument("--server", default="http://127.0.0.1:8080")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # (our own lines at INFO; the library and aiortc at WARNING, quiet)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
     try:
         asyncio.run(main(args.client_id, args.server))
     except KeyboardInterrupt:

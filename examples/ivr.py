@@ -17,9 +17,9 @@ import logging
 
 import numpy as np
 
-from softphone import CallEnded, Phone
-from softphone.client.call import Call
-from softphone.media.encoded import PromptSource, SharedPrompt
+from softphone import Call, CallEnded, Phone, PromptSource, SharedPrompt
+
+log = logging.getLogger("ivr")
 
 #: The tone each key plays unless --choice gives it a file.
 TONES = {"1": 440.0, "2": 660.0, "3": 880.0}
@@ -42,7 +42,7 @@ async def serve(call: Call, menu: SharedPrompt, choices: dict[str, SharedPrompt]
         await call.connected()
         while True:
             key = (await call.next_digit()).digit
-            logging.info("%s pressed %s", call.peer, key)
+            log.info("%s pressed %s", call.peer, key)
             if key == "#":
                 voice.play(choices.get("#", SharedPrompt.tone(MENU_TONE, GOODBYE_SECONDS)))
                 await asyncio.sleep(GOODBYE_SECONDS)
@@ -55,7 +55,7 @@ async def serve(call: Call, menu: SharedPrompt, choices: dict[str, SharedPrompt]
     except CallEnded:
         pass
     result = await call.ended()
-    logging.info("call from %s: %s (%.1f s)", call.peer, result.outcome, result.talk_seconds)
+    log.info("call from %s: %s (%.1f s)", call.peer, result.outcome, result.talk_seconds)
 
 
 async def main(client_id: str, server: str, max_calls: int, menu_file: str | None,
@@ -67,7 +67,7 @@ async def main(client_id: str, server: str, max_calls: int, menu_file: str | Non
         choices[key] = SharedPrompt.from_file(path)
     calls: set[asyncio.Task[None]] = set()
     async with Phone(client_id, server, max_calls=max_calls) as phone:
-        logging.info("menu bot %s ready (up to %d calls at once)", client_id, max_calls)
+        log.info("menu bot %s ready (up to %d calls at once)", client_id, max_calls)
         while True:
             call = await phone.next_call()
             task = asyncio.create_task(serve(call, menu, choices))
@@ -84,6 +84,8 @@ if __name__ == "__main__":
     parser.add_argument("--choice", action="append", default=[], metavar="KEY=FILE",
                         help="play FILE when KEY is pressed (repeatable; # for goodbye)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # (our own lines at INFO; the library and aiortc at WARNING, quiet)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(args.client_id, args.server, args.max_calls, args.menu, args.choice))

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 from softphone.core.callstate import (
     EXIT_CODES,
     CallState,
+    CallStateError,
     CallTimeouts,
     ExitCode,
     Outcome,
     Role,
 )
+from softphone.core.line import LineBusy
 from softphone.core.version import __version__
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
@@ -33,16 +35,21 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.client.hubaddress import HubUnreachable
     from softphone.client.phone import Phone
     from softphone.hub.server import Hub, HubConfig
+    from softphone.media.audio import ToneGenerator
     from softphone.media.audiopath import CallAudio, MediaConfig
     from softphone.media.devices import MicSource, SpeakerDriver
+    from softphone.media.dtmf_rtp import DtmfUnavailable
+    from softphone.media.encoded import PromptSource, SharedPrompt
     from softphone.media.opus import EncoderSettings
     from softphone.media.sinks import CaptureSink, RecorderSink
     from softphone.media.tracks import (
+        AudioFileError,
         AudioReceiver,
         EchoSource,
         FileSource,
         SilenceSource,
         ToneSource,
+        load_audio_file,
     )
 
 #: Where each lazily imported name lives. Lazy so that `softphone serve` (the
@@ -59,6 +66,9 @@ _LAZY = {
     "EchoSource": "media.tracks", "FileSource": "media.tracks",
     "RecorderSink": "media.sinks", "SilenceSource": "media.tracks",
     "ToneSource": "media.tracks",
+    "AudioFileError": "media.tracks", "load_audio_file": "media.tracks",
+    "ToneGenerator": "media.audio", "DtmfUnavailable": "media.dtmf_rtp",
+    "PromptSource": "media.encoded", "SharedPrompt": "media.encoded",
 }
 
 
@@ -74,14 +84,17 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EXIT_CODES",
+    "AudioFileError",
     "AudioReceiver",
     "Call",
     "CallAudio",
     "CallEnded",
     "CallResult",
     "CallState",
+    "CallStateError",
     "CallTimeouts",
     "CaptureSink",
+    "DtmfUnavailable",
     "EchoSource",
     "EncoderSettings",
     "ExitCode",
@@ -89,14 +102,19 @@ __all__ = [
     "Hub",
     "HubConfig",
     "HubUnreachable",
+    "LineBusy",
     "MediaConfig",
     "MicSource",
     "Outcome",
     "Phone",
+    "PromptSource",
     "RecorderSink",
     "Role",
+    "SharedPrompt",
     "SilenceSource",
     "SpeakerDriver",
+    "ToneGenerator",
     "ToneSource",
     "__version__",
+    "load_audio_file",
 ]

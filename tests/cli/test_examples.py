@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,29 @@ async def test_menu_bot_plays_each_choice_and_hangs_up_on_hash(hub: Hub, procs: 
     await bot.wait_for_output("me pressed 2")
     await bot.wait_for_output("me pressed #")
     await bot.wait_for_output("call from me: completed")
+
+
+async def test_the_bots_say_a_bad_file_or_hub_in_one_line(hub: Hub, procs: list[Proc],
+                                                          tmp_path) -> None:
+    """announcer.py keeps softphone's exit codes (1: a file it cannot play, 7: no hub);
+    answering_machine.py says a bad greeting in one line. No traceback, and nothing
+    but that line (the library's and aiortc's INFO lines are not the bots' to show)."""
+    missing = str(tmp_path / "nope.wav")
+    tone = tmp_path / "tone.wav"
+    with wave.open(str(tone), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes((np.sin(np.arange(24000) * 0.06) * 8000).astype("<i2").tobytes())
+    bad_file = example(procs, "announcer.py", "bob", missing, "--server", hub_url(hub))
+    unreachable = example(procs, "announcer.py", "bob", str(tone), "--server",
+                          "http://127.0.0.1:9")
+    greeting = example(procs, "answering_machine.py", "--greeting", missing, "--dir",
+                       str(tmp_path / "box"), "--server", hub_url(hub))
+    assert await bad_file.wait(within=20) == 1, bad_file.stdout
+    assert await unreachable.wait(within=20) == 7, unreachable.stdout
+    assert await greeting.wait(within=20) == 1, greeting.stdout
+    for proc, said in ((bad_file, "announcer: "), (unreachable, "announcer: cannot reach"),
+                       (greeting, "answering_machine: ")):
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(said), proc.stdout
