@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run softphone's hub as several nodes on one Redis, behind one address, with coturn.
 
-    python server/cluster.py --nodes 2 --port 8080 [--turn-port 3478] [--host 0.0.0.0]
+    python server/cluster.py --nodes 2 --port 8080 [--host 0.0.0.0]
 
 starts ``redis-server`` (private, in a temporary directory), N ``softphone serve
 --redis ...`` nodes on free ports, coturn (unless ``--no-turn``) and a small TCP
@@ -248,6 +248,12 @@ class Coturn:
         self.listen = listen
         self.port = port or free_port()
         self.workdir = workdir or tempfile.mkdtemp(prefix="softphone-turn-")
+        #: The secret in a file only we can read: the nodes take it from there, not
+        #: from their command line (which any local user sees in ps).
+        self.secret_file = os.path.join(self.workdir, "secret")
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -289,7 +295,7 @@ class Cluster:
         if self.turn is not None:
             turn_url = f"turn:{turn_listen}:{self.turn.port}"
             extra = ["--ice-server", f"stun:{turn_listen}:{self.turn.port}", "--turn",
-                     turn_url, "--turn-secret", self.turn.secret]
+                     turn_url, "--turn-secret-file", self.turn.secret_file]
         self.nodes = [Node(self.redis.url, f"node{i + 1}", host=host, extra=extra,
                            log_path=os.path.join(log_dir, f"node{i + 1}.log")
                            if log_dir else None)

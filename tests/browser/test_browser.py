@@ -343,6 +343,33 @@ async def test_page_with_a_token_on_a_hub_with_a_secret(chromium: Launch) -> Non
         await hub.stop()
 
 
+async def test_page_gets_turn_credentials_from_a_hub_with_tokens(chromium: Launch) -> None:
+    """A hub run with --secret and --turn wants a token for /ice-servers (TURN
+    credentials are not for anyone): the page asks with its id and ?token=, and gets
+    the STUN entry and TURN credentials made for its id (it asked with neither, got
+    401, and called with no STUN or TURN at all)."""
+    from softphone.hub.auth import mint_token
+
+    secret = "s" * 40
+    hub = Hub(HubConfig(ice_servers=[{"urls": "stun:stun.example.org:3478"}], secret=secret,
+                        turn_urls=["turn:turn.example.org:3478"], turn_secret="t" * 40))
+    await hub.start("127.0.0.1", 0)
+    try:
+        browser = await chromium(PAGE_TONE)
+        token = mint_token(secret, "pat", time.time(), 600)
+        page = await browser.open(f"{hub_url(hub)}/?id=pat&token={token}")
+        await wait_hub(page, "connected")
+        servers = await page.evaluate("window.phone.iceServers.take()")
+        urls = [u for s in servers for u in ([s["urls"]] if isinstance(s["urls"], str)
+                                             else s["urls"])]
+        assert "stun:stun.example.org:3478" in urls, servers
+        turn = [s for s in servers if "turn:turn.example.org:3478" in str(s["urls"])]
+        assert turn and turn[0]["username"].endswith(":pat") and turn[0]["credential"], servers
+        assert "ice-servers" not in await error_codes(page)
+    finally:
+        await hub.stop()
+
+
 async def test_page_over_https_with_self_signed(chromium: Launch, procs: list[Proc],
                                                 tmp_path: Path) -> None:
     lan = lan_address()

@@ -47,6 +47,10 @@ def test_a_valid_id_on_an_open_hub_is_accepted() -> None:
     ("http://hub:8080", "hub:8080", False, True),  # the hub's own page
     ("https://hub:8080", "hub:8080", True, True),
     ("http://hub:8080", "hub:8080", True, False),  # http page, https hub
+    # a TLS proxy in front of a plain hub (server/README.md): the page is https://HOST
+    ("https://hub.example.org", "hub.example.org", False, True),
+    ("https://hub.example.org:8443", "hub.example.org:8443", False, True),
+    ("https://evil.example", "hub.example.org", False, False),
     ("http://evil.example", "hub:8080", False, False),
     ("null", "hub:8080", False, False),
 ])

@@ -14,6 +14,17 @@ export function wsUrl(pageUrl, id) {
   return url.toString();
 }
 
+/** The hub's ice-servers URL for `id`, next to the page: with the id and the page's
+ * ?token=, which a hub run with --secret and --turn wants for TURN credentials. */
+export function iceUrl(pageUrl, id) {
+  const page = new URL(pageUrl);
+  const url = new URL("ice-servers", page);
+  url.search = "?id=" + encodeURIComponent(id || "");
+  const token = page.searchParams.get("token");
+  if (token) url.search += "&token=" + encodeURIComponent(token);
+  return url.toString();
+}
+
 const FIRST_BACKOFF = 0.5; // seconds; doubles up to MAX_BACKOFF, with jitter
 const MAX_BACKOFF = 10;
 const HURRY_BACKOFF = 1; // while a call's media is being restarted (docs/protocol.md)

@@ -60,7 +60,8 @@ export class Microphone {
   }
 }
 
-/** GET ice-servers from the hub: fetched early (while dialing or ringing), once per call. */
+/** GET ice-servers from the hub: fetched early (while dialing or ringing), once per call.
+ * `url`: a function giving the URL at the time (it carries the id we are connected as). */
 export class IceServers {
   constructor(url, report) {
     this.url = url;
@@ -70,7 +71,7 @@ export class IceServers {
 
   prefetch() {
     if (this.pending) return this.pending;
-    this.pending = fetch(this.url, {cache: "no-store"})
+    this.pending = fetch(this.url(), {cache: "no-store"})
       .then((resp) => {
         if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
         return resp.json();

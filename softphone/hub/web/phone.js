@@ -11,7 +11,7 @@
 
 import {CallStateError} from "./callstate.js";
 import {FEATURES} from "./features.js";
-import {HubClient} from "./hubclient.js";
+import {HubClient, iceUrl} from "./hubclient.js";
 import {Line} from "./line.js";
 import {IceServers, Microphone, Speaker} from "./media.js";
 import {restartSettings} from "./restart.js";
@@ -52,7 +52,7 @@ export class Phone {
     });
     const report = (code, text) => this.error(code, text);
     this.microphone = new Microphone(report);
-    this.iceServers = new IceServers(new URL("ice-servers", pageUrl), report);
+    this.iceServers = new IceServers(() => iceUrl(pageUrl, this.hubClient.id), report);
     this.speaker = new Speaker(ui.audio, (text) => this.note(text));
   }
 
