@@ -271,10 +271,59 @@ def _token_facts(token: str, client_id: str | None, now: float) -> tuple[str, st
     return f"expires {when(exp)} ({span(exp - now)} left)", fix, False
 
 
+async def _check_with_token(session: aiohttp.ClientSession, ws_base: str,
+                            target: DoctorTarget, token: str, client_id: str,
+                            tls: ssl.SSLContext | bool, now: float) -> list[Result]:
+    """The signaling and token lines when a token is set: signed in as our id with
+    it (--register), or the token read, and no WebSocket tried."""
+    facts, fix, unusable = _token_facts(token, client_id, now)
+    if not target.register:
+        return [Result("signaling", True, "not tried: a sign-in without the token "
+                       "would count as a refused login on the hub", needed=False,
+                       data={"checked": False}),
+                Result("token", not unusable, f"{facts}; not tried on the hub (signing in "
+                       f"as {client_id} would disconnect a phone listening as {client_id}: "
+                       "--register tries it)", fix, data={"checked": False})]
+    signed_in = await probe_signaling(session, ws_base, client_id, token, tls,
+                                      target.timeout)
+    if signed_in.http_status is not None:
+        return [Result("signaling", False, f"{ws_base}/ws answers HTTP "
+                       f"{signed_in.http_status}, not a WebSocket: not a softphone hub?",
+                       "check --server: the hub's base URL, e.g. http://host:8080")]
+    if signed_in.failure:
+        return [Result("signaling", False, f"WebSocket to {ws_base}/ws failed: "
+                       f"{signed_in.failure}", "is a proxy in front of the hub passing "
+                       "WebSocket upgrades on?")]
+    if signed_in.accepted:
+        routed = ("a message to an offline id was answered 'offline'" if signed_in.routed
+                  else "no answer to a message for an offline id (an original hub?)")
+        return [Result("signaling", True, f"signed in as {client_id}: {routed}"),
+                Result("token", True, f"accepted: signed in as {client_id}; {facts}", fix,
+                       data={"checked": True})]
+    if signed_in.code != "unauthorized":
+        return [Result("signaling", False, f"the hub refused a connection: {signed_in.code}: "
+                       f"{signed_in.message}", "try again later; if it stays, tell the "
+                       "hub's operator")]
+    why = signed_in.message or signed_in.code
+    return [Result("signaling", True, "the WebSocket handshake works"),
+            Result("auth", True, "the hub needs a token", data={"auth": "token"}),
+            Result("token", False, f"refused by the hub: {why}; the token: {facts}",
+                   fix if unusable else f"get a new token for {client_id} from the hub's "
+                   "operator (signed with the hub's secret)")]
+
+
 async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
                           target: DoctorTarget, tls: ssl.SSLContext | bool,
                           now: float) -> list[Result]:
-    """Whether the hub needs a token, and whether ours is accepted."""
+    """Whether the hub needs a token, and whether ours is accepted.
+
+    With a token set, no sign-in without it: on a hub with tokens that is a refused
+    login (its log and ``connections_refused{reason="unauthorized"}``) every run.
+    Without a token, that sign-in is the point: it is what the phone would do.
+    """
+    if target.token and target.client_id is not None:
+        return await _check_with_token(session, ws_base, target, target.token,
+                                       target.client_id, tls, now)
     probe_id = f"doctor-{secrets.token_hex(4)}"
     anonymous = await probe_signaling(session, ws_base, probe_id, None, tls, target.timeout)
     token = target.token
@@ -306,7 +355,9 @@ async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
                               "softphone config set id NAME (or --as NAME)"))
         return results
     if not token:
-        results.append(Result("token", False, "no token set, and this hub needs one",
+        results.append(Result("token", False, "no token set, and this hub needs one (it "
+                              "refused a sign-in without one: its log shows it as "
+                              f"reason=unauthorized id={probe_id})",
                               f"ask the hub's operator for one (softphone token --as "
                               f"{target.client_id}), then softphone config set token_file "
                               "FILE (or --token)"))

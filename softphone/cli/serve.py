@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import math
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -79,6 +81,39 @@ tls_server_options = option_group("tls", _tls_server, [
 ])
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def lan_addresses(sockets: Sequence[socket.socket]) -> list[str]:
+    """The LAN addresses (loopback left out) the hub answers on, as URL hosts.
+
+    Only a wildcard socket answers on them: ``0.0.0.0`` on every IPv4 address,
+    ``::`` on every IPv6 one, and on the IPv4 ones too unless it is IPv6-only
+    (asyncio makes ``::`` IPv6-only; ``--host ''`` listens on both).
+    """
+    from softphone.hub.tls import local_addresses
+
+    v4 = v6 = False
+    for sock in sockets:
+        if str(sock.getsockname()[0]) not in ("0.0.0.0", "::"):
+            continue
+        if sock.family == socket.AF_INET:
+            v4 = True
+        elif sock.family == socket.AF_INET6:
+            v6 = True
+            if not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+                v4 = True
+    out: list[str] = []
+    for addr in local_addresses():
+        ip = ipaddress.ip_address(addr)
+        if ip.is_loopback or (ip.version == 4 and not v4) or (ip.version == 6 and not v6):
+            continue
+        out.append(url_host(addr))
+    return out
+
+
 def server_tls(host: str, tls: TlsServerOptions) -> tuple[ssl.SSLContext | None, list[str]]:
     """The hub's ssl context (None: plain http) and lines to print ({port} to fill in)."""
     import atexit
@@ -88,7 +123,6 @@ def server_tls(host: str, tls: TlsServerOptions) -> tuple[ssl.SSLContext | None,
     from softphone.hub.tls import (
         TLSConfigError,
         default_names,
-        local_addresses,
         self_signed,
         server_context,
     )
@@ -108,9 +142,6 @@ def server_tls(host: str, tls: TlsServerOptions) -> tuple[ssl.SSLContext | None,
         notes.append(f"self-signed certificate {'reused' if made.reused else 'made'}: {cert}")
         notes.append(f"  for {', '.join(made.names)}; SHA-256 {made.fingerprint}")
         notes.append(f"  CLI clients: --ca-file {cert} (or --insecure); browsers will warn once")
-        if host in ("0.0.0.0", "::"):
-            notes += [f"  phones on the LAN: https://{a}:{{port}}/" for a in local_addresses()
-                      if not a.startswith(("127.", "::1")) and ":" not in a]
     if cert is None or key is None:
         return None, notes
     try:
@@ -334,10 +365,13 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
 
     def ready(bound: int) -> None:
         scheme = "https" if ssl_context is not None else "http"
-        click.echo(f"softphone hub {__version__} listening on {scheme}://{host}:{bound} "
-                   "(Ctrl-C to stop)")
+        click.echo(f"softphone hub {__version__} listening on {scheme}://{url_host(host)}:"
+                   f"{bound} (Ctrl-C to stop)")
         for note in tls_notes:
             click.echo(note.replace("{port}", str(bound)))
+        if tls.self_signed:
+            for addr in lan_addresses(hub.sockets()):
+                click.echo(f"  phones on the LAN: https://{addr}:{bound}/")
 
     async def run() -> None:
         interrupts = Interrupts()
@@ -352,7 +386,7 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
         if task.done() and not task.cancelled() and task.exception():
             raise task.exception()  # type: ignore[misc]
 
-    from softphone.hub.redis_registry import RegistryUnavailable
+    from softphone.hub.redis_registry import NodeIdTaken, RegistryUnavailable
 
     loop_factory = event_loop_factory(loop_kind)
     try:
@@ -360,8 +394,10 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
             runner.run(run())
     except RegistryUnavailable as exc:
         fail(str(exc), ExitCode.REDIS_UNAVAILABLE)
+    except NodeIdTaken as exc:
+        fail(str(exc), ExitCode.USAGE)
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        fail(f"cannot listen on {url_host(host)}:{port}: {exc.strerror or exc}")
     click.echo("hub stopped")
 
 

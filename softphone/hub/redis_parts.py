@@ -325,6 +325,18 @@ end
 return lost
 """
 
+#: Keep this node's key (``<prefix>node:<id>``) if it holds our instance token or
+#: nobody holds it (Redis restarted); 0: another live node took the id.
+#: ARGV[1] = our instance token, ARGV[2] = ttl ms.
+KEEP_NODE: Final = """
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 #: Release an id only if this connection still holds it.
 RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

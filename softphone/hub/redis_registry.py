@@ -50,6 +50,7 @@ from softphone.core.protocol import ErrorCode, HubError
 from softphone.hub.redis_parts import (
     CLAIM,
     DEFAULT_PREFIX,
+    KEEP_NODE,
     REFRESH,
     RELEASE,
     Deliver,
@@ -87,6 +88,11 @@ class RegistryUnavailable(Exception):
     """Redis cannot be reached (at start): the message says where and why."""
 
 
+class NodeIdTaken(Exception):
+    """Another live node holds this node id in Redis (at start): a configuration
+    mistake (two nodes with one ``--node-id``); the message says which."""
+
+
 
 # -- the registry -------------------------------------------------------------
 
@@ -114,6 +120,9 @@ class RedisRegistry(Registry):
         self.heartbeat = heartbeat
         self.ttl = ttl
         self._ttl_ms = str(int(ttl * 1000))
+        #: Held in ``<prefix>node:<id>`` while we run: tells us from another node
+        #: started with the same id.
+        self._instance = secrets.token_hex(8)
         # A few connections, waited for when busy (a burst of registrations must not
         # fail with "too many connections"); routing has a connection of its own.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -140,7 +149,7 @@ class RedisRegistry(Registry):
         self._errors: Any = None
         self._scripts = {name: self._redis.register_script(body) for name, body in
                          (("claim", CLAIM), ("refresh", REFRESH),
-                          ("release", RELEASE))}
+                          ("release", RELEASE), ("keep_node", KEEP_NODE))}
 
     # -- life cycle -------------------------------------------------------------
 
@@ -162,7 +171,13 @@ class RedisRegistry(Registry):
 
         try:
             await self._redis.ping()
+            await self._claim_node()
             await self._setup()
+        except NodeIdTaken:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+                await self._pool.disconnect()
+            raise
         except (RedisError, OSError, ReplyError) as exc:
             await self._close_sub()
             with contextlib.suppress(Exception):
@@ -173,6 +188,36 @@ class RedisRegistry(Registry):
         log.info("redis-registry node=%s url=%s ttl=%ss", self.node_id, _safe_url(self.url),
                  self.ttl)
         self._task = asyncio.create_task(self._run(), name=f"redis-registry-{self.node_id}")
+
+    async def _claim_node(self) -> None:
+        """Take ``<prefix>node:<id>`` (SET NX: of two nodes starting at once, one wins).
+
+        Held by someone else: a live node refreshes it every heartbeat, so its time
+        to live goes up; the key of a node that crashed only runs down, and expires
+        within its ttl: we wait for that (at most the ttl plus a heartbeat), so a
+        node restarting after a crash is not locked out. :class:`NodeIdTaken` if the
+        holder is alive.
+        """
+        key = self.keys.node(self.node_id)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        last = -1
+        while True:
+            if await self._redis.set(key, self._instance, nx=True, px=int(self.ttl * 1000)):
+                return
+            left = int(await self._redis.pttl(key))  # -2: gone meanwhile; -1: no ttl
+            if left == -2:
+                continue
+            now = loop.time()
+            if deadline is None:
+                deadline = now + max(left / 1000, self.ttl) + self.heartbeat
+            elif (left > last + 50 or left == -1 or now > deadline):
+                raise NodeIdTaken(
+                    f"node id {self.node_id!r} is in use by another running hub on "
+                    f"{_safe_url(self.url)}: give each node its own --node-id (or leave "
+                    "it out: hostname-pid)")
+            last = left
+            await asyncio.sleep(min(self.heartbeat / 4, 0.25))
 
     async def close(self) -> None:
         """Stop, release our ids, disconnect. Bounded: never hangs on a dead Redis."""
@@ -197,7 +242,8 @@ class RedisRegistry(Registry):
                 for client_id, (_, token) in list(self._local.items()):
                     await self._scripts["release"](keys=[self.keys.client(client_id)],
                                                    args=[holder_value(self.node_id, token)])
-                await self._redis.delete(self.keys.node(self.node_id))
+                await self._scripts["release"](keys=[self.keys.node(self.node_id)],
+                                               args=[self._instance])
         await self._close_sub()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
@@ -439,7 +485,11 @@ class RedisRegistry(Registry):
 
     async def _beat(self) -> None:
         """Say we are alive, keep our ids, and check the nodes of remote call peers."""
-        await self._redis.set(self.keys.node(self.node_id), "1", px=int(self.ttl * 1000))
+        if not await self._scripts["keep_node"](keys=[self.keys.node(self.node_id)],
+                                                args=[self._instance, self._ttl_ms]):
+            # (Redis lost our key, restarted, and a node with our id started meanwhile.)
+            log.error("node-id-taken node=%s: another running hub has this node id; "
+                      "messages for this node may go to it", self.node_id)
         items = list(self._local.items())
         for start in range(0, len(items), 1000):
             chunk = items[start:start + 1000]

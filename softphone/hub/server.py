@@ -177,12 +177,19 @@ class Hub:
             self._heartbeat = Heartbeat(self.config.heartbeat, self._timed_out)
             self._heartbeat.start()
         if not self.config.secret and not is_loopback(bound):
-            log.warning("hub is open: no --secret, so anyone who reaches %s:%s can take "
-                        "any id", bound, self.port)
+            log.warning("hub is open: no --secret, so anyone who reaches %s can take "
+                        "any id", ", ".join(
+                            f"[{a}]:{self.port}" if ":" in a else f"{a}:{self.port}"
+                            for a in dict.fromkeys(str(s.getsockname()[0]) for s in sockets)))
         log.info("listening host=%s port=%s auth=%s origins=%s", bound, self.port,
                  "token" if self.config.secret else "open",
                  ",".join(sorted(self.origins.allowed)) or "own")
         return self.port
+
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (none before :meth:`start`)."""
+        found: Sequence[socket.socket] = getattr(self._server, "sockets", None) or ()
+        return list(found)
 
     async def stop(self) -> None:
         if self._pair_timer is not None:
