@@ -21,6 +21,7 @@ from softphone import (
     FileSource,
     HubUnreachable,
     Phone,
+    PhoneClosed,
     RecorderSink,
     ToneGenerator,
     load_audio_file,
@@ -65,5 +66,5 @@ if __name__ == "__main__":
                          args.max_seconds))
     except KeyboardInterrupt:
         pass
-    except (AudioFileError, HubUnreachable) as exc:  # (one line, not a traceback)
+    except (AudioFileError, HubUnreachable, PhoneClosed) as exc:  # (one line, no traceback)
         sys.exit(f"answering_machine: {exc}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
-from softphone import EchoSource, Phone
+from softphone import EchoSource, HubUnreachable, Phone, PhoneClosed
 
 log = logging.getLogger("echo_bot")
 
@@ -38,3 +39,5 @@ if __name__ == "__main__":
         asyncio.run(main(args.client_id, args.server))
     except KeyboardInterrupt:
         pass
+    except (HubUnreachable, PhoneClosed) as exc:  # (e.g. another phone took our id)
+        sys.exit(f"echo_bot: {exc}")

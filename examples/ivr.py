@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
+import sys
 
 import numpy as np
 
-from softphone import Call, CallEnded, Phone, PromptSource, SharedPrompt
+from softphone import (
+    AudioFileError,
+    Call,
+    CallEnded,
+    HubUnreachable,
+    Phone,
+    PhoneClosed,
+    PromptSource,
+    SharedPrompt,
+)
 
 log = logging.getLogger("ivr")
 
@@ -87,5 +96,9 @@ if __name__ == "__main__":
     # (our own lines at INFO; the library and aiortc at WARNING, quiet)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(main(args.client_id, args.server, args.max_calls, args.menu, args.choice))
+    except KeyboardInterrupt:
+        pass
+    except (AudioFileError, HubUnreachable, PhoneClosed) as exc:  # (one line, no traceback)
+        sys.exit(f"ivr: {exc}")

@@ -33,7 +33,7 @@ from softphone.core.version import __version__
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.client.call import Call, CallEnded, CallResult
     from softphone.client.hubaddress import HubUnreachable
-    from softphone.client.phone import Phone
+    from softphone.client.phone import Phone, PhoneClosed
     from softphone.hub.server import Hub, HubConfig
     from softphone.media.audio import ToneGenerator
     from softphone.media.audiopath import CallAudio, MediaConfig
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
 _LAZY = {
     "Hub": "hub.server", "HubConfig": "hub.server",
     "Call": "client.call", "CallEnded": "client.call", "CallResult": "client.call",
-    "Phone": "client.phone",
+    "Phone": "client.phone", "PhoneClosed": "client.phone",
     "HubUnreachable": "client.hubaddress",
     "CallAudio": "media.audiopath", "MediaConfig": "media.audiopath",
     "EncoderSettings": "media.opus",
@@ -107,6 +107,7 @@ __all__ = [
     "MicSource",
     "Outcome",
     "Phone",
+    "PhoneClosed",
     "PromptSource",
     "RecorderSink",
     "Role",

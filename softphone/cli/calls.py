@@ -399,9 +399,11 @@ async def next_incoming(phone: Phone, interrupts: Interrupts) -> Call | None:
     """The next call, or None on Ctrl-C or when the hub refused us."""
     waiting = asyncio.ensure_future(phone.next_call())
     await first_done(waiting, interrupts.event.wait(), phone.refused.wait())
-    if phone.refusal is not None or not waiting.done() or waiting.cancelled():
+    if not waiting.done() or waiting.cancelled():
         return None
-    return waiting.result()
+    if waiting.exception() is not None:  # (PhoneClosed: refused, or closed; said by caller)
+        return None
+    return None if phone.refusal is not None else waiting.result()
 
 
 async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,

@@ -286,14 +286,9 @@ async def _check_with_token(session: aiohttp.ClientSession, ws_base: str,
                        "--register tries it)", fix, data={"checked": False})]
     signed_in = await probe_signaling(session, ws_base, client_id, token, tls,
                                       target.timeout)
-    if signed_in.http_status is not None:
-        return [Result("signaling", False, f"{ws_base}/ws answers HTTP "
-                       f"{signed_in.http_status}, not a WebSocket: not a softphone hub?",
-                       "check --server: the hub's base URL, e.g. http://host:8080")]
-    if signed_in.failure:
-        return [Result("signaling", False, f"WebSocket to {ws_base}/ws failed: "
-                       f"{signed_in.failure}", "is a proxy in front of the hub passing "
-                       "WebSocket upgrades on?")]
+    broken = _no_websocket(signed_in, ws_base)
+    if broken:
+        return broken
     if signed_in.accepted:
         routed = ("a message to an offline id was answered 'offline'" if signed_in.routed
                   else "no answer to a message for an offline id (an original hub?)")
@@ -312,6 +307,19 @@ async def _check_with_token(session: aiohttp.ClientSession, ws_base: str,
                    "operator (signed with the hub's secret)")]
 
 
+def _no_websocket(probe: Probe, ws_base: str) -> list[Result]:
+    """The FAIL line of a probe that got no WebSocket at all (else nothing)."""
+    if probe.http_status is not None:
+        return [Result("signaling", False, f"{ws_base}/ws answers HTTP "
+                       f"{probe.http_status}, not a WebSocket: not a softphone hub?",
+                       "check --server: the hub's base URL, e.g. http://host:8080")]
+    if probe.failure:
+        return [Result("signaling", False, f"WebSocket to {ws_base}/ws failed: "
+                       f"{probe.failure}", "is a proxy in front of the hub passing "
+                       "WebSocket upgrades on?")]
+    return []
+
+
 async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
                           target: DoctorTarget, tls: ssl.SSLContext | bool,
                           now: float) -> list[Result]:
@@ -327,14 +335,9 @@ async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
     probe_id = f"doctor-{secrets.token_hex(4)}"
     anonymous = await probe_signaling(session, ws_base, probe_id, None, tls, target.timeout)
     token = target.token
-    if anonymous.http_status is not None:
-        return [Result("signaling", False, f"{ws_base}/ws answers HTTP "
-                       f"{anonymous.http_status}, not a WebSocket: not a softphone hub?",
-                       "check --server: the hub's base URL, e.g. http://host:8080")]
-    if anonymous.failure:
-        return [Result("signaling", False, f"WebSocket to {ws_base}/ws failed: "
-                       f"{anonymous.failure}", "is a proxy in front of the hub passing "
-                       "WebSocket upgrades on?")]
+    broken = _no_websocket(anonymous, ws_base)
+    if broken:
+        return broken
     if anonymous.accepted:
         routed = ("a message to an offline id was answered 'offline'" if anonymous.routed
                   else "no answer to a message for an offline id (an original hub?)")

@@ -49,6 +49,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def release(source: AudioSource | None, sinks: Sequence[Sink], output: AudioOutput | None,
+            in_use: Sequence[CallAudio]) -> None:
+    """Close what a refused :meth:`Call.accept` or :meth:`Phone.dial
+    <softphone.client.phone.Phone.dial>` was given (as the call would have at its
+    end), except what ``in_use`` (the phone's calls' audio) still sends or plays."""
+    used: set[int] = set()
+    for audio in in_use:
+        used |= {id(audio.source), id(audio.output), *(id(sink) for sink in audio.sinks)}
+    closers: list[Callable[[], None]] = []
+    if source is not None and id(source) not in used:
+        closers.append(source.stop)
+    closers += [close for sink in sinks if id(sink) not in used
+                and (close := getattr(sink, "close", None)) is not None]
+    if output is not None and id(output) not in used:
+        closers.append(output.stop)
+    for close in closers:
+        try:
+            close()
+        except Exception:
+            log.exception("closing %r failed", close)
+
+
 class Call:
     """One call, outgoing or incoming. Created by :meth:`Phone.dial` or received.
 
@@ -114,7 +136,21 @@ class Call:
         ``sinks`` get what we hear; ``output`` plays it (a speaker,
         :class:`~softphone.media.devices.SpeakerDriver`); ``media``: this
         call's settings (default: the phone's).
+
+        Raises :class:`CallEnded` if the call is over (the caller gave up: missed),
+        :class:`~softphone.core.callstate.CallStateError` if it cannot be answered
+        (an outgoing call, or one accepted already). A refused accept changes nothing
+        of the call and closes what it was given (``source``, ``sinks``, ``output``),
+        except what a call of the phone already uses: what is handed to accept is
+        the call's either way (an accepted call closes it as it ends).
         """
+        try:
+            if self.machine.is_ended:
+                raise CallEnded(await self.ended())
+            self.machine.check(cs.LocalAccept)
+        except BaseException:
+            release(source, sinks, output, self.phone.audio_in_use())
+            raise
         self._prepare(source, sinks, output, media)
         config = media or self.phone.media_config
         self.phone._feed(self, cs.LocalAccept(announced(restart=config.restart_enabled)))
@@ -135,7 +171,9 @@ class Call:
         is connected, then until the last tone is out. A bad character is a
         one-line ValueError (before anything is sent);
         :class:`~softphone.media.dtmf_rtp.DtmfUnavailable` if the peer did
-        not agree to telephone events; :class:`CallEnded` if the call ends first.
+        not agree to telephone events. :class:`CallEnded` if the call is over
+        before every tone went out (or was over already); a call that ends once
+        the last tone is out (the peer hangs up on ``#``) returns normally.
         """
         await self._keys.send(tones, duration_ms, gap_ms)
 

@@ -50,18 +50,28 @@ class DtmfLink:
         check_tones(tones)
         call = self.call
         await call.connected()
+        if call.machine.is_ended:  # (over, its result maybe not out yet: wait for it)
+            raise CallEnded(await call.ended())
         if call.media is None:
             raise DtmfUnavailable("the call has no media")
-        sending = asyncio.ensure_future(call.media.dtmf.send(tones, duration_ms, gap_ms))
+        channel = call.media.dtmf
+        sending = asyncio.ensure_future(channel.send(tones, duration_ms, gap_ms))
         ended: asyncio.Future[Any] = call._ended
         done, _ = await asyncio.wait({sending, ended}, return_when=asyncio.FIRST_COMPLETED)
         if sending in done:
-            sending.result()  # DtmfUnavailable, if so
-            if not call.machine.is_ended:
-                return
+            try:
+                sending.result()
+            except DtmfUnavailable:
+                if not call.machine.is_ended:
+                    raise  # the peer takes no telephone events
+            else:
+                # (a channel closed with the call ends a send early: were all keys out?)
+                sender = channel.sender
+                if not call.machine.is_ended or (sender is not None and sender.keys_out):
+                    return
         else:
             sending.cancel()
-        raise CallEnded(call._ended.result())
+        raise CallEnded(await call.ended())
 
     async def next_digit(self) -> DtmfEvent:
         """:meth:`Call.next_digit <softphone.client.call.Call.next_digit>`."""

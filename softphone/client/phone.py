@@ -40,6 +40,7 @@ from softphone.client.call import CallEnded as CallEnded
 from softphone.client.call import CallResult as CallResult
 from softphone.client.call import EventCallback as EventCallback
 from softphone.client.call import MediaLink as MediaLink
+from softphone.client.call import release
 from softphone.client.hubcheck import HubCheck
 from softphone.client.media_setup import ICE_SERVERS_FRESH as ICE_SERVERS_FRESH
 from softphone.client.media_setup import IceServers as IceServers
@@ -96,6 +97,16 @@ CLOSE_CALLS_WAIT: Final = 3.0
 CLOSE_FLUSH_WAIT: Final = 1.0
 
 
+class PhoneClosed(RuntimeError):
+    """The phone cannot place or receive calls: not connected yet, closed, or refused
+    by the hub for good (:attr:`refusal`: the hub's error; another phone took its id,
+    a bad token). Raised by :meth:`Phone.dial` and :meth:`Phone.next_call`."""
+
+    def __init__(self, message: str, refusal: HubError | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
 class Phone:
     """A client of the hub that holds one call at a time, or up to ``max_calls`` at once.
 
@@ -144,6 +155,10 @@ class Phone:
         #: The latest call (ended or not).
         self._latest: Call | None = None
         self._closing = False
+        #: Set as :meth:`close` starts (or the hub refuses us): no more calls.
+        self._shut = asyncio.Event()
+        self._gone = "is closed"  # (why, once shut: for PhoneClosed)
+        self._closed = False  # (close() called)
         self.hub_connected = asyncio.Event()
         self.hub_errors: list[HubError] = []
         #: Set when the hub refused us for good (bad token, replaced, or too many
@@ -190,7 +205,10 @@ class Phone:
         at once) reaches the peer, which otherwise saw us vanish (``peer-disconnected``,
         or ``media-lost`` as its media died first). Bounded: a dead hub does not keep
         :meth:`close` waiting (:attr:`close_wait`, :attr:`flush_wait`).
+        From its start, :meth:`dial` and :meth:`next_call` raise :class:`PhoneClosed`.
         """
+        self._closed = True
+        self._shut.set()
         for call in self.calls:
             await call.hangup("closing")
         # Every call not finished yet (those just hung up, and those that ended just
@@ -265,8 +283,20 @@ class Phone:
         ``source`` is sent (silence if None), ``sinks`` get what we hear,
         ``output`` plays it (a :class:`~softphone.media.devices.SpeakerDriver`);
         ``media``: this call's settings (default: the phone's).
+
+        Raises at once: :class:`PhoneClosed` if the phone is not connected or closed;
+        ValueError for a bad id or our own; :class:`LineBusy
+        <softphone.core.line.LineBusy>` if every line is taken or a call with ``peer``
+        is in progress. A refused dial closes what it was given (``source``,
+        ``sinks``, ``output``), except what a call of the phone already uses.
         """
-        check_id(peer, "callee id")
+        try:
+            self._check_open(receiving=False)
+            check_id(peer, "callee id")
+            self.line.check_dial(peer)
+        except BaseException:
+            release(source, sinks, output, self.audio_in_use())
+            raise
         config = media or self.media_config
         audio = CallAudio(source, sinks, output=output, config=config,
                           frame_clock=self.frame_clock)
@@ -284,8 +314,48 @@ class Phone:
         return call
 
     async def next_call(self) -> Call:
-        """Wait for the next incoming call (ringing; accept or reject it)."""
-        return await self._incoming.get()
+        """Wait for the next incoming call (ringing; accept or reject it).
+
+        Raises :class:`PhoneClosed` once the phone can no longer receive calls (not
+        connected, :meth:`close` called, or refused by the hub: another phone took
+        its id), also while waiting.
+        """
+        self._check_open()
+        if not self._incoming.empty():
+            return self._incoming.get_nowait()
+        getting = asyncio.ensure_future(self._incoming.get())
+        shut = asyncio.ensure_future(self._shut.wait())
+        try:
+            await asyncio.wait({getting, shut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            shut.cancel()
+            if not getting.done():
+                getting.cancel()
+        if getting.done() and not getting.cancelled():
+            return getting.result()  # (a call that came as the phone shut: it is ended)
+        self._check_open()
+        raise AssertionError("unreachable: the phone is shut")
+
+    def _check_open(self, *, receiving: bool = True) -> None:
+        """Raise :class:`PhoneClosed` unless the phone may receive calls (``receiving``)
+        or place them. (A dial on a phone that lost the hub for good is let through:
+        its call ends as a dial without a hub does, ``hub-unreachable``, which the CLI
+        reports as the hub's refusal.)"""
+        if self._closed:
+            raise PhoneClosed("the phone is closed")
+        refusal = self.refusal if self.refused.is_set() else None
+        if receiving and refusal is not None:
+            raise PhoneClosed(f"the hub refused this phone ({refusal.code}: "
+                              f"{refusal.message})", refusal)
+        if receiving and self._shut.is_set():
+            raise PhoneClosed(f"the phone {self._gone}")
+        if self._sending is None:
+            raise PhoneClosed("the phone is not connected: use `async with Phone(...)` "
+                              "or `await phone.connect()`")
+
+    def audio_in_use(self) -> list[CallAudio]:
+        """The audio of the calls not finished yet (what a refused call must not close)."""
+        return [c.audio for c in self._calls.values() if c.audio is not None]
 
     # -- the adapter ---------------------------------------------------------
 
@@ -391,12 +461,15 @@ class Phone:
                     code == 1008 or (last_refusal.code == _FULL and code == _FULL_CLOSE)):
                 self.refusal = last_refusal
                 self.refused.set()
+                self._shut.set()
             first = False
             # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
             log.log(logging.INFO if self.refused.is_set() else logging.WARNING,
                     "lost the hub connection (code %s)", code)
             self._run(self.line.hub_lost(self.loop_time))
             if not self.reconnect or code == 1008 or self.refused.is_set():
+                self._gone = f"lost the hub connection (code {code}) and does not reconnect"
+                self._shut.set()
                 return
             while not self._closing:
                 await self.hub_check.pause(delay)  # (at most 1 s while media restarts)

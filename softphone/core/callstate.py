@@ -243,15 +243,21 @@ class CallMachine:
                 actions += self.handle(kind(), now)
         return actions
 
+    def check(self, event: type[Event]) -> None:
+        """Raise :class:`CallStateError` if a local ``event`` (its type) is not allowed
+        now, as :meth:`handle` would, without changing anything: an adapter checks
+        before it sets up what the event needs (a call's audio, before an accept)."""
+        if (self.role, self.state, event) not in TRANSITIONS:
+            raise CallStateError(
+                f"{event.__name__} is not allowed when the {self.role} is {self.state}")
+
     def handle(self, event: Event, now: float) -> list[Action]:
         """Feed one event; return the actions to carry out, in order."""
         key = (self.role, self.state, type(event))
         new_state = TRANSITIONS.get(key)
         if new_state is None:
             if isinstance(event, _LOCAL_EVENTS):
-                raise CallStateError(
-                    f"{type(event).__name__} is not allowed when the {self.role} is {self.state}"
-                )
+                self.check(type(event))
             return []
         self._cause = _cause_of(event)
         handler = getattr(self, "_on_" + type(event).__name__)

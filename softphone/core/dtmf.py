@@ -229,6 +229,12 @@ class DtmfSender:
         """Nothing playing, queued or still to repeat."""
         return not self._buffer and self._tone is None and not self._resend
 
+    @property
+    def keys_out(self) -> bool:
+        """Every tone inserted went out to its end (its final packet sent at least
+        once; copies of it may still be due): a peer hears every key."""
+        return not self._buffer and self._tone is None
+
     def tick(self, timestamp: int) -> SenderTick:
         """The packets for the audio frame with RTP ``timestamp``; call once per frame."""
         if self.idle:

@@ -102,15 +102,26 @@ class Line:
 
     # -- our side ------------------------------------------------------------
 
-    def dial(self, peer: str, now: float, data: Any = None,
-             features: tuple[str, ...] | None = None) -> list[cs.Action]:
-        """Call ``peer``; ``features``: what this call announces (None: the line's)."""
+    def check_dial(self, peer: str) -> None:
+        """Raise if :meth:`dial` would refuse ``peer``, changing nothing: ValueError for
+        our own id (the hub would route the request back to us: it rings until no
+        answer), :class:`LineBusy` for a peer we are in a call with (one call per
+        peer: the protocol addresses a call by the peer's id, ``docs/protocol.md``)
+        or when every line is taken."""
+        if peer == self.my_id:
+            raise ValueError(f"you cannot call yourself ({peer!r} is this phone's own id)")
         current = self.calls.get(peer)
         if current is not None and not current.is_ended:
-            raise LineBusy(f"already in a call with {peer}")
+            raise LineBusy(f"already in a call with {peer}: one call per peer (the protocol "
+                           f"addresses calls by peer id)")
         if self.full:
             raise LineBusy(f"already in a call with {self.active[-1].peer}" if self.max_calls == 1
                            else f"all {self.max_calls} lines are in calls")
+
+    def dial(self, peer: str, now: float, data: Any = None,
+             features: tuple[str, ...] | None = None) -> list[cs.Action]:
+        """Call ``peer``; ``features``: what this call announces (None: the line's)."""
+        self.check_dial(peer)
         call = self._new(cs.Role.CALLER, peer, now, data)
         if features is not None:
             call.features = features

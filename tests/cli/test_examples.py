@@ -111,3 +111,19 @@ async def test_the_bots_say_a_bad_file_or_hub_in_one_line(hub: Hub, procs: list[
                        (greeting, "answering_machine: ")):
         lines = proc.stdout.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(said), proc.stdout
+
+
+async def test_a_bot_whose_id_another_phone_takes_stops_in_one_line(
+        hub: Hub, procs: list[Proc]) -> None:
+    """The hub gives an id to its newest connection: the echo bot, replaced, stops with
+    one line saying so (its next_call() waited forever before)."""
+    bot = example(procs, "echo_bot.py", "--as", "echo", "--server", hub_url(hub))
+    await bot.wait_for_output("ready")
+    usurper = Proc("listen", "--as", "echo", "--server", hub_url(hub), "--no-audio",
+                   "--auto-accept")
+    procs.append(usurper)
+    await usurper.wait_for_output("listening as echo")
+    assert await bot.wait(within=20) == 1, bot.stdout
+    last = bot.stdout.strip().splitlines()[-1]
+    assert last.startswith("echo_bot: ") and "replaced" in last, bot.stdout
+    assert "Traceback" not in bot.stdout
