@@ -18,6 +18,7 @@ from pathlib import Path
 
 from softphone import (
     AudioFileError,
+    CallEnded,
     FileSource,
     HubUnreachable,
     Phone,
@@ -40,7 +41,9 @@ async def main(client_id: str, server: str, greeting: str | None, folder: Path,
         while True:
             call = await phone.next_call()
             path = folder / f"{call.peer}-{time.strftime('%Y%m%d-%H%M%S')}.wav"
-            await call.accept(source=FileSource(greeting_samples), sinks=[RecorderSink(path)])
+            with contextlib.suppress(CallEnded):  # (the caller gave up first)
+                await call.accept(source=FileSource(greeting_samples),
+                                  sinks=[RecorderSink(path)])
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(call.ended(), max_seconds)
             await call.hangup()

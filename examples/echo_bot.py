@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 
-from softphone import EchoSource, HubUnreachable, Phone, PhoneClosed
+from softphone import CallEnded, EchoSource, HubUnreachable, Phone, PhoneClosed
 
 log = logging.getLogger("echo_bot")
 
@@ -22,7 +23,8 @@ async def main(client_id: str, server: str) -> None:
         while True:
             call = await phone.next_call()
             echo = EchoSource()
-            await call.accept(source=echo, sinks=[echo])  # what we hear goes back out
+            with contextlib.suppress(CallEnded):  # (the caller gave up first)
+                await call.accept(source=echo, sinks=[echo])  # what we hear goes back out
             result = await call.ended()
             log.info("call from %s: %s", call.peer, result.outcome)
 

@@ -46,8 +46,8 @@ def beeps(frequency: float, seconds: float = 0.8) -> SharedPrompt:
 async def serve(call: Call, menu: SharedPrompt, choices: dict[str, SharedPrompt]) -> None:
     """One caller: menu, then whatever each key chooses, until # or they hang up."""
     voice = PromptSource(menu, loop=True)
-    await call.accept(voice)
     try:
+        await call.accept(voice)  # (CallEnded: the caller gave up first)
         await call.connected()
         while True:
             key = (await call.next_digit()).digit

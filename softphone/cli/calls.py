@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ from softphone.cli.options import (
     positive,
 )
 from softphone.cli.phone_setup import PhoneSetup
+from softphone.cli.prompt import LineReader, ask
 from softphone.cli.runtime import Interrupts, Output, exit_codes_help, first_done
 from softphone.client.hubaddress import HubUnreachable
 from softphone.core.callstate import CallState, CallTimeouts, ExitCode, Outcome
@@ -239,89 +239,6 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
 # ----------------------------------------------------------------- listen ---
 
 
-class LineReader:
-    """Lines from stdin without blocking the event loop; None in :attr:`queue`
-    (and :attr:`eof` set) once stdin is closed."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._buffer = b""
-        self._fd = -1  # no stdin, or one that is not a file (click's CliRunner)
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            self._fd = sys.stdin.fileno()
-        self._tty = self._fd >= 0 and os.isatty(self._fd)
-        self.active = False
-        #: stdin is closed: what it held is in :attr:`queue`, nothing more will come.
-        self.eof = False
-
-    def start(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            asyncio.get_running_loop().add_reader(self._fd, self._readable)
-            self.active = True
-        except PermissionError:  # a file or /dev/null (no epoll): read it now, it never blocks
-            while not self.eof:
-                self._read()
-        except (OSError, ValueError, NotImplementedError):
-            self.active = False
-
-    def _readable(self) -> None:
-        self._read()
-        if self.eof:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            self.active = False
-
-    def _read(self) -> None:
-        try:
-            chunk = os.read(self._fd, 4096)
-        except OSError:
-            chunk = b""
-        self._buffer += chunk if chunk or not self._buffer else b"\n"  # (a last unended line)
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.queue.put_nowait(line.decode(errors="replace").strip())
-        if not chunk:
-            self.eof = True
-            self.queue.put_nowait(None)
-
-    def drain(self) -> None:
-        """Forget what was typed on a terminal before the call rang (stray keys);
-        piped lines are answers given ahead and are kept, as is the end of input."""
-        if not self._tty:
-            return
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        if self.eof:
-            self.queue.put_nowait(None)
-
-
-async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
-    """Ask accept/reject; None if the prompt was withdrawn (the caller gave up)."""
-    reader.drain()
-    out.say(f"incoming call from {call.peer}: accept? [y/n]")
-    while True:
-        if reader.eof and reader.queue.empty():  # every answer piped in is used up
-            out.say("stdin closed: cannot ask; use --auto-accept to answer calls")
-            await call.ended()  # left to ring: the caller hears no answer
-            return None
-        getter = asyncio.ensure_future(reader.queue.get())
-        ended = asyncio.ensure_future(call.ended())
-        await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done():
-            getter.cancel()
-            return None
-        ended.cancel()
-        answer = getter.result()
-        if answer is None:
-            continue  # (eof: said above)
-        if answer.lower() in ("y", "yes", "a", "accept"):
-            return True
-        if answer.lower() in ("n", "no", "r", "reject"):
-            return False
-        out.say("please answer y or n")
-
-
 @click.command(epilog=exit_codes_help(note="(--once exits with the call's code.)"))
 @as_option()
 @phone_options
@@ -395,15 +312,37 @@ def said_refusal(phone: Phone, out: Output) -> bool:
     return True
 
 
-async def next_incoming(phone: Phone, interrupts: Interrupts) -> Call | None:
-    """The next call, or None on Ctrl-C or when the hub refused us."""
+async def accept_call(incoming: Call, setup: PhoneSetup, n: int) -> bool:
+    """Accept ``incoming`` with call ``n``'s media; False if the caller gave up first
+    (the call is then over: ``ended()`` says how)."""
+    from softphone.client.call import CallEnded
+
+    if incoming.is_ended:
+        return False
+    source, sinks, output = setup.call_media(incoming.peer, n)
+    try:
+        await incoming.accept(source, sinks, output=output)  # (refused: it closes them)
+    except CallEnded:
+        return False
+    return True
+
+
+async def next_incoming(phone: Phone, interrupts: Interrupts, out: Output) -> Call | None:
+    """The next call, or None on Ctrl-C, when the hub refused us, or the phone is closed
+    for good (said)."""
     waiting = asyncio.ensure_future(phone.next_call())
     await first_done(waiting, interrupts.event.wait(), phone.refused.wait())
     if not waiting.done() or waiting.cancelled():
         return None
-    if waiting.exception() is not None:  # (PhoneClosed: refused, or closed; said by caller)
+    from softphone.client.phone import PhoneClosed
+
+    try:
+        call = waiting.result()
+    except PhoneClosed as exc:  # (a refusal is said by the caller of this; else say why)
+        if phone.refusal is None:
+            out.say(str(exc))
         return None
-    return None if phone.refusal is not None else waiting.result()
+    return None if phone.refusal is not None else call
 
 
 async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
@@ -418,7 +357,7 @@ async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
         reader.start()
     n = 0
     while True:
-        incoming = await next_incoming(phone, interrupts)
+        incoming = await next_incoming(phone, interrupts, out)
         if said_refusal(phone, out):
             return ExitCode.REFUSED
         if incoming is None:
@@ -439,8 +378,7 @@ async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
         # Ctrl-C at the prompt declines the call, then exits as Ctrl-C while waiting.
         asked_away = not accept and interrupts.event.is_set()
         if accept:
-            source, sinks, output = setup.call_media(incoming.peer, n)
-            await incoming.accept(source, sinks, output=output)
+            await accept_call(incoming, setup, n)  # (a caller who gave up: said below)
         elif accept is False and incoming.state is CallState.RINGING:
             await incoming.reject("interrupted" if asked_away else "declined")
         result = await talk_until_end(incoming, out, interrupts, talk.duration)
@@ -467,7 +405,7 @@ async def answer_many(phone: Phone, setup: PhoneSetup, out: Output, interrupts: 
 
     try:
         while True:
-            incoming = await next_incoming(phone, interrupts)
+            incoming = await next_incoming(phone, interrupts, out)
             if said_refusal(phone, out):
                 return ExitCode.REFUSED
             if incoming is None:
@@ -481,8 +419,9 @@ async def answer_many(phone: Phone, setup: PhoneSetup, out: Output, interrupts: 
                 continue
             out.say(f"incoming call from {incoming.peer} ({len(phone.calls)} of "
                     f"{phone.max_calls} lines): accepting")
-            source, sinks, output = setup.call_media(incoming.peer, n)
-            await incoming.accept(source, sinks, output=output)
+            if not await accept_call(incoming, setup, n):
+                out.say(describe(await incoming.ended()))
+                continue
             task = asyncio.create_task(serve(incoming), name=f"call-{n}")
             serving.add(task)
             task.add_done_callback(serving.discard)
