@@ -25,6 +25,9 @@ async def main(callee: str, path: str, client_id: str, server: str) -> int:
     except HubUnreachable as exc:
         print(f"announcer: {exc}", file=sys.stderr)
         return ExitCode.HUB_UNREACHABLE
+    except ValueError as exc:  # a bad id, or calling ourselves
+        print(f"announcer: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
 
 
 async def announce(callee: str, source: FileSource, client_id: str, server: str) -> int:

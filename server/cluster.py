@@ -260,8 +260,15 @@ class Coturn:
         exe = shutil.which("turnserver")
         if exe is None:
             raise RuntimeError("turnserver is missing: apt-get install coturn")
+        # (coturn's config is server/coturn.conf plus the secret, in a 0600 file of ours:
+        # not on its command line, which any local user sees in ps)
+        conf = os.path.join(self.workdir, "coturn.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write((HERE / "coturn.conf").read_text()
+                      + f"\nstatic-auth-secret={self.secret}\n")
         self.proc = subprocess.Popen(
-            [exe, "-c", str(HERE / "coturn.conf"), "--static-auth-secret", self.secret,
+            [exe, "-c", conf,
              "--listening-ip", self.listen, "--listening-port", str(self.port),
              "--realm", "softphone.local", "--pidfile", os.path.join(self.workdir, "pid"),
              "--log-file", os.path.join(self.workdir, "turn.log"), "--no-cli",

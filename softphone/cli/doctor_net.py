@@ -21,17 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
 import ssl
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
 from softphone import __version__
 from softphone.cli.doctor import DoctorTarget, Result, span, turn_expiry, when
+from softphone.cli.doctor_signaling import (
+    Probe,
+    check_signaling,
+    probe_signaling,
+    reason_of,
+    token_claims,
+    token_facts,
+)
 
 __all__ = ["Probe", "check_certificate", "check_hub", "check_ice_servers", "check_signaling",
            "check_version", "network_checks", "probe_signaling", "token_by_ice_servers",
@@ -40,19 +44,7 @@ __all__ = ["Probe", "check_certificate", "check_hub", "check_ice_servers", "chec
 # ---------------------------------------------------------- helpers ---
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "no answer"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)  # (asyncio's own text is "Connect call failed ...")
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
-#: How long before expiry a token (24 h by default) or a certificate is worth a warning.
-SOON = 3600.0
+#: How long before expiry a certificate is worth a warning (a token's: SOON).
 CERT_SOON = 14 * 86400.0
 
 
@@ -75,11 +67,11 @@ async def check_hub(session: aiohttp.ClientSession, http: str, tls: ssl.SSLConte
                       "config; for 'serve --self-signed' the certificate it printed), "
                       "or --insecure to skip the check (not on the internet)"), None
     except aiohttp.ClientSSLError as exc:
-        return Result("hub", False, f"{http}: TLS failed ({_reason(exc.os_error)})",
+        return Result("hub", False, f"{http}: TLS failed ({reason_of(exc.os_error)})",
                       "is it an https hub? (http:// for a hub without --cert/--self-signed)"
                       ), None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        why = _reason(getattr(exc, "os_error", exc))
+        why = reason_of(getattr(exc, "os_error", exc))
         fix = "is the hub running (softphone serve) and is --server right? (server in " \
             "the config; softphone config shows where it came from)"
         if isinstance(exc, TimeoutError) and http.startswith("https:"):
@@ -136,7 +128,7 @@ async def check_certificate(host: str, port: int, tls: ssl.SSLContext | None,
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
     except (TimeoutError, OSError) as exc:
-        return Result("tls", False, f"no TLS handshake with {host}:{port}: {_reason(exc)}",
+        return Result("tls", False, f"no TLS handshake with {host}:{port}: {reason_of(exc)}",
                       "is it an https hub? (http:// for a hub without --cert/--self-signed)")
     cert = x509.load_der_x509_certificate(der)
     expires = cert.not_valid_after_utc.timestamp()
@@ -170,7 +162,7 @@ async def check_certificate(host: str, port: int, tls: ssl.SSLContext | None,
                       "config), or --insecure to skip the check (not on the internet)",
                       data=data)
     except (TimeoutError, OSError) as exc:
-        return Result("tls", False, f"{about}; handshake failed: {_reason(exc)}", data=data)
+        return Result("tls", False, f"{about}; handshake failed: {reason_of(exc)}", data=data)
     checked = "not checked (--insecure)" if tls is not None and \
         tls.verify_mode == ssl.CERT_NONE else "trusted"
     if expires - now < CERT_SOON:
@@ -180,210 +172,6 @@ async def check_certificate(host: str, port: int, tls: ssl.SSLContext | None,
 
 
 # -------------------------------------------------------- signaling ---
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What one WebSocket sign-in got."""
-
-    #: Signed in (the hub answered our message, or said nothing).
-    accepted: bool
-    #: The hub's error code (``unauthorized`` ...) or "" and its message.
-    code: str = ""
-    message: str = ""
-    #: The message to an offline id was answered with ``offline``.
-    routed: bool = False
-    #: The upgrade was refused with this HTTP status.
-    http_status: int | None = None
-    #: The connection failed before that.
-    failure: str = ""
-
-
-async def probe_signaling(session: aiohttp.ClientSession, ws_base: str, client_id: str,
-                          token: str | None, tls: ssl.SSLContext | bool,
-                          wait: float) -> Probe:
-    """Sign in as ``client_id``, send a ``hangup`` to a made-up id, see what comes back."""
-    url = f"{ws_base}/ws?id={quote(client_id, safe='')}"
-    if token:
-        url += f"&token={quote(token, safe='')}"
-    try:
-        async with asyncio.timeout(wait):
-            ws = await session.ws_connect(url, ssl=tls, autoping=True)
-    except aiohttp.WSServerHandshakeError as exc:
-        return Probe(False, http_status=exc.status, failure=f"HTTP {exc.status}")
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        return Probe(False, failure=_reason(getattr(exc, "os_error", exc)))
-    nobody = f"doctor-{secrets.token_hex(6)}"
-    try:
-        with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
-            await ws.send_str(json.dumps({"type": "hangup", "to": nobody,
-                                          "data": {"reason": "doctor"}}))
-        try:
-            async with asyncio.timeout(wait):
-                async for frame in ws:
-                    if frame.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    try:
-                        message = json.loads(frame.data)
-                        data = message.get("data") or {}
-                        code, text = str(data.get("code", "")), str(data.get("message", ""))
-                    except (ValueError, AttributeError):
-                        continue
-                    if message.get("type") != "error":
-                        continue
-                    if code == "offline":
-                        return Probe(True, routed=True)
-                    return Probe(False, code, text)
-        except TimeoutError:
-            return Probe(True)  # signed in; a hub that drops messages to offline ids
-        return Probe(False, "closed", f"the hub closed the connection (code {ws.close_code})")
-    finally:
-        await ws.close()
-
-
-def token_claims(token: str) -> dict[str, Any] | None:
-    """The token's claims, read without checking its signature (None: not a JWT)."""
-    import jwt
-
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
-    except jwt.InvalidTokenError:
-        return None
-    return claims if isinstance(claims, dict) else None
-
-
-def _token_facts(token: str, client_id: str | None, now: float) -> tuple[str, str, bool]:
-    """What the token says (detail), a fix, and whether it is unusable."""
-    claims = token_claims(token)
-    if claims is None:
-        return "the token is not a JWT", "copy the whole token (softphone token prints one)", \
-            True
-    sub, exp = claims.get("sub"), claims.get("exp")
-    if client_id is not None and sub != client_id:
-        return f"the token is for {sub!r}, not {client_id!r}", \
-            f"get a token for {client_id} (softphone token --as {client_id})", True
-    if not isinstance(exp, int | float):
-        return "the token has no expiry", "", False
-    if exp < now:
-        return f"the token expired {span(now - exp)} ago ({when(exp)})", \
-            f"get a new one: softphone token --as {sub} on the hub", True
-    fix = "it expires soon: get a new one" if exp - now < SOON else ""
-    return f"expires {when(exp)} ({span(exp - now)} left)", fix, False
-
-
-async def _check_with_token(session: aiohttp.ClientSession, ws_base: str,
-                            target: DoctorTarget, token: str, client_id: str,
-                            tls: ssl.SSLContext | bool, now: float) -> list[Result]:
-    """The signaling and token lines when a token is set: signed in as our id with
-    it (--register), or the token read, and no WebSocket tried."""
-    facts, fix, unusable = _token_facts(token, client_id, now)
-    if not target.register:
-        return [Result("signaling", True, "not tried: a sign-in without the token "
-                       "would count as a refused login on the hub", needed=False,
-                       data={"checked": False}),
-                Result("token", not unusable, f"{facts}; not tried on the hub (signing in "
-                       f"as {client_id} would disconnect a phone listening as {client_id}: "
-                       "--register tries it)", fix, data={"checked": False})]
-    signed_in = await probe_signaling(session, ws_base, client_id, token, tls,
-                                      target.timeout)
-    broken = _no_websocket(signed_in, ws_base)
-    if broken:
-        return broken
-    if signed_in.accepted:
-        routed = ("a message to an offline id was answered 'offline'" if signed_in.routed
-                  else "no answer to a message for an offline id (an original hub?)")
-        return [Result("signaling", True, f"signed in as {client_id}: {routed}"),
-                Result("token", True, f"accepted: signed in as {client_id}; {facts}", fix,
-                       data={"checked": True})]
-    if signed_in.code != "unauthorized":
-        return [Result("signaling", False, f"the hub refused a connection: {signed_in.code}: "
-                       f"{signed_in.message}", "try again later; if it stays, tell the "
-                       "hub's operator")]
-    why = signed_in.message or signed_in.code
-    return [Result("signaling", True, "the WebSocket handshake works"),
-            Result("auth", True, "the hub needs a token", data={"auth": "token"}),
-            Result("token", False, f"refused by the hub: {why}; the token: {facts}",
-                   fix if unusable else f"get a new token for {client_id} from the hub's "
-                   "operator (signed with the hub's secret)")]
-
-
-def _no_websocket(probe: Probe, ws_base: str) -> list[Result]:
-    """The FAIL line of a probe that got no WebSocket at all (else nothing)."""
-    if probe.http_status is not None:
-        return [Result("signaling", False, f"{ws_base}/ws answers HTTP "
-                       f"{probe.http_status}, not a WebSocket: not a softphone hub?",
-                       "check --server: the hub's base URL, e.g. http://host:8080")]
-    if probe.failure:
-        return [Result("signaling", False, f"WebSocket to {ws_base}/ws failed: "
-                       f"{probe.failure}", "is a proxy in front of the hub passing "
-                       "WebSocket upgrades on?")]
-    return []
-
-
-async def check_signaling(session: aiohttp.ClientSession, ws_base: str,
-                          target: DoctorTarget, tls: ssl.SSLContext | bool,
-                          now: float) -> list[Result]:
-    """Whether the hub needs a token, and whether ours is accepted.
-
-    With a token set, no sign-in without it: on a hub with tokens that is a refused
-    login (its log and ``connections_refused{reason="unauthorized"}``) every run.
-    Without a token, that sign-in is the point: it is what the phone would do.
-    """
-    if target.token and target.client_id is not None:
-        return await _check_with_token(session, ws_base, target, target.token,
-                                       target.client_id, tls, now)
-    probe_id = f"doctor-{secrets.token_hex(4)}"
-    anonymous = await probe_signaling(session, ws_base, probe_id, None, tls, target.timeout)
-    token = target.token
-    broken = _no_websocket(anonymous, ws_base)
-    if broken:
-        return broken
-    if anonymous.accepted:
-        routed = ("a message to an offline id was answered 'offline'" if anonymous.routed
-                  else "no answer to a message for an offline id (an original hub?)")
-        results = [Result("signaling", True, f"signed in as {probe_id}: {routed}"),
-                   Result("auth", True, "the hub is open: no token needed",
-                          data={"auth": "open"})]
-        if token:
-            results.append(Result("token", True, "not needed by this hub", needed=False))
-        return results
-    if anonymous.code != "unauthorized":
-        return [Result("signaling", False, f"the hub refused a connection: {anonymous.code}: "
-                       f"{anonymous.message}", "try again later; if it stays, tell the "
-                       "hub's operator")]
-    results = [Result("signaling", True, "the WebSocket handshake works"),
-               Result("auth", True, "the hub needs a token", data={"auth": "token"})]
-    if target.client_id is None:
-        results.append(Result("token", False, "no id set: the hub needs an id and its token",
-                              "softphone config set id NAME (or --as NAME)"))
-        return results
-    if not token:
-        results.append(Result("token", False, "no token set, and this hub needs one (it "
-                              "refused a sign-in without one: its log shows it as "
-                              f"reason=unauthorized id={probe_id})",
-                              f"ask the hub's operator for one (softphone token --as "
-                              f"{target.client_id}), then softphone config set token_file "
-                              "FILE (or --token)"))
-        return results
-    facts, fix, unusable = _token_facts(token, target.client_id, now)
-    if not target.register:
-        who = target.client_id
-        return [*results, Result("token", not unusable, f"{facts}; not tried on the hub "
-                                 f"(signing in as {who} would disconnect a phone listening "
-                                 f"as {who}: --register tries it)", fix,
-                                 data={"checked": False})]
-    signed_in = await probe_signaling(session, ws_base, target.client_id, token, tls,
-                                      target.timeout)
-    if signed_in.accepted:
-        return [*results, Result("token", True, f"accepted: signed in as {target.client_id}; "
-                                 f"{facts}", fix, data={"checked": True})]
-    why = signed_in.message or signed_in.failure or signed_in.code
-    return [*results, Result("token", False, f"refused by the hub: {why}; the token: {facts}",
-                             fix if unusable else f"get a new token for {target.client_id} "
-                             "from the hub's operator (signed with the hub's secret)")]
-
-
-# ----------------------------------------------------- /ice-servers ---
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -413,7 +201,7 @@ async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: D
                 body = await resp.json(content_type=None)
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         return Result("ice-servers", False, f"cannot get {http}/ice-servers: "
-                      f"{_reason(exc)}", "calls ask the hub for it: check the hub, or set "
+                      f"{reason_of(exc)}", "calls ask the hub for it: check the hub, or set "
                       "ice.servers"), []
     if status == 401:
         message = body.get("message", "") if isinstance(body, dict) else ""
@@ -457,7 +245,7 @@ def token_by_ice_servers(results: list[Result], listed: Result, target: DoctorTa
                if r.name == "token" and r.data.get("checked") is False), None)
     if at is None or not target.token:
         return results
-    facts, fix, unusable = _token_facts(target.token, target.client_id, now)
+    facts, fix, unusable = token_facts(target.token, target.client_id, now)
     data = {"checked": True, "by": "/ice-servers"}
     if listed.data.get("status") == 401:
         results[at] = Result("token", False, f"refused by the hub (/ice-servers): "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from softphone.core.callstate import ExitCode, Outcome, Role
-from softphone.core.protocol import IceCandidate
+from softphone.core.protocol import HubError, IceCandidate
 from softphone.media.dtmf_rtp import DtmfChannel
 from softphone.media.rtc import CandidatePair, MediaStats
 
@@ -104,3 +104,13 @@ class CallEnded(Exception):
     def __init__(self, result: CallResult) -> None:
         super().__init__(f"call ended: {result.outcome}")
         self.result = result
+
+
+class PhoneClosed(RuntimeError):
+    """The phone cannot place or receive calls: not connected yet, closed, or refused
+    by the hub for good (:attr:`refusal`: the hub's error; another phone took its id,
+    a bad token). Raised by :meth:`Phone.dial` and :meth:`Phone.next_call`."""
+
+    def __init__(self, message: str, refusal: HubError | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal

@@ -41,6 +41,7 @@ from softphone.client.call import CallResult as CallResult
 from softphone.client.call import EventCallback as EventCallback
 from softphone.client.call import MediaLink as MediaLink
 from softphone.client.call import release
+from softphone.client.calltypes import PhoneClosed as PhoneClosed
 from softphone.client.hubcheck import HubCheck
 from softphone.client.media_setup import ICE_SERVERS_FRESH as ICE_SERVERS_FRESH
 from softphone.client.media_setup import IceServers as IceServers
@@ -95,16 +96,6 @@ _SAID_ELSEWHERE = frozenset({*_REFUSALS, ErrorCode.TOO_MANY_CONNECTIONS, ErrorCo
 #: ``close_wait`` and ``flush_wait``).
 CLOSE_CALLS_WAIT: Final = 3.0
 CLOSE_FLUSH_WAIT: Final = 1.0
-
-
-class PhoneClosed(RuntimeError):
-    """The phone cannot place or receive calls: not connected yet, closed, or refused
-    by the hub for good (:attr:`refusal`: the hub's error; another phone took its id,
-    a bad token). Raised by :meth:`Phone.dial` and :meth:`Phone.next_call`."""
-
-    def __init__(self, message: str, refusal: HubError | None = None) -> None:
-        super().__init__(message)
-        self.refusal = refusal
 
 
 class Phone:

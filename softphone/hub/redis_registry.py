@@ -40,13 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
 from softphone.core.errors import MissingDependency
 from softphone.core.protocol import ErrorCode, HubError
+from softphone.hub.redis_node import NodeIdTaken, claim_node, first_line, safe_url
 from softphone.hub.redis_parts import (
     CLAIM,
     DEFAULT_PREFIX,
@@ -74,7 +74,8 @@ from softphone.hub.redis_route import Router
 from softphone.hub.redis_wire import Link, ReplyError, open_link
 from softphone.hub.registry import Peer, Registry, RegistryEvents
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TTL", "RedisRegistry", "RegistryUnavailable"]
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TTL", "NodeIdTaken", "RedisRegistry",
+           "RegistryUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,6 @@ DEFAULT_TTL: Final = 3.0
 
 class RegistryUnavailable(Exception):
     """Redis cannot be reached (at start): the message says where and why."""
-
-
-class NodeIdTaken(Exception):
-    """Another live node holds this node id in Redis (at start): a configuration
-    mistake (two nodes with one ``--node-id``); the message says which."""
 
 
 
@@ -171,53 +167,23 @@ class RedisRegistry(Registry):
 
         try:
             await self._redis.ping()
-            await self._claim_node()
+            await claim_node(self._redis, self.keys.node(self.node_id), self._instance,
+                             self.ttl, self.heartbeat, f"node id {self.node_id!r} is in use "
+                             f"by another running hub on {safe_url(self.url)}: give each "
+                             "node its own --node-id (or leave it out: hostname-pid)")
             await self._setup()
-        except NodeIdTaken:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
-                await self._pool.disconnect()
-            raise
-        except (RedisError, OSError, ReplyError) as exc:
+        except (RedisError, OSError, ReplyError, NodeIdTaken) as exc:
             await self._close_sub()
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
                 await self._pool.disconnect()
-            raise RegistryUnavailable(f"cannot reach Redis at {_safe_url(self.url)}: "
-                                      f"{_why(exc)}") from None
-        log.info("redis-registry node=%s url=%s ttl=%ss", self.node_id, _safe_url(self.url),
+            if isinstance(exc, NodeIdTaken):
+                raise
+            raise RegistryUnavailable(f"cannot reach Redis at {safe_url(self.url)}: "
+                                      f"{first_line(exc)}") from None
+        log.info("redis-registry node=%s url=%s ttl=%ss", self.node_id, safe_url(self.url),
                  self.ttl)
         self._task = asyncio.create_task(self._run(), name=f"redis-registry-{self.node_id}")
-
-    async def _claim_node(self) -> None:
-        """Take ``<prefix>node:<id>`` (SET NX: of two nodes starting at once, one wins).
-
-        Held by someone else: a live node refreshes it every heartbeat, so its time
-        to live goes up; the key of a node that crashed only runs down, and expires
-        within its ttl: we wait for that (at most the ttl plus a heartbeat), so a
-        node restarting after a crash is not locked out. :class:`NodeIdTaken` if the
-        holder is alive.
-        """
-        key = self.keys.node(self.node_id)
-        loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        last = -1
-        while True:
-            if await self._redis.set(key, self._instance, nx=True, px=int(self.ttl * 1000)):
-                return
-            left = int(await self._redis.pttl(key))  # -2: gone meanwhile; -1: no ttl
-            if left == -2:
-                continue
-            now = loop.time()
-            if deadline is None:
-                deadline = now + max(left / 1000, self.ttl) + self.heartbeat
-            elif (left > last + 50 or left == -1 or now > deadline):
-                raise NodeIdTaken(
-                    f"node id {self.node_id!r} is in use by another running hub on "
-                    f"{_safe_url(self.url)}: give each node its own --node-id (or leave "
-                    "it out: hostname-pid)")
-            last = left
-            await asyncio.sleep(min(self.heartbeat / 4, 0.25))
 
     async def close(self) -> None:
         """Stop, release our ids, disconnect. Bounded: never hangs on a dead Redis."""
@@ -343,7 +309,7 @@ class RedisRegistry(Registry):
             if self._gauge is not None:
                 self._gauge.set(1)
             log.warning("redis-lost node=%s error=%r: serving local clients only, "
-                        "retrying every %ss", self.node_id, _why(exc), self.heartbeat)
+                        "retrying every %ss", self.node_id, first_line(exc), self.heartbeat)
             self.cache.clear()
             self.router.reset()
 
@@ -538,12 +504,3 @@ class RedisRegistry(Registry):
             if self._events is not None:
                 self._events.registry_peer_back(client_id)
 
-
-def _why(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password."""
-    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)

@@ -484,7 +484,11 @@ async def serve_forever(hub: Hub, host: str, port: int,
                         ssl_context: ssl.SSLContext | None = None) -> None:
     """Run ``hub`` until cancelled (the process's open-file limit raised first)."""
     raise_for_connections(hub.config.max_connections)
-    bound = await hub.start(host, port, ssl_context=ssl_context)
+    try:
+        bound = await hub.start(host, port, ssl_context=ssl_context)
+    except BaseException:  # (a port in use: the registry, Redis's node key, let go now)
+        await hub.stop()
+        raise
     # What is loaded now lives as long as the process: keep it out of the cyclic
     # collector, whose full passes over it would pause every client's messages.
     gc.collect()

@@ -202,7 +202,8 @@ async def test_udp_blocked_turn_over_tcp_works(hubs: HubMaker,
     assert exit_code(tcp_first) == EXIT_CALL_POSSIBLE, show(tcp_first)
 
 
-async def test_not_a_softphone_hub() -> None:
+async def doctor_on_a_web_server(**fields: Any) -> list[Result]:
+    """The checks against a web server that is no hub (404 for everything)."""
     app = web.Application()
     runner = web.AppRunner(app)
     await runner.setup()
@@ -210,13 +211,27 @@ async def test_not_a_softphone_hub() -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        results = await doctor(f"http://127.0.0.1:{port}")
+        return await doctor(f"http://127.0.0.1:{port}", **fields)
     finally:
         await runner.cleanup()
-    got = by_name(results)
+
+
+async def test_not_a_softphone_hub() -> None:
+    got = by_name(results := await doctor_on_a_web_server())
     assert got["hub"].ok and "HTTP 404" in got["hub"].detail
     assert got["signaling"].status == "fail" and "answers HTTP 404" in got["signaling"].detail
     assert exit_code(results) == EXIT_NO_CALL
+
+
+async def test_with_a_token_the_websocket_is_still_checked() -> None:
+    """Without --register, doctor signs nobody in, but still opens a WebSocket (with no
+    id): a server that is no hub (or a proxy not passing upgrades on) is a FAIL line."""
+    from softphone.hub.auth import mint_token
+
+    got = by_name(await doctor_on_a_web_server(
+        register=False, token=mint_token("h" * 40, "alice", time.time())))
+    assert got["signaling"].status == "fail", got["signaling"]
+    assert "not a WebSocket" in got["signaling"].detail, got["signaling"]
 
 
 # ------------------------------------------------------------- tokens ---

@@ -91,6 +91,27 @@ async def test_serve_with_a_taken_node_id_exits_2(
         await first.close()
 
 
+async def test_serve_on_a_port_in_use_lets_its_node_key_go(
+        redis_server: Any, procs: list[Proc]) -> None:  # noqa: F811
+    """A port in use is exit 1 once Redis is joined: the node's key goes with it (it
+    stayed 3 s, and a restart with the same id waited for it)."""
+    import redis.asyncio as aioredis
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = Proc("serve", "--port", str(port), "--redis", redis_server.url, "--node-id", "n9")
+        procs.append(p)
+        assert await p.wait(30) == 1, p.stderr
+    assert "cannot listen on" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    client = aioredis.from_url(redis_server.url)
+    try:
+        assert await client.exists("softphone:node:n9") == 0
+    finally:
+        await client.aclose()
+
+
 # -- IPv6 in what the hub prints ------------------------------------------------------------
 
 
