@@ -366,6 +366,16 @@ async def test_page_gets_turn_credentials_from_a_hub_with_tokens(chromium: Launc
         turn = [s for s in servers if "turn:turn.example.org:3478" in str(s["urls"])]
         assert turn and turn[0]["username"].endswith(":pat") and turn[0]["credential"], servers
         assert "ice-servers" not in await error_codes(page)
+        # A list fetched ahead for a call that never used it: the next call takes it
+        # only while fresh (60 s: TURN credentials expire), else asks again.
+        reuse = await page.evaluate("""() => {
+            const ice = window.phone.iceServers;
+            const first = ice.prefetch();
+            const again = ice.prefetch();
+            ice.fetchedAt -= 61000;  // (a minute later)
+            return [first === again, ice.prefetch() === first];
+        }""")
+        assert reuse == [True, False], reuse
     finally:
         await hub.stop()
 

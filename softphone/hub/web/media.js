@@ -60,18 +60,30 @@ export class Microphone {
   }
 }
 
+/** How long a list fetched ahead stays good (ms): TURN credentials expire, and the
+ * CLI phone uses the same 60 s (client/media_setup.py ICE_SERVERS_FRESH). */
+export const ICE_SERVERS_FRESH_MS = 60_000;
+
 /** GET ice-servers from the hub: fetched early (while dialing or ringing), once per call.
- * `url`: a function giving the URL at the time (it carries the id we are connected as). */
+ * `url`: a function giving the URL at the time (it carries the id we are connected as).
+ * A list fetched ahead for a call that never used it (rejected, missed) is used by the
+ * next call only while fresh and for the same id. */
 export class IceServers {
   constructor(url, report) {
     this.url = url;
     this.report = report;
     this.pending = null;
+    this.fetchedAt = 0; // performance.now() when `pending` was asked for
+    this.fetchedUrl = "";
   }
 
   prefetch() {
-    if (this.pending) return this.pending;
-    this.pending = fetch(this.url(), {cache: "no-store"})
+    const url = this.url();
+    const fresh = performance.now() - this.fetchedAt <= ICE_SERVERS_FRESH_MS;
+    if (this.pending && fresh && url === this.fetchedUrl) return this.pending;
+    this.fetchedAt = performance.now();
+    this.fetchedUrl = url;
+    this.pending = fetch(url, {cache: "no-store"})
       .then((resp) => {
         if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
         return resp.json();
