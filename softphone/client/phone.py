@@ -172,7 +172,10 @@ class Phone:
     # -- lifecycle ----------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect to the hub and start the phone. Raises :class:`HubUnreachable`."""
+        """Connect to the hub and start the phone. Raises :class:`HubUnreachable`, and
+        :class:`PhoneClosed` for a phone already closed (make a new one)."""
+        if self._closed:
+            raise PhoneClosed("the phone is closed: make a new Phone to connect again")
         try:  # (the hub's ICE servers asked alongside: a call dialed at once needs them)
             await self._media_setup.connecting(self.hub.connect)
         except BaseException:

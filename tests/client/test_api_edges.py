@@ -206,6 +206,8 @@ async def test_dial_before_connect_and_after_close_raise_phone_closed(hub: Hub) 
         await phone.dial("b")
     with pytest.raises(PhoneClosed, match="closed"):
         await phone.next_call()
+    with pytest.raises(PhoneClosed, match="make a new Phone"):  # (it connected again)
+        await phone.connect()
 
 
 async def test_dialing_oneself_is_a_value_error_at_once(phones: tuple[Phone, Phone]) -> None:
