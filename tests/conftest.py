@@ -134,6 +134,22 @@ def hub_url(h: Hub) -> str:
     return f"http://127.0.0.1:{h.port}"
 
 
+@contextlib.asynccontextmanager
+async def phone_pair(h: Hub, **b_settings: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """Phones ``a`` and ``b`` (``b_settings``: e.g. ``max_calls``) connected to ``h``,
+    closed after."""
+    from softphone.client.phone import Phone
+
+    a, b = Phone("a", hub_url(h)), Phone("b", hub_url(h), **b_settings)
+    await a.connect()
+    await b.connect()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     """Collects subprocesses; every one still running is killed at the end."""

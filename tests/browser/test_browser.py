@@ -10,10 +10,12 @@ inbound audio energy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -324,23 +326,34 @@ async def test_page_over_plain_http_on_the_lan_says_it_needs_https(chromium: Lau
         await hub.stop()
 
 
-async def test_page_with_a_token_on_a_hub_with_a_secret(chromium: Launch) -> None:
+TOKEN_SECRET = "s" * 40
+
+
+@contextlib.asynccontextmanager
+async def page_with_a_token(chromium: Launch, **config: Any
+                            ) -> AsyncIterator[tuple[str, Any, Any]]:
+    """A hub with tokens (``config``: more of its settings) and a page of ``pat`` with
+    its token, connected: (the hub's URL, the browser, the page)."""
     from softphone.hub.auth import mint_token
 
-    secret = "s" * 40
-    hub = Hub(HubConfig(ice_servers=[], secret=secret))
+    hub = Hub(HubConfig(secret=TOKEN_SECRET, **config))
     await hub.start("127.0.0.1", 0)
     try:
         browser = await chromium(PAGE_TONE)
-        token = mint_token(secret, "pat", time.time(), 600)
+        token = mint_token(TOKEN_SECRET, "pat", time.time(), 600)
         page = await browser.open(f"{hub_url(hub)}/?id=pat&token={token}")
         await wait_hub(page, "connected")
-        refused = await browser.open(f"{hub_url(hub)}/?id=pat2")  # no token
+        yield hub_url(hub), browser, page
+    finally:
+        await hub.stop()
+
+
+async def test_page_with_a_token_on_a_hub_with_a_secret(chromium: Launch) -> None:
+    async with page_with_a_token(chromium, ice_servers=[]) as (url, browser, _):
+        refused = await browser.open(f"{url}/?id=pat2")  # no token
         await wait_hub(refused, "refused")  # and it does not retry: a token will not appear
         assert "unauthorized" in await error_codes(refused)
         assert "missing token" in (await refused.text_content("#errors") or "")
-    finally:
-        await hub.stop()
 
 
 async def test_page_gets_turn_credentials_from_a_hub_with_tokens(chromium: Launch) -> None:
@@ -348,17 +361,9 @@ async def test_page_gets_turn_credentials_from_a_hub_with_tokens(chromium: Launc
     credentials are not for anyone): the page asks with its id and ?token=, and gets
     the STUN entry and TURN credentials made for its id (it asked with neither, got
     401, and called with no STUN or TURN at all)."""
-    from softphone.hub.auth import mint_token
-
-    secret = "s" * 40
-    hub = Hub(HubConfig(ice_servers=[{"urls": "stun:stun.example.org:3478"}], secret=secret,
-                        turn_urls=["turn:turn.example.org:3478"], turn_secret="t" * 40))
-    await hub.start("127.0.0.1", 0)
-    try:
-        browser = await chromium(PAGE_TONE)
-        token = mint_token(secret, "pat", time.time(), 600)
-        page = await browser.open(f"{hub_url(hub)}/?id=pat&token={token}")
-        await wait_hub(page, "connected")
+    async with page_with_a_token(
+            chromium, ice_servers=[{"urls": "stun:stun.example.org:3478"}],
+            turn_urls=["turn:turn.example.org:3478"], turn_secret="t" * 40) as (_, _, page):
         servers = await page.evaluate("window.phone.iceServers.take()")
         urls = [u for s in servers for u in ([s["urls"]] if isinstance(s["urls"], str)
                                              else s["urls"])]
@@ -376,8 +381,6 @@ async def test_page_gets_turn_credentials_from_a_hub_with_tokens(chromium: Launc
             return [first === again, ice.prefetch() === first];
         }""")
         assert reuse == [True, False], reuse
-    finally:
-        await hub.stop()
 
 
 async def test_page_over_https_with_self_signed(chromium: Launch, procs: list[Proc],

@@ -26,7 +26,7 @@ from softphone.core.line import Line
 from softphone.core.protocol import ErrorCode
 from softphone.hub.server import Hub
 
-from ..conftest import hub_url
+from ..conftest import hub_url, phone_pair
 
 pytestmark = pytest.mark.e2e
 
@@ -57,14 +57,8 @@ class NotedSource(ToneSource):
 
 @pytest.fixture
 async def phones(hub: Hub) -> AsyncIterator[tuple[Phone, Phone]]:
-    a, b = Phone("a", hub_url(hub)), Phone("b", hub_url(hub), max_calls=2)
-    await a.connect()
-    await b.connect()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+    async with phone_pair(hub, max_calls=2) as pair:
+        yield pair
 
 
 async def hangs_up_on_hash(b: Phone) -> None:

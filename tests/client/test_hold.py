@@ -25,7 +25,7 @@ from softphone.client.call import Call, CallResult
 from softphone.hub.server import Hub
 from softphone.media.audio import rms_dbfs
 
-from ..conftest import hub_url
+from ..conftest import hub_url, phone_pair
 from ..support.emulators import OriginalPage
 from ..support.helpers import assert_tone, read_wav
 
@@ -78,14 +78,8 @@ class Pair:
 
 @pytest.fixture
 async def phones(hub: Hub) -> AsyncIterator[tuple[Phone, Phone]]:
-    a, b = Phone("a", hub_url(hub)), Phone("b", hub_url(hub))
-    await a.connect()
-    await b.connect()
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
+    async with phone_pair(hub) as pair:
+        yield pair
 
 
 async def call_up(a: Phone, b: Phone, tmp_path: Path) -> Pair:
