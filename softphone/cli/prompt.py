@@ -1,6 +1,11 @@
 """Asking at the terminal whether to take a call, when stdin is not a terminal the
 phone reads keys from (``listen`` without ``--auto-accept``): lines from stdin
-without blocking the event loop, answers piped in ahead kept, a closed stdin said."""
+without blocking the event loop, answers piped in ahead kept, a closed stdin said.
+
+One line answers one prompt, in order. A prompt withdrawn before its answer was
+read (the caller gave up) is still owed that answer: the first line that comes
+after it, before the next call rings, was meant for it and is dropped (said), so a
+late "y" never answers the next caller."""
 
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ class LineReader:
         self.active = False
         #: stdin is closed: what it held is in :attr:`queue`, nothing more will come.
         self.eof = False
+        #: The peer of a prompt withdrawn before it read its answer (see the module).
+        self.owed: str | None = None
 
     def start(self) -> None:
         if self._fd < 0:
@@ -62,20 +69,31 @@ class LineReader:
             self.eof = True
             self.queue.put_nowait(None)
 
-    def drain(self) -> None:
+    def drain(self) -> str | None:
         """Forget what was typed on a terminal before the call rang (stray keys);
-        piped lines are answers given ahead and are kept, as is the end of input."""
+        piped lines are answers given ahead and are kept, as is the end of input,
+        except a late answer to a withdrawn prompt: returned, to be said."""
+        owed, self.owed = self.owed, None
         if not self._tty:
-            return
+            if owed is None or self.queue.empty():
+                return None
+            late = self.queue.get_nowait()
+            if late is None:  # (the end of input: kept)
+                self.queue.put_nowait(None)
+                return None
+            return f"ignored {late!r}: it came after the call from {owed} had ended"
         while not self.queue.empty():
             self.queue.get_nowait()
         if self.eof:
             self.queue.put_nowait(None)
+        return None
 
 
 async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
     """Ask accept/reject; None if the prompt was withdrawn (the caller gave up)."""
-    reader.drain()
+    late = reader.drain()
+    if late is not None:
+        out.say(late)
     out.say(f"incoming call from {call.peer}: accept? [y/n]")
     while True:
         if reader.eof and reader.queue.empty():  # every answer piped in is used up
@@ -87,6 +105,7 @@ async def ask(call: Call, out: Output, reader: LineReader) -> bool | None:
         await asyncio.wait({getter, ended}, return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
             getter.cancel()
+            reader.owed = call.peer
             return None
         ended.cancel()
         answer = getter.result()

@@ -128,6 +128,25 @@ async def test_an_answer_piped_before_the_call_is_used(hub: Hub, procs: list[Pro
     assert "please answer" not in b.stdout
 
 
+async def test_a_late_answer_to_a_caller_who_gave_up_does_not_answer_the_next(
+        hub: Hub, procs: list[Proc]) -> None:
+    """The "y" written after the first caller gave up was meant for that call: the
+    next caller is asked again, not answered with it."""
+    b = await listening(procs, hub, "b", stdin=True)
+    a = calling(procs, hub, "b", "a", "--ring-timeout", "1")
+    await b.wait_for_output("incoming call from a: accept? [y/n]")
+    assert await a.wait() == ExitCode.NO_ANSWER, a.describe()
+    await b.wait_for_output("missed")
+    b.send("y\n")  # too late for a
+    await asyncio.sleep(0.5)
+    c = calling(procs, hub, "b", "c", "--ring-timeout", "3")
+    await b.wait_for_output("incoming call from c: accept? [y/n]")
+    assert "ignored 'y': it came after the call from a had ended" in b.stdout, b.describe()
+    b.send("n\n")
+    assert await c.wait() == ExitCode.REJECTED, c.describe()
+    assert "b rejected the call (declined)" in c.stdout
+
+
 # ------------------------------------------------------------ refusal ---
 
 @pytest.mark.parametrize("full", ["address", "total"])
