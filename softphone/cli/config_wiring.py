@@ -203,8 +203,9 @@ def configure(ctx: click.Context, command: click.Command,
     state = ctx.find_object(CliState) or CliState()
     bound = bindings(command, name)
     loaded = _load(state, os.environ)
+    showing = state.show_settings is not None  # (an unreadable secret file: shown, as config does)
     settings = resolve(_flags(ctx, bound, params), os.environ, loaded.file,
-                       tuple(b.option for b in bound), unreadable_ok=unreadable_ok)
+                       tuple(b.option for b in bound), unreadable_ok=unreadable_ok or showing)
     warn(settings.warnings)
     for b in bound:
         got = settings[b.option.key]

@@ -349,6 +349,26 @@ def test_config_shows_a_secret_file_that_cannot_be_read(tmp_path: Path) -> None:
     assert "error" not in shown["settings"]["id"]
 
 
+@pytest.mark.parametrize("mode", ["--show-settings", "--show-settings-json"])
+def test_show_settings_shows_a_secret_file_that_cannot_be_read(tmp_path: Path,
+                                                              mode: str) -> None:
+    """``--show-settings call`` shows what call would run with, as ``config`` does,
+    the unreadable file included (it stopped at it: exit 1 and no settings)."""
+    import json
+
+    config = tmp_path / "config.toml"
+    config.write_text('id = "alice"\ntoken_file = "/nonexistent/token"\n')
+    result = run("--config", str(config), mode, "call", "bob")
+    assert result.exit_code == 0, result.output
+    if mode == "--show-settings":
+        lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+        assert "(unreadable)" in lines["token"] and '"alice"' in lines["id"]
+        assert "cannot read /nonexistent/token" in lines["token"]
+    else:
+        token = json.loads(result.stdout)["settings"]["token"]
+        assert token["value"] is None and token["error"].startswith("cannot read")
+
+
 def test_doctor_fails_a_secret_file_that_cannot_be_read(tmp_path: Path) -> None:
     from softphone.hub.server import HubConfig
     from tests.cli.conftest import ThreadHub
