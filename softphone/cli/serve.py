@@ -224,8 +224,9 @@ hub_security_options = option_group("security", _hub_security, [
     secret_file_option("--secret-file", "SOFTPHONE_SECRET_FILE", "the secret"),
     click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
                  callback=_origins,
-                 help="Browser origin allowed to connect besides the hub's own "
-                      "(repeatable; '*' for any). Clients sending no Origin are allowed."),
+                 help="Browser origin allowed to connect (and to read the HTTP routes: "
+                      "CORS) besides the hub's own (repeatable; '*' for any). Clients "
+                      "sending no Origin are allowed."),
     click.option("--turn", "turn_urls", multiple=True, metavar="URL", callback=_turn_url,
                  help="TURN URL handed out by /ice-servers with time-limited "
                       "credentials (repeatable; needs --turn-secret)."),

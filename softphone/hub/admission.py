@@ -100,12 +100,7 @@ def admit(upgrade: Upgrade, rules: AdmissionRules, limiter: ConnectionLimiter,
     ``limiter`` is only asked (:meth:`ConnectionLimiter.check`); the caller counts
     the connection (:meth:`ConnectionLimiter.open`) when :attr:`Admission.counted`.
     """
-    own = f"{'https' if upgrade.tls else 'http'}://{upgrade.host}"
-    # A plain hub's own page may also come over https: a TLS proxy in front of it
-    # (server/README.md) serves https://HOST, and the hub sees plain HTTP. Never the
-    # other way: an http:// page does not get at a TLS hub.
-    if not rules.origins.allows(upgrade.origin, own) and (
-            upgrade.tls or not rules.origins.allows(upgrade.origin, f"https://{upgrade.host}")):
+    if not rules.origins.allows_at(upgrade.origin, upgrade.host, upgrade.tls):
         return Admission(Verdict.ORIGIN, why="origin not allowed")
     refusal = limiter.check(upgrade.remote)
     if refusal is not None:

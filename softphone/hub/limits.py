@@ -162,6 +162,15 @@ class OriginPolicy:
             return False
         return normal == _origin_of(hub_origin) or normal in self.allowed
 
+    def allows_at(self, origin: str | None, host: str, tls: bool) -> bool:
+        """May a page from ``origin`` use the hub reached at ``host`` (its ``Host``
+        header), over TLS or not? A plain hub's own page may also come over https (a
+        TLS proxy in front of it serves https://HOST, server/README.md); never the
+        other way: an http:// page does not get at a TLS hub."""
+        if self.allows(origin, f"{'https' if tls else 'http'}://{host}"):
+            return True
+        return not tls and self.allows(origin, f"https://{host}")
+
 
 @dataclass(frozen=True, slots=True)
 class PeerGone:

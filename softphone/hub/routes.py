@@ -1,5 +1,6 @@
 """The hub's HTTP side: ``/ice-servers``, ``/healthz``, ``/metrics``, the browser
-phone (:mod:`softphone.hub.webpages`), CORS, one request per connection.
+phone (:mod:`softphone.hub.webpages`), CORS for the origins the WebSocket takes,
+one request per connection.
 
 :func:`make_app` builds the aiohttp application that answers every request
 that is not a WebSocket upgrade to ``/ws`` (those never reach it:
@@ -16,12 +17,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 
 from softphone.core.protocol import ErrorCode, is_valid_id
 from softphone.core.version import __version__
 from softphone.hub.auth import AuthError, turn_credentials, verify_token
 from softphone.hub.config import static_ice_servers
-from softphone.hub.limits import CallPairs
+from softphone.hub.limits import CallPairs, OriginPolicy
 from softphone.hub.metrics import CONTENT_TYPE_LATEST, HubMetrics
 from softphone.hub.registry import Registry
 from softphone.hub.webpages import add_web_routes
@@ -137,10 +139,13 @@ class Routes:
 
 
 def make_app(routes: Routes,
-             extra_routes: Iterable[Callable[[web.Application], None]] = ()
-             ) -> web.Application:
-    """The application: the hub's routes, the browser phone, then ``extra_routes``."""
-    app = web.Application(middlewares=[_one_request, _cors])
+             extra_routes: Iterable[Callable[[web.Application], None]] = (),
+             origins: OriginPolicy | None = None) -> web.Application:
+    """The application: the hub's routes, the browser phone, then ``extra_routes``;
+    CORS for the pages ``origins`` lets use the WebSocket (default: any, as the
+    original hub)."""
+    policy = OriginPolicy(frozenset({"*"})) if origins is None else origins
+    app = web.Application(middlewares=[_one_request, _cors(policy)])
     app.add_routes([
         web.get("/ice-servers", routes.ice_servers),
         web.get("/healthz", routes.healthz),
@@ -178,14 +183,30 @@ async def _one_request(request: web.Request, handler: Handler) -> web.StreamResp
     return response
 
 
-@web.middleware
-async def _cors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS as the original hub: any origin may use the HTTP routes."""
-    if request.method == "OPTIONS":
-        response: web.StreamResponse = web.Response(status=204)
-    else:
-        response = await handler(request)
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-    response.headers["Access-Control-Allow-Headers"] = "*"
-    return response
+def _cors(origins: OriginPolicy) -> Middleware:
+    """CORS on the HTTP routes for the pages that may use the WebSocket: the hub's
+    own, and those of ``--allow-origin`` (``*``: any, as the original hub). Another
+    page's browser gets no CORS header, so it cannot read ``/ice-servers`` (TURN
+    credentials) or ``/metrics``."""
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+        origin = request.headers.get("Origin")
+        if "*" in origins.allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin is not None and origins.allows_at(origin, request.host, request.secure):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        else:
+            response.headers["Vary"] = "Origin"
+            return response
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        # ("*" does not cover Authorization, which /ice-servers takes a token in)
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, *"
+        return response
+
+    return cors

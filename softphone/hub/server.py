@@ -123,7 +123,7 @@ class Hub:
         self.registry.bind(self, self.metrics.registry)  # a shared registry reports here
         self._rules = AdmissionRules(self.origins, self.config.secret)
         self.app = make_app(Routes(self.config, self.registry, self.metrics, self.pairs),
-                            self.config.extra_routes)
+                            self.config.extra_routes, self.origins)
         self._runner: web.AppRunner | None = None
         #: The aiohttp server of the HTTP routes (Dispatch hands it the connections).
         self.http: web.Server | None = None

@@ -175,17 +175,50 @@ async def test_many_clients(hub: Hub, session: aiohttp.ClientSession) -> None:
 
 
 async def test_ice_servers_default_and_cors(session: aiohttp.ClientSession) -> None:
+    """CORS follows the WebSocket's origin rule: the hub's own pages (a plain hub's
+    also over https, a TLS proxy in front), those of --allow-origin, and no other
+    page's browser (it cannot read TURN credentials or /metrics)."""
     hub = Hub()
     await hub.start()
     try:
-        resp = await session.get(f"{hub_url(hub)}/ice-servers",
-                                 headers={"Origin": "http://elsewhere.example"})
+        resp = await session.get(f"{hub_url(hub)}/ice-servers")
         assert resp.status == 200
         assert await resp.json() == {"iceServers": list(DEFAULT_ICE_SERVERS)}
-        assert resp.headers["Access-Control-Allow-Origin"] == "*"
-        pre = await session.options(f"{hub_url(hub)}/ice-servers")
-        assert pre.status == 204
-        assert pre.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Access-Control-Allow-Origin" not in resp.headers  # (no Origin: no browser)
+        own = f"http://127.0.0.1:{hub.port}"
+        for origin, allowed in [(own, True), (f"https://127.0.0.1:{hub.port}", True),
+                                ("http://elsewhere.example", False), ("null", False)]:
+            for path in ("/ice-servers", "/metrics", "/healthz"):
+                got = await session.get(f"{hub_url(hub)}{path}", headers={"Origin": origin})
+                assert got.status == 200
+                assert got.headers.get("Access-Control-Allow-Origin") == \
+                    (origin if allowed else None), (origin, path)
+                assert got.headers["Vary"] == "Origin"
+            pre = await session.options(f"{hub_url(hub)}/ice-servers", headers={
+                "Origin": origin, "Access-Control-Request-Headers": "authorization"})
+            assert pre.status == 204
+            assert pre.headers.get("Access-Control-Allow-Origin") == \
+                (origin if allowed else None), origin
+            if allowed:
+                assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+    finally:
+        await hub.stop()
+
+
+@pytest.mark.parametrize(("allow", "origin", "answer"), [
+    (["https://app.example"], "https://app.example", "https://app.example"),
+    (["https://app.example"], "https://evil.example", None),
+    (["*"], "https://evil.example", "*"),
+])
+async def test_cors_follows_allow_origin(session: aiohttp.ClientSession, allow: list[str],
+                                         origin: str, answer: str | None) -> None:
+    hub = Hub(HubConfig(allow_origins=allow))
+    await hub.start()
+    try:
+        for path in ("/ice-servers", "/metrics"):
+            got = await session.get(f"{hub_url(hub)}{path}", headers={"Origin": origin})
+            assert got.status == 200
+            assert got.headers.get("Access-Control-Allow-Origin") == answer, path
     finally:
         await hub.stop()
 

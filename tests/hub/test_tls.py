@@ -56,6 +56,11 @@ async def test_hub_over_https_and_wss(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session:
             async with session.get(server + "/healthz", ssl=trusted) as resp:
                 assert resp.status == 200
+            for origin, cors in [(server, server), (f"http://127.0.0.1:{port}", None)]:
+                async with session.get(server + "/ice-servers", ssl=trusted,
+                                       headers={"Origin": origin}) as resp:
+                    # (an http:// page does not get at a TLS hub, as for the WebSocket)
+                    assert resp.headers.get("Access-Control-Allow-Origin") == cors, origin
             with pytest.raises(aiohttp.ClientConnectorCertificateError):
                 await session.get(server + "/healthz")  # the system CAs do not know it
         async with Phone("alice", server, ssl_context=trusted) as phone:
