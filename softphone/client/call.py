@@ -139,7 +139,8 @@ class Call:
 
         Raises :class:`CallEnded` if the call is over (the caller gave up: missed),
         :class:`~softphone.core.callstate.CallStateError` if it cannot be answered
-        (an outgoing call, or one accepted already). A refused accept changes nothing
+        (an outgoing call, or one accepted already); TypeError for a sink that is not
+        one. A refused accept changes nothing
         of the call and closes what it was given (``source``, ``sinks``, ``output``),
         except what a call of the phone already uses: what is handed to accept is
         the call's either way (an accepted call closes it as it ends).
@@ -148,10 +149,10 @@ class Call:
             if self.machine.is_ended:
                 raise CallEnded(await self.ended())
             self.machine.check(cs.LocalAccept)
+            self._prepare(source, sinks, output, media)  # (TypeError: not a sink)
         except BaseException:
             release(source, sinks, output, self.phone.audio_in_use())
             raise
-        self._prepare(source, sinks, output, media)
         config = media or self.phone.media_config
         self.phone._feed(self, cs.LocalAccept(announced(restart=config.restart_enabled)))
 

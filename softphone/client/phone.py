@@ -281,19 +281,20 @@ class Phone:
         Raises at once: :class:`PhoneClosed` if the phone is not connected or closed;
         ValueError for a bad id or our own; :class:`LineBusy
         <softphone.core.line.LineBusy>` if every line is taken or a call with ``peer``
-        is in progress. A refused dial closes what it was given (``source``,
-        ``sinks``, ``output``), except what a call of the phone already uses.
+        is in progress; TypeError for a sink that is not one. A refused dial closes
+        what it was given (``source``, ``sinks``, ``output``), except what a call of
+        the phone already uses.
         """
+        config = media or self.media_config
         try:
             self._check_open(receiving=False)
             check_id(peer, "callee id")
             self.line.check_dial(peer)
+            audio = CallAudio(source, sinks, output=output, config=config,
+                              frame_clock=self.frame_clock)  # (TypeError: not a sink)
         except BaseException:
             release(source, sinks, output, self.audio_in_use())
             raise
-        config = media or self.media_config
-        audio = CallAudio(source, sinks, output=output, config=config,
-                          frame_clock=self.frame_clock)
         actions = self.line.dial(peer, self.loop_time, data,
                                  features=announced(restart=config.restart_enabled))
         machine = self.line.call

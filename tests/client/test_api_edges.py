@@ -55,6 +55,15 @@ class NotedSource(ToneSource):
         super().stop()
 
 
+class NotedOutput:
+    """An output (a speaker's methods) that notes whether it was stopped; no sink."""
+
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
 @pytest.fixture
 async def phones(hub: Hub) -> AsyncIterator[tuple[Phone, Phone]]:
     async with phone_pair(hub, max_calls=2) as pair:
@@ -213,6 +222,27 @@ async def test_dialing_oneself_is_a_value_error_at_once(phones: tuple[Phone, Pho
     assert time.monotonic() - began < 1 and sink.closed and a.calls == []
     with pytest.raises(ValueError, match="cannot call yourself"):
         Line("a").dial("a", 0.0)
+
+
+async def test_a_sink_that_is_not_one_is_refused_and_what_was_given_closed(
+        phones: tuple[Phone, Phone]) -> None:
+    """A speaker handed as a sink (it is a call's output=): TypeError at once, and the
+    source, the good sink and the output given are closed, as for any refused dial."""
+    a, b = phones
+    good, tone, speaker, output = NotedSink(), NotedSource(440), NotedOutput(), NotedOutput()
+    with pytest.raises(TypeError, match="is not a sink"):
+        await a.dial("b", tone, [good, speaker], output=output)  # type: ignore[list-item,arg-type]
+    assert good.closed and tone.stopped and output.stopped and a.calls == []
+    call = await a.dial("b", ToneSource(440))
+    incoming = await asyncio.wait_for(b.next_call(), 10)
+    good, tone = NotedSink(), NotedSource(660)
+    with pytest.raises(TypeError, match="is not a sink"):
+        await incoming.accept(tone, [good, speaker])  # type: ignore[list-item]
+    assert good.closed and tone.stopped and incoming.audio is None
+    await incoming.accept(ToneSource(660))  # refused, it changed nothing
+    await asyncio.wait_for(call.connected(), 20)
+    await call.hangup()
+    await asyncio.wait_for(call.ended(), 10)
 
 
 async def test_one_call_per_peer_says_why(phones: tuple[Phone, Phone]) -> None:
