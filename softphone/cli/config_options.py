@@ -119,6 +119,12 @@ def _origins(value: tuple[str, ...]) -> None:
     OriginPolicy.from_list(value)
 
 
+def _proxies(value: tuple[str, ...]) -> None:
+    from softphone.hub.forwarded import TrustedProxies
+
+    TrustedProxies.from_list(value)
+
+
 def _hub_secret(value: str) -> None:
     from softphone.hub.auth import check_secret
 
@@ -276,6 +282,9 @@ OPTIONS: Final[tuple[Option, ...]] = (
          "Connections in total (0: unlimited).", check=_range(lo=0)),
     _opt("serve.max_per_address", "--max-per-address", Kind.INT, 100, SERVE,
          "Connections from one address (0: unlimited).", check=_range(lo=0)),
+    _opt("serve.trusted_proxies", "--trusted-proxy", Kind.LIST, (), SERVE,
+         "Reverse proxies (addresses, networks) whose X-Forwarded-For names the client.",
+         check=_proxies),
     _opt("serve.peer_grace", "--peer-grace", Kind.FLOAT, 4.0, SERVE,
          "Seconds a client in a call whose connection closed may be gone before its "
          "peer gets hangup.", check=_NOT_NEGATIVE),

@@ -167,6 +167,7 @@ class HubSecurityOptions:
     burst: float = 200.0
     max_connections: int = 20_000
     max_per_address: int = 100
+    trusted_proxies: tuple[str, ...] = ()
     peer_grace: float = 4.0
     peer_away_grace: float = 45.0
     heartbeat: float = 15.0
@@ -206,15 +207,32 @@ def _turn_url(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     return value
 
 
-def _origins(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-             ) -> tuple[str, ...]:
+def _checked_by(check: Callable[[tuple[str, ...]], object]
+                ) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], tuple[str, ...]]:
+    """A click callback: the values as given, once ``check`` took them (its
+    ValueError: a one-line usage error)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                 ) -> tuple[str, ...]:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+
+    return callback
+
+
+def _proxies(value: tuple[str, ...]) -> object:
+    from softphone.hub.forwarded import TrustedProxies
+
+    return TrustedProxies.from_list(value)
+
+
+def _origins(value: tuple[str, ...]) -> object:
     from softphone.hub.limits import OriginPolicy
 
-    try:
-        OriginPolicy.from_list(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    return value
+    return OriginPolicy.from_list(value)
 
 
 hub_security_options = option_group("security", _hub_security, [
@@ -223,7 +241,7 @@ hub_security_options = option_group("security", _hub_security, [
                       "better --secret-file)."),
     secret_file_option("--secret-file", "SOFTPHONE_SECRET_FILE", "the secret"),
     click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
-                 callback=_origins,
+                 callback=_checked_by(_origins),
                  help="Browser origin allowed to connect (and to read the HTTP routes: "
                       "CORS) besides the hub's own (repeatable; '*' for any). Clients "
                       "sending no Origin are allowed."),
@@ -247,6 +265,12 @@ hub_security_options = option_group("security", _hub_security, [
                  show_default=True, help="Connections in total (0: unlimited)."),
     click.option("--max-per-address", type=click.IntRange(0), default=100,
                  show_default=True, help="Connections from one address (0: unlimited)."),
+    click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+                 callback=_checked_by(_proxies),
+                 help="A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8) "
+                      "whose X-Forwarded-For names the client that connections are "
+                      "counted per address and logged by (repeatable; default: none, the "
+                      "header is ignored)."),
     click.option("--peer-grace", type=float, default=4.0, show_default=True,
                  callback=not_negative, metavar="S",
                  help="How long a client in a call whose connection was closed (its "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -72,6 +72,9 @@ class HubConfig:
     #: Connections in total / from one address (0: unlimited).
     max_connections: int = 20_000
     max_per_address: int = 100
+    #: Reverse proxies (addresses, networks) whose ``X-Forwarded-For`` names the
+    #: client a connection is counted and logged by (:mod:`softphone.hub.forwarded`).
+    trusted_proxies: Sequence[str] = ()
     #: How long a client in a call whose connection was *closed* (FIN/RST, a
     #: WebSocket close: a killed process) may be gone before its peer gets ``hangup``.
     peer_grace: float = 4.0
@@ -85,6 +88,12 @@ class HubConfig:
     turn_ttl: float = DEFAULT_TURN_TTL
     #: Seconds a new connection has to send its request head.
     head_timeout: float = HEAD_TIMEOUT
+
+
+def host_ports(addresses: Iterable[str], port: int) -> str:
+    """``a:port, [b]:port`` for the addresses a hub listens on (each once)."""
+    return ", ".join(f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
+                     for a in dict.fromkeys(addresses))
 
 
 def is_loopback(host: str) -> bool:

@@ -67,10 +67,11 @@ from softphone.hub.admission import (
     admit,
 )
 from softphone.hub.auth import check_secret
-from softphone.hub.config import DEFAULT_ICE_SERVERS, Clock, HubConfig, is_loopback
+from softphone.hub.config import DEFAULT_ICE_SERVERS, Clock, HubConfig, host_ports, is_loopback
 from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused, Unanswered
 from softphone.hub.dispatch import HEAD_TIMEOUT, WS_LOG, Dispatch, handshake, refuse
 from softphone.hub.fdlimit import raise_for_connections
+from softphone.hub.forwarded import TrustedProxies
 from softphone.hub.frames import text_frame
 from softphone.hub.heartbeat import Heartbeat
 from softphone.hub.limits import CallPairs, ConnectionLimiter, OriginPolicy, TokenBucket
@@ -117,6 +118,7 @@ class Hub:
             check_secret(self.config.secret)
         self.metrics = HubMetrics()
         self.origins = OriginPolicy.from_list(self.config.allow_origins)
+        self.proxies = TrustedProxies.from_list(self.config.trusted_proxies)
         self.limiter = ConnectionLimiter(self.config.max_connections,
                                          self.config.max_per_address)
         self.pairs = CallPairs(self.config.peer_grace)
@@ -178,12 +180,12 @@ class Hub:
             self._heartbeat.start()
         if not self.config.secret and not is_loopback(bound):
             log.warning("hub is open: no --secret, so anyone who reaches %s can take "
-                        "any id", ", ".join(
-                            f"[{a}]:{self.port}" if ":" in a else f"{a}:{self.port}"
-                            for a in dict.fromkeys(str(s.getsockname()[0]) for s in sockets)))
-        log.info("listening host=%s port=%s auth=%s origins=%s", bound, self.port,
+                        "any id", host_ports((str(s.getsockname()[0]) for s in sockets),
+                                             self.port))
+        log.info("listening host=%s port=%s auth=%s origins=%s proxies=%s", bound, self.port,
                  "token" if self.config.secret else "open",
-                 ",".join(sorted(self.origins.allowed)) or "own")
+                 ",".join(sorted(self.origins.allowed)) or "own",
+                 ",".join(str(n) for n in self.proxies.networks) or "none")
         return self.port
 
     def sockets(self) -> list[socket.socket]:
@@ -242,7 +244,8 @@ class Hub:
             handshake(ws, transport, response, None)
             return
         peer = transport.get_extra_info("peername")
-        remote = str(peer[0]) if peer else ""
+        remote = self.proxies.client(str(peer[0]) if peer else "",
+                                     headers.get_all("X-Forwarded-For"))
         origin = headers.get("Origin")
         decision = admit(Upgrade(request.path, origin, headers.get("Host", ""), remote,
                                  self._tls), self._rules, self.limiter, time.time())

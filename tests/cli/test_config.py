@@ -194,7 +194,8 @@ _CANDIDATES: dict[Kind, list[Any]] = {
     Kind.INT: [1, 2, 3, 300, 301, 302, 7, 8, 9],
     Kind.FLOAT: [1.5, 2.5, 3.5],
     Kind.LIST: [("turn:a.example:3478",), ("turn:b.example:3478",), ("turns:c.example:5349",),
-                ("https://a.example",), ("https://b.example",), ("https://c.example",)],
+                ("https://a.example",), ("https://b.example",), ("https://c.example",),
+                ("10.0.0.1",), ("10.0.0.0/8",), ("::1",)],
     Kind.PATH: ["/flag/file", "/env/file", "/file/file"],
 }
 
@@ -388,7 +389,8 @@ def test_keys_are_unique_and_named_after_flags() -> None:
     assert len(keys) == len(set(keys)) == len(by_key())
     for option in OPTIONS:
         assert option.env.startswith("SOFTPHONE_")
-        if option.flag not in ("--as", "--ice-server", "--turn", "--allow-origin", "--relay"):
+        if option.flag not in ("--as", "--ice-server", "--turn", "--allow-origin", "--relay",
+                               "--trusted-proxy"):
             assert option.name.replace("_", "-") in option.flag, option.key
 
 
