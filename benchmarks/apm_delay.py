@@ -3,10 +3,12 @@
 Bursts of noise go through pywebrtc-audio's ``EchoCanceller`` (no far end) and
 ``NoiseSuppressor`` in 10 ms frames, as :mod:`softphone.media.apm` feeds them,
 and through the binding's combined ``AudioProcessor`` (one band split for
-both, not used: see the module's docstring); the delay is the lag at which the
-output best matches the input. It is the
-processing's share of mouth to ear (``benchmarks/mouth_to_ear.py``), at each
-rate the binding takes. Deterministic; needs ``pip install pywebrtc-audio``.
+both, not used: see the module's docstring), and, if it is installed, through
+LiveKit's ``rtc.AudioProcessingModule`` (the other binding of WebRTC's APM,
+echo cancellation and noise suppression on; ``pip install livekit``, about 30
+MB); the delay is the lag at which the output best matches the input. It is
+the processing's share of mouth to ear (``benchmarks/mouth_to_ear.py``), at
+each rate the binding takes. Deterministic; needs ``pip install pywebrtc-audio``.
 
 Usage::
 
@@ -48,6 +50,27 @@ def delay_ms(process: Callable[[np.ndarray], np.ndarray], rate: int,
     return best * 1000.0 / rate
 
 
+def livekit_processor(rate: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """LiveKit's full APM with echo cancellation and noise suppression (its
+    high-pass filter comes with them), fed 10 ms frames; None if not installed."""
+    try:
+        from livekit import rtc
+    except ImportError:
+        return None
+    apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=True)
+    step = rate // 100
+    far = bytes(2 * step)
+
+    def process(near: np.ndarray) -> np.ndarray:
+        apm.process_reverse_stream(rtc.AudioFrame(bytearray(far), rate, 1, step))
+        apm.set_stream_delay_ms(0)
+        frame = rtc.AudioFrame(bytearray(near.astype(np.int16).tobytes()), rate, 1, step)
+        apm.process_stream(frame)  # (in place)
+        return np.frombuffer(frame.data, np.int16).copy()
+
+    return process
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     try:
@@ -56,7 +79,7 @@ def main() -> None:
         sys.exit("pywebrtc-audio is missing: pip install pywebrtc-audio")
     silence = {rate: np.zeros(rate // 100, np.int16) for rate in RATES}
     print(f"{'rate':>6} {'echo canceller':>15} {'noise suppressor':>17} {'both':>6}"
-          f" {'AudioProcessor':>15}")
+          f" {'AudioProcessor':>15} {'LiveKit APM':>12}")
     for rate in RATES:
         aec = wa.EchoCanceller(sample_rate=rate)
         ns = wa.NoiseSuppressor(sample_rate=rate, level=1)
@@ -70,8 +93,11 @@ def main() -> None:
         combined = wa.AudioProcessor(sample_rate=rate, echo_cancellation=True,
                                      noise_suppression=True, auto_gain_control=True)
         d_combined = delay_ms(lambda near, c=combined, f=far: c.process(near, f), rate)
+        livekit = livekit_processor(rate)
+        d_livekit = "not installed" if livekit is None else \
+            f"{delay_ms(livekit, rate):.1f} ms"
         print(f"{rate:>6} {d_aec:>12.1f} ms {d_ns:>14.1f} ms {d_both:>3.1f} ms"
-              f" {d_combined:>12.1f} ms")
+              f" {d_combined:>12.1f} ms {d_livekit:>12}")
 
 
 if __name__ == "__main__":
