@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -252,8 +253,13 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    """One line for a failed connection or request, never with the token in it (aiohttp's
+    own texts name the URL, and the WebSocket's URL carries ``token=``)."""
     if isinstance(exc, TimeoutError) and not str(exc):
         return "no answer in time"
+    if isinstance(exc, aiohttp.WSServerHandshakeError):  # (an HTTP answer, not an upgrade)
+        return f"it answered HTTP {exc.status} instead of a WebSocket " \
+               f"(is {'the path' if exc.status == 404 else 'the URL'} the hub's?)"
     if isinstance(exc, aiohttp.ClientConnectorError) \
             and not isinstance(exc, aiohttp.ClientSSLError):  # (its text: aiohttp's internals)
         err = exc.os_error
@@ -264,4 +270,8 @@ def _describe(exc: BaseException) -> str:
         if err.errno and err.errno > 0:
             return os.strerror(err.errno).lower()  # "connection refused"
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return _TOKEN_IN_URL.sub(r"\1***", text.splitlines()[0])[:200]
+
+
+#: ``token=...`` in a URL quoted by someone else's error text.
+_TOKEN_IN_URL: Final = re.compile(r"([?&]token=)[^&\s'\"]+")
