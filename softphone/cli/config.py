@@ -68,6 +68,7 @@ __all__ = [
     "parse_text_value",
     "permission_warning",
     "read_secret_file",
+    "suggest",
 ]
 
 
@@ -245,7 +246,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield key, value
 
 
-def _suggest(key: str, known: Iterable[str]) -> str:
+def suggest(key: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -280,7 +281,7 @@ def parse(text: str, path: str | Path, options: Iterable[Option] = OPTIONS) -> C
                                   f"{(known.get(key) or file_keys[key]).kind.describe()}, "
                                   "got a table")
             raise ConfigError(f"{at}: unknown table [{key}]"
-                              f"{_suggest(key, sorted(tables))}")
+                              f"{suggest(key, sorted(tables))}")
         if key in tables:
             raise ConfigError(f"{at}: {key}: expected a table ([{key}]), "
                               f"got {_type_name(value)}")
@@ -296,7 +297,7 @@ def parse(text: str, path: str | Path, options: Iterable[Option] = OPTIONS) -> C
             continue
         if option is None:
             raise ConfigError(f"{at}: unknown key {key!r}"
-                              f"{_suggest(key, [*known, *file_keys])}")
+                              f"{suggest(key, [*known, *file_keys])}")
         try:
             checked = check_value(option, value)
         except ValueError as exc:

@@ -19,7 +19,7 @@ from click.shell_completion import CompletionItem
 from softphone.cli.config import OPTIONS, ConfigError, Located, Option, by_key, load, locate
 from softphone.cli.config_resolve import MASK, as_json, describe, shown
 from softphone.cli.config_wiring import CliState, current_settings, file_header, warn
-from softphone.cli.config_write import write_setting
+from softphone.cli.config_write import unknown_setting, write_setting
 from softphone.cli.runtime import fail
 from softphone.core.callstate import ExitCode
 
@@ -144,7 +144,7 @@ def unset(ctx: click.Context, key: str) -> None:
     """Remove KEY from the config file (its default, or the environment, then applies)."""
     located = _located(ctx)
     if key not in by_key() and key not in {o.file_key for o in OPTIONS if o.secret}:
-        fail(f"unknown setting {key!r} (softphone config lists them)", ExitCode.USAGE)
+        fail(str(unknown_setting(key)), ExitCode.USAGE)
     try:
         loaded = load(located)
         if loaded.file is None or key not in loaded.file.values:

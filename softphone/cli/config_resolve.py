@@ -86,7 +86,7 @@ SecretReader = Callable[[str], tuple[str, str | None]]
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config: ConfigFile | None,
             options: Iterable[Option] = OPTIONS,
             read_secret: SecretReader = read_secret_file, *,
-            unreadable_ok: bool = False) -> Settings:
+            unreadable_ok: bool = False, typed: Mapping[str, str] | None = None) -> Settings:
     """Each option's value: flag > environment > file > default, the same for all.
 
     ``flags``: only the options given on the command line, by option key (a
@@ -97,6 +97,8 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config: ConfigFile
     :class:`SecretFileError` for a secret's file that cannot be read, unless
     ``unreadable_ok`` (for the commands that inspect a setup: ``config``,
     ``doctor``): that setting is then None with its :attr:`Resolved.error`.
+    ``typed``: the flag as typed, by option key, where it is not the option's
+    own (a boolean's negative, ``--no-auto-accept``): a flag's origin.
     """
     options = tuple(options)
     if unreadable_ok:
@@ -104,7 +106,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], config: ConfigFile
     warnings: list[str] = []
     out: dict[str, Resolved] = {}
     for option in options:
-        found = (_from_flags(option, flags, read_secret, warnings)
+        found = (_from_flags(option, flags, read_secret, warnings, typed or {})
                  or _from_env(option, env, read_secret, warnings)
                  or _from_file(option, config, read_secret, warnings))
         out[option.key] = found or Resolved(option.default, Source.DEFAULT)
@@ -145,7 +147,7 @@ def _both(option: Option, a: str, b: str) -> ConfigError:
 
 
 def _from_flags(option: Option, flags: Mapping[str, Any], read_secret: SecretReader,
-                warnings: list[str]) -> Resolved | None:
+                warnings: list[str], typed: Mapping[str, str]) -> Resolved | None:
     has_value = option.key in flags and flags[option.key] is not None
     has_file = option.secret and flags.get(option.file_key) is not None
     if has_value and has_file:
@@ -160,7 +162,8 @@ def _from_flags(option: Option, flags: Mapping[str, Any], read_secret: SecretRea
         value = tuple(value)
         if not value:  # a repeatable flag not given
             return None
-    return _checked(option, check_value, value, Source.FLAG, option.flag)
+    return _checked(option, check_value, value, Source.FLAG,
+                    typed.get(option.key, option.flag))
 
 
 def _from_env(option: Option, env: Mapping[str, str], read_secret: SecretReader,

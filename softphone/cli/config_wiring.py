@@ -30,6 +30,7 @@ import copy
 import functools
 import json
 import os
+import shlex
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -119,15 +120,62 @@ def _typed(ctx: click.Context, param: click.Parameter) -> bool:
 
 
 def _flags(ctx: click.Context, bound: Iterable[Binding],
-           params: Mapping[str, Any]) -> dict[str, Any]:
-    """The flag layer: only what was typed, by setting key (a secret's file as ``*_file``)."""
+           params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The flag layer: only what was typed, by setting key (a secret's file as
+    ``*_file``), and the flags as typed where one is not the setting's own flag."""
     flags: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for b in bound:
         if _typed(ctx, b.param):
-            flags[b.option.key] = params[b.param.name or ""]
+            value = flags[b.option.key] = params[b.param.name or ""]
+            name = _flag_typed(b.param, value)
+            if name != b.option.flag:
+                names[b.option.key] = name
         if b.file_param is not None and _typed(ctx, b.file_param):
             flags[b.option.file_key] = params[b.file_param.name or ""]
-    return flags
+    return flags, names
+
+
+def _flag_typed(param: click.Parameter, value: Any) -> str:
+    """The flag that gave ``param`` ``value``: a boolean's ``--no-`` form when off."""
+    if isinstance(param, click.Option) and param.is_bool_flag and param.secondary_opts:
+        return param.opts[0] if value else param.secondary_opts[0]
+    return param.opts[0]
+
+
+def _shown_arg(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return shlex.quote(str(value))
+
+
+def _other_flags(ctx: click.Context, command: click.Command, bound: Iterable[Binding],
+                 params: Mapping[str, Any]) -> list[str]:
+    """The options typed that no setting stands for (``--tone 440``), with the values
+    the command gets (``--show-settings`` shows them after the settings)."""
+    carried = {p for b in bound for p in (b.param, b.file_param) if p is not None}
+    out: list[str] = []
+    for param in command.params:
+        if (not isinstance(param, click.Option) or param in carried
+                or param.name not in params or not _typed(ctx, param)):
+            continue
+        value = params[param.name]
+        flag = _flag_typed(param, value)
+        if param.is_flag:
+            out.append(flag)
+        elif param.count:
+            out.append(" ".join([flag] * int(value)))
+        elif param.multiple or (param.nargs != 1 and isinstance(value, tuple)):
+            items = value if param.multiple else (value,)
+            out += [f"{flag} {' '.join(_shown_arg(v) for v in _as_tuple(item))}"
+                    for item in items]
+        else:
+            out.append(f"{flag} {_shown_arg(value)}")
+    return out
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, tuple | list) else (value,)
 
 
 def _click_value(option: Option, value: Any) -> Any:
@@ -157,7 +205,7 @@ def _arguments(bound: Iterable[Binding], params: Mapping[str, Any]) -> dict[str,
 
 
 def _show(settings: Settings, loaded: Loaded, name: str, mode: ShowMode,
-          arguments: dict[str, Any]) -> None:
+          arguments: dict[str, Any], others: list[str]) -> None:
     if mode == "json":
         click.echo(json.dumps({"command": name, "config_file": str(loaded.located.path),
                                "config_file_exists": loaded.file is not None,
@@ -167,6 +215,8 @@ def _show(settings: Settings, loaded: Loaded, name: str, mode: ShowMode,
     click.echo(file_header(loaded))
     for line in describe(settings):
         click.echo(line)
+    if others:
+        click.echo(f"other options given: {', '.join(others)}")
 
 
 def _load(state: CliState, env: Mapping[str, str]) -> Loaded:
@@ -204,8 +254,9 @@ def configure(ctx: click.Context, command: click.Command,
     bound = bindings(command, name)
     loaded = _load(state, os.environ)
     showing = state.show_settings is not None  # (an unreadable secret file: shown, as config does)
-    settings = resolve(_flags(ctx, bound, params), os.environ, loaded.file,
-                       tuple(b.option for b in bound), unreadable_ok=unreadable_ok or showing)
+    flags, typed = _flags(ctx, bound, params)
+    settings = resolve(flags, os.environ, loaded.file, tuple(b.option for b in bound),
+                       unreadable_ok=unreadable_ok or showing, typed=typed)
     warn(settings.warnings)
     for b in bound:
         got = settings[b.option.key]
@@ -215,7 +266,8 @@ def configure(ctx: click.Context, command: click.Command,
         if getattr(param, "secret_file", False):
             params.pop(param.name or "", None)
     if state.show_settings is not None:
-        _show(settings, loaded, name, state.show_settings, _arguments(bound, params))
+        others = _other_flags(ctx, command, bound, params)
+        _show(settings, loaded, name, state.show_settings, _arguments(bound, params), others)
         ctx.exit(0)
     for param in command.params:
         if getattr(param, "needed", False) and params.get(param.name or "") is None:

@@ -28,10 +28,12 @@ from softphone.cli.config import (
     parse,
     parse_text_value,
     permission_warning,
+    suggest,
 )
 from softphone.cli.config_options import OPTIONS, Kind, Option
 
-__all__ = ["Written", "set_in_text", "toml_value", "unset_in_text", "write_setting"]
+__all__ = ["Written", "set_in_text", "toml_value", "unknown_setting", "unset_in_text",
+           "write_setting"]
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n",
             "\f": "\\f", "\r": "\\r"}
@@ -231,6 +233,15 @@ def _typed(option: Option | None, key: str, args: Sequence[str]) -> Any:
     return value
 
 
+def unknown_setting(key: str, options: Iterable[Option] = OPTIONS) -> ConfigError:
+    """The error for a key that is no setting, with the config file parser's
+    suggestion (``unknown setting 'audio.bitrat' (did you mean 'audio.bitrate'?)``)."""
+    options = tuple(options)
+    keys = [*(o.key for o in options), *(o.file_key for o in options if o.secret)]
+    return ConfigError(f"unknown setting {key!r}"
+                       f"{suggest(key, keys) or ' (softphone config lists them)'}")
+
+
 def write_setting(path: Path, key: str, args: Sequence[str] | None,
                   options: Iterable[Option] = OPTIONS) -> Written:
     """Set ``key`` to ``args`` (None: remove it) in the file at ``path``, creating it.
@@ -242,7 +253,7 @@ def write_setting(path: Path, key: str, args: Sequence[str] | None,
     known = by_key(options)
     files = {o.file_key: o for o in options if o.secret}
     if key not in known and key not in files:
-        raise ConfigError(f"unknown setting {key!r} (softphone config lists them)")
+        raise unknown_setting(key, options)
     try:
         text = path.read_text(encoding="utf-8")
         mode: int | None = path.stat().st_mode
@@ -275,16 +286,22 @@ def write_setting(path: Path, key: str, args: Sequence[str] | None,
 
 
 def _replace(path: Path, text: str, mode: int | None) -> None:
+    """Write ``text`` to the file at ``path`` atomically (a temporary file beside it,
+    renamed onto it). A symbolic link (a dotfiles setup) is written through: the
+    file it points to is replaced, and the link stays a link."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
+        target = path.resolve()
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
                 out.write(text)
             os.chmod(tmp, 0o600 if mode is None else mode & 0o7777)
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    except RuntimeError as exc:  # (a loop of symbolic links, on Python 3.11/3.12)
+        raise ConfigError(f"{path}: cannot write it: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None

@@ -12,8 +12,8 @@ and the exit code (:func:`exit_code`).
 Exit codes: 0 (:data:`EXIT_CALL_POSSIBLE`) when a call can be made, maybe
 with warnings (no STUN, only TURN over TCP, TURN credentials refused where
 STUN works, no microphone, a token expiring soon); 13 (:data:`EXIT_NO_CALL`,
-``ExitCode.DOCTOR_FAILED``) when a check a call needs failed (the hub
-unreachable, its certificate not trusted, the token refused, no
+``ExitCode.DOCTOR_FAILED``) when a check a call needs failed (no id set, the
+hub unreachable, its certificate not trusted, the token refused, no
 ``/ice-servers``, libopus missing, a named device that cannot be opened, UDP
 blocked with the first TURN URL over UDP, or relay-only with no TURN server
 working).
@@ -228,6 +228,15 @@ def local_checks(target: DoctorTarget) -> list[Result]:
 # ------------------------------------------------------------ runner ---
 
 
+def check_id(target: DoctorTarget) -> list[Result]:
+    """A FAIL line when no id is set: ``call`` and ``listen`` cannot run without one
+    (the network checks still run, as a throw-away ``doctor-...`` id)."""
+    if target.client_id is not None:
+        return []
+    return [Result("id", False, "no id set: call and listen need your id on the hub",
+                   "softphone config set id NAME (or --as NAME)")]
+
+
 async def run_doctor(target: DoctorTarget, now: float | None = None) -> list[Result]:
     """Every check, network and local, in the order they are reported."""
     from softphone.cli import doctor_net
@@ -237,7 +246,7 @@ async def run_doctor(target: DoctorTarget, now: float | None = None) -> list[Res
         network = await doctor_net.network_checks(target, time.time() if now is None else now)
     finally:
         results = await local
-    return [*network, *results]
+    return [*check_id(target), *network, *results]
 
 
 def exit_code(results: Sequence[Result]) -> int:

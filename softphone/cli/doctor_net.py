@@ -198,11 +198,24 @@ async def check_ice_servers(session: aiohttp.ClientSession, http: str, target: D
             async with session.get(f"{http}/ice-servers", params=params, headers=headers,
                                    ssl=tls) as resp:
                 status = resp.status
-                body = await resp.json(content_type=None)
+                text = await resp.text()
     except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         return Result("ice-servers", False, f"cannot get {http}/ice-servers: "
                       f"{reason_of(exc)}", "calls ask the hub for it: check the hub, or set "
                       "ice.servers"), []
+    if status not in (200, 401):  # (the status first: an error page is no JSON)
+        return Result("ice-servers", False, f"HTTP {status} from {http}/ice-servers",
+                      "is the server URL right? (--server, server in the config: the "
+                      "hub's base URL, e.g. http://host:8080); else set ice.servers",
+                      data={"status": status}), []
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = None
+    if status == 200 and body is None:
+        return Result("ice-servers", False, f"{http}/ice-servers answered HTTP 200 "
+                      "with no JSON (not a softphone hub?)", "check --server, or set "
+                      "ice.servers", data={"status": status}), []
     if status == 401:
         message = body.get("message", "") if isinstance(body, dict) else ""
         return Result("ice-servers", False, f"the hub gives TURN credentials only with a "

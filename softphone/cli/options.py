@@ -54,8 +54,10 @@ class ConfigOption(click.Option):
 
 def secret_file_option(flag: str, env: str, what: str) -> Decorator:
     """``--X-file FILE``: the secret of ``--X`` read from a file (env ``env``)."""
+    # (any name: the config layer reads it, and one it cannot read, a folder too, is
+    # exit 1 as any file an option names, not click's usage error)
     return click.option(flag, cls=ConfigOption, secret_file=True, metavar="FILE",
-                        type=click.Path(dir_okay=False),
+                        type=click.Path(),
                         help=f"Read {what} from this file instead (env {env}); keep it "
                              "readable only by you.")
 

@@ -520,3 +520,34 @@ def test_write_setting_reports_what_it_cannot_do(tmp_path: Path) -> None:
         write_setting(blocker / "softphone" / "config.toml", "id", ["alice"])
     with pytest.raises(ConfigError, match="cannot write it"):  # (even as root)
         write_setting(Path("/proc/self/softphone/config.toml"), "id", ["alice"])
+
+
+def test_write_setting_writes_through_a_symbolic_link(tmp_path: Path) -> None:
+    """A dotfiles setup: the config file is a link; set and unset change the file it
+    points to (its mode kept) and the link stays a link."""
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    target = write(dotfiles / "softphone.toml", ORIGINAL, 0o640)
+    link = tmp_path / "config" / "config.toml"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    write_setting(link, "id", ["alice"])
+    assert link.is_symlink() and link.resolve() == target
+    assert parse(target.read_text(), target).values["id"] == "alice"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    write_setting(link, "ice.servers", None)
+    assert link.is_symlink() and "ice.servers" not in parse(target.read_text(), target).values
+    assert sorted(p.name for p in dotfiles.iterdir()) == ["softphone.toml"]  # no temp file
+    assert sorted(p.name for p in link.parent.iterdir()) == ["config.toml"]
+
+
+def test_write_setting_suggests_a_close_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.toml", ORIGINAL)
+    with pytest.raises(ConfigError) as bitrate:
+        write_setting(path, "audio.bitrat", ["64"])
+    assert str(bitrate.value) == "unknown setting 'audio.bitrat' (did you mean 'audio.bitrate'?)"
+    with pytest.raises(ConfigError, match=r"\(did you mean 'token_file'\?\)"):
+        write_setting(path, "token_fil", ["/t"])
+    with pytest.raises(ConfigError, match=r"^unknown setting 'nope' \(softphone config lists"):
+        write_setting(path, "nope", ["1"])
+    assert path.read_text() == ORIGINAL

@@ -379,3 +379,78 @@ def test_devices_marks_the_microphone_the_config_file_names(pulse: Any,
     typed = subprocess.run([sys.executable, "-m", "softphone", "devices", "--input", "nope"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert "(no single input device matches 'nope': a call would fail)" in typed.stdout
+
+
+# ------------------------------------------------------- user review ---
+
+
+def test_config_set_and_unset_write_through_a_symbolic_link(tmp_path: Path) -> None:
+    """`ln -s ~/dotfiles/softphone.toml ~/.config/softphone/config.toml`: the link stays,
+    the dotfiles file changes."""
+    target = config_file(tmp_path, 'id = "alice"\n', mode=0o640, name="softphone.toml")
+    link = tmp_path / "softphone" / "config.toml"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    env = {"SOFTPHONE_CONFIG": str(link)}
+    done = run("config", "set", "server", "http://hub:8080", env=env)
+    assert done.exit_code == 0, done.output
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text() == 'id = "alice"\nserver = "http://hub:8080"\n'
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert run("config", "unset", "id", env=env).exit_code == 0
+    assert link.is_symlink() and target.read_text() == 'server = "http://hub:8080"\n'
+
+
+@pytest.mark.parametrize("args", [["set", "audio.bitrat", "64"], ["unset", "audio.bitrat"]])
+def test_config_set_and_unset_suggest_the_key_meant(tmp_path: Path, args: list[str]) -> None:
+    env = {"SOFTPHONE_CONFIG": str(tmp_path / "c.toml")}
+    bad = run("config", *args, env=env)
+    assert bad.exit_code == ExitCode.USAGE
+    assert bad.stderr == "softphone: unknown setting 'audio.bitrat' (did you mean " \
+        "'audio.bitrate'?)\n"
+
+
+@pytest.mark.parametrize(("command", "flag", "key"), [
+    (["listen"], "--no-auto-accept", "listen.auto_accept"),
+    (["call", "bob"], "--audio", "audio.no_audio"),
+    (["call", "bob"], "--no-aec", "audio.aec"),
+    (["listen"], "--auto-accept", "listen.auto_accept"),
+])
+def test_show_settings_names_the_flag_as_typed(tmp_path: Path, command: list[str], flag: str,
+                                               key: str) -> None:
+    config = config_file(tmp_path, "")
+    text = run("--config", str(config), "--show-settings", *command, flag)
+    assert text.exit_code == 0, text.output
+    (line,) = [ln for ln in text.stdout.splitlines() if ln.startswith(key + " ")]
+    assert line.endswith(f"(flag: {flag})")
+    shown = shown_settings(config, command[0], flag)["settings"][key]
+    assert (shown["source"], shown["origin"]) == ("flag", flag)
+
+
+def test_show_settings_shows_the_other_options_given(tmp_path: Path) -> None:
+    """The README: "prints what that command would run with, flags included"."""
+    config = config_file(tmp_path, "")
+    args = ["--config", str(config), "--show-settings", "call", "bob"]
+    plain = run(*args).stdout.splitlines()
+    assert not [ln for ln in plain if ln.startswith("other options")]
+    typed = run(*args, "--tone", "440", "--duration", "5", "--bitrate", "64",
+                "--record", "/tmp/a b.wav").stdout.splitlines()
+    assert len(typed) == len(plain) + 1
+    assert typed[-1] == "other options given: --tone 440, --record '/tmp/a b.wav', " \
+        "--duration 5"  # (--bitrate has a key: its own line says flag: --bitrate)
+    (bitrate,) = [ln for ln in typed if ln.startswith("audio.bitrate ")]
+    assert bitrate.endswith("(flag: --bitrate)")
+    listen = run("--config", str(config), "--show-settings", "listen", "--once",
+                 "--max-calls", "2", "--auto-accept").stdout.splitlines()
+    assert listen[-1] == "other options given: --once, --max-calls 2"
+
+
+@pytest.mark.parametrize("args", [["token", "--as", "a", "--secret-file", "{dir}"],
+                                  ["serve", "--secret-file", "{dir}"],
+                                  ["call", "bob", "--as", "a", "--token-file", "{dir}"]])
+def test_a_secret_file_that_is_a_folder_is_exit_1(tmp_path: Path, args: list[str]) -> None:
+    """As any file an option names that cannot be read (README: exit 1), one line."""
+    result = run(*(a.format(dir=tmp_path) for a in args))
+    assert result.exit_code == ExitCode.ERROR, result.output
+    flag = args[-2]
+    assert result.stderr == f"softphone: {flag}: cannot read {tmp_path}: Is a directory\n"

@@ -223,6 +223,18 @@ async def test_not_a_softphone_hub() -> None:
     assert exit_code(results) == EXIT_NO_CALL
 
 
+async def test_ice_servers_at_a_wrong_path_is_the_http_status(hubs: HubMaker) -> None:
+    """`--server http://host:port/x`: the hub's 404 page is no JSON; the doctor says
+    HTTP 404 and where, not what the JSON parser made of the page."""
+    hub = await hubs()
+    wrong = f"http://localhost:{hub.port}/x"
+    got = by_name(results := await doctor(wrong))
+    assert got["ice-servers"].status == "fail", show(results)
+    assert got["ice-servers"].detail == f"HTTP 404 from {wrong}/ice-servers"
+    assert got["ice-servers"].fix.startswith("is the server URL right?")
+    assert exit_code(results) == EXIT_NO_CALL
+
+
 async def test_with_a_token_the_websocket_is_still_checked() -> None:
     """Without --register, doctor signs nobody in, but still opens a WebSocket (with no
     id): a server that is no hub (or a proxy not passing upgrades on) is a FAIL line."""
@@ -609,7 +621,8 @@ def test_doctor_command_takes_the_config_file(thread_hub: ThreadHub, tmp_path: P
 
 def test_doctor_command_exit_code_when_no_call_can_be_made() -> None:
     down = f"http://127.0.0.1:{free_port()}"
-    result = invoke("doctor", "--server", down, "--no-audio", "--timeout", "2")
+    result = invoke("doctor", "--server", down, "--as", "alice", "--no-audio", "--timeout",
+                    "2")
     assert result.exit_code == EXIT_NO_CALL == 13, result.output
     assert result.stdout.splitlines()[-1] == "a call cannot be made: hub (exit 13)"
     as_json = json.loads(invoke("doctor", "--server", down, "--no-audio", "--json").stdout)
@@ -628,3 +641,22 @@ def test_doctor_command_signs_in_only_when_asked() -> None:
         assert "accepted: signed in as alice" in signed_in.stdout, signed_in.output
     finally:
         hub.stop()
+
+
+def test_doctor_command_fails_without_an_id(thread_hub: ThreadHub) -> None:
+    """`call bob` cannot run without an id (Missing option '--as'): a FAIL line with the
+    fix, exit 13; the hub is still checked (as a throw-away id)."""
+    args = ("doctor", "--server", thread_hub.url, "--no-audio", "--timeout", "2")
+    result = invoke(*args)
+    assert result.exit_code == EXIT_NO_CALL, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split(None, 2) == ["FAIL", "id", "no id set: call and listen need your "
+                                       "id on the hub"]
+    assert lines[1].split("fix: ")[1] == "softphone config set id NAME (or --as NAME)"
+    assert any(ln.startswith("ok    signaling    signed in as doctor-") for ln in lines)
+    assert lines[-1] == "a call cannot be made: id (exit 13)"
+    as_json = json.loads(invoke(*args, "--json").stdout)
+    assert as_json["exit_code"] == EXIT_NO_CALL
+    first = as_json["checks"][0]
+    assert (first["name"], first["status"]) == ("id", "fail")
+    assert invoke(*args, "--as", "alice").exit_code == EXIT_CALL_POSSIBLE
