@@ -53,6 +53,7 @@ __all__ = [
     "OPTIONS",
     "ConfigError",
     "ConfigFile",
+    "ConfigFileError",
     "Kind",
     "Loaded",
     "Located",
@@ -74,6 +75,11 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A bad config file, environment variable or value: one line naming where and which."""
+
+
+class ConfigFileError(ConfigError):
+    """The config file cannot be read or written (missing where named, a folder, no
+    permission): a file, not a bad value, so exit 1 (README's exit codes)."""
 
 
 class SecretFileError(ConfigError):
@@ -378,14 +384,14 @@ def load(located: Located, options: Iterable[Option] = OPTIONS) -> Loaded:
         mode = path.stat().st_mode
     except FileNotFoundError:
         if located.explicit:
-            raise ConfigError(f"{path}: no such config file (from {located.reason})") from None
+            raise ConfigFileError(f"{path}: no such config file (from {located.reason})") from None
         return Loaded(located, None)
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a config file") from None
+        raise ConfigFileError(f"{path}: is a folder, not a config file") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        raise ConfigFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     parsed = parse(text, path, options)
     warnings: list[str] = []
     secrets = parsed.secrets

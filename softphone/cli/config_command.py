@@ -16,7 +16,16 @@ from collections.abc import Iterable
 import click
 from click.shell_completion import CompletionItem
 
-from softphone.cli.config import OPTIONS, ConfigError, Located, Option, by_key, load, locate
+from softphone.cli.config import (
+    OPTIONS,
+    ConfigError,
+    ConfigFileError,
+    Located,
+    Option,
+    by_key,
+    load,
+    locate,
+)
 from softphone.cli.config_resolve import MASK, as_json, describe, shown
 from softphone.cli.config_wiring import CliState, current_settings, file_header, warn
 from softphone.cli.config_write import unknown_setting, write_setting
@@ -101,7 +110,7 @@ def config(ctx: click.Context, json_mode: bool) -> None:
     try:
         loaded, settings = current_settings(state)
     except ConfigError as exc:
-        fail(str(exc), ExitCode.USAGE)
+        fail(str(exc), _code(exc))
     if json_mode:
         click.echo(json.dumps({"config_file": str(loaded.located.path),
                                "config_file_exists": loaded.file is not None,
@@ -129,7 +138,7 @@ def set_(ctx: click.Context, key: str, values: tuple[str, ...]) -> None:
     try:
         written = write_setting(_located(ctx).path, key, values)
     except ConfigError as exc:
-        fail(str(exc), ExitCode.USAGE)
+        fail(str(exc), _code(exc))
     value = MASK if option is not None and option.secret else (
         shown(option, written.value) if option is not None else f'"{written.value}"')
     made = " (made it, readable only by you)" if written.created else ""
@@ -152,7 +161,7 @@ def unset(ctx: click.Context, key: str) -> None:
             return
         write_setting(located.path, key, None)
     except ConfigError as exc:
-        fail(str(exc), ExitCode.USAGE)
+        fail(str(exc), _code(exc))
     click.echo(f"{key} removed from {located.path}")
 
 
@@ -161,3 +170,8 @@ def unset(ctx: click.Context, key: str) -> None:
 def path(ctx: click.Context) -> None:
     """Print the config file's path (which may not exist yet)."""
     click.echo(str(_located(ctx).path))
+
+
+def _code(exc: ConfigError) -> ExitCode:
+    """A file that cannot be read or written is exit 1, a bad value 2 (README)."""
+    return ExitCode.ERROR if isinstance(exc, ConfigFileError) else ExitCode.USAGE

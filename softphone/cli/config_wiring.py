@@ -41,6 +41,7 @@ from click.core import ParameterSource
 from softphone.cli.config import (
     OPTIONS,
     ConfigError,
+    ConfigFileError,
     Kind,
     Loaded,
     Option,
@@ -317,7 +318,7 @@ def configured(command: click.Command, *, pass_settings: bool = False,
         ctx = click.get_current_context()
         try:
             settings = configure(ctx, wrapped, params, unreadable_ok=unreadable_ok)
-        except SecretFileError as exc:
+        except (SecretFileError, ConfigFileError) as exc:  # (a file: exit 1)
             fail(str(exc), ExitCode.ERROR)
         except FlagError as exc:
             raise click.UsageError(str(exc), ctx) from None

@@ -23,6 +23,7 @@ from softphone.cli.config import (
     TOML_HEADER,
     TOML_KEY,
     ConfigError,
+    ConfigFileError,
     by_key,
     dotted_key,
     parse,
@@ -262,7 +263,7 @@ def write_setting(path: Path, key: str, args: Sequence[str] | None,
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        raise ConfigFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
     parse(text, path, options)  # a broken file is reported, not edited
     if args is None:
         new = unset_in_text(text, key)
@@ -302,6 +303,6 @@ def _replace(path: Path, text: str, mode: int | None) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except RuntimeError as exc:  # (a loop of symbolic links, on Python 3.11/3.12)
-        raise ConfigError(f"{path}: cannot write it: {exc}") from None
+        raise ConfigFileError(f"{path}: cannot write it: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None
+        raise ConfigFileError(f"{path}: cannot write it: {exc.strerror or exc}") from None

@@ -454,3 +454,22 @@ def test_a_secret_file_that_is_a_folder_is_exit_1(tmp_path: Path, args: list[str
     assert result.exit_code == ExitCode.ERROR, result.output
     flag = args[-2]
     assert result.stderr == f"softphone: {flag}: cannot read {tmp_path}: Is a directory\n"
+
+
+@pytest.mark.parametrize("args", [
+    ("--config", "/dev/null/config.toml", "config", "set", "id", "alice"),  # cannot write
+    ("--config", "/dev/null/config.toml", "config"),  # cannot read
+    ("--config", "/nonexistent/config.toml", "call", "bob", "--as", "alice"),  # named, missing
+], ids=["set", "show", "call"])
+def test_a_config_file_that_cannot_be_read_or_written_is_exit_1(args: tuple[str, ...]) -> None:
+    """README's exit codes: 1 for a file an option names that cannot be read or
+    written (--config names it); 2 stays for what is in it (below)."""
+    result = run(*args)
+    assert result.exit_code == ExitCode.ERROR, result.output
+    assert result.stderr.count("\n") == 1 and "config.toml" in result.stderr
+
+
+def test_a_config_file_with_a_bad_value_is_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("id = 3\n")
+    assert run("--config", str(config), "call", "bob").exit_code == ExitCode.USAGE
