@@ -128,6 +128,12 @@ class Call:
         """
         self._events.listen(callback)
 
+    @property
+    def listened(self) -> bool:
+        """The call has event listeners (:meth:`on_event`): what it tells as events (a
+        ``media-lost``) reaches someone, and the library logs it at info only."""
+        return self._events.listened
+
     async def accept(self, source: AudioSource | None = None, sinks: Sequence[Sink] = (), *,
                      output: AudioOutput | None = None, media: MediaConfig | None = None
                      ) -> None:

@@ -43,6 +43,11 @@ class CallEvents:
     def listen(self, callback: EventCallback) -> None:
         self._listeners.append(callback)
 
+    @property
+    def listened(self) -> bool:
+        """Someone listens (an event reaches them: the library need not log it too)."""
+        return bool(self._listeners)
+
     def emit(self, event: dict[str, Any]) -> None:
         event.setdefault("peer", self._machine.peer)
         for listener in list(self._listeners):

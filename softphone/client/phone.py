@@ -157,6 +157,12 @@ class Phone:
         self.refused = asyncio.Event()
         self.refusal: HubError | None = None
         self.on_hub_error: Callable[[HubError], None] | None = None
+        #: Called ``on_hub_state(connected, description)`` when the hub connection is
+        #: lost (False, e.g. "lost the hub connection (code 1006), reconnecting") and
+        #: when it is back (True, "reconnected to the hub"); not for a refusal (that is
+        #: :attr:`refused`). While set, the library logs these at info only (the one
+        #: who set it says them); else a loss is a warning.
+        self.on_hub_state: Callable[[bool, str], None] | None = None
         #: The hub connection's check and reconnect pacing while media restarts
         #: (subscribe to it for SignalingChanged; see :meth:`check_hub`).
         self.hub_check = HubCheck(self.hub)
@@ -458,11 +464,15 @@ class Phone:
                 self.refused.set()
                 self._shut.set()
             first = False
-            # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
-            log.log(logging.INFO if self.refused.is_set() else logging.WARNING,
-                    "lost the hub connection (code %s)", code)
+            ends = not self.reconnect or code == 1008 or self.refused.is_set()
+            if self.refused.is_set():
+                # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
+                log.info("lost the hub connection (code %s)", code)
+            else:
+                self._hub_state(False, f"lost the hub connection (code {code}), "
+                                       + ("not reconnecting" if ends else "reconnecting"))
             self._run(self.line.hub_lost(self.loop_time))
-            if not self.reconnect or code == 1008 or self.refused.is_set():
+            if ends:
                 self._gone = f"lost the hub connection (code {code}) and does not reconnect"
                 self._shut.set()
                 return
@@ -476,8 +486,20 @@ class Phone:
                     continue
                 self.hub_connected.set()
                 self.hub_check.changed(True)
-                log.info("reconnected to the hub")
+                self._hub_state(True, "reconnected to the hub")
                 break
+
+    def _hub_state(self, connected: bool, description: str) -> None:
+        """The hub connection was lost or is back: tell :attr:`on_hub_state` (then the
+        log says it at info only), else log it (a loss as a warning)."""
+        hook = self.on_hub_state
+        quiet = hook is not None or connected
+        log.log(logging.INFO if quiet else logging.WARNING, "%s", description)
+        if hook is not None:
+            try:
+                hook(connected, description)
+            except Exception:
+                log.exception("on_hub_state failed")
 
     async def _sender(self) -> None:
         while True:
@@ -485,10 +507,24 @@ class Phone:
             try:
                 await self.hub.send(message)
             except HubUnreachable as exc:
-                log.warning("could not send %s to %s: %s", message.type, message.to, exc)
-                self._run(self.line.hub_lost(self.loop_time))
+                routed = self.line.hub_lost(self.loop_time)
+                # (said elsewhere, info: the refusal, or the end of the call it was for)
+                said = self.refused.is_set() or self._ended_by_hub_loss(message.to, routed)
+                log.log(logging.INFO if said else logging.WARNING,
+                        "could not send %s to %s: %s", message.type, message.to, exc)
+                self._run(routed)
             finally:
                 self._outbox.task_done()
+
+    def _ended_by_hub_loss(self, peer: str, routed: list[Routed]) -> bool:
+        """The call with ``peer`` ends because the hub is lost (now, ``routed``, or just
+        before): its outcome, ``hub-unreachable``, says so."""
+        if any(isinstance(r.action, cs.Ended) and r.call is not None and r.call.peer == peer
+               for r in routed):
+            return True
+        calls = [*self._calls.values(), *([self._latest] if self._latest else [])]
+        return any(c.peer == peer and c.machine.outcome is cs.Outcome.HUB_UNREACHABLE
+                   for c in calls)
 
     async def _timer(self) -> None:
         while True:

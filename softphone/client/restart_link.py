@@ -350,8 +350,9 @@ class RestartLink:
         call = self.call
         if isinstance(action, r.StartRestart | r.MediaStalled):
             restarting = isinstance(action, r.StartRestart)
-            log.warning("media lost with %s (%s)%s", call.peer, action.reason,
-                        ", restarting" if restarting else "")
+            # (the call's media-lost event says it to its listeners: then info only)
+            log.log(self._told_level(), "media lost with %s (%s)%s", call.peer,
+                    action.reason, ", restarting" if restarting else "")
             self.phone._feed(call, cs.MediaInterrupted(lost=True))
             self._lost(True)
             call._emit({"event": "media-lost", "reason": str(action.reason),
@@ -383,9 +384,14 @@ class RestartLink:
         elif isinstance(action, r.RestartDone):
             self._done(action)
         elif isinstance(action, r.GiveUp):
-            log.warning("media with %s did not come back: ending the call", call.peer)
+            log.log(self._told_level(), "media with %s did not come back: ending the call",
+                    call.peer)  # (the call's outcome, media-lost, says it to its listeners)
             self._lost(False)
             self.phone._feed(call, cs.MediaGiveUp(str(action.outcome)))
+
+    def _told_level(self) -> int:
+        """A warning, unless the call's events reach someone (they say it): info."""
+        return logging.INFO if self.call.listened else logging.WARNING
 
     def _offer(self, conn: RestartConn) -> None:
         async def offer() -> None:

@@ -158,6 +158,14 @@ REASON_GLARE: Final = "glare"  # both called each other at once
 REASON_PEER_DISCONNECTED: Final = "peer-disconnected"
 REASON_MEDIA_LOST: Final = "media-lost"  # media died and no restart brought it back
 
+#: How a connected call ends on the peer's ``hangup``: completed (they hung up), or
+#: media-lost when the peer gave up on the media (``media-lost``), or when our media is
+#: lost (a restart episode) and the hangup is no one's choice: the hub's
+#: ``peer-disconnected`` (the peer never came back), ``media-failed``, or none (the
+#: original pages say no reason). A deliberate one (``interrupted``, ``hangup``, a
+#: restarted peer's ``no-such-call``, core/line.py) is the peer hanging up.
+_LOST_WITH_MEDIA: Final = frozenset({None, REASON_PEER_DISCONNECTED, REASON_MEDIA_FAILED})
+
 
 def _cause_of(event: Event) -> str:
     name = type(event).__name__
@@ -329,7 +337,10 @@ class CallMachine:
         if self.state is S.RINGING:
             return self._end(Outcome.MISSED, event.reason, now)
         if self.state is S.CONNECTED:
-            return self._end(self._talked(event.reason), event.reason or "remote-hangup", now)
+            lost = event.reason == REASON_MEDIA_LOST or (
+                self.media_lost and event.reason in _LOST_WITH_MEDIA)
+            outcome = Outcome.MEDIA_LOST if lost else Outcome.COMPLETED
+            return self._end(outcome, event.reason or "remote-hangup", now)
         if event.reason == REASON_MEDIA_FAILED:
             return self._end(Outcome.MEDIA_FAILED, event.reason, now)
         return self._end(Outcome.CANCELLED, event.reason or "remote-hangup", now)
@@ -358,14 +369,10 @@ class CallMachine:
     def _on_LocalHangup(self, event: LocalHangup, now: float) -> list[Action]:
         if self.state is S.RINGING:
             return self._on_LocalReject(LocalReject(event.reason), now)
-        outcome = self._talked() if self.state is S.CONNECTED else Outcome.CANCELLED
+        # (a connected call we hang up is completed, also while its media is being
+        # restarted: media-lost is for giving up, MediaGiveUp)
+        outcome = Outcome.COMPLETED if self.state is S.CONNECTED else Outcome.CANCELLED
         return self._end(outcome, event.reason, now, send=self._hangup(event.reason))
-
-    def _talked(self, reason: str | None = None) -> Outcome:
-        """How a connected call ends: completed, unless its media is lost (never completed:
-        a restart episode under way here, or the peer gave up on it)."""
-        lost = self.media_lost or reason == REASON_MEDIA_LOST
-        return Outcome.MEDIA_LOST if lost else Outcome.COMPLETED
 
     def _on_RemoteMidCall(self, event: RemoteMidCall, now: float) -> list[Action]:
         return [MidCall(event.message)]

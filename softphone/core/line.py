@@ -4,10 +4,14 @@ A :class:`Line` holds up to ``max_calls`` calls at once (one
 :class:`~softphone.core.callstate.CallMachine` each, one per peer; default
 one, as a phone). It turns messages from the hub into events of the call
 with that peer, answers a caller beyond ``max_calls`` with ``call-reject``
-/ ``busy``, and ignores messages from anyone it has no call with, as the
-original pages do. Ended calls are let go: a line that has carried
-thousands of calls holds only the ones in progress (and :attr:`Line.call`,
-the latest).
+/ ``busy``, and answers the call messages of anyone it has no call with (an
+offer, answer, candidate, call-accept: a peer that still holds a call we do
+not, e.g. ours before a restart of this phone under the same id) with a
+``hangup`` / ``no-such-call``, at most once per peer every
+:data:`NO_CALL_REPLY_EVERY` seconds, the end of a call with it counting as
+one (never a ``hangup`` or ``call-reject``: no storm between two phones
+without a call). Ended calls are let go: a line that has carried thousands
+of calls holds only the ones in progress (and :attr:`Line.call`, the latest).
 
 Two ways to read what it says: :meth:`Line.receive`, :meth:`Line.handle_timer`
 and :meth:`Line.handle_local` return plain actions (the call they concern
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from softphone.core import callstate as cs
 from softphone.core.midcall import classify, features_of
@@ -37,6 +41,15 @@ from softphone.core.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The reason of the ``hangup`` that answers a message for a call we do not have.
+REASON_NO_SUCH_CALL: Final = "no-such-call"
+#: Seconds between two such answers to one peer (the end of a call with it counts as one:
+#: its late messages are not answered).
+NO_CALL_REPLY_EVERY: Final = 5.0
+#: The message types that belong to a call in progress: answered when we have none.
+_CALL_MESSAGES: Final = frozenset({MessageType.CALL_ACCEPT, MessageType.OFFER,
+                                   MessageType.ANSWER, MessageType.CANDIDATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +94,9 @@ class Line:
         self.calls: dict[str, cs.CallMachine] = {}
         #: The latest call (ended or not); None before the first.
         self.call: cs.CallMachine | None = None
+        #: When each peer was last told we have no call with it, or its call with us
+        #: ended (entries older than NO_CALL_REPLY_EVERY are dropped).
+        self._told: dict[str, float] = {}
 
     @property
     def active(self) -> list[cs.CallMachine]:
@@ -98,7 +114,14 @@ class Line:
 
     def _prune(self) -> None:
         for peer in [p for p, c in self.calls.items() if c.is_ended]:
-            del self.calls[peer]
+            ended_at = self.calls.pop(peer).ended_at
+            if ended_at is not None:
+                self._forget_told(ended_at)
+                self._told[peer] = ended_at  # (its end told the peer, or the peer us)
+
+    def _forget_told(self, now: float) -> None:
+        for peer in [p for p, t in self._told.items() if now - t >= NO_CALL_REPLY_EVERY]:
+            del self._told[peer]
 
     # -- our side ------------------------------------------------------------
 
@@ -172,8 +195,7 @@ class Line:
                 return self._call_request(item, now)
             call = self.calls.get(item.sender or "")
             if call is None or call.is_ended:
-                log.debug("ignoring %s from %r: not our peer", item.type, item.sender)
-                return []
+                return self._no_such_call(item, now)
             try:
                 event = _event_of(item)
             except ProtocolError as exc:
@@ -184,6 +206,24 @@ class Line:
             return [Routed(call, a) for a in call.handle(event, now)]
         finally:
             self._prune()
+
+    def _no_such_call(self, item: Message, now: float) -> list[Routed]:
+        """A message from a peer we have no call with: a ``hangup`` / ``no-such-call`` for a
+        call message (the peer holds a call we do not: it ends at once rather than after
+        its give-up), unless that peer was told (or its call with us ended) lately."""
+        sender = item.sender
+        if not sender or sender == self.my_id or item.type not in _CALL_MESSAGES:
+            log.debug("ignoring %s from %r: not our peer", item.type, sender)
+            return []
+        self._forget_told(now)
+        if sender in self._told:
+            log.debug("ignoring %s from %r: no call with it (told lately)", item.type, sender)
+            return []
+        self._told[sender] = now
+        log.info("%s from %s for a call we do not have: hanging up (%s)", item.type, sender,
+                 REASON_NO_SUCH_CALL)
+        hangup = make(MessageType.HANGUP, sender, {"reason": REASON_NO_SUCH_CALL})
+        return [Routed(None, cs.Send(hangup))]
 
     def _call_request(self, item: Message, now: float) -> list[Routed]:
         sender = item.sender

@@ -18,6 +18,7 @@ import pytest
 
 from softphone import Phone, ToneSource
 from softphone.client.call import Call
+from softphone.client.signaling import HubClient
 from softphone.core import restart as r
 from softphone.core.callstate import ExitCode, Outcome
 from softphone.core.protocol import IceCandidate, make
@@ -271,3 +272,60 @@ async def test_with_the_original_page_lost_media_is_only_watched_then_given_up(
     finally:
         await a.phone.close()
         await page.close()
+
+
+def crash(side: Side) -> None:
+    """``side``'s phone dies as with kill -9: nothing more is sent (no hangup), its media
+    goes silent and the kernel closes its hub connection (the hub gives it its short
+    closed-connection grace)."""
+    phone = side.phone
+    phone._closing = True  # (its reader does not reconnect)
+    for task in phone._tasks:
+        task.cancel()
+    assert side.call is not None
+    blackhole(side.call.media)
+    assert isinstance(phone.hub, HubClient)
+    phone.hub.abort()
+
+
+async def test_a_peer_started_again_under_its_id_ends_the_call_at_once(hub: Hub) -> None:
+    """b is killed mid-call and started again within the hub's peer grace (4 s): the
+    new b has no call with a, so it answers a's restart offers with a hangup
+    (no-such-call), and a's call ends as the peer hanging up, not media-lost after
+    --give-up."""
+    media = MediaConfig(restart=RestartSettings(give_up=40.0))
+    a, b = await call_pair(hub_url(hub), media)
+    new_b = Phone("b", hub_url(hub))
+    try:
+        assert a.call is not None
+        crash(b)
+        await asyncio.sleep(0.5)
+        await new_b.connect()
+        result = await asyncio.wait_for(a.call.ended(), 15)  # (the give-up is 40 s)
+        assert result.outcome is Outcome.COMPLETED and result.ended_by == "remote", result
+        assert result.reason == "no-such-call" and result.exit_code == 0, result
+        assert a.of("media-lost"), a.events  # (it was restarting the media)
+        assert new_b.current_call is None
+    finally:
+        await close(a, b)
+        await new_b.close()
+
+
+async def test_hanging_up_while_the_media_is_restarted_is_our_hangup(hub: Hub) -> None:
+    """Ctrl-C while the media is down and being restarted: the call ends as our
+    hangup (completed), not media-lost; the peer hears a hangup."""
+    media = MediaConfig(restart=RestartSettings(give_up=40.0))
+    a, b = await call_pair(hub_url(hub), media)
+    try:
+        assert a.call is not None and b.call is not None
+        blackhole(b.call.media)
+        await a.wait_for("media-lost", 10)
+        await a.call.hangup("interrupted")
+        result = await asyncio.wait_for(a.call.ended(), 10)
+        assert result.outcome is Outcome.COMPLETED and result.ended_by == "local", result
+        assert result.exit_code == 0 and result.reason == "interrupted", result
+        far = await asyncio.wait_for(b.call.ended(), 10)
+        assert far.outcome is Outcome.COMPLETED and far.ended_by == "remote", far
+        assert far.reason == "interrupted", far
+    finally:
+        await close(a, b)

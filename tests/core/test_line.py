@@ -224,12 +224,19 @@ def test_repeated_call_request_from_the_peer_is_ignored() -> None:
     assert line.call is call and call.state is S.CONNECTING
 
 
-@pytest.mark.parametrize("type_", ["call-accept", "call-reject", "hangup", "offer", "answer",
-                                   "candidate"])
-def test_messages_from_other_senders_are_ignored(type_: str) -> None:
+NO_SUCH_CALL = cs.Send(make("hangup", "carol", {"reason": "no-such-call"}))
+
+
+@pytest.mark.parametrize(("type_", "answer"), [
+    ("call-accept", [NO_SUCH_CALL]), ("offer", [NO_SUCH_CALL]), ("answer", [NO_SUCH_CALL]),
+    ("candidate", [NO_SUCH_CALL]), ("call-reject", []), ("hangup", [])])
+def test_messages_from_other_senders_do_not_touch_the_call(type_: str,
+                                                          answer: list[cs.Action]) -> None:
+    """From someone we have no call with: the call is untouched; a call message is
+    answered ``hangup`` / ``no-such-call`` (the sender holds a call we do not)."""
     line = dialing()
     before = snapshot(line.call)
-    assert line.receive(from_("carol", type_, {"reason": "busy"}), 1.0) == []
+    assert line.receive(from_("carol", type_, {"reason": "busy"}), 1.0) == answer
     assert snapshot(line.call) == before
 
 
@@ -241,11 +248,35 @@ def test_messages_without_sender_are_ignored() -> None:
     assert snapshot(line.call) == before
 
 
-def test_messages_without_a_call_are_ignored() -> None:
+def test_a_hangup_or_reject_without_a_call_is_never_answered() -> None:
     line = Line("alice")
-    for type_ in ("call-accept", "call-reject", "hangup", "offer", "answer", "candidate"):
+    for type_ in ("call-reject", "hangup", "ping"):
         assert line.receive(from_("bob", type_), 1.0) == []
+        assert line.receive(from_("bob", type_, {"reason": "no-such-call"}), 1.0) == []
     assert line.call is None
+
+
+def test_call_messages_without_a_call_are_answered_with_a_hangup_now_and_then() -> None:
+    """A peer still in a call with our id (this phone was restarted under it: its restart
+    offers come here) is told at once, so its call ends now rather than at its give-up;
+    once per peer every NO_CALL_REPLY_EVERY seconds, whatever it sends meanwhile."""
+    from softphone.core.line import NO_CALL_REPLY_EVERY, REASON_NO_SUCH_CALL
+
+    line = Line("alice")
+    hangup = cs.Send(make("hangup", "bob", {"reason": REASON_NO_SUCH_CALL}))
+    offer = {"type": "offer", "sdp": "v=0 restart", "restart": 2, "reason": "path-dead"}
+    assert line.route(from_("bob", "offer", offer), 10.0) == [Routed(None, hangup)]
+    for type_, data in (("offer", offer), ("candidate", {**CAND, "restart": 2}),
+                        ("answer", {"type": "answer", "sdp": "v=0"}), ("call-accept", {})):
+        assert line.receive(from_("bob", type_, data), 12.0) == []
+    # Another peer is told on its own.
+    assert line.receive(from_("carol", "candidate", CAND), 12.0) == [
+        cs.Send(make("hangup", "carol", {"reason": REASON_NO_SUCH_CALL}))]
+    assert line.receive(from_("bob", "offer", offer), 10.0 + NO_CALL_REPLY_EVERY) == [hangup]
+    assert line.call is None and line.calls == {}
+    # Never to our own id, nor for a message without a sender.
+    assert line.receive(from_("alice", "offer", offer), 100.0) == []
+    assert line.receive(Message("offer", "alice", offer, None, True), 100.0) == []
 
 
 def test_unknown_message_types_from_the_peer_are_ignored() -> None:
@@ -376,12 +407,17 @@ def test_same_peer_can_call_again_after_the_call_ended() -> None:
 
 
 def test_late_messages_of_an_ended_call_are_ignored() -> None:
+    """The call's end told the peer (or the peer us): its late messages get no hangup,
+    unless they come long after (then it still holds a call we do not)."""
     line = connected_caller()
     line.handle_local(cs.LocalHangup(), 5.0)
     call = line.call
     before = snapshot(call)
     for type_ in ("hangup", "candidate", "answer", "call-accept"):
         assert line.receive(from_("bob", type_), 6.0) == []
+    assert snapshot(call) == before
+    assert line.receive(from_("bob", "candidate", CAND), 11.0) == [
+        cs.Send(make("hangup", "bob", {"reason": "no-such-call"}))]
     assert snapshot(call) == before
 
 
@@ -533,3 +569,4 @@ def test_a_long_lived_line_keeps_only_calls_in_progress() -> None:
         assert call is not None
         line.handle_local(cs.LocalReject(), float(n), call)
     assert line.calls == {} and line.call is not None and line.call.peer == "p499"
+    assert len(line._told) <= 6  # (the peers of the last few seconds' calls)

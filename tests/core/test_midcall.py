@@ -131,13 +131,15 @@ def test_mid_call_messages_are_handed_on() -> None:
 @pytest.mark.parametrize("role", list(cs.Role))
 def test_a_call_whose_media_is_lost_never_completes(role: cs.Role) -> None:
     m = connected(role)
-    assert m.handle(cs.MediaInterrupted(lost=True), 3.0) == []
-    actions = m.handle(cs.LocalHangup(), 4.0)
-    assert actions[-1] == cs.Ended(cs.Outcome.MEDIA_LOST, "hangup", 4.0, "local")
-    m = connected(role)
     m.handle(cs.MediaInterrupted(lost=True), 3.0)
     m.handle(cs.RemoteHangup(cs.REASON_PEER_DISCONNECTED), 4.0)
     assert m.outcome is cs.Outcome.MEDIA_LOST
+    # A hangup without a reason (the original pages'), or media-failed: the same.
+    for reason in (None, cs.REASON_MEDIA_FAILED):
+        m = connected(role)
+        m.handle(cs.MediaInterrupted(lost=True), 3.0)
+        m.handle(cs.RemoteHangup(reason), 4.0)
+        assert m.outcome is cs.Outcome.MEDIA_LOST, reason
     # The peer gave up on the media: the same outcome here.
     m = connected(role)
     m.handle(cs.RemoteHangup(cs.REASON_MEDIA_LOST), 4.0)
@@ -148,6 +150,24 @@ def test_a_call_whose_media_is_lost_never_completes(role: cs.Role) -> None:
     m.handle(cs.MediaInterrupted(lost=False), 3.5)
     m.handle(cs.RemoteHangup(), 4.0)
     assert m.outcome is cs.Outcome.COMPLETED
+
+
+@pytest.mark.parametrize("role", list(cs.Role))
+def test_hanging_up_while_media_is_restarted_is_a_hangup(role: cs.Role) -> None:
+    """Ctrl-C during a restart episode: our hangup, as at any other time in the call
+    (media-lost is for giving up); likewise a peer's deliberate hangup then."""
+    m = connected(role)
+    assert m.handle(cs.MediaInterrupted(lost=True), 3.0) == []
+    actions = m.handle(cs.LocalHangup("interrupted"), 4.0)
+    peer = m.peer
+    assert actions[0] == cs.Send(make("hangup", peer, {"reason": "interrupted"}))
+    assert actions[-1] == cs.Ended(cs.Outcome.COMPLETED, "interrupted", 4.0, "local")
+    assert int(cs.ExitCode.for_outcome(m.outcome)) == 0
+    for reason in ("interrupted", "hangup", "no-such-call"):
+        m = connected(role)
+        m.handle(cs.MediaInterrupted(lost=True), 3.0)
+        actions = m.handle(cs.RemoteHangup(reason), 4.0)
+        assert actions[-1] == cs.Ended(cs.Outcome.COMPLETED, reason, 4.0, "remote")
 
 
 def test_giving_up_ends_the_call_media_lost_and_tells_the_peer() -> None:

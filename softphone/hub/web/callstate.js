@@ -231,7 +231,7 @@ export class CallMachine {
     const reason = event.reason ?? null;
     if (this.state === S.DIALING) return this.end(O.REJECTED, reason, now);
     if (this.state === S.RINGING) return this.end(O.MISSED, reason, now);
-    if (this.state === S.CONNECTED) return this.end(this.talked(), reason || "remote-hangup", now);
+    if (this.state === S.CONNECTED) return this.end(this.hungUp(reason), reason || "remote-hangup", now);
     if (reason === R.MEDIA_FAILED) return this.end(O.MEDIA_FAILED, reason, now);
     return this.end(O.CANCELLED, reason || "remote-hangup", now);
   }
@@ -259,7 +259,9 @@ export class CallMachine {
     const {states: S, outcomes: O} = this.table;
     const reason = event.reason || "hangup";
     if (this.state === S.RINGING) return this.onLocalReject({reason}, now);
-    const outcome = this.state === S.CONNECTED ? this.talked() : O.CANCELLED;
+    // (a connected call we hang up is completed, also while its media is being
+    // restarted: media-lost is for giving up)
+    const outcome = this.state === S.CONNECTED ? O.COMPLETED : O.CANCELLED;
     return this.end(outcome, reason, now, this.hangupMessage(reason));
   }
 
@@ -301,9 +303,16 @@ export class CallMachine {
 
   onMediaConnected(event, now) { return this.goto(this.table.states.CONNECTED, now); }
 
-  /** How a connected call ends: completed, unless its media is lost (never completed). */
-  talked() {
-    return this.mediaLost ? (this.table.outcomes.MEDIA_LOST || MEDIA_LOST) : this.table.outcomes.COMPLETED;
+  /** How a connected call ends on the peer's hangup (as callstate.py): completed, or
+   * media-lost when the peer gave up on the media, or when ours is lost and the hangup
+   * is no one's choice (the hub's peer-disconnected, media-failed, or no reason). */
+  hungUp(reason) {
+    const R = this.table.reasons;
+    const lostMedia = R.MEDIA_LOST || MEDIA_LOST;
+    const noChoice = reason === null || reason === (R.PEER_DISCONNECTED || "peer-disconnected")
+      || reason === R.MEDIA_FAILED;
+    const lost = reason === lostMedia || (this.mediaLost && noChoice);
+    return lost ? (this.table.outcomes.MEDIA_LOST || MEDIA_LOST) : this.table.outcomes.COMPLETED;
   }
 
   onRemoteMidCall(event, now) { return [{kind: "midCall", message: event.message}]; }
