@@ -145,6 +145,45 @@ async def test_page_refuses_a_table_it_cannot_run(hub: Hub, chromium: Launch) ->
     await wait_hub(good, "connected")
 
 
+_ENDINGS = [("RemoteHangup", None), ("RemoteHangup", "peer-disconnected"),
+            ("RemoteHangup", "media-failed"), ("RemoteHangup", "media-lost"),
+            ("RemoteHangup", "hangup"), ("RemoteHangup", "no-such-call"),
+            ("RemoteHangup", "interrupted"), ("LocalHangup", "interrupted")]
+
+
+async def test_page_core_ends_a_call_whose_media_is_lost_as_callstate_does(
+        hub: Hub, chromium: Launch) -> None:
+    """A connected call, its media lost (a restart under way), then a hangup: the
+    page's machine gives the outcome callstate.py gives, for each reason (a deliberate
+    hangup is completed, the hub's peer-disconnected or none is media-lost; ours is
+    always completed)."""
+    expected = []
+    for event, reason in _ENDINGS:
+        m = cs.CallMachine(cs.Role.CALLER, "bob", 0.0)
+        m.handle(cs.RemoteAccept(), 1.0)
+        m.handle(cs.MediaConnected(), 2.0)
+        m.handle(cs.MediaInterrupted(lost=True), 3.0)
+        m.handle(cs.RemoteHangup(reason) if event == "RemoteHangup" else cs.LocalHangup(reason),
+                 4.0)
+        expected.append(str(m.outcome))
+    browser = await chromium(None)
+    page = await browser.open(hub_url(hub) + "/")
+    got = await page.evaluate("""async (endings) => {
+        const {CallMachine} = await import("./static/callstate.js");
+        return endings.map(([type, reason]) => {
+            const m = new CallMachine("caller", "bob", 0, window.phone.table);
+            m.handle({type: "RemoteAccept"}, 1);
+            m.handle({type: "MediaConnected"}, 2);
+            m.handle({type: "MediaInterrupted", lost: true}, 3);
+            m.handle(reason === null ? {type} : {type, reason}, 4);
+            return m.outcome;
+        });
+    }""", [list(e) for e in _ENDINGS])
+    assert got == expected
+    assert expected == ["media-lost", "media-lost", "media-lost", "media-lost", "completed",
+                        "completed", "completed", "completed"]
+
+
 async def test_page_core_holds_early_candidates_and_answers_busy(hub: Hub,
                                                                   chromium: Launch) -> None:
     """The page's sans-IO modules, run in Chromium: the same actions callstate/line give."""
@@ -170,7 +209,8 @@ async def test_page_core_holds_early_candidates_and_answers_busy(hub: Hub,
     assert kinds == [
         "incoming",
         'send:call-accept:{"media":"ready"}', "state", "startMedia",
-        # the early candidate is held, mallory's ignored, then applied after the offer
-        "applyOffer", "addCandidate",
+        # the early candidate is held, then applied after the offer; mallory, with whom
+        # we have no call, is told so (a hangup)
+        "send:hangup:mallory:no-such-call", "stray", "applyOffer", "addCandidate",
         "send:call-reject:carol:busy", "busy",
     ]

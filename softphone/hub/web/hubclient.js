@@ -85,6 +85,7 @@ export class HubClient {
       return;
     }
     this.ws = ws;
+    this.hubError = null; // the hub's error message, when it was the last frame on this connection
     let opened = false;
     ws.onopen = () => {
       opened = true;
@@ -109,6 +110,11 @@ export class HubClient {
     }
     if (ev.code === 1008) { // policy violation: a refused id, or replaced by a newer tab
       this.wanted = false;
+      if (this.hubError) { // the hub said why in an error message, already shown: once is enough
+        this.on.note(`the hub closed the connection: ${ev.reason || this.hubError.code || "refused"}`);
+        this.setStatus("refused");
+        return;
+      }
       this.status = "refused";
       this.on.error("hub-refused", `the hub closed the connection: ${ev.reason || "refused"}`);
       return;
@@ -148,6 +154,8 @@ export class HubClient {
       return;
     }
     if (!message || typeof message !== "object" || typeof message.type !== "string") return;
+    // A refusal is an error message just before the close: the close need not say it again.
+    this.hubError = message.type === "error" && !message.from ? message.data || {} : null;
     this.on.message(message);
   }
 

@@ -8,6 +8,13 @@ function reasonOf(data) {
   return data && typeof data === "object" && typeof data.reason === "string" ? data.reason : null;
 }
 
+/** The messages of a call (not a new one) that a page without that call answers with a hangup. */
+const STRAY_TYPES = new Set(["offer", "answer", "candidate", "call-accept"]);
+/** Seconds: at most one such hangup per peer this often. */
+export const STRAY_HANGUP_GAP = 5;
+/** Its reason, as the CLI phone's (softphone/core/line.py): the peer hung up, not lost media. */
+const STRAY_HANGUP_REASON = "no-such-call";
+
 /** Hub message -> call event (as _event_of in softphone/core/line.py), or null. */
 export function eventOf(message) {
   const data = message.data;
@@ -45,6 +52,7 @@ export class Line {
     this.timeouts = timeouts;
     this.features = features;
     this.call = null;
+    this.strayHangups = new Map(); // peer -> when we last answered its stray call message
   }
 
   get active() { return this.call !== null && !this.call.isEnded; }
@@ -90,9 +98,31 @@ export class Line {
       if (this.active) return []; // a repeated request from our peer
       return [{kind: "incoming", call: this.incomingCall(from, message.data, now)}];
     }
-    if (!this.active || from !== call.peer) return []; // not our peer: ignored, as the original pages do
+    if (!this.active || from !== call.peer) return this.stray(message, now);
     const event = eventOf(message);
     return event ? call.handle(event, now) : [];
+  }
+
+  /**
+   * A message of a call we do not have: a peer still in a call with this id (this
+   * page was reloaded, or took the id from another tab: the hub kept the call for
+   * the id), whose media restart offers would go unanswered until it gives up.
+   * Its offer, answer, candidate or call-accept is answered with a hangup, at most one per peer
+   * every STRAY_HANGUP_GAP seconds; anything else (a hangup above all) is ignored.
+   */
+  stray(message, now) {
+    const from = message.from;
+    if (!from || !STRAY_TYPES.has(message.type)) return [];
+    const call = this.call;
+    // Our call with `from` just ended: our hangup or reject crossed its last messages.
+    if (call && call.peer === from && call.isEnded && now - call.endedAt < STRAY_HANGUP_GAP) return [];
+    const last = this.strayHangups.get(from);
+    if (last !== undefined && now - last < STRAY_HANGUP_GAP) return [];
+    this.strayHangups.set(from, now);
+    for (const [peer, at] of this.strayHangups) { // (forget the old ones)
+      if (now - at >= STRAY_HANGUP_GAP) this.strayHangups.delete(peer);
+    }
+    return [send("hangup", from, {reason: STRAY_HANGUP_REASON}), {kind: "stray", peer: from, type: message.type}];
   }
 
   hubError(error, now) {

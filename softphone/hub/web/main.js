@@ -79,6 +79,7 @@ async function main() {
   ui.bind(phone, fixed, (id) => { if (ID_PATTERN.test(id)) localStorage.setItem("softphone-id", id); });
   phone.render();
   setInterval(() => ui.tick(phone), 200);
+  window.addEventListener("pagehide", () => phone.leave());
   if (fixed || params.get("id")) phone.connect(el.myId.value.trim());
 }
 

@@ -12,6 +12,7 @@ export class Microphone {
     this.report = report; // (code, text) -> shows an error
     this.stream = null;
     this.pending = null;
+    this.releases = 0; // release() calls: a stream asked for before the last one is not kept
     this.muted = false;
   }
 
@@ -27,14 +28,21 @@ export class Microphone {
       this.report("microphone-unavailable", msg);
       return Promise.reject(new Error(msg));
     }
+    const asked = this.releases;
     this.pending = navigator.mediaDevices.getUserMedia({audio: true, video: false})
       .then((stream) => {
+        if (asked !== this.releases) {
+          // Released while the browser asked (the user answered its prompt after the
+          // call was missed or ended): the microphone goes off at once, nobody keeps it.
+          for (const t of stream.getTracks()) t.stop();
+          return stream;
+        }
         this.stream = stream;
         this.pending = null;
         for (const t of stream.getAudioTracks()) t.enabled = !this.muted;
         return stream;
       }, (err) => {
-        this.pending = null;
+        if (asked === this.releases) this.pending = null;
         const name = err && err.name;
         if (name === "NotAllowedError" || name === "SecurityError") {
           this.report("microphone-denied", "microphone access was denied: allow it in the browser to make calls");
@@ -56,6 +64,8 @@ export class Microphone {
   release() {
     if (this.stream) for (const t of this.stream.getTracks()) t.stop();
     this.stream = null;
+    this.pending = null; // a stream still being asked for is stopped when it comes
+    this.releases += 1;
     this.muted = false;
   }
 }

@@ -175,6 +175,13 @@ export class Phone {
     if (call && !call.isEnded) this.feed(call, {type: "LocalHangup", reason: "hangup"});
   }
 
+  /** The page is going away (closed, reloaded: pagehide): hang up, best effort, so the
+   * peer is not left in a call nobody has (the hub keeps it for an id that comes back). */
+  leave() {
+    const call = this.line && this.line.call;
+    if (call && !call.isEnded && this.hub === "connected") this.feed(call, {type: "LocalHangup", reason: "hangup"});
+  }
+
   /** Press keys on the call (DTMF): "0"-"9", "*", "#", "A"-"D"; "," waits 2 s. */
   pressKeys(tones) {
     const call = this.line && this.line.call;
@@ -238,6 +245,7 @@ export class Phone {
           this.busyRejected.push(action.peer);
           this.note(`${action.peer} called while we were busy: told them busy`);
           break;
+        case "stray": this.note(`${action.type} from ${action.peer}, with whom we have no call: hung up on it`); break;
         case "hubError": this.hubError(action.error); break;
         case "startMedia": this.mediaOp(call, (m) => m.start(action.offerer, this.iceServers, this.microphone)); break;
         case "applyOffer": this.mediaOp(call, (m) => m.applyOffer(action.sdp)); break;

@@ -1,0 +1,158 @@
+"""The browser phone at the edges a user found: a microphone prompt answered after the
+call was missed, a page reloaded (or hidden) mid-call, a hub that refuses the page.
+
+Real hub, real Chromium, real CLI and :class:`softphone.Phone` peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from softphone import Phone, ToneSource
+from softphone.core import callstate as cs
+from softphone.hub.server import Hub
+
+from ..conftest import hub_url
+from ..support.browser import snapshot, wait_call_state, wait_hub, wait_js, wait_outcome
+from ..support.helpers import Proc
+from .conftest import PAGE_TONE, SESSION_LOOP, Launch
+from .test_browser import page_with_a_token
+
+pytestmark = [pytest.mark.e2e, SESSION_LOOP]
+
+#: getUserMedia answered 4 s late, as by a user slow at the browser's prompt; every
+#: stream it gave is kept in window.__streams for the test to look at.
+SLOW_MICROPHONE = """(() => {
+    const md = navigator.mediaDevices;
+    const real = md.getUserMedia.bind(md);
+    window.__streams = [];
+    md.getUserMedia = (constraints) => new Promise((resolve, reject) => {
+        setTimeout(() => real(constraints).then((stream) => {
+            window.__streams.push(stream);
+            resolve(stream);
+        }, reject), 4000);
+    });
+})();"""
+
+LIVE_TRACKS = """window.__streams.flatMap((s) => s.getTracks())
+    .filter((t) => t.readyState === "live").length"""
+
+
+async def test_microphone_granted_after_a_missed_call_is_stopped(
+        hub: Hub, chromium: Launch, procs: list[Proc]) -> None:
+    browser = await chromium(PAGE_TONE)
+    await browser.context.add_init_script(SLOW_MICROPHONE)
+    page = await browser.open(hub_url(hub) + "/?id=pat")
+    await wait_hub(page, "connected")
+    cli = Proc("call", "pat", "--as", "carl", "--server", hub_url(hub), "--ring-timeout", "1.5")
+    procs.append(cli)
+    await wait_call_state(page, "ringing", within=30)  # the page asks for the microphone now
+    assert await cli.wait() == cs.EXIT_CODES[cs.Outcome.NO_ANSWER], cli.describe()
+    await wait_outcome(page, "missed")
+    # The "prompt" is answered after the call was missed: that stream is stopped at once.
+    await wait_js(page, "window.__streams.length === 1", within=10)
+    await page.wait_for_timeout(1000)
+    assert await page.evaluate(LIVE_TRACKS) == 0
+    assert await page.evaluate("window.phone.microphone.stream") is None
+
+
+async def page_in_a_call_with_carl(hub: Hub, chromium: Launch
+                                   ) -> tuple[Any, Phone, Any]:
+    """The page (pat, accepting at once) in a connected call from a Phone (carl)."""
+    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat&autoaccept=1")
+    await wait_hub(page, "connected")
+    carl = Phone("carl", hub_url(hub))
+    await carl.connect()
+    call = await carl.dial("pat", ToneSource(660.0))
+    await asyncio.wait_for(call.connected(), 20)
+    await wait_call_state(page, "connected")
+    await asyncio.sleep(1.0)
+    return page, carl, call
+
+
+@pytest.mark.parametrize("how", ["reload", "close"])
+async def test_page_going_away_hangs_up_on_pagehide(hub: Hub, chromium: Launch,
+                                                    how: str) -> None:
+    """Reloaded or closed mid-call, the page hangs up as it goes (pagehide): carl's call
+    completes at once, not after the hub's grace (``peer-disconnected``) or --give-up."""
+    page, carl, call = await page_in_a_call_with_carl(hub, chromium)
+    try:
+        start = time.monotonic()
+        await (page.reload() if how == "reload" else page.close())
+        result = await asyncio.wait_for(call.ended(), 10)
+        assert time.monotonic() - start < 3
+        assert result.outcome == cs.Outcome.COMPLETED, result
+        assert result.ended_by == "remote" and result.reason == "hangup", result
+    finally:
+        await carl.close()
+
+
+async def test_page_without_the_call_hangs_up_on_its_peer(hub: Hub, chromium: Launch) -> None:
+    """A reloaded page that could not say goodbye (no pagehide hangup) is a new page
+    under the same id: the hub kept the call, so carl's restart offers reach it; it
+    answers them with one hangup, and carl's call ends at once, not after --give-up."""
+    page, carl, call = await page_in_a_call_with_carl(hub, chromium)
+    try:
+        await page.evaluate("window.phone.leave = () => {}")  # as if pagehide never came
+        start = time.monotonic()
+        await page.reload()
+        await wait_hub(page, "connected")
+        result = await asyncio.wait_for(call.ended(), 15)
+        assert time.monotonic() - start < 12
+        # (carl was restarting its media: the page's deliberate hangup still completes it)
+        assert result.outcome == cs.Outcome.COMPLETED, result
+        assert result.ended_by == "remote" and result.reason == "no-such-call", result
+        await asyncio.sleep(1.0)
+        log = [e["text"] for e in await page.evaluate("window.phone.log")]
+        assert sum("hung up on it" in text for text in log) == 1, log
+        assert (await snapshot(page))["call"] is None
+    finally:
+        await carl.close()
+
+
+async def test_page_answers_stray_call_messages_with_one_hangup(hub: Hub,
+                                                                 chromium: Launch) -> None:
+    """The page's line: a call message of a call it does not have gets one hangup per
+    peer every few seconds; a hangup, a call-request, a busy caller's do not."""
+    page = await (await chromium(None)).open(hub_url(hub) + "/")
+    out = await page.evaluate("""async () => {
+        const {Line} = await import("./static/line.js");
+        const line = new Line("bob", window.phone.table);
+        const out = [];
+        const feed = (m, t) => out.push(line.receive(m, t).map(a => a.kind +
+            (a.kind === "send" ? ":" + a.message.type + ":" + a.message.to +
+             (a.message.data && a.message.data.reason ? ":" + a.message.data.reason : "") : "")
+        ).join(","));
+        const restart = {type: "offer", sdp: "v=0", restart: 2, reason: "rtp-silence"};
+        feed({type: "offer", from: "carl", to: "bob", data: restart}, 0);
+        feed({type: "offer", from: "carl", to: "bob", data: restart}, 2);
+        feed({type: "candidate", from: "mallory", to: "bob", data: {candidate: ""}}, 2);
+        feed({type: "hangup", from: "eve", to: "bob", data: {reason: "hangup"}}, 2);
+        feed({type: "offer", from: "carl", to: "bob", data: restart}, 6);
+        feed({type: "call-request", from: "alice", to: "bob"}, 7);
+        feed({type: "answer", from: "dave", to: "bob", data: {type: "answer", sdp: "v=0"}}, 8);
+        feed({type: "call-request", from: "carol", to: "bob"}, 9);
+        feed({type: "call-accept", from: "erin", to: "bob"}, 10);
+        return out;
+    }""")
+    assert out == [
+        "send:hangup:carl:no-such-call,stray", "", "send:hangup:mallory:no-such-call,stray", "",
+        "send:hangup:carl:no-such-call,stray", "incoming",
+        "send:hangup:dave:no-such-call,stray", "send:call-reject:carol:busy,busy",
+        "send:hangup:erin:no-such-call,stray",
+    ]
+
+
+async def test_page_says_a_refusal_once(chromium: Launch) -> None:
+    async with page_with_a_token(chromium, ice_servers=[]) as (url, browser, _):
+        refused = await browser.open(f"{url}/?id=pat2&token=bad")
+        await wait_hub(refused, "refused")
+        await refused.wait_for_timeout(500)
+        errors = (await snapshot(refused))["errors"]
+        assert [e["code"] for e in errors] == ["unauthorized"], errors
+        lines = await refused.locator("#errors li").all_text_contents()
+        assert len(lines) == 1 and "unauthorized" in lines[0], lines
