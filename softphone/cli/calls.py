@@ -159,6 +159,17 @@ async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output,
 # ------------------------------------------------------------------- call ---
 
 
+def unplaced_result(callee: str, outcome: Outcome, reason: str) -> CallResult:
+    """The result of a call to ``callee`` that never reached the hub (Ctrl-C while
+    connecting: ended by us; the hub unreachable: by the network)."""
+    from softphone.client.calltypes import CallResult
+    from softphone.core.callstate import Role
+
+    return CallResult(peer=callee, role=Role.CALLER, outcome=outcome, reason=reason,
+                      ended_by="local" if outcome is Outcome.CANCELLED else "network",
+                      setup_seconds=None, first_audio_seconds=None, talk_seconds=0.0)
+
+
 def check_dtmf(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
@@ -204,11 +215,12 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
         if phone is None or isinstance(phone, HubUnreachable):
             # Ctrl-C before the hub answered: cancelled, as Ctrl-C while ringing is.
             outcome = Outcome.CANCELLED if phone is None else Outcome.HUB_UNREACHABLE
-            code = ExitCode.for_outcome(outcome)
             if phone is None:
                 out.say(OUTCOME_TEXT[outcome])
-            out.event({"event": "ended", "outcome": str(outcome), "exit_code": int(code),
-                       "reason": "interrupted" if phone is None else str(phone)})
+            result = unplaced_result(callee, outcome, "interrupted" if phone is None
+                                     else str(phone))
+            out.event({"event": "ended", **result.to_json()})  # (the keys of every call's)
+            code = result.exit_code
             for sink in sinks:
                 sink.close()
             if output is not None:

@@ -28,7 +28,7 @@ from softphone.cli.options import (
 )
 from softphone.cli.recordings import check_record, record_path
 from softphone.cli.runtime import fail
-from softphone.core.callstate import CallTimeouts
+from softphone.core.callstate import CallTimeouts, ExitCode
 
 if TYPE_CHECKING:
     import ssl
@@ -97,6 +97,7 @@ def audio_device(kind: str, audio: AudioDeviceOptions, noticed: set[str]) -> Any
     once per ``noticed`` (one set per command), not an error.
     """
     from softphone.cli.tui import open_mic, open_speaker
+    from softphone.core.errors import MissingDependency
     from softphone.media.devices import DeviceError
 
     spec = audio.input if kind == "input" else audio.output
@@ -109,10 +110,27 @@ def audio_device(kind: str, audio: AudioDeviceOptions, noticed: set[str]) -> Any
         device, notice = opener(spec, required=bool(spec))
     except DeviceError as exc:
         raise click.BadParameter(str(exc), param_hint=f"--{kind}") from exc
+    except MissingDependency as exc:  # a device named where there is none: a usage error
+        if spec and has_no_devices(kind):
+            fail(f"--{kind} {spec}: no such device: {exc}", ExitCode.USAGE)
+        raise  # (PortAudio missing: said as such, exit 1)
     if notice and kind not in noticed:
         noticed.add(kind)
         click.echo(f"softphone: {notice} (see softphone devices, or --no-audio)", err=True)
     return device
+
+
+def has_no_devices(kind: str) -> bool:
+    """Whether PortAudio works and sees no ``kind`` ("input", "output") device at all."""
+    from softphone.core.errors import MissingDependency
+    from softphone.media.devices import DeviceError, list_devices, load_sounddevice
+
+    try:
+        load_sounddevice()
+        return not any(d.has("input" if kind == "input" else "output")
+                       for d in list_devices())
+    except (MissingDependency, DeviceError):
+        return False
 
 
 def make_prompt(media: MediaOptions, config: MediaConfig) -> SharedPrompt | None:

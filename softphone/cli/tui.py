@@ -4,7 +4,9 @@ On a terminal (stdin and the human output both ttys), a call shows one
 status line redrawn in place (state, duration, codec, RTT, jitter, loss,
 playout buffer, microphone and speaker meters, the last keys pressed each
 way, our voice's delay to the peer's ear when the peer says its part, the
-verification code, "on hold (local)"/"on hold (remote)") and reads keys:
+verification code, "on hold (local)"/"on hold (remote)"; ``restarting`` instead
+of ``connected``, without the dead path's figures, while the media is being
+restarted) and reads keys:
 ``m`` mutes/unmutes, ``p`` puts the call on hold and takes it off, ``h`` (or Ctrl-C)
 hangs up, ``0``-``9``, ``*`` and ``#`` press that key on the call (DTMF); incoming
 calls are answered with ``a``/``y`` or rejected with ``r``/``n``. Elsewhere (pipes, files,
@@ -291,6 +293,8 @@ class CallScreen:
         self._codec = "?"
         self.heard = ""  # DTMF keys the peer pressed
         self.pressed = ""  # DTMF keys we pressed
+        #: The ``media-lost`` event while the media is down (None once it is back).
+        self.media_down: dict[str, Any] | None = None
 
     # life --------------------------------------------------------------------
 
@@ -341,7 +345,11 @@ class CallScreen:
             self.out.say(hold_text(kind, str(event.get("by")), self.call.peer))
             self._redraw()
         elif kind in ("media-lost", "media-restart"):
+            # While it is down the state says so, and the figures of the dead path go.
+            self.media_down = event if kind == "media-lost" else None
+            self._stats = None
             self.out.say(media_text(event))
+            self._redraw()
 
     def _on_key(self, key: str) -> None:
         if key in ("m", "M"):
@@ -375,9 +383,17 @@ class CallScreen:
 
     # drawing -----------------------------------------------------------------
 
+    def state(self) -> str:
+        """The call's state for the line: ``restarting`` (or ``media lost`` when no
+        restart was agreed) while a connected call's media is down."""
+        state = str(self.call.state)
+        if state == "connected" and self.media_down is not None:
+            return "restarting" if self.media_down.get("restarting") else "media lost"
+        return state
+
     def text(self) -> str:
         call = self.call
-        return status_text(state=str(call.state), seconds=call.talk_seconds, codec=self._codec,
+        return status_text(state=self.state(), seconds=call.talk_seconds, codec=self._codec,
                            stats=self._stats, mic_dbfs=call.mic_dbfs,
                            speaker_dbfs=call.speaker_dbfs, muted=call.muted,
                            keys=self.line is not None, heard=self.heard,
@@ -415,8 +431,10 @@ class CallScreen:
                 self._codec = self.call.codec or "?"
             if now - last_stats >= 1.0 and not self.call.is_ended:
                 last_stats = now
-                with contextlib.suppress(Exception):
-                    self._stats = await self.call.stats()
+                if self.media_down is None:  # (no figures of a dead path)
+                    with contextlib.suppress(Exception):
+                        stats = await self.call.stats()
+                        self._stats = None if self.media_down is not None else stats
                 self._read_audio()
             if now - last_json >= JSON_STATS_EVERY and str(self.call.state) == "connected":
                 last_json = now

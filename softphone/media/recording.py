@@ -4,8 +4,13 @@
 sizes in the header after every flush, so a file cut short by Ctrl-C, a
 crash or SIGKILL is a valid WAV of what was written up to the last flush
 (at most twice :attr:`WavWriter.flush_every` seconds are lost on SIGKILL; nothing
-on Ctrl-C). Disk writes happen on a thread (:class:`RecordingThread`),
-never on the event loop; samples are handed to it in batches of
+on Ctrl-C). A file that already exists at ``FILE`` is kept until audio comes: the
+recording starts in a hidden ``.FILE.XXXX.part`` beside it, moved onto ``FILE``
+with the first samples written (then written in place, as valid as before); one
+that ends with nothing recorded is removed, leaving an existing ``FILE`` as it
+was (a call that never connected does not wipe the last one's recording), or
+becomes an empty ``FILE`` where there was none. Disk writes happen on a thread
+(:class:`RecordingThread`), never on the event loop; samples are handed to it in batches of
 ``flush_every`` seconds. Many recordings can share one thread (a bot
 recording every caller: one thread per phone, not per call), and the thread
 is woken at most once per ``flush_every`` for all of them, not once per
@@ -23,10 +28,12 @@ has no sidecar.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import queue
+import secrets
 import struct
 import threading
 import time
@@ -125,8 +132,15 @@ class WavWriter:
         self.channels = channels
         self.flush_every = flush_every
         self.frames_written = 0
-        # Open now, so that a bad path fails here with a clear error, not later.
-        self._file: BinaryIO = open(self.path, "wb")
+        # Open now, so that a bad path fails here with a clear error, not later; beside
+        # FILE, not on it: FILE is replaced only once there are samples (_place).
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.path))
+        self._part, self._file = self._open_part()
+        self._placed = False  # the file is at self.path (else at self._part)
+        self._place_failed = False
         self._file.write(wav_header(rate, channels, 0))
         self._file.flush()
         self._data_bytes = 0
@@ -144,6 +158,32 @@ class WavWriter:
         self._done = threading.Event()  # set by the thread once the file is closed
         self._failed = False
         self._closed = False
+
+    def _open_part(self) -> tuple[Path, BinaryIO]:
+        """A new hidden file beside :attr:`path` to start the recording in."""
+        while True:
+            part = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
+            try:
+                return part, open(part, "xb")
+            except FileExistsError:
+                continue
+
+    def _place(self) -> None:
+        """On the thread: move the recording onto :attr:`path` (replacing what was
+        there, and the old recording's held-spans sidecar: not this one's)."""
+        if self._placed:
+            return
+        try:
+            os.replace(self._part, self.path)
+        except OSError as exc:  # (tried again at each batch and at the end: said once)
+            if not self._place_failed:
+                log.error("recording %s: could not move %s onto it: %s", self.path,
+                          self._part, exc)
+            self._place_failed = True
+            return
+        self._placed = True
+        with contextlib.suppress(OSError):
+            self.sidecar.unlink(missing_ok=True)
 
     @property
     def seconds(self) -> float:
@@ -211,9 +251,11 @@ class WavWriter:
                 log.error("recording %s stopped: %s", self.path, exc)
             finally:
                 self._file.close()
+                self._finish()
                 self._done.set()
             return
         if isinstance(item, dict):
+            self._place()  # (the notes are of this recording: it is FILE from now on)
             self._write_notes(item)
             return
         if self._failed:
@@ -222,14 +264,26 @@ class WavWriter:
             self._file.write(item)
             self._data_bytes += len(item)
             self._pending_flush += len(item)
-            if self._pending_flush >= self._batch_bytes:
-                self._fix_header()
+            if self._pending_flush >= self._batch_bytes or not self._placed:
+                self._fix_header()  # (a valid file before it replaces FILE)
                 self._pending_flush = 0
+            self._place()
         except (OSError, ValueError) as exc:  # disk full, file removed...: keep what we have
             log.error("recording %s stopped: %s", self.path, exc)
             self._failed = True
             with contextlib.suppress(OSError, ValueError):
                 self._fix_header()
+
+    def _finish(self) -> None:
+        """On the thread, the file closed: a recording with nothing in it replaces no
+        ``FILE`` (its hidden file is removed); else it is (or becomes) ``FILE``."""
+        if self._placed:
+            return
+        if self._data_bytes or not self.path.exists():
+            self._place()
+            return
+        with contextlib.suppress(OSError):
+            self._part.unlink()
 
     def _write_notes(self, notes: dict[str, Any]) -> None:
         """The sidecar, replaced whole (a reader never sees half of it)."""

@@ -12,7 +12,8 @@ import asyncio
 import concurrent.futures
 import gc
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
@@ -75,3 +76,24 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
         result.exc_info
     gc.collect()  # a socket or task the command left behind warns now, in this test
     return result
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A "hub" that takes connections and never answers: its port, and an event set
+    once something connected (Ctrl-C while the hub has not answered yet)."""
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -21,7 +21,7 @@ from softphone.hub.server import Hub, HubConfig
 
 from ..conftest import hub_url
 from ..support.helpers import Proc
-from .conftest import ThreadHub, invoke
+from .conftest import ThreadHub, invoke, silent_server
 
 NO_STUN = ("--ice-server", "none")
 
@@ -53,16 +53,7 @@ async def test_ctrl_c_while_the_hub_does_not_answer(procs: list[Proc], command: 
                                                    code: int, said: str) -> None:
     """A hub that takes the connection and never answers: Ctrl-C ends the wait at
     once, with the code Ctrl-C has at that stage (not 7 some 15 s later)."""
-    accepted = asyncio.Event()
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        accepted.set()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with silent_server() as (port, accepted):
         p = Proc(*command, "--as", "a", "--server", f"http://127.0.0.1:{port}", "--no-audio",
                  *NO_STUN)
         procs.append(p)
@@ -74,11 +65,6 @@ async def test_ctrl_c_while_the_hub_does_not_answer(procs: list[Proc], command: 
             assert said in p.stdout, p.describe()
         assert "cannot reach the hub" not in p.stdout
         assert "Traceback" not in p.stderr
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
 
 
 # ------------------------------------------------------------ declining ---

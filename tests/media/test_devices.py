@@ -110,7 +110,7 @@ async def test_no_device_is_one_line_and_default_falls_back(hub: Hub, procs: lis
     # No --input/--output: no devices is not an error, a notice says what happens instead.
     default = Proc("call", "nobody", "--as", "a", "--server", hub_url(hub), env=env)
     procs.extend((named, listing, default))
-    assert await named.wait() == 1
+    assert await named.wait() == 2  # (README's exit codes: --output naming no device)
     assert named.stderr.count("\n") == 1 and "no audio speaker (output) device" in named.stderr
     assert await listing.wait() == 1 and "no audio devices" in listing.stderr
     assert await default.wait() == 6, default.stderr  # offline: the call was placed

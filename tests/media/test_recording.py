@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from softphone.media.audio import ToneGenerator
 from softphone.media.recording import WavWriter
@@ -37,9 +38,57 @@ def test_empty_recording_is_valid(tmp_path) -> None:
     assert samples.size == 0
 
 
-def test_sigkill_leaves_a_valid_file(tmp_path) -> None:
-    """The header is rewritten on every flush: a killed process leaves a playable file."""
+def write_tone(path, hz: float, frames: int) -> bytes:
+    """A finished recording of ``frames`` 20 ms frames of ``hz`` at ``path``; its bytes."""
+    w = WavWriter(path)
+    tone = ToneGenerator(hz)
+    for _ in range(frames):
+        w.write(tone.next().tobytes())
+    w.close()
+    return path.read_bytes()  # type: ignore[no-any-return]
+
+
+def test_an_existing_file_is_kept_when_nothing_is_recorded(tmp_path) -> None:
+    """A call that never connected (hub unreachable, callee offline) records nothing:
+    the file an earlier call recorded is left as it was, and nothing else is left."""
+    path = tmp_path / "keep.wav"
+    before = write_tone(path, 440, 50)
+    held = WavWriter(path)
+    held.note_held(False)  # (no hold: nothing)
+    held.close()
+    WavWriter(path).close()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.wav"]
+
+
+def test_an_existing_file_is_replaced_once_audio_comes(tmp_path) -> None:
+    path = tmp_path / "keep.wav"
+    write_tone(path, 440, 50)
+    (tmp_path / "keep.wav.json").write_text('{"held": [[0.1, 0.2]]}')  # the old one's
+    w = WavWriter(path, flush_every=0.05)
+    tone = ToneGenerator(900)
+    for _ in range(60):
+        w.write(tone.next().tobytes())
+    for _ in range(200):  # the thread moves it onto FILE with the first samples
+        if read_wav(path)[0].size != 50 * 960:
+            break
+        time.sleep(0.01)
+    samples, _ = read_wav(path)
+    assert samples.size >= 960 and samples.size != 50 * 960
+    w.close()
+    samples, _ = read_wav(path)
+    assert samples.size == 60 * 960
+    assert_tone(samples, 900, skip=0, tolerance=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.wav"]  # no stale sidecar
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "over-an-old-one"])
+def test_sigkill_leaves_a_valid_file(tmp_path, existing: bool) -> None:
+    """The header is rewritten on every flush: a killed process leaves a playable file
+    (at FILE, also when it replaced an earlier recording there)."""
     path = tmp_path / "killed.wav"
+    if existing:
+        write_tone(path, 440, 50)
     script = textwrap.dedent(f"""
         import sys, time
         from softphone.media.audio import ToneGenerator
