@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 from typing import TYPE_CHECKING
 
@@ -135,11 +136,19 @@ async def talk_until_end(call: Call, out: Output, interrupts: Interrupts,
     return result
 
 
+def say_hub_state(out: Output, connected: bool, description: str) -> None:
+    """The hub connection lost (the phone tries again) or back: one line, and a
+    ``hub`` event (``connected``, ``message``) with --json."""
+    out.say(description)
+    out.event({"event": "hub", "connected": connected, "message": description})
+
+
 async def connect(setup: PhoneSetup, timeouts: CallTimeouts, out: Output,
                   interrupts: Interrupts, max_calls: int = 1) -> Phone | HubUnreachable | None:
     """The phone, connected to the hub; or why the hub cannot be reached (said);
     or None on Ctrl-C while connecting (a hub that never answers is left at once)."""
     phone = setup.phone(timeouts, max_calls)
+    phone.on_hub_state = functools.partial(say_hub_state, out)
     connecting = asyncio.ensure_future(phone.connect())
     await first_done(connecting, interrupts.event.wait())
     if interrupts.event.is_set():

@@ -9,6 +9,7 @@ Real hubs on real sockets; the calls are ``softphone`` subprocesses.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -218,3 +219,36 @@ async def test_listen_records_each_call_and_keeps_peers_in_the_folder(
     assert sorted(p.name for p in folder.iterdir()) == ["msg-2.wav", "msg.wav"]
     assert not (tmp_path / "msg.wav").exists()
     assert all((folder / name).stat().st_size > 10_000 for name in ("msg.wav", "msg-2.wav"))
+
+
+# ------------------------------------------------------------ the hub goes ---
+
+async def test_a_hub_restart_is_said_in_two_plain_lines(procs: list[Proc]) -> None:
+    """The hub stops and comes back on its port: listen says it lost the hub and is
+    back, each once, in its own words (no timestamped log line), and --json has the
+    ``hub`` events."""
+    hub = Hub(HubConfig(ice_servers=[]))
+    await hub.start("127.0.0.1", 0)
+    port = hub.port
+    try:
+        plain = await listening(procs, hub, "b")
+        scripted = Proc("listen", "--as", "c", "--server", hub_url(hub), "--no-audio",
+                        *NO_STUN, "--json")
+        procs.append(scripted)
+        await scripted.wait_for_output('"event":"listening"')
+        await hub.stop()
+        await plain.wait_for_output("lost the hub connection (code")
+        hub = Hub(HubConfig(ice_servers=[]))
+        await hub.start("127.0.0.1", port)
+        await plain.wait_for_output("reconnected to the hub", within=15)
+        await scripted.wait_for_output('"event":"hub","connected":true', within=15)
+        lines = plain.stdout.splitlines()  # (before the hub stops again)
+    finally:
+        await hub.stop()
+    assert sum(line.startswith("lost the hub connection (code") and
+               line.endswith("), reconnecting") for line in lines) == 1, plain.describe()
+    assert lines.count("reconnected to the hub") == 1, plain.describe()
+    assert "WARNING" not in plain.stderr and "Traceback" not in plain.stderr, plain.describe()
+    hub_events = [json.loads(line) for line in scripted.stdout.splitlines()
+                  if '"event":"hub"' in line]
+    assert [e["connected"] for e in hub_events][:2] == [False, True], scripted.describe()
