@@ -41,10 +41,25 @@ __all__ = ["event_loop_factory", "ice_list", "main"]
 DEVICE_COMMANDS: Final = frozenset({"call", "listen", "devices", "doctor", "demo"})
 
 
+class PlainFormatter(logging.Formatter):
+    """A warning at the terminal of a phone command, as the CLI's own lines read:
+    ``softphone: warning: ...`` (no timestamp or module: -v gives those)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"softphone: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def setup_logging(verbose: int, command: str | None = None) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    fresh = not root.handlers  # (else someone configured logging: left as it is)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if fresh and verbose == 0 and command != "serve":  # (a hub's log keeps its timestamps)
+        root.handlers[0].setFormatter(PlainFormatter())
     if verbose < 2:
         # aiortc/aioice log expected network noise (failed pairs, mDNS) at WARNING.
         for name in ("aiortc", "aioice"):

@@ -296,3 +296,24 @@ def test_missing_opus_library_is_one_clear_line() -> None:
     assert out.stderr.strip().splitlines()[-1] == \
         "softphone: opuslib-next is not installed: pip install opuslib-next"
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("command", "verbose", "plain"), [
+    ("call", 0, True), ("listen", 0, True), ("serve", 0, False), ("call", 1, False)])
+def test_a_library_warning_reads_as_the_cli_s_own_line(command: str, verbose: int,
+                                                      plain: bool) -> None:
+    """At a phone command's terminal a warning is ``softphone: warning: ...`` (no
+    timestamp, no module); the hub's log and -v keep the full format."""
+    import subprocess
+    import sys
+
+    code = ("import logging\nfrom softphone.cli.main import setup_logging\n"
+            f"setup_logging({verbose}, {command!r})\n"
+            "logging.getLogger('softphone.client.phone').warning('the hub is far away')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    if plain:
+        assert done.stderr == "softphone: warning: the hub is far away\n"
+    else:
+        assert done.stderr.endswith(
+            " WARNING softphone.client.phone: the hub is far away\n"), done.stderr
