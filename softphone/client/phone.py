@@ -30,9 +30,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from softphone._tasks import spawn
 from softphone.client.call import Call as Call
@@ -43,11 +43,13 @@ from softphone.client.call import MediaLink as MediaLink
 from softphone.client.call import release
 from softphone.client.calltypes import PhoneClosed as PhoneClosed
 from softphone.client.hubcheck import HubCheck
+from softphone.client.hubconnection import POLICY_CLOSE, SAID_ELSEWHERE, RefusalWatch
+from softphone.client.hubconnection import HubConnection as HubConnection
 from softphone.client.media_setup import ICE_SERVERS_FRESH as ICE_SERVERS_FRESH
 from softphone.client.media_setup import IceServers as IceServers
 from softphone.client.media_setup import MediaFactory as MediaFactory
 from softphone.client.media_setup import MediaSetup
-from softphone.client.signaling import DEFAULT_SERVER, HubAddress, HubClient, HubUnreachable
+from softphone.client.signaling import DEFAULT_SERVER, HubClient, HubUnreachable
 from softphone.core import callstate as cs
 from softphone.core.line import HubProblem, IncomingCall, Line, Routed
 from softphone.core.midcall import HoldMessage, announced
@@ -62,35 +64,6 @@ from softphone.media.tracks import AudioOutput, AudioSource, Sink
 log = logging.getLogger(__name__)
 
 
-class HubConnection(Protocol):
-    """What a phone needs of its hub (:class:`~softphone.client.signaling.HubClient`)."""
-
-    address: HubAddress
-
-    @property
-    def close_code(self) -> int | None: ...
-
-    async def connect(self) -> None: ...
-
-    async def ice_servers(self) -> list[dict[str, Any]]: ...
-
-    async def send(self, message: Message) -> None: ...
-
-    def messages(self) -> AsyncIterator[Message | HubError]: ...
-
-    async def close(self) -> None: ...
-
-
-#: Hub errors that come with closing the connection for good (close code 1008).
-_REFUSALS = frozenset({ErrorCode.UNAUTHORIZED, ErrorCode.REPLACED})
-#: A hub with too many connections from our address closes with 1013 ("try again
-#: later"): a refusal when it turns away the phone's first connection (nothing ever
-#: worked: say why, do not retry); later, while reconnecting, the phone keeps trying.
-#: A hub full in total (the same code, "the hub is full") is tried again always.
-_FULL, _FULL_CLOSE = ErrorCode.TOO_MANY_CONNECTIONS, 1013
-_FULL_FOR_US: Final = "too many connections from this address"  # (the hub's words)
-#: Hub errors said otherwise (a refusal, an outcome): logged at info, not warning.
-_SAID_ELSEWHERE = frozenset({*_REFUSALS, ErrorCode.TOO_MANY_CONNECTIONS, ErrorCode.OFFLINE})
 #: Seconds :meth:`Phone.close` waits for its calls to finish (media closed), and then
 #: for what is queued for the hub to go out (the defaults of each phone's
 #: ``close_wait`` and ``flush_wait``).
@@ -432,7 +405,7 @@ class Phone:
         # (a refusal is said by whoever waits on ``refused``, the CLI; an offline
         # peer is a call's outcome or a message to one who left: info. Others, such
         # as rate-limited or too-large, only here: a warning)
-        log.log(logging.INFO if error.code in _SAID_ELSEWHERE else logging.WARNING,
+        log.log(logging.INFO if error.code in SAID_ELSEWHERE else logging.WARNING,
                 "hub error %s: %s", error.code, error.message)
         if self.on_hub_error is not None:
             self.on_hub_error(error)
@@ -441,30 +414,26 @@ class Phone:
 
     async def _reader(self) -> None:
         delay = 0.5
-        first = True  # the phone's first connection (none before it worked)
+        refusals = RefusalWatch()
         while True:
-            last_refusal: HubError | None = None
             async for item in self.hub.messages():
                 delay = 0.5
                 if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
                     self._hub_problem(item)
-                if isinstance(item, HubError) and (
-                        item.code in _REFUSALS or (first and item.code == _FULL
-                                                   and item.message == _FULL_FOR_US)):
-                    last_refusal = item
+                if isinstance(item, HubError):
+                    refusals.error(item)
                 self._run(self.line.route(item, self.loop_time))
             self.hub_connected.clear()
             self.hub_check.changed(False)
             if self._closing:
                 return
             code = self.hub.close_code
-            if last_refusal is not None and (
-                    code == 1008 or (last_refusal.code == _FULL and code == _FULL_CLOSE)):
-                self.refusal = last_refusal
+            refusal = refusals.closed(code)
+            if refusal is not None:
+                self.refusal = refusal
                 self.refused.set()
                 self._shut.set()
-            first = False
-            ends = not self.reconnect or code == 1008 or self.refused.is_set()
+            ends = not self.reconnect or code == POLICY_CLOSE or self.refused.is_set()
             if self.refused.is_set():
                 # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
                 log.info("lost the hub connection (code %s)", code)
