@@ -4,12 +4,12 @@
 sizes in the header after every flush, so a file cut short by Ctrl-C, a
 crash or SIGKILL is a valid WAV of what was written up to the last flush
 (at most twice :attr:`WavWriter.flush_every` seconds are lost on SIGKILL; nothing
-on Ctrl-C). A file that already exists at ``FILE`` is kept until audio comes: the
-recording starts in a hidden ``.FILE.XXXX.part`` beside it, moved onto ``FILE``
-with the first samples written (then written in place, as valid as before); one
-that ends with nothing recorded is removed, leaving an existing ``FILE`` as it
-was (a call that never connected does not wipe the last one's recording), or
-becomes an empty ``FILE`` where there was none. Disk writes happen on a thread
+on Ctrl-C). ``FILE`` is opened when the first samples come (its path checked
+at once), so a file already there is kept until then: a call that never
+connected does not wipe the last one's recording, and one that ends with
+nothing recorded leaves an existing ``FILE`` as it was (or makes an empty WAV
+where there was none). It is opened as any file is (a symbolic link written
+through, a device such as /dev/null written to, the mode kept). Disk writes happen on a thread
 (:class:`RecordingThread`), never on the event loop; samples are handed to it in batches of
 ``flush_every`` seconds. Many recordings can share one thread (a bot
 recording every caller: one thread per phone, not per call), and the thread
@@ -33,12 +33,11 @@ import json
 import logging
 import os
 import queue
-import secrets
 import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +117,27 @@ class RecordingThread:
                     log.exception("recording %s failed", writer.path)
 
 
+def check_writable(path: Path) -> None:
+    """Raise the OSError opening ``path`` for writing would (a folder, no such folder,
+    no permission), without opening it."""
+    def fail(code: int, where: Path) -> NoReturn:
+        raise OSError(code, os.strerror(code), str(where))
+
+    if path.is_dir():
+        fail(errno.EISDIR, path)
+    if os.path.lexists(path):
+        if path.exists() and not os.access(path, os.W_OK):
+            fail(errno.EACCES, path)
+        return
+    parent = path.parent
+    if not parent.exists():
+        fail(errno.ENOENT, path)
+    if not parent.is_dir():
+        fail(errno.ENOTDIR, path)
+    if not os.access(parent, os.W_OK):
+        fail(errno.EACCES, path)
+
+
 class WavWriter:
     """Append-only 16-bit PCM WAV file, written by a background thread.
 
@@ -132,17 +152,10 @@ class WavWriter:
         self.channels = channels
         self.flush_every = flush_every
         self.frames_written = 0
-        # Open now, so that a bad path fails here with a clear error, not later; beside
-        # FILE, not on it: FILE is replaced only once there are samples (_place).
-        if self.path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
-        if self.path.exists() and not os.access(self.path, os.W_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.path))
-        self._part, self._file = self._open_part()
-        self._placed = False  # the file is at self.path (else at self._part)
-        self._place_failed = False
-        self._file.write(wav_header(rate, channels, 0))
-        self._file.flush()
+        # Checked now, so that a bad path fails here with a clear error, not later; opened
+        # with the first samples (on the thread), so that FILE is kept until then.
+        check_writable(self.path)
+        self._file: BinaryIO | None = None
         self._data_bytes = 0
         self._pending_flush = 0  # bytes written since the header was last fixed (thread)
         self._batch: list[bytes] = []
@@ -159,31 +172,16 @@ class WavWriter:
         self._failed = False
         self._closed = False
 
-    def _open_part(self) -> tuple[Path, BinaryIO]:
-        """A new hidden file beside :attr:`path` to start the recording in."""
-        while True:
-            part = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
-            try:
-                return part, open(part, "xb")
-            except FileExistsError:
-                continue
-
-    def _place(self) -> None:
-        """On the thread: move the recording onto :attr:`path` (replacing what was
-        there, and the old recording's held-spans sidecar: not this one's)."""
-        if self._placed:
-            return
-        try:
-            os.replace(self._part, self.path)
-        except OSError as exc:  # (tried again at each batch and at the end: said once)
-            if not self._place_failed:
-                log.error("recording %s: could not move %s onto it: %s", self.path,
-                          self._part, exc)
-            self._place_failed = True
-            return
-        self._placed = True
-        with contextlib.suppress(OSError):
-            self.sidecar.unlink(missing_ok=True)
+    def _open(self) -> BinaryIO:
+        """On the thread: the file, opened (and its header written) the first time;
+        the sidecar of an earlier recording at FILE goes (this one's comes later)."""
+        if self._file is None:
+            self._file = open(self.path, "wb")
+            self._file.write(wav_header(self.rate, self.channels, 0))
+            self._file.flush()
+            with contextlib.suppress(OSError):
+                self.sidecar.unlink(missing_ok=True)
+        return self._file
 
     @property
     def seconds(self) -> float:
@@ -245,45 +243,39 @@ class WavWriter:
         """On the thread: write samples, the held notes, or (None) finish the file."""
         if item is None:
             try:
-                if not self._failed:
+                if self._file is None and not self._failed and not os.path.lexists(self.path):
+                    self._open()  # (nothing recorded, no FILE: an empty WAV, as asked)
+                if self._file is not None and not self._failed:
                     self._fix_header()
             except (OSError, ValueError) as exc:
                 log.error("recording %s stopped: %s", self.path, exc)
             finally:
-                self._file.close()
-                self._finish()
+                if self._file is not None:
+                    self._file.close()
                 self._done.set()
             return
         if isinstance(item, dict):
-            self._place()  # (the notes are of this recording: it is FILE from now on)
+            # (the notes are of this recording: it is FILE from now on)
+            with contextlib.suppress(OSError):
+                self._open()
             self._write_notes(item)
             return
         if self._failed:
             return
         try:
-            self._file.write(item)
+            first = self._file is None
+            f = self._open()
+            f.write(item)
             self._data_bytes += len(item)
             self._pending_flush += len(item)
-            if self._pending_flush >= self._batch_bytes or not self._placed:
-                self._fix_header()  # (a valid file before it replaces FILE)
+            if self._pending_flush >= self._batch_bytes or first:
+                self._fix_header()  # (valid from its first samples on)
                 self._pending_flush = 0
-            self._place()
         except (OSError, ValueError) as exc:  # disk full, file removed...: keep what we have
             log.error("recording %s stopped: %s", self.path, exc)
             self._failed = True
             with contextlib.suppress(OSError, ValueError):
                 self._fix_header()
-
-    def _finish(self) -> None:
-        """On the thread, the file closed: a recording with nothing in it replaces no
-        ``FILE`` (its hidden file is removed); else it is (or becomes) ``FILE``."""
-        if self._placed:
-            return
-        if self._data_bytes or not self.path.exists():
-            self._place()
-            return
-        with contextlib.suppress(OSError):
-            self._part.unlink()
 
     def _write_notes(self, notes: dict[str, Any]) -> None:
         """The sidecar, replaced whole (a reader never sees half of it)."""
@@ -296,6 +288,8 @@ class WavWriter:
 
     def _fix_header(self) -> None:
         f = self._file
+        if f is None:
+            return
         end = f.tell()
         f.seek(4)
         f.write(struct.pack("<I", 36 + self._data_bytes))

@@ -61,6 +61,45 @@ def test_an_existing_file_is_kept_when_nothing_is_recorded(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.wav"]
 
 
+def test_a_recording_is_opened_as_any_file_is(tmp_path) -> None:
+    """Through a symbolic link into its target (the link stays), into a device
+    (--record /dev/null: it stays a device), keeping an existing file's mode."""
+    import stat
+
+    target = tmp_path / "target.wav"
+    write_tone(target, 440, 5)
+    target.chmod(0o600)
+    link = tmp_path / "link.wav"
+    link.symlink_to(target)
+    paths = [link]
+    device = tmp_path / "null"  # (a /dev/null of its own: the real one is never at risk)
+    if os.geteuid() == 0:  # (mknod needs root, as CI runs)
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        paths.append(device)
+    for path in paths:
+        w = WavWriter(path)
+        tone = ToneGenerator(700)
+        for _ in range(60):
+            w.write(tone.next().tobytes())
+        w.close()
+    assert link.is_symlink() and read_wav(target)[0].size == 60 * 960
+    assert_tone(read_wav(target)[0], 700, skip=0, tolerance=2)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    if device in paths:
+        assert stat.S_ISCHR(device.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in
+                                                               [target, *paths])
+
+
+@pytest.mark.parametrize("where", ["folder", "missing-folder", "under-a-file"])
+def test_a_path_that_cannot_be_written_fails_at_once(tmp_path, where: str) -> None:
+    (tmp_path / "file").write_text("x")
+    path = {"folder": tmp_path, "missing-folder": tmp_path / "nope" / "a.wav",
+            "under-a-file": tmp_path / "file" / "a.wav"}[where]
+    with pytest.raises(OSError):
+        WavWriter(path)
+
+
 def test_an_existing_file_is_replaced_once_audio_comes(tmp_path) -> None:
     path = tmp_path / "keep.wav"
     write_tone(path, 440, 50)
@@ -168,8 +207,10 @@ def test_one_recording_failing_leaves_the_others_writing(tmp_path) -> None:
 
     thread = RecordingThread()
     good = WavWriter(tmp_path / "good.wav", thread=thread)
-    bad = WavWriter(tmp_path / "bad.wav", thread=thread)
-    bad._file.close()  # writing to it fails on the thread (as a removed disk would)
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    bad = WavWriter(folder / "bad.wav", thread=thread)
+    folder.rmdir()  # opening it fails on the thread (as a removed disk would)
     tone = ToneGenerator(500)
     for _ in range(50):
         frame = tone.next().tobytes()
