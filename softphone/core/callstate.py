@@ -161,10 +161,12 @@ REASON_MEDIA_LOST: Final = "media-lost"  # media died and no restart brought it 
 #: How a connected call ends on the peer's ``hangup``: completed (they hung up), or
 #: media-lost when the peer gave up on the media (``media-lost``), or when our media is
 #: lost (a restart episode) and the hangup is no one's choice: the hub's
-#: ``peer-disconnected`` (the peer never came back), ``media-failed``, or none (the
-#: original pages say no reason). A deliberate one (``interrupted``, ``hangup``, a
-#: restarted peer's ``no-such-call``, core/line.py) is the peer hanging up.
-_LOST_WITH_MEDIA: Final = frozenset({None, REASON_PEER_DISCONNECTED, REASON_MEDIA_FAILED})
+#: ``peer-disconnected`` (the peer never came back), a peer that has no such call
+#: any more (``no-such-call``, core/line.py: it was killed and started again, or gave
+#: up while we could not hear it), ``media-failed``, or none (the original pages say
+#: no reason). A deliberate one (``interrupted``, ``hangup``) is the peer hanging up.
+_LOST_WITH_MEDIA: Final = frozenset({None, REASON_PEER_DISCONNECTED, REASON_MEDIA_FAILED,
+                                     "no-such-call"})
 
 
 def _cause_of(event: Event) -> str:

@@ -181,7 +181,7 @@ async def test_page_core_ends_a_call_whose_media_is_lost_as_callstate_does(
     }""", [list(e) for e in _ENDINGS])
     assert got == expected
     assert expected == ["media-lost", "media-lost", "media-lost", "media-lost", "completed",
-                        "completed", "completed", "completed"]
+                        "media-lost", "completed", "completed"]
 
 
 async def test_page_core_holds_early_candidates_and_answers_busy(hub: Hub,

@@ -291,8 +291,8 @@ def crash(side: Side) -> None:
 async def test_a_peer_started_again_under_its_id_ends_the_call_at_once(hub: Hub) -> None:
     """b is killed mid-call and started again within the hub's peer grace (4 s): the
     new b has no call with a, so it answers a's restart offers with a hangup
-    (no-such-call), and a's call ends as the peer hanging up, not media-lost after
-    --give-up."""
+    (no-such-call), and a's call ends at once, not after --give-up (media-lost, as when
+    the hub says the peer is gone: the media never came back)."""
     media = MediaConfig(restart=RestartSettings(give_up=40.0))
     a, b = await call_pair(hub_url(hub), media)
     new_b = Phone("b", hub_url(hub))
@@ -302,8 +302,8 @@ async def test_a_peer_started_again_under_its_id_ends_the_call_at_once(hub: Hub)
         await asyncio.sleep(0.5)
         await new_b.connect()
         result = await asyncio.wait_for(a.call.ended(), 15)  # (the give-up is 40 s)
-        assert result.outcome is Outcome.COMPLETED and result.ended_by == "remote", result
-        assert result.reason == "no-such-call" and result.exit_code == 0, result
+        assert result.outcome is Outcome.MEDIA_LOST and result.ended_by == "remote", result
+        assert result.reason == "no-such-call" and result.exit_code == 14, result
         assert a.of("media-lost"), a.events  # (it was restarting the media)
         assert new_b.current_call is None
     finally:

@@ -163,11 +163,20 @@ def test_hanging_up_while_media_is_restarted_is_a_hangup(role: cs.Role) -> None:
     assert actions[0] == cs.Send(make("hangup", peer, {"reason": "interrupted"}))
     assert actions[-1] == cs.Ended(cs.Outcome.COMPLETED, "interrupted", 4.0, "local")
     assert int(cs.ExitCode.for_outcome(m.outcome)) == 0
-    for reason in ("interrupted", "hangup", "no-such-call"):
+    for reason in ("interrupted", "hangup"):
         m = connected(role)
         m.handle(cs.MediaInterrupted(lost=True), 3.0)
         actions = m.handle(cs.RemoteHangup(reason), 4.0)
         assert actions[-1] == cs.Ended(cs.Outcome.COMPLETED, reason, 4.0, "remote")
+    # A peer with no such call any more (killed and run again): the media never came
+    # back, as when the hub says peer-disconnected; with media, the peer hung up.
+    m = connected(role)
+    m.handle(cs.MediaInterrupted(lost=True), 3.0)
+    actions = m.handle(cs.RemoteHangup("no-such-call"), 4.0)
+    assert actions[-1] == cs.Ended(cs.Outcome.MEDIA_LOST, "no-such-call", 4.0, "remote")
+    m = connected(role)
+    actions = m.handle(cs.RemoteHangup("no-such-call"), 4.0)
+    assert actions[-1] == cs.Ended(cs.Outcome.COMPLETED, "no-such-call", 4.0, "remote")
 
 
 def test_giving_up_ends_the_call_media_lost_and_tells_the_peer() -> None:

@@ -310,7 +310,7 @@ export class CallMachine {
     const R = this.table.reasons;
     const lostMedia = R.MEDIA_LOST || MEDIA_LOST;
     const noChoice = reason === null || reason === (R.PEER_DISCONNECTED || "peer-disconnected")
-      || reason === R.MEDIA_FAILED;
+      || reason === R.MEDIA_FAILED || reason === "no-such-call";
     const lost = reason === lostMedia || (this.mediaLost && noChoice);
     return lost ? (this.table.outcomes.MEDIA_LOST || MEDIA_LOST) : this.table.outcomes.COMPLETED;
   }
