@@ -238,7 +238,14 @@ class Line:
                 ended = [Routed(call, a) for a in gives_way]
                 new = self._new(cs.Role.CALLEE, sender, now, data)
                 return [*ended, Routed(new, IncomingCall(new))]
-            return []  # a repeated request from our peer
+            if call.state is cs.CallState.CONNECTED:
+                # The peer of a connected call calls again: it holds no such call any
+                # more (killed and started again under its id). The old call ends as
+                # its no-such-call hangup would end it, and the new one rings.
+                gone = call.handle(cs.RemoteHangup(REASON_NO_SUCH_CALL), now)
+                new = self._new(cs.Role.CALLEE, sender, now, data)
+                return [*(Routed(call, a) for a in gone), Routed(new, IncomingCall(new))]
+            return []  # a repeated request from our peer (ringing, or being answered)
         if self.full:
             reject = make(MessageType.CALL_REJECT, sender, {"reason": cs.REASON_BUSY})
             return [Routed(None, cs.Send(reject))]

@@ -156,3 +156,25 @@ async def test_page_says_a_refusal_once(chromium: Launch) -> None:
         assert [e["code"] for e in errors] == ["unauthorized"], errors
         lines = await refused.locator("#errors li").all_text_contents()
         assert len(lines) == 1 and "unauthorized" in lines[0], lines
+
+
+async def test_page_takes_a_new_call_from_the_peer_of_its_connected_call(
+        hub: Hub, chromium: Launch) -> None:
+    """The peer was started again and calls at once: the page's old call ends (as
+    callstate.py's line ends it: no-such-call) and the new one rings, not ignored."""
+    page = await (await chromium(None)).open(hub_url(hub) + "/")
+    out = await page.evaluate("""async () => {
+        const {Line} = await import("./static/line.js");
+        const line = new Line("bob", window.phone.table);
+        line.receive({type: "call-request", from: "carl", to: "bob"}, 0);
+        line.handleLocal({type: "LocalAccept"}, 1);
+        line.handleLocal({type: "MediaConnected"}, 2);
+        const first = line.call;
+        const actions = line.receive({type: "call-request", from: "carl", to: "bob"}, 3);
+        return {kinds: actions.map(a => a.kind === "ended" ? `ended:${a.outcome}:${a.reason}`
+                                                          : a.kind),
+                oldState: first.state, newState: line.call.state,
+                same: line.call === first};
+    }""")
+    assert out["kinds"][-1] == "incoming" and "ended:completed:no-such-call" in out["kinds"]
+    assert out["oldState"] == "ended" and out["newState"] == "ringing" and not out["same"]

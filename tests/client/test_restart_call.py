@@ -311,6 +311,30 @@ async def test_a_peer_started_again_under_its_id_ends_the_call_at_once(hub: Hub)
         await new_b.close()
 
 
+async def test_a_peer_started_again_that_calls_at_once_gets_through(hub: Hub) -> None:
+    """a is killed mid-call, started again and calls b at once: b's old call ends (its
+    media was lost: media-lost) and the new call rings and connects, instead of being
+    ignored as a repeated request until b's give-up."""
+    media = MediaConfig(restart=RestartSettings(give_up=40.0))
+    a, b = await call_pair(hub_url(hub), media)
+    new_a = Phone("a", hub_url(hub), media=media)
+    try:
+        assert b.call is not None
+        crash(a)
+        await asyncio.sleep(0.5)
+        await new_a.connect()
+        again = await new_a.dial("b", ToneSource(A_TONE))
+        incoming = await asyncio.wait_for(b.phone.next_call(), 10)
+        old = await asyncio.wait_for(b.call.ended(), 5)
+        assert old.reason == "no-such-call" and old.ended_by == "remote", old
+        assert incoming.peer == "a" and incoming is not b.call
+        await incoming.accept(ToneSource(B_TONE))
+        await asyncio.wait_for(again.connected(), 20)
+    finally:
+        await close(a, b)
+        await new_a.close()
+
+
 async def test_hanging_up_while_the_media_is_restarted_is_our_hangup(hub: Hub) -> None:
     """Ctrl-C while the media is down and being restarted: the call ends as our
     hangup (completed), not media-lost; the peer hears a hangup."""

@@ -421,6 +421,27 @@ def test_late_messages_of_an_ended_call_are_ignored() -> None:
     assert snapshot(call) == before
 
 
+def test_a_call_request_from_the_peer_of_a_connected_call_is_a_new_call() -> None:
+    """The peer was killed and started again, and calls at once: our old call ends (its
+    media lost: media-lost; else completed) and the new one rings, not ignored as a
+    repeated request while the old one waited for its give-up."""
+    from softphone.core.line import IncomingCall
+
+    for media_lost, outcome in ((True, cs.Outcome.MEDIA_LOST), (False, cs.Outcome.COMPLETED)):
+        line = connected_caller()
+        old = line.call
+        assert old is not None
+        if media_lost:
+            line.handle_local(cs.MediaInterrupted(lost=True), 3.0, old)
+        actions = line.receive(from_("bob", "call-request"), 4.0)
+        assert [a for a in actions if isinstance(a, cs.Ended)] == [
+            cs.Ended(outcome, "no-such-call", 4.0, "remote")]
+        assert not [a for a in actions if isinstance(a, cs.Send)]  # (nothing to tell)
+        assert isinstance(actions[-1], IncomingCall)
+        assert line.call is not old and line.call is not None
+        assert line.call.role is cs.Role.CALLEE and line.call.state is S.RINGING
+
+
 def test_glare_the_smaller_id_wins() -> None:
     """Both dial each other at once: the larger id's call gives way and rings instead."""
     from softphone.core import callstate as cs

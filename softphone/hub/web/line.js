@@ -95,7 +95,14 @@ export class Line {
       if (this.active && call.peer !== from) {
         return [send("call-reject", from, {reason: R.BUSY}), {kind: "busy", peer: from}];
       }
-      if (this.active) return []; // a repeated request from our peer
+      if (this.active && call.state === S.CONNECTED) {
+        // The peer of our connected call calls again: it holds no such call any more
+        // (started again under its id). The old call ends as its no-such-call hangup
+        // would end it (softphone/core/line.py), and the new one rings.
+        const ended = call.handle({type: "RemoteHangup", reason: STRAY_HANGUP_REASON}, now);
+        return [...ended, {kind: "incoming", call: this.incomingCall(from, message.data, now)}];
+      }
+      if (this.active) return []; // a repeated request from our peer (ringing, or being answered)
       return [{kind: "incoming", call: this.incomingCall(from, message.data, now)}];
     }
     if (!this.active || from !== call.peer) return this.stray(message, now);
