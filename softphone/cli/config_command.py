@@ -143,6 +143,11 @@ def set_(ctx: click.Context, key: str, values: tuple[str, ...]) -> None:
         shown(option, written.value) if option is not None else f'"{written.value}"')
     made = " (made it, readable only by you)" if written.created else ""
     click.echo(f"{key} = {value} in {written.path}{made}")
+    if option is not None and option.secret and written.path.is_symlink():
+        # (a dotfiles setup: the secret lands in the file the link points to)
+        click.echo(f"softphone: note: {written.path} is a link: the secret is written to "
+                   f"{written.path.resolve()} (keep it out of shared dotfiles; or set "
+                   f"{option.file_key} to a file of its own)", err=True)
     warn(written.warnings)
 
 

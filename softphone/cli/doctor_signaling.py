@@ -23,6 +23,7 @@ from urllib.parse import quote
 import aiohttp
 
 from softphone.cli.doctor import DoctorTarget, Result, span, when
+from softphone.client.signaling import without_token
 
 __all__ = ["SOON", "Probe", "check_signaling", "probe_signaling", "reason_of", "token_claims",
            "token_facts"]
@@ -39,7 +40,7 @@ def reason_of(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return without_token(text.splitlines()[0])[:200]  # (aiohttp's texts quote the URL)
 
 
 @dataclass(frozen=True)

@@ -267,10 +267,11 @@ hub_security_options = option_group("security", _hub_security, [
                  show_default=True, help="Connections from one address (0: unlimited)."),
     click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
                  callback=_checked_by(_proxies),
-                 help="A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8) "
+                 help="A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.5) "
                       "whose X-Forwarded-For names the client that connections are "
                       "counted per address and logged by (repeatable; default: none, the "
-                      "header is ignored)."),
+                      "header is ignored). Anyone who can connect from it can name any "
+                      "address: name only the proxy."),
     click.option("--peer-grace", type=float, default=4.0, show_default=True,
                  callback=not_negative, metavar="S",
                  help="How long a client in a call whose connection was closed (its "

@@ -258,6 +258,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "no answer in time"
     if isinstance(exc, aiohttp.WSServerHandshakeError):  # (an HTTP answer, not an upgrade)
+        if exc.status == 101:  # (an upgrade, but not a valid WebSocket one)
+            return "it answered with an invalid WebSocket upgrade (a proxy in the way?)"
         return f"it answered HTTP {exc.status} instead of a WebSocket " \
                f"(is {'the path' if exc.status == 404 else 'the URL'} the hub's?)"
     if isinstance(exc, aiohttp.ClientConnectorError) \
@@ -270,7 +272,12 @@ def _describe(exc: BaseException) -> str:
         if err.errno and err.errno > 0:
             return os.strerror(err.errno).lower()  # "connection refused"
     text = str(exc) or type(exc).__name__
-    return _TOKEN_IN_URL.sub(r"\1***", text.splitlines()[0])[:200]
+    return without_token(text.splitlines()[0])[:200]
+
+
+def without_token(text: str) -> str:
+    """``text`` with the value of any ``token=`` in a URL it quotes masked."""
+    return _TOKEN_IN_URL.sub(r"\1***", text)
 
 
 #: ``token=...`` in a URL quoted by someone else's error text.

@@ -397,8 +397,13 @@ def test_config_set_and_unset_write_through_a_symbolic_link(tmp_path: Path) -> N
     assert link.is_symlink() and link.resolve() == target
     assert target.read_text() == 'id = "alice"\nserver = "http://hub:8080"\n'
     assert target.stat().st_mode & 0o777 == 0o640
+    assert "is a link" not in done.stderr  # (not a secret: nothing to say)
     assert run("config", "unset", "id", env=env).exit_code == 0
     assert link.is_symlink() and target.read_text() == 'server = "http://hub:8080"\n'
+    secret = run("config", "set", "token", "-", env=env, input="abc.def.ghi\n")
+    assert secret.exit_code == 0, secret.output
+    assert f"{link} is a link: the secret is written to {target}" in secret.stderr
+    assert "abc.def" not in secret.output
 
 
 @pytest.mark.parametrize("args", [["set", "audio.bitrat", "64"], ["unset", "audio.bitrat"]])

@@ -54,3 +54,10 @@ def test_a_token_quoted_by_another_error_is_masked() -> None:
     exc = RuntimeError(f"0, message='x', url='ws://h:1/ws?id=a&ice=1&token={TOKEN}'")
     said = _describe(exc)
     assert TOKEN[:10] not in said and "token=***" in said, said
+
+
+def test_the_doctor_masks_a_token_another_error_quotes() -> None:
+    from softphone.cli.doctor_signaling import reason_of
+
+    said = reason_of(RuntimeError(f"0, message='x', url='wss://h/ws?id=a&token={TOKEN}'"))
+    assert TOKEN[:10] not in said and "token=***" in said, said
