@@ -444,6 +444,9 @@ class Phone:
             if ends:
                 self._gone = f"lost the hub connection (code {code}) and does not reconnect"
                 self._shut.set()
+                if refusal is not None:  # (our id is someone else's now, or not ours)
+                    for call in self.calls:  # no message of theirs can reach us: end them
+                        self._feed(call, cs.LocalHangup(str(refusal.code)))
                 return
             while not self._closing:
                 await self.hub_check.pause(delay)  # (at most 1 s while media restarts)
