@@ -2,6 +2,8 @@
 
     python examples/echo_bot.py --as echo --server http://127.0.0.1:8080
     softphone call echo --as me --tone 440 --record heard.wav --duration 5
+
+Ctrl-C or SIGTERM (systemd's stop) hangs up the call and exits.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 
 from softphone import CallEnded, EchoSource, HubUnreachable, Phone, PhoneClosed
@@ -18,6 +21,11 @@ log = logging.getLogger("echo_bot")
 
 
 async def main(client_id: str, server: str) -> None:
+    # SIGTERM (systemd's stop) as Ctrl-C: this task is cancelled, and leaving
+    # `async with Phone` hangs up every call and closes the phone.
+    this = asyncio.current_task()
+    assert this is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this.cancel)
     async with Phone(client_id, server) as phone:
         log.info("echo bot %s ready on %s", client_id, server)
         while True:
@@ -39,7 +47,7 @@ if __name__ == "__main__":
     log.setLevel(logging.INFO)
     try:
         asyncio.run(main(args.client_id, args.server))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: hung up
         pass
     except (HubUnreachable, PhoneClosed) as exc:  # (e.g. another phone took our id)
         sys.exit(f"echo_bot: {exc}")

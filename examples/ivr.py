@@ -6,6 +6,7 @@
 Keys 1, 2 and 3 each play their choice (a tone, or --choice 1=sales.wav ...),
 0 plays the menu again, # says goodbye and hangs up. The menu and every
 choice are encoded once, whatever the number of callers (--max-calls at once).
+Ctrl-C or SIGTERM (systemd's stop) hangs up every call and exits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 import numpy as np
@@ -53,8 +55,9 @@ async def serve(call: Call, menu: SharedPrompt, choices: dict[str, SharedPrompt]
             key = (await call.next_digit()).digit
             log.info("%s pressed %s", call.peer, key)
             if key == "#":
-                voice.play(choices.get("#", SharedPrompt.tone(MENU_TONE, GOODBYE_SECONDS)))
-                await asyncio.sleep(GOODBYE_SECONDS)
+                goodbye = choices["#"]
+                voice.play(goodbye)
+                await asyncio.sleep(goodbye.seconds)
                 await call.hangup("goodbye")
                 break
             if key in choices:
@@ -69,8 +72,14 @@ async def serve(call: Call, menu: SharedPrompt, choices: dict[str, SharedPrompt]
 
 async def main(client_id: str, server: str, max_calls: int, menu_file: str | None,
                choice_files: list[str]) -> None:
+    # SIGTERM (systemd's stop) as Ctrl-C: this task is cancelled, and leaving
+    # `async with Phone` hangs up every call and closes the phone.
+    this = asyncio.current_task()
+    assert this is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this.cancel)
     menu = SharedPrompt.from_file(menu_file) if menu_file else beeps(MENU_TONE)
     choices = {key: SharedPrompt.tone(hz, 1.0) for key, hz in TONES.items()}
+    choices["#"] = SharedPrompt.tone(MENU_TONE, GOODBYE_SECONDS)  # the goodbye
     for item in choice_files:
         key, _, path = item.partition("=")
         choices[key] = SharedPrompt.from_file(path)
@@ -98,7 +107,7 @@ if __name__ == "__main__":
     log.setLevel(logging.INFO)
     try:
         asyncio.run(main(args.client_id, args.server, args.max_calls, args.menu, args.choice))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: hung up
         pass
     except (AudioFileError, HubUnreachable, PhoneClosed) as exc:  # (one line, no traceback)
         sys.exit(f"ivr: {exc}")

@@ -27,6 +27,7 @@ from softphone.core.callstate import (
     Outcome,
     Role,
 )
+from softphone.core.dtmf import DtmfEvent
 from softphone.core.line import LineBusy
 from softphone.core.version import __version__
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.media.dtmf_rtp import DtmfUnavailable
     from softphone.media.encoded import PromptSource, SharedPrompt
     from softphone.media.opus import EncoderSettings
+    from softphone.media.recording import RecordingThread
     from softphone.media.sinks import CaptureSink, RecorderSink
     from softphone.media.tracks import (
         AudioFileError,
@@ -69,17 +71,17 @@ _LAZY = {
     "AudioFileError": "media.tracks", "load_audio_file": "media.tracks",
     "ToneGenerator": "media.audio", "DtmfUnavailable": "media.dtmf_rtp",
     "PromptSource": "media.encoded", "SharedPrompt": "media.encoded",
+    "RecordingThread": "media.recording",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'softphone' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
+if not TYPE_CHECKING:  # (type checkers see the imports above: a typo is an error)
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'softphone' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
 
 
 __all__ = [
@@ -94,6 +96,7 @@ __all__ = [
     "CallStateError",
     "CallTimeouts",
     "CaptureSink",
+    "DtmfEvent",
     "DtmfUnavailable",
     "EchoSource",
     "EncoderSettings",
@@ -110,6 +113,7 @@ __all__ = [
     "PhoneClosed",
     "PromptSource",
     "RecorderSink",
+    "RecordingThread",
     "Role",
     "SharedPrompt",
     "SilenceSource",

@@ -23,6 +23,10 @@ of the recording, go to a sidecar ``FILE.json`` beside ``FILE`` (e.g.
 8.5]]}``; ``null`` as the end of a span the process did not live to close),
 written by the same thread, again at every change. A recording never held
 has no sidecar.
+
+A recording that stops (the disk full, its folder gone, ``FILE`` not
+writable when the first samples come) keeps what it wrote and says why in
+:attr:`WavWriter.error` (None while it is fine), besides a log line.
 """
 
 from __future__ import annotations
@@ -113,8 +117,9 @@ class RecordingThread:
             for writer, item in batch:
                 try:
                     writer._apply(item)
-                except Exception:  # one recording's bug must not stop the others'
+                except Exception as exc:  # one recording's bug must not stop the others'
                     log.exception("recording %s failed", writer.path)
+                    writer._stopped(f"failed: {exc!r}")
 
 
 def check_writable(path: Path) -> None:
@@ -170,6 +175,8 @@ class WavWriter:
             RecordingThread(flush_every, name=f"wav-{self.path.name}")
         self._done = threading.Event()  # set by the thread once the file is closed
         self._failed = False
+        self._error: str | None = None  # set once, by the thread (_stopped)
+        self._error_lock = threading.Lock()
         self._closed = False
 
     def _open(self) -> BinaryIO:
@@ -182,6 +189,20 @@ class WavWriter:
             with contextlib.suppress(OSError):
                 self.sidecar.unlink(missing_ok=True)
         return self._file
+
+    @property
+    def error(self) -> str | None:
+        """Why the recording stopped (the disk full, its folder gone...: what was
+        written is kept), or None while it is fine. Set by the writer thread; read it
+        from any thread, e.g. after :meth:`close`."""
+        with self._error_lock:
+            return self._error
+
+    def _stopped(self, reason: str) -> None:
+        """On the thread: the recording stopped; the first reason is kept."""
+        with self._error_lock:
+            if self._error is None:
+                self._error = reason
 
     @property
     def seconds(self) -> float:
@@ -249,6 +270,7 @@ class WavWriter:
                     self._fix_header()
             except (OSError, ValueError) as exc:
                 log.error("recording %s stopped: %s", self.path, exc)
+                self._stopped(str(exc))
             finally:
                 if self._file is not None:
                     self._file.close()
@@ -273,6 +295,7 @@ class WavWriter:
                 self._pending_flush = 0
         except (OSError, ValueError) as exc:  # disk full, file removed...: keep what we have
             log.error("recording %s stopped: %s", self.path, exc)
+            self._stopped(str(exc))
             self._failed = True
             with contextlib.suppress(OSError, ValueError):
                 self._fix_header()

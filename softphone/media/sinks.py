@@ -39,10 +39,16 @@ class RecorderSink:
     """Writes received audio to a WAV file (see :class:`WavWriter`), and the spans
     the call was on hold beside it (:meth:`WavWriter.note_held`). ``thread``: write
     on this :class:`RecordingThread`, shared with other recordings (a bot's calls),
-    not on a thread of its own."""
+    not on a thread of its own. :attr:`error`: why the recording stopped, if it did."""
 
     def __init__(self, path: str | Path, *, thread: RecordingThread | None = None) -> None:
         self.writer = WavWriter(path, thread=thread)
+
+    @property
+    def error(self) -> str | None:
+        """Why the recording stopped (the disk full, its folder gone...; what was
+        written is kept), or None while it is fine (:attr:`WavWriter.error`)."""
+        return self.writer.error
 
     def write(self, samples: Int16Array) -> None:
         self.writer.write(samples.tobytes())

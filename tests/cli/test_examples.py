@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 import wave
 from pathlib import Path
 
 import numpy as np
 
+from softphone import Outcome, Phone, SilenceSource, ToneSource
 from softphone.hub.server import Hub
 from softphone.media.audio import dominant_frequency
 
 from ..conftest import Proc, hub_url, read_wav
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def write_tone(path: Path, seconds: float) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        t = np.arange(int(seconds * 48000))
+        out.writeframes((np.sin(t * 0.06) * 8000).astype("<i2").tobytes())
 
 
 def example(procs: list[Proc], name: str, *args: str) -> Proc:
@@ -127,3 +139,67 @@ async def test_a_bot_whose_id_another_phone_takes_stops_in_one_line(
     last = bot.stdout.strip().splitlines()[-1]
     assert last.startswith("echo_bot: ") and "replaced" in last, bot.stdout
     assert "Traceback" not in bot.stdout
+
+
+async def test_the_announcer_stops_when_the_callee_hangs_up_during_it(
+        hub: Hub, procs: list[Proc], tmp_path) -> None:
+    """A 20 s announcement, the callee hangs up after 1 s: the announcer says so and
+    exits at once with the call's code (0, completed); it waited for the file's end
+    forever before."""
+    announcement = tmp_path / "long.wav"
+    write_tone(announcement, 20)
+    async with Phone("bob", hub_url(hub)) as bob:
+        bot = example(procs, "announcer.py", "bob", str(announcement), "--server",
+                      hub_url(hub))
+        call = await asyncio.wait_for(bob.next_call(), 15)
+        await call.accept(SilenceSource())
+        await asyncio.wait_for(call.connected(), 15)
+        await asyncio.sleep(1)
+        await call.hangup()
+        assert await bot.wait(within=8) == 0, bot.stdout
+    assert "bob hung up during the announcement: completed" in bot.stdout, bot.stdout
+    assert "Traceback" not in bot.stdout
+
+
+async def test_sigterm_hangs_up_the_menu_bots_callers(hub: Hub, procs: list[Proc]) -> None:
+    """systemd stops a bot with SIGTERM: its caller's call ends as hung up by the bot
+    (completed), not as the bot vanishing (peer-disconnected, media-lost)."""
+    bot = example(procs, "ivr.py", "--as", "menu", "--server", hub_url(hub))
+    await bot.wait_for_output("ready")
+    async with Phone("me", hub_url(hub)) as me:
+        call = await me.dial("menu", ToneSource(300))
+        await asyncio.wait_for(call.connected(), 15)
+        await asyncio.sleep(0.5)
+        bot.popen.send_signal(signal.SIGTERM)
+        result = await asyncio.wait_for(call.ended(), 10)
+        assert (result.outcome, result.ended_by) == (Outcome.COMPLETED, "remote"), result
+        assert result.reason == "closing", result
+    assert await bot.wait(within=10) == 0, bot.stdout
+    assert "call from me: completed" in bot.stdout and "Traceback" not in bot.stdout, \
+        bot.stdout
+
+
+async def test_the_answering_machine_takes_callers_at_once(hub: Hub, procs: list[Proc],
+                                                           tmp_path) -> None:
+    """Two callers at the same time each leave a message (the second was told busy
+    when it took one caller at a time)."""
+    box = tmp_path / "box"
+    bot = example(procs, "answering_machine.py", "--as", "vm", "--server", hub_url(hub),
+                  "--dir", str(box))
+    await bot.wait_for_output("ready")
+    callers = {peer: Proc("call", "vm", "--as", peer, "--server", hub_url(hub), "--tone",
+                          str(hz), "--no-audio", "--duration", "2.5")
+               for peer, hz in (("alice", 700), ("carol", 900))}
+    procs.extend(callers.values())
+    for caller in callers.values():
+        assert await caller.wait() == 0, caller.stdout
+    said = [f"message from {peer}: completed" for peer in callers]
+    for _ in range(100):  # (in either order)
+        if all(line in bot.stdout for line in said):
+            break
+        await asyncio.sleep(0.1)
+    assert all(line in bot.stdout for line in said), bot.stdout
+    for peer, hz in (("alice", 700), ("carol", 900)):
+        (message,) = box.glob(f"{peer}-*.wav")
+        samples, rate = read_wav(message)
+        assert abs(dominant_frequency(samples[rate // 2:], rate) - hz) < 5

@@ -222,3 +222,34 @@ def test_one_recording_failing_leaves_the_others_writing(tmp_path) -> None:
     assert samples.size == 50 * 960
     assert_tone(samples, 500, skip=0, tolerance=2)
     thread.close()
+
+
+@pytest.mark.parametrize("audio", [True, False], ids=["audio", "nothing-recorded"])
+def test_a_recording_that_stops_says_why_in_error(tmp_path, audio: bool) -> None:
+    """Its folder removed after construction: `error` (on the writer and on the
+    RecorderSink a bot holds) says why once it is closed; a recording that went
+    fine beside it has None."""
+    from softphone.media.recording import RecordingThread
+    from softphone.media.sinks import RecorderSink
+
+    thread = RecordingThread()
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    good = RecorderSink(tmp_path / "good.wav", thread=thread)
+    bad = RecorderSink(folder / "bad.wav", thread=thread)
+    alone = WavWriter(folder / "alone.wav")  # (a thread of its own)
+    assert (good.error, bad.error, alone.error) == (None, None, None)
+    folder.rmdir()
+    tone = ToneGenerator(500)
+    for _ in range(20 if audio else 0):
+        frame = tone.next()
+        good.write(frame)
+        bad.write(frame)
+        alone.write(frame.tobytes())
+    for recording in (bad, good, alone):
+        recording.close()
+    thread.close()
+    assert good.error is None
+    for error in (bad.error, bad.writer.error, alone.error):
+        assert error is not None and "No such file or directory" in error, error
+    assert read_wav(tmp_path / "good.wav")[0].size == (20 * 960 if audio else 0)
