@@ -180,10 +180,8 @@ class SharedPrompt:
     def from_file(cls, path: str | Path, settings: EncoderSettings | None = None
                   ) -> SharedPrompt:
         """Decode any audio file FFmpeg reads (:func:`softphone.media.tracks.load_audio_file`)."""
-        from softphone.media.tracks import AudioFileError, load_audio_file
+        from softphone.media.tracks import load_audio_file
 
-        if Path(path).is_dir():
-            raise AudioFileError(f"{path}: a folder, not an audio file")
         return cls(load_audio_file(path), settings)
 
     @classmethod

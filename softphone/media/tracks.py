@@ -168,6 +168,8 @@ class AudioFileError(ValueError):
 def load_audio_file(path: str | Path, rate: int = SAMPLE_RATE) -> Int16Array:
     """Decode any audio file PyAV (FFmpeg) reads into mono int16 at ``rate``."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioFileError(f"{path}: a folder, not an audio file")
     if not path.is_file():
         raise AudioFileError(f"{path}: no such file")
     chunks: list[Int16Array] = []
