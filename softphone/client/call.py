@@ -175,8 +175,9 @@ class Call:
 
         ``0-9 * # A-D``; ``,`` is a 2 s pause; ``duration_ms`` per tone
         (40..6000), ``gap_ms`` between tones (at least 30). Waits until media
-        is connected, then until the last tone is out. A bad character is a
-        one-line ValueError (before anything is sent);
+        is connected, then until the last tone is out. A bad character, no
+        character at all, or a duration or gap out of range is a one-line
+        ValueError (before anything is sent);
         :class:`~softphone.media.dtmf_rtp.DtmfUnavailable` if the peer did
         not agree to telephone events. :class:`CallEnded` if the call is over
         before every tone went out (or was over already); a call that ends once
@@ -184,13 +185,17 @@ class Call:
         """
         await self._keys.send(tones, duration_ms, gap_ms)
 
-    async def next_digit(self) -> DtmfEvent:
+    async def next_digit(self, timeout: float | None = None) -> DtmfEvent:  # noqa: ASYNC109
         """The next key the peer pressed (each digit once, when it ended).
 
         Digits that came before this was called are given first, oldest first.
-        Raises :class:`CallEnded` once the call is over and no digit is left.
+        Raises :class:`CallEnded` once the call is over and no digit is left;
+        ``TimeoutError`` if no key came within ``timeout`` seconds (None: wait
+        as long as the call lasts). A key pressed after a timeout is kept for
+        the next call. Cancelling the wait (``asyncio.wait_for``) leaves nothing
+        behind either.
         """
-        return await self._keys.next_digit()
+        return await self._keys.next_digit(timeout)
 
     async def hold(self) -> None:
         """Put the call on hold: no audio either way until :meth:`resume` (and the peer's,

@@ -13,16 +13,37 @@ ways become the call's events (``dtmf``, ``dtmf-sent``).
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from softphone.client.calltypes import CallEnded, held_call
-from softphone.core.dtmf import DtmfEvent, check_tones
+from softphone.core.dtmf import (
+    MAX_DURATION_MS,
+    MIN_DURATION_MS,
+    MIN_GAP_MS,
+    DtmfEvent,
+    check_tones,
+)
 from softphone.media.dtmf_rtp import DtmfChannel, DtmfUnavailable
 
 if TYPE_CHECKING:
     from softphone.client.call import Call
+
+
+def check_keys(tones: str, duration_ms: float, gap_ms: float) -> None:
+    """A one-line ValueError unless :meth:`DtmfLink.send` may send these (what
+    ``insertDTMF`` would quietly clamp or ignore is refused here)."""
+    check_tones(tones)
+    if not tones:
+        raise ValueError("no DTMF key to send: give at least one of 0-9, *, #, A-D or ','")
+    if not MIN_DURATION_MS <= duration_ms <= MAX_DURATION_MS:
+        raise ValueError(f"DTMF duration {duration_ms!r} ms out of range "
+                         f"{MIN_DURATION_MS}..{MAX_DURATION_MS}")
+    if not MIN_GAP_MS <= gap_ms < math.inf:
+        raise ValueError(f"DTMF gap {gap_ms!r} ms must be a finite number, at least "
+                         f"{MIN_GAP_MS}")
 
 
 class DtmfLink:
@@ -47,7 +68,7 @@ class DtmfLink:
 
     async def send(self, tones: str, duration_ms: float, gap_ms: float) -> None:
         """:meth:`Call.send_dtmf <softphone.client.call.Call.send_dtmf>`."""
-        check_tones(tones)
+        check_keys(tones, duration_ms, gap_ms)
         call = self.call
         await call.connected()
         if call.machine.is_ended:  # (over, its result maybe not out yet: wait for it)
@@ -73,16 +94,26 @@ class DtmfLink:
             sending.cancel()
         raise CallEnded(await call.ended())
 
-    async def next_digit(self) -> DtmfEvent:
+    async def next_digit(self, timeout: float | None = None) -> DtmfEvent:  # noqa: ASYNC109
         """:meth:`Call.next_digit <softphone.client.call.Call.next_digit>`."""
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"next_digit timeout {timeout!r} must be None or >= 0 seconds")
         ended: asyncio.Future[Any] = self.call._ended
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._digits:
             if ended.done():
                 raise CallEnded(ended.result())
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no key pressed within {timeout} s")
             self._digit_arrived.clear()
             waiter = asyncio.ensure_future(self._digit_arrived.wait())
-            await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            try:  # (cancelled from outside, as by wait_for, too: no task left behind)
+                await asyncio.wait({waiter, ended}, timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
         return self._digits.popleft()
 
     # (A channel of an earlier connection may outlive the call: then nobody is told.)

@@ -28,9 +28,11 @@ aiortc side, and one of the few places (with :mod:`.aiortc_seams` and
    the Opus playout; one :class:`~softphone.core.dtmf.DtmfEvent` per digit
    goes to ``DtmfChannel.on_event``. The audio frames the peer suppressed
    during the tone are given to the playout as silence (``fill``), so they
-   are not concealed nor counted as lost. aiortc's RTCP statistics still
-   see every packet: telephone events and audio share one sequence, so
-   neither shows as lost in the reports.
+   are not concealed; telephone events and audio share one sequence, so the
+   playout's loss count (our RTCP XR) is given every event packet's number,
+   with a silent frame or, for a packet that covers no new frame (the copies
+   of an event's end), with nothing to play. aiortc's RTCP statistics see
+   every packet anyway: keys show as no loss in either report.
 """
 
 from __future__ import annotations
@@ -237,32 +239,48 @@ class DtmfChannel:
 
     def receive(self, ssrc: int, seq: int, timestamp: int, payload: bytes, marker: bool,
                 clock_rate: int, fill: PacketHandler | None = None) -> None:
-        """One telephone-event packet as it arrived; ``fill``: the audio's packet handler."""
+        """One telephone-event packet as it arrived; ``fill``: the audio's packet handler
+        (it is given this packet's sequence number in any case: :meth:`_fill_suppressed`)."""
         loop = asyncio.get_running_loop()
         try:
             done = self.receiver.receive(timestamp, seq, payload, loop.time(), marker=marker,
                                          clock_rate=clock_rate)
         except DtmfPayloadError as exc:
             log.debug("bad telephone-event packet %d: %s", seq, exc)
-            return
+            done = None
         if fill is not None:
-            self._fill_suppressed(ssrc, seq, timestamp, payload, clock_rate, fill)
-        self._report(done)
-        self._arm(loop)
+            if done is None:  # (counted all the same: see _fill_suppressed)
+                fill(ssrc, seq, timestamp, b"", False)
+            else:
+                self._fill_suppressed(ssrc, seq, timestamp, payload, clock_rate, fill)
+        if done is not None:
+            self._report(done)
+            self._arm(loop)
 
     def _fill_suppressed(self, ssrc: int, seq: int, timestamp: int, payload: bytes,
                          clock_rate: int, fill: PacketHandler) -> None:
-        """Silence for the audio frames this event covers so far (the sender left them out)."""
-        if len(payload) < 4 or payload[0] > 15:
-            return
-        units = int.from_bytes(payload[2:4], "big")
-        frames = min(300, math.ceil(units * 48000 / clock_rate / _AUDIO_FRAME))
+        """Silence for the audio frames this event covers so far (the sender left them out),
+        under this packet's sequence number.
+
+        Telephone events and audio share one sequence (RFC 4733 §2.1), so the
+        audio's loss count must see every event packet's number, or each would
+        count as a lost audio packet. A packet that adds no frame (the copies of
+        an event's final packet, which go beside the audio again; a non-DTMF or
+        malformed event) is given as an empty payload: counted, nothing to play.
+        """
+        frames = 0
+        if len(payload) >= 4 and payload[0] <= 15:
+            units = int.from_bytes(payload[2:4], "big")
+            frames = min(300, math.ceil(units * 48000 / clock_rate / _AUDIO_FRAME))
         event_ts, filled = self._fill
         if event_ts != timestamp:
             filled = 0
+        if frames <= filled:
+            fill(ssrc, seq, timestamp, b"", False)
+            return
         for k in range(filled, frames):
             fill(ssrc, seq, (timestamp + k * _AUDIO_FRAME) & 0xFFFFFFFF, OPUS_SILENCE, False)
-        self._fill = (timestamp, max(filled, frames))
+        self._fill = (timestamp, frames)
 
     def _report(self, events: list[DtmfEvent]) -> None:
         for event in events:

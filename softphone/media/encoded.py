@@ -325,8 +325,9 @@ class PacketEcho(EncodedSource):
 
     def push(self, ssrc: int, seq: int, timestamp: int, payload: bytes,
              is_red: bool = False) -> None:
-        """A packet as it arrived (RED if ``is_red``): sent back."""
-        if self._direct is None:
+        """A packet as it arrived (RED if ``is_red``): sent back (an empty one, a
+        telephone event's packet, has nothing to send)."""
+        if self._direct is None or not payload:
             return  # not sending yet: nothing to echo into
         if ssrc != self._ssrc:  # a new stream: go on from where we were
             self._ssrc = ssrc

@@ -135,6 +135,8 @@ class StretchPlayout(Playout):
             if lost:
                 self._loss_told = now
             self.on_loss()
+        if not payload:  # a packet of the stream with nothing to play (a telephone event)
+            return
         if is_red:
             self.buffer.copies_expected = True
         super().push(ssrc, seq, timestamp, payload, is_red, *args, **kwargs)

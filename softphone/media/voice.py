@@ -127,7 +127,10 @@ class Playout:
 
     def push(self, ssrc: int, seq: int, timestamp: int, payload: bytes,
              is_red: bool = False) -> None:
-        """A packet as it arrived; ``is_red``: its payload is RED (RFC 2198)."""
+        """A packet as it arrived; ``is_red``: its payload is RED (RFC 2198). An
+        empty one (a telephone event's packet: counted by the caller) plays nothing."""
+        if not payload:
+            return
         now = self.clock()
         blocks: list[red.Block] = []
         if is_red:
