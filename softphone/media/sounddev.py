@@ -58,7 +58,12 @@ def alsa_messages_to_log() -> bool:
     the terminal mid-call by the library PortAudio uses on Linux) to this module's
     log at debug level. Process-wide (ALSA has one handler): for a program that owns
     its terminal, such as the CLI. Whether ALSA was found. (The log has ALSA's
-    format string, not its arguments: C's variadic arguments are not read.)"""
+    format string, not its arguments: C's variadic arguments are not read.) On a
+    terminal, PortAudio's own lines go to the log too
+    (:mod:`softphone.media.native_noise`)."""
+    from softphone.media.native_noise import portaudio_messages_to_log
+
+    portaudio_messages_to_log()  # (PortAudio's own lines too, on a terminal)
     try:
         ctypes.CDLL("libasound.so.2").snd_lib_error_set_handler(_ALSA_TO_LOG)
     except (OSError, AttributeError) as exc:

@@ -1,0 +1,93 @@
+"""PortAudio's own messages, off the terminal and into the log.
+
+Debian's PortAudio writes its internal errors straight to file descriptor 2
+(``Expression 'PaAlsaStream_WaitForFrames( stream, &framesAvail, &xrun )' failed
+in 'src/hostapi/alsa/pa_linux_alsa.c', line: 4285``), half a dozen lines each
+time the sound server goes away, over a call's status line. It has no hook
+for them (``PaUtil_SetDebugPrintFunction`` is not exported). So, for a program
+that owns its terminal (the CLI), :func:`portaudio_messages_to_log` puts a pipe
+in front of descriptor 2: a thread passes every line on to the terminal
+except PortAudio's (:func:`is_portaudio_line`), which go to this module's log
+at debug level. Python's own ``sys.stderr`` writes straight to the terminal,
+not through the pipe, so nothing Python says waits on the thread or is lost
+at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+#: Pieces of the lines PortAudio (and its ALSA host API) writes on its own.
+_PORTAUDIO_MARKS: Final = (b"Expression '", b"pa_linux_alsa.c", b"PaAlsa", b"pa_unix_util.c",
+                           b"pa_process.c", b"pa_front.c")
+
+
+def is_portaudio_line(line: bytes) -> bool:
+    """Whether ``line`` is one of PortAudio's own messages."""
+    return any(mark in line for mark in _PORTAUDIO_MARKS)
+
+
+def portaudio_messages_to_log() -> bool:
+    """Filter PortAudio's lines out of descriptor 2 when it is a terminal (see the
+    module). Process-wide; whether the filter is now in place."""
+    try:
+        if not os.isatty(2):
+            return False
+        terminal = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+    except OSError as exc:
+        log.debug("PortAudio's messages stay on the terminal: %s", exc)
+        return False
+    # Python's own writes skip the pipe (the logging handler made before this, too:
+    # it holds the old sys.stderr object, whose descriptor is now the pipe; so the
+    # object is replaced in place where it can be).
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding,
+                           errors="backslashreplace")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(
+                handler.stream, "fileno", None) is not None:
+            try:
+                if handler.stream.fileno() == 2:
+                    handler.setStream(sys.stderr)
+            except (OSError, ValueError):
+                continue
+    threading.Thread(target=_pass_on, args=(read_end, terminal), name="stderr-filter",
+                     daemon=True).start()
+    return True
+
+
+def _pass_on(read_end: int, terminal: int) -> None:
+    """The filter's thread: lines from the pipe to the terminal, PortAudio's to the log."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(read_end, 4096)
+        except OSError:
+            return
+        if not chunk:
+            if pending:
+                _forward(pending, terminal)
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            _forward(line + b"\n", terminal)
+
+
+def _forward(line: bytes, terminal: int) -> None:
+    if is_portaudio_line(line):
+        log.debug("PortAudio: %s", line.rstrip().decode(errors="replace"))
+        return
+    try:
+        os.write(terminal, line)
+    except OSError:
+        pass
