@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -246,8 +246,7 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
         if said_refusal(phone, out):
             return ExitCode.REFUSED
         out.say(describe(result))
-        if media.record and result.outcome is Outcome.COMPLETED:
-            out.say(f"recorded to {sinks[0].writer.path} ({sinks[0].writer.seconds:.1f} s)")
+        say_recorded(out, sinks, result)
         return result.exit_code
 
     try:
@@ -293,6 +292,9 @@ def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaO
     setup = PhoneSetup(client_id, hub, ice, media, echo=echo)
     out = Output(talk.json_mode)
     setup.source().stop()  # check the file/tone/microphone now, before anyone calls
+    speaker = setup.output()  # and the speaker (a bad --output: exit 2, not at a call)
+    if speaker is not None:
+        speaker.stop()
     if not media.audio.no_audio:  # PortAudio loads in ~80 ms: now, not when a call rings
         from softphone.media.devices import load_sounddevice
 
@@ -333,19 +335,26 @@ def said_refusal(phone: Phone, out: Output) -> bool:
     return True
 
 
-async def accept_call(incoming: Call, setup: PhoneSetup, n: int) -> bool:
-    """Accept ``incoming`` with call ``n``'s media; False if the caller gave up first
-    (the call is then over: ``ended()`` says how)."""
+async def accept_call(incoming: Call, setup: PhoneSetup, n: int) -> list[Any] | None:
+    """Accept ``incoming`` with call ``n``'s media: its sinks (the --record file);
+    None if the caller gave up first (the call is then over: ``ended()`` says how)."""
     from softphone.client.call import CallEnded
 
     if incoming.is_ended:
-        return False
+        return None
     source, sinks, output = setup.call_media(incoming.peer, n)
     try:
         await incoming.accept(source, sinks, output=output)  # (refused: it closes them)
     except CallEnded:
-        return False
-    return True
+        return None
+    return sinks
+
+
+def say_recorded(out: Output, sinks: list[Any], result: CallResult) -> None:
+    """After a completed call with --record: where what we heard went, and how long."""
+    if sinks and result.outcome is Outcome.COMPLETED:
+        writer = sinks[0].writer
+        out.say(f"recorded to {writer.path} ({writer.seconds:.1f} s)")
 
 
 async def next_incoming(phone: Phone, interrupts: Interrupts, out: Output) -> Call | None:
@@ -398,12 +407,14 @@ async def answer_one_by_one(phone: Phone, setup: PhoneSetup, out: Output,
                 else False
         # Ctrl-C at the prompt declines the call, then exits as Ctrl-C while waiting.
         asked_away = not accept and interrupts.event.is_set()
-        if accept:
-            await accept_call(incoming, setup, n)  # (a caller who gave up: said below)
+        sinks: list[Any] = []
+        if accept:  # (a caller who gave up: said below)
+            sinks = await accept_call(incoming, setup, n) or []
         elif accept is False and incoming.state is CallState.RINGING:
             await incoming.reject("interrupted" if asked_away else "declined")
         result = await talk_until_end(incoming, out, interrupts, talk.duration)
         out.say(describe(result))
+        say_recorded(out, sinks, result)
         if asked_away:
             return ExitCode.INTERRUPTED if once else ExitCode.COMPLETED
         if once or interrupts.event.is_set():
@@ -416,13 +427,14 @@ async def answer_many(phone: Phone, setup: PhoneSetup, out: Output, interrupts: 
     serving: set[asyncio.Task[None]] = set()
     n = 0
 
-    async def serve(call: Call) -> None:
+    async def serve(call: Call, sinks: list[Any]) -> None:
         timer = asyncio.create_task(connected_then_timer(call, out, talk.duration))
         try:
             result = await call.ended()
         finally:
             timer.cancel()
         out.say(describe(result))
+        say_recorded(out, sinks, result)
 
     try:
         while True:
@@ -440,10 +452,11 @@ async def answer_many(phone: Phone, setup: PhoneSetup, out: Output, interrupts: 
                 continue
             out.say(f"incoming call from {incoming.peer} ({len(phone.calls)} of "
                     f"{phone.max_calls} lines): accepting")
-            if not await accept_call(incoming, setup, n):
+            sinks = await accept_call(incoming, setup, n)
+            if sinks is None:
                 out.say(describe(await incoming.ended()))
                 continue
-            task = asyncio.create_task(serve(incoming), name=f"call-{n}")
+            task = asyncio.create_task(serve(incoming, sinks), name=f"call-{n}")
             serving.add(task)
             task.add_done_callback(serving.discard)
     finally:

@@ -39,7 +39,14 @@ class Output:
     def event(self, event: dict[str, Any]) -> None:
         if self.json_mode:
             event = {"time": round(time.monotonic() - self._t0, 3), **event}
-            print(json.dumps(event, separators=(",", ":")), flush=True)
+            line = json.dumps(event, separators=(",", ":"))
+
+            def write() -> None:
+                print(line, flush=True)
+
+            # (a live status line on stderr is cleared first: stdout may be that terminal)
+            if self.screen is None or not self.screen.above(write):
+                write()
 
 
 #: Codes of one command only: not listed by the others' ``--help``.

@@ -99,11 +99,20 @@ def _open(device: Callable[[str | None], _Device], spec: str | None, required: b
 
 
 def _short(exc: Exception) -> str:
-    """The first clause of a device error (the fix is said by the caller)."""
-    from softphone.media.devices import INSTALL_PORTAUDIO
+    """A device error for a notice (what to do instead is said by the caller): a
+    missing dependency's first clause ("no audio microphone (input) device"); a
+    device that cannot be used in full, its reason kept ("is the sound server
+    running?"), without the other ways to send and PortAudio's own words."""
+    from softphone.media.devices import ALTERNATIVES, INSTALL_PORTAUDIO
 
-    text = str(exc).split(":", 1)[0]
-    return f"{text} ({INSTALL_PORTAUDIO})" if "PortAudio" in text else text
+    if isinstance(exc, MissingDependency):
+        text = str(exc).split(":", 1)[0]
+        return f"{text} ({INSTALL_PORTAUDIO})" if "PortAudio" in text else text
+    text = str(exc)
+    for advice in (f", or use {ALTERNATIVES}", f"; use {ALTERNATIVES}"):
+        text = text.removesuffix(advice)
+    reason, raw, _ = text.partition("running?) [")  # (open_stream: "... [PortAudio's]")
+    return reason + "running?)" if raw else text
 
 
 # ---------------------------------------------------------------- figures ---
@@ -145,42 +154,79 @@ def status_text(*, state: str, seconds: float, codec: str, stats: MediaStats | N
                 speaker_dbfs: float, muted: bool, keys: bool, heard: str = "",
                 pressed: str = "", voice: VoiceStats | None = None,
                 devices: dict[str, Any] | None = None, sas: str | None = None,
-                held: str = "", on_hold: bool = False, delay: DelayParts | None = None) -> str:
-    """The status line (pure: figures in, text out).
+                held: str = "", on_hold: bool = False, delay: DelayParts | None = None,
+                width: int | None = None) -> str:
+    """The status line (pure: figures in, text out), at most ``width`` characters.
 
     ``held``: who holds the call ("local", "remote", "local, remote"; "" for
     nobody); ``on_hold``: we hold it (the key then resumes);
     ``heard``/``pressed``: the last DTMF keys the peer pressed / we pressed;
-    ``sas``: the call's verification code (last: the "connected to" line above the
-    status line has it in full, so a narrow terminal may cut it here); ``delay``: our
-    voice's way to the peer's ear, once the peer has said its part.
+    ``sas``: the call's verification code (the "connected to" line above the
+    status line has it in full); ``delay``: our voice's way to the peer's ear, once
+    the peer has said its part.
+
+    What the user must see comes first and is never cut: the state, on hold, the
+    time, MUTED. A line longer than ``width`` loses whole parts, the least
+    important first (:data:`CUT_ORDER`: the verification code, then the network
+    figures, ...; the keys last), before it is cut at ``width``.
     """
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x:.0f}ms" if x >= 10 else f"{x:.1f}ms"
 
-    parts = [state, *([f"on hold ({held})"] if held else []), clock(seconds), codec]
+    # (kind, text) in the line's order; kind names the part in CUT_ORDER.
+    parts: list[tuple[str, str]] = [("must", state)]
+    if held:
+        parts.append(("must", f"on hold ({held})"))
+    parts.append(("must", clock(seconds)))
+    if muted:
+        parts.append(("must", "MUTED"))
+    parts.append(("codec", codec))
     if stats is not None:
         expected = stats.packets_received + stats.packets_lost
         loss = 100.0 * stats.packets_lost / expected if expected else 0.0
-        parts += [f"rtt {ms(stats.rtt_ms)}", f"jit {ms(stats.jitter_ms)}", f"loss {loss:.1f}%"]
+        parts += [("rtt", f"rtt {ms(stats.rtt_ms)}"), ("jit", f"jit {ms(stats.jitter_ms)}"),
+                  ("loss", f"loss {loss:.1f}%")]
         if stats.buffer_ms is not None:
-            parts.append(f"buf {ms(stats.buffer_ms)}")
-    parts += [f"mic {meter(mic_dbfs)}" + (" MUTED" if muted else ""),
-              f"spk {meter(speaker_dbfs)}"]
+            parts.append(("buf", f"buf {ms(stats.buffer_ms)}"))
+    parts += [("mic", f"mic {meter(mic_dbfs)}"), ("spk", f"spk {meter(speaker_dbfs)}")]
     if heard or pressed:
-        parts.append(" ".join(["dtmf", *([f"in {heard[-KEYS_SHOWN:]}"] if heard else []),
-                               *([f"out {pressed[-KEYS_SHOWN:]}"] if pressed else [])]))
-    if keys:  # (last: on a narrow terminal, what is cut)
-        parts.append("m:" + ("unmute" if muted else "mute") + " h:hangup"
-                     + (" p:resume" if on_hold else " p:hold")
-                     + ("" if heard or pressed else " 0-9*#:keys"))
+        parts.append(("dtmf", " ".join(["dtmf", *([f"in {heard[-KEYS_SHOWN:]}"] if heard else []),
+                                        *([f"out {pressed[-KEYS_SHOWN:]}"] if pressed
+                                          else [])])))
+    if keys:
+        parts.append(("keys", "m:" + ("unmute" if muted else "mute") + " h:hangup"
+                      + (" p:resume" if on_hold else " p:hold")
+                      + ("" if heard or pressed else " 0-9*#:keys")))
     mouth_to_ear = None if delay is None else delay.mouth_to_ear_ms
-    if mouth_to_ear is not None:  # (after the keys too)
-        parts.append(f"delay {ms(mouth_to_ear)}")
-    parts += voice_status(voice, devices or {})  # (after the keys: cut first when narrow)
+    if mouth_to_ear is not None:
+        parts.append(("delay", f"delay {ms(mouth_to_ear)}"))
+    parts += [("voice", text) for text in voice_status(voice, devices or {})]
     if sas:
-        parts.append(f"code: {sas}")
-    return "  ".join(parts)
+        parts.append(("code", f"code: {sas}"))
+    def joined(kinds: set[str]) -> str:
+        return "  ".join(text for kind, text in parts if kind in kinds)
+
+    shown = {kind for kind, _ in parts}
+    if width is None:
+        return joined(shown)
+    cut: list[str] = []
+    for kind in CUT_ORDER:
+        if len(joined(shown)) <= width:
+            break
+        if kind in shown:
+            shown.discard(kind)
+            cut.append(kind)
+    for kind in reversed(cut):  # (a small part cut early may fit after a big one went;
+        if len(joined(shown | {kind})) > width:  # never one less important than one cut)
+            break
+        shown.add(kind)
+    return joined(shown)[:width]
+
+
+#: The parts a status line too long for the terminal loses, first to last ("must":
+#: state, on hold, time and MUTED, are never cut).
+CUT_ORDER = ("code", "buf", "jit", "rtt", "delay", "codec", "loss", "voice", "spk", "mic",
+             "dtmf", "keys")
 
 
 def held_by(call: Call) -> str:
@@ -249,20 +295,38 @@ class Line:
         self.out = create_output(stdout=stream)
         self.text = ""
 
+    def width(self) -> int:
+        """The characters a line may have (the terminal's columns, less the last one)."""
+        return max(20, self.out.get_size().columns - 1)
+
     def draw(self, text: str) -> None:
-        width = max(20, self.out.get_size().columns - 1)
-        self.text = text[:width]
+        self.text = text[:self.width()]
         self.out.write_raw("\r")
         self.out.erase_end_of_line()
         self.out.write(self.text)
         self.out.flush()
 
-    def say(self, text: str) -> None:
-        """Print a line above the status line, then redraw it."""
+    def say(self, text: str, status: str | None = None) -> None:
+        """Print a line above the status line, then redraw it (as ``status`` if given:
+        the line as it is now, not as it was last drawn)."""
         self.out.write_raw("\r")
         self.out.erase_end_of_line()
         self.out.write(text)
         self.out.write_raw("\r\n")
+        self._redraw(status)
+
+    def above(self, write: Callable[[], None], status: str | None = None) -> None:
+        """Clear the status line, let ``write`` print on the same terminal (a JSON line
+        on stdout), then redraw the status line (as ``status`` if given)."""
+        self.out.write_raw("\r")
+        self.out.erase_end_of_line()
+        self.out.flush()
+        write()
+        self._redraw(status)
+
+    def _redraw(self, status: str | None) -> None:
+        if status is not None and self.text:
+            self.text = status[:self.width()]
         if self.text:
             self.out.write(self.text)
         self.out.flush()
@@ -325,7 +389,15 @@ class CallScreen:
         """Print above the live line; False when there is none (print it yourself)."""
         if self.line is None:
             return False
-        self.line.say(text)
+        self.line.say(text, self.text())
+        return True
+
+    def above(self, write: Callable[[], None]) -> bool:
+        """Run ``write`` (it prints a JSON event on stdout, maybe this terminal) with the
+        live line cleared, then redraw it; False when there is none (just write)."""
+        if self.line is None:
+            return False
+        self.line.above(write, self.text())
         return True
 
     # events ------------------------------------------------------------------
@@ -393,13 +465,16 @@ class CallScreen:
 
     def text(self) -> str:
         call = self.call
+        if self._codec == "?":
+            self._codec = call.codec or "?"
         return status_text(state=self.state(), seconds=call.talk_seconds, codec=self._codec,
                            stats=self._stats, mic_dbfs=call.mic_dbfs,
                            speaker_dbfs=call.speaker_dbfs, muted=call.muted,
                            keys=self.line is not None, heard=self.heard,
                            pressed=self.pressed, voice=self._voice, devices=self._devices,
                            sas=call.sas, held=held_by(call), on_hold=call.on_hold,
-                           delay=self._delay)
+                           delay=self._delay,
+                           width=None if self.line is None else self.line.width())
 
     def _read_audio(self) -> None:
         """The voice processor's and the devices' figures (no await: they are snapshots)."""

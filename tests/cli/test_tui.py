@@ -85,7 +85,7 @@ async def test_status_line_and_mute_key(hub: Hub, pulse: PulseLab, procs: list[P
     # least our sending's 42 ms (processing, frame, look-ahead), less than 200.
     await expect(alice, r"m:mute h:hangup p:hold 0-9\*#:keys  delay ([4-9][0-9]|1[0-9]{2})ms")
     alice.send("m")
-    await expect(alice, r"mic \[-+\] MUTED  spk")
+    await expect(alice, r"connected  0:[0-9]+  MUTED  opus/48000\+red  .*mic \[-+\]  spk")
     await asyncio.sleep(2.5)
     alice.send("h")
     assert await finish(alice) == 0
