@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from softphone.cli.tui import hold_text, status_text
+from softphone.cli.status_text import hold_text, status_text
 from softphone.hub.server import Hub
 from softphone.media.audio import rms_dbfs
 

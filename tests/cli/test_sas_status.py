@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from softphone.cli.tui import status_text
+from softphone.cli.status_text import status_text
 
 CODE = "beeswax proximate prefer vocalist"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from softphone.cli.tui import status_text
+from softphone.cli.status_text import status_text
 from softphone.hub.server import Hub
 from softphone.media.rtc import MediaStats
 
