@@ -262,8 +262,10 @@ class WatchedDevice:
         role = "microphone" if self.direction == "input" else "speaker"
         effect = "sending silence" if self.direction == "input" \
             else "no longer playing what you hear"
+        instead = "--tone/--play to send" if self.direction == "input" \
+            else "--record to keep what you hear"
         self.lost = (f"{role} lost: {self.device.name} {why}; the call goes on, {effect} "
-                     f"(check the device, or use {ALTERNATIVES})")
+                     f"(check the device; or use {instead}, or --no-audio)")
         # (a warning only if nobody is told: a listener, such as the CLI, says it itself)
         told = self._tell_lost(self.lost)
         log.log(logging.INFO if told else logging.WARNING, "%s", self.lost)

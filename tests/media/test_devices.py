@@ -137,6 +137,11 @@ async def test_device_lost_mid_call_is_reported_and_the_call_goes_on(
     # (each said once: by the CLI, not also as the library's warning)
     assert alice.stderr.count("microphone lost") == 1, alice.stderr
     assert alice.stderr.count("speaker lost") == 1, alice.stderr
+    lines = alice.stderr.splitlines()
+    mic = next(line for line in lines if "microphone lost" in line)
+    speaker = next(line for line in lines if "speaker lost" in line)
+    assert "--tone/--play to send" in mic and "--tone" not in speaker, alice.stderr
+    assert "--record to keep what you hear" in speaker, alice.stderr
     assert '"event":"device-lost"' in alice.stdout
     assert "Traceback" not in alice.stderr
     assert "call completed" in alice.stderr
