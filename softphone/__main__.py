@@ -1,5 +1,5 @@
 """``python -m softphone``: the same as the ``softphone`` command."""
 
-from softphone.cli.main import main
+from softphone.cli.entry import run
 
-main()
+run()

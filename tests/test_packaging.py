@@ -84,7 +84,7 @@ def test_wheel_holds_the_whole_package(wheel: Path) -> None:
     for package in ("core", "media", "client", "hub", "cli"):
         assert f"softphone/{package}/__init__.py" in names
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "server/"))]
-    assert "softphone = softphone.cli.main:main" in entry_points
+    assert "softphone = softphone.cli.entry:run" in entry_points
 
 
 def test_wheel_metadata_is_complete(wheel: Path) -> None:

@@ -48,6 +48,20 @@ def _pick(input: str | None, output: str | None) -> tuple[str | None, str | None
     return input, output
 
 
+def _named(kind: str, spec: str, settings: Settings | None) -> str:
+    """Where the device ``spec`` came from, as the user gave it: ``--input '7'``,
+    ``SOFTPHONE_INPUT='7'`` or ``FILE:LINE: audio.input '7'`` (a config file's
+    errors name the file, line and key)."""
+    from softphone.cli.config_resolve import Source
+
+    got = settings[f"audio.{kind}"] if settings is not None else None
+    if got is None or got.source is Source.FLAG or not got.origin:
+        return f"--{kind} {spec!r}"
+    if got.source is Source.ENV:
+        return f"{got.origin}={spec!r}"
+    return f"{got.origin}: audio.{kind} {spec!r}"
+
+
 @click.command()
 @option_group("picked", _pick, [
     click.option("--input", envvar="SOFTPHONE_INPUT", metavar="DEVICE",
@@ -57,7 +71,7 @@ def _pick(input: str | None, output: str | None) -> tuple[str | None, str | None
                  help="Mark the speaker this names (env SOFTPHONE_OUTPUT; config: "
                       "audio.output)."),
 ])
-def devices(picked: tuple[str | None, str | None]) -> None:
+def devices(picked: tuple[str | None, str | None], settings: Settings | None = None) -> None:
     """List the microphones and speakers PortAudio sees (for --input/--output).
 
     '*' marks the system's defaults, '>' the ones a call would use (with
@@ -88,7 +102,7 @@ def devices(picked: tuple[str | None, str | None]) -> None:
                            f"({d.hostapi}, {channels} ch, {d.default_rate:.0f} Hz)")
         if spec and chosen is None:
             click.echo(f"  (no single {kind} device matches {spec!r}: a call would fail)")
-            unmatched.append(f"--{kind} {spec!r}")
+            unmatched.append(_named(kind, spec, settings))
     click.echo("* default   > what a call would use")
     if unmatched:  # as call and listen refuse it: a bad option value
         fail(f"{' and '.join(unmatched)}: no single device matches (call and listen "

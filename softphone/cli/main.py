@@ -121,8 +121,9 @@ def main(ctx: click.Context, verbose: int, config_file: str | None,
                        else "text" if show_settings else None)
 
 
-for _command in (serve, token, call, listen, devices):
+for _command in (serve, token, call, listen):
     main.add_command(configured(_command))
+main.add_command(configured(devices, pass_settings=True))  # (to name where --input came from)
 main.add_command(configured(doctor, pass_settings=True, unreadable_ok=True))
 for _command in (demo, config, completion):
     main.add_command(_command)

@@ -19,6 +19,7 @@ never handed to the command).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -107,13 +108,33 @@ def check_server(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def finite(ctx: click.Context | None, param: click.Parameter | None,
+           value: float | None) -> float | None:
+    """A float option's value, refused unless it is a number (click's ``float`` takes
+    ``nan`` and ``inf``): the message the config file's numbers get too
+    (:func:`softphone.cli.config.check_value`)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter("must be a finite number")
+    return value
+
+
 def positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    value = finite(ctx, param, value)
     if value is not None and value <= 0:
         raise click.BadParameter("must be greater than 0")
     return value
 
 
+def percent(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A share from 0 to 100 (``--simulate-loss``)."""
+    value = finite(ctx, param, value)
+    if value is not None and not 0 <= value <= 100:
+        raise click.BadParameter(f"{value:g} is not in the range 0<=x<=100")
+    return value
+
+
 def not_negative(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    finite(ctx, param, value)
     if value < 0:
         raise click.BadParameter("must be 0 or more")
     return value
@@ -350,7 +371,7 @@ _NO_AUDIO = click.option("--no-audio/--audio", default=False,
 media_options = option_group("media", _media, [
     click.option("--play", type=click.Path(dir_okay=False), metavar="FILE",
                  help="Send this audio file (any format FFmpeg reads), then silence."),
-    click.option("--tone", type=float, default=None, metavar="HZ",
+    click.option("--tone", type=float, default=None, callback=finite, metavar="HZ",
                  help="Send a sine tone of this frequency."),
     click.option("--record", type=click.Path(dir_okay=False), metavar="FILE",
                  help="Record what the other side sends to a WAV file. In listen, "
@@ -364,7 +385,7 @@ media_options = option_group("media", _media, [
                       "accepts it, as loss appears: a lost packet is rebuilt exactly "
                       "from the next one, for up to N+1 times the bitrate. 0: Opus "
                       f"alone (default {DEFAULT_REDUNDANCY})."),
-    click.option("--simulate-loss", type=click.FloatRange(0, 100), metavar="PCT",
+    click.option("--simulate-loss", type=float, callback=percent, metavar="PCT",
                  help="Drop this share of received audio packets (testing)."),
     _INPUT,
     _OUTPUT,

@@ -72,7 +72,8 @@ _EXIT_MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.REDIS_UNAVAILABLE: "serve --redis: Redis not reachable at start",
     ExitCode.DOCTOR_FAILED: "doctor: a check a call needs failed (no call possible)",
     ExitCode.MEDIA_LOST: "audio died mid-call and did not come back within --give-up",
-    ExitCode.INTERRUPTED: "Ctrl-C while waiting for calls (listen --once)",
+    ExitCode.INTERRUPTED: "Ctrl-C while waiting for calls (listen --once), or before a "
+                          "command got going",
 }
 
 #: The exit code of each call outcome (``softphone call`` / ``listen --once``);

@@ -97,3 +97,21 @@ async def silent_server() -> AsyncIterator[tuple[int, asyncio.Event]]:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+def two_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PortAudio seeing one microphone and one speaker; any name but theirs matches none."""
+    from softphone.media import sounddev
+    from softphone.media.sounddev import DeviceError, DeviceInfo
+
+    mic = DeviceInfo(0, "Mic", "ALSA", 1, 0, 48000.0, default_input=True)
+    speaker = DeviceInfo(1, "Speaker", "ALSA", 0, 2, 48000.0, default_output=True)
+
+    def find(spec: str | None, kind: str) -> DeviceInfo:
+        if spec is None:
+            return mic if kind == "input" else speaker
+        raise DeviceError(f"no {kind} device matches {spec!r}")
+
+    monkeypatch.setattr(sounddev, "list_devices", lambda: [mic, speaker])
+    monkeypatch.setattr(sounddev, "find_device", find)

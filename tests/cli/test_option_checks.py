@@ -279,20 +279,8 @@ def test_audio_device_index_in_the_config_file(tmp_path: Path) -> None:
         in result.stderr
 
 
-def test_devices_naming_no_device_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from softphone.media import sounddev
-    from softphone.media.sounddev import DeviceError, DeviceInfo
-
-    mic = DeviceInfo(0, "Mic", "ALSA", 1, 0, 48000.0, default_input=True)
-    speaker = DeviceInfo(1, "Speaker", "ALSA", 0, 2, 48000.0, default_output=True)
-
-    def find(spec: str | None, kind: str) -> DeviceInfo:
-        if spec is None:
-            return mic if kind == "input" else speaker
-        raise DeviceError(f"no {kind} device matches {spec!r}")
-
-    monkeypatch.setattr(sounddev, "list_devices", lambda: [mic, speaker])
-    monkeypatch.setattr(sounddev, "find_device", find)
+@pytest.mark.usefixtures("two_devices")
+def test_devices_naming_no_device_is_a_usage_error() -> None:
     result = run("devices", "--input", "nomatch")
     assert result.exit_code == ExitCode.USAGE, result.output
     assert "> *   0  Mic" not in result.stdout and "Speaker" in result.stdout
