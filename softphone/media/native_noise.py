@@ -15,6 +15,9 @@ at exit.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import faulthandler
 import logging
 import os
 import sys
@@ -60,27 +63,47 @@ def portaudio_messages_to_log() -> bool:
                     handler.setStream(sys.stderr)
             except (OSError, ValueError):
                 continue
-    threading.Thread(target=_pass_on, args=(read_end, terminal), name="stderr-filter",
-                     daemon=True).start()
+    if faulthandler.is_enabled():  # (a crash's traceback straight to the terminal)
+        faulthandler.enable(file=sys.stderr)
+    thread = threading.Thread(target=_pass_on, args=(read_end, terminal),
+                              name="stderr-filter", daemon=True)
+    thread.start()
+    atexit.register(_drain, terminal, thread)
     return True
 
 
+def _drain(terminal: int, thread: threading.Thread) -> None:
+    """At exit: descriptor 2 is the terminal again, so the pipe ends and the thread
+    passes on what is still in it (a last line without its newline too)."""
+    with contextlib.suppress(OSError):
+        os.dup2(terminal, 2)
+    thread.join(timeout=1.0)
+
+
 def _pass_on(read_end: int, terminal: int) -> None:
-    """The filter's thread: lines from the pipe to the terminal, PortAudio's to the log."""
+    """The filter's thread: lines from the pipe to the terminal, PortAudio's to the log.
+    Should it stop, descriptor 2 is the terminal again (writers never block on a pipe
+    nobody reads)."""
     pending = b""
-    while True:
-        try:
+    try:
+        while True:
             chunk = os.read(read_end, 4096)
-        except OSError:
-            return
-        if not chunk:
-            if pending:
-                _forward(pending, terminal)
-            return
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            _forward(line + b"\n", terminal)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                _forward(line + b"\n", terminal)
+        if pending:
+            _forward(pending, terminal)
+    except Exception as exc:  # (a broken pipe or terminal: give fd 2 back)
+        log.debug("the stderr filter stopped: %s", exc)
+    finally:
+        with contextlib.suppress(OSError):
+            if os.fstat(2).st_ino != os.fstat(terminal).st_ino:
+                os.dup2(terminal, 2)
+        with contextlib.suppress(OSError):
+            os.close(read_end)
 
 
 def _forward(line: bytes, terminal: int) -> None:
