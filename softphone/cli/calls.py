@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -30,7 +29,7 @@ from softphone.cli.options import (
 )
 from softphone.cli.phone_setup import PhoneSetup
 from softphone.cli.prompt import LineReader, ask
-from softphone.cli.runtime import Interrupts, Output, exit_codes_help, first_done
+from softphone.cli.runtime import Interrupts, Output, exit_codes_help, first_done, run_to_exit
 from softphone.client.hubaddress import HubUnreachable
 from softphone.core.callstate import CallState, CallTimeouts, ExitCode, Outcome
 
@@ -249,11 +248,7 @@ def call(callee: str, client_id: str, hub: HubClientOptions, ice: IceOptions,
         say_recorded(out, sinks, result)
         return result.exit_code
 
-    try:
-        code = asyncio.run(run())
-    finally:
-        setup.close()
-    sys.exit(code)
+    run_to_exit(run(), setup.close)
 
 
 # ----------------------------------------------------------------- listen ---
@@ -320,11 +315,7 @@ def listen(client_id: str, hub: HubClientOptions, ice: IceOptions, media: MediaO
         finally:
             await phone.close()
 
-    try:
-        code = asyncio.run(run())
-    finally:
-        setup.close()
-    sys.exit(code)
+    run_to_exit(run(), setup.close)
 
 
 def said_refusal(phone: Phone, out: Output) -> bool:
@@ -351,10 +342,14 @@ async def accept_call(incoming: Call, setup: PhoneSetup, n: int) -> list[Any] | 
 
 
 def say_recorded(out: Output, sinks: list[Any], result: CallResult) -> None:
-    """After a completed call with --record: where what we heard went, and how long."""
-    if sinks and result.outcome is Outcome.COMPLETED:
-        writer = sinks[0].writer
-        out.say(f"recorded to {writer.path} ({writer.seconds:.1f} s)")
+    """After a call with --record that recorded something: where what we heard went,
+    how long, and why the recording stopped if it did (a full disk)."""
+    if not sinks:
+        return
+    writer = sinks[0].writer
+    if writer.seconds > 0 or writer.error is not None:
+        stopped = f"; it stopped early: {writer.error}" if writer.error is not None else ""
+        out.say(f"recorded to {writer.path} ({writer.seconds:.1f} s){stopped}")
 
 
 async def next_incoming(phone: Phone, interrupts: Interrupts, out: Output) -> Call | None:

@@ -12,8 +12,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, NoReturn, TextIO
 
 import click
@@ -101,3 +102,31 @@ async def first_done(*aws: Awaitable[Any]) -> None:
     finally:
         for t in tasks:
             t.cancel()
+
+
+def run_to_exit(main: Coroutine[Any, Any, int], close: Callable[[], None]) -> NoReturn:
+    """``asyncio.run(main)``, then ``close()``, then exit with main's code. Once main
+    has its code (the outcome is printed), Ctrl-C no longer changes it: not while the
+    loop closes (asyncio hands Ctrl-C back to Python then) nor during ``close()``."""
+    decided: list[int] = []
+
+    async def deciding() -> int:
+        code = await main
+        decided.append(code)
+        return code
+
+    previous = None
+    try:
+        try:
+            code = asyncio.run(deciding())
+        except KeyboardInterrupt:
+            if not decided:
+                raise
+            code = decided[0]
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finally:
+        close()
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+    sys.exit(code)

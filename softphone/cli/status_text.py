@@ -151,6 +151,3 @@ def media_text(event: dict[str, Any]) -> str:
         return f"media back after {event.get('gap_ms')} ms"
     then = "restarting" if event.get("restarting") else "waiting for it (no restart agreed)"
     return f"media lost ({event.get('reason')}), {then}"
-
-
-# --------------------------------------------------------------- terminal ---

@@ -119,6 +119,7 @@ class RecordingThread:
                     writer._apply(item)
                 except Exception as exc:  # one recording's bug must not stop the others'
                     log.exception("recording %s failed", writer.path)
+                    writer._failed = True  # (it says it stopped: it writes no more)
                     writer._stopped(f"failed: {exc!r}")
 
 

@@ -149,3 +149,26 @@ async def test_listen_says_where_it_recorded(hub: Hub, procs: list[Proc],
     assert await bob.wait() == 0, bob.describe()
     assert re.search(rf"recorded to {re.escape(str(rec))} \([0-9.]+ s\)", bob.stdout), \
         bob.describe()
+
+
+def test_a_recording_that_stopped_early_is_said(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--record whose folder went away mid-call: the line at the end says the recording
+    stopped and why (a real WavWriter; it said "recorded to" as if all were kept)."""
+    from types import SimpleNamespace
+
+    from softphone.cli.calls import say_recorded, unplaced_result
+    from softphone.cli.runtime import Output
+    from softphone.core.callstate import Outcome
+    from softphone.media.recording import WavWriter
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    writer = WavWriter(folder / "a.wav")
+    folder.rmdir()
+    writer.write(bytes(1920))
+    writer.close()
+    result = unplaced_result("bob", Outcome.COMPLETED, "hangup")
+    say_recorded(Output(json_mode=False), [SimpleNamespace(writer=writer)], result)
+    said = capsys.readouterr().out
+    assert "it stopped early:" in said and "a.wav" in said, said
