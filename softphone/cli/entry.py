@@ -63,18 +63,26 @@ def run(args: Sequence[str] | None = None) -> NoReturn:
     def while_loading(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(code)
 
-    signal.signal(signal.SIGINT, while_loading)
+    # (a Ctrl-C ignored from the start, a background job of a script, stays ignored)
+    ours = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    if ours:
+        signal.signal(signal.SIGINT, while_loading)
     import click
 
     from softphone.cli.main import main
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # (the commands take it)
+    if ours:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (the commands take it)
     try:
         try:
             returned = main.main(args=args, prog_name="softphone", standalone_mode=False)
             result = returned if isinstance(returned, int) else COMPLETED
-        except click.Abort:  # Ctrl-C (KeyboardInterrupt) outside a command's own handling
-            result = code
+        except click.Abort as exc:  # Ctrl-C (KeyboardInterrupt) outside a command's own
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                result = code
+            else:  # (an end of input, or a command's own abort: as click says it)
+                print("Aborted!", file=sys.stderr)
+                result = 1
         except click.ClickException as exc:
             exc.show()
             result = exc.exit_code
