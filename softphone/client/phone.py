@@ -446,7 +446,7 @@ class Phone:
                 self._shut.set()
                 if refusal is not None:  # (our id is someone else's now, or not ours)
                     for call in self.calls:  # no message of theirs can reach us: end them
-                        self._feed(call, cs.LocalHangup(str(refusal.code)))
+                        self._feed(call, cs.HubGone(str(refusal.code)))
                 return
             while not self._closing:
                 await self.hub_check.pause(delay)  # (at most 1 s while media restarts)

@@ -111,6 +111,15 @@ class HubLost(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class HubGone(Event):
+    """The hub refused us for good (another took our id: ``replaced``; or
+    ``unauthorized``): nothing of the call can reach us any more, so it ends, a
+    connected one too (with :class:`HubLost` it keeps talking)."""
+
+    reason: str = "replaced"
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConnected(Event):
     pass
 

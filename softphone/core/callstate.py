@@ -35,6 +35,7 @@ from softphone.core.callevents import (
     CallState,
     Ended,
     Event,
+    HubGone,
     HubLost,
     LocalAccept,
     LocalDescription,
@@ -74,11 +75,12 @@ __all__ = [  # the vocabulary (core/callevents.py) re-exported: callstate.X is t
     "EXIT_CODES", "REASON_BUSY", "REASON_GLARE", "REASON_MEDIA_FAILED", "REASON_MEDIA_LOST",
     "REASON_NO_ANSWER", "REASON_PEER_DISCONNECTED", "TRANSITIONS", "Action", "AddCandidate",
     "ApplyAnswer", "ApplyOffer", "CallMachine", "CallState", "CallStateError", "CallTimeouts",
-    "Ended", "Event", "ExitCode", "HubLost", "LocalAccept", "LocalDescription", "LocalHangup",
-    "LocalReject", "MediaConnected", "MediaFailed", "MediaGiveUp", "MediaInterrupted", "MidCall",
-    "OfferDue", "Outcome", "PeerOffline", "RemoteAccept", "RemoteAnswer", "RemoteCandidate",
-    "RemoteHangup", "RemoteMidCall", "RemoteOffer", "RemoteReject", "RingTimeout", "Role", "Send",
-    "SetupTimeout", "StartMedia", "StateChanged", "StopMedia",
+    "Ended", "Event", "ExitCode", "HubGone", "HubLost", "LocalAccept", "LocalDescription",
+    "LocalHangup", "LocalReject", "MediaConnected", "MediaFailed", "MediaGiveUp",
+    "MediaInterrupted", "MidCall", "OfferDue", "Outcome", "PeerOffline", "RemoteAccept",
+    "RemoteAnswer", "RemoteCandidate", "RemoteHangup", "RemoteMidCall", "RemoteOffer",
+    "RemoteReject", "RingTimeout", "Role", "Send", "SetupTimeout", "StartMedia", "StateChanged",
+    "StopMedia",
 ]
 
 
@@ -98,6 +100,7 @@ TRANSITIONS: Final[dict[tuple[Role, CallState, type[Event]], CallState]] = {
     (C, S.DIALING, PeerOffline): S.ENDED,
     (C, S.DIALING, LocalHangup): S.ENDED,  # cancelled; prompt withdrawn
     (C, S.DIALING, HubLost): S.ENDED,
+    (C, S.DIALING, HubGone): S.ENDED,
     (C, S.DIALING, RingTimeout): S.ENDED,  # no answer; prompt withdrawn
     # callee, prompt shown
     (E, S.RINGING, LocalAccept): S.CONNECTING,
@@ -105,6 +108,7 @@ TRANSITIONS: Final[dict[tuple[Role, CallState, type[Event]], CallState]] = {
     (E, S.RINGING, LocalHangup): S.ENDED,  # same as reject
     (E, S.RINGING, RemoteHangup): S.ENDED,  # missed: the caller gave up
     (E, S.RINGING, HubLost): S.ENDED,
+    (E, S.RINGING, HubGone): S.ENDED,
     # both, media being set up
     (C, S.CONNECTING, LocalDescription): S.CONNECTING,  # our offer
     (C, S.CONNECTING, RemoteAnswer): S.CONNECTING,
@@ -127,11 +131,15 @@ TRANSITIONS: Final[dict[tuple[Role, CallState, type[Event]], CallState]] = {
     (E, S.CONNECTING, PeerOffline): S.ENDED,
     (C, S.CONNECTING, HubLost): S.ENDED,
     (E, S.CONNECTING, HubLost): S.ENDED,
+    (C, S.CONNECTING, HubGone): S.ENDED,
+    (E, S.CONNECTING, HubGone): S.ENDED,
     # both, in the call
     (C, S.CONNECTED, RemoteCandidate): S.CONNECTED,  # late trickle
     (E, S.CONNECTED, RemoteCandidate): S.CONNECTED,
     (C, S.CONNECTED, HubLost): S.CONNECTED,  # media is peer to peer: keep talking
     (E, S.CONNECTED, HubLost): S.CONNECTED,
+    (C, S.CONNECTED, HubGone): S.ENDED,  # refused for good: nothing reaches us any more
+    (E, S.CONNECTED, HubGone): S.ENDED,
     (C, S.CONNECTED, RemoteHangup): S.ENDED,
     (E, S.CONNECTED, RemoteHangup): S.ENDED,
     (C, S.CONNECTED, LocalHangup): S.ENDED,
@@ -349,6 +357,11 @@ class CallMachine:
 
     def _on_PeerOffline(self, event: PeerOffline, now: float) -> list[Action]:
         return self._end(Outcome.OFFLINE, None, now)
+
+    def _on_HubGone(self, event: HubGone, now: float) -> list[Action]:
+        # (no hangup sent: the hub is gone; the peer learns it from the hub or the
+        # phone that took our id, core/line.py's no-such-call)
+        return self._end(Outcome.HUB_UNREACHABLE, event.reason, now)
 
     def _on_HubLost(self, event: HubLost, now: float) -> list[Action]:
         if self.state is S.CONNECTED:

@@ -114,6 +114,22 @@ async def test_page_without_the_call_hangs_up_on_its_peer(hub: Hub, chromium: La
         await carl.close()
 
 
+async def test_a_tab_replaced_by_another_ends_its_call(hub: Hub, chromium: Launch) -> None:
+    """A second tab takes the id: the first is refused (replaced) and ends its call at
+    once (hub-unreachable, replaced), instead of keeping its media with nobody able to
+    reach it; carl's call ends soon after (the new tab has no such call)."""
+    page, carl, call = await page_in_a_call_with_carl(hub, chromium)
+    try:
+        second = await page.context.new_page()
+        await second.goto(hub_url(hub) + "/?id=pat")
+        state = await wait_outcome(page, "hub-unreachable", within=10)
+        assert state["call"]["reason"] == "replaced", state
+        result = await asyncio.wait_for(call.ended(), 15)
+        assert result.ended_by == "remote", result
+    finally:
+        await carl.close()
+
+
 async def test_page_answers_stray_call_messages_with_one_hangup(hub: Hub,
                                                                  chromium: Launch) -> None:
     """The page's line: a call message of a call it does not have gets one hangup per

@@ -358,8 +358,8 @@ async def test_hanging_up_while_the_media_is_restarted_is_our_hangup(hub: Hub) -
 async def test_a_phone_replaced_under_its_id_ends_its_calls_at_once(hub: Hub) -> None:
     """A bot started again while the old one still has a call (the hub gives the id to
     the new one: the old is refused, replaced): the old phone can hear nothing more of
-    its calls, so it ends them at once (reason replaced), not after --give-up; the
-    caller's call ends soon after (the new phone has no such call)."""
+    its calls, so it ends them at once (hub-unreachable, reason replaced), not after
+    --give-up; the caller's call ends soon after (the new phone has no such call)."""
     media = MediaConfig(restart=RestartSettings(give_up=40.0))
     a, b = await call_pair(hub_url(hub), media)
     new_b = Phone("b", hub_url(hub), media=media)
@@ -367,7 +367,7 @@ async def test_a_phone_replaced_under_its_id_ends_its_calls_at_once(hub: Hub) ->
         assert a.call is not None and b.call is not None
         await new_b.connect()
         old = await asyncio.wait_for(b.call.ended(), 5)
-        assert old.reason == "replaced" and old.ended_by == "local", old
+        assert old.outcome is Outcome.HUB_UNREACHABLE and old.reason == "replaced", old
         assert b.phone.refused.is_set()
         caller = await asyncio.wait_for(a.call.ended(), 15)  # (the give-up is 40 s)
         assert caller.ended_by == "remote", caller

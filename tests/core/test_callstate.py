@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from softphone.core import callstate as cs
@@ -17,6 +19,7 @@ from softphone.core.callstate import (
     CallTimeouts,
     Ended,
     Event,
+    HubGone,
     HubLost,
     LocalAccept,
     LocalDescription,
@@ -69,6 +72,7 @@ SAMPLE_EVENTS: dict[type[Event], Event] = {
     RemoteCandidate: RemoteCandidate(C1),
     PeerOffline: PeerOffline(),
     HubLost: HubLost(),
+    HubGone: HubGone(),
     MediaConnected: MediaConnected(),
     MediaFailed: MediaFailed(),
     RingTimeout: RingTimeout(),
@@ -210,6 +214,9 @@ def test_caller_happy_path() -> None:
     assert m.handle(RemoteCandidate(C3), 103.0) == [MidCall(RestartCandidate(0, C3))]
     assert m.handle(HubLost(), 104.0) == []  # media is peer to peer
     assert m.state is S.CONNECTED
+    gone = copy.deepcopy(m)  # refused for good: it ends, with no hangup to send
+    assert [a for a in gone.handle(HubGone("replaced"), 105.0) if isinstance(a, Send)] == []
+    assert gone.outcome is Outcome.HUB_UNREACHABLE and gone.reason == "replaced"
 
     assert m.handle(LocalHangup(), 160.0) == [
         hangup("bob", "hangup"), StopMedia(), StateChanged(S.CONNECTED, S.ENDED, 160.0),

@@ -238,6 +238,12 @@ export class CallMachine {
 
   onPeerOffline(event, now) { return this.end(this.table.outcomes.OFFLINE, null, now); }
 
+  /** Refused by the hub for good (replaced by another tab, unauthorized): the call ends
+   * (a connected one too), with no hangup: the hub is gone for us. */
+  onHubGone(event, now) {
+    return this.end(this.table.outcomes.HUB_UNREACHABLE, event.reason || "replaced", now);
+  }
+
   onHubLost(event, now) {
     if (this.state === this.table.states.CONNECTED) return []; // media is peer to peer
     return this.end(this.table.outcomes.HUB_UNREACHABLE, "hub-lost", now);

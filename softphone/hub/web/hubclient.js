@@ -110,6 +110,7 @@ export class HubClient {
     }
     if (ev.code === 1008) { // policy violation: a refused id, or replaced by a newer tab
       this.wanted = false;
+      if (this.on.refused) this.on.refused((this.hubError && this.hubError.code) || ev.reason || "refused");
       if (this.hubError) { // the hub said why in an error message, already shown: once is enough
         this.on.note(`the hub closed the connection: ${ev.reason || this.hubError.code || "refused"}`);
         this.setStatus("refused");

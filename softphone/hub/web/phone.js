@@ -47,6 +47,8 @@ export class Phone {
       changed: () => this.hubChanged(),
       message: (message) => this.run(this.line.receive(message, this.now())),
       lost: () => this.run(this.line.handleLocal({type: "HubLost"}, this.now())),
+      // refused for good (another tab took the id): the call ends, a connected one too
+      refused: (reason) => this.run(this.line.handleLocal({type: "HubGone", reason}, this.now())),
       note: (text) => this.note(text),
       error: (code, text) => this.error(code, text),
     });
