@@ -47,6 +47,7 @@ from softphone.media import jitterbuffer as jb
 from softphone.media import rtcp_xr, stretch
 from softphone.media.audio import FRAME_SAMPLES, SAMPLE_RATE, Int16Array
 from softphone.media.delay import Smoothed
+from softphone.media.jb_estimates import InterarrivalJitter
 from softphone.media.pcm import SampleFifo
 from softphone.media.voice import Playout, is_quiet
 
@@ -107,6 +108,8 @@ class StretchPlayout(Playout):
                                                           min_target=MIN_TARGET))
         self.stretch_stats = StretchStats()
         self.losses = rtcp_xr.LossRuns()
+        #: RFC 3550's jitter over what is played (the status line's ``jit``).
+        self.jitter = InterarrivalJitter()
         self._out = SampleFifo(8 * FRAME_SAMPLES)
         self._tail: Int16Array = np.zeros(_HISTORY, dtype=np.int16)  # what was queued last
         self._work = np.zeros(FRAME_SAMPLES * 6, dtype=np.float32)
@@ -137,6 +140,7 @@ class StretchPlayout(Playout):
             self.on_loss()
         if not payload:  # a packet of the stream with nothing to play (a telephone event)
             return
+        self.jitter.packet(ssrc, timestamp, now)
         if is_red:
             self.buffer.copies_expected = True
         super().push(ssrc, seq, timestamp, payload, is_red, *args, **kwargs)

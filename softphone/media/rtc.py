@@ -429,6 +429,10 @@ class MediaSession:
             return MediaStats(sent, received, lost, jitter, rtt, frames, bytes_sent=sent_bytes,
                               sending=sending)
         buffer = playout.buffer.stats
+        from softphone.media.playout import StretchPlayout
+
+        if isinstance(playout, StretchPlayout):  # (its own figure: audio only, no keys)
+            jitter = playout.jitter.value * 1000.0
         return MediaStats(sent, received, lost, jitter, rtt, frames,
                           buffer.concealed, buffer.recovered,
                           playout.delay * 1000, playout.target * 1000,

@@ -98,3 +98,21 @@ def test_a_packet_with_nothing_to_play_is_counted_not_played() -> None:
     playout.push(5, 12, 960, OPUS_SILENCE, False)
     assert (playout.losses.lost, playout.losses.received) == (0, 3)
     assert playout.stats.decode_errors == 0 and not playout.buffer.copies_expected
+
+
+def test_interarrival_jitter_is_rfc_3550s() -> None:
+    """A clean 20 ms stream: 0; every other packet 5 ms late: about 5 ms; a new stream
+    (another ssrc, its own timestamps) does not jump it."""
+    from softphone.media.jb_estimates import InterarrivalJitter
+
+    clean = InterarrivalJitter()
+    for k in range(200):
+        clean.packet(1, 1000 + 960 * k, 10.0 + 0.02 * k)
+    assert clean.value < 1e-9
+    jittery = InterarrivalJitter()
+    for k in range(400):
+        jittery.packet(1, 960 * k, 0.02 * k + (0.005 if k % 2 else 0.0))
+    assert 0.0045 < jittery.value < 0.0055, jittery.value
+    before = jittery.value
+    jittery.packet(2, 123_456_789, 8.0)  # a media restart's new stream
+    assert jittery.value == before
