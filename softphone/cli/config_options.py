@@ -113,13 +113,13 @@ def _turn_urls(value: tuple[str, ...]) -> None:
         check_ice_url(url, turn_only=True)
 
 
-def _origins(value: tuple[str, ...]) -> None:
+def check_origins(value: tuple[str, ...]) -> None:
     from softphone.hub.limits import OriginPolicy
 
     OriginPolicy.from_list(value)
 
 
-def _proxies(value: tuple[str, ...]) -> None:
+def check_proxies(value: tuple[str, ...]) -> None:
     from softphone.hub.forwarded import TrustedProxies
 
     TrustedProxies.from_list(value)
@@ -264,7 +264,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _opt("serve.turn_ttl", "--turn-ttl", Kind.FLOAT, 3600.0, SERVE,
          "Lifetime of TURN credentials, seconds.", check=_POSITIVE),
     _opt("serve.allow_origins", "--allow-origin", Kind.LIST, (), SERVE,
-         "Browser origins allowed besides the hub's own (['*']: any).", check=_origins),
+         "Browser origins allowed besides the hub's own (['*']: any).", check=check_origins),
     _opt("serve.redis", "--redis", Kind.STR, None, SERVE,
          "Share presence and routing with other nodes through this Redis.",
          env="SOFTPHONE_REDIS", mask=mask_url_password),
@@ -284,7 +284,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
          "Connections from one address (0: unlimited).", check=_range(lo=0)),
     _opt("serve.trusted_proxies", "--trusted-proxy", Kind.LIST, (), SERVE,
          "Reverse proxies (addresses, networks) whose X-Forwarded-For names the client.",
-         check=_proxies),
+         check=check_proxies),
     _opt("serve.peer_grace", "--peer-grace", Kind.FLOAT, 4.0, SERVE,
          "Seconds a client in a call whose connection closed may be gone before its "
          "peer gets hangup.", check=_NOT_NEGATIVE),

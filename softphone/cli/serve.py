@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import click
 
 from softphone import __version__
+from softphone.cli.config_options import check_origins, check_proxies
 from softphone.cli.options import (
     ConfigOption,
     IceOptions,
@@ -223,25 +224,13 @@ def _checked_by(check: Callable[[tuple[str, ...]], object]
     return callback
 
 
-def _proxies(value: tuple[str, ...]) -> object:
-    from softphone.hub.forwarded import TrustedProxies
-
-    return TrustedProxies.from_list(value)
-
-
-def _origins(value: tuple[str, ...]) -> object:
-    from softphone.hub.limits import OriginPolicy
-
-    return OriginPolicy.from_list(value)
-
-
 hub_security_options = option_group("security", _hub_security, [
     click.option("--secret", envvar="SOFTPHONE_SECRET", metavar="S",
                  help="Require tokens signed with this secret (env SOFTPHONE_SECRET; "
                       "better --secret-file)."),
     secret_file_option("--secret-file", "SOFTPHONE_SECRET_FILE", "the secret"),
     click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
-                 callback=_checked_by(_origins),
+                 callback=_checked_by(check_origins),
                  help="Browser origin allowed to connect (and to read the HTTP routes: "
                       "CORS) besides the hub's own (repeatable; '*' for any). Clients "
                       "sending no Origin are allowed."),
@@ -266,7 +255,7 @@ hub_security_options = option_group("security", _hub_security, [
     click.option("--max-per-address", type=click.IntRange(0), default=100,
                  show_default=True, help="Connections from one address (0: unlimited)."),
     click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
-                 callback=_checked_by(_proxies),
+                 callback=_checked_by(check_proxies),
                  help="A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.5) "
                       "whose X-Forwarded-For names the client that connections are "
                       "counted per address and logged by (repeatable; default: none, the "
