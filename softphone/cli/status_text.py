@@ -43,6 +43,8 @@ def voice_status(voice: VoiceStats | None, devices: dict[str, Any]) -> list[str]
             parts.append("aec n/a")
         elif not voice.aec:
             parts.append("aec off")
+        elif voice.state == "no-echo":  # nothing of the far end in the microphone
+            parts.append("aec no echo")
         else:  # waiting (nothing played yet), converging, converged; and the echo left
             echo = "" if voice.echo_db is None else f" echo {voice.echo_db:.0f}dB"
             parts.append(f"aec {voice.state}{echo}")

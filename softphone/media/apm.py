@@ -83,8 +83,11 @@ CONVERGED_ECHO: Final = -45.0
 #: Once converged, it says otherwise only this much lower in ERLE and higher in echo (dB).
 LEAVE_ERLE_BY: Final = 6.0
 LEAVE_ECHO_BY: Final = 10.0
+#: A microphone this far (dB) under the far end before any processing holds no echo
+#: to cancel (a headset, a muted or silent device).
+NO_ECHO_DB: Final = -60.0
 
-State = Literal["off", "unavailable", "waiting", "converging", "converged"]
+State = Literal["off", "unavailable", "waiting", "converging", "converged", "no-echo"]
 
 
 @dataclass(frozen=True)
@@ -222,16 +225,19 @@ def open_voice_processor(settings: VoiceSettings | None = None) -> VoiceProcesso
 
 
 def echo_state(aec: bool, active_frames: int, erle: float | None, echo: float | None,
-               was_converged: bool) -> State:
+               was_converged: bool, mic: float | None = None) -> State:
     """The canceller's state from the meter's figures: ``active_frames`` of the far end
     alone so far, its ERLE and the echo left (dB). Converged from 12 dB of ERLE or
     -45 dB of echo; once converged, it takes 6 dB less ERLE and 10 dB more echo to
     say otherwise (the estimate wavers at the end of double talk; the state should
-    not flap)."""
+    not flap). ``mic``: the microphone before processing, relative to the far end
+    (dB); at :data:`NO_ECHO_DB` or under, there is no echo to cancel ("no-echo")."""
     if not aec:
         return "off"
     if active_frames < 50:
         return "waiting" if active_frames == 0 else "converging"
+    if mic is not None and mic <= NO_ECHO_DB:
+        return "no-echo"
     erle_floor = CONVERGED_ERLE - (LEAVE_ERLE_BY if was_converged else 0.0)
     echo_ceiling = CONVERGED_ECHO + (LEAVE_ECHO_BY if was_converged else 0.0)
     if (erle is not None and erle >= erle_floor) or (echo is not None and echo <= echo_ceiling):
@@ -405,7 +411,8 @@ class WebRtcVoiceProcessor:
         meter = self._meter
         erle = meter.erle_db()
         echo = meter.echo_db()
-        state = echo_state(s.aec, meter.active_frames, erle, echo, self._converged)
+        state = echo_state(s.aec, meter.active_frames, erle, echo, self._converged,
+                           meter.mic_db())
         self._converged = state == "converged"
         lag_ms = self._ref.lag * 1000.0 / s.sample_rate
         cpu = (self._cpu_ns / 1e6 * (s.sample_rate * 0.02) / self._cpu_samples

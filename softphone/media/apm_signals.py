@@ -190,6 +190,12 @@ class EchoMeter:
             return None
         return _db(self._acc[1] / max(self._acc[2], 1e-3))
 
+    def mic_db(self) -> float | None:
+        """The microphone before any processing, relative to the far end (dB)."""
+        if self.active_frames == 0:
+            return None
+        return _db(self._acc[1] / max(self._acc[0], 1e-3))
+
     def echo_db(self) -> float | None:
         if self.active_frames == 0:
             return None

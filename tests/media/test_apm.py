@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from softphone.cli.status_text import voice_status
 from softphone.core.errors import MissingDependency
 from softphone.media.apm import (
     PassThroughProcessor,
@@ -454,6 +455,28 @@ def test_the_echo_state_enters_converged_at_12_db_and_leaves_it_only_well_below(
     assert echo_state(True, 500, 3.0, -35.0, True) == "converged"
     assert echo_state(True, 500, 5.9, -34.9, True) == "converging"  # really lost
     assert echo_state(True, 500, None, None, True) == "converging"
+
+
+def test_a_microphone_that_hears_no_far_end_is_no_echo_not_converged(far: Signal) -> None:
+    """A headset or a silent microphone: the far end plays, the microphone holds nothing of
+    it. The state says there is no echo, not that a canceller converged on -120 dB; and
+    the line says so. An echo that then comes (the headset unplugged) is measured."""
+    assert echo_state(True, 50, 0.0, -120.0, False, mic=-120.0) == "no-echo"
+    assert echo_state(True, 50, 0.0, -120.0, False, mic=-60.0) == "no-echo"
+    assert echo_state(True, 49, 0.0, -120.0, False, mic=-120.0) == "converging"  # not yet
+    assert echo_state(True, 50, 40.0, -70.0, False, mic=-6.0) == "converged"
+    assert echo_state(False, 500, None, None, False, mic=-120.0) == "off"
+    _binding()
+    vp = open_voice_processor(VoiceSettings())
+    three = int(3 * RATE)
+    run(vp, far[:three], np.zeros(three))
+    st = vp.stats()
+    assert st.state == "no-echo" and not st.converged, st
+    assert voice_status(st, {}) == ["aec no echo"]
+    run(vp, far[three:], echo_of(far)[three:])  # the same far end, now with its echo
+    st = vp.stats()
+    assert st.state == "converged" and st.echo_db is not None and st.echo_db < -40, st
+    assert voice_status(st, {}) == [f"aec converged echo {st.echo_db:.0f}dB"]
 
 
 @pytest.mark.parametrize("rate", [16_000, 32_000, 48_000])
