@@ -18,23 +18,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from softphone.core.callstate import (
-    EXIT_CODES,
-    CallState,
-    CallStateError,
-    CallTimeouts,
-    ExitCode,
-    Outcome,
-    Role,
-)
-from softphone.core.dtmf import DtmfEvent
-from softphone.core.line import LineBusy
 from softphone.core.version import __version__
 
 if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     from softphone.client.call import Call, CallEnded, CallResult
     from softphone.client.hubaddress import HubUnreachable
     from softphone.client.phone import Phone, PhoneClosed
+    from softphone.core.callstate import (
+        EXIT_CODES,
+        CallState,
+        CallStateError,
+        CallTimeouts,
+        ExitCode,
+        Outcome,
+        Role,
+    )
+    from softphone.core.dtmf import DtmfEvent
+    from softphone.core.line import LineBusy
     from softphone.hub.server import Hub, HubConfig
     from softphone.media.audio import ToneGenerator
     from softphone.media.audiopath import CallAudio, MediaConfig
@@ -55,8 +55,14 @@ if TYPE_CHECKING:  # the names below are imported on first use (PEP 562)
     )
 
 #: Where each lazily imported name lives. Lazy so that `softphone serve` (the
-#: hub) does not load aiortc, PyAV and numpy, which only calls need.
+#: hub) does not load aiortc, PyAV and numpy, which only calls need, and so
+#: that the `softphone` command's entry point (softphone.cli.entry) takes
+#: Ctrl-C from its first milliseconds: importing it loads nothing else.
 _LAZY = {
+    "EXIT_CODES": "core.callstate", "CallState": "core.callstate",
+    "CallStateError": "core.callstate", "CallTimeouts": "core.callstate",
+    "ExitCode": "core.callstate", "Outcome": "core.callstate", "Role": "core.callstate",
+    "DtmfEvent": "core.dtmf", "LineBusy": "core.line",
     "Hub": "hub.server", "HubConfig": "hub.server",
     "Call": "client.call", "CallEnded": "client.call", "CallResult": "client.call",
     "Phone": "client.phone", "PhoneClosed": "client.phone",
