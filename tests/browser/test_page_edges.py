@@ -163,6 +163,28 @@ async def test_page_answers_stray_call_messages_with_one_hangup(hub: Hub,
     ]
 
 
+async def test_page_ignores_late_messages_of_an_earlier_call(hub: Hub,
+                                                              chromium: Launch) -> None:
+    """A call that ended lately, not only the latest one: its peer's late messages get
+    no hangup for a few seconds after its end, as the phone's line does."""
+    page = await (await chromium(None)).open(hub_url(hub) + "/")
+    out = await page.evaluate("""async () => {
+        const {Line} = await import("./static/line.js");
+        const line = new Line("bob", window.phone.table);
+        const out = [];
+        const feed = (m, t) => out.push(line.receive(m, t).map(a => a.kind +
+            (a.kind === "send" ? ":" + a.message.type + ":" + a.message.to : "")).join(","));
+        const late = {type: "candidate", from: "alice", to: "bob", data: {candidate: ""}};
+        feed({type: "call-request", from: "alice", to: "bob"}, 0);
+        feed({type: "hangup", from: "alice", to: "bob", data: {reason: "hangup"}}, 1);
+        feed({type: "call-request", from: "frank", to: "bob"}, 2);
+        feed(late, 3);  // alice's call ended 2 s ago; frank's is the latest
+        feed(late, 6.5);  // 5.5 s after its end: told
+        return out;
+    }""")
+    assert out[2:] == ["incoming", "", "send:hangup:alice,stray"], out
+
+
 async def test_page_says_a_refusal_once(chromium: Launch) -> None:
     async with page_with_a_token(chromium, ice_servers=[]) as (url, browser, _):
         refused = await browser.open(f"{url}/?id=pat2&token=bad")

@@ -58,6 +58,13 @@ export class Line {
   get active() { return this.call !== null && !this.call.isEnded; }
 
   newCall(role, peer, now) {
+    const old = this.call;
+    if (old && old.isEnded && old.endedAt !== null && old.endedAt !== undefined) {
+      // Its late messages are as good as told, as for the latest call (stray below),
+      // like the phone's line (softphone/core/line.py _prune).
+      const told = this.strayHangups.get(old.peer);
+      this.strayHangups.set(old.peer, told === undefined ? old.endedAt : Math.max(told, old.endedAt));
+    }
     this.call = new CallMachine(role, peer, now, this.table, this.timeouts, this.features);
     return this.call;
   }
