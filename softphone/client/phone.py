@@ -14,7 +14,8 @@ interfaces (:class:`HubConnection`, and
 :class:`~softphone.client.signaling.HubClient` and
 :class:`~softphone.media.rtc.MediaSession` by default, fakes in the
 adapter tests. Each call's first peer connection, and the ICE servers it is
-made with, are :mod:`softphone.client.media_setup`'s.
+made with, are :mod:`softphone.client.media_setup`'s; reading the hub connection
+(reconnecting, refusals) is :mod:`softphone.client.hub_reader`'s.
 
 Example::
 
@@ -42,8 +43,9 @@ from softphone.client.call import EventCallback as EventCallback
 from softphone.client.call import MediaLink as MediaLink
 from softphone.client.call import release
 from softphone.client.calltypes import PhoneClosed as PhoneClosed
+from softphone.client.hub_reader import read_hub
 from softphone.client.hubcheck import HubCheck
-from softphone.client.hubconnection import POLICY_CLOSE, SAID_ELSEWHERE, RefusalWatch
+from softphone.client.hubconnection import SAID_ELSEWHERE
 from softphone.client.hubconnection import HubConnection as HubConnection
 from softphone.client.media_setup import ICE_SERVERS_FRESH as ICE_SERVERS_FRESH
 from softphone.client.media_setup import IceServers as IceServers
@@ -165,7 +167,7 @@ class Phone:
         self.addresses.start()
         self._sending = asyncio.create_task(self._sender(), name="phone-sender")
         self._tasks = [
-            asyncio.create_task(self._reader(), name="phone-reader"),
+            asyncio.create_task(read_hub(self), name="phone-reader"),
             self._sending,
             asyncio.create_task(self._timer(), name="phone-timer"),
         ]
@@ -411,67 +413,6 @@ class Phone:
             self.on_hub_error(error)
 
     # -- tasks ----------------------------------------------------------------
-
-    async def _reader(self) -> None:
-        delay = 0.5
-        refusals = RefusalWatch()
-        while True:
-            async for item in self.hub.messages():
-                delay = 0.5
-                if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
-                    self._hub_problem(item)
-                if isinstance(item, HubError):
-                    refusals.error(item)
-                self._run(self.line.route(item, self.loop_time))
-            self.hub_connected.clear()
-            self.hub_check.changed(False)
-            if self._closing:
-                return
-            code = self.hub.close_code
-            refusal = refusals.closed(code)
-            if refusal is not None:
-                self.refusal = refusal
-                self.refused.set()
-                self._shut.set()
-            ends = not self.reconnect or code == POLICY_CLOSE or self.refused.is_set()
-            if self.refused.is_set():
-                # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
-                log.info("lost the hub connection (code %s)", code)
-            else:
-                self._hub_state(False, f"lost the hub connection (code {code}), "
-                                       + ("not reconnecting" if ends else "reconnecting"))
-            self._run(self.line.hub_lost(self.loop_time))
-            if ends:
-                self._gone = f"lost the hub connection (code {code}) and does not reconnect"
-                self._shut.set()
-                if refusal is not None:  # (our id is someone else's now, or not ours)
-                    for call in self.calls:  # no message of theirs can reach us: end them
-                        self._feed(call, cs.HubGone(str(refusal.code)))
-                return
-            while not self._closing:
-                await self.hub_check.pause(delay)  # (at most 1 s while media restarts)
-                delay = self.hub_check.next_backoff(delay)
-                try:
-                    await self.hub_check.connect()
-                except HubUnreachable as exc:
-                    log.info("reconnect failed: %s", exc)
-                    continue
-                self.hub_connected.set()
-                self.hub_check.changed(True)
-                self._hub_state(True, "reconnected to the hub")
-                break
-
-    def _hub_state(self, connected: bool, description: str) -> None:
-        """The hub connection was lost or is back: tell :attr:`on_hub_state` (then the
-        log says it at info only), else log it (a loss as a warning)."""
-        hook = self.on_hub_state
-        quiet = hook is not None or connected
-        log.log(logging.INFO if quiet else logging.WARNING, "%s", description)
-        if hook is not None:
-            try:
-                hook(connected, description)
-            except Exception:
-                log.exception("on_hub_state failed")
 
     async def _sender(self) -> None:
         while True:
