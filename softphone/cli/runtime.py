@@ -71,7 +71,8 @@ def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
 
 
 class Interrupts:
-    """SIGINT/SIGTERM as an asyncio event; a second Ctrl-C exits at once."""
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) as an asyncio event; a second
+    one exits at once."""
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
@@ -79,7 +80,7 @@ class Interrupts:
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._fire)
 

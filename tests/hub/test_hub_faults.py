@@ -39,12 +39,15 @@ async def clients(url: str) -> int:
     return int(body["clients"])
 
 
-async def test_sigterm_closes_clients_going_away(procs: list[Proc]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+async def test_sigterm_closes_clients_going_away(procs: list[Proc], sig: int) -> None:
+    """systemd's stop, or the terminal the hub ran in closing (SIGHUP: it died at once
+    with 129, its clients got 1006)."""
     port = free_port()
     hub = await serving(procs, port)
     async with aiohttp.ClientSession() as s:
         ws = await s.ws_connect(f"http://127.0.0.1:{port}/ws?id=a")
-        hub.signal(signal.SIGTERM)
+        hub.signal(sig)
         frame = await ws.receive(5)
         assert frame.type == aiohttp.WSMsgType.CLOSE
         assert frame.data == 1001 and frame.extra == "hub shutting down"
