@@ -240,6 +240,7 @@ def key_lines(text: str) -> dict[str, int]:
 
 
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+_TOML_END = re.compile(r"\(at end of document\)")
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -266,12 +267,16 @@ def parse(text: str, path: str | Path, options: Iterable[Option] = OPTIONS) -> C
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         where = _TOML_POSITION.search(message)
-        line, column = (int(where.group(1)), where.group(2)) if where else (0, "?")
-        message = _TOML_POSITION.sub("", message).strip().rstrip(".")
+        if where:
+            line, column = int(where.group(1)), where.group(2)
+        else:  # "(at end of document)": on the file's last line
+            line, column = max(1, len(text.splitlines())), "at the end"
+        message = _TOML_END.sub("", _TOML_POSITION.sub("", message)).strip().rstrip(".")
         at_line = [k for k, n in key_lines(text).items() if n == line]
         about = f"{at_line[-1]}: " if at_line else ""
-        raise ConfigError(f"{path}:{line}: {about}not valid TOML: {message} "
-                          f"(column {column})") from None
+        place = column if not column.isdigit() else f"column {column}"
+        raise ConfigError(f"{path}:{line}: {about}not valid TOML: {message} ({place})"
+                          ) from None
     lines = key_lines(text)
     known = {o.key: o for o in options}
     file_keys = {o.file_key: o for o in options if o.secret}

@@ -98,6 +98,8 @@ BAD_FILES = [
     ('id = "a"\n[ice]\nservers = ["a" "b"]\n',
      r"c\.toml:3: ice\.servers: not valid TOML: Unclosed array"),
     ('[ice\n', r"c\.toml:1: not valid TOML"),
+    ('[serve]\nport = 1\nx = "',  # (tomllib: "at end of document", no line: it was 0)
+     r"c\.toml:3: serve\.x: not valid TOML: Unterminated string \(at the end\)$"),
 ]
 
 
