@@ -18,7 +18,8 @@ restart and hold", the trigger table):
 aiortc/aioice internals used here, and only here (aiortc 1.16, aioice 0.13,
 pinned in pyproject.toml; :func:`check_internals` fails loudly if they move):
 ``RTCIceTransport._connection`` (the aioice ``Connection``), its
-``_nominated`` pairs (the selected pair per component), and its public
+``_nominated`` pairs (the selected pair per component), its
+``_remote_candidates`` (the peer's, signalled or learned), and its public
 ``build_request``/``remote_password`` and ``StunProtocol.request`` (what its
 own consent checks use). :class:`RemoteAddressWatch` replaces one
 ``StunProtocol`` instance's ``datagram_received`` by a wrapper (an instance
@@ -69,7 +70,8 @@ def check_internals() -> None:
             "pair.protocol.request(" not in consent or \
             list(inspect.signature(aioice.ice.StunProtocol.request).parameters)[:5] != \
             ["self", "request", "addr", "integrity_key", "retransmissions"] or \
-            "def datagram_received" not in inspect.getsource(aioice.ice.StunProtocol):
+            "def datagram_received" not in inspect.getsource(aioice.ice.StunProtocol) or \
+            "self._remote_candidates" not in inspect.getsource(connection.check_incoming):
         raise SeamMoved("aioice's consent checks or selected pair changed: "
                         "softphone/media/pathcheck.py needs a look")
 
@@ -144,6 +146,14 @@ class RemoteAddressWatch:
     else happens only on a mismatch. The pair is read when :meth:`start` is
     called (after the connection is up); if aioice later selects another pair of
     the same socket, a packet from its address updates the expectation.
+
+    Media from another of the candidates the peer signalled is no move either:
+    aioice nominates aggressively (every check the controlling side sends
+    nominates), so in the first moments after connecting either side may switch
+    to a later pair that succeeded, and the peer then sends from its other
+    candidate (a relayed caller and a callee its relay reaches directly: from
+    the callee's host candidate, then its relay one). A NAT that rebinds gives
+    an address the peer never signalled.
     """
 
     def __init__(self, session: Any, on_change: Callable[[tuple[str, int]], None],
@@ -204,7 +214,7 @@ class RemoteAddressWatch:
             self._expected = source  # aioice moved to it itself (a triggered check)
             self._count = 0
             return source
-        if self.fired or not _is_media(data):
+        if self.fired or not _is_media(data) or source in self._signalled():
             return None
         if source != self._stranger:
             self._stranger, self._count = source, 0
@@ -215,6 +225,13 @@ class RemoteAddressWatch:
                      *self._expected)
             self._on_change(source)
         return None
+
+    def _signalled(self) -> set[tuple[str, int]]:
+        """The addresses of the candidates the peer signalled (not the ones aioice
+        learned from its checks: peer reflexive)."""
+        found = getattr(self._connection, "_remote_candidates", None) or []
+        return {(str(getattr(c, "_network_host", c.host)), int(c.port))
+                for c in found if c.type != "prflx"}
 
     def stop(self) -> None:
         protocol, self._protocol = self._protocol, None

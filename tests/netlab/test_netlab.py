@@ -138,12 +138,35 @@ def test_relay_only_policy(netlab: NetLab) -> None:
     netlab.start_hub()  # STUN + TURN: the caller could go direct, but says --relay
     run = run_call(netlab, "relay-only", caller_args=["--relay"])
     assert_completed(run)
+    # A clean path: no media restart. (aioice nominates aggressively, so just after
+    # connecting the peer may switch to another of its candidates; that is no move:
+    # it restarted the media at 0.3 s in every such call.)
+    for party in (run.caller, run.callee):
+        lost = [e for e in party.events if e.get("event") == "media-lost"]
+        assert lost == [], run.describe()
     # Every pair the call used (a media restart connects again, through a new one).
     assert {local for local, _ in pairs(run.caller)} == {"relay"}, run.describe()
     assert {remote for _, remote in pairs(run.callee)} == {"relay"}, run.describe()
     # The relayed address is coturn's, on the public segment.
     for used in run.caller.candidate_pairs:
         assert used["local"]["address"] == "203.0.113.1", run.describe()
+
+
+@pytest.mark.netlab
+def test_relay_caller_and_a_callee_its_relay_reaches_directly_do_not_restart(
+        netlab: NetLab) -> None:
+    """The callee on the public segment, beside coturn: its host candidate and its relay
+    one both answer the caller's relay, so aioice's aggressive nomination may switch
+    pairs just after connecting, on either side. The peer's media then comes from its
+    other candidate: no move, and no media restart (it restarted at 0.3 s in each call)."""
+    netlab.start_hub()
+    for attempt in range(3):
+        run = run_call(netlab, f"relay-direct-{attempt}", caller_args=["--relay"],
+                       callee_node="pub", duration=1.5)
+        assert_completed(run)
+        for party in (run.caller, run.callee):
+            lost = [e for e in party.events if e.get("event") == "media-lost"]
+            assert lost == [], run.describe()
 
 
 @pytest.mark.netlab

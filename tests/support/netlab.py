@@ -896,15 +896,17 @@ def _events(text: str) -> list[dict[str, object]]:
 
 def run_call(the_lab: NetLab, name: str, *, caller_args: Sequence[str] = (),
              callee_args: Sequence[str] = (), duration: float = 2.0,
-             setup_timeout: float = 10.0, within: float = 60.0) -> CallRun:
+             setup_timeout: float = 10.0, within: float = 60.0,
+             callee_node: str = "b") -> CallRun:
     """``a`` calls ``b`` through the lab's hub; both send tones, record, and print JSON.
 
     ``duration``: talk time; the default, 2 s, leaves each recording twice the second
-    of tone after its first half second that the tests check."""
+    of tone after its first half second that the tests check. ``callee_node``: where
+    ``b`` runs (``pub``: on the public segment, beside the hub and coturn)."""
     rec_a = the_lab.workdir / f"{name}-heard-by-a.wav"
     rec_b = the_lab.workdir / f"{name}-heard-by-b.wav"
     common = ["--server", the_lab.hub_url, "--json", "--setup-timeout", str(setup_timeout)]
-    callee = the_lab.spawn("b", f"{name}-callee", softphone_argv(
+    callee = the_lab.spawn(callee_node, f"{name}-callee", softphone_argv(
         "listen", "--as", "b", "--auto-accept", "--once", "--tone", str(CALLEE_TONE),
         "--record", str(rec_b), *common, *callee_args))
     try:
