@@ -239,6 +239,17 @@ class Front:
             up_writer.close()
 
 
+def coturn_config(template: str, secret: str) -> str:
+    """``template`` (server/coturn.conf) with exactly one ``static-auth-secret``:
+    ``secret``. coturn accepts credentials signed with every such line it reads, so
+    any other (a placeholder someone uncommented) is dropped, not overridden."""
+    if not secret or any(c.isspace() for c in secret):
+        raise ValueError("the TURN secret must be non-empty, without spaces or newlines")
+    kept = [line for line in template.splitlines()
+            if not line.strip().startswith("static-auth-secret")]
+    return "\n".join(kept) + f"\nstatic-auth-secret={secret}\n"
+
+
 class Coturn:
     """coturn with TURN REST credentials (server/coturn.conf), on a free port."""
 
@@ -265,8 +276,7 @@ class Coturn:
         conf = os.path.join(self.workdir, "coturn.conf")
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write((HERE / "coturn.conf").read_text()
-                      + f"\nstatic-auth-secret={self.secret}\n")
+            out.write(coturn_config((HERE / "coturn.conf").read_text(), self.secret))
         self.proc = subprocess.Popen(
             [exe, "-c", conf,
              "--listening-ip", self.listen, "--listening-port", str(self.port),
@@ -356,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.front.host = args.host
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # (HUP: terminal closed)
             loop.add_signal_handler(sig, stop.set)
         try:
             await cluster.start()

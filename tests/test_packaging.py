@@ -327,6 +327,63 @@ def test_unit_environment_gives_serve_its_secret_from_the_credential(tmp_path: P
     assert result.stderr == ""  # the credential is private: no warning
 
 
+def _restart_prevented() -> set[int]:
+    """The exit codes after which the unit's ``Restart=on-failure`` does not restart
+    (every ``RestartPreventExitStatus=`` line adds to the list; an empty one clears it)."""
+    codes: set[int] = set()
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("RestartPreventExitStatus="):
+            values = line.split("=", 1)[1].split()
+            if not values:
+                codes.clear()
+            codes.update(int(value) for value in values)
+    return codes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("problem, code", [
+    ("no config file", 1), ("no secret file", 1), ("a bad config file", 2),
+    ("a malformed redis URL", 2), ("redis unreachable", 12)])
+def test_unit_stops_on_configuration_errors_and_retries_an_outage(
+        tmp_path: Path, problem: str, code: int) -> None:
+    """``softphone serve`` as the unit runs it, with a configuration mistake: it exits
+    at once with one line, and the unit does not restart it (its code is in
+    RestartPreventExitStatus, as server/README.md says: "the service stops at once").
+    An unreachable Redis (12) is an outage: that one is restarted."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    if problem != "no secret file":
+        (credentials / "secret").write_text("s" * 40 + "\n")
+        (credentials / "secret").chmod(0o400)
+    config = tmp_path / "hub.toml"
+    serve = {"no config file": None, "no secret file": "port = 0\n",
+             "a bad config file": 'port = "eighty"\n',
+             "a malformed redis URL": 'port = 0\nredis = "redis://127.0.0.1:6379/abc"\n',
+             "redis unreachable": f'port = 0\nredis = "redis://127.0.0.1:{_free_port()}/0"\n',
+             }[problem]
+    if serve is not None:
+        config.write_text("[serve]\n" + serve)
+    if "redis" in problem:
+        need(_has_module("redis"), "the redis package", "pip install 'softphone[redis]'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTPHONE_")}
+    env.update(_unit_environment(credentials), SOFTPHONE_CONFIG=str(config))
+    softphone = Path(sys.executable).parent / "softphone"
+    out = subprocess.run([str(softphone), "serve"], capture_output=True, text=True,
+                         env=env, timeout=30)
+    assert out.returncode == code, out.stdout + out.stderr
+    assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("softphone: "), out.stderr
+    restarted = code not in _restart_prevented()
+    assert restarted == (problem == "redis unreachable"), (problem, _restart_prevented())
+
+
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     from softphone.hub.tls import self_signed
 

@@ -90,8 +90,10 @@ def _located(ctx: click.Context) -> Located:
 def config(ctx: click.Context, json_mode: bool) -> None:
     """Show the effective settings and where each came from (secrets masked).
 
-    Every option of every command comes from, first found: its flag, its
-    environment variable, the config file, its default. The file is
+    Every option that has a key (listed below) comes from, first found: its
+    flag, its environment variable, the config file, its default; the others
+    (--tone, --play, --record, --duration, --json, --dtmf, --max-calls, ...)
+    are flags only. The file is
     --config FILE (on softphone, before the command), else SOFTPHONE_CONFIG,
     else $XDG_CONFIG_HOME/softphone/config.toml (~/.config/softphone/).
     A secret (token, TURN password, the hub's secret) may be a file instead:

@@ -6,6 +6,12 @@ lets it in, one with tokens refuses it). With a token, never a sign-in without i
 (the hub would count a refused login each run): a sign-in as our id with it when
 asked (:attr:`DoctorTarget.register`), else a handshake with no id, which the hub
 answers before it looks at tokens.
+
+That handshake is still one refused connection on the hub's ``/metrics``
+(``connections_refused{reason="bad-id"}``, not logged): every upgrade the hub
+answers with 101 either signs an id in or is refused and counted, and one it
+answers otherwise (a bad version or key: 400) would not show that upgrades get
+through to the hub and back.
 """
 
 from __future__ import annotations

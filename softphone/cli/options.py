@@ -240,7 +240,9 @@ _ICE_CREDENTIALS = [
     click.option("--ice-username", metavar="USER", default=None,
                  help="TURN username for the turn:/turns: --ice-server URLs."),
     click.option("--ice-credential", metavar="PASSWORD", default=None,
-                 help="TURN password (credential) for the turn:/turns: --ice-server URLs."),
+                 help="TURN password (credential) for the turn:/turns: --ice-server URLs "
+                      "(better --ice-credential-file: on the command line it shows in "
+                      "the process list)."),
 ]
 
 

@@ -227,7 +227,8 @@ def _checked_by(check: Callable[[tuple[str, ...]], object]
 hub_security_options = option_group("security", _hub_security, [
     click.option("--secret", envvar="SOFTPHONE_SECRET", metavar="S",
                  help="Require tokens signed with this secret (env SOFTPHONE_SECRET; "
-                      "better --secret-file)."),
+                      "better --secret-file: on the command line it shows in the "
+                      "process list)."),
     secret_file_option("--secret-file", "SOFTPHONE_SECRET_FILE", "the secret"),
     click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
                  callback=_checked_by(check_origins),
@@ -238,7 +239,9 @@ hub_security_options = option_group("security", _hub_security, [
                  help="TURN URL handed out by /ice-servers with time-limited "
                       "credentials (repeatable; needs --turn-secret)."),
     click.option("--turn-secret", envvar="SOFTPHONE_TURN_SECRET", metavar="S",
-                 help="coturn's static-auth-secret (env SOFTPHONE_TURN_SECRET)."),
+                 help="coturn's static-auth-secret (env SOFTPHONE_TURN_SECRET; better "
+                      "--turn-secret-file: on the command line it shows in the process "
+                      "list)."),
     secret_file_option("--turn-secret-file", "SOFTPHONE_TURN_SECRET_FILE",
                        "coturn's static-auth-secret"),
     click.option("--turn-ttl", type=float, default=3600.0, show_default=True,
@@ -355,9 +358,13 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
 
     With --secret-file FILE (or SOFTPHONE_SECRET_FILE, secret_file in the
     [serve] table of the config file; --secret too, but then it shows in the
-    process list) every client needs a token (softphone token --as ID);
-    without it the hub is open, like the original. With --redis several hubs
-    act as one; if Redis cannot be reached at start, the exit code is 12.
+    process list, as --turn-secret and --ice-credential do: better their -file
+    options) every client needs a token (softphone token --as ID), and
+    /ice-servers hands out TURN credentials (--turn-secret or --ice-credential
+    ones) only with a valid one (else 401); without it the hub is open, like
+    the original. With --redis several hubs
+    act as one; if Redis cannot be reached at start, the exit code is 12 (if
+    it refuses the URL's password or database number, 2).
 
     Every option may be set in the config file's [serve] table (--config FILE
     or SOFTPHONE_CONFIG; softphone config --help lists the keys).
@@ -369,8 +376,8 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
         from softphone.hub.redis_registry import RedisRegistry
         try:
             registry = RedisRegistry(redis_url, node_id)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--redis/--node-id") from None
+        except ValueError as exc:  # a malformed URL (/abc as the database), a bad node id
+            fail(f"--redis/--node-id: {exc}", ExitCode.USAGE)
     elif node_id is not None:
         raise click.UsageError("--node-id goes with --redis")
     # None (no --ice-server): the default Google STUN only if there is no --turn either.
@@ -401,7 +408,7 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
         if task.done() and not task.cancelled() and task.exception():
             raise task.exception()  # type: ignore[misc]
 
-    from softphone.hub.redis_registry import NodeIdTaken, RegistryUnavailable
+    from softphone.hub.redis_registry import NodeIdTaken, RedisRefused, RegistryUnavailable
 
     loop_factory = event_loop_factory(loop_kind)
     try:
@@ -409,7 +416,7 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
             runner.run(run())
     except RegistryUnavailable as exc:
         fail(str(exc), ExitCode.REDIS_UNAVAILABLE)
-    except NodeIdTaken as exc:
+    except (NodeIdTaken, RedisRefused) as exc:  # configuration mistakes: no use retrying
         fail(str(exc), ExitCode.USAGE)
     except OSError as exc:
         fail(f"cannot listen on {url_host(host)}:{port}: {exc.strerror or exc}")

@@ -4,10 +4,12 @@ task): messages go to its line; when the connection ends, a refusal, the loss (t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from softphone.client.hubconnection import POLICY_CLOSE, RefusalWatch
+from softphone.client.hubcheck import FIRST_BACKOFF
+from softphone.client.hubconnection import KEPT_AFTER, POLICY_CLOSE, RefusalWatch
 from softphone.client.signaling import HubUnreachable
 from softphone.core import callstate as cs
 from softphone.core.protocol import ErrorCode, HubError
@@ -21,16 +23,31 @@ log = logging.getLogger("softphone.client.phone")
 
 async def read_hub(phone: Phone) -> None:
     """Read ``phone``'s hub connection until the phone closes, or loses the hub for good."""
-    delay = 0.5
+    delay = FIRST_BACKOFF
     refusals = RefusalWatch()
+    keeping: asyncio.TimerHandle | None = None  # (a connection after the hub was full)
+
+    def kept() -> None:
+        nonlocal delay, keeping
+        keeping = None
+        if refusals.kept():
+            delay = FIRST_BACKOFF
+            tell_hub_state(phone, True, "reconnected to the hub")
+
     while True:
-        async for item in phone.hub.messages():
-            delay = 0.5
-            if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
-                phone._hub_problem(item)
-            if isinstance(item, HubError):
-                refusals.error(item)
-            phone._run(phone.line.route(item, phone.loop_time))
+        try:
+            async for item in phone.hub.messages():
+                if refusals.works(item):  # (not the hub's "full": that keeps the backoff)
+                    delay = FIRST_BACKOFF
+                    if refusals.unconfirmed:
+                        kept()
+                if isinstance(item, HubError) and item.code == ErrorCode.REPLACED:
+                    phone._hub_problem(item)
+                phone._run(phone.line.route(item, phone.loop_time))
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+                keeping = None
         phone.hub_connected.clear()
         phone.hub_check.changed(False)
         if phone._closing:
@@ -46,8 +63,11 @@ async def read_hub(phone: Phone) -> None:
             # (a refusal is said by whoever waits on ``refused``: the CLI prints it)
             log.info("lost the hub connection (code %s)", code)
         else:
-            tell_hub_state(phone, False, f"lost the hub connection (code {code}), "
-                           + ("not reconnecting" if ends else "reconnecting"))
+            said, text = refusals.loss(code, not ends)
+            if said:
+                tell_hub_state(phone, False, text)
+            else:
+                log.info("%s in about %g s", text, delay)
         phone._run(phone.line.hub_lost(phone.loop_time))
         if ends:
             phone._gone = f"lost the hub connection (code {code}) and does not reconnect"
@@ -66,7 +86,11 @@ async def read_hub(phone: Phone) -> None:
                 continue
             phone.hub_connected.set()
             phone.hub_check.changed(True)
-            tell_hub_state(phone, True, "reconnected to the hub")
+            if refusals.opened():
+                tell_hub_state(phone, True, "reconnected to the hub")
+            else:  # said once the hub keeps it (it turned the last ones away: full)
+                log.info("connected to the hub again; it was full: is it kept?")
+                keeping = asyncio.get_running_loop().call_later(KEPT_AFTER, kept)
             break
 
 def tell_hub_state(phone: Phone, connected: bool, description: str) -> None:

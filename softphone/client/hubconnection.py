@@ -49,25 +49,86 @@ class HubConnection(Protocol):
     async def close(self) -> None: ...
 
 
+#: A connection made again while the hub was turning us away (full) is taken as
+#: kept once it is open this long (ours refuses at once, with the handshake's answer)
+#: or a message other than the refusal comes on it: then "reconnected" is said.
+KEPT_AFTER: Final = 1.0
+
+
 class RefusalWatch:
-    """One hub connection at a time: :meth:`error` for each hub error on it,
-    :meth:`closed` with its close code at its end."""
+    """One hub connection at a time: :meth:`error` for each hub error on it (or
+    :meth:`works` for each message), :meth:`closed` with its close code at its end.
+
+    It also follows a hub that turns the phone away because it is full (in total,
+    or for our address once a connection worked: tried again): the first time is
+    said (:meth:`loss`), the next ones only logged; the backoff is not reset by
+    the hub's refusal (:meth:`works`), so it keeps growing while the hub is full;
+    and "reconnected" waits until a connection is kept (:meth:`opened`,
+    :meth:`kept`), not said for each one the hub takes and closes at once."""
 
     def __init__(self) -> None:
         self.first = True  # the phone's first connection (none before it worked)
         self._last: HubError | None = None
+        self._full = False  # the hub said it is full on this connection
+        #: Connections the hub turned away (full), one after the other (0: the last
+        #: one was not turned away).
+        self.turned_away = 0
+        #: This connection was made after some were turned away: "reconnected" is
+        #: said when it is kept (:meth:`kept`).
+        self.unconfirmed = False
 
     def error(self, error: HubError) -> None:
+        if error.code == FULL:
+            self._full = True
         if error.code in REFUSALS or (self.first and error.code == FULL
                                       and error.message == FULL_FOR_US):
             self._last = error
+
+    def works(self, item: object) -> bool:
+        """A message came on the connection: True if it shows the connection works
+        (the backoff is back to its first pause), False for the hub's "full"."""
+        if isinstance(item, HubError):
+            self.error(item)
+            if item.code == FULL:
+                return False
+        return True
+
+    def opened(self) -> bool:
+        """A reconnect attempt's handshake went through: True to say "reconnected"
+        now; False while the hub has been turning us away (see :meth:`kept`)."""
+        self.unconfirmed = self.turned_away > 0
+        return not self.unconfirmed
+
+    def kept(self) -> bool:
+        """The connection is kept (open :data:`KEPT_AFTER`, or a message that
+        :meth:`works` came): True if "reconnected" is to be said now (once)."""
+        if not self.unconfirmed or self._full:
+            return False
+        self.unconfirmed = False
+        self.turned_away = 0
+        return True
 
     def closed(self, code: int | None) -> HubError | None:
         """The refusal this connection ended with (None: it was lost, try again);
         the next connection is watched afresh."""
         last, self._last = self._last, None
+        full, self._full = self._full and code == FULL_CLOSE, False
         self.first = False
+        self.unconfirmed = False
         if last is not None and (code == POLICY_CLOSE
                                  or (last.code == FULL and code == FULL_CLOSE)):
             return last
+        self.turned_away = self.turned_away + 1 if full else 0
         return None
+
+    def loss(self, code: int | None, reconnecting: bool) -> tuple[bool, str]:
+        """What to say of a connection that ended without a refusal (after
+        :meth:`closed`): (said, text): ``said`` False when only for the log (the
+        hub is still full, as already said)."""
+        if self.turned_away == 1 and reconnecting:
+            return True, (f"the hub is full (code {code}): trying again, "
+                          "less often while it stays full")
+        if self.turned_away > 1 and reconnecting:
+            return False, f"the hub is still full (code {code}): trying again"
+        return True, (f"lost the hub connection (code {code}), "
+                      + ("reconnecting" if reconnecting else "not reconnecting"))

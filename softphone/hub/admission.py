@@ -17,7 +17,7 @@ from typing import Final
 
 from softphone.core.protocol import ErrorCode, HubError, is_valid_id
 from softphone.hub.auth import AuthError, verify_token
-from softphone.hub.limits import ConnectionLimiter, OriginPolicy
+from softphone.hub.limits import ConnectionLimiter, OriginPolicy, Refusal
 
 #: Close code for a refused id or token (RFC 6455 policy violation).
 CLOSE_BAD_ID: Final = 1008
@@ -91,6 +91,27 @@ class Admission:
 
 
 _COUNTED: Final = frozenset({Verdict.ACCEPT, Verdict.BAD_ID, Verdict.UNAUTHORIZED})
+
+
+class FullAlarm:
+    """When the hub's log warns that it is full (``max_connections`` reached): at
+    the first connection it refuses for that, then again only after it had room
+    (a connection got past the limits), not at every refusal (a phone retrying)."""
+
+    __slots__ = ("_said",)
+
+    def __init__(self) -> None:
+        self._said = False
+
+    def seen(self, decision: Admission) -> bool:
+        """True if this decision is to be warned about (a first refusal: full)."""
+        if decision.counted:
+            self._said = False
+        elif decision.verdict is Verdict.LIMIT and decision.why == Refusal.TOTAL \
+                and not self._said:
+            self._said = True
+            return True
+        return False
 
 
 def admit(upgrade: Upgrade, rules: AdmissionRules, limiter: ConnectionLimiter,

@@ -7,13 +7,44 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["NodeIdTaken", "claim_node", "first_line", "safe_url"]
+__all__ = ["NodeIdTaken", "RedisRefused", "check_url", "claim_node", "first_line",
+           "refused_by_redis", "safe_url"]
 
 
 class NodeIdTaken(Exception):
     """Another live node holds this node id in Redis (at start): a configuration
     mistake (two nodes with one ``--node-id``); the message says which."""
+
+
+class RedisRefused(Exception):
+    """Redis answers but refuses what the URL asks (at start): a wrong or missing
+    password or user, a database number it does not have. A configuration mistake,
+    not an outage: retrying will not fix it. The message says which."""
+
+
+def check_url(url: str) -> None:
+    """``ValueError`` unless the path of a ``redis://``/``rediss://`` URL is empty or a
+    database number (``/0``): redis-py would ignore ``/abc`` and use database 0."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        return  # (unix:// is a socket path; a wrong scheme is redis-py's to refuse)
+    db = unquote(parts.path).strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError(f"the path of a Redis URL is a database number (redis://HOST:6379/0),"
+                         f" not {parts.path!r}")
+
+
+def refused_by_redis(exc: BaseException) -> bool:
+    """Is ``exc`` Redis refusing the URL's password, user or database number (a
+    configuration mistake), rather than Redis being unreachable?"""
+    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+    if isinstance(exc, (AuthenticationError, NoPermissionError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, ResponseError) and ("DB index" in text or "invalid DB" in text)
 
 
 async def claim_node(redis: Any, key: str, instance: str, ttl: float, heartbeat: float,

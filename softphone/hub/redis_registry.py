@@ -46,7 +46,15 @@ from typing import Any, Final
 
 from softphone.core.errors import MissingDependency
 from softphone.hub.redis_inbox import Inbox
-from softphone.hub.redis_node import NodeIdTaken, claim_node, first_line, safe_url
+from softphone.hub.redis_node import (
+    NodeIdTaken,
+    RedisRefused,
+    check_url,
+    claim_node,
+    first_line,
+    refused_by_redis,
+    safe_url,
+)
 from softphone.hub.redis_parts import (
     CLAIM,
     DEFAULT_PREFIX,
@@ -69,7 +77,7 @@ from softphone.hub.redis_route import Router
 from softphone.hub.redis_wire import Link, ReplyError, open_link
 from softphone.hub.registry import Peer, Registry, RegistryEvents
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TTL", "NodeIdTaken", "RedisRegistry",
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TTL", "NodeIdTaken", "RedisRefused", "RedisRegistry",
            "RegistryUnavailable"]
 
 log = logging.getLogger(__name__)
@@ -106,6 +114,7 @@ class RedisRegistry(Registry, Inbox):
             raise ValueError("a node id is 1 to 64 characters of A-Z a-z 0-9 . _ -")
         if ttl <= heartbeat:
             raise ValueError("the presence ttl must be longer than the heartbeat")
+        check_url(url)  # (redis-py would take redis://host/abc as database 0)
         self.url = url
         self.keys = Keys(prefix)
         self.heartbeat = heartbeat
@@ -135,6 +144,10 @@ class RedisRegistry(Registry, Inbox):
         self._sub: Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._degraded = False
+        #: Another running node holds our node id (its key in Redis): degraded too.
+        self._id_taken = False
+        #: The last Redis error the log said while degraded (a retry's new one is said).
+        self._said_error: str | None = None
         self._closed = False
         self._gauge: Any = None
         self._errors: Any = None
@@ -150,14 +163,16 @@ class RedisRegistry(Registry, Inbox):
             from prometheus_client import Counter, Gauge
 
             self._gauge = Gauge("softphone_hub_degraded",
-                                "1 while the shared registry (Redis) is unreachable",
+                                "1 while the shared registry (Redis) is unreachable, "
+                                "or another running node has this node's id",
                                 registry=metrics)
             self._errors = Counter("softphone_hub_redis_errors",
                                    "Redis operations that failed", registry=metrics)
-            self._gauge.set(1 if self._degraded else 0)
+            self._show_degraded()
 
     async def start(self) -> None:
-        """Connect, subscribe and announce; :class:`RegistryUnavailable` if Redis is not there."""
+        """Connect, subscribe and announce; :class:`RegistryUnavailable` if Redis is not
+        there, :class:`RedisRefused` if it refuses the URL's password or database."""
         from redis.exceptions import RedisError
 
         try:
@@ -174,6 +189,10 @@ class RedisRegistry(Registry, Inbox):
                 await self._pool.disconnect()
             if isinstance(exc, NodeIdTaken):
                 raise
+            if refused_by_redis(exc):
+                raise RedisRefused(f"Redis at {safe_url(self.url)} refuses this URL: "
+                                   f"{first_line(exc)} (check the password, user and "
+                                   "database number of --redis)") from None
             raise RegistryUnavailable(f"cannot reach Redis at {safe_url(self.url)}: "
                                       f"{first_line(exc)}") from None
         log.info("redis-registry node=%s url=%s ttl=%ss", self.node_id, safe_url(self.url),
@@ -212,7 +231,12 @@ class RedisRegistry(Registry, Inbox):
         await self._pool.disconnect()
 
     def status(self) -> str:
-        return "degraded" if self._degraded else "ok"
+        return "degraded" if self._degraded or self._id_taken else "ok"
+
+    def _show_degraded(self) -> None:
+        """``softphone_hub_degraded``: 1 while Redis is lost or our node id is taken."""
+        if self._gauge is not None:
+            self._gauge.set(1 if self._degraded or self._id_taken else 0)
 
     # -- the Registry questions ---------------------------------------------------
 
@@ -301,12 +325,26 @@ class RedisRegistry(Registry, Inbox):
             self._errors.inc()
         if not self._degraded and not self._closed:
             self._degraded = True
-            if self._gauge is not None:
-                self._gauge.set(1)
+            self._show_degraded()
+            self._said_error = first_line(exc)
             log.warning("redis-lost node=%s error=%r: serving local clients only, "
-                        "retrying every %ss", self.node_id, first_line(exc), self.heartbeat)
+                        "retrying every %ss", self.node_id, self._said_error, self.heartbeat)
             self.cache.clear()
             self.router.reset()
+
+    def _retry_failed(self, exc: BaseException) -> None:
+        """A retry (while degraded) failed: each one at info; its error at warning when
+        it is not the one said last (Redis's password changed, Redis stopped, ...)."""
+        if self._errors is not None:
+            self._errors.inc()
+        error = first_line(exc)
+        if error != self._said_error:
+            self._said_error = error
+            log.warning("redis-retry-failed node=%s error=%r: still serving local "
+                        "clients only, retrying every %ss", self.node_id, error,
+                        self.heartbeat)
+        else:
+            log.info("redis-retry-failed node=%s error=%r", self.node_id, error)
 
     async def _open_link(self, on_message: Callable[[bytes], None] | None = None) -> Link:
         return await open_link(self._pool, on_message)
@@ -342,14 +380,15 @@ class RedisRegistry(Registry, Inbox):
         from redis.exceptions import RedisError
 
         while not self._closed:
+            retrying = self._degraded
             try:
-                if self._degraded:
+                if retrying:
                     await self._redis.ping()
                     self.router.reset()
                     await self._setup()
                     self._degraded = False
-                    if self._gauge is not None:
-                        self._gauge.set(0)
+                    self._said_error = None
+                    self._show_degraded()
                     log.warning("redis-recovered node=%s: %d local ids re-announced",
                                 self.node_id, len(self._local))
                 sub = self._sub
@@ -360,17 +399,18 @@ class RedisRegistry(Registry, Inbox):
                         raise ConnectionError("subscription ended")
                     await self._beat()
             except (RedisError, OSError, ReplyError) as exc:
-                self._failed(exc)
+                if retrying and self._degraded:
+                    self._retry_failed(exc)
+                else:
+                    self._failed(exc)
             await self._close_sub()
             await asyncio.sleep(self.heartbeat)
 
     async def _beat(self) -> None:
         """Say we are alive, keep our ids, and check the nodes of remote call peers."""
-        if not await self._scripts["keep_node"](keys=[self.keys.node(self.node_id)],
-                                                args=[self._instance, self._ttl_ms]):
-            # (Redis lost our key, restarted, and a node with our id started meanwhile.)
-            log.error("node-id-taken node=%s: another running hub has this node id; "
-                      "messages for this node may go to it", self.node_id)
+        kept = await self._scripts["keep_node"](keys=[self.keys.node(self.node_id)],
+                                                args=[self._instance, self._ttl_ms])
+        self._node_id_kept(bool(kept))
         items = list(self._local.items())
         for start in range(0, len(items), 1000):
             chunk = items[start:start + 1000]
@@ -397,6 +437,25 @@ class RedisRegistry(Registry, Inbox):
                         args=[holder_value(self.node_id, token)])
         if len(self._watch):
             await self._check_watch()
+
+    def _node_id_kept(self, kept: bool) -> None:
+        """A heartbeat kept our node's key (True), or found another running node
+        holding it (False: Redis lost our key, or we were frozen past its ttl, and
+        a node with our id started meanwhile): degraded while that lasts, so that
+        a load balancer leaves this node (its messages may go to the other one)."""
+        if kept == (not self._id_taken):
+            if self._id_taken:
+                log.debug("node-id-taken node=%s: still", self.node_id)
+            return
+        self._id_taken = not kept
+        self._show_degraded()
+        if self._id_taken:
+            log.error("node-id-taken node=%s: another running hub has this node id; "
+                      "messages for this node may go to it; degraded until it is ours "
+                      "again", self.node_id)
+        else:
+            log.warning("node-id-regained node=%s: the node id is this hub's again",
+                        self.node_id)
 
     async def _check_watch(self) -> None:
         ids = self._watch.ids()

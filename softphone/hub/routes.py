@@ -99,6 +99,17 @@ def ice_servers_for(ice: IceSettings, client_id: str, now: float) -> list[dict[s
     return servers
 
 
+def hands_out_credentials(ice: IceSettings) -> bool:
+    """Whether :func:`ice_servers_for` hands out TURN credentials: REST ones
+    (``turn_secret``), or static ones (``--ice-username``/``--ice-credential`` in
+    :attr:`IceSettings.ice_servers`). On a hub with a secret, ``/ice-servers``
+    answers those only to a valid token (401 otherwise)."""
+    if ice.turn_secret and ice.turn_urls:
+        return True
+    return any("credential" in entry or "username" in entry
+               for entry in static_ice_servers(ice.ice_servers, ice.turn_urls))
+
+
 class Routes:
     """The handlers of the hub's own routes, over the hub's state."""
 
@@ -112,16 +123,16 @@ class Routes:
     async def ice_servers(self, request: web.Request) -> web.Response:
         ice = self.ice
         client_id = request.query.get("id", "")
-        if ice.turn_secret and ice.turn_urls:
-            if ice.secret:
-                token = request.query.get("token") or _bearer(request)
-                try:
-                    verify_token(ice.secret, token, client_id, time.time())
-                except AuthError as exc:
-                    self.metrics.error(ErrorCode.UNAUTHORIZED)
-                    return web.json_response(
-                        {"error": ErrorCode.UNAUTHORIZED.value, "message": str(exc)},
-                        status=401)
+        if ice.secret and hands_out_credentials(ice):  # (STUN alone: to anyone)
+            token = request.query.get("token") or _bearer(request)
+            try:
+                if token and not client_id:  # (not "for another id": none was given)
+                    raise AuthError("no id: add ?id=<the id the token is for>")
+                verify_token(ice.secret, token, client_id, time.time())
+            except AuthError as exc:
+                self.metrics.error(ErrorCode.UNAUTHORIZED)
+                return web.json_response(
+                    {"error": ErrorCode.UNAUTHORIZED.value, "message": str(exc)}, status=401)
         return web.json_response({"iceServers": ice_servers_for(ice, client_id, time.time())})
 
     async def healthz(self, request: web.Request) -> web.Response:

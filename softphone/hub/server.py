@@ -60,6 +60,7 @@ from softphone.hub.admission import (
     CLOSE_BAD_ID,
     CLOSE_FULL,
     AdmissionRules,
+    FullAlarm,
     Upgrade,
     Verdict,
     admit,
@@ -115,6 +116,8 @@ class Hub(MessageRelay):
         self.pairs = CallPairs(self.config.peer_grace)
         self.registry.bind(self, self.metrics.registry)  # a shared registry reports here
         self._rules = AdmissionRules(self.origins, self.config.secret)
+        #: Warns once that the hub is full, again after it had room (admission.py).
+        self._full = FullAlarm()
         self.app = make_app(Routes(self.config, self.registry, self.metrics, self.pairs),
                             self.config.extra_routes, self.origins)
         self._runner: web.AppRunner | None = None
@@ -234,6 +237,12 @@ class Hub(MessageRelay):
         if response.status_code != 101:  # not a valid WebSocket upgrade
             handshake(ws, transport, response, None)
             return
+        # accept() refuses repeated Origin, Sec-WebSocket-Key ... (400) but not Host,
+        # whose headers.get() would raise: refused the same way.
+        if len(headers.get_all("Host")) > 1:
+            handshake(ws, transport, ws.reject(400, "Failed to open a WebSocket connection: "
+                                               "invalid Host header: multiple values.\n"), None)
+            return
         peer = transport.get_extra_info("peername")
         remote = self.proxies.client(str(peer[0]) if peer else "",
                                      headers.get_all("X-Forwarded-For"))
@@ -248,6 +257,10 @@ class Hub(MessageRelay):
                      origin, remote)
             handshake(ws, transport, ws.reject(403, "origin not allowed\n"), None)
             return
+        if self._full.seen(decision):
+            log.warning("full max-connections=%d: refusing new connections until one "
+                        "closes (said again once it has room and fills up)",
+                        self.limiter.max_total)
         if verdict is Verdict.LIMIT:
             log.info("refused reason=limit remote=%s why=%r", remote, decision.why)
         elif verdict is Verdict.UNAUTHORIZED:

@@ -13,6 +13,7 @@ from softphone.hub.admission import (
     CLOSE_FULL,
     Admission,
     AdmissionRules,
+    FullAlarm,
     Upgrade,
     Verdict,
     admit,
@@ -131,3 +132,21 @@ def test_the_first_reason_wins() -> None:
     assert decide(bad, TOKENS, full).verdict is Verdict.LIMIT
     assert decide(bad, TOKENS).verdict is Verdict.BAD_ID
     assert decide(upgrade(), TOKENS).verdict is Verdict.UNAUTHORIZED
+
+
+def test_a_full_hub_is_warned_about_once_until_it_had_room() -> None:
+    alarm = FullAlarm()
+    limiter = ConnectionLimiter(max_total=1, max_per_address=1)
+    assert not alarm.seen(decide(upgrade(), limiter=limiter))  # accepted: room
+    limiter.open("10.0.0.1")
+    full = decide(upgrade("/ws?id=bob", remote="10.0.0.2"), limiter=limiter)
+    assert full.verdict is Verdict.LIMIT
+    assert [alarm.seen(full) for _ in range(5)] == [True, False, False, False, False]
+    # too many from one address: not the hub's being full
+    per_address = ConnectionLimiter(max_per_address=1)
+    per_address.open("10.0.0.1")
+    assert not FullAlarm().seen(decide(upgrade(), limiter=per_address))
+    limiter.close("10.0.0.1")  # room again, and a connection takes it
+    assert not alarm.seen(decide(upgrade("/ws?id=bob", remote="10.0.0.2"), limiter=limiter))
+    limiter.open("10.0.0.2")
+    assert alarm.seen(decide(upgrade(), limiter=limiter))  # full again: said again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -352,6 +353,26 @@ async def test_a_bad_upgrade_is_refused_with_http(hub: Hub) -> None:
     reply = await asyncio.wait_for(reader.read(), 2)
     assert reply.startswith(b"HTTP/1.1 426 "), reply
     writer.close()
+    assert hub.limiter.total == 0 and hub.registry.local_count() == 0
+
+
+@pytest.mark.parametrize("header", ["Host", "Origin", "Sec-WebSocket-Key"])
+async def test_a_repeated_header_is_refused_with_400(
+        hub: Hub, header: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Two Host headers (as two Origin, two keys): 400, no traceback, nobody signed in."""
+    first = UPGRADE.format(id="a").split("\r\n\r\n")[0]
+    second = {"Host": "y", "Origin": "http://y",
+              "Sec-WebSocket-Key": "eHh4eHh4eHh4eHh4eHh4eA=="}[header]
+    if header == "Origin":
+        first += "\r\nOrigin: http://x"
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(f"{first}\r\n{header}: {second}\r\n\r\n".encode())
+    reply = await asyncio.wait_for(reader.read(), 2)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert f"invalid {header} header: multiple values".encode() in reply, reply
+    writer.close()
+    await asyncio.sleep(0.05)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert hub.limiter.total == 0 and hub.registry.local_count() == 0
 
 

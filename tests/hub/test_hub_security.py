@@ -12,10 +12,12 @@ import heapq
 import itertools
 import json
 import logging
+import re
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,7 +40,7 @@ from softphone.hub.registry import MemoryRegistry
 from softphone.hub.server import Hub, HubConfig
 
 from ..conftest import hub_url, need_command
-from ..support.coturn import StartCoturn
+from ..support.coturn import COTURN_CONF, StartCoturn, allocates
 from ..support.helpers import Proc
 
 SECRET = "s3cret-" + "x" * 40
@@ -695,6 +697,95 @@ async def test_ice_servers_hand_out_turn_credentials(session: aiohttp.ClientSess
         await hub.stop()
 
 
+STATIC_TURN = [{"urls": "stun:192.0.2.1:3478"},
+               {"urls": "turn:192.0.2.1:3478", "username": "staticuser",
+                "credential": "static-turn-password"}]
+
+
+async def test_static_turn_credentials_need_a_token(session: aiohttp.ClientSession) -> None:
+    """On a hub with tokens, /ice-servers hands static TURN credentials (--ice-username,
+    --ice-credential) only to a valid token, as REST ones: 401 without one. STUN alone
+    is still for anyone; the WebSocket's ?ice=1 needs the token as the sign-in does."""
+    hub = Hub(HubConfig(ice_servers=STATIC_TURN, secret=SECRET))
+    await hub.start("127.0.0.1", 0)
+    now = time.time()
+    try:
+        for query in ("id=alice", "id=alice&token=garbage",
+                      f"id=alice&token={mint_token(OTHER, 'alice', now)}",
+                      f"id=alice&token={mint_token(SECRET, 'bob', now)}"):
+            refused = await session.get(f"{hub_url(hub)}/ice-servers?{query}")
+            text = await refused.text()
+            assert refused.status == 401, (query, text)
+            assert json.loads(text)["error"] == "unauthorized"
+            assert "static-turn-password" not in text and "staticuser" not in text
+        token = mint_token(SECRET, "alice", now)
+        ok = await session.get(f"{hub_url(hub)}/ice-servers?id=alice",
+                               headers={"Authorization": f"Bearer {token}"})
+        assert ok.status == 200 and (await ok.json())["iceServers"] == STATIC_TURN
+        # The WebSocket: no token, no ICE servers (refused); with one, the list first.
+        ws = await connect(session, hub, "id=alice&ice=1")
+        reply = await receive(ws)
+        assert reply["type"] == "error" and reply["data"]["code"] == "unauthorized"
+        assert "static-turn-password" not in json.dumps(reply)
+        assert await closed(ws) == 1008
+        ws = await connect(session, hub, f"id=alice&ice=1&token={token}")
+        first = await receive(ws)
+        assert first["data"]["iceServers"] == STATIC_TURN
+        await ws.close()
+    finally:
+        await hub.stop()
+    hub = Hub(HubConfig(ice_servers=STATIC_TURN[:1], secret=SECRET))  # STUN only
+    await hub.start("127.0.0.1", 0)
+    try:
+        anyone = await session.get(f"{hub_url(hub)}/ice-servers")
+        assert anyone.status == 200 and (await anyone.json())["iceServers"] == STATIC_TURN[:1]
+    finally:
+        await hub.stop()
+
+
+async def test_static_turn_credentials_of_serve_need_a_token(procs: list[Proc],
+                                                             tmp_path: Path) -> None:
+    """The operator's command line: serve --secret-file with --ice-credential-file."""
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    (tmp_path / "turn-secret").write_text("static-turn-password\n")
+    for name in ("secret", "turn-secret"):
+        (tmp_path / name).chmod(0o600)
+    hub = Proc("serve", "--port", "0", "--secret-file", str(tmp_path / "secret"),
+               "--ice-server", "turn:127.0.0.1:23478", "--ice-username", "staticuser",
+               "--ice-credential-file", str(tmp_path / "turn-secret"))
+    procs.append(hub)
+    await hub.wait_for_output("listening on")
+    port = re.search(r"listening on http://127\.0\.0\.1:(\d+)", hub.stdout)
+    assert port is not None, hub.stdout
+    url = f"http://127.0.0.1:{port[1]}/ice-servers"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            text = await resp.text()
+            assert resp.status == 401 and "static-turn-password" not in text, text
+        token = mint_token(SECRET, "alice", time.time())
+        async with session.get(f"{url}?id=alice&token={token}") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["iceServers"][0]["credential"] == "static-turn-password"
+
+
+async def test_ice_servers_without_an_id_say_so(session: aiohttp.ClientSession) -> None:
+    """A valid token for alice but no ?id=: "no id", not "token is for another id"."""
+    hub = await started(secret=SECRET, turn_urls=["turn:192.0.2.1:3478"],
+                        turn_secret="coturn-secret")
+    try:
+        token = mint_token(SECRET, "alice", time.time())
+        for query in (f"token={token}", f"id=&token={token}"):
+            resp = await session.get(f"{hub_url(hub)}/ice-servers?{query}")
+            body = await resp.json()
+            assert resp.status == 401
+            assert body == {"error": "unauthorized",
+                            "message": "no id: add ?id=<the id the token is for>"}, body
+        no_token = await (await session.get(f"{hub_url(hub)}/ice-servers")).json()
+        assert no_token["message"].startswith("missing token"), no_token
+    finally:
+        await hub.stop()
+
+
 # -------------------------------------------------------------------- CLI ---
 
 
@@ -723,6 +814,25 @@ def test_cli_refuses_bad_security_options(args: list[str], text: str) -> None:
     assert result.exit_code == 2, result.output
     assert text in result.output
     assert "Traceback" not in result.output
+
+
+def test_secrets_on_the_command_line_are_warned_about() -> None:
+    """serve --help says each secret given on the command line shows in the process
+    list, and names the file option; server/README.md's hub commands use the files
+    (its lab section shows the lab's own command line)."""
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"]).output.split())
+    options = re.split(r" (?=--[a-z-]+ [A-Z]+ )", help_text)
+    for flag, alternative in (("--secret", "--secret-file"),
+                              ("--turn-secret", "--turn-secret-file"),
+                              ("--ice-credential", "--ice-credential-file")):
+        text = next(o for o in options if o.startswith(f"{flag} "))
+        text = text.replace("- ", "-")  # (click wraps after a hyphen)
+        assert "process list" in text and alternative in text, text
+    readme = (Path(__file__).resolve().parents[2] / "server" / "README.md").read_text()
+    commands = "".join(re.findall(r"```sh\n(.*?)```", readme.split(
+        "## How the lab uses these files")[0], re.DOTALL))
+    assert "--turn-secret-file" in commands and "--ice-credential-file" in commands
+    assert not re.search(r"--turn-secret [^-\s]|--ice-credential [^-\s]", commands)
 
 
 async def test_cli_with_tokens(procs: list[Proc]) -> None:
@@ -779,3 +889,18 @@ async def test_turn_credentials_work_with_real_coturn(
                 forged.credential, transport="tcp"), 10)
     finally:
         await hub.stop()
+
+
+async def test_shipped_coturn_conf_holds_no_usable_secret(coturn: StartCoturn) -> None:
+    """server/coturn.conf started as server/README.md says (``turnserver -c
+    server/coturn.conf --static-auth-secret SECRET``): credentials signed with SECRET
+    get a relay, and none signed with a secret written in the file. (It once held
+    ``static-auth-secret=change-me``, and coturn accepted credentials signed with
+    either: a public password to the relay.)"""
+    turn = coturn()
+    assert await allocates(turn.ip, turn.port, turn.secret)
+    assert await allocates(turn.ip, turn.port, turn.secret, transport="udp")
+    assert not await allocates(turn.ip, turn.port, "change-me")
+    assert not await allocates(turn.ip, turn.port, "change-me", transport="udp")
+    settings = [line.strip() for line in COTURN_CONF.read_text().splitlines()]
+    assert not [line for line in settings if line.startswith("static-auth-secret")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import signal
 import sys
 import time
@@ -45,6 +46,7 @@ from softphone.hub.redis_wire import ReplyError, RespReader, command, has_hiredi
 from softphone.hub.server import Hub, HubConfig
 
 from ..conftest import need, need_command
+from ..support.coturn import allocates
 from ..support.helpers import Proc, assert_wav_tone
 from .test_hub import UPGRADE as HAND_WRITTEN_UPGRADE
 
@@ -719,6 +721,46 @@ async def test_redis_stopped_and_restarted(nodes: Nodes, redis_server: Any) -> N
         assert (await recv(carol))["from"] == "bob"
 
 
+async def test_a_failed_retry_says_why(nodes: Nodes, redis_server: Any,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Redis's password changed under a running node: the node degrades (its
+    subscription ended), and its retries' real cause, the authentication, is said
+    at warning once; each retry failing again with it at info (-v)."""
+    import redis.asyncio as aioredis
+
+    caplog.set_level(logging.INFO, logger="softphone.hub.redis_registry")
+    n1 = await nodes.add("n1")
+    admin = aioredis.from_url(redis_server.url)
+
+    def said(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "softphone.hub.redis_registry" and r.levelno == level
+                and "redis-retry-failed" in r.getMessage()]
+
+    async def auth_said_then_repeated() -> bool:
+        return sum("auth" in m.lower() for m in said(logging.INFO)) >= 2
+    try:
+        await admin.config_set("requirepass", "changed")
+        await admin.execute_command("CLIENT", "KILL", "SKIPME", "yes")  # the node's, all
+        async with aiohttp.ClientSession() as s:
+            async def degraded() -> bool:
+                return (await health(s, n1))["status"] == "degraded"
+
+            await eventually(degraded, what="n1 degraded")
+            await eventually(auth_said_then_repeated, what="the retries' auth failure")
+            assert sum("auth" in m.lower() for m in said(logging.WARNING)) == 1, \
+                said(logging.WARNING)
+            await admin.config_set("requirepass", "")
+
+            async def recovered() -> bool:
+                return (await health(s, n1))["status"] == "ok"
+
+            await eventually(recovered, what="recovery")
+    finally:
+        await admin.config_set("requirepass", "")
+        await admin.aclose()
+
+
 async def test_redis_unavailable_at_start(redis_server: Any, procs: list[Proc]) -> None:
     port = cluster.free_port()
     p = Proc("serve", "--port", "0", "--redis", f"redis://127.0.0.1:{port}/0")
@@ -727,6 +769,64 @@ async def test_redis_unavailable_at_start(redis_server: Any, procs: list[Proc]) 
     assert code == 12
     assert p.stderr.startswith("softphone: cannot reach Redis at redis://127.0.0.1:")
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def one_line(p: Proc) -> str:
+    """What ``p`` wrote: exactly one line on stderr, nothing on stdout."""
+    assert p.stdout == "" and "Traceback" not in p.stderr, p.describe()
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.describe()
+    return lines[0]
+
+
+@pytest.mark.parametrize("problem", ["database out of range", "password Redis has not",
+                                     "wrong password", "no password", "wrong user"])
+async def test_redis_refusing_the_url_is_a_configuration_error(
+        redis_server: Any, procs: list[Proc], problem: str) -> None:
+    """Redis answers but refuses what the URL asks: not an outage (12, which a service
+    manager retries) but a mistake in --redis, exit 2 (the unit's
+    RestartPreventExitStatus), one line, the password hidden."""
+    import redis
+
+    base = f"127.0.0.1:{redis_server.port}"
+    good = f"redis://{base}/0"
+    if problem in ("wrong password", "no password", "wrong user"):
+        with redis.Redis(host="127.0.0.1", port=redis_server.port) as admin:
+            admin.config_set("requirepass", "right-pw")
+        good = f"redis://:right-pw@{base}/0"
+    url, says = {
+        "database out of range": (f"redis://{base}/99", "DB index is out of range"),
+        "password Redis has not": (f"redis://:hunter2@{base}/0", "without any password"),
+        "wrong password": (f"redis://:hunter2@{base}/0", "invalid username-password"),
+        "no password": (f"redis://{base}/0", "Authentication required"),
+        "wrong user": (f"redis://nobody:right-pw@{base}/0", "invalid username-password"),
+    }[problem]
+    p = Proc("serve", "--port", "0", "--redis", url)
+    procs.append(p)
+    assert await p.wait(30) == 2, p.describe()
+    line = one_line(p)
+    shown = url.replace(":hunter2@", ":***@").replace(":right-pw@", ":***@")
+    assert line.startswith(f"softphone: Redis at {shown} refuses this URL: "), line
+    assert says in line and "hunter2" not in line and "right-pw" not in line, line
+    ok = Proc("serve", "--port", "0", "--redis", good)  # (the right URL: it starts)
+    procs.append(ok)
+    await ok.wait_for_output("listening on")
+
+
+@pytest.mark.parametrize("path", ["abc", "-1", "0/1", "1x"])
+async def test_a_malformed_redis_database_is_a_usage_error(
+        redis_server: Any, procs: list[Proc], path: str) -> None:
+    """redis-py reads redis://HOST/abc as database 0, silently: refused at once
+    (exit 2, one line) before anything connects."""
+    url = f"redis://127.0.0.1:{redis_server.port}/{path}"
+    p = Proc("serve", "--port", "0", "--redis", url)
+    procs.append(p)
+    assert await p.wait(15) == 2, p.describe()
+    assert one_line(p) == ("softphone: --redis/--node-id: the path of a Redis URL is a "
+                           f"database number (redis://HOST:6379/0), not '/{path}'")
+    with pytest.raises(ValueError, match="database number"):
+        RedisRegistry(url, "n1")
+    RedisRegistry(f"redis://127.0.0.1:{redis_server.port}/", "n1")  # (database 0)
 
 
 # -- nodes as processes ------------------------------------------------------------------
@@ -773,6 +873,42 @@ async def test_dead_node_presence_vanishes_and_peer_hangs_up(
         assert (await recv(bob))["data"]["code"] == "offline"
         await alice.close()
     print(f"peer-disconnected after the node's SIGKILL: {took:.1f} s")
+
+
+async def test_a_node_whose_id_is_taken_is_degraded(
+        redis_server: Any, node_procs: list[Any], tmp_path: Path) -> None:
+    """A node frozen past its key's ttl finds, once thawed, another node running with
+    its id: it says it is degraded (/healthz, /metrics) while that lasts; the other
+    node gone, it is ours again and ok."""
+    old = await start_node(node_procs, redis_server, "n1", tmp_path)
+    (tmp_path / "new").mkdir()
+
+    async def state(node: Any, s: aiohttp.ClientSession) -> tuple[str, bool]:
+        async with s.get(f"{node.url}/healthz") as resp:
+            status = (await resp.json())["status"]
+        async with s.get(f"{node.url}/metrics") as resp:
+            return status, "softphone_hub_degraded 1.0" in await resp.text()
+
+    async with aiohttp.ClientSession() as s:
+        assert await state(old, s) == ("ok", False)
+        old.proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(4.5)  # its key (ttl 3 s) expires
+            new = await start_node(node_procs, redis_server, "n1", tmp_path / "new")
+        finally:
+            old.proc.send_signal(signal.SIGCONT)
+
+        async def old_degraded() -> bool:
+            return await state(old, s) == ("degraded", True)
+
+        await eventually(old_degraded, what="the old n1 degraded")
+        assert await state(new, s) == ("ok", False)
+        new.kill(signal.SIGTERM)  # (it releases the id: the old node takes it back)
+
+        async def old_ok() -> bool:
+            return await state(old, s) == ("ok", False)
+
+        await eventually(old_ok, what="the old n1 ok again")
 
 
 async def test_cli_call_across_nodes_carries_audio(
@@ -858,5 +994,26 @@ async def test_cluster_script_relayed_call_through_one_address(
         assert await a.wait(60) == 0, a.stdout + a.stderr
         assert await b.wait(30) == 0, b.stdout + b.stderr
         assert "relay/udp" in a.stdout, a.stdout
+        # Its coturn takes credentials signed with the cluster's secret only, not with
+        # a placeholder of server/coturn.conf (it once shipped `change-me`, and the
+        # cluster's copy held both: coturn accepted either).
+        assert c.turn is not None
+        for transport in ("udp", "tcp"):
+            assert await allocates(c.turn.listen, c.turn.port, c.turn.secret, transport)
+            assert not await allocates(c.turn.listen, c.turn.port, "change-me", transport)
     assert_wav_tone(rec_a, 660, what="a heard b")
     assert_wav_tone(rec_b, 440, what="b heard a")
+
+
+def test_cluster_writes_exactly_one_turn_secret() -> None:
+    """cluster.py's copy of coturn.conf holds the cluster's secret and no other: coturn
+    would accept credentials signed with any static-auth-secret line it reads."""
+    template = "use-auth-secret\nstatic-auth-secret=change-me\n#static-auth-secret=x\n"
+    written = cluster.coturn_config(template, "s3cret").splitlines()
+    assert [line for line in written if line.startswith("static-auth-secret")] == \
+        ["static-auth-secret=s3cret"]
+    assert "use-auth-secret" in written and "#static-auth-secret=x" in written
+    shipped = cluster.coturn_config((ROOT / "server" / "coturn.conf").read_text(), "s3cret")
+    assert shipped.count("\nstatic-auth-secret=") == 1
+    with pytest.raises(ValueError):
+        cluster.coturn_config(template, "two\nlines")

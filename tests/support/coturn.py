@@ -10,6 +10,10 @@ address, port, secret and realm; state files in the test's own directory.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import socket
 import subprocess
@@ -115,6 +119,33 @@ class Coturn:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def rest_credentials(secret: str, client_id: str = "a", ttl: int = 3600) -> tuple[str, str]:
+    """coturn's REST credentials signed with ``secret``, made here (not by softphone's
+    code): username ``"<expiry>:<id>"``, password base64(HMAC-SHA1(secret, username))."""
+    username = f"{int(time.time()) + ttl}:{client_id}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
+
+
+async def allocates(ip: str, port: int, secret: str, transport: str = "tcp") -> bool:
+    """Does the coturn at ``ip:port`` grant a relay allocation to credentials signed
+    with ``secret``? False when it refuses them (401 Unauthorized)."""
+    import aioice.stun
+    import aioice.turn
+
+    username, password = rest_credentials(secret)
+    try:
+        relay, _ = await asyncio.wait_for(aioice.turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, (ip, port), username, password,
+            transport=transport), 10)
+    except aioice.stun.TransactionFailed as exc:
+        if exc.response.attributes.get("ERROR-CODE", (0,))[0] == 401:
+            return False
+        raise
+    relay.close()
+    return True
 
 
 #: The ``coturn`` fixture: ``coturn(*extra_turnserver_options)`` -> a running Coturn.
