@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from softphone.cli.config_wiring import named_device
 from softphone.cli.options import (
     AudioDeviceOptions,
     HubClientOptions,
@@ -48,20 +49,6 @@ def _pick(input: str | None, output: str | None) -> tuple[str | None, str | None
     return input, output
 
 
-def _named(kind: str, spec: str, settings: Settings | None) -> str:
-    """Where the device ``spec`` came from, as the user gave it: ``--input '7'``,
-    ``SOFTPHONE_INPUT='7'`` or ``FILE:LINE: audio.input '7'`` (a config file's
-    errors name the file, line and key)."""
-    from softphone.cli.config_resolve import Source
-
-    got = settings[f"audio.{kind}"] if settings is not None else None
-    if got is None or got.source is Source.FLAG or not got.origin:
-        return f"--{kind} {spec!r}"
-    if got.source is Source.ENV:
-        return f"{got.origin}={spec!r}"
-    return f"{got.origin}: audio.{kind} {spec!r}"
-
-
 @click.command()
 @option_group("picked", _pick, [
     click.option("--input", envvar="SOFTPHONE_INPUT", metavar="DEVICE",
@@ -86,8 +73,13 @@ def devices(picked: tuple[str | None, str | None], settings: Settings | None = N
     except DeviceError as exc:
         fail(str(exc))
     if not any(d.inputs or d.outputs for d in found):
-        fail("no audio devices (no sound card, or no audio server; with PulseAudio check "
-             "PULSE_SERVER); use --tone/--play, --record or --no-audio")
+        none = ("no audio devices (no sound card, or no audio server; with PulseAudio check "
+                "PULSE_SERVER); use --tone/--play, --record or --no-audio")
+        named = [named_device(kind, spec, settings)
+                 for kind, spec in zip(("input", "output"), picked, strict=True) if spec]
+        if named:  # (a device named where there is none: as call and listen, exit 2)
+            fail(f"{' and '.join(named)}: no such device: {none}", ExitCode.USAGE)
+        fail(none)
     unmatched: list[str] = []
     for kind, label, spec in (("input", "microphones (--input)", picked[0]),
                               ("output", "speakers (--output)", picked[1])):
@@ -102,7 +94,7 @@ def devices(picked: tuple[str | None, str | None], settings: Settings | None = N
                            f"({d.hostapi}, {channels} ch, {d.default_rate:.0f} Hz)")
         if spec and chosen is None:
             click.echo(f"  (no single {kind} device matches {spec!r}: a call would fail)")
-            unmatched.append(_named(kind, spec, settings))
+            unmatched.append(named_device(kind, spec, settings))
     click.echo("* default   > what a call would use")
     if unmatched:  # as call and listen refuse it: a bad option value
         fail(f"{' and '.join(unmatched)}: no single device matches (call and listen "

@@ -63,9 +63,11 @@ from softphone.cli.runtime import fail
 from softphone.core.callstate import ExitCode
 
 __all__ = ["Binding", "CliState", "bindings", "configure", "configured", "current_settings",
-           "file_header", "warn"]
+           "file_header", "named_device", "settings_of", "warn"]
 
 ShowMode = Literal["text", "json"]
+#: Where :func:`configure` leaves the command's settings (click's ``ctx.meta``).
+_SETTINGS_META = "softphone.settings"
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ def configure(ctx: click.Context, command: click.Command,
     settings = resolve(flags, os.environ, loaded.file, tuple(b.option for b in bound),
                        unreadable_ok=unreadable_ok or showing, typed=typed)
     warn(settings.warnings)
+    ctx.meta[_SETTINGS_META] = settings
     for b in bound:
         got = settings[b.option.key]
         if got.source is not Source.DEFAULT and not _typed(ctx, b.param):
@@ -274,6 +277,28 @@ def configure(ctx: click.Context, command: click.Command,
         if getattr(param, "needed", False) and params.get(param.name or "") is None:
             raise click.MissingParameter(_set_it_once(bound, param), ctx=ctx, param=param)
     return settings
+
+
+def settings_of(ctx: click.Context | None) -> Settings | None:
+    """The settings :func:`configure` resolved for the command running in ``ctx``."""
+    while ctx is not None:
+        got = ctx.meta.get(_SETTINGS_META)
+        if isinstance(got, Settings):
+            return got
+        ctx = ctx.parent
+    return None
+
+
+def named_device(kind: str, spec: str, settings: Settings | None) -> str:
+    """Where the device ``spec`` came from, as the user gave it: ``--input '7'``,
+    ``SOFTPHONE_INPUT='7'`` or ``FILE:LINE: audio.input '7'`` (a config file's
+    errors name the file, line and key)."""
+    got = settings[f"audio.{kind}"] if settings is not None else None
+    if got is None or got.source is Source.FLAG or not got.origin:
+        return f"--{kind} {spec!r}"
+    if got.source is Source.ENV:
+        return f"{got.origin}={spec!r}"
+    return f"{got.origin}: audio.{kind} {spec!r}"
 
 
 def _set_it_once(bound: Iterable[Binding], param: click.Parameter) -> str | None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from softphone.cli.config_wiring import named_device, settings_of
 from softphone.cli.options import (
     AudioDeviceOptions,
     HubClientOptions,
@@ -108,16 +109,20 @@ def audio_device(kind: str, audio: AudioDeviceOptions, noticed: set[str]) -> Any
     opener = open_mic if kind == "input" else open_speaker
     try:
         device, notice = opener(spec, required=bool(spec))
-    except DeviceError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"--{kind}") from exc
+    except DeviceError as exc:  # (named where it came from: a flag, a variable, the file)
+        fail(f"{_named(kind, spec)}: {exc}", ExitCode.USAGE)
     except MissingDependency as exc:  # a device named where there is none: a usage error
         if spec and has_no_devices(kind):
-            fail(f"--{kind} {spec}: no such device: {exc}", ExitCode.USAGE)
+            fail(f"{_named(kind, spec)}: no such device: {exc}", ExitCode.USAGE)
         raise  # (PortAudio missing: said as such, exit 1)
     if notice and kind not in noticed:
         noticed.add(kind)
         click.echo(f"softphone: {notice} (see softphone devices, or --no-audio)", err=True)
     return device
+
+
+def _named(kind: str, spec: str | None) -> str:
+    return named_device(kind, spec or "", settings_of(click.get_current_context(silent=True)))
 
 
 def has_no_devices(kind: str) -> bool:

@@ -26,6 +26,7 @@ from softphone.hub.server import Hub
 
 from ..conftest import phone_pair
 from ..support.helpers import Proc, assert_wav_tone, read_wav
+from ..support.pulse import PulseLab
 from .conftest import silent_server
 from .test_user_flow import NO_STUN, calling, listening
 
@@ -166,6 +167,28 @@ async def test_the_status_line_says_restarting_while_the_media_is_down(hub: Hub)
 
 # ------------------------------------------------------------ --input ---
 
+async def test_a_device_that_does_not_match_names_where_it_came_from(
+        procs: list[Proc], tmp_path: Path, pulse: PulseLab) -> None:
+    """PulseAudio's devices, and a microphone index that names none: one line, exit 2,
+    naming the flag, the variable or the config file's line and key that gave it (it
+    was click's usage error about an --input the user may never have typed)."""
+    config = tmp_path / "config.toml"
+    config.write_text('id = "a"\n\n[audio]\ninput = "77"\n')
+    server = ("--server", f"http://127.0.0.1:{free_port()}", *NO_STUN)
+    cases = [
+        ((), {"SOFTPHONE_CONFIG": str(config)}, f"{config}:4: audio.input '77': "),
+        ((), {"SOFTPHONE_INPUT": "78"}, "SOFTPHONE_INPUT='78': "),
+        (("--input", "79"), {"SOFTPHONE_CONFIG": str(config)}, "--input '79': "),
+    ]
+    for args, env, named in cases:
+        p = Proc("call", "b", "--as", "a", *args, *server, env={**pulse.env_for("a"), **env})
+        procs.append(p)
+        assert await p.wait() == ExitCode.USAGE, p.describe()
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"softphone: {named}"), p.describe()
+        assert "microphone" in lines[0], p.describe()
+
+
 @pytest.mark.parametrize(("option", "kind"), [("--input", "microphone (input)"),
                                               ("--output", "speaker (output)")])
 async def test_a_device_named_where_there_is_none_is_a_usage_error(
@@ -180,6 +203,11 @@ async def test_a_device_named_where_there_is_none_is_a_usage_error(
     assert await p.wait() == ExitCode.USAGE, p.describe()
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.describe()
-    assert lines[0].startswith(f"softphone: {option} 3: no such device: no audio {kind} "
+    assert lines[0].startswith(f"softphone: {option} '3': no such device: no audio {kind} "
                                "device"), lines
     assert "Traceback" not in p.stderr and "cannot reach" not in p.stdout
+    listing = Proc("devices", option, "3", env=env)  # (devices says it the same way)
+    procs.append(listing)
+    assert await listing.wait() == ExitCode.USAGE, listing.describe()
+    assert listing.stderr.startswith(f"softphone: {option} '3': no such device: "), \
+        listing.describe()
