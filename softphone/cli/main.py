@@ -31,7 +31,7 @@ from softphone.cli.completion import completion
 from softphone.cli.config_command import config
 from softphone.cli.config_wiring import CliState, configured
 from softphone.cli.options import ice_list
-from softphone.cli.runtime import fail
+from softphone.cli.runtime import fail, printable
 from softphone.cli.serve import event_loop_factory, serve, token
 
 __all__ = ["event_loop_factory", "ice_list", "main"]
@@ -41,12 +41,21 @@ __all__ = ["event_loop_factory", "ice_list", "main"]
 DEVICE_COMMANDS: Final = frozenset({"call", "listen", "devices", "doctor", "demo"})
 
 
+class PrintableFormatter(logging.Formatter):
+    """The log's lines with their control characters written out (:func:`printable`):
+    a log line may quote what a peer, a client or a hub chose."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 class PlainFormatter(logging.Formatter):
     """A warning at the terminal of a phone command, as the CLI's own lines read:
     ``softphone: warning: ...`` (no timestamp or module: -v gives those)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"softphone: {record.levelname.lower()}: {record.getMessage()}"
+        text = f"softphone: {record.levelname.lower()}: {printable(record.getMessage())}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -60,6 +69,9 @@ def setup_logging(verbose: int, command: str | None = None) -> None:
                         stream=sys.stderr)
     if fresh and verbose == 0 and command != "serve":  # (a hub's log keeps its timestamps)
         root.handlers[0].setFormatter(PlainFormatter())
+    elif fresh:
+        root.handlers[0].setFormatter(PrintableFormatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if verbose < 2:
         # aiortc/aioice log expected network noise (failed pairs, mDNS) at WARNING.
         for name in ("aiortc", "aioice"):

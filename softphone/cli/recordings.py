@@ -5,6 +5,7 @@ to never replaced (call N gets ``FILE-N``)."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,9 @@ from typing import Final
 import click
 
 from softphone.cli.runtime import fail
+
+#: What a peer id may not carry into a file name as it is (our hub's ids never do).
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 
 #: The fields of a --record template, with values to try it with at start.
 RECORD_SAMPLE: Final = {"peer": "peer", "n": 1, "time": "20240101-000000"}
@@ -50,9 +54,13 @@ def check_record(record: str | None, play: str | None = None) -> None:
 
 
 def file_safe(peer: str) -> str:
-    """``peer`` as part of a path: ids are ``A-Z a-z 0-9 . _ -``, so only ``.`` and
-    ``..`` (all dots) would name another folder; their dots are written ``%2E``."""
-    return peer.replace(".", "%2E") if not peer.strip(".") else peer
+    """``peer`` as part of a path. Our hub's ids are ``A-Z a-z 0-9 . _ -``, but the
+    original hub forwards any id: every other character is written ``%XX`` (its UTF-8
+    bytes), so no ``/`` or ``\\`` leaves the folder and no escape reaches a name; and
+    ``.`` or ``..`` (all dots) would name a folder: their dots are written ``%2E``."""
+    if not peer.strip("."):
+        return peer.replace(".", "%2E")
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), peer)
 
 
 def record_path(record: str, peer: str, n: int, used: set[str]) -> str:

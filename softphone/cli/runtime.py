@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,9 +22,21 @@ import click
 
 from softphone.core.callstate import ExitCode
 
+#: Characters a terminal acts on (C0 controls, DEL, C1 controls: ESC starts its escapes).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written out (``\\x1b``, ``\\n``): words a
+    peer or a hub chose (an id, a reason, an error) reach a person's terminal as text,
+    never as an escape sequence (a window title, a cleared screen) or a forged line."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
 
 class Output:
-    """Human lines and JSON events, as the user asked."""
+    """Human lines and JSON events, as the user asked (lines through :func:`printable`)."""
 
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
@@ -33,6 +46,7 @@ class Output:
         self.screen: Any = None
 
     def say(self, text: str) -> None:
+        text = printable(text)
         if self.screen is not None and self.screen.say(text):
             return
         print(text, file=self.human, flush=True)
@@ -66,7 +80,7 @@ def exit_codes_help(codes: Iterable[ExitCode] | None = None, note: str = "") -> 
 
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
     """Exit with one line on stderr."""
-    click.echo(f"softphone: {message}", err=True)
+    click.echo(f"softphone: {printable(message)}", err=True)
     sys.exit(code)
 
 

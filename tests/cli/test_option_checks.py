@@ -376,3 +376,20 @@ def test_doctor_fails_a_secret_file_that_cannot_be_read(tmp_path: Path) -> None:
         f"cannot read /nonexistent/token: No such file or directory (file: {config}:3)"]
     assert any(line.startswith("ok    hub") for line in lines)  # and it goes on
     assert lines[-1].startswith("a call cannot be made: token_file")
+
+
+def test_words_from_a_peer_or_a_hub_reach_the_terminal_and_the_log_as_text() -> None:
+    """Control characters are written out: no escape sequence, no forged line (a
+    security review); letters of any script are kept."""
+    import logging
+
+    from softphone.cli.main import PlainFormatter, PrintableFormatter
+    from softphone.cli.runtime import printable
+
+    assert printable("bob") == "bob" and printable("Zoë 東京") == "Zoë 東京"
+    assert printable("a\x1b[2Jb\nc\x07\x9b\x7f") == "a\\x1b[2Jb\\nc\\x07\\x9b\\x7f"
+    record = logging.LogRecord("softphone.x", logging.WARNING, __file__, 1,
+                               "from %s: %s", ("m\x1b]0;T\x07", "r\nforged"), None)
+    for formatter in (PlainFormatter(), PrintableFormatter("%(levelname)s %(message)s")):
+        text = formatter.format(record)
+        assert "\x1b" not in text and "\n" not in text and "\\x1b]0;T\\x07" in text, text

@@ -203,6 +203,10 @@ def test_record_paths_keep_every_call_and_stay_in_their_folder(tmp_path: Path) -
     assert file_safe(".") == "%2E" and file_safe("..") == "%2E%2E"
     assert file_safe("...x") == "...x" and file_safe("a.b") == "a.b"
     assert record_path("rec/{peer}/msg-{n}.wav", "..", 1, set()) == "rec/%2E%2E/msg-1.wav"
+    # The original hub forwards any id: no separator or escape reaches the file name.
+    assert file_safe("../x") == "..%2Fx" and file_safe("a\\b") == "a%5Cb"
+    assert file_safe("x\x1b[31mRED") == "x%1B%5B31mRED" and file_safe("é") == "%C3%A9"
+    assert record_path("rec/{peer}.wav", "../../etc/x", 1, set()) == "rec/..%2F..%2Fetc%2Fx.wav"
 
 
 async def test_listen_records_each_call_and_keeps_peers_in_the_folder(

@@ -12,7 +12,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from softphone.core.callstate import EXIT_CODES, Outcome
@@ -130,6 +132,45 @@ async def test_our_cli_through_original_hub(original_hub: OriginalHub, procs: li
     assert_wav_tone(rec_a, 660, what="caller's recording")
     assert_wav_tone(rec_b, 440, what="callee's recording")
     assert "Traceback" not in call.stderr + listen.stderr
+
+
+async def test_a_hostile_peer_on_the_original_hub_reaches_the_terminal_as_text(
+        original_hub: OriginalHub, procs: list[Proc]) -> None:
+    """The original hub forwards any id and any reason. A peer whose id carries a path
+    and terminal escapes calls our listener; then our caller calls it and it rejects
+    with a reason that would clear the screen, retitle the window and forge a line.
+    What reaches the terminal is text, the escapes written out (a security review).
+    (Where such an id's recording goes: test_record_paths_... in test_user_flow.py.)"""
+    evil = "../x\x1b]0;PWNED\x07\x1b[2J"
+    listen = start(procs, "listen", "--as", "b", "--auto-accept", "--no-audio",
+                   "--server", original_hub.url)
+    await listen.wait_for_output("listening as b")
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{original_hub.url}/ws?id={quote(evil)}")
+        await original_hub.wait_until(lambda clients: evil in clients)
+        await ws.send_str(json.dumps({"type": "call-request", "to": "b"}))
+        await listen.wait_for_output("incoming call from", within=10)
+        await ws.send_str(json.dumps({"type": "hangup", "to": "b"}))
+        await ws.close()
+        # (our CLI calls only ids it could have: the reason comes from one of those)
+        ws = await session.ws_connect(f"{original_hub.url}/ws?id=mallory")
+        await original_hub.wait_until(lambda clients: "mallory" in clients)
+        call = start(procs, "call", "mallory", "--as", "a", "--no-audio",
+                     "--server", original_hub.url)
+        async with asyncio.timeout(15):
+            async for frame in ws:  # its call-request
+                if json.loads(frame.data).get("type") == "call-request":
+                    break
+        await ws.send_str(json.dumps({"type": "call-reject", "to": "a", "data": {
+            "reason": "\x1b]0;T\x07\x1b[2J\x1b[31mFAKE: call verified OK\nline"}}))
+        assert await call.wait(15) == EXIT_CODES[Outcome.REJECTED], call.describe()
+        await ws.close()
+    for proc in (listen, call):
+        for text in (proc.stdout, proc.stderr):
+            assert "\x1b" not in text and "\x07" not in text, proc.describe()
+    assert "incoming call from ../x\\x1b]0;PWNED\\x07\\x1b[2J" in listen.stdout
+    assert "(\\x1b]0;T\\x07\\x1b[2J\\x1b[31mFAKE: call verified OK\\nline)" \
+        in call.stdout, call.describe()
 
 
 async def test_call_nobody_through_original_hub(original_hub: OriginalHub,
