@@ -3,7 +3,8 @@
 Measured the same way for each direction, on the caller's side: from the
 moment the caller sends ``call-request`` to the moment its call state
 becomes ``connected`` (ICE and DTLS up). The callee answers at once: the CLI
-with ``listen --auto-accept``, the page with ``?autoaccept=1`` (it still gets
+with ``listen --auto-accept``, the page with ``window.phone.autoAccept`` set by
+this script (no URL parameter does it: a link must not answer calls; it still gets
 the microphone before it sends ``call-accept``, as a person clicking Accept
 would make it do).
 
@@ -128,7 +129,8 @@ async def main(calls: int, screenshot: Path | None) -> None:
                 b = await ChromiumPhone(pw, write_tone_wav(Path(tmp) / "b.wav", 660)).start()
                 try:
                     caller = await a.open(f"{server}/?id=alice")
-                    callee = await b.open(f"{server}/?id=bob&autoaccept=1")
+                    callee = await b.open(f"{server}/?id=bob")
+                    await callee.evaluate("window.phone.autoAccept = true")
                     await wait_hub(caller, "connected")
                     await wait_hub(callee, "connected")
                     results["page -> CLI"] = await page_setup_times(caller, "carol", calls)

@@ -46,6 +46,14 @@ PAGE: Final = "phone.html"
 PAGE_PATHS: Final = ("/", "/callerA.html", "/callerB.html")
 #: URL path of the call table (:func:`call_table`).
 CALL_TABLE_PATH: Final = "/callstate.json"
+#: Headers of the page and its files: no other site may frame them (clickjacking: a
+#: hidden phone under a decoy, its Accept button under the victim's click). The
+#: CSP's ``frame-ancestors`` for current browsers, X-Frame-Options for older ones;
+#: nothing else here sends a Content-Security-Policy.
+FRAME_HEADERS: Final = {
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Frame-Options": "SAMEORIGIN",
+}
 
 
 def read_web_file(name: str) -> bytes:
@@ -91,7 +99,7 @@ def _response(name: str, content_type: str) -> web.Response:
         raise web.HTTPNotFound(text=f"{name} is missing from this softphone installation\n"
                                ) from None
     return web.Response(body=body, content_type=content_type, charset="utf-8",
-                        headers={"Cache-Control": "no-cache"})
+                        headers={"Cache-Control": "no-cache", **FRAME_HEADERS})
 
 
 async def _page(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ import pytest_asyncio
 from softphone.hub.server import Hub
 
 from ..conftest import running_hub
-from ..support.browser import ChromiumPhone, need_browser, write_tone_wav
+from ..support.browser import ChromiumPhone, need_browser, wait_call_state, write_tone_wav
 
 PAGE_TONE = 440.0  # what a page's fake microphone plays, unless told otherwise
 
@@ -31,6 +31,13 @@ Launch = Callable[..., Awaitable[ChromiumPhone]]
 
 #: The mark of every test module here: the session's event loop (the browsers' driver).
 SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
+
+
+async def answer(page: Any, within: float = 30.0) -> None:
+    """Answer the page's incoming call as its user does: click Accept once it rings
+    (no URL parameter makes the page answer by itself)."""
+    await wait_call_state(page, "ringing", within=within)
+    await page.click("#accept")
 
 
 class Browsers:

@@ -16,7 +16,7 @@ from softphone.hub.server import Hub
 
 from ..conftest import Proc, hub_url
 from ..support.browser import connect_as, dial, snapshot, wait_call_state, wait_js
-from .conftest import SESSION_LOOP, Launch
+from .conftest import SESSION_LOOP, Launch, answer
 
 pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
@@ -68,11 +68,12 @@ async def test_cli_calls_the_page_and_the_page_presses_keys(hub: Hub, chromium: 
                                                             procs: list[Proc]) -> None:
     """We offer, Chromium answers: its keys still reach us, each once."""
     browser = await chromium()
-    page = await browser.open(hub_url(hub) + "/?id=page&autoaccept=1")
+    page = await browser.open(hub_url(hub) + "/?id=page")
     await wait_js(page, "window.phone.hub === 'connected'")
     alice = Proc("call", "page", "--as", "alice", "--server", hub_url(hub), "--tone", "440",
                  "--json", "--no-audio")
     procs.append(alice)
+    await answer(page)
     await wait_call_state(page, "connected")
     await page.wait_for_timeout(500)
     await page.keyboard.press("7")  # the keyboard works too, outside the id fields

@@ -41,7 +41,7 @@ from ..support.browser_midcall import (
     wait_restarts,
 )
 from ..support.helpers import Proc, assert_tone, read_wav
-from .conftest import PAGE_TONE, SESSION_LOOP, Launch
+from .conftest import PAGE_TONE, SESSION_LOOP, Launch, answer
 
 pytestmark = [pytest.mark.e2e, SESSION_LOOP]
 
@@ -104,7 +104,7 @@ async def test_page_restarts_media_with_a_cli_peer(hub: Hub, chromium: Launch,
 
 async def test_cli_restarts_media_with_the_page(hub: Hub, chromium: Launch) -> None:
     """Our Python phone restarts; the page answers with a fresh connection."""
-    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat&autoaccept=1")
+    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat")
     await wait_hub(page, "connected")
     heard = CaptureSink(30.0)
     events: list[dict[str, Any]] = []
@@ -112,6 +112,7 @@ async def test_cli_restarts_media_with_the_page(hub: Hub, chromium: Launch) -> N
     await carl.connect()
     try:
         call = await carl.dial("pat", ToneSource(CLI_TONE), [heard], on_event=events.append)
+        await answer(page)
         await asyncio.wait_for(call.connected(), 20)
         assert {"restart", "hold", "ice-restart"} <= set(call.peer_features)
         await wait_call_state(page, "connected")
@@ -168,13 +169,14 @@ async def test_page_holds_a_cli_peer(hub: Hub, chromium: Launch, procs: list[Pro
 
 
 async def test_cli_holds_the_page(hub: Hub, chromium: Launch) -> None:
-    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat&autoaccept=1")
+    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat")
     await wait_hub(page, "connected")
     heard = CaptureSink(30.0)
     carl = Phone("carl", hub_url(hub))
     await carl.connect()
     try:
         call = await carl.dial("pat", ToneSource(CLI_TONE), [heard])
+        await answer(page)
         await asyncio.wait_for(call.connected(), 20)
         await wait_call_state(page, "connected")
         await assert_page_hears(page, CLI_TONE)

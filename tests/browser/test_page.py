@@ -16,10 +16,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from softphone.core import callstate as cs
 from softphone.hub.server import Hub
-from softphone.hub.webpages import STATIC_FILES
+from softphone.hub.webpages import PAGE_PATHS, STATIC_FILES
 
 from ..conftest import hub_url
 from ..support.browser import (
@@ -74,6 +75,19 @@ async def test_hub_serves_the_pages_and_every_module(hub: Hub) -> None:
                 assert resp.status == 404, path
 
 
+async def test_page_and_its_files_may_not_be_framed_by_other_sites(hub: Hub) -> None:
+    """Clickjacking: the page and every file of it say that only its own origin may
+    frame them (CSP frame-ancestors, and X-Frame-Options for older browsers)."""
+    paths = [*PAGE_PATHS, *(f"/static/{name}" for name in STATIC_FILES)]
+    async with aiohttp.ClientSession() as session:
+        for path in paths:
+            async with session.get(hub_url(hub) + path) as resp:
+                assert resp.status == 200, path
+                assert resp.headers.getall("Content-Security-Policy") == [
+                    "frame-ancestors 'self'"], path
+                assert resp.headers.getall("X-Frame-Options") == ["SAMEORIGIN"], path
+
+
 async def test_served_call_table_is_callstate(hub: Hub) -> None:
     """/callstate.json is callstate.py's TRANSITIONS, states, outcomes, timeouts, reasons."""
     table = await get_json(hub_url(hub) + "/callstate.json")
@@ -95,6 +109,41 @@ async def test_served_call_table_is_callstate(hub: Hub) -> None:
 
 
 # ------------------------------------------------------------ browser tests ---
+
+
+async def test_chromium_shows_the_page_in_a_frame_of_its_own_site_only(
+        hub: Hub, chromium: Launch) -> None:
+    """A site framing the phone (to put its buttons under a victim's clicks) gets an
+    empty frame; a page of the hub's own origin may still frame it."""
+    browser = await chromium(None)
+    framer = (f'<!doctype html><iframe src="{hub_url(hub)}/?id=victim" width="500" '
+              'height="500"></iframe>')
+
+    async def serve(request: Any) -> web.Response:
+        return web.Response(text=framer, content_type="text/html")
+
+    # The other site: a real server on another port (a page Playwright made up would
+    # be a public one, and Chromium keeps those from framing local servers anyway).
+    other_app = web.Application()
+    other_app.router.add_get("/", serve)
+    runner = web.AppRunner(other_app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        other = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+        page = await browser.open(other, ready=False)
+        await page.wait_for_timeout(1500)  # (the same page loads in 0.1 s)
+        assert await page.frame_locator("iframe").locator("#my-id").count() == 0
+    finally:
+        await runner.cleanup()
+    own = hub_url(hub) + "/framer.html"  # (answered in the browser, as from the hub)
+
+    async def serve_own(route: Any) -> None:
+        await route.fulfill(status=200, content_type="text/html", body=framer)
+
+    await browser.context.route(own, serve_own)
+    page = await browser.open(own, ready=False)
+    await page.frame_locator("iframe").locator("#my-id").wait_for(timeout=10_000)
 
 
 async def test_page_runs_its_calls_from_the_served_table(hub: Hub, chromium: Launch) -> None:

@@ -19,7 +19,7 @@ from softphone.hub.server import Hub
 from ..conftest import hub_url
 from ..support.browser import snapshot, wait_call_state, wait_hub, wait_js, wait_outcome
 from ..support.helpers import Proc
-from .conftest import PAGE_TONE, SESSION_LOOP, Launch
+from .conftest import PAGE_TONE, SESSION_LOOP, Launch, answer
 from .test_browser import page_with_a_token
 
 pytestmark = [pytest.mark.e2e, SESSION_LOOP]
@@ -62,16 +62,43 @@ async def test_microphone_granted_after_a_missed_call_is_stopped(
 
 async def page_in_a_call_with_carl(hub: Hub, chromium: Launch
                                    ) -> tuple[Any, Phone, Any]:
-    """The page (pat, accepting at once) in a connected call from a Phone (carl)."""
-    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat&autoaccept=1")
+    """The page (pat, answered with its Accept button) in a connected call from a Phone
+    (carl)."""
+    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=pat")
     await wait_hub(page, "connected")
     carl = Phone("carl", hub_url(hub))
     await carl.connect()
     call = await carl.dial("pat", ToneSource(660.0))
+    await answer(page)
     await asyncio.wait_for(call.connected(), 20)
     await wait_call_state(page, "connected")
     await asyncio.sleep(1.0)
     return page, carl, call
+
+
+async def test_no_url_makes_the_page_answer_a_call(hub: Hub, chromium: Launch) -> None:
+    """A link such as ``/?id=victim&autoaccept=1`` (it used to answer every call) opened
+    in a browser that lets the hub's page use the microphone: an attacker's call rings
+    there and is not answered (nobody hears that microphone) until Accept is clicked."""
+    page = await (await chromium(PAGE_TONE)).open(hub_url(hub) + "/?id=victim&autoaccept=1")
+    await wait_hub(page, "connected")
+    assert await page.evaluate("window.phone.autoAccept") is False
+    mallory = Phone("mallory", hub_url(hub))
+    await mallory.connect()
+    try:
+        call = await mallory.dial("victim", ToneSource(660.0))
+        await wait_call_state(page, "ringing", within=30)
+        await asyncio.sleep(3.0)  # an answer would have come long before
+        assert call.state == cs.CallState.DIALING and call.connected_at is None, call.state
+        assert (await snapshot(page))["call"]["state"] == "ringing"
+        assert await page.is_visible("#incoming")
+        await page.click("#accept")  # the user answers: now it connects
+        await asyncio.wait_for(call.connected(), 20)
+        await wait_call_state(page, "connected")
+        await call.hangup()
+        assert (await call.ended()).outcome == cs.Outcome.COMPLETED
+    finally:
+        await mallory.close()
 
 
 @pytest.mark.parametrize("how", ["reload", "close"])

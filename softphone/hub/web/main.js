@@ -66,7 +66,8 @@ async function main() {
   window.__softphoneTest = testHooks(phone);
   const params = new URLSearchParams(window.location.search);
   const fixed = fixedIdOfPage(window.location);
-  phone.autoAccept = params.get("autoaccept") === "1";
+  // No URL parameter answers calls: a link could otherwise make a victim's page answer
+  // an attacker's call and send its microphone (phone.autoAccept is for scripts only).
   const el = ui.el;
   if (fixed) {
     el.myId.value = fixed.id;

@@ -37,6 +37,8 @@ export class Phone {
     this.log = [];
     this.results = [];
     this.busyRejected = [];
+    // Answer every call without a click: for tests and scripts (window.phone) only,
+    // never set from the page's URL (a link must not make the page answer a call).
     this.autoAccept = false;
     this.keysSent = ""; // the DTMF keys of the current or last call, as they were played
     this.session = null; // the current or last call's MediaSession
