@@ -293,7 +293,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
          check=_NOT_NEGATIVE),
     _opt("serve.heartbeat", "--heartbeat", Kind.FLOAT, 15.0, SERVE,
          "Ping interval, seconds.", check=_POSITIVE),
-    _opt("serve.head_timeout", "--head-timeout", Kind.FLOAT, 30.0, SERVE,
+    _opt("serve.head_timeout", "--head-timeout", Kind.FLOAT, 10.0, SERVE,
          "Seconds a new connection has to send its request head.", check=_POSITIVE),
     _opt("serve.cert", "--cert", Kind.PATH, None, SERVE,
          "Serve https/wss with this certificate chain (PEM); needs key."),

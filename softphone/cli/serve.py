@@ -172,7 +172,7 @@ class HubSecurityOptions:
     peer_grace: float = 4.0
     peer_away_grace: float = 45.0
     heartbeat: float = 15.0
-    head_timeout: float = 30.0
+    head_timeout: float = 10.0  # (softphone.hub.dispatch.HEAD_TIMEOUT: not imported here)
 
     def hub_config_fields(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,8 +233,11 @@ hub_security_options = option_group("security", _hub_security, [
     click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
                  callback=_checked_by(check_origins),
                  help="Browser origin allowed to connect (and to read the HTTP routes: "
-                      "CORS) besides the hub's own (repeatable; '*' for any). Clients "
-                      "sending no Origin are allowed."),
+                      "CORS) besides the hub's own (repeatable; '*' for any). The hub's "
+                      "own is its page under an IP address, localhost or this machine's "
+                      "name; under any other name (a proxy's domain) give it here, e.g. "
+                      "--allow-origin https://phone.example.com (a name could be DNS "
+                      "rebinding). Clients sending no Origin are allowed."),
     click.option("--turn", "turn_urls", multiple=True, metavar="URL", callback=_turn_url,
                  help="TURN URL handed out by /ice-servers with time-limited "
                       "credentials (repeatable; needs --turn-secret)."),
@@ -277,7 +280,7 @@ hub_security_options = option_group("security", _hub_security, [
     click.option("--heartbeat", type=float, default=15.0, show_default=True,
                  callback=positive, metavar="S",
                  help="Ping interval; a client silent for 1.5 times it is dropped."),
-    click.option("--head-timeout", type=float, default=30.0, show_default=True,
+    click.option("--head-timeout", type=float, default=10.0, show_default=True,
                  callback=positive, metavar="S",
                  help="Seconds a new connection has to send its request head."),
 ])

@@ -80,16 +80,18 @@ def raise_nofile(wanted: int, *, resource: ModuleType | None = None
     return target, None
 
 
-def raise_for_connections(max_connections: int, *, resource: ModuleType | None = None
-                          ) -> int:
+def raise_for_connections(max_connections: int, *, pending: int = 0,
+                          resource: ModuleType | None = None) -> int:
     """Raise the limit for a hub of ``max_connections`` (0: unlimited), one descriptor
-    each, and say in one line (logged) what the system refused. Returns the limit."""
-    wanted = max_connections + HEADROOM if max_connections else UNLIMITED
+    each, and ``pending`` more (connections whose request head may wait:
+    softphone.hub.pending), and say in one line (logged) what the system refused.
+    Returns the limit."""
+    wanted = max_connections + pending + HEADROOM if max_connections else UNLIMITED
     limit, why = raise_nofile(wanted, resource=resource)
     if why is None:
         log.info("open files: limit %d", limit)
         return limit
-    holds = max(0, limit - HEADROOM)
+    holds = max(0, limit - HEADROOM - pending)
     if max_connections and limit >= max_connections:  # short of headroom only
         log.info("%s; about %d connections fit", why, holds)
     else:

@@ -60,6 +60,13 @@ class TrustedProxies:
     def trusts(self, address: Address) -> bool:
         return any(address.version == n.version and address in n for n in self.networks)
 
+    def trusts_peer(self, peer: str) -> bool:
+        """Whether ``peer`` (a connection's address, as its socket gives it) is one."""
+        if not self.networks:
+            return False
+        address = _address(peer)
+        return address is not None and self.trusts(address)
+
     def client(self, peer: str, forwarded: Sequence[str] = ()) -> str:
         """The address to count and log a connection from ``peer`` by, given its
         ``X-Forwarded-For`` headers (each a comma-separated list, in order)."""

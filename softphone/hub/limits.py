@@ -4,7 +4,9 @@ without sockets. :mod:`softphone.hub.server` and :mod:`softphone.hub.admission` 
 
 - :class:`TokenBucket`: per-connection message rate.
 - :class:`ConnectionLimiter`: connections in total and per remote address.
-- :class:`OriginPolicy`: which browser origins may open a WebSocket.
+- :class:`OriginPolicy`: which browser origins may open a WebSocket (and read the
+  HTTP routes), and which ``Host`` names the hub trusts as its own.
+- :class:`Notices`: which refusals the log tells of (rate-limited).
 - :class:`CallPairs`: who is in a call with whom, from the messages relayed, and
   which peer to tell ``peer-disconnected`` when one side leaves for good.
 """
@@ -12,6 +14,8 @@ without sockets. :mod:`softphone.hub.server` and :mod:`softphone.hub.admission` 
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -127,19 +131,49 @@ def _origin_of(url: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+def _host_name(host: str) -> str | None:
+    """The name or address of a ``Host`` header (``name[:port]``, ``[v6][:port]``): lower
+    case, without port, brackets or a trailing dot; None if it is not one."""
+    if _is_address(host.strip()):  # (an IPv6 address without brackets)
+        return host.strip().lower()
+    try:
+        parts = urlsplit(f"//{host.strip()}")
+        _ = parts.port  # (raises on a port that is not one)
+    except ValueError:
+        return None
+    name = (parts.hostname or "").rstrip(".")
+    if not name or parts.path or parts.query or parts.fragment or parts.username is not None:
+        return None
+    return name
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class OriginPolicy:
     """Browser origins allowed to open a WebSocket.
 
-    A request without ``Origin`` is not from a browser page and is allowed. A page
-    served by the hub itself (same scheme, host and port) is always allowed; so is
-    every origin in ``allowed`` (``*`` allows any).
+    A request without ``Origin`` is not from a browser page and is allowed; so is
+    every origin in ``allowed`` (``*`` allows any). A page served by the hub itself
+    (same scheme, host and port as the ``Host`` header) is allowed only when that
+    host cannot be *rebound* (:meth:`trusts_host`): a page of a domain whose DNS
+    an attacker points at the hub's address would otherwise pass as the hub's own
+    (DNS rebinding), and drive the hub from the browsers of its users.
     """
 
     allowed: frozenset[str] = field(default_factory=frozenset)
+    #: The machine's own names (its host name, which the hub gives at start):
+    #: a LAN user may open ``http://myhost:8080/``. An attacker cannot rebind them.
+    own_names: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
-    def from_list(cls, origins: Iterable[str]) -> OriginPolicy:
+    def from_list(cls, origins: Iterable[str], own_names: Iterable[str] = ()) -> OriginPolicy:
         out: set[str] = set()
         for origin in origins:
             if origin.strip() == "*":
@@ -149,7 +183,25 @@ class OriginPolicy:
             if normal is None:
                 raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port]")
             out.add(normal)
-        return cls(frozenset(out))
+        names = {name for name in map(_host_name, own_names) if name}
+        return cls(frozenset(out), frozenset(names))
+
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        """The names a ``Host`` header may give: the machine's, and those of ``allowed``."""
+        declared = (urlsplit(origin).hostname for origin in self.allowed if origin != "*")
+        return self.own_names | {name.rstrip(".") for name in declared if name}
+
+    def trusts_host(self, host: str) -> bool:
+        """May the ``Host`` header ``host`` name the hub's own origin? Only if it cannot
+        be rebound: an IP address, ``localhost`` (``*.localhost``: browsers resolve
+        them to loopback themselves), the machine's own name, or a name the operator
+        declared (the host of an ``allowed`` origin)."""
+        name = _host_name(host)
+        if name is None:
+            return False
+        return (_is_address(name) or name == "localhost" or name.endswith(".localhost")
+                or name in self._names)
 
     def allows(self, origin: str | None, hub_origin: str) -> bool:
         """May a page from ``origin`` use the hub whose own origin is ``hub_origin``?"""
@@ -164,12 +216,71 @@ class OriginPolicy:
 
     def allows_at(self, origin: str | None, host: str, tls: bool) -> bool:
         """May a page from ``origin`` use the hub reached at ``host`` (its ``Host``
-        header), over TLS or not? A plain hub's own page may also come over https (a
-        TLS proxy in front of it serves https://HOST, server/README.md); never the
-        other way: an http:// page does not get at a TLS hub."""
+        header), over TLS or not? ``host`` gives the hub's own origin only if the
+        hub trusts it (:meth:`trusts_host`). A plain hub's own page may also come
+        over https (a TLS proxy in front of it serves https://HOST, server/README.md);
+        never the other way: an http:// page does not get at a TLS hub."""
+        if not self.trusts_host(host):
+            return self.allows(origin, "")  # (no own origin: ``allowed`` alone)
         if self.allows(origin, f"{'https' if tls else 'http'}://{host}"):
             return True
         return not tls and self.allows(origin, f"https://{host}")
+
+    def serves_pages_at(self, host: str) -> bool:
+        """May the hub serve its phone page under ``host`` (the ``Host`` header)? Only
+        where that page's WebSocket would be allowed: a page under another name
+        would be refused, so it is refused at once, saying why (:meth:`refusal`)."""
+        return "*" in self.allowed or self.trusts_host(host)
+
+    def refusal(self, origin: str, host: str, tls: bool) -> str:
+        """One line for the log on a refused ``origin`` (a page served under ``host``,
+        the ``Host`` header): what the operator adds to allow it."""
+        normal = _origin_of(origin)
+        if normal is None:
+            return f"origin {origin[:100]!r} refused: not an origin (scheme://host[:port])"
+        if urlsplit(normal).hostname == _host_name(host) and not self.trusts_host(host):
+            return (f"origin {normal} refused: a page served under a name needs "
+                    f"--allow-origin {normal} (the Host header gives the hub's own origin "
+                    f"only as an IP address, localhost or this machine's name: DNS rebinding)")
+        return (f"origin {normal} refused: not the hub's own origin; a page there needs "
+                f"--allow-origin {normal}")
+
+    def own_origin(self, host: str, tls: bool) -> str:
+        """The origin of a page served under ``host`` (the ``Host`` header)."""
+        return _origin_of(f"{'https' if tls else 'http'}://{host}") or \
+            f"{'https' if tls else 'http'}://{host.strip()[:100]}"
+
+
+class Notices:
+    """Which refusals the log tells of, so a page retrying (or a flood of origins)
+    does not fill it: each ``key`` at most once per ``interval`` seconds, and at
+    most ``rate`` a second over all keys (bursts of ``burst``); at most ``max_keys``
+    keys remembered. ``now``: seconds, any monotonic clock."""
+
+    def __init__(self, interval: float = 60.0, rate: float = 1.0, burst: float = 10.0,
+                 max_keys: int = 1000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._rate = rate
+        self._burst = burst
+        self._bucket: TokenBucket | None = None
+        self._said: dict[str, float] = {}
+
+    def say(self, key: str, now: float) -> bool:
+        """True if the refusal of ``key`` is to be logged now."""
+        last = self._said.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._said) >= self.max_keys:
+            self._said = {k: t for k, t in self._said.items() if now - t < self.interval}
+            if len(self._said) >= self.max_keys:
+                return False
+        if self._bucket is None:
+            self._bucket = TokenBucket(self._rate, self._burst, now)
+        if not self._bucket.allow(now):
+            return False
+        self._said[key] = now
+        return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
 """The hub's HTTP side: ``/ice-servers``, ``/healthz``, ``/metrics``, the browser
 phone (:mod:`softphone.hub.webpages`), CORS for the origins the WebSocket takes,
-one request per connection.
+one request per connection. The phone page is served only under a ``Host`` the
+hub trusts (:meth:`~softphone.hub.limits.OriginPolicy.serves_pages_at`); refused
+origins are logged by :class:`OriginRefusals`.
 
 :func:`make_app` builds the aiohttp application that answers every request
 that is not a WebSocket upgrade to ``/ws`` (those never reach it:
@@ -23,10 +25,10 @@ from softphone.core.protocol import ErrorCode, is_valid_id
 from softphone.core.version import __version__
 from softphone.hub.auth import AuthError, turn_credentials, verify_token
 from softphone.hub.config import static_ice_servers
-from softphone.hub.limits import CallPairs, OriginPolicy
+from softphone.hub.limits import CallPairs, Notices, OriginPolicy
 from softphone.hub.metrics import CONTENT_TYPE_LATEST, HubMetrics
 from softphone.hub.registry import Registry
-from softphone.hub.webpages import add_web_routes
+from softphone.hub.webpages import PAGE_PATHS, add_web_routes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,6 +60,24 @@ class HttpLog(logging.LoggerAdapter):  # type: ignore[type-arg]
                                 "why=%r", args[0] if args else "?", exc.code, why)
             return
         super().log(level, msg, *args, exc_info=exc_info, **kwargs)
+
+
+class OriginRefusals:
+    """Tells the log of the browser origins the hub refuses (a WebSocket upgrade, a
+    CORS request, its page under a name it does not trust): one warning that says
+    what the operator adds to allow it, each at most once a minute (:class:`Notices`;
+    the others at debug)."""
+
+    def __init__(self, policy: OriginPolicy, logger: logging.Logger | None = None,
+                 notices: Notices | None = None) -> None:
+        self.policy = policy
+        self.log = logger or logging.getLogger(__name__)
+        self.notices = notices or Notices()
+
+    def refused(self, origin: str, host: str, tls: bool, remote: str) -> None:
+        line = self.policy.refusal(origin, host, tls)
+        level = logging.WARNING if self.notices.say(line, time.monotonic()) else logging.DEBUG
+        self.log.log(level, "refused reason=origin remote=%s: %s", remote, line)
 
 
 class IceSettings(Protocol):
@@ -151,12 +171,14 @@ class Routes:
 
 def make_app(routes: Routes,
              extra_routes: Iterable[Callable[[web.Application], None]] = (),
-             origins: OriginPolicy | None = None) -> web.Application:
+             origins: OriginPolicy | None = None,
+             refusals: OriginRefusals | None = None) -> web.Application:
     """The application: the hub's routes, the browser phone, then ``extra_routes``;
     CORS for the pages ``origins`` lets use the WebSocket (default: any, as the
-    original hub)."""
+    original hub), the refusals told to ``refusals``."""
     policy = OriginPolicy(frozenset({"*"})) if origins is None else origins
-    app = web.Application(middlewares=[_one_request, _cors(policy)])
+    app = web.Application(middlewares=[_one_request,
+                                       _cors(refusals or OriginRefusals(policy))])
     app.add_routes([
         web.get("/ice-servers", routes.ice_servers),
         web.get("/healthz", routes.healthz),
@@ -194,14 +216,29 @@ async def _one_request(request: web.Request, handler: Handler) -> web.StreamResp
     return response
 
 
-def _cors(origins: OriginPolicy) -> Middleware:
+def _remote(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else ""
+
+
+def _cors(refusals: OriginRefusals) -> Middleware:
     """CORS on the HTTP routes for the pages that may use the WebSocket: the hub's
-    own, and those of ``--allow-origin`` (``*``: any, as the original hub). Another
-    page's browser gets no CORS header, so it cannot read ``/ice-servers`` (TURN
-    credentials) or ``/metrics``."""
+    own (under a ``Host`` it trusts: :meth:`OriginPolicy.trusts_host`), and those of
+    ``--allow-origin`` (``*``: any, as the original hub). Another page's browser
+    gets no CORS header, so it cannot read ``/ice-servers`` (TURN credentials) or
+    ``/metrics``. The phone page under a ``Host`` the hub does not trust is refused
+    (403, saying why): its WebSocket would be."""
+    origins = refusals.policy
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PAGE_PATHS and not origins.serves_pages_at(request.host):
+            own = origins.own_origin(request.host, request.secure)
+            refusals.refused(own, request.host, request.secure, _remote(request))
+            return web.Response(status=403, text=(
+                f"This hub does not serve its phone under {own}: a name could be DNS "
+                f"rebinding. Open it at its IP address, localhost or this machine's name, "
+                f"or start the hub with --allow-origin {own}\n"))
         if request.method == "OPTIONS":
             response: web.StreamResponse = web.Response(status=204)
         else:
@@ -214,6 +251,8 @@ def _cors(origins: OriginPolicy) -> Middleware:
             response.headers["Vary"] = "Origin"
         else:
             response.headers["Vary"] = "Origin"
+            if origin is not None:
+                refusals.refused(origin, request.host, request.secure, _remote(request))
             return response
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         # ("*" does not cover Authorization, which /ice-servers takes a token in)

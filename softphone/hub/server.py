@@ -68,16 +68,25 @@ from softphone.hub.admission import (
 from softphone.hub.auth import check_secret
 from softphone.hub.config import DEFAULT_ICE_SERVERS, Clock, HubConfig, host_ports, is_loopback
 from softphone.hub.connection import CLOSE_TIMEOUT, ClientConnection, Refused, Unanswered
-from softphone.hub.dispatch import HEAD_TIMEOUT, WS_LOG, Dispatch, handshake, refuse
+from softphone.hub.dispatch import (
+    HEAD_TIMEOUT,
+    PENDING_HEAD,
+    WS_LOG,
+    Dispatch,
+    HeadGate,
+    handshake,
+    refuse,
+)
 from softphone.hub.fdlimit import raise_for_connections
 from softphone.hub.forwarded import TrustedProxies
 from softphone.hub.frames import text_frame
 from softphone.hub.heartbeat import Heartbeat
 from softphone.hub.limits import CallPairs, ConnectionLimiter, OriginPolicy, TokenBucket
 from softphone.hub.metrics import HubMetrics
+from softphone.hub.pending import HeadCaps
 from softphone.hub.registry import MemoryRegistry, Peer, Registry
 from softphone.hub.relay import MessageRelay, route_frame
-from softphone.hub.routes import HttpLog, Routes, ice_servers_for, make_app
+from softphone.hub.routes import HttpLog, OriginRefusals, Routes, ice_servers_for, make_app
 
 __all__ = [
     "CLOSE_BAD_ID",
@@ -99,6 +108,16 @@ log = logging.getLogger(__name__)
 STOP_GRACE: Final = 1.0
 
 
+def machine_names() -> list[str]:
+    """This machine's host name: a page served under it is the hub's own (a LAN user
+    opening ``http://myhost:8080/``). DNS rebinding needs a name whose DNS the
+    attacker controls; this is not (:class:`OriginPolicy`). Not its FQDN: that is a
+    DNS lookup, which can stall a hub's start on a machine without a resolver (a
+    full name goes in ``--allow-origin``)."""
+    host = socket.gethostname()
+    return [host] if host else []
+
+
 class Hub(MessageRelay):
     """The hub's aiohttp application, with a way to run it in-process."""
 
@@ -109,17 +128,24 @@ class Hub(MessageRelay):
         if self.config.secret is not None:
             check_secret(self.config.secret)
         self.metrics = HubMetrics()
-        self.origins = OriginPolicy.from_list(self.config.allow_origins)
+        self.origins = OriginPolicy.from_list(self.config.allow_origins, machine_names())
+        #: Logs the origins refused (WebSocket, CORS, pages): what to add, rate-limited.
+        self.origin_refusals = OriginRefusals(self.origins, log)
         self.proxies = TrustedProxies.from_list(self.config.trusted_proxies)
         self.limiter = ConnectionLimiter(self.config.max_connections,
                                          self.config.max_per_address)
+        #: Connections without their request head yet (softphone.hub.pending).
+        self.heads = HeadGate(HeadCaps.for_limits(self.config.max_connections,
+                                                  self.config.max_per_address),
+                              self.config.head_timeout, self.proxies,
+                              self.metrics.refused.labels(PENDING_HEAD).inc)
         self.pairs = CallPairs(self.config.peer_grace)
         self.registry.bind(self, self.metrics.registry)  # a shared registry reports here
         self._rules = AdmissionRules(self.origins, self.config.secret)
         #: Warns once that the hub is full, again after it had room (admission.py).
         self._full = FullAlarm()
         self.app = make_app(Routes(self.config, self.registry, self.metrics, self.pairs),
-                            self.config.extra_routes, self.origins)
+                            self.config.extra_routes, self.origins, self.origin_refusals)
         self._runner: web.AppRunner | None = None
         #: The aiohttp server of the HTTP routes (Dispatch hands it the connections).
         self.http: web.Server | None = None
@@ -156,15 +182,19 @@ class Hub(MessageRelay):
         self.http = http
         loop = asyncio.get_running_loop()
         self._clock = self.config.clock or loop
-        head_timeout = self.config.head_timeout
+        heads = self.heads
 
         def dispatch() -> asyncio.Protocol:
-            return Dispatch(self, head_timeout)
+            return Dispatch(self, heads)
 
+        # (a TLS handshake comes before the head: it gets as long, not asyncio's 60 s)
+        tls_timeout = heads.timeout if ssl_context is not None else None
         if sock is not None:
-            self._server = await loop.create_server(dispatch, sock=sock, ssl=ssl_context)
+            self._server = await loop.create_server(dispatch, sock=sock, ssl=ssl_context,
+                                                    ssl_handshake_timeout=tls_timeout)
         else:
-            self._server = await loop.create_server(dispatch, host, port, ssl=ssl_context)
+            self._server = await loop.create_server(dispatch, host, port, ssl=ssl_context,
+                                                    ssl_handshake_timeout=tls_timeout)
         self._tls = ssl_context is not None
         sockets: Sequence[socket.socket] = self._server.sockets
         self.port = int(sockets[0].getsockname()[1])
@@ -253,8 +283,8 @@ class Hub(MessageRelay):
         if verdict is not Verdict.ACCEPT:
             self.metrics.refused.labels(verdict.value).inc()
         if verdict is Verdict.ORIGIN:
-            log.info("refused reason=origin origin=%r remote=%s", origin[:100] if origin else
-                     origin, remote)
+            self.origin_refusals.refused(origin or "", headers.get("Host", ""), self._tls,
+                                         remote)
             handshake(ws, transport, ws.reject(403, "origin not allowed\n"), None)
             return
         if self._full.seen(decision):
@@ -418,8 +448,9 @@ class Hub(MessageRelay):
 async def serve_forever(hub: Hub, host: str, port: int,
                         ready: Callable[[int], None] | None = None,
                         ssl_context: ssl.SSLContext | None = None) -> None:
-    """Run ``hub`` until cancelled (the process's open-file limit raised first)."""
-    raise_for_connections(hub.config.max_connections)
+    """Run ``hub`` until cancelled (the process's open-file limit raised first: its
+    connections and the request heads it lets wait, softphone.hub.pending)."""
+    raise_for_connections(hub.config.max_connections, pending=hub.heads.pending.caps.total)
     try:
         bound = await hub.start(host, port, ssl_context=ssl_context)
     except BaseException:  # (a port in use: the registry, Redis's node key, let go now)

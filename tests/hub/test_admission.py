@@ -45,15 +45,20 @@ def test_a_valid_id_on_an_open_hub_is_accepted() -> None:
 
 @pytest.mark.parametrize(("origin", "host", "tls", "allowed"), [
     (None, "hub:8080", False, True),  # not a browser page
-    ("http://hub:8080", "hub:8080", False, True),  # the hub's own page
-    ("https://hub:8080", "hub:8080", True, True),
-    ("http://hub:8080", "hub:8080", True, False),  # http page, https hub
+    ("http://10.0.0.5:8080", "10.0.0.5:8080", False, True),  # the hub's own page
+    ("https://10.0.0.5:8080", "10.0.0.5:8080", True, True),
+    ("http://10.0.0.5:8080", "10.0.0.5:8080", True, False),  # http page, https hub
+    ("http://[::1]:8080", "[::1]:8080", False, True),
+    ("http://localhost:8080", "localhost:8080", False, True),
     # a TLS proxy in front of a plain hub (server/README.md): the page is https://HOST
-    ("https://hub.example.org", "hub.example.org", False, True),
-    ("https://hub.example.org:8443", "hub.example.org:8443", False, True),
-    ("https://evil.example", "hub.example.org", False, False),
+    ("https://10.0.0.5", "10.0.0.5", False, True),
+    ("https://10.0.0.5:8443", "10.0.0.5:8443", False, True),
+    ("https://evil.example", "10.0.0.5", False, False),
     ("http://evil.example", "hub:8080", False, False),
     ("null", "hub:8080", False, False),
+    # a name the hub was not told of may be DNS rebinding: its "own" page is not
+    ("http://hub:8080", "hub:8080", False, False),
+    ("https://hub.example.org", "hub.example.org", False, False),
 ])
 def test_origin(origin: str | None, host: str, tls: bool, allowed: bool) -> None:
     decision = decide(upgrade(origin=origin, host=host, tls=tls))
@@ -61,6 +66,17 @@ def test_origin(origin: str | None, host: str, tls: bool, allowed: bool) -> None
     if not allowed:
         assert decision.verdict is Verdict.ORIGIN and not decision.counted
         assert decision.error is None  # answered with HTTP 403, not a WebSocket
+
+
+def test_a_declared_name_is_the_hubs_own() -> None:
+    """--allow-origin https://hub.example.org declares the name: the hub's page
+    served under it (a TLS proxy in front, or the plain hub's port) is its own."""
+    rules = AdmissionRules(OriginPolicy.from_list(["https://hub.example.org"]))
+    for origin, host in [("https://hub.example.org", "hub.example.org"),
+                         ("http://hub.example.org:8080", "hub.example.org:8080")]:
+        assert decide(upgrade(origin=origin, host=host), rules).accepted, origin
+    assert not decide(upgrade(origin="http://evil.example:8080", host="evil.example:8080"),
+                      rules).accepted
 
 
 def test_origins_allowed_besides_the_hubs_own() -> None:

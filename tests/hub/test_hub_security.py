@@ -35,7 +35,14 @@ from softphone.hub.auth import (
     turn_credentials,
     verify_token,
 )
-from softphone.hub.limits import CallPairs, ConnectionLimiter, OriginPolicy, PeerGone, TokenBucket
+from softphone.hub.limits import (
+    CallPairs,
+    ConnectionLimiter,
+    Notices,
+    OriginPolicy,
+    PeerGone,
+    TokenBucket,
+)
 from softphone.hub.registry import MemoryRegistry
 from softphone.hub.server import Hub, HubConfig
 
@@ -226,6 +233,70 @@ def test_connection_limiter() -> None:
 def test_origin_policy(origin: str | None, allowed: list[str], ok: bool) -> None:
     policy = OriginPolicy.from_list(allowed)
     assert policy.allows(origin, "http://hub.example:8080") is ok
+
+
+@pytest.mark.parametrize(("host", "trusted"), [
+    ("127.0.0.1:21001", True), ("127.0.0.1", True), ("10.1.2.3:80", True),
+    ("[::1]:21001", True), ("[::1]", True), ("::1", True), ("[2001:db8::1]:8080", True),
+    ("localhost:21001", True), ("LOCALHOST", True), ("phone.localhost:8080", True),
+    ("myhost:8080", True), ("MyHost.lan.", True),  # the machine's own names
+    ("phone.example.com", True), ("phone.example.com:8443", True),  # declared
+    ("evil.example:21001", False), ("evil.example", False), ("localhost.evil.example", False),
+    ("127.0.0.1.evil.example", False), ("example.com", False), ("", False),
+    ("x:notaport", False), ("a b", False), ("user@127.0.0.1", False), ("127.0.0.1/x", False),
+])
+def test_origin_policy_trusts_only_hosts_that_cannot_be_rebound(host: str, trusted: bool) -> None:
+    policy = OriginPolicy.from_list(["https://phone.example.com"], ["myhost", "myhost.lan"])
+    assert policy.trusts_host(host) is trusted
+    assert policy.serves_pages_at(host) is trusted
+    if host and host != "::1":  # (no origin without brackets)
+        assert policy.allows_at(f"http://{host}", host, False) is trusted
+
+
+def test_origin_policy_refuses_a_rebound_name() -> None:
+    """DNS rebinding: a page of evil.example, whose DNS now says 127.0.0.1, is not
+    the hub's own page even though its Host header says evil.example."""
+    policy = OriginPolicy.from_list([])
+    rebound = "http://evil.example:21001"
+    assert not policy.allows_at(rebound, "evil.example:21001", False)
+    assert not policy.allows_at("https://evil.example:21001", "evil.example:21001", False)
+    assert not policy.allows_at("https://evil.example", "evil.example", True)
+    assert policy.allows_at("http://127.0.0.1:21001", "127.0.0.1:21001", False)
+    assert policy.allows_at("https://127.0.0.1:21001", "127.0.0.1:21001", False)  # TLS proxy
+    assert policy.allows_at("http://localhost:21001", "localhost:21001", False)
+    assert policy.allows_at(None, "evil.example:21001", False)  # not a browser
+    assert OriginPolicy.from_list([rebound]).allows_at(rebound, "evil.example:21001", False)
+    assert OriginPolicy.from_list(["*"]).allows_at(rebound, "evil.example:21001", False)
+    assert OriginPolicy.from_list(["*"]).serves_pages_at("evil.example:21001")
+    declared = OriginPolicy.from_list(["https://phone.example.com"])
+    assert declared.allows_at("https://phone.example.com", "phone.example.com", False)
+    assert declared.allows_at("http://phone.example.com:8080", "phone.example.com:8080", False)
+    assert not declared.allows_at(rebound, "evil.example:21001", False)
+
+
+def test_origin_refusal_says_what_to_add() -> None:
+    policy = OriginPolicy.from_list([])
+    assert policy.refusal("https://Phone.Example.com", "phone.example.com", False) == (
+        "origin https://phone.example.com refused: a page served under a name needs "
+        "--allow-origin https://phone.example.com (the Host header gives the hub's own "
+        "origin only as an IP address, localhost or this machine's name: DNS rebinding)")
+    assert policy.refusal("https://app.example", "127.0.0.1:8080", False) == (
+        "origin https://app.example refused: not the hub's own origin; a page there needs "
+        "--allow-origin https://app.example")
+    assert "not an origin" in policy.refusal("null", "127.0.0.1:8080", False)
+    assert policy.own_origin("Phone.Example.com:443", True) == "https://phone.example.com"
+
+
+def test_notices_are_rate_limited() -> None:
+    notices = Notices(interval=60.0, rate=0.1, burst=2.0, max_keys=3)
+    assert notices.say("a", 0.0)
+    assert not notices.say("a", 1.0) and not notices.say("a", 59.9)  # a page retrying
+    assert notices.say("b", 1.0)
+    assert not notices.say("c", 1.0)  # a flood of origins: at most `rate` a second
+    assert notices.say("c", 11.0)
+    assert not notices.say("d", 30.0)  # keys remembered: at most max_keys
+    assert notices.say("a", 60.0)  # once a minute each
+    assert notices.say("d", 61.5)  # (b's and c's minute is over: forgotten)
 
 
 def test_origin_policy_refuses_non_origins() -> None:
@@ -546,6 +617,55 @@ async def test_origin_allowlist(session: aiohttp.ClientSession) -> None:
                 assert exc.value.status == 403
         metrics = await (await session.get(f"{hub_url(hub)}/metrics")).text()
         assert 'softphone_hub_connections_refused_total{reason="origin"} 2.0' in metrics
+    finally:
+        await hub.stop()
+
+
+async def test_dns_rebinding_gets_nothing(session: aiohttp.ClientSession,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A page of evil.example whose DNS rebinds to the hub's 127.0.0.1 sends Origin and
+    Host evil.example:PORT: no WebSocket (nobody replaced), no CORS, no phone page;
+    one warning that says what to add. IP addresses, localhost, the machine's name and
+    a declared name are the hub's own."""
+    caplog.set_level(logging.DEBUG, "softphone.hub.server")
+    hub = await started(allow_origins=["https://phone.example.com"])
+    try:
+        port = hub.port
+        alice = await connect(session, hub, "id=alice")
+        rebound = f"evil.example:{port}"
+        for _ in range(3):  # a page retrying
+            with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+                await connect(session, hub, "id=alice", headers={
+                    "Origin": f"http://{rebound}", "Host": rebound})
+            assert exc.value.status == 403
+        await nothing(alice, 0.05)  # not replaced
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                  and "reason=origin" in r.getMessage()]
+        assert warned == [f"refused reason=origin remote=127.0.0.1: origin http://{rebound} "
+                          f"refused: a page served under a name needs --allow-origin "
+                          f"http://{rebound} (the Host header gives the hub's own origin only "
+                          f"as an IP address, localhost or this machine's name: DNS "
+                          f"rebinding)"], warned
+        for path in ("/metrics", "/ice-servers", "/healthz"):
+            got = await session.get(f"{hub_url(hub)}{path}", headers={
+                "Origin": f"http://{rebound}", "Host": rebound})
+            assert got.status == 200 and "Access-Control-Allow-Origin" not in got.headers
+        page = await session.get(f"{hub_url(hub)}/", headers={"Host": rebound})
+        assert page.status == 403
+        assert f"--allow-origin http://{rebound}" in await page.text()
+        own = [f"127.0.0.1:{port}", f"localhost:{port}", f"phone.example.com:{port}",
+               f"{socket.gethostname()}:{port}"]
+        for i, host in enumerate(own):
+            ws = await connect(session, hub, f"id=u{i}", headers={
+                "Origin": f"http://{host}", "Host": host})
+            await nothing(ws, 0.01)
+            await ws.close()
+            got = await session.get(f"{hub_url(hub)}/metrics", headers={
+                "Origin": f"http://{host}", "Host": host})
+            assert got.headers.get("Access-Control-Allow-Origin") == f"http://{host}", host
+            assert (await session.get(f"{hub_url(hub)}/", headers={"Host": host})).status \
+                == 200, host
+        await alice.close()
     finally:
         await hub.stop()
 
