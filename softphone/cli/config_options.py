@@ -141,6 +141,8 @@ def _range(lo: float | None = None, hi: float | None = None,
     def check(value: float) -> None:
         if above is not None and not value > above:
             raise ValueError(f"{value} must be greater than {above:g}")
+        if lo is None and hi is not None and value > hi:
+            raise ValueError(f"{value:g} must be at most {hi:g}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             span = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
             raise ValueError(f"{value} is not in {span}")
@@ -262,7 +264,7 @@ OPTIONS: Final[tuple[Option, ...]] = (
     _opt("serve.turn_secret", "--turn-secret", Kind.STR, None, SERVE,
          "coturn's static-auth-secret.", env="SOFTPHONE_TURN_SECRET", secret=True),
     _opt("serve.turn_ttl", "--turn-ttl", Kind.FLOAT, 3600.0, SERVE,
-         "Lifetime of TURN credentials, seconds.", check=_POSITIVE),
+         "Lifetime of TURN credentials, seconds.", check=_range(above=0, hi=3650 * 86400)),
     _opt("serve.allow_origins", "--allow-origin", Kind.LIST, (), SERVE,
          "Browser origins allowed besides the hub's own (['*']: any).", check=check_origins),
     _opt("serve.redis", "--redis", Kind.STR, None, SERVE,

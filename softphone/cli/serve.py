@@ -146,9 +146,20 @@ def server_tls(host: str, tls: TlsServerOptions) -> tuple[ssl.SSLContext | None,
     if cert is None or key is None:
         return None, notes
     try:
-        return server_context(cert, key), notes
+        context = server_context(cert, key)
     except TLSConfigError as exc:
         fail(str(exc))
+    if not tls.self_signed:  # (ours is made 0600)
+        import os
+        from pathlib import Path
+
+        from softphone.cli.config import permission_warning
+        from softphone.cli.config_wiring import warn
+
+        with contextlib.suppress(OSError):
+            said = permission_warning(Path(key), os.stat(key).st_mode, "the TLS private key")
+            warn([said] if said else [])
+    return context, notes
 
 
 # ------------------------------------------------------------- security ---
@@ -248,7 +259,9 @@ hub_security_options = option_group("security", _hub_security, [
     secret_file_option("--turn-secret-file", "SOFTPHONE_TURN_SECRET_FILE",
                        "coturn's static-auth-secret"),
     click.option("--turn-ttl", type=float, default=3600.0, show_default=True,
-                 callback=positive, metavar="S", help="Lifetime of TURN credentials."),
+                 callback=lambda ctx, param, value: _at_most_ten_years(
+                     positive(ctx, param, value)),
+                 metavar="S", help="Lifetime of TURN credentials (at most ten years)."),
     click.option("--max-message-bytes", type=click.IntRange(256), default=64 * 1024,
                  show_default=True, help="Larger messages get 'too-large'."),
     click.option("--rate", type=float, default=100.0, show_default=True,
@@ -296,6 +309,14 @@ _TTL_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TTL_MOST: Final = 3650 * 86400.0
 
 
+def _at_most_ten_years(seconds: float | None) -> float | None:
+    """``--turn-ttl``: its expiry goes in the TURN username (1e300 s made a username
+    of 300 digits)."""
+    if seconds is not None and seconds > _TTL_MOST:
+        raise click.BadParameter(f"{seconds:g}: at most {_TTL_MOST:.0f} s (ten years)")
+    return seconds
+
+
 def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
     text = value.strip().lower()
     unit = _TTL_UNITS.get(text[-1:], None)
@@ -307,8 +328,8 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
     if not math.isfinite(seconds):
         raise click.BadParameter(f"{value!r}: must be a finite number of seconds "
                                  "(or 30m, 12h, 7d)")
-    if not seconds > 0:
-        raise click.BadParameter("must be greater than 0")
+    if seconds < 1:  # (a token's expiry is in whole seconds: it would be expired)
+        raise click.BadParameter(f"{value!r}: at least 1 s")
     if seconds > _TTL_MOST:
         raise click.BadParameter(f"{value!r}: at most 3650d (ten years)")
     return seconds

@@ -86,7 +86,14 @@ from softphone.hub.metrics import HubMetrics
 from softphone.hub.pending import HeadCaps
 from softphone.hub.registry import MemoryRegistry, Peer, Registry
 from softphone.hub.relay import MessageRelay, route_frame
-from softphone.hub.routes import HttpLog, OriginRefusals, Routes, ice_servers_for, make_app
+from softphone.hub.routes import (
+    HttpLog,
+    OriginRefusals,
+    Routes,
+    hands_out_credentials,
+    ice_servers_for,
+    make_app,
+)
 
 __all__ = [
     "CLOSE_BAD_ID",
@@ -204,8 +211,10 @@ class Hub(MessageRelay):
             self._heartbeat.start()
         if not self.config.secret and not is_loopback(bound):
             log.warning("hub is open: no --secret, so anyone who reaches %s can take "
-                        "any id", host_ports((str(s.getsockname()[0]) for s in sockets),
-                                             self.port))
+                        "any id%s", host_ports((str(s.getsockname()[0]) for s in sockets),
+                                               self.port),
+                        " and get its TURN credentials"
+                        if hands_out_credentials(self.config) else "")
         log.info("listening host=%s port=%s auth=%s origins=%s proxies=%s", bound, self.port,
                  "token" if self.config.secret else "open",
                  ",".join(sorted(self.origins.allowed)) or "own",

@@ -217,8 +217,22 @@ def test_token_ttl_must_be_finite(ttl: str) -> None:
     assert "must be a finite number of seconds" in out
 
 
+def test_a_ttl_is_at_least_a_second_and_turns_at_most_ten_years(tmp_path: Path) -> None:
+    """A token's expiry is in whole seconds: under 1 s it was printed already expired;
+    --turn-ttl 1e300 made a TURN username of 300 digits (the operator review)."""
+    assert "at least 1 s" in usage_error(
+        run("token", "--as", "a", "--secret", "s" * 40, "--ttl", "0.5"))
+    assert run("token", "--as", "a", "--secret", "s" * 40, "--ttl", "1").exit_code == 0
+    assert "at most 315360000 s (ten years)" in usage_error(run("serve", "--turn-ttl", "1e300"))
+    config = tmp_path / "c.toml"
+    config.write_text("[serve]\nturn_ttl = 1e300\n")
+    result = run("--config", str(config), "--show-settings", "serve")
+    assert result.exit_code == ExitCode.USAGE and result.stderr == (
+        f"softphone: {config}:2: serve.turn_ttl: 1e+300 must be at most 3.1536e+08\n")
+
+
 def test_token_ttl_zero() -> None:
-    assert "must be greater than 0" in usage_error(
+    assert "'0': at least 1 s" in usage_error(
         run("token", "--as", "a", "--secret", "s" * 40, "--ttl", "0"))
 
 

@@ -134,3 +134,18 @@ async def test_peer_sigkilled_ends_the_call_in_seconds(procs: list[Proc]) -> Non
         assert result.ended_by == "remote"
     finally:
         await hub.stop()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600])
+async def test_a_tls_key_others_can_read_is_warned_about(procs: list[Proc], tmp_path: Path,
+                                                         mode: int) -> None:
+    """As a token's or a secret's file is (the operator review: no word about it)."""
+    from softphone.hub.tls import default_names, self_signed
+
+    made = self_signed(str(tmp_path), default_names(["127.0.0.1"]))
+    made.key.chmod(mode)
+    hub = await serving(procs, free_port(), "--cert", str(made.cert), "--key", str(made.key))
+    warned = f"{made.key} holds the TLS private key and other users can read it"
+    assert (warned in hub.stderr) == (mode == 0o644), hub.stderr
+    hub.signal(signal.SIGTERM)
+    assert await hub.wait(10) == 0

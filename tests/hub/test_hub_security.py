@@ -423,7 +423,16 @@ async def test_open_hub_warns_beyond_loopback(caplog: pytest.LogCaptureFixture) 
     hub = Hub(HubConfig(ice_servers=[]))
     await hub.start("0.0.0.0", 0)
     await hub.stop()
-    assert any("hub is open" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records if "hub is open" in r.getMessage()]
+    assert len(said) == 1 and "TURN" not in said[0], said
+    caplog.clear()
+    # (with TURN, the warning says that anyone gets its credentials too)
+    hub = Hub(HubConfig(ice_servers=[], turn_urls=["turn:127.0.0.1:3478"],
+                        turn_secret="t" * 32))
+    await hub.start("0.0.0.0", 0)
+    await hub.stop()
+    assert any(r.getMessage().endswith("can take any id and get its TURN credentials")
+               for r in caplog.records), caplog.records
     caplog.clear()
     for config in (HubConfig(ice_servers=[]), HubConfig(ice_servers=[], secret=SECRET)):
         hub = Hub(config)
