@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import math
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -419,11 +420,18 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
             for addr in lan_addresses(hub.sockets()):
                 click.echo(f"  phones on the LAN: https://{addr}:{bound}/")
 
-    async def run() -> None:
+    async def run() -> bool:
+        """Serve until Ctrl-C; False if it came before the hub got going (Redis)."""
         interrupts = Interrupts()
         interrupts.install()
-        if registry is not None:
-            await registry.start()  # RegistryUnavailable: Redis is not there
+        if registry is not None:  # (connecting, or waiting for a crashed node's key)
+            starting = asyncio.ensure_future(registry.start())
+            await first_done(starting, interrupts.event.wait())
+            if not starting.done() or starting.cancelled():
+                with contextlib.suppress(Exception):  # (a frozen Redis: not for long)
+                    await asyncio.wait_for(registry.close(), 1.0)
+                return False
+            starting.result()  # RegistryUnavailable: Redis is not there
         task = asyncio.create_task(
             serve_forever(hub, host, port, ready, ssl_context=ssl_context))
         await first_done(task, interrupts.event.wait())
@@ -431,13 +439,15 @@ def serve(host: str, port: int, ice: IceOptions, redis_url: str | None,
             await task
         if task.done() and not task.cancelled() and task.exception():
             raise task.exception()  # type: ignore[misc]
+        return True
 
     from softphone.hub.redis_registry import NodeIdTaken, RedisRefused, RegistryUnavailable
 
     loop_factory = event_loop_factory(loop_kind)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run())
+            if not runner.run(run()):  # Ctrl-C before it listened (README: 130)
+                sys.exit(ExitCode.INTERRUPTED)
     except RegistryUnavailable as exc:
         fail(str(exc), ExitCode.REDIS_UNAVAILABLE)
     except (NodeIdTaken, RedisRefused) as exc:  # configuration mistakes: no use retrying

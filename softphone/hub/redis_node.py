@@ -5,9 +5,13 @@ routing of calls), held by the node's process token while it runs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+# (the registry's lines, under its name)
+log = logging.getLogger("softphone.hub.redis_registry")
 
 __all__ = ["NodeIdTaken", "RedisRefused", "check_url", "claim_node", "first_line",
            "refused_by_redis", "safe_url"]
@@ -69,6 +73,9 @@ async def claim_node(redis: Any, key: str, instance: str, ttl: float, heartbeat:
         now = loop.time()
         if deadline is None:
             deadline = now + max(left / 1000, ttl) + heartbeat
+            log.warning("node id held: waiting up to %.1f s to see whether its holder "
+                        "lives (a node restarting after a crash waits for its old key)",
+                        deadline - now)
         elif left > last + 50 or left == -1 or now > deadline:
             raise NodeIdTaken(taken)
         last = left

@@ -211,3 +211,16 @@ async def test_a_device_named_where_there_is_none_is_a_usage_error(
     assert await listing.wait() == ExitCode.USAGE, listing.describe()
     assert listing.stderr.startswith(f"softphone: {option} '3': no such device: "), \
         listing.describe()
+
+
+async def test_ctrl_c_while_serve_waits_for_redis_is_130(procs: list[Proc]) -> None:
+    """A Redis that takes the connection and never answers: Ctrl-C stops serve at once,
+    as any command before it got going (README: 130). It was ignored until the connect
+    timed out, then exit 12 (the operator review)."""
+    async with silent_server() as (port, accepted):
+        p = Proc("serve", "--port", str(free_port()), "--redis", f"redis://127.0.0.1:{port}/0")
+        procs.append(p)
+        await asyncio.wait_for(accepted.wait(), 15)
+        p.signal()
+        assert await p.wait(10) == ExitCode.INTERRUPTED, p.describe()
+        assert "Traceback" not in p.stderr and "cannot reach Redis" not in p.stderr
