@@ -35,6 +35,7 @@ import aiohttp
 import pytest
 
 from softphone import __version__
+from softphone.core.callstate import ExitCode
 
 from .conftest import IN_CI, need, need_command
 
@@ -327,6 +328,13 @@ def test_unit_environment_gives_serve_its_secret_from_the_credential(tmp_path: P
     assert result.stderr == ""  # the credential is private: no warning
 
 
+def _unit_value(key: str) -> str | None:
+    """The unit's last ``key=`` line's value."""
+    found = [line.split("=", 1)[1].strip() for line in UNIT.read_text().splitlines()
+             if line.startswith(f"{key}=")]
+    return found[-1] if found else None
+
+
 def _restart_prevented() -> set[int]:
     """The exit codes after which the unit's ``Restart=on-failure`` does not restart
     (every ``RestartPreventExitStatus=`` line adds to the list; an empty one clears it)."""
@@ -354,9 +362,10 @@ def _free_port() -> int:
 def test_unit_stops_on_configuration_errors_and_retries_an_outage(
         tmp_path: Path, problem: str, code: int) -> None:
     """``softphone serve`` as the unit runs it, with a configuration mistake: it exits
-    at once with one line, and the unit does not restart it (its code is in
-    RestartPreventExitStatus, as server/README.md says: "the service stops at once").
-    An unreachable Redis (12) is an outage: that one is restarted."""
+    at once with one line. A bad configuration (2) is in RestartPreventExitStatus
+    ("the service stops at once", server/README.md); a file that cannot be read (1,
+    also a crash's code) and an unreachable Redis (12) are restarted, within the
+    unit's start limit."""
     credentials = tmp_path / "credentials"
     credentials.mkdir(mode=0o700)
     if problem != "no secret file":
@@ -380,8 +389,11 @@ def test_unit_stops_on_configuration_errors_and_retries_an_outage(
     assert out.returncode == code, out.stdout + out.stderr
     assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stderr.startswith("softphone: "), out.stderr
+    # A bad configuration (2) stops the unit at once; a file that cannot be read (1:
+    # also a crash's code) and an outage (12) are retried, until its start limit.
     restarted = code not in _restart_prevented()
-    assert restarted == (problem == "redis unreachable"), (problem, _restart_prevented())
+    assert restarted == (code != ExitCode.USAGE), (problem, _restart_prevented())
+    assert _unit_value("StartLimitBurst") == "5", "a failing hub must not restart forever"
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:

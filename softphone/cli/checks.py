@@ -25,7 +25,7 @@ from softphone.cli.options import (
     phone_ice_options,
     positive,
 )
-from softphone.cli.runtime import Interrupts, fail, first_done
+from softphone.cli.runtime import Interrupts, fail, first_done, printable
 from softphone.core.callstate import ExitCode
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def demo(seconds: float) -> None:
     if report is None:
         fail("interrupted", ExitCode.INTERRUPTED)
     for line in report.lines():
-        click.echo(line)
+        click.echo(printable(line))
     sys.exit(ExitCode.COMPLETED if report.ok else ExitCode.ERROR)
 
 
@@ -200,6 +200,6 @@ def doctor(client_id: str | None, hub: HubClientOptions, ice: IceOptions,
     if json_mode:
         click.echo(json.dumps(report_json(results), indent=2))
     else:
-        for line in report_lines(results):
-            click.echo(line)
+        for line in report_lines(results):  # (they quote what the hub answered)
+            click.echo(printable(line))
     sys.exit(exit_code(results))

@@ -29,6 +29,8 @@ async def read_hub(phone: Phone) -> None:
 
     def kept() -> None:
         nonlocal delay, keeping
+        if keeping is not None:  # (a message came first: the timer is not needed)
+            keeping.cancel()
         keeping = None
         if refusals.kept():
             delay = FIRST_BACKOFF

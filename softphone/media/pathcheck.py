@@ -165,6 +165,7 @@ class RemoteAddressWatch:
         self._connection: Any = None
         self._expected: tuple[str, int] = ("", 0)
         self._stranger: tuple[str, int] | None = None
+        self._known: set[tuple[str, int]] = set()
         self._count = 0
         self.fired = False
 
@@ -187,6 +188,7 @@ class RemoteAddressWatch:
         host, port = pair.remote_addr
         self._expected = (host, port)
         self._connection = connection
+        self._known = self._candidates(prflx=True)
         original = protocol.datagram_received  # the class's, bound
         expected_host, expected_port = host, port
 
@@ -227,11 +229,16 @@ class RemoteAddressWatch:
         return None
 
     def _signalled(self) -> set[tuple[str, int]]:
-        """The addresses of the candidates the peer signalled (not the ones aioice
-        learned from its checks: peer reflexive)."""
+        """The peer's candidates: those it signalled, and every one known when the
+        connection came up (aioice keeps a candidate first learned from a check as
+        peer reflexive when it is signalled afterwards, as a trickling browser's may
+        be). Not a peer reflexive one learned since: a NAT that rebound."""
+        return self._known | self._candidates(prflx=False)
+
+    def _candidates(self, *, prflx: bool) -> set[tuple[str, int]]:
         found = getattr(self._connection, "_remote_candidates", None) or []
         return {(str(getattr(c, "_network_host", c.host)), int(c.port))
-                for c in found if c.type != "prflx"}
+                for c in found if prflx or c.type != "prflx"}
 
     def stop(self) -> None:
         protocol, self._protocol = self._protocol, None

@@ -660,3 +660,38 @@ def test_doctor_command_fails_without_an_id(thread_hub: ThreadHub) -> None:
     first = as_json["checks"][0]
     assert (first["name"], first["status"]) == ("id", "fail")
     assert invoke(*args, "--as", "alice").exit_code == EXIT_CALL_POSSIBLE
+
+
+async def test_what_a_hostile_hub_says_reaches_the_terminal_as_text() -> None:
+    """The doctor quotes the hub (its version, a refusal's code and message): control
+    characters are written out, as in the CLI's other lines (the whole-diff review)."""
+    from ..support.helpers import Proc
+
+    evil = "\x1b]0;pwn\x07\x1b[2J"
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": evil, "clients": 0})
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        await sock.send_str(json.dumps({"type": "error", "data": {
+            "code": "bad-id" + evil, "message": "no" + evil}}))
+        await sock.close(code=1008)
+        return sock
+
+    app = web.Application()
+    app.add_routes([web.get("/healthz", healthz), web.get("/ws", ws)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        proc = Proc("doctor", "--server", f"http://127.0.0.1:{port}", "--as", "x",
+                    "--ice-server", "none", "--no-audio")
+        await proc.wait(30)
+    finally:
+        await runner.cleanup()
+    assert "\x1b" not in proc.stdout + proc.stderr, proc.describe()
+    assert "refused a connection: bad-id\\x1b]0;pwn\\x07\\x1b[2J: no\\x1b]0;pwn" in proc.stdout

@@ -41,7 +41,7 @@ async def test_listen_checks_output_before_listening(hub: Hub, procs: list[Proc]
     procs.append(bob)
     assert await bob.wait(15) == 2, bob.describe()
     assert "listening as" not in bob.stdout, bob.describe()
-    assert bob.stderr.count("\n") == 1 and "--output nosuch" in bob.stderr, bob.describe()
+    assert bob.stderr.count("\n") == 1 and "--output 'nosuch'" in bob.stderr, bob.describe()
 
 
 @pytest.mark.e2e

@@ -149,3 +149,22 @@ async def test_a_tls_key_others_can_read_is_warned_about(procs: list[Proc], tmp_
     assert (warned in hub.stderr) == (mode == 0o644), hub.stderr
     hub.signal(signal.SIGTERM)
     assert await hub.wait(10) == 0
+
+
+async def test_a_hub_under_nohup_keeps_running_when_its_terminal_closes(
+        procs: list[Proc]) -> None:
+    """SIGHUP stops a hub cleanly, unless it was started to ignore it (nohup): then the
+    terminal closing leaves it running, as before SIGHUP was handled (the review)."""
+    from ..support.helpers import softphone_command
+
+    port = free_port()
+    hub = Proc(argv=["nohup", *softphone_command("serve", "--port", str(port),
+                                                 "--ice-server", "none")])
+    procs.append(hub)
+    await hub.wait_for_output("listening on")
+    hub.signal(signal.SIGHUP)
+    await asyncio.sleep(1.0)
+    assert hub.popen.poll() is None, hub.describe()
+    assert await clients(f"http://127.0.0.1:{port}") == 0  # (it still answers)
+    hub.signal(signal.SIGTERM)
+    assert await hub.wait(10) == 0

@@ -298,3 +298,44 @@ async def test_local_addresses_real_reading_with_notices() -> None:
     finally:
         watcher.stop()
         watcher.stop()  # twice is fine
+
+
+async def test_a_candidate_known_when_the_call_came_up_is_no_move(
+        peers: tuple[RTCPeerConnection, RTCPeerConnection]) -> None:
+    """A peer's address aioice learned from its checks before the call came up (peer
+    reflexive: a trickling browser's candidate can stay so even once signalled) is one
+    of the peer's: its media from there is no move. One learned later is (a rebinding)."""
+    import aioice
+
+    a, _ = peers
+    connection = pathcheck.ice_connection(a)
+    pair = selected_pair(connection)
+    host, port = pair.local_addr
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as early, \
+            socket.socket(family, socket.SOCK_DGRAM) as late:
+        early.bind((host, 0))
+        late.bind((host, 0))
+
+        def learned(sock: socket.socket) -> aioice.Candidate:
+            address, peer_port = sock.getsockname()[:2]
+            return aioice.Candidate(foundation="x", component=1, transport="udp",
+                                    priority=1, host=address, port=peer_port, type="prflx")
+
+        connection._remote_candidates.append(learned(early))
+        seen: list[tuple[str, int]] = []
+        watch = RemoteAddressWatch(Session(a), seen.append, packets=3)
+        assert watch.start()
+        connection._remote_candidates.append(learned(late))
+        for seq in range(10):
+            early.sendto(_rtp(seq), (host, port))
+        await asyncio.sleep(0.3)
+        assert seen == [] and not watch.fired
+        for seq in range(3):
+            late.sendto(_rtp(seq), (host, port))
+        for _ in range(50):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [late.getsockname()[:2]]
+    watch.stop()
