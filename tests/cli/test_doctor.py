@@ -9,6 +9,7 @@ TCP still works), a token refused or expired, an untrusted certificate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -202,18 +203,24 @@ async def test_udp_blocked_turn_over_tcp_works(hubs: HubMaker,
     assert exit_code(tcp_first) == EXIT_CALL_POSSIBLE, show(tcp_first)
 
 
-async def doctor_on_a_web_server(**fields: Any) -> list[Result]:
-    """The checks against a web server that is no hub (404 for everything)."""
-    app = web.Application()
+@contextlib.asynccontextmanager
+async def web_server(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on 127.0.0.1: its URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        return await doctor(f"http://127.0.0.1:{port}", **fields)
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def doctor_on_a_web_server(**fields: Any) -> list[Result]:
+    """The checks against a web server that is no hub (404 for everything)."""
+    async with web_server(web.Application()) as url:
+        return await doctor(url, **fields)
 
 
 async def test_not_a_softphone_hub() -> None:
@@ -682,16 +689,9 @@ async def test_what_a_hostile_hub_says_reaches_the_terminal_as_text() -> None:
 
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/ws", ws)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        proc = Proc("doctor", "--server", f"http://127.0.0.1:{port}", "--as", "x",
-                    "--ice-server", "none", "--no-audio")
+    async with web_server(app) as url:
+        proc = Proc("doctor", "--server", url, "--as", "x", "--ice-server", "none",
+                    "--no-audio")
         await proc.wait(30)
-    finally:
-        await runner.cleanup()
     assert "\x1b" not in proc.stdout + proc.stderr, proc.describe()
     assert "refused a connection: bad-id\\x1b]0;pwn\\x07\\x1b[2J: no\\x1b]0;pwn" in proc.stdout
