@@ -73,9 +73,9 @@ async def claim_node(redis: Any, key: str, instance: str, ttl: float, heartbeat:
         now = loop.time()
         if deadline is None:
             deadline = now + max(left / 1000, ttl) + heartbeat
-            log.warning("node id held: waiting up to %.1f s to see whether its holder "
-                        "lives (a node restarting after a crash waits for its old key)",
-                        deadline - now)
+            log.info("node id held: waiting up to %.1f s to see whether its holder "
+                     "lives (a node restarting after a crash waits for its old key)",
+                     deadline - now)
         elif left > last + 50 or left == -1 or now > deadline:
             raise NodeIdTaken(taken)
         last = left
