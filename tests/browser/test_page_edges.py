@@ -157,31 +157,40 @@ async def test_a_tab_replaced_by_another_ends_its_call(hub: Hub, chromium: Launc
         await carl.close()
 
 
+async def fed_to_a_page_line(hub: Hub, chromium: Launch, messages: list[tuple[Any, float]],
+                             *, reasons: bool = True) -> list[str]:
+    """The page's own line (bob's) fed ``messages`` (each with its time): what it did
+    with each, as "kind[:type:to[:reason]]" joined by commas."""
+    page = await (await chromium(None)).open(hub_url(hub) + "/")
+    out: list[str] = await page.evaluate("""async ([messages, reasons]) => {
+        const {Line} = await import("./static/line.js");
+        const line = new Line("bob", window.phone.table);
+        return messages.map(([m, t]) => line.receive(m, t).map(a => a.kind +
+            (a.kind === "send" ? ":" + a.message.type + ":" + a.message.to +
+             (reasons && a.message.data && a.message.data.reason
+              ? ":" + a.message.data.reason : "") : "")
+        ).join(","));
+    }""", [messages, reasons])
+    return out
+
+
 async def test_page_answers_stray_call_messages_with_one_hangup(hub: Hub,
                                                                  chromium: Launch) -> None:
     """The page's line: a call message of a call it does not have gets one hangup per
     peer every few seconds; a hangup, a call-request, a busy caller's do not."""
-    page = await (await chromium(None)).open(hub_url(hub) + "/")
-    out = await page.evaluate("""async () => {
-        const {Line} = await import("./static/line.js");
-        const line = new Line("bob", window.phone.table);
-        const out = [];
-        const feed = (m, t) => out.push(line.receive(m, t).map(a => a.kind +
-            (a.kind === "send" ? ":" + a.message.type + ":" + a.message.to +
-             (a.message.data && a.message.data.reason ? ":" + a.message.data.reason : "") : "")
-        ).join(","));
-        const restart = {type: "offer", sdp: "v=0", restart: 2, reason: "rtp-silence"};
-        feed({type: "offer", from: "carl", to: "bob", data: restart}, 0);
-        feed({type: "offer", from: "carl", to: "bob", data: restart}, 2);
-        feed({type: "candidate", from: "mallory", to: "bob", data: {candidate: ""}}, 2);
-        feed({type: "hangup", from: "eve", to: "bob", data: {reason: "hangup"}}, 2);
-        feed({type: "offer", from: "carl", to: "bob", data: restart}, 6);
-        feed({type: "call-request", from: "alice", to: "bob"}, 7);
-        feed({type: "answer", from: "dave", to: "bob", data: {type: "answer", sdp: "v=0"}}, 8);
-        feed({type: "call-request", from: "carol", to: "bob"}, 9);
-        feed({type: "call-accept", from: "erin", to: "bob"}, 10);
-        return out;
-    }""")
+    restart = {"type": "offer", "sdp": "v=0", "restart": 2, "reason": "rtp-silence"}
+    out = await fed_to_a_page_line(hub, chromium, [
+        ({"type": "offer", "from": "carl", "to": "bob", "data": restart}, 0),
+        ({"type": "offer", "from": "carl", "to": "bob", "data": restart}, 2),
+        ({"type": "candidate", "from": "mallory", "to": "bob", "data": {"candidate": ""}}, 2),
+        ({"type": "hangup", "from": "eve", "to": "bob", "data": {"reason": "hangup"}}, 2),
+        ({"type": "offer", "from": "carl", "to": "bob", "data": restart}, 6),
+        ({"type": "call-request", "from": "alice", "to": "bob"}, 7),
+        ({"type": "answer", "from": "dave", "to": "bob",
+          "data": {"type": "answer", "sdp": "v=0"}}, 8),
+        ({"type": "call-request", "from": "carol", "to": "bob"}, 9),
+        ({"type": "call-accept", "from": "erin", "to": "bob"}, 10),
+    ])
     assert out == [
         "send:hangup:carl:no-such-call,stray", "", "send:hangup:mallory:no-such-call,stray", "",
         "send:hangup:carl:no-such-call,stray", "incoming",
@@ -194,21 +203,14 @@ async def test_page_ignores_late_messages_of_an_earlier_call(hub: Hub,
                                                               chromium: Launch) -> None:
     """A call that ended lately, not only the latest one: its peer's late messages get
     no hangup for a few seconds after its end, as the phone's line does."""
-    page = await (await chromium(None)).open(hub_url(hub) + "/")
-    out = await page.evaluate("""async () => {
-        const {Line} = await import("./static/line.js");
-        const line = new Line("bob", window.phone.table);
-        const out = [];
-        const feed = (m, t) => out.push(line.receive(m, t).map(a => a.kind +
-            (a.kind === "send" ? ":" + a.message.type + ":" + a.message.to : "")).join(","));
-        const late = {type: "candidate", from: "alice", to: "bob", data: {candidate: ""}};
-        feed({type: "call-request", from: "alice", to: "bob"}, 0);
-        feed({type: "hangup", from: "alice", to: "bob", data: {reason: "hangup"}}, 1);
-        feed({type: "call-request", from: "frank", to: "bob"}, 2);
-        feed(late, 3);  // alice's call ended 2 s ago; frank's is the latest
-        feed(late, 6.5);  // 5.5 s after its end: told
-        return out;
-    }""")
+    late = {"type": "candidate", "from": "alice", "to": "bob", "data": {"candidate": ""}}
+    out = await fed_to_a_page_line(hub, chromium, [
+        ({"type": "call-request", "from": "alice", "to": "bob"}, 0),
+        ({"type": "hangup", "from": "alice", "to": "bob", "data": {"reason": "hangup"}}, 1),
+        ({"type": "call-request", "from": "frank", "to": "bob"}, 2),
+        (late, 3),  # alice's call ended 2 s ago; frank's is the latest
+        (late, 6.5),  # 5.5 s after its end: told
+    ], reasons=False)
     assert out[2:] == ["incoming", "", "send:hangup:alice,stray"], out
 
 
