@@ -216,7 +216,10 @@ class RemoteAddressWatch:
             self._expected = source  # aioice moved to it itself (a triggered check)
             self._count = 0
             return source
-        if self.fired or not _is_media(data) or source in self._signalled():
+        if self.fired or source in self._known or not _is_media(data):
+            return None
+        if source in self._signalled():  # (remembered: the peer may send from it for
+            self._known.add(source)  # the whole call, 50 packets a second)
             return None
         if source != self._stranger:
             self._stranger, self._count = source, 0
