@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Final
 
 from aiohttp import web
@@ -50,10 +51,10 @@ CALL_TABLE_PATH: Final = "/callstate.json"
 #: hidden phone under a decoy, its Accept button under the victim's click). The
 #: CSP's ``frame-ancestors`` for current browsers, X-Frame-Options for older ones;
 #: nothing else here sends a Content-Security-Policy.
-FRAME_HEADERS: Final = {
+FRAME_HEADERS: Final = MappingProxyType({
     "Content-Security-Policy": "frame-ancestors 'self'",
     "X-Frame-Options": "SAMEORIGIN",
-}
+})
 
 
 def read_web_file(name: str) -> bytes:
